@@ -1,0 +1,122 @@
+"""The `relaxrl` command line.
+
+    relaxrl train [--config configs/demo.toml] [--set section.key=value ...] [--run-dir DIR]
+                  [--resume RUN_DIR] [--address auto] [--redis-url URL]
+    relaxrl replay serve [--config ...] [--redis-url URL] [--metrics-port 9101]
+    relaxrl relax INPUT --checkpoint CKPT [...]
+    relaxrl eval --checkpoint CKPT [...]
+    relaxrl config show [--config ...] [--set ...]
+
+Each sub-command's work lives in its own module; this file only parses arguments and
+turns expected failures (bad config, bad structure file, unreachable service) into one
+clear line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from relaxrl.errors import RelaxRLError
+
+DEFAULT_CONFIG = "configs/demo.toml"
+
+
+def _config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
+    p.add_argument("--config", default=default, help=f"TOML preset (default {default})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value; repeatable, e.g. --set learner.actor_lr=1e-4")
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from relaxrl.config import SECTIONS, describe, load_config, to_dict
+    import tomli_w
+
+    cfg = load_config(args.config, args.overrides)
+    if args.docs:
+        for name, cls in SECTIONS.items():
+            print(f"[{name}]")
+            print(describe(cls))
+    else:
+        print(tomli_w.dumps(to_dict(cfg)), end="")
+    return 0
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).__dict__[func](args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaxrl", description="Train and use RL agents that relax atomic structures.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an agent (local Ray + embedded Redis by default)")
+    _config_args(p)
+    p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>-<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto' or host:port)")
+    p.add_argument("--redis-url", default=None, help="use an external Redis (redis://:PASSWORD@host:6379/0) instead of the embedded one")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
+    p.set_defaults(func=_lazy("relaxrl.launcher", "train_command"))
+
+    p = sub.add_parser("replay", help="replay service")
+    rsub = p.add_subparsers(dest="replay_command", required=True)
+    ps = rsub.add_parser("serve", help="create/check the replay tables and export Prometheus metrics")
+    _config_args(ps)
+    ps.add_argument("--redis-url", default=None, help="Redis URL (default: embedded redis-server in --data-dir)")
+    ps.add_argument("--data-dir", default="replay-data", help="directory of the embedded Redis (AOF on)")
+    ps.add_argument("--metrics-port", type=int, default=9101, help="Prometheus endpoint port (default 9101)")
+    ps.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (default 127.0.0.1)")
+    ps.set_defaults(func=_lazy("replay_service.server", "serve_command"))
+
+    p = sub.add_parser("relax", help="relax a structure with a trained policy")
+    p.add_argument("input", help="structure file (CIF, POSCAR, extxyz, anything ASE or pymatgen reads)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--calculator", default="emt")
+    p.add_argument("--out", default="relaxed.cif")
+    p.add_argument("--trajectory", default=None)
+    p.add_argument("--hybrid", type=int, default=0, metavar="K", help="hand over to BFGS after K steps without progress (0 = off)")
+    p.set_defaults(func=_lazy("relaxrl.relax", "relax_command"))
+
+    p = sub.add_parser("eval", help="compare the trained policy with ASE's optimizers")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (needed for 'rl')")
+    _config_args(p, default=None)
+    p.add_argument("--structures", default="held-out", help="directory of structure files, or 'held-out'")
+    p.add_argument("--optimizers", default="rl,bfgs,bfgsls,lbfgs,fire,gpmin")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--calculator", default="emt")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all)")
+    p.add_argument("--out", required=True, help="output directory for report.json, report.md and plots")
+    p.set_defaults(func=_lazy("relaxrl.evaluate", "eval_command"))
+
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    pc = csub.add_parser("show", help="print the resolved configuration (or --docs: every key documented)")
+    _config_args(pc)
+    pc.add_argument("--docs", action="store_true")
+    pc.set_defaults(func=_cmd_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RelaxRLError as e:
+        print(f"relaxrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"relaxrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

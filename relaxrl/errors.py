@@ -1,0 +1,10 @@
+"""Expected failures: the CLI prints their message in one line, not a traceback.
+
+Every package raises a subclass of :class:`RelaxRLError` (it imports nothing else of
+``relaxrl``), with a message that names the input and the fix.
+"""
+from __future__ import annotations
+
+
+class RelaxRLError(Exception):
+    """Base of errors caused by input or environment (bad file, bad config, unreachable service)."""
