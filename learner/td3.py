@@ -1,0 +1,145 @@
+"""TD3 with action-deviation and behaviour-cloning terms, as pure functions of tensors.
+
+Read top to bottom (after CleanRL's ``td3_continuous_action.py``)::
+
+    a' = bound(π'(s') + clip(ε, −c, c))                      target policy smoothing
+    y  = r + γ·(1 − terminated)·min(Q1'(s', a'), Q2'(s', a'))  truncation is not termination
+    L_Q = mean_i w_i·[(Q1(s,a) − y)² + (Q2(s,a) − y)²]           w = importance weights
+    every ``policy_delay`` updates:
+    L_π = mean_g [ −Q1(s, π(s)) + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖²·[g ∈ expert] ]
+    θ' ← τ·θ + (1 − τ)·θ'                                      Polyak averaging
+    priority_i = (|δ1_i| + |δ2_i|)/2 + ε
+
+Actions are per-atom displacements [n_atoms, 3] (Å) of a batch of graphs; per-graph
+quantities ([n_graphs]) come from averaging over each graph's atoms, so a 4-atom and a
+64-atom structure weigh the same in a batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TD3Batch:
+    """One sampled batch on the learner's device."""
+
+    graph: object  # learner.graph.Graph of s
+    next_graph: object  # learner.graph.Graph of s'
+    action: Tensor  # [n_atoms, 3] a_pred the actor proposed (what Q is learned for)
+    actual_move: Tensor  # [n_atoms, 3] a_actual the environment applied
+    expert_action: Tensor  # [n_atoms, 3] a_expert (zeros where none)
+    is_expert: Tensor  # [n_graphs] bool, item came from the expert table
+    reward: Tensor  # [n_graphs]
+    terminated: Tensor  # [n_graphs] float 0/1
+    weight: Tensor  # [n_graphs] importance weights
+
+
+def per_graph_mean(values: Tensor, batch: Tensor, n_graphs: int) -> Tensor:
+    """Mean of per-atom ``values`` [n_atoms] over each graph → [n_graphs]."""
+    sums = torch.zeros(n_graphs, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
+    counts = torch.zeros(n_graphs, dtype=values.dtype, device=values.device).index_add_(0, batch, torch.ones_like(values))
+    return sums / counts.clamp_min(1.0)
+
+
+def bound_norm(displacement: Tensor, max_step: float) -> Tensor:
+    """Shorten each atom's vector to at most ``max_step`` Å, keeping its direction (equivariant)."""
+    norm = displacement.norm(dim=-1, keepdim=True)  # [n_atoms, 1]
+    return displacement * torch.clamp(max_step / norm.clamp_min(1e-12), max=1.0)
+
+
+def target_action(policy_next: Tensor, noise_std: float, noise_clip: float, max_step: float,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Target policy smoothing: π'(s') plus clipped Gaussian noise, bounded like the actor's output."""
+    noise = torch.randn(policy_next.shape, generator=generator, dtype=policy_next.dtype, device="cpu").to(policy_next.device)
+    noise = (noise * noise_std).clamp(-noise_clip, noise_clip)
+    return bound_norm(policy_next + noise, max_step)
+
+
+def td_target(reward: Tensor, terminated: Tensor, q1_next: Tensor, q2_next: Tensor, gamma: float) -> Tensor:
+    """y = r + γ·(1 − terminated)·min(Q1', Q2'); no gradient flows through it."""
+    return (reward + gamma * (1.0 - terminated) * torch.minimum(q1_next, q2_next)).detach()
+
+
+def critic_loss(q1: Tensor, q2: Tensor, target: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Importance-weighted squared TD errors of both critics; returns (loss, |δ| averaged over the twins)."""
+    d1, d2 = q1 - target, q2 - target  # [n_graphs]
+    loss = (weight * d1.pow(2)).mean() + (weight * d2.pow(2)).mean()
+    return loss, 0.5 * (d1.abs() + d2.abs()).detach()
+
+
+def actor_loss(q1_pi: Tensor, pi: Tensor, actual_move: Tensor, expert_action: Tensor, is_expert: Tensor,
+               batch: Tensor, lambda_dev: float, lambda_bc: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """−Q1(s, π(s)) + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖² on expert items only."""
+    n_graphs = q1_pi.shape[0]
+    dev = per_graph_mean((pi - actual_move).pow(2).sum(-1), batch, n_graphs)  # [n_graphs] Å²
+    bc = per_graph_mean((pi - expert_action).pow(2).sum(-1), batch, n_graphs) * is_expert.to(pi.dtype)
+    loss = (-q1_pi + lambda_dev * dev + lambda_bc * bc).mean()
+    n_exp = is_expert.sum().clamp_min(1)
+    return loss, {"q_pi": q1_pi.mean().detach(), "deviation": dev.mean().detach(), "bc": (bc.sum() / n_exp).detach()}
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """θ' ← τ·θ + (1 − τ)·θ' for every parameter (buffers are copied)."""
+    for p_t, p in zip(target.parameters(), source.parameters()):
+        p_t.mul_(1.0 - tau).add_(p, alpha=tau)
+    for b_t, b in zip(target.buffers(), source.buffers()):
+        b_t.copy_(b)
+
+
+def new_priorities(td_abs: Tensor, eps: float) -> Tensor:
+    """Replay priorities |δ| + ε."""
+    return td_abs + eps
+
+
+@dataclass
+class TD3Hyper:
+    gamma: float
+    tau: float
+    target_noise: float
+    target_noise_clip: float
+    max_step: float
+    lambda_dev: float
+    grad_clip: float
+
+
+def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
+               actor_opt: torch.optim.Optimizer, critic_opt: torch.optim.Optimizer, h: TD3Hyper, lambda_bc: float,
+               update_actor: bool, generator: torch.Generator | None = None) -> tuple[dict[str, float], Tensor]:
+    """One TD3 update. ``critic``/``critic_target`` return (Q1, Q2). Returns (scalars to log, new |δ| per item)."""
+    with torch.no_grad():
+        a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator)
+        q1_next, q2_next = critic_target(b.next_graph, a_next)
+        y = td_target(b.reward, b.terminated, q1_next, q2_next, h.gamma)
+    q1, q2 = critic(b.graph, b.action)
+    loss_q, td_abs = critic_loss(q1, q2, y, b.weight)
+    if not torch.isfinite(loss_q):
+        return {"losses/critic": float(loss_q), "nonfinite": 1.0}, td_abs
+    critic_opt.zero_grad(set_to_none=True)
+    loss_q.backward()
+    if h.grad_clip > 0:
+        nn.utils.clip_grad_norm_(critic.parameters(), h.grad_clip)
+    critic_opt.step()
+    logs = {"losses/critic": float(loss_q), "charts/q_value": float(q1.mean()), "charts/td_error": float(td_abs.mean()),
+            "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
+    if update_actor:
+        pi = actor(b.graph)
+        q1_pi, _ = critic(b.graph, pi)
+        loss_pi, parts = actor_loss(q1_pi, pi, b.actual_move, b.expert_action, b.is_expert, b.graph.batch,
+                                    h.lambda_dev, lambda_bc)
+        if torch.isfinite(loss_pi):
+            actor_opt.zero_grad(set_to_none=True)
+            loss_pi.backward()
+            if h.grad_clip > 0:
+                nn.utils.clip_grad_norm_(actor.parameters(), h.grad_clip)
+            actor_opt.step()
+            polyak_update(actor_target, actor, h.tau)
+            polyak_update(critic_target, critic, h.tau)
+        else:
+            logs["nonfinite"] = 1.0
+        logs.update({"losses/actor": float(loss_pi), "losses/deviation": float(parts["deviation"]),
+                     "losses/bc": float(parts["bc"]), "charts/q_pi": float(parts["q_pi"])})
+    return logs, td_abs

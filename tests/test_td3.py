@@ -1,0 +1,127 @@
+"""TD3 losses and helpers checked against numbers computed by hand."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from learner import td3
+from learner.schedules import exponential, linear
+
+
+def t(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_td_target_uses_min_and_ignores_truncation():
+    # terminated masks the bootstrap; a truncated (not terminated) item keeps it.
+    y = td3.td_target(reward=t(1.0, 2.0), terminated=t(0.0, 1.0), q1_next=t(5.0, 5.0), q2_next=t(3.0, 7.0), gamma=0.9)
+    assert torch.allclose(y, t(1.0 + 0.9 * 3.0, 2.0))
+
+
+def test_critic_loss_is_importance_weighted_and_priorities_average_twins():
+    loss, td_abs = td3.critic_loss(q1=t(1.0, 0.0), q2=t(3.0, 0.0), target=t(2.0, 1.0), weight=t(0.5, 1.0))
+    # d1 = (-1, -1), d2 = (1, -1): mean(w·d1²) + mean(w·d2²) = (0.5+1)/2 + (0.5+1)/2
+    assert loss.item() == pytest.approx(1.5)
+    assert torch.allclose(td_abs, t(1.0, 1.0))
+    assert torch.allclose(td3.new_priorities(td_abs, 1e-3), t(1.001, 1.001))
+
+
+def test_actor_loss_terms_by_hand():
+    # two graphs: graph 0 has atoms 0,1 (expert item), graph 1 has atom 2 (online item)
+    batch = torch.tensor([0, 0, 1])
+    pi = torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 2.0, 0]], dtype=torch.float64)
+    actual = torch.zeros(3, 3, dtype=torch.float64)
+    expert = torch.tensor([[0.0, 0, 0], [0, 0, 1.0], [5.0, 5.0, 5.0]], dtype=torch.float64)
+    q1_pi = t(2.0, -1.0)
+    loss, parts = td3.actor_loss(q1_pi, pi, actual, expert, is_expert=torch.tensor([True, False]), batch=batch,
+                                 lambda_dev=0.5, lambda_bc=2.0)
+    dev = [(1.0 + 0.0) / 2, 4.0]  # per-graph mean ‖π − a_actual‖²
+    bc = [(1.0 + 1.0) / 2, 0.0]  # expert only; the online item's far-away a_expert must not count
+    expected = ((-2.0 + 0.5 * dev[0] + 2.0 * bc[0]) + (1.0 + 0.5 * dev[1] + 0.0)) / 2
+    assert loss.item() == pytest.approx(expected)
+    assert parts["bc"].item() == pytest.approx(1.0)
+
+
+def test_bound_norm_keeps_direction_and_caps_length():
+    a = torch.tensor([[3.0, 4.0, 0.0], [0.01, 0.0, 0.0]], dtype=torch.float64)
+    b = td3.bound_norm(a, 0.5)
+    assert torch.allclose(b[0], t(0.3, 0.4, 0.0))
+    assert torch.allclose(b[1], a[1])
+
+
+def test_target_action_noise_is_clipped_and_bounded():
+    g = torch.Generator().manual_seed(0)
+    pi = torch.zeros(1000, 3, dtype=torch.float64)
+    a = td3.target_action(pi, noise_std=1.0, noise_clip=0.05, max_step=0.2, generator=g)
+    assert a.abs().max().item() <= 0.05 + 1e-12
+    assert a.std().item() > 0.02  # noise is there
+    big = td3.target_action(torch.full((10, 3), 1.0, dtype=torch.float64), 0.0, 0.0, 0.2)
+    assert torch.allclose(big.norm(dim=-1), torch.full((10,), 0.2, dtype=torch.float64))
+
+
+def test_polyak_update():
+    src, tgt = nn.Linear(2, 1), nn.Linear(2, 1)
+    with torch.no_grad():
+        src.weight.fill_(1.0), tgt.weight.fill_(0.0)
+    td3.polyak_update(tgt, src, tau=0.1)
+    assert torch.allclose(tgt.weight, torch.full_like(tgt.weight, 0.1))
+
+
+class _TinyActor(nn.Module):
+    """A per-atom linear map of forces: enough to exercise td3_update's plumbing."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.1))
+
+    def forward(self, graph):
+        return self.scale * graph.forces
+
+
+class _TinyTwin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, -1.0]))
+
+    def forward(self, graph, action):
+        s = td3.per_graph_mean((graph.forces * action).sum(-1), graph.batch, graph.n_graphs)
+        return self.w[0] * s, self.w[1] * s + 0.5
+
+
+def _batch():
+    graph = SimpleNamespace(forces=torch.randn(5, 3), batch=torch.tensor([0, 0, 1, 1, 1]), n_graphs=2)
+    return td3.TD3Batch(graph=graph, next_graph=graph, action=torch.randn(5, 3), actual_move=torch.zeros(5, 3),
+                        expert_action=torch.zeros(5, 3), is_expert=torch.tensor([True, False]),
+                        reward=torch.tensor([1.0, -1.0]), terminated=torch.tensor([0.0, 1.0]),
+                        weight=torch.ones(2))
+
+
+def test_td3_update_changes_critic_always_and_actor_only_when_delayed():
+    torch.manual_seed(0)
+    actor, critic = _TinyActor(), _TinyTwin()
+    actor_t, critic_t = copy.deepcopy(actor), copy.deepcopy(critic)
+    opt_a = torch.optim.SGD(actor.parameters(), lr=0.1)
+    opt_c = torch.optim.SGD(critic.parameters(), lr=0.1)
+    h = td3.TD3Hyper(gamma=0.9, tau=0.5, target_noise=0.01, target_noise_clip=0.02, max_step=0.2, lambda_dev=1.0,
+                     grad_clip=0.0)
+    b = _batch()
+    w0, s0 = critic.w.clone(), actor.scale.clone()
+    logs, td_abs = td3.td3_update(b, actor, critic, actor_t, critic_t, opt_a, opt_c, h, lambda_bc=1.0,
+                                  update_actor=False)
+    assert not torch.equal(critic.w, w0) and torch.equal(actor.scale, s0)
+    assert torch.equal(critic_t.w, w0)  # targets move only with the actor
+    assert td_abs.shape == (2,) and "losses/actor" not in logs
+    logs, _ = td3.td3_update(b, actor, critic, actor_t, critic_t, opt_a, opt_c, h, lambda_bc=1.0, update_actor=True)
+    assert not torch.equal(actor.scale, s0)
+    assert "losses/actor" in logs and not torch.equal(critic_t.w, w0)
+
+
+def test_schedules():
+    assert linear(1.0, 0.0, 10, 5) == pytest.approx(0.5)
+    assert linear(1.0, 0.0, 10, 50) == 0.0
+    assert linear(1.0, 0.0, 0, 3) == 0.0
+    assert exponential(1.0, 0.01, 10, 5) == pytest.approx(0.1)
