@@ -1,0 +1,473 @@
+"""Metric names, types, tags, units and help text: the one place they are defined.
+
+Two exporters share this spec:
+
+* :class:`RayMetrics` — used inside Ray processes (actors, the learner). It records through
+  ``ray.util.metrics``; Ray exports every metric at its node's ``--metrics-export-port``
+  with the prefix ``ray_``: ``relaxrl_q_value`` is scraped as ``ray_relaxrl_q_value``.
+  Without Ray (unit tests, a learner stepped by hand) it validates every call and keeps
+  the last values (:meth:`RayMetrics.snapshot`) but exports nothing.
+* :class:`PrometheusMetrics` — used by the replay service (``relaxrl replay serve``), an
+  ordinary process that serves its own Prometheus endpoint with ``prometheus-client``;
+  its names are exported as they are written here, without a prefix.
+
+The prefix rule, used by the Grafana dashboard and its tests: the name to write in PromQL is
+:func:`promql_name` — ``"ray_" + name`` for metrics whose exporter is ``"ray"``, the name
+itself for exporter ``"prometheus"``. Counters already end in ``_total`` here, and both
+exporters keep that suffix as it is; histograms add ``_bucket``, ``_sum`` and ``_count``.
+
+Units follow the project's: Å, eV, eV/Å. Help text says what the value is and what an
+abnormal value means (the "diagnostics to watch" of the design notes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+MetricKind = Literal["gauge", "counter", "histogram"]
+Exporter = Literal["ray", "prometheus"]
+
+RAY_PREFIX = "ray_"
+"""Prefix Ray puts in front of every ``ray.util.metrics`` name when it exports it."""
+
+TABLES = ("expert", "online")
+"""Replay table names (the ``table`` tag)."""
+
+ACTOR_KINDS = ("online", "expert")
+"""Actor kinds (the ``kind`` tag of env steps)."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: how it is exported, what it measures and what to watch for."""
+
+    name: str
+    """Prometheus name (``relaxrl_...``); unit suffix included, counters end in ``_total``."""
+    kind: MetricKind
+    """``gauge`` (last value), ``counter`` (monotonic total) or ``histogram`` (distribution)."""
+    unit: str
+    """Unit of the value: ``Å``, ``eV/Å``, ``1`` (dimensionless ratio), ``reward``, ``count``..."""
+    help: str
+    """What the value is, and what an abnormal value means."""
+    exporter: Exporter
+    """``ray`` (recorded in Ray processes, exported as ``ray_<name>``) or ``prometheus``
+    (the replay service's own endpoint, exported as ``<name>``)."""
+    emitted_by: str
+    """Which component records it: ``actors``, ``learner`` or ``replay service``."""
+    tag_keys: tuple[str, ...] = ()
+    """Label names; every recording must give exactly these."""
+    tag_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Allowed values per label, for labels with a closed set (others accept any string)."""
+    boundaries: tuple[float, ...] = ()
+    """Histogram bucket upper bounds (histograms only)."""
+
+    @property
+    def description(self) -> str:
+        """Help text with the unit, as shown in ``# HELP`` lines and Grafana tooltips."""
+        return f"{self.help} Unit: {self.unit}."
+
+
+def _spec(*specs: MetricSpec) -> dict[str, MetricSpec]:
+    out: dict[str, MetricSpec] = {}
+    for s in specs:
+        if s.name in out:
+            raise ValueError(f"metric {s.name} defined twice")
+        out[s.name] = s
+    return out
+
+
+METRICS: dict[str, MetricSpec] = _spec(
+    # ---- actors ------------------------------------------------------------------------
+    MetricSpec(
+        "relaxrl_actual_move_angstrom", "gauge", "Å",
+        "Mean per-atom length of the displacement the environment applied after its "
+        "correction (a_actual), last step of this actor. Near 0 while relaxrl_fmax_ev_per_angstrom "
+        "stays large means the agent is hitting walls: its moves are taken back because "
+        "atoms would come too close.",
+        "ray", "actors",
+    ),
+    MetricSpec(
+        "relaxrl_a_back_ratio", "gauge", "1",
+        "Fraction of the proposed move the environment took back (0 = applied untouched, "
+        "1 = all taken back), mean over the last step's atoms. Staying high means the policy "
+        "keeps proposing moves the environment must correct; the deviation penalty and the "
+        "a_back reward should bring it down.",
+        "ray", "actors",
+    ),
+    MetricSpec(
+        "relaxrl_fmax_ev_per_angstrom", "gauge", "eV/Å",
+        "Largest per-atom force at the end of this actor's last episode. It should fall "
+        "towards the run's fmax as training goes on; flat while relaxrl_q_value rises means "
+        "the critic overestimates.",
+        "ray", "actors",
+    ),
+    MetricSpec(
+        "relaxrl_episode_force_calls", "histogram", "force calls",
+        "Calculator force evaluations per finished episode (the cost a relaxation pays). "
+        "Falling with constant success means the agent relaxes faster; pinned at the step "
+        "limit means episodes end by truncation, not convergence. Ray reports each "
+        "observation at its bucket's midpoint, so the _sum (and the mean) is approximate.",
+        "ray", "actors",
+        boundaries=(2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    ),
+    MetricSpec(
+        "relaxrl_success_ratio", "gauge", "1",
+        "Share of this actor's recent episodes that reached fmax before the step limit "
+        "(0 to 1). Falling after a curriculum stage change is expected; falling at a fixed "
+        "stage means the policy got worse.",
+        "ray", "actors",
+    ),
+    MetricSpec(
+        "relaxrl_env_steps_total", "counter", "steps",
+        "Environment steps taken, by actor kind (online = policy, expert = one BFGS step). "
+        "Its sum over kinds is t_total, the x-axis of every training curve; a flat rate "
+        "means actors are stuck or dead.",
+        "ray", "actors",
+        tag_keys=("kind",), tag_values={"kind": ACTOR_KINDS},
+    ),
+    # ---- learner -----------------------------------------------------------------------
+    MetricSpec(
+        "relaxrl_action_scale", "gauge", "1",
+        "Mean output of the actor network's env gate (the scale of the proposed "
+        "displacement; exactly 1 when env_input_dim = 0). Tending to 0 means the policy "
+        "hides from the penalties by not moving at all.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_q_value", "gauge", "reward",
+        "Mean critic estimate Q(s, a) over the last training batch, in reward units "
+        "(expected discounted return). Compare with relaxrl_batch_reward: Q that keeps "
+        "rising while forces (relaxrl_fmax_ev_per_angstrom) do not fall means the critic "
+        "overestimates.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_batch_reward", "gauge", "reward",
+        "Mean one-step reward of the last training batch (the forces actually felt, "
+        "shaped). Should rise as relaxations improve; read it next to relaxrl_q_value.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_td_error", "gauge", "reward",
+        "Mean absolute TD error |r + γ·Q'(s', a') − Q(s, a)| of the last batch (it sets "
+        "the new replay priorities). Growing without bound means the critic diverges; "
+        "large jumps point at stale transitions (replay too large for the policy's pace).",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_learner_updates_total", "counter", "updates",
+        "Learner updates (TD3 steps) done. A flat rate means the learner waits for "
+        "replay (min size or rate limiter) or has stopped.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_weights_version", "gauge", "updates",
+        "Update count of the newest published actor weights. Far behind "
+        "relaxrl_learner_updates_total means weights are published too rarely and actors "
+        "act with a stale policy.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_bc_weight", "gauge", "1",
+        "Current behaviour-cloning weight λ_bc(t) on expert samples. It should decay on "
+        "schedule; a policy that collapses once it is small has not learned beyond BFGS yet.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_loss", "gauge", "loss",
+        "Last value of each learner loss, by name: critic (TD loss), actor (−Q + "
+        "penalties), bc (behaviour cloning), deviation (‖a_pred − a_actual‖²). A critic "
+        "loss that swings by orders of magnitude points at stale replay (buffers too large).",
+        "ray", "learner",
+        tag_keys=("name",),
+    ),
+    # ---- replay service ------------------------------------------------------------------
+    MetricSpec(
+        "relaxrl_replay_size", "gauge", "transitions",
+        "Transitions held in each replay table. Stuck below min_size_to_sample keeps the "
+        "learner waiting; at capacity, FIFO eviction is on (expected).",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_inserts_total", "counter", "transitions",
+        "Transitions inserted into each replay table. Its rate is the data the actors "
+        "produce; the expert table's rate should fall as nfake decays.",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_samples_total", "counter", "transitions",
+        "Transitions sampled from each replay table. samples/inserts much above 1 means "
+        "each transition is replayed many times (overfitting risk); the expert share of "
+        "samples should stay near expert_fraction.",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+)
+"""Every metric relaxrl exports, by Prometheus name."""
+
+REPLAY_METRIC_NAMES: tuple[str, ...] = tuple(n for n, s in METRICS.items() if s.exporter == "prometheus")
+"""The replay service's metrics (exported by :func:`replay_prometheus_registry`)."""
+
+_HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def promql_name(name: str) -> str:
+    """The series name to write in PromQL for metric ``name`` (see the prefix rule above)."""
+    spec = get_spec(name)
+    return RAY_PREFIX + spec.name if spec.exporter == "ray" else spec.name
+
+
+def spec_for_promql_name(series: str) -> MetricSpec | None:
+    """Inverse of :func:`promql_name`, accepting histogram suffixes; None if not ours."""
+    candidates = [series] + [series[: -len(s)] for s in _HISTOGRAM_SUFFIXES if series.endswith(s)]
+    for cand in candidates:
+        for spec in METRICS.values():
+            if promql_name(spec.name) == cand and (cand == series or spec.kind == "histogram"):
+                return spec
+    return None
+
+
+def get_spec(name: str) -> MetricSpec:
+    """The spec of ``name``; a ValueError lists the valid names when it is unknown."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r}; relaxrl/metrics.py defines: {', '.join(METRICS)}") from None
+
+
+_METHOD_KIND: dict[str, MetricKind] = {"set": "gauge", "inc": "counter", "observe": "histogram"}
+
+
+def _check(method: str, name: str, value: Any, tags: Mapping[str, Any], exporter: Exporter) -> tuple[MetricSpec, float, dict[str, str]]:
+    """Validate one recording against the spec; return (spec, value as float, tags as str)."""
+    spec = get_spec(name)
+    if spec.exporter != exporter:
+        where = "RayMetrics (Ray processes)" if spec.exporter == "ray" else "PrometheusMetrics (replay service)"
+        raise ValueError(f"metric {name} is exported by {spec.exporter!r}; record it through {where}")
+    want = _METHOD_KIND[method]
+    if spec.kind != want:
+        right = {v: k for k, v in _METHOD_KIND.items()}[spec.kind]
+        raise ValueError(f"metric {name} is a {spec.kind}; use .{right}(), not .{method}()")
+    if set(tags) != set(spec.tag_keys):
+        raise ValueError(f"metric {name} takes tags {list(spec.tag_keys)}, got {sorted(tags)}")
+    str_tags = {k: str(v) for k, v in tags.items()}
+    for k, allowed in spec.tag_values.items():
+        if str_tags[k] not in allowed:
+            raise ValueError(f"metric {name}: tag {k}={str_tags[k]!r} is not one of {list(allowed)}")
+    try:
+        x = float(value)  # accepts numpy / 0-d torch scalars
+    except (TypeError, ValueError):
+        raise ValueError(f"metric {name}: value {value!r} is not a number") from None
+    if spec.kind != "gauge" and not math.isfinite(x):
+        raise ValueError(f"metric {name}: {spec.kind} value must be finite, got {x}")
+    if spec.kind == "counter" and x < 0:
+        raise ValueError(f"metric {name}: a counter only increases, got inc({x})")
+    return spec, x, str_tags
+
+
+SnapshotKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class _Recorder:
+    """Shared part of both exporters: validation and the last values, per (name, tags)."""
+
+    _exporter: Exporter
+
+    def __init__(self) -> None:
+        self._last: dict[SnapshotKey, float] = {}
+        self._hist: dict[SnapshotKey, tuple[int, float]] = {}
+
+    def _remember(self, spec: MetricSpec, x: float, tags: dict[str, str]) -> None:
+        key = (spec.name, tuple(sorted(tags.items())))
+        if spec.kind == "gauge":
+            self._last[key] = x
+        elif spec.kind == "counter":
+            self._last[key] = self._last.get(key, 0.0) + x
+        else:
+            n, s = self._hist.get(key, (0, 0.0))
+            self._hist[key] = (n + 1, s + x)
+            self._last[key] = x
+
+    def snapshot(self) -> dict[SnapshotKey, float]:
+        """Last value per (name, sorted tag items): gauges as set, counters as totals
+        recorded through this object, histograms as the last observation."""
+        return dict(self._last)
+
+    def value(self, name: str, **tags: Any) -> float | None:
+        """The snapshot value of one series, or None if it was never recorded."""
+        return self._last.get((name, tuple(sorted((k, str(v)) for k, v in tags.items()))))
+
+
+# Ray metric objects are per process and keyed by name: two RayMetrics in one process (a
+# laptop run with actors and learner side by side) share them instead of registering twice.
+_RAY_OBJECTS: dict[str, Any] = {}
+
+
+class RayMetrics(_Recorder):
+    """Record relaxrl metrics from inside a Ray actor or the learner.
+
+    >>> m = RayMetrics()
+    >>> m.set("relaxrl_q_value", 1.5)
+    >>> m.inc("relaxrl_env_steps_total", 8, kind="online")
+    >>> m.observe("relaxrl_episode_force_calls", 37)
+
+    Ray metric objects are created on first use, only while Ray is initialised
+    (``ray.is_initialized()``); otherwise each call is validated and remembered but not
+    exported, so code that records metrics runs unchanged in plain unit tests.
+    """
+
+    _exporter: Exporter = "ray"
+
+    def set(self, name: str, value: float, **tags: Any) -> None:
+        """Set gauge ``name`` to ``value``."""
+        spec, x, t = _check("set", name, value, tags, "ray")
+        self._remember(spec, x, t)
+        metric = self._ray_metric(spec)
+        if metric is not None:
+            metric.set(x, tags=t or None)
+
+    def inc(self, name: str, value: float = 1, **tags: Any) -> None:
+        """Add ``value`` (≥ 0; 0 is a no-op) to counter ``name``."""
+        spec, x, t = _check("inc", name, value, tags, "ray")
+        if x == 0:
+            return
+        self._remember(spec, x, t)
+        metric = self._ray_metric(spec)
+        if metric is not None:
+            metric.inc(x, tags=t or None)
+
+    def observe(self, name: str, value: float, **tags: Any) -> None:
+        """Add one observation ``value`` to histogram ``name``."""
+        spec, x, t = _check("observe", name, value, tags, "ray")
+        self._remember(spec, x, t)
+        metric = self._ray_metric(spec)
+        if metric is not None:
+            metric.observe(x, tags=t or None)
+
+    @property
+    def exporting(self) -> bool:
+        """True when recordings reach Ray's exporter (Ray is initialised in this process)."""
+        import ray
+
+        return ray.is_initialized()
+
+    @staticmethod
+    def _ray_metric(spec: MetricSpec) -> Any | None:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        metric = _RAY_OBJECTS.get(spec.name)
+        if metric is None:
+            from ray.util import metrics as rm
+
+            if spec.kind == "gauge":
+                metric = rm.Gauge(spec.name, spec.description, tag_keys=spec.tag_keys)
+            elif spec.kind == "counter":
+                metric = rm.Counter(spec.name, spec.description, tag_keys=spec.tag_keys)
+            else:
+                metric = rm.Histogram(spec.name, spec.description, boundaries=list(spec.boundaries),
+                                      tag_keys=spec.tag_keys)
+            _RAY_OBJECTS[spec.name] = metric
+        return metric
+
+
+class PrometheusMetrics(_Recorder):
+    """The replay service's metrics on a ``prometheus_client`` registry of their own.
+
+    Same ``set``/``inc``/``observe`` calls as :class:`RayMetrics`; :meth:`serve` starts the
+    HTTP endpoint Prometheus scrapes (``deploy/prometheus.yml``, job ``relaxrl-replay``).
+    """
+
+    _exporter: Exporter = "prometheus"
+
+    def __init__(self, names: tuple[str, ...] = REPLAY_METRIC_NAMES, registry: Any | None = None) -> None:
+        import prometheus_client as pc
+
+        super().__init__()
+        self.registry = registry if registry is not None else pc.CollectorRegistry(auto_describe=True)
+        """The ``prometheus_client.CollectorRegistry`` holding the collectors."""
+        self._collectors: dict[str, Any] = {}
+        for name in names:
+            spec = get_spec(name)
+            if spec.exporter != "prometheus":
+                raise ValueError(f"metric {name} is exported by Ray; PrometheusMetrics only takes "
+                                 f"{list(REPLAY_METRIC_NAMES)}")
+            labels = list(spec.tag_keys)
+            if spec.kind == "gauge":
+                c = pc.Gauge(spec.name, spec.description, labels, registry=self.registry)
+            elif spec.kind == "counter":
+                # prometheus_client strips and re-adds the _total suffix; exported name == spec name.
+                c = pc.Counter(spec.name, spec.description, labels, registry=self.registry)
+            else:
+                c = pc.Histogram(spec.name, spec.description, labels, registry=self.registry,
+                                 buckets=list(spec.boundaries) + [float("inf")])
+            self._collectors[name] = c
+            # Closed label sets start at 0, so rates and sizes exist before the first event.
+            for values in _label_product(spec):
+                child = c.labels(**values) if labels else c
+                if spec.kind == "gauge":
+                    child.set(0)
+
+    def _child(self, spec: MetricSpec, tags: dict[str, str]) -> Any:
+        try:
+            c = self._collectors[spec.name]
+        except KeyError:
+            raise ValueError(f"metric {spec.name} is not registered here; registered: {list(self._collectors)}") from None
+        return c.labels(**tags) if tags else c
+
+    def set(self, name: str, value: float, **tags: Any) -> None:
+        """Set gauge ``name`` to ``value``."""
+        spec, x, t = _check("set", name, value, tags, "prometheus")
+        self._child(spec, t).set(x)
+        self._remember(spec, x, t)
+
+    def inc(self, name: str, value: float = 1, **tags: Any) -> None:
+        """Add ``value`` (≥ 0) to counter ``name``."""
+        spec, x, t = _check("inc", name, value, tags, "prometheus")
+        self._child(spec, t).inc(x)
+        self._remember(spec, x, t)
+
+    def observe(self, name: str, value: float, **tags: Any) -> None:
+        """Add one observation to histogram ``name``."""
+        spec, x, t = _check("observe", name, value, tags, "prometheus")
+        self._child(spec, t).observe(x)
+        self._remember(spec, x, t)
+
+    def exposition(self) -> bytes:
+        """The text a scrape of :meth:`serve`'s endpoint returns now."""
+        import prometheus_client as pc
+
+        return pc.generate_latest(self.registry)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
+        """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns (server, thread).
+
+        Call ``server.shutdown()`` to stop it. A port already in use raises OSError.
+        """
+        import prometheus_client as pc
+
+        return pc.start_http_server(port, addr=host, registry=self.registry)
+
+
+def _label_product(spec: MetricSpec) -> list[dict[str, str]]:
+    """Every label combination of ``spec`` when all its labels have closed value sets."""
+    if not spec.tag_keys:
+        return [{}]
+    if any(k not in spec.tag_values for k in spec.tag_keys):
+        return []
+    combos: list[dict[str, str]] = [{}]
+    for k in spec.tag_keys:
+        combos = [{**c, k: v} for c in combos for v in spec.tag_values[k]]
+    return combos
+
+
+def replay_prometheus_registry() -> PrometheusMetrics:
+    """A fresh :class:`PrometheusMetrics` with the replay service's metrics
+    (``relaxrl_replay_size``, ``relaxrl_replay_inserts_total``, ``relaxrl_replay_samples_total``,
+    each by ``table``); ``.registry`` is the prometheus-client registry, ``.serve(port, host)``
+    exposes it."""
+    return PrometheusMetrics(REPLAY_METRIC_NAMES)
