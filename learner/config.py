@@ -24,6 +24,10 @@ class NetworkConfig:
     """Hidden width of the radial MLP that gives tensor-product weights."""
     max_species: int = 100
     """Size of the species embedding table (atomic numbers up to this)."""
+    avg_num_neighbors: float = 12.0
+    """Messages summed at a receiver are divided by this (keeps feature scale independent of the radius)."""
+    tail_hidden: int = 32
+    """Hidden width of the small MLPs on env features (actor env gate, critic tail_mlp)."""
     max_step: float = 0.2
     """Bound on the norm of each atom's displacement, Å (equivariant squashing)."""
     per_atom_q: bool = False
