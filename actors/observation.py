@@ -32,3 +32,9 @@ class Observation:
     def fmax(self) -> float:
         """Largest per-atom force norm, eV/Å."""
         return float(np.linalg.norm(self.forces, axis=1).max()) if self.n_atoms else 0.0
+
+
+def env_features(fmax: float, step_fraction: float, last_a_back: float, dim: int) -> np.ndarray:
+    """The global env features, in order: log10 Fmax (eV/Å), step fraction, last a_back; first ``dim`` of them."""
+    feats = np.array([np.log10(max(fmax, 1e-6)), step_fraction, last_a_back], dtype=np.float64)
+    return feats[:dim].copy()

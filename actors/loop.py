@@ -1,0 +1,139 @@
+"""The actor loops: environments stepped together, transitions written to the replay in batches.
+
+``OnlineActor`` acts with the current policy plus Gaussian exploration noise whose σ decays
+with t_total. ``ExpertActor`` drives the same environments with one BFGS iteration per step
+(``fake_step``) with the probability of the ``nfake`` schedule, and with the policy
+otherwise; its BFGS steps go to the ``expert`` table with ``a_expert`` filled, its policy
+steps to ``online``.
+
+Both talk to two objects only: a *hub* (``actors.coordinator.Coordinator`` or the Ray
+adapter of it: structures, weights, counters) and a *writer* with
+``insert(table, transitions, priorities)`` (the replay client). No Ray here.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from actors.env import RelaxEnv
+from actors.expert import BFGSExpert, fake_step_probability
+from actors.observation import Observation
+from learner.policy import Policy
+from learner.schedules import linear
+from replay_service.codec import Transition
+
+
+class OnlineActor:
+    kind = "online"
+
+    def __init__(self, config, writer, hub, actor_id: int = 0, seed: int = 0):
+        self.config = config
+        self.writer, self.hub = writer, hub
+        self.actor_id = actor_id
+        self.rng = np.random.default_rng([seed, actor_id, 7919])
+        n = config.actors.envs_per_actor
+        self.envs = [RelaxEnv(config.env) for _ in range(n)]
+        self.experts = [BFGSExpert(maxstep=config.expert.maxstep) for _ in range(n)]
+        self.policy = Policy(config, device="cpu")
+        self.obs: list[Observation | None] = [None] * n
+        self.pending: dict[str, list[Transition]] = {"online": [], "expert": []}
+        self.t_total = 0
+        self.steps = 0
+        self.last_stats: dict[str, float] = {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def sync_weights(self) -> bool:
+        got = self.hub.weights_if_newer(self.policy.version)
+        if got is None:
+            return False
+        version, state = got
+        self.policy.load_weights(state, version)
+        return True
+
+    def _reset(self, i: int) -> None:
+        atoms = self.hub.next_structure()
+        self.obs[i] = self.envs[i].reset(atoms)
+        self.experts[i].reset()
+
+    def sigma(self) -> float:
+        a = self.config.actors
+        return linear(a.sigma_start, a.sigma_end, a.sigma_decay_steps, self.t_total)
+
+    def choose_tables(self) -> list[str]:
+        return ["online"] * len(self.envs)
+
+    def _flush(self, force: bool = False) -> None:
+        for table, items in self.pending.items():
+            if items and (force or len(items) >= self.config.actors.insert_batch):
+                self.writer.insert(table, items, None)
+                items.clear()
+
+    # -- one step of every environment --------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """Step all environments once (one batched policy forward); returns per-step means."""
+        for i, o in enumerate(self.obs):
+            if o is None:
+                self._reset(i)
+        tables = self.choose_tables()
+        use_policy = [k for k, t in enumerate(tables) if t == "online"]
+        actions: list[np.ndarray | None] = [None] * len(self.envs)
+        scales: list[float] = []
+        if use_policy:
+            acts, sc = self.policy.act_batch([self.obs[k] for k in use_policy], return_scale=True)
+            sigma = self.sigma()
+            for k, a in zip(use_policy, acts):
+                actions[k] = a + self.rng.normal(0.0, sigma, size=a.shape)
+            scales = list(sc)
+        moves, backs, rewards, fmaxes = [], [], [], []
+        for i, env in enumerate(self.envs):
+            obs = self.obs[i]
+            a_expert = self.experts[i].action(obs) if tables[i] == "expert" else None
+            action = a_expert if tables[i] == "expert" else actions[i]
+            res = env.step(action)
+            info = res.info
+            self.pending[tables[i]].append(Transition(
+                obs=obs, action=np.asarray(action, dtype=np.float64), actual_move=info["actual_move"],
+                reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
+                next_obs=res.obs, a_back=float(info["a_back"]), expert_action=a_expert))
+            moves.append(info["actual_move_norm"]), backs.append(info["a_back"])
+            rewards.append(res.reward), fmaxes.append(info["fmax"])
+            if res.terminated or res.truncated:
+                self.hub.report_episode(self.kind if tables[i] == "online" else "expert", bool(info["converged"]),
+                                        int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
+                self.obs[i] = None
+            else:
+                self.obs[i] = res.obs
+        self._flush()
+        self.steps += len(self.envs)
+        stats = {"actual_move": float(np.mean(moves)), "a_back": float(np.mean(backs)),
+                 "reward": float(np.mean(rewards)), "fmax": float(np.mean(fmaxes))}
+        if scales:
+            stats["action_scale"] = float(np.mean(scales))
+        self.t_total = self.hub.add_steps(self.kind, len(self.envs), stats)
+        self.last_stats = stats
+        return stats
+
+    def run(self, max_steps: int = 0, sync_every: int = 1) -> int:
+        """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken."""
+        start = self.steps
+        k = 0
+        try:
+            while not self.hub.should_stop():
+                if max_steps and self.steps - start >= max_steps:
+                    break
+                if k % sync_every == 0:
+                    self.sync_weights()
+                self.step()
+                k += 1
+        finally:
+            self._flush(force=True)
+        return self.steps - start
+
+
+class ExpertActor(OnlineActor):
+    kind = "expert"
+
+    def choose_tables(self) -> list[str]:
+        p = fake_step_probability(self.t_total, self.config.expert)
+        return ["expert" if self.rng.random() < p else "online" for _ in self.envs]

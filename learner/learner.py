@@ -1,0 +1,250 @@
+"""The learner: ``step()`` is exactly one TD3 update, ``run()`` the loop (Acme's shape).
+
+It reads through one sampler (``sample`` / ``update_priorities`` / ``stats`` of a
+``replay_service.client.ReplayClient``), publishes weights through one callable, and writes
+checkpoints and ``metrics.jsonl`` into the run directory. Nothing here knows about Ray.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from learner import td3
+from learner.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from learner.graph import batch_graphs
+from learner.networks import Actor, TwinCritic
+from learner.policy import torch_dtype
+from learner.schedules import linear
+from relaxrl.errors import RelaxRLError
+
+
+class TrainingDiverged(RelaxRLError):
+    """Too many consecutive non-finite losses; the last good weights were checkpointed."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RelaxRLError("learner.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+@dataclass
+class Counters:
+    updates: int = 0
+    t_total: int = 0
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+    sample_wait_s: float = 0.0
+    update_s: float = 0.0
+
+
+class Learner:
+    """One central TD3 learner.
+
+    Args:
+        config: the run's ``RunConfig``.
+        sampler: replay client (``sample``, ``update_priorities``, ``stats``).
+        run_dir: where checkpoints and metrics.jsonl go.
+        publish: ``publish(version, actor_state)`` called every ``publish_every`` updates.
+        t_total: callable giving the environment steps taken so far (default: replay inserts).
+        extra_metrics: callable whose dict is merged into every metrics row (actor-side statistics).
+        resume: continue from the newest checkpoint in ``run_dir``.
+    """
+
+    def __init__(self, config, sampler, run_dir: str | Path, publish: Callable[[int, dict], None] | None = None,
+                 t_total: Callable[[], int] | None = None, extra_metrics: Callable[[], dict] | None = None,
+                 resume: bool = False, device: str | None = None):
+        self.config, self.lc = config, config.learner
+        self.sampler = sampler
+        self.run_dir = Path(run_dir)
+        self.publish = publish
+        self.extra_metrics = extra_metrics
+        self._t_total_fn = t_total
+        self.device = pick_device(device or self.lc.device)
+        dtype = torch_dtype(config.network.dtype)
+        self.dtype = dtype
+        torch.manual_seed(config.run.seed)
+        self.actor = Actor(config.network).to(self.device, dtype)
+        self.critic = TwinCritic(config.network).to(self.device, dtype)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.critic_target = copy.deepcopy(self.critic)
+        for p in list(self.actor_target.parameters()) + list(self.critic_target.parameters()):
+            p.requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.lc.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.lc.critic_lr)
+        self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
+                                  target_noise_clip=self.lc.target_noise_clip, max_step=config.network.max_step,
+                                  lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip)
+        self.generator = torch.Generator().manual_seed(config.run.seed + 1)
+        self.counters = Counters()
+        self.last_logs: dict[str, float] = {}
+        self._window: dict[str, list[float]] = {}
+        self._started = time.monotonic()
+        if resume and list_checkpoints(self.run_dir):
+            self.restore(self.run_dir)
+
+    # -- schedules ---------------------------------------------------------------------------
+    def expert_fraction(self) -> float:
+        lc = self.lc
+        return linear(lc.expert_fraction_start, lc.expert_fraction_end, lc.expert_fraction_decay_updates, self.counters.updates)
+
+    def bc_weight(self) -> float:
+        return linear(self.lc.bc_start, self.lc.bc_end, self.lc.bc_decay_updates, self.counters.updates)
+
+    def beta(self) -> float:
+        return linear(self.lc.beta_start, 1.0, self.lc.beta_anneal_updates, self.counters.updates)
+
+    def t_total(self) -> int:
+        if self._t_total_fn is not None:
+            return int(self._t_total_fn())
+        stats = self.sampler.stats()
+        return int(sum(t.get("inserts", 0) for t in stats.get("tables", {}).values()))
+
+    # -- one update ----------------------------------------------------------------------------
+    def _to_batch(self, info, transitions) -> td3.TD3Batch:
+        dev, dt = self.device, self.dtype
+        obs = [t.obs for t in transitions]
+        nxt = [t.next_obs for t in transitions]
+        graph = batch_graphs(obs, self.config.network, device=dev, dtype=dt)
+        next_graph = batch_graphs(nxt, self.config.network, device=dev, dtype=dt)
+
+        def cat(arrays):
+            return torch.as_tensor(np.concatenate(arrays, axis=0), device=dev, dtype=dt)
+
+        expert = [t.expert_action if t.expert_action is not None else np.zeros_like(t.action) for t in transitions]
+        is_expert = np.array([t.expert_action is not None for t in transitions]) & (np.asarray(info.table) == "expert")
+        return td3.TD3Batch(
+            graph=graph, next_graph=next_graph,
+            action=cat([t.action for t in transitions]),
+            actual_move=cat([t.actual_move for t in transitions]),
+            expert_action=cat(expert),
+            is_expert=torch.as_tensor(is_expert, device=dev),
+            reward=torch.as_tensor([t.reward for t in transitions], device=dev, dtype=dt),
+            terminated=torch.as_tensor([float(t.terminated) for t in transitions], device=dev, dtype=dt),
+            weight=torch.as_tensor(np.asarray(info.weight, dtype=np.float64), device=dev, dtype=dt),
+        )
+
+    def step(self) -> dict[str, float]:
+        """Exactly one update: sample, TD3 step, new priorities; publish/checkpoint/log on schedule."""
+        c, lc = self.counters, self.lc
+        t0 = time.monotonic()
+        info, transitions = self.sampler.sample(lc.batch_size, self.expert_fraction(), beta=self.beta(), timeout=300.0)
+        t1 = time.monotonic()
+        batch = self._to_batch(info, transitions)
+        update_actor = (c.updates + 1) % lc.policy_delay == 0
+        logs, td_abs = td3.td3_update(batch, self.actor, self.critic, self.actor_target, self.critic_target,
+                                      self.actor_opt, self.critic_opt, self.hyper, self.bc_weight(), update_actor,
+                                      self.generator)
+        if logs.pop("nonfinite", 0.0):
+            c.nonfinite_total += 1
+            c.nonfinite_streak += 1
+            if c.nonfinite_streak >= lc.max_nonfinite:
+                path = self.checkpoint()
+                raise TrainingDiverged(f"{c.nonfinite_streak} consecutive non-finite losses at update {c.updates}; "
+                                       f"the last good weights are in {path}. Lower learner.actor_lr/critic_lr or "
+                                       "check the rewards in metrics.jsonl")
+            return {"nonfinite": 1.0}
+        c.nonfinite_streak = 0
+        priorities = td3.new_priorities(td_abs, lc.priority_eps).cpu().double().numpy()
+        tables = np.asarray(info.table)
+        for table in np.unique(tables):
+            sel = tables == table
+            self.sampler.update_priorities(str(table), np.asarray(info.key)[sel], priorities[sel])
+        c.updates += 1
+        t2 = time.monotonic()
+        c.sample_wait_s += t1 - t0
+        c.update_s += t2 - t1
+        logs["charts/actual_move"] = float(batch.actual_move.norm(dim=-1).mean())
+        logs["charts/bc_weight"] = self.bc_weight()
+        logs["charts/expert_fraction"] = float((tables == "expert").mean())
+        logs["charts/beta"] = self.beta()
+        for k, v in logs.items():
+            self._window.setdefault(k, []).append(v)
+        if self.publish is not None and c.updates % lc.publish_every == 0:
+            self.publish(c.updates, self.actor_weights())
+        if c.updates % lc.log_every == 0:
+            self.log_row()
+        if c.updates % lc.checkpoint_every == 0:
+            self.checkpoint()
+        self.last_logs = logs
+        return logs
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False, on_update: Callable[[dict], None] | None = None) -> None:
+        """Update until ``max_updates``, ``time_limit_s`` or ``should_stop()``; always ends with a checkpoint."""
+        lc = self.lc
+        start = time.monotonic()
+        try:
+            while not should_stop():
+                if lc.max_updates and self.counters.updates >= lc.max_updates:
+                    break
+                if lc.time_limit_s and time.monotonic() - start >= lc.time_limit_s:
+                    break
+                logs = self.step()
+                if on_update is not None:
+                    on_update(logs)
+        finally:
+            self.checkpoint()
+
+    # -- outputs --------------------------------------------------------------------------------
+    def actor_weights(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.actor.state_dict().items()}
+
+    def log_row(self) -> dict[str, Any]:
+        """Append one row to metrics.jsonl: window means of the update scalars plus counters and extras."""
+        c = self.counters
+        c.t_total = self.t_total()
+        row: dict[str, Any] = {"updates": c.updates, "t_total": c.t_total, "time_s": round(time.monotonic() - self._started, 3),
+                               "nonfinite_total": c.nonfinite_total}
+        row.update({k: float(np.mean(v)) for k, v in self._window.items() if v})
+        busy = c.sample_wait_s + c.update_s
+        row["charts/sample_wait_share"] = c.sample_wait_s / busy if busy else 0.0
+        self._window.clear()
+        if self.extra_metrics is not None:
+            row.update(self.extra_metrics())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}) + "\n")
+        self.last_row = row
+        return row
+
+    def checkpoint(self) -> Path:
+        from relaxrl.config import to_dict
+
+        c = self.counters
+        try:
+            c.t_total = self.t_total()
+        except Exception:  # replay unreachable at shutdown: keep the last known value
+            pass
+        return save_checkpoint(self.run_dir, c.updates, {
+            "config": to_dict(self.config),
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(), "critic_target": self.critic_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+            "counters": {"updates": c.updates, "t_total": c.t_total, "nonfinite_total": c.nonfinite_total},
+            "generator": self.generator.get_state(),
+        })
+
+    def restore(self, path: str | Path) -> None:
+        data = load_checkpoint(path, map_location=self.device)
+        self.actor.load_state_dict(data["actor"])
+        self.critic.load_state_dict(data["critic"])
+        self.actor_target.load_state_dict(data["actor_target"])
+        self.critic_target.load_state_dict(data["critic_target"])
+        self.actor_opt.load_state_dict(data["actor_opt"])
+        self.critic_opt.load_state_dict(data["critic_opt"])
+        counters = data["counters"]
+        self.counters.updates = int(counters["updates"])
+        self.counters.t_total = int(counters["t_total"])
+        self.counters.nonfinite_total = int(counters.get("nonfinite_total", 0))
+        if "generator" in data:
+            self.generator.set_state(data["generator"])

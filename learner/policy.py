@@ -1,0 +1,107 @@
+"""The trained policy as an object actors and optimizers can call: observation in, displacement out.
+
+    policy = load_policy("runs/demo-.../")          # newest checkpoint of a run, or a file
+    d = policy.act(obs)                               # [n_atoms, 3] Å, deterministic
+    ds = policy.act_batch([obs1, obs2])               # one batched forward
+
+The policy is the actor network only; the critic stays with the learner.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from actors.observation import Observation, env_features
+from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from learner.graph import batch_graphs
+from learner.networks import Actor
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+class Policy:
+    """An e3nn actor with the run config it was trained with."""
+
+    def __init__(self, config, device: str | torch.device = "cpu", actor: Actor | None = None):
+        self.config = config  # relaxrl.config.RunConfig
+        self.device = torch.device(device)
+        self.dtype = torch_dtype(config.network.dtype)
+        self.actor = actor if actor is not None else Actor(config.network).to(self.device, self.dtype)
+        self.actor.eval()
+        self.version = 0
+
+    def load_weights(self, state: dict, version: int = 0) -> None:
+        """Load an actor state dict (CPU tensors are moved to this policy's device)."""
+        self.actor.load_state_dict(state)
+        self.version = version
+
+    def weights(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.actor.state_dict().items()}
+
+    @torch.no_grad()
+    def act_batch(self, observations: Sequence[Observation], return_scale: bool = False):
+        """Displacements [n_i, 3] (Å) for each observation; with ``return_scale`` also the env gate per observation."""
+        graph = batch_graphs(list(observations), self.config.network, device=self.device, dtype=self.dtype)
+        disp, scale = self.actor(graph, return_scale=True)  # [n_atoms, 3], [n_graphs]
+        disp = disp.cpu().double().numpy()
+        counts = [o.n_atoms for o in observations]
+        parts = np.split(disp, np.cumsum(counts)[:-1])
+        if return_scale:
+            return parts, scale.cpu().double().numpy()
+        return parts
+
+    def act(self, obs: Observation) -> np.ndarray:
+        return self.act_batch([obs])[0]
+
+    def observe(self, atoms, forces: np.ndarray, energy: float, step_fraction: float = 0.0,
+                last_a_back: float = 0.0) -> Observation:
+        """The observation this policy expects for ``atoms`` with the given forces (eV/Å) and energy (eV)."""
+        fmax = float(np.linalg.norm(forces, axis=1).max()) if len(atoms) else 0.0
+        return Observation(
+            positions=np.asarray(atoms.get_positions(), dtype=np.float64),
+            numbers=np.asarray(atoms.numbers, dtype=np.int64),
+            cell=np.asarray(atoms.cell.array, dtype=np.float64),
+            pbc=np.asarray(atoms.pbc, dtype=bool),
+            forces=np.asarray(forces, dtype=np.float64),
+            energy=float(energy),
+            env_features=env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim),
+        )
+
+
+def save_policy(run_dir: str | Path, config, actor: torch.nn.Module, updates: int = 0, **extra) -> Path:
+    """A checkpoint holding only what a policy needs (the learner's checkpoints hold more and load here too)."""
+    from relaxrl.config import to_dict
+
+    return save_checkpoint(run_dir, updates, {"config": to_dict(config), "actor": actor.state_dict(),
+                                               "counters": {"updates": updates, "t_total": 0}, **extra})
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_config=None) -> Policy:
+    """The actor of a checkpoint file or of a run directory's newest checkpoint.
+
+    ``expect_config``: a RunConfig whose network section the checkpoint must match.
+    """
+    from relaxrl.config import ConfigError, from_dict
+
+    data = load_checkpoint(path, map_location=device)
+    try:
+        config = from_dict(data["config"])
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{data['path']}: its config is not valid for this relaxrl version ({e})") from None
+    if expect_config is not None and expect_config.network != config.network:
+        diff = {k: (getattr(config.network, k), getattr(expect_config.network, k))
+                for k in config.network.__dataclass_fields__ if getattr(config.network, k) != getattr(expect_config.network, k)}
+        raise CheckpointError(f"{data['path']} was trained with a different network config: "
+                              + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()))
+    policy = Policy(config, device=device)
+    try:
+        policy.load_weights(data["actor"], version=int(data.get("counters", {}).get("updates", 0)))
+    except RuntimeError as e:
+        raise CheckpointError(f"{data['path']}: actor weights do not fit the network of its config "
+                              f"({str(e).splitlines()[0][:200]}); the checkpoint is from an incompatible version") from None
+    return policy

@@ -1,0 +1,246 @@
+"""`relaxrl train`: wire replay, actors and learner on Ray, show progress, leave a complete run directory.
+
+Run directory::
+
+    config.toml          resolved configuration (a resume reads it back)
+    checkpoints/         ckpt-<updates>.pt, the newest few
+    metrics.jsonl        one row every learner.log_every updates, x-axis t_total
+    plots/*.png          actual move, Q vs reward, action scale, a_back, Fmax/success, losses, replay sizes
+    eval.json, eval.md   trained vs untrained policy on held-out structures
+    redis/               the embedded Redis (append-only file) when no --redis-url is given
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from relaxrl.config import RunConfig, dump_config, load_config
+from relaxrl.errors import RelaxRLError
+
+log = logging.getLogger("relaxrl.train")
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    """(config, run_dir, resuming) from the command-line arguments."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise RelaxRLError(f"--resume {run_dir}: no config.toml there; pass the directory of an earlier `relaxrl train` run")
+        cfg = load_config(run_dir / "config.toml", args.overrides)
+        return cfg, run_dir, True
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to continue it "
+                           "or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.toml")
+    return cfg, run_dir, False
+
+
+class Run:
+    """The pieces of one training run; ``close()`` releases them in order."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, address: str | None, redis_url: str | None):
+        import ray
+
+        from actors.ray_actors import RemoteCoordinator, make_actor, publish_weights
+        from actors.structures import Curriculum, load_structures
+        from learner.learner import Learner
+        from replay_service.client import ReplayClient
+
+        self.cfg, self.run_dir = cfg, run_dir
+        self.embedded = None
+        self.started_ray = False
+        self.actors: list = []
+        url = redis_url or cfg.replay.url
+        if not url:
+            from replay_service.server import start_embedded
+
+            self.embedded = start_embedded(run_dir / "redis", appendfsync=cfg.replay.appendfsync)
+            url = self.embedded.url
+        self.replay = ReplayClient(url, cfg.replay)
+        self.replay.create_tables()
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                      "logging_level": logging.WARNING}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = cfg.run.num_cpus or os.cpu_count()
+                if cfg.run.metrics_port:
+                    kwargs["_metrics_export_port"] = cfg.run.metrics_port
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise RelaxRLError(f"cannot start or join Ray (address={address or 'local'}): {e}. "
+                                   "Check `ray status` on the head node or omit --address for a local instance") from None
+            self.started_ray = True
+
+        self.train_structures, self.heldout = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed)
+        self.hub = RemoteCoordinator.remote(Curriculum(self.train_structures, cfg.curriculum), 0, cfg.run.seed)
+        hub = self.hub
+        self.learner = Learner(cfg, self.replay, run_dir, resume=resume,
+                               publish=lambda v, s: publish_weights(hub, v, s),
+                               t_total=lambda: ray.get(hub.current_t_total.remote()),
+                               extra_metrics=self.extra_metrics)
+        if resume:
+            ray.get(hub.continue_from.remote(self.learner.counters.t_total))
+        publish_weights(hub, self.learner.counters.updates, self.learner.actor_weights())
+        self.untrained_weights = None if resume else self.learner.actor_weights()
+        a = cfg.actors
+        seed = cfg.run.seed + 1000 * self.learner.counters.updates  # a resumed run explores anew
+        for i in range(a.num_online):
+            self.actors.append(make_actor("online", cfg, self.replay, hub, i, seed))
+        for j in range(a.num_expert):
+            self.actors.append(make_actor("expert", cfg, self.replay, hub, a.num_online + j, seed))
+        self.actor_runs = [x.run.remote() for x in self.actors]
+        self._stats: dict[str, Any] = {}
+        self._stats_at = 0.0
+
+    def stats(self, max_age_s: float = 1.0) -> dict[str, Any]:
+        import ray
+
+        if time.monotonic() - self._stats_at > max_age_s:
+            s = ray.get(self.hub.stats.remote())
+            try:
+                for table, n in self.replay.sizes().items():
+                    s[f"replay/{table}_size"] = n
+            except RelaxRLError:
+                pass
+            self._stats, self._stats_at = s, time.monotonic()
+        return self._stats
+
+    def extra_metrics(self) -> dict[str, Any]:
+        s = dict(self.stats(max_age_s=0.0))
+        s.pop("t_total", None)
+        return s
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        import ray
+
+        try:
+            if ray.is_initialized():
+                ray.get(self.hub.stop.remote(), timeout=10)
+                ray.wait(self.actor_runs, num_returns=len(self.actor_runs), timeout=timeout_s)
+                for x in self.actors:
+                    ray.kill(x)
+        finally:
+            if self.started_ray:
+                ray.shutdown()
+            if self.embedded is not None:
+                self.embedded.stop()
+
+
+def _progress_line(s: dict[str, Any], logs: dict[str, float], updates: int) -> str:
+    def g(k, fmt="{:.3g}"):
+        v = s.get(k, logs.get(k))
+        return fmt.format(v) if isinstance(v, (int, float)) else "–"
+
+    return (f"updates {updates}  t_total {g('t_total', '{:d}')}  env steps/s {g('env_steps_per_s', '{:.1f}')}  "
+            f"success {g('episodes/online_success', '{:.2f}')}  Fmax {g('actors/fmax')}  "
+            f"Q {g('charts/q_value')} vs reward {g('charts/batch_reward')}  stage {g('curriculum/stage', '{:d}')}")
+
+
+def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None,
+          redis_url: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train, checkpoint, plot and evaluate; returns the evaluation summary."""
+    from relaxrl.training_report import plot_run
+
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        print("\nstopping: finishing the current update, writing a final checkpoint (Ctrl-C again to abort)")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    run = Run(cfg, run_dir, resume, address, redis_url)
+    learner = run.learner
+    metrics_at = f"Ray metrics export port {cfg.run.metrics_port}" if cfg.run.metrics_port else "metrics.jsonl + plots/ in the run directory"
+    try:
+        total = cfg.learner.max_updates or None
+        if progress:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            console = Console(stderr=True)
+            console.print(f"[bold]relaxrl train[/] run dir {run_dir}  ({metrics_at})")
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                           TextColumn("{task.fields[line]}"), console=console, transient=False)
+            with bar:
+                task = bar.add_task("updates", total=total, completed=learner.counters.updates, line="waiting for replay")
+
+                def on_update(logs):
+                    s = run.stats()
+                    bar.update(task, completed=learner.counters.updates, line=_progress_line(s, logs, learner.counters.updates))
+
+                learner.run(should_stop=lambda: stop["flag"], on_update=on_update)
+        else:
+            last = [0.0]
+
+            def on_update(logs):
+                if time.monotonic() - last[0] > 10:
+                    last[0] = time.monotonic()
+                    print(_progress_line(run.stats(), logs, learner.counters.updates), flush=True)
+
+            learner.run(should_stop=lambda: stop["flag"], on_update=on_update)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        untrained = run.untrained_weights
+        heldout = run.heldout
+        run.close()
+    plot_run(run_dir)
+    summary = evaluate_run(cfg, run_dir, heldout, untrained)
+    return summary
+
+
+def evaluate_run(cfg: RunConfig, run_dir: Path, heldout, untrained_weights) -> dict[str, Any]:
+    """Trained vs untrained (initial) policy on held-out structures → eval.json and eval.md."""
+    from learner.policy import Policy, load_policy
+    from relaxrl.training_report import evaluate_policy
+
+    structures = list(heldout)[: cfg.run.eval_episodes]
+    trained = load_policy(run_dir)
+    untrained = Policy(cfg)
+    if untrained_weights is not None:
+        untrained.load_weights(untrained_weights)
+    else:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
+        import torch
+
+        from learner.networks import Actor
+        from learner.policy import torch_dtype
+
+        torch.manual_seed(cfg.run.seed)
+        untrained.actor = Actor(cfg.network).to(torch_dtype(cfg.network.dtype)).eval()
+    result = {"heldout_structures": len(structures), "fmax": cfg.env.fmax, "max_steps": cfg.env.max_steps,
+              "trained": evaluate_policy(trained, structures, cfg.env),
+              "untrained": evaluate_policy(untrained, structures, cfg.env),
+              "checkpoint": str(trained.version)}
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    t, u = result["trained"], result["untrained"]
+    (run_dir / "eval.md").write_text(
+        f"# Held-out evaluation ({len(structures)} structures, Fmax < {cfg.env.fmax} eV/Å within {cfg.env.max_steps} steps)\n\n"
+        "| policy | success rate | mean steps | median final Fmax (eV/Å) |\n|---|---|---|---|\n"
+        f"| trained (update {trained.version}) | {t['success_rate']:.2f} | {t['mean_steps']:.1f} | {t['median_fmax_final']:.3f} |\n"
+        f"| untrained | {u['success_rate']:.2f} | {u['mean_steps']:.1f} | {u['median_fmax_final']:.3f} |\n")
+    return result
+
+
+def train_command(args: argparse.Namespace) -> int:
+    cfg, run_dir, resume = resolve_run(args)
+    result = train(cfg, run_dir, resume=resume, address=args.address, redis_url=args.redis_url,
+                   progress=not args.no_progress)
+    t, u = result["trained"], result["untrained"]
+    print(f"done: {run_dir}  held-out success trained {t['success_rate']:.2f} vs untrained {u['success_rate']:.2f} "
+          f"({result['heldout_structures']} structures); plots in {run_dir / 'plots'}")
+    return 0

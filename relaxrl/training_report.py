@@ -1,0 +1,99 @@
+"""What a run directory shows a person: PNG curves against t_total and the held-out evaluation.
+
+    plot_run(run_dir)                           # run_dir/plots/*.png from metrics.jsonl
+    evaluate_policy(policy, structures, env_cfg)  # greedy rollouts through RelaxEnv
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("actual_move", "actual move (Å, mean per atom)", [("actors/actual_move", "actors"), ("charts/actual_move", "replay batch")]),
+    ("q_vs_reward", "Q vs reward", [("charts/q_value", "Q(s,a)"), ("charts/batch_reward", "batch reward"), ("actors/reward", "actor step reward")]),
+    ("action_scale", "action scale (env gate)", [("actors/action_scale", "online actors")]),
+    ("a_back", "a_back (fraction taken back)", [("actors/a_back", "online actors")]),
+    ("fmax_success", "Fmax (eV/Å) and success", [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
+    ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
+    ("replay_sizes", "replay table sizes", [("replay/expert_size", "expert"), ("replay/online_size", "online")]),
+]
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: skip it, keep the rest
+                continue
+    return rows
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """One PNG per panel, x-axis t_total; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    out = Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, title, series in PANELS:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        drawn = 0
+        for key, label in series:
+            pts = [(r["t_total"], r[key]) for r in rows if r.get(key) is not None and "t_total" in r]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, label=label, lw=1.4)
+                drawn += 1
+        ax.set_xlabel("t_total (environment steps)")
+        ax.set_title(title)
+        if name == "losses" and drawn:
+            ax.set_yscale("symlog")
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def evaluate_policy(policy, structures: Sequence, env_cfg) -> dict[str, Any]:
+    """Greedy rollouts of ``policy`` (no noise) on each structure; success = Fmax < fmax within max_steps."""
+    from actors.env import RelaxEnv
+
+    env = RelaxEnv(env_cfg)
+    per = []
+    for atoms in structures:
+        obs = env.reset(atoms)
+        fmax0 = obs.fmax
+        while True:
+            res = env.step(policy.act(obs))
+            obs = res.obs
+            if res.terminated or res.truncated:
+                break
+        per.append({"name": atoms.info.get("name", atoms.get_chemical_formula()), "n_atoms": len(atoms),
+                    "converged": bool(res.info["converged"]), "steps": int(res.info["steps"]),
+                    "force_calls": int(res.info["force_calls"]), "fmax_start": float(fmax0),
+                    "fmax_final": float(res.info["fmax"])})
+    n = max(len(per), 1)
+    return {"structures": len(per), "success_rate": sum(p["converged"] for p in per) / n,
+            "mean_steps": float(np.mean([p["steps"] for p in per])) if per else 0.0,
+            "median_fmax_final": float(np.median([p["fmax_final"] for p in per])) if per else 0.0,
+            "per_structure": per}
