@@ -1,0 +1,475 @@
+"""The relaxation environment: ASE atoms + a calculator, action correction, reward.
+
+One episode relaxes one structure::
+
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=200, calculator="emt"))
+    obs = env.reset(atoms)              # ase.Atoms in (copied), Observation out
+    step = env.step(displacement)       # [n_atoms, 3] Å
+    step.obs, step.reward, step.terminated, step.truncated, step.info
+
+Action correction (:func:`correct_action`, a pure function that ``RLOptimizer`` reuses):
+
+1. every atom's proposed displacement longer than ``max_step`` Å is shortened to
+   ``max_step`` (direction kept);
+2. if the move would bring a pair (periodic images included) closer than
+   ``min_distance_factor × (r_cov,i + r_cov,j)``, both atoms' moves are scaled back to the
+   point where the pair touches that distance (analytic, per pair; repeated until no pair
+   is violated, which terminates because scales only shrink and a fully taken-back pair
+   is back at its valid starting distance).
+
+``a_back = 1 − ‖actual move‖ / ‖proposed move‖`` (Frobenius norms over all atoms, the
+proposed move *before* the ``max_step`` cap), so an oversized action is penalised too.
+``a_back`` is in [0, 1]; 0 means untouched. A non-finite action is applied as no move
+with ``a_back = 1`` and ``info["error"]``.
+
+Reward (all weights in :class:`EnvConfig`; F in eV/Å over per-atom force norms)::
+
+    r = −w_fmax·Fmax − w_fmean·Fmean + w_delta·(Fmax_prev − Fmax)
+        + w_log·(−log10 max(Fmax, 1e-6)) − w_back·a_back  (+ converged_bonus if Fmax < fmax)
+
+``terminated`` on convergence; ``truncated`` at ``max_steps`` or when the calculator
+returns non-finite forces/energy or raises (then ``info["error"]`` says why, the atoms are
+put back where they were, and the observation is the last finite one).
+
+The environment ignores ASE constraints (they are removed on reset).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.data import covalent_radii
+from ase.neighborlist import neighbor_list
+
+from actors.config import EnvConfig
+from actors.observation import Observation
+from actors.structures import StructureError, check_structure
+from relaxrl.errors import RelaxRLError
+
+__all__ = [
+    "ActionError",
+    "CalculatorError",
+    "EnvConfig",
+    "EpisodeError",
+    "PairList",
+    "RelaxEnv",
+    "StepResult",
+    "compute_reward",
+    "correct_action",
+    "force_stats",
+    "make_calculator",
+    "validate_env_config",
+]
+
+# Relative tolerance on the max_step cap, so that a step that is exactly max_step long
+# (BFGS scales its largest atom move to exactly maxstep) is not rescaled by rounding.
+_CAP_RTOL = 1e-9
+# Relative tolerance on squared pair distances when testing for a violation.
+_DIST2_RTOL = 1e-9
+
+
+class CalculatorError(RelaxRLError):
+    """The calculator named in the config cannot be built or fails on the initial structure."""
+
+
+class ActionError(RelaxRLError, ValueError):
+    """An action of the wrong shape."""
+
+
+class EpisodeError(RelaxRLError, RuntimeError):
+    """step() without an active episode (call reset(atoms) first)."""
+
+
+def validate_env_config(cfg: EnvConfig) -> None:
+    """Reject settings the environment cannot work with, naming the field and the fix."""
+    problems = []
+    if not cfg.fmax > 0:
+        problems.append(f"env.fmax must be > 0 eV/Å, got {cfg.fmax}")
+    if cfg.max_steps < 1:
+        problems.append(f"env.max_steps must be >= 1, got {cfg.max_steps}")
+    if not cfg.max_step > 0:
+        problems.append(f"env.max_step must be > 0 Å, got {cfg.max_step}")
+    if not 0 <= cfg.min_distance_factor < 1:
+        problems.append(f"env.min_distance_factor must be in [0, 1), got {cfg.min_distance_factor}")
+    if not 0 <= cfg.env_input_dim <= 3:
+        problems.append(f"env.env_input_dim must be 0..3 (log10 Fmax, step fraction, last a_back), got {cfg.env_input_dim}")
+    if problems:
+        raise RelaxRLError("invalid environment config: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- calculator
+
+
+def make_calculator(name: str, kwargs: dict | None = None) -> Calculator:
+    """Build an ASE calculator from its name: ``'emt'`` or ``'module:Class'`` / ``'module.Class'``."""
+    kwargs = dict(kwargs or {})
+    if name.lower() == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT(**kwargs)
+    if ":" in name:
+        module_name, _, cls_name = name.partition(":")
+    else:
+        module_name, _, cls_name = name.rpartition(".")
+    if not module_name or not cls_name:
+        raise CalculatorError(
+            f"calculator {name!r} is not 'emt' nor 'module:Class'; set env.calculator to e.g. "
+            "'emt' or 'ase.calculators.lj:LennardJones'"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise CalculatorError(
+            f"calculator {name!r} cannot be imported ({e}); install its package or fix env.calculator"
+        ) from None
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # a third-party constructor may raise anything
+        raise CalculatorError(
+            f"calculator {name!r} rejected env.calculator_kwargs={kwargs!r}: {type(e).__name__}: {e}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- correction
+
+
+class PairList:
+    """Atom pairs (with periodic images) that may come within the collision distance.
+
+    Built with ``cutoff = max collision distance + 2·max_step + skin`` at reference
+    positions; valid while no atom has drifted more than ``skin / 2`` from them (a Verlet
+    list), so one :func:`ase.neighborlist.neighbor_list` call serves many steps.
+    """
+
+    def __init__(self, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+                 max_step: float, min_distance_factor: float, skin: float = 1.0):
+        self.ref_positions = np.array(positions, dtype=np.float64)  # [n_atoms, 3] Å
+        self.skin = float(skin)
+        radii = covalent_radii[numbers]  # [n_atoms] Å
+        cutoff = 2.0 * min_distance_factor * float(radii.max()) + 2.0 * max_step + self.skin
+        atoms = Atoms(numbers=numbers, positions=self.ref_positions, cell=cell, pbc=pbc)
+        i, j, shifts = neighbor_list("ijS", atoms, cutoff)
+        keep = i < j  # each pair once; self-images never change their distance
+        self.i = i[keep]  # [n_pairs]
+        self.j = j[keep]  # [n_pairs]
+        self.offset = shifts[keep] @ np.asarray(cell, dtype=np.float64)  # [n_pairs, 3] Å, image shift of j
+        self.dmin = min_distance_factor * (radii[self.i] + radii[self.j])  # [n_pairs] Å
+
+    def valid_for(self, positions: np.ndarray) -> bool:
+        """True while every atom is within skin/2 of the reference positions."""
+        drift2 = np.einsum("ij,ij->i", positions - self.ref_positions, positions - self.ref_positions)
+        return float(drift2.max(initial=0.0)) <= (0.5 * self.skin) ** 2
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """Pair vectors r_j + offset − r_i at ``positions``. # [n_pairs, 3] Å"""
+        return positions[self.j] - positions[self.i] + self.offset
+
+
+def _cap(displacement: np.ndarray, max_step: float) -> np.ndarray:
+    """Shorten per-atom displacements longer than max_step Å, keeping direction."""
+    norms = np.sqrt(np.einsum("ij,ij->i", displacement, displacement))  # [n_atoms] Å
+    over = norms > max_step * (1.0 + _CAP_RTOL)
+    if not over.any():
+        return displacement
+    capped = displacement.copy()
+    capped[over] *= (max_step / norms[over])[:, None]
+    return capped
+
+
+def _first_contact(r0: np.ndarray, v: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """Largest t in [0, 1] with |r0 + t·v| ≥ thr on the way, per pair (|r0| ≥ thr assumed).
+
+    r0, v: [p, 3] Å; thr: [p] Å. Smallest root of |r0 + t v|² = thr².
+    """
+    a = np.einsum("ij,ij->i", v, v)
+    b = 2.0 * np.einsum("ij,ij->i", r0, v)
+    c = np.maximum(np.einsum("ij,ij->i", r0, r0) - thr * thr, 0.0)
+    disc = np.maximum(b * b - 4.0 * a * c, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Numerically stable form of (−b − √disc) / 2a for b < 0 (approaching pairs).
+        t = np.where(b < 0, 2.0 * c / (-b + np.sqrt(disc)), 0.0)
+    return np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0)
+
+
+def correct_action(state: Any, displacement: np.ndarray, cfg: EnvConfig,
+                   pairs: PairList | None = None) -> tuple[np.ndarray, float]:
+    """The move the environment applies for a proposed displacement, and ``a_back``.
+
+    ``state`` is anything with ``positions``, ``numbers``, ``cell`` and ``pbc`` (an
+    ``ase.Atoms`` or an :class:`Observation`); ``displacement`` is [n_atoms, 3] Å.
+    ``pairs`` is an optional :class:`PairList` valid for these positions (built here
+    when omitted). Returns ``(actual_move [n_atoms, 3] Å, a_back in [0, 1])``. Pure: the
+    inputs are not modified. Non-finite displacements give no move and ``a_back = 1``.
+    """
+    positions = np.asarray(state.positions, dtype=np.float64)  # [n_atoms, 3] Å
+    proposed = np.asarray(displacement, dtype=np.float64)  # [n_atoms, 3] Å
+    if proposed.shape != positions.shape:
+        raise ActionError(f"displacement has shape {proposed.shape}, expected {positions.shape} (n_atoms, 3) in Å")
+    if not np.isfinite(proposed).all():
+        return np.zeros_like(positions), 1.0
+    proposed_norm = math.sqrt(float(np.einsum("ij,ij->", proposed, proposed)))
+    if proposed_norm == 0.0:
+        return np.zeros_like(positions), 0.0
+
+    move = _cap(proposed, cfg.max_step)
+    if cfg.min_distance_factor > 0 and len(positions) > 1:
+        if pairs is None:
+            pairs = PairList(positions, np.asarray(state.numbers), np.asarray(state.cell),
+                             np.asarray(state.pbc), cfg.max_step, cfg.min_distance_factor, skin=0.0)
+        move = _scale_back_collisions(positions, move, pairs)
+
+    if move is proposed:
+        return proposed.copy(), 0.0
+    actual_norm = math.sqrt(float(np.einsum("ij,ij->", move, move)))
+    a_back = min(max(1.0 - actual_norm / proposed_norm, 0.0), 1.0)
+    return move, a_back
+
+
+def _scale_back_collisions(positions: np.ndarray, move: np.ndarray, pairs: PairList) -> np.ndarray:
+    """Scale the moves of atoms in pairs that would come too close (see module docstring)."""
+    if len(pairs.i) == 0:
+        return move
+    i, j = pairs.i, pairs.j
+    r0 = pairs.vectors(positions)  # [p, 3] Å, pair vectors before the move
+    d0_2 = np.einsum("ij,ij->i", r0, r0)
+    # A pair already inside the collision distance may not get any closer.
+    thr = np.sqrt(np.minimum(pairs.dmin * pairs.dmin, d0_2))  # [p] Å
+    thr2 = thr * thr * (1.0 - _DIST2_RTOL)
+    n = len(positions)
+    scale = np.ones(n)  # [n_atoms] fraction of each atom's move kept
+    for it in range(4 * n + 8):
+        v = scale[j, None] * move[j] - scale[i, None] * move[i]  # [p, 3] relative move
+        r1 = r0 + v
+        bad = np.einsum("ij,ij->i", r1, r1) < thr2
+        if not bad.any():
+            break
+        if it < 2 * n:
+            t = _first_contact(r0[bad], v[bad], thr[bad])
+        else:  # give up refining: freeze every atom still in a violated pair
+            t = np.zeros(int(bad.sum()))
+        new_scale = scale.copy()
+        np.minimum.at(new_scale, i[bad], scale[i[bad]] * t)
+        np.minimum.at(new_scale, j[bad], scale[j[bad]] * t)
+        scale = new_scale
+    if (scale == 1.0).all():
+        return move
+    return move * scale[:, None]
+
+
+# ----------------------------------------------------------------------------- reward
+
+
+def force_stats(forces: np.ndarray) -> tuple[float, float]:
+    """(Fmax, Fmean) over per-atom force norms, eV/Å."""
+    norms = np.sqrt(np.einsum("ij,ij->i", forces, forces))  # [n_atoms] eV/Å
+    return float(norms.max()), float(norms.mean())
+
+
+def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, cfg: EnvConfig) -> float:
+    """The step reward from the forces after the step (eV/Å) and a_back (module docstring)."""
+    r = (
+        -cfg.w_fmax * fmax
+        - cfg.w_fmean * fmean
+        + cfg.w_delta * (fmax_prev - fmax)
+        + cfg.w_log * (-math.log10(max(fmax, 1e-6)))
+        - cfg.w_back * a_back
+    )
+    if fmax < cfg.fmax:
+        r += cfg.converged_bonus
+    return float(r)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What :meth:`RelaxEnv.step` returns; iterable as (obs, reward, terminated, truncated, info)."""
+
+    obs: Observation
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.obs, self.reward, self.terminated, self.truncated, self.info))
+
+
+class RelaxEnv:
+    """One structure relaxed by displacements; see the module docstring for the rules."""
+
+    def __init__(self, cfg: EnvConfig | None = None):
+        self.cfg = cfg or EnvConfig()
+        validate_env_config(self.cfg)
+        self.calc = make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
+        self._atoms: Atoms | None = None
+        self._done = True
+        self.name = ""
+        self.steps = 0
+        self.force_calls = 0
+
+    # -- episode state -------------------------------------------------------------------
+
+    @property
+    def atoms(self) -> Atoms:
+        """A copy of the current structure (without calculator)."""
+        if self._atoms is None:
+            raise EpisodeError("no structure yet: call reset(atoms) first")
+        a = self._atoms.copy()
+        a.calc = None
+        return a
+
+    def reset(self, atoms: Atoms) -> Observation:
+        """Start an episode on a copy of ``atoms``; computes the initial forces (1 force call)."""
+        name = str(atoms.info.get("name", atoms.get_chemical_formula()))
+        check_structure(atoms, name, calculator=self.cfg.calculator,
+                        min_distance_factor=self.cfg.min_distance_factor)
+        a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        a.info["name"] = name
+        self.calc.reset()
+        a.calc = self.calc
+        self.name = name
+        self.steps = 0
+        self.force_calls = 1  # the initial evaluation below
+        self._last_a_back = 0.0
+        self._atoms = a
+        self._numbers = a.numbers.astype(np.int64)  # shared by every observation of the episode
+        self._cell = np.array(a.cell[:], dtype=np.float64)
+        self._pbc = np.array(a.pbc, dtype=bool)
+        self._pos = np.array(a.positions, dtype=np.float64)  # [n_atoms, 3] Å
+        try:
+            forces, energy = self._evaluate()
+        except Exception as e:
+            self._done = True
+            raise CalculatorError(
+                f"structure {name!r}: calculator {self.cfg.calculator!r} failed on the initial structure "
+                f"({type(e).__name__}: {e}); check the structure and env.calculator_kwargs"
+            ) from None
+        if not (np.isfinite(forces).all() and math.isfinite(energy)):
+            self._done = True
+            raise CalculatorError(
+                f"structure {name!r}: calculator {self.cfg.calculator!r} returned non-finite forces or energy "
+                "for the initial structure; check the structure (overlapping atoms?) and the calculator"
+            )
+        self._pairs = self._build_pairs(self._pos)
+        self._forces, self._energy = forces, energy
+        self._fmax, self._fmean = force_stats(forces)
+        self._done = False
+        return self._observe()
+
+    def step(self, displacement: np.ndarray) -> StepResult:
+        """Apply one corrected displacement ([n_atoms, 3] Å); see the module docstring."""
+        if self._done:
+            raise EpisodeError("the episode has ended (or never started): call reset(atoms) before step()")
+        cfg = self.cfg
+        info: dict[str, Any] = {}
+        proposed = np.asarray(displacement, dtype=np.float64)
+        if proposed.shape != self._pos.shape:
+            raise ActionError(f"displacement has shape {proposed.shape}, expected {self._pos.shape} (n_atoms, 3) in Å")
+        if not np.isfinite(proposed).all():
+            actual, a_back = np.zeros_like(self._pos), 1.0
+            info["error"] = "non-finite action (NaN or inf): applied as no move with a_back = 1"
+        else:
+            if not self._pairs.valid_for(self._pos):
+                self._pairs = self._build_pairs(self._pos)
+            actual, a_back = correct_action(self, proposed, cfg, pairs=self._pairs)
+
+        fmax_prev = self._fmax
+        self.steps += 1
+        failed = False
+        if actual.any():
+            new_pos = self._pos + actual
+            self._atoms.set_positions(new_pos, apply_constraint=False)
+            self.force_calls += 1
+            try:
+                forces, energy = self._evaluate()
+                failed = not (np.isfinite(forces).all() and math.isfinite(energy))
+                if failed:
+                    info["error"] = f"calculator {cfg.calculator!r} returned non-finite forces or energy; episode truncated"
+            except Exception as e:  # a calculator failure ends the episode, never the actor
+                failed = True
+                info["error"] = f"calculator {cfg.calculator!r} raised {type(e).__name__}: {e}; episode truncated"
+            if failed:
+                self._atoms.set_positions(self._pos, apply_constraint=False)
+                actual = np.zeros_like(self._pos)
+            else:
+                self._pos, self._forces, self._energy = new_pos, forces, energy
+                self._fmax, self._fmean = force_stats(forces)
+
+        self._last_a_back = a_back
+        converged = (not failed) and self._fmax < cfg.fmax
+        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg)
+        terminated = converged
+        truncated = (not terminated) and (failed or self.steps >= cfg.max_steps)
+        self._done = terminated or truncated
+
+        norms = np.sqrt(np.einsum("ij,ij->i", actual, actual))  # [n_atoms] Å
+        info.update(
+            actual_move=actual,
+            actual_move_norm=float(norms.mean()),
+            a_back=a_back,
+            fmax=self._fmax,
+            fmean=self._fmean,
+            energy=self._energy,
+            converged=converged,
+            force_calls=self.force_calls,
+            steps=self.steps,
+        )
+        return StepResult(self._observe(), reward, terminated, truncated, info)
+
+    # -- internals -----------------------------------------------------------------------
+
+    # correct_action reads these, so the env itself can be passed as the state.
+    @property
+    def positions(self) -> np.ndarray:
+        return self._pos
+
+    @property
+    def numbers(self) -> np.ndarray:
+        return self._numbers
+
+    @property
+    def cell(self) -> np.ndarray:
+        return self._cell
+
+    @property
+    def pbc(self) -> np.ndarray:
+        return self._pbc
+
+    def _evaluate(self) -> tuple[np.ndarray, float]:
+        """Forces (eV/Å) and energy (eV) at the current positions (one calculator call)."""
+        forces = np.asarray(self._atoms.get_forces(apply_constraint=False), dtype=np.float64)
+        energy = float(self._atoms.get_potential_energy())
+        return forces, energy
+
+    def _build_pairs(self, positions: np.ndarray) -> PairList:
+        return PairList(positions, self._numbers, self._cell, self._pbc,
+                        self.cfg.max_step, self.cfg.min_distance_factor)
+
+    def _env_features(self) -> np.ndarray:
+        dim = self.cfg.env_input_dim
+        if dim == 0:
+            return np.zeros(0)
+        feats = np.array([
+            math.log10(max(self._fmax, 1e-6)),
+            self.steps / self.cfg.max_steps,
+            self._last_a_back,
+        ])
+        return feats[:dim]
+
+    def _observe(self) -> Observation:
+        return Observation(
+            positions=self._pos.copy(),
+            numbers=self._numbers,
+            cell=self._cell,
+            pbc=self._pbc,
+            forces=self._forces.copy(),
+            energy=self._energy,
+            env_features=self._env_features(),
+        )

@@ -1,0 +1,441 @@
+"""Structures to relax: generated EMT systems, files, the train/held-out split, the curriculum.
+
+Sources
+    * ``demo``: generated from a seed — compact random clusters of Cu, Ag, Au, Ni, Pd, Pt,
+      Al (grown atom by atom next to the existing cluster, never closer than
+      ``CurriculumConfig.min_distance``), rattled fcc bulk supercells and rattled fcc(111) /
+      fcc(100) slabs. Mostly 3–8-atom clusters (the demo trains on those), some 9–16-atom
+      systems, a few of 27–64 atoms.
+    * a directory (or one file) of CIF, POSCAR/CONTCAR/*.vasp (read through pymatgen, ASE
+      as fallback) and xyz/extxyz (ASE; every frame is a structure).
+
+Every structure is an ``ase.Atoms`` without calculator or constraints, named in
+``atoms.info["name"]`` (``cluster-Cu6-s0-3``, ``bulk-Ni32-s0-60``, ``POSCAR_Cu``,
+``frames.extxyz#2``). Bad input raises :class:`StructureError` naming the structure, the
+problem and the fix: unreadable or truncated files, elements the calculator does not
+handle, atoms closer than ``min_distance_factor × (r_cov,i + r_cov,j)``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, covalent_radii, reference_states
+from ase.neighborlist import neighbor_list
+
+from actors.config import CurriculumConfig
+from relaxrl.errors import RelaxRLError
+
+__all__ = [
+    "Curriculum",
+    "StructureError",
+    "check_structure",
+    "demo_structures",
+    "find_overlaps",
+    "load_structures",
+    "random_cluster",
+    "rattled_bulk",
+    "rattled_slab",
+    "read_structure_file",
+    "split_structures",
+    "supported_elements",
+]
+
+# File suffixes / name prefixes we read, and which reader to try first.
+_PYMATGEN_SUFFIXES = (".cif", ".vasp", ".poscar")
+_VASP_PREFIXES = ("POSCAR", "CONTCAR")
+_ASE_SUFFIXES = (".xyz", ".extxyz")
+
+
+class StructureError(RelaxRLError, ValueError):
+    """A structure (file or generated) that cannot be relaxed as given."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def supported_elements(calculator: str) -> frozenset[str] | None:
+    """Element symbols a calculator handles, or None when unknown (any element accepted)."""
+    if calculator.lower() == "emt":
+        from ase.calculators.emt import parameters
+
+        return frozenset(parameters)
+    return None
+
+
+def find_overlaps(atoms: Atoms, factor: float) -> list[tuple[int, int, float, float]]:
+    """Pairs (i, j, distance Å, limit Å) closer than factor × (r_cov,i + r_cov,j), images included."""
+    if len(atoms) < 2 or factor <= 0:
+        return []
+    radii = covalent_radii[atoms.numbers]
+    cutoff = 2.0 * factor * float(radii.max())
+    i, j, d = neighbor_list("ijd", atoms, cutoff, self_interaction=False)
+    limit = factor * (radii[i] + radii[j])
+    bad = (d < limit) & (i <= j)
+    return [(int(a), int(b), float(x), float(y)) for a, b, x, y in zip(i[bad], j[bad], d[bad], limit[bad])]
+
+
+def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = "emt",
+                    min_distance_factor: float = 0.6) -> None:
+    """Raise :class:`StructureError` if ``atoms`` cannot be relaxed with ``calculator`` as given."""
+    name = name or str(atoms.info.get("name", atoms.get_chemical_formula()))
+    if len(atoms) == 0:
+        raise StructureError(f"structure {name!r} has no atoms; remove it from the structure source")
+    if not np.isfinite(atoms.positions).all():
+        raise StructureError(f"structure {name!r} has non-finite coordinates; fix or remove the file")
+    allowed = supported_elements(calculator)
+    if allowed is not None:
+        unknown = sorted(set(atoms.get_chemical_symbols()) - allowed)
+        if unknown:
+            raise StructureError(
+                f"structure {name!r} contains {', '.join(unknown)}, which the {calculator!r} calculator does not "
+                f"handle (it supports {', '.join(sorted(allowed, key=lambda s: atomic_numbers[s]))}); remove the "
+                "structure or choose another env.calculator"
+            )
+    if any(atoms.pbc[k] and np.linalg.norm(atoms.cell[k]) < 1e-9 for k in range(3)):
+        raise StructureError(f"structure {name!r} is periodic along an axis whose cell vector is zero; give it a cell")
+    overlaps = find_overlaps(atoms, min_distance_factor)
+    if overlaps:
+        i, j, d, lim = min(overlaps, key=lambda o: o[2] / o[3])
+        sym = atoms.get_chemical_symbols()
+        raise StructureError(
+            f"structure {name!r}: atoms {i} ({sym[i]}) and {j} ({sym[j]}) overlap at {d:.3f} Å, closer than "
+            f"{min_distance_factor} × covalent radii sum = {lim:.3f} Å ({len(overlaps)} such pair(s)); check the "
+            "coordinates (Cartesian vs fractional, units) or lower env.min_distance_factor"
+        )
+
+
+def _clean(atoms: Atoms, name: str, kind: str) -> Atoms:
+    """A plain copy: numbers, positions, cell, pbc; name and kind in info."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.info["name"] = name
+    out.info["kind"] = kind
+    return out
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _nn_distance(symbol: str) -> float:
+    """Nearest-neighbour distance of the element's fcc reference state, Å."""
+    ref = reference_states[atomic_numbers[symbol]]
+    return float(ref["a"]) / math.sqrt(2.0)
+
+
+def random_cluster(symbols: Sequence[str], rng: np.random.Generator, min_distance: float = 2.0) -> Atoms:
+    """A compact random cluster, grown atom by atom next to the existing atoms.
+
+    Each new atom is placed at about a bond length (0.9–1.1 × the mean nearest-neighbour
+    distance of the pair's elements) from a random existing atom; among 32 such candidates
+    that keep every distance ≥ ``min_distance`` Å, the one closest to the centroid wins.
+    """
+    symbols = list(symbols)
+    pos = np.zeros((1, 3))  # [n_placed, 3] Å
+    for k in range(1, len(symbols)):
+        best, best_score = None, math.inf
+        for attempt in range(256):
+            anchor = int(rng.integers(k))
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            bond = 0.5 * (_nn_distance(symbols[anchor]) + _nn_distance(symbols[k])) * rng.uniform(0.9, 1.1)
+            cand = pos[anchor] + max(bond, min_distance) * direction
+            if np.linalg.norm(pos - cand, axis=1).min() < min_distance:
+                continue
+            score = float(np.linalg.norm(cand - pos.mean(axis=0)))
+            if score < best_score:
+                best, best_score = cand, score
+            if attempt >= 31 and best is not None:
+                break
+        if best is None:  # cannot happen for a finite cluster, but never loop forever
+            best = pos[int(np.argmax(np.linalg.norm(pos, axis=1)))] * 1.5 + 2 * min_distance
+        pos = np.vstack([pos, best])
+    pos -= pos.mean(axis=0)
+    return Atoms(symbols=symbols, positions=pos, pbc=False)
+
+
+def rattled_bulk(symbol: str, n_atoms: int, rng: np.random.Generator, rattle: float = 0.15) -> Atoms:
+    """An fcc supercell of ``n_atoms`` (4·k³ cubic or k³ primitive) with Gaussian rattle (Å)."""
+    from ase.build import bulk
+
+    for cubic in (True, False):
+        per_cell = 4 if cubic else 1
+        k = round((n_atoms / per_cell) ** (1 / 3))
+        if per_cell * k**3 == n_atoms:
+            atoms = bulk(symbol, "fcc", cubic=cubic) * (k, k, k)
+            break
+    else:
+        raise StructureError(f"rattled_bulk: {n_atoms} atoms is not 4·k³ or k³; pick such a size")
+    atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
+    return atoms
+
+
+def rattled_slab(symbol: str, size: tuple[int, int, int], rng: np.random.Generator, rattle: float = 0.15,
+                 facet: str = "111", vacuum: float = 6.0) -> Atoms:
+    """An fcc(111) or fcc(100) slab of size (nx, ny, layers) with vacuum (Å) and Gaussian rattle."""
+    from ase.build import fcc100, fcc111
+
+    builder = {"111": fcc111, "100": fcc100}[facet]
+    atoms = builder(symbol, size=size, vacuum=vacuum)
+    atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
+    return atoms
+
+
+def _demo_recipes(n: int) -> list[tuple[str, Any]]:
+    """The mix of generated structures: ~60 % clusters of 3–8 atoms, ~15 % clusters of 9–16,
+    ~10 % periodic systems of 8–16 atoms, the rest 27–64-atom bulk and slabs."""
+    n_small = max(1, round(0.60 * n))
+    n_mid = round(0.15 * n)
+    n_mid_periodic = round(0.10 * n)
+    n_big = max(0, n - n_small - n_mid - n_mid_periodic)
+    mid_periodic = [("bulk", 8), ("slab", ((2, 2, 3), "111")), ("slab", ((2, 2, 4), "100")), ("bulk", 4)]
+    big = [("bulk", 32), ("slab", ((3, 3, 3), "111")), ("slab", ((4, 4, 4), "111")), ("bulk", 64),
+           ("slab", ((3, 3, 4), "100"))]
+    recipes: list[tuple[str, Any]] = []
+    recipes += [("cluster", 3 + k % 6) for k in range(n_small)]
+    recipes += [("cluster", 9 + k % 8) for k in range(n_mid)]
+    recipes += [mid_periodic[k % len(mid_periodic)] for k in range(n_mid_periodic)]
+    recipes += [big[k % len(big)] for k in range(n_big)]
+    return recipes[:n]
+
+
+def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
+    """All generated structures for ``cfg`` and ``seed`` (before the split); deterministic."""
+    elements = list(cfg.elements)
+    allowed = supported_elements("emt")
+    bad = [e for e in elements if e not in allowed or reference_states[atomic_numbers[e]].get("symmetry") != "fcc"]
+    if bad:
+        raise StructureError(
+            f"curriculum.elements has {', '.join(bad)}: generated structures need fcc EMT elements "
+            "(Cu, Ag, Au, Ni, Pd, Pt, Al)"
+        )
+    out = []
+    for k, (kind, arg) in enumerate(_demo_recipes(cfg.n_structures)):
+        rng = np.random.default_rng([seed, k])
+        if kind == "cluster":
+            first = elements[int(rng.integers(len(elements)))]
+            if rng.random() < 0.25 and len(elements) > 1:  # some binary alloys
+                second = elements[int(rng.integers(len(elements)))]
+                symbols = [first if rng.random() < 0.5 else second for _ in range(arg)]
+            else:
+                symbols = [first] * arg
+            atoms = random_cluster(symbols, rng, cfg.min_distance)
+        elif kind == "bulk":
+            atoms = rattled_bulk(elements[int(rng.integers(len(elements)))], arg, rng, cfg.rattle)
+        else:
+            size, facet = arg
+            atoms = rattled_slab(elements[int(rng.integers(len(elements)))], size, rng, cfg.rattle, facet)
+        name = f"{kind}-{atoms.get_chemical_formula()}-s{seed}-{k}"
+        out.append(_clean(atoms, name, kind))
+    return out
+
+
+def split_structures(structures: Sequence[Atoms], heldout_fraction: float, seed: int) -> tuple[list[Atoms], list[Atoms]]:
+    """Deterministic train / held-out split, stratified by kind and size bucket.
+
+    Within each group (kind, atom-count bucket ≤8, ≤16, ≤32, larger) a seeded permutation
+    holds out ``round(fraction × group size)`` structures, so the held-out set spans sizes.
+    Input order is kept in both outputs.
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise StructureError(f"curriculum.heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    groups: dict[tuple[str, int], list[int]] = {}
+    for idx, atoms in enumerate(structures):
+        bucket = next((b for b in (8, 16, 32) if len(atoms) <= b), 10**9)
+        groups.setdefault((str(atoms.info.get("kind", "file")), bucket), []).append(idx)
+    heldout: set[int] = set()
+    rng = np.random.default_rng([seed, 7919])
+    for key in sorted(groups):
+        members = groups[key]
+        n_out = int(math.floor(heldout_fraction * len(members) + 0.5))
+        heldout.update(members[p] for p in rng.permutation(len(members))[:n_out])
+    train = [a for i, a in enumerate(structures) if i not in heldout]
+    held = [a for i, a in enumerate(structures) if i in heldout]
+    return train, held
+
+
+def demo_structures(cfg: CurriculumConfig, seed: int) -> tuple[list[Atoms], list[Atoms]]:
+    """Generated structures for ``cfg`` and ``seed``, split into (train, held-out)."""
+    return split_structures(generate_demo(cfg, seed), cfg.heldout_fraction, seed)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _is_structure_file(path: Path) -> bool:
+    name = path.name
+    return (path.suffix.lower() in _PYMATGEN_SUFFIXES + _ASE_SUFFIXES
+            or any(name.startswith(p) for p in _VASP_PREFIXES))
+
+
+def _read_pymatgen(path: Path) -> list[Atoms]:
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structure = Structure.from_file(str(path))
+    if not structure.is_ordered:
+        raise ValueError("the structure has partial occupancies (disordered); order it first")
+    return [AseAtomsAdaptor.get_atoms(structure)]
+
+
+def _read_ase(path: Path, fmt: str | None) -> list[Atoms]:
+    from ase.io import read
+
+    frames = read(str(path), index=":", format=fmt)
+    return list(frames) if isinstance(frames, list) else [frames]
+
+
+def read_structure_file(path: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6) -> list[Atoms]:
+    """Read and validate every structure in one file (CIF, POSCAR, xyz/extxyz).
+
+    CIF and POSCAR go through pymatgen first, then ASE; xyz/extxyz through ASE (every frame
+    is a structure, named ``file#frame``). Raises :class:`StructureError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StructureError(f"structure file {path} does not exist")
+    suffix = path.suffix.lower()
+    errors = []
+    frames: list[Atoms] = []
+    if suffix in _ASE_SUFFIXES:
+        readers = [("ase", lambda: _read_ase(path, "extxyz"))]
+        expected = "an extended XYZ file"
+    elif suffix in _PYMATGEN_SUFFIXES or any(path.name.startswith(p) for p in _VASP_PREFIXES):
+        fmt = "cif" if suffix == ".cif" else "vasp"
+        readers = [("pymatgen", lambda: _read_pymatgen(path)), ("ase", lambda: _read_ase(path, fmt))]
+        expected = "a complete CIF file" if fmt == "cif" else "a complete VASP POSCAR file"
+    else:
+        raise StructureError(
+            f"structure file {path}: unknown format {suffix or path.name!r}; use .cif, POSCAR/CONTCAR/.vasp, .xyz or .extxyz"
+        )
+    for reader_name, reader in readers:
+        try:
+            frames = reader()
+        except Exception as e:  # readers raise many types on bad input; report them all
+            errors.append(f"{reader_name}: {type(e).__name__}: {str(e).strip()[:200]}")
+            continue
+        if frames and all(len(a) > 0 for a in frames):
+            break
+        errors.append(f"{reader_name}: no atoms read")
+        frames = []
+    if not frames:
+        raise StructureError(
+            f"structure file {path} cannot be read ({'; '.join(errors)}); it should be {expected} — check that it "
+            "is not truncated or malformed, or remove it"
+        )
+    out = []
+    for k, atoms in enumerate(frames):
+        name = path.name if len(frames) == 1 else f"{path.name}#{k}"
+        atoms = _clean(atoms, name, "file")
+        check_structure(atoms, f"{name} ({path})", calculator=calculator, min_distance_factor=min_distance_factor)
+        out.append(atoms)
+    return out
+
+
+def load_structures(source: str | Path, cfg: CurriculumConfig, seed: int, *, calculator: str = "emt",
+                    min_distance_factor: float = 0.6) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, held-out) from ``'demo'``, a directory of structure files, or one file."""
+    if str(source) == "demo":
+        return demo_structures(cfg, seed)
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
+        if not files:
+            raise StructureError(
+                f"structure directory {path} has no .cif, POSCAR/CONTCAR/.vasp, .xyz or .extxyz files; "
+                "add some or set curriculum.source = 'demo'"
+            )
+    elif path.is_file():
+        files = [path]
+    else:
+        raise StructureError(f"structure source {str(source)!r} is neither 'demo' nor an existing directory or file")
+    structures = []
+    for f in files:
+        structures += read_structure_file(f, calculator=calculator, min_distance_factor=min_distance_factor)
+    return split_structures(structures, cfg.heldout_fraction, seed)
+
+
+# ----------------------------------------------------------------------------- curriculum
+
+
+class Curriculum:
+    """Stages by atom count, unlocked by t_total or by the recent success rate.
+
+    Stage ``k`` samples uniformly from every training structure with at most
+    ``stages[k]`` atoms (so small structures keep coming). The next stage unlocks when
+    ``unlock_t_total`` environment steps have passed since the current stage began
+    (``unlock_t_total = 0`` disables this) or when the success rate over the last
+    ``success_window`` episodes of the current stage reaches ``unlock_success``.
+    Structures larger than the last stage are never sampled (see ``excluded``).
+    """
+
+    def __init__(self, structures: Sequence[Atoms], cfg: CurriculumConfig, t_total: int = 0):
+        if not structures:
+            raise StructureError("the curriculum got no training structures; check curriculum.source")
+        stages = tuple(int(s) for s in cfg.stages)
+        if not stages or list(stages) != sorted(stages):
+            raise StructureError(f"curriculum.stages must be a non-empty increasing list of atom counts, got {list(stages)}")
+        self.cfg = cfg
+        self.stages = stages
+        self._pools = [[a for a in structures if len(a) <= m] for m in stages]
+        if not self._pools[0]:
+            smallest = min(len(a) for a in structures)
+            raise StructureError(
+                f"no training structure has at most {stages[0]} atoms (the smallest has {smallest}); lower "
+                "the first entry of curriculum.stages or add smaller structures"
+            )
+        self.excluded = [str(a.info.get("name", "")) for a in structures if len(a) > stages[-1]]
+        self.stage = 0
+        self._stage_start = int(t_total)
+        self._window: deque[bool] = deque(maxlen=max(1, cfg.success_window))
+
+    @property
+    def max_atoms(self) -> int:
+        """Largest atom count of the active stage."""
+        return self.stages[self.stage]
+
+    @property
+    def pool(self) -> list[Atoms]:
+        """Structures the active stage samples from (do not modify them)."""
+        return self._pools[self.stage]
+
+    @property
+    def success_rate(self) -> float:
+        """Success rate over the current stage's recent episodes (0 when none)."""
+        return sum(self._window) / len(self._window) if self._window else 0.0
+
+    def sample(self, rng: np.random.Generator) -> Atoms:
+        """A copy of a random structure of the active stage."""
+        atoms = self.pool[int(rng.integers(len(self.pool)))]
+        return atoms.copy()
+
+    def report(self, t_total: int, success: bool) -> bool:
+        """Record one finished episode at ``t_total``; returns True when a new stage unlocked."""
+        self._window.append(bool(success))
+        if self.stage + 1 >= len(self.stages):
+            return False
+        by_steps = self.cfg.unlock_t_total > 0 and t_total - self._stage_start >= self.cfg.unlock_t_total
+        by_success = (len(self._window) == self._window.maxlen and self.success_rate >= self.cfg.unlock_success)
+        if by_steps or by_success:
+            self.stage += 1
+            self._stage_start = int(t_total)
+            self._window.clear()
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Progress to store in a checkpoint."""
+        return {"stage": self.stage, "stage_start": self._stage_start, "window": list(self._window)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`."""
+        self.stage = min(int(state["stage"]), len(self.stages) - 1)
+        self._stage_start = int(state["stage_start"])
+        self._window.clear()
+        self._window.extend(bool(x) for x in state["window"])
