@@ -18,6 +18,7 @@ demo: setup
 	$(BIN)/relaxrl train --config configs/demo.toml
 
 test: setup
+	bash scripts/sysdeps.sh
 	$(BIN)/python -m pytest -q -rs
 
 test-fast: setup
