@@ -1,0 +1,364 @@
+"""A trained relaxrl policy used as an ordinary ASE optimizer.
+
+    from relaxrl.optimizer import RLOptimizer
+    opt = RLOptimizer(atoms, checkpoint="runs/demo/checkpoints", logfile="-", trajectory="relax.traj")
+    converged = opt.run(fmax=0.05, steps=200)
+    print(opt.summary())
+
+:class:`RLOptimizer` subclasses :class:`ase.optimize.Optimizer` and overrides only
+``step()``: the policy proposes a displacement per atom (Å), the displacement is corrected
+by the very function the training environment uses (``actors.env``: per-atom cap at
+``max_step`` Å, then moves that bring pairs too close are scaled back), and the corrected
+move is applied through the optimizable. ``run()``, ``irun()``, ``attach()``, logfile and
+trajectory are ASE's own.
+
+What it optimizes: the Cartesian positions of all atoms of an :class:`ase.Atoms` (ASE
+constraints such as ``FixAtoms`` apply as usual, since moves go through ``set_positions``).
+The policy has no cell action, so cell filters (``FrechetCellFilter``, ``UnitCellFilter``,
+``StrainFilter``) and subset filters are refused with :class:`UnsupportedOptimizableError`;
+relax positions with ``RLOptimizer(atoms)`` and then the cell with
+``BFGS(FrechetCellFilter(atoms))``.
+
+Hybrid mode (``hybrid_patience=k > 0``): when the largest force has not improved for ``k``
+consecutive policy steps, the optimizer hands over to ASE's BFGS for the rest of the run
+(fresh Hessian, same optimizable, same log, trajectory and observers). :meth:`summary`
+says which part produced the result and how many steps and force calls each part took.
+
+Force calls: the optimizer counts the geometries at which energy or forces were requested
+through its optimizable (cached repeats at the same geometry are not counted), which is the
+number of real calculator calls for calculators that compute energy and forces together.
+:class:`CountingCalculator` counts at the calculator instead, for any optimizer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.optimize import BFGS
+from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
+from ase.utils.abc import Optimizable
+
+from relaxrl.errors import RelaxRLError
+
+__all__ = ["RLOptimizer", "CountingCalculator", "UnsupportedOptimizableError", "DEFAULT_MAX_STEPS"]
+
+
+class UnsupportedOptimizableError(RelaxRLError, TypeError):
+    """The object handed to RLOptimizer has degrees of freedom the policy cannot move (e.g. the cell)."""
+
+
+class PolicyOutputError(RelaxRLError):
+    """The policy returned a displacement of the wrong shape or with non-finite values."""
+
+
+class CountingCalculator(Calculator):
+    """Delegates to ``inner`` and counts the calculations that really ran.
+
+    ASE's caching is kept: a property asked for again at the same geometry is served from
+    ``results`` and is not counted. Every calculation asks the inner calculator for energy
+    and forces together (when it implements both), so one geometry costs one call whatever
+    order an optimizer asks for them in.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+        self.implemented_properties = list(inner.implemented_properties)
+        self.calls = 0
+        """Calculations run by the inner calculator (force calls), since construction or reset_count()."""
+
+    def reset_count(self) -> None:
+        self.calls = 0
+
+    def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
+                  system_changes: list[str] = all_changes) -> None:
+        properties = list(properties or ["energy"])
+        for name in ("energy", "forces"):
+            if name in self.implemented_properties and name not in properties:
+                properties.append(name)
+        Calculator.calculate(self, atoms, properties, system_changes)
+        self.calls += 1
+        self.inner.results = {}
+        for name in properties:
+            self.inner.get_property(name, self.atoms)
+        self.results = dict(self.inner.results)
+
+    def __repr__(self) -> str:
+        return f"CountingCalculator({self.inner!r}, calls={self.calls})"
+
+
+class _CountingOptimizable(Optimizable):
+    """Wraps an optimizable and counts distinct geometries at which value or gradient were asked for."""
+
+    def __init__(self, inner: Optimizable) -> None:
+        self.inner = inner
+        self.calls = 0
+        self._last_x: np.ndarray | None = None
+
+    def _touch(self) -> None:
+        x = self.inner.get_x()
+        if self._last_x is None or x.shape != self._last_x.shape or not np.array_equal(x, self._last_x):
+            self.calls += 1
+            self._last_x = x.copy()
+
+    def ndofs(self) -> int:
+        return self.inner.ndofs()
+
+    def get_x(self) -> np.ndarray:
+        return self.inner.get_x()
+
+    def set_x(self, x: np.ndarray) -> None:
+        self.inner.set_x(x)
+
+    def get_gradient(self) -> np.ndarray:
+        self._touch()
+        return self.inner.get_gradient()
+
+    def get_value(self) -> float:
+        self._touch()
+        return self.inner.get_value()
+
+    def iterimages(self):
+        return self.inner.iterimages()
+
+    def converged(self, gradient: np.ndarray, fmax: float) -> bool:
+        return self.inner.converged(gradient, fmax)
+
+    def gradient_norm(self, gradient: np.ndarray) -> float:
+        return self.inner.gradient_norm(gradient)
+
+
+def _check_supported(atoms: Any) -> Atoms:
+    """Return the Atoms the policy acts on, or raise when the optimizable's coordinates are not their positions."""
+    if isinstance(atoms, Atoms):
+        return atoms
+    name = type(atoms).__name__
+    inner = getattr(atoms, "atoms", None)
+    if "Cell" in name or "Strain" in name:
+        hint = ("the policy predicts atomic displacements only and has no cell action. Relax the positions with "
+                "RLOptimizer(atoms) and then the cell with ase.optimize.BFGS(FrechetCellFilter(atoms)).")
+    else:
+        hint = "it moves the Cartesian positions of all atoms of an ase.Atoms (ASE constraints such as FixAtoms apply)."
+    where = f" of {len(inner)} atoms" if isinstance(inner, Atoms) else ""
+    raise UnsupportedOptimizableError(f"RLOptimizer cannot optimize a {name}{where}: {hint}")
+
+
+class RLOptimizer(Optimizer):
+    """Relax atomic positions with a trained relaxrl policy (optionally finishing with BFGS).
+
+    Parameters
+    ----------
+    atoms:
+        The :class:`ase.Atoms` to relax, with a calculator attached.
+    checkpoint:
+        Checkpoint file or run directory (its latest checkpoint); loaded with
+        ``learner.policy.load_policy``. Give this or ``policy``.
+    policy:
+        An already loaded policy (``act(obs)``, ``observe(...)``, ``config``).
+    logfile, trajectory, append_trajectory, restart:
+        As for :class:`ase.optimize.BFGS` (``restart`` is accepted for symmetry and ignored:
+        the policy has no state to restore beyond the step counter).
+    hybrid_patience:
+        Hand over to BFGS after this many consecutive policy steps without a new lowest
+        Fmax (0 = never: the policy runs alone).
+    hybrid_restore_best:
+        At the hand-over, BFGS starts from the geometry with the lowest Fmax the policy
+        reached (costs one force call when that is not the current geometry).
+    bfgs_maxstep, bfgs_alpha:
+        ``maxstep`` (Å) and ``alpha`` (eV/Å²) of the BFGS that takes over.
+    device:
+        Torch device the checkpoint is loaded on.
+    """
+
+    def __init__(
+        self,
+        atoms: Atoms,
+        checkpoint: str | Path | None = None,
+        policy: Any = None,
+        restart: str | Path | None = None,
+        logfile: IO | str | Path | None = "-",
+        trajectory: str | Path | None = None,
+        append_trajectory: bool = False,
+        hybrid_patience: int = 0,
+        hybrid_restore_best: bool = True,
+        bfgs_maxstep: float = 0.2,
+        bfgs_alpha: float = 70.0,
+        device: str = "cpu",
+        **kwargs: Any,
+    ) -> None:
+        self._atoms_moved = _check_supported(atoms)
+        if (checkpoint is None) == (policy is None):
+            raise RelaxRLError("RLOptimizer needs exactly one of checkpoint=PATH or policy=POLICY")
+        if policy is None:
+            from learner.policy import load_policy
+
+            policy = load_policy(checkpoint, device=device)
+        if hybrid_patience < 0:
+            raise RelaxRLError(f"hybrid_patience must be >= 0 (0 = no hand-over), got {hybrid_patience}")
+        self.policy = policy
+        self.env_config = policy.config.env
+        self.hybrid_patience = int(hybrid_patience)
+        self.hybrid_restore_best = bool(hybrid_restore_best)
+        self.bfgs_maxstep = float(bfgs_maxstep)
+        self.bfgs_alpha = float(bfgs_alpha)
+        self.maxstep = float(self.env_config.max_step)
+        super().__init__(atoms=atoms, restart=None, logfile=logfile, trajectory=trajectory,
+                         append_trajectory=append_trajectory, **kwargs)
+        self.optimizable = _CountingOptimizable(self.optimizable)
+        if self.optimizable.ndofs() != 3 * len(self._atoms_moved):
+            raise UnsupportedOptimizableError(
+                f"RLOptimizer: optimizable has {self.optimizable.ndofs()} degrees of freedom, expected "
+                f"3 × {len(self._atoms_moved)} atomic coordinates")
+
+    # -- state -------------------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        self.mode = "rl"
+        """'rl' while the policy acts, 'bfgs' after a hybrid hand-over."""
+        self.steps_rl = 0
+        self.steps_bfgs = 0
+        self.calls_at_handover: int | None = None
+        self.restored_best = False
+        self.handover_step: int | None = None
+        self.last_a_back = 0.0
+        self.a_back_history: list[float] = []
+        self._best_fmax = np.inf
+        self._best_x: np.ndarray | None = None
+        self._since_best = 0
+        self._bfgs: BFGS | None = None
+        self._energy0: float | None = None
+
+    def todict(self) -> dict[str, Any]:
+        d = super().todict()
+        d.update(hybrid_patience=self.hybrid_patience, mode=self.mode)
+        return d
+
+    @property
+    def force_calls(self) -> int:
+        """Geometries at which energy or forces were computed through this optimizer (both parts)."""
+        return self.optimizable.calls
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _observe(self) -> Any:
+        atoms = self._atoms_moved
+        gradient = self.optimizable.get_gradient()  # [3 n_atoms], eV/Å, cached after the first call
+        forces = -gradient.reshape(-1, 3)  # [n_atoms, 3] eV/Å
+        energy = float(atoms.get_potential_energy())
+        horizon = max(int(self.env_config.max_steps), 1)
+        step_fraction = min(self.steps_rl / horizon, 1.0)
+        return self.policy.observe(atoms, forces, energy, step_fraction, self.last_a_back)
+
+    def policy_move(self) -> tuple[np.ndarray, float]:
+        """The corrected move (``[n_atoms, 3]`` Å) the policy makes from the current state, and its a_back."""
+        from actors.env import correct_action
+
+        obs = self._observe()
+        a_pred = np.asarray(self.policy.act(obs), dtype=np.float64)  # [n_atoms, 3] Å
+        n = len(self._atoms_moved)
+        if a_pred.shape != (n, 3) or not np.all(np.isfinite(a_pred)):
+            raise PolicyOutputError(
+                f"policy returned a displacement of shape {a_pred.shape} "
+                f"{'with non-finite values ' if a_pred.size and not np.all(np.isfinite(a_pred)) else ''}"
+                f"for {n} atoms; expected finite [{n}, 3] Å. Check that the checkpoint matches this structure.")
+        actual, a_back = correct_action(self._atoms_moved, a_pred, self.env_config)
+        return np.asarray(actual, dtype=np.float64), float(a_back)
+
+    def step(self) -> None:  # type: ignore[override]
+        if self._energy0 is None:
+            self._energy0 = float(self.optimizable.get_value())
+        if self.mode == "bfgs":
+            assert self._bfgs is not None
+            self._bfgs.step()
+            self.steps_bfgs += 1
+            return
+        move, a_back = self.policy_move()
+        x = self.optimizable.get_x()
+        self.optimizable.set_x(x + move.ravel())
+        self.last_a_back = a_back
+        self.a_back_history.append(a_back)
+        self.steps_rl += 1
+        if self.hybrid_patience:
+            self._track_progress()
+
+    def _track_progress(self) -> None:
+        """After a policy step: count steps without a new lowest Fmax and hand over when patience runs out."""
+        fmax = float(self.optimizable.gradient_norm(self.optimizable.get_gradient()))
+        if fmax < self._best_fmax:
+            self._best_fmax = fmax
+            self._best_x = self.optimizable.get_x().copy()
+            self._since_best = 0
+        else:
+            self._since_best += 1
+        if self._since_best >= self.hybrid_patience:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Switch to BFGS for the remaining steps (idempotent)."""
+        if self.mode == "bfgs":
+            return
+        if self.hybrid_restore_best and self._best_x is not None:
+            current = float(self.optimizable.gradient_norm(self.optimizable.get_gradient()))
+            if current > self._best_fmax:
+                self.optimizable.set_x(self._best_x)
+                self.restored_best = True
+        self._bfgs = BFGS(self.atoms, logfile=None, maxstep=self.bfgs_maxstep, alpha=self.bfgs_alpha)
+        self._bfgs.optimizable = self.optimizable  # same counter, same coordinates
+        self._bfgs.initialize()
+        self.mode = "bfgs"
+        self.handover_step = self.steps_rl  # policy steps taken before BFGS took over
+        self.calls_at_handover = self.optimizable.calls
+
+    def irun(self, fmax: float = 0.05, steps: int = DEFAULT_MAX_STEPS):  # type: ignore[override]
+        if self._energy0 is None:
+            self._energy0 = float(self.optimizable.get_value())
+        if self.hybrid_patience and self.nsteps == 0:
+            self._best_fmax = float(self.optimizable.gradient_norm(self.optimizable.get_gradient()))
+            self._best_x = self.optimizable.get_x().copy()
+        return super().irun(fmax=fmax, steps=steps)
+
+    def run(self, fmax: float = 0.05, steps: int = DEFAULT_MAX_STEPS) -> bool:  # type: ignore[override]
+        converged = False
+        for converged in self.irun(fmax=fmax, steps=steps):
+            pass
+        return converged
+
+    # -- results -----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """What happened so far, as plain JSON-able values.
+
+        ``mode`` is 'rl' (policy only) or 'hybrid'; ``finished_by`` is the part that was acting
+        when the run stopped ('rl' or 'bfgs'); ``steps_rl``/``steps_bfgs`` and
+        ``force_calls_rl``/``force_calls_bfgs`` split the totals (the initial evaluation counts
+        toward the RL part).
+        """
+        gradient = self.optimizable.get_gradient()
+        fmax_now = float(self.optimizable.gradient_norm(gradient))
+        energy = float(self.optimizable.get_value())
+        e0 = self._energy0 if self._energy0 is not None else energy
+        calls = self.force_calls
+        calls_rl = calls if self.calls_at_handover is None else self.calls_at_handover
+        return {
+            "optimizer": "RLOptimizer",
+            "mode": "hybrid" if self.hybrid_patience else "rl",
+            "finished_by": self.mode,
+            "converged": bool(self.fmax is not None and fmax_now < self.fmax),
+            "fmax_target": self.fmax,
+            "fmax": fmax_now,
+            "steps": int(self.nsteps),
+            "steps_rl": int(self.steps_rl),
+            "steps_bfgs": int(self.steps_bfgs),
+            "handover_step": self.handover_step,
+            "restored_best": self.restored_best,
+            "force_calls": int(calls),
+            "force_calls_rl": int(calls_rl),
+            "force_calls_bfgs": int(calls - calls_rl),
+            "energy_initial": e0,
+            "energy_final": energy,
+            "energy_change": energy - e0,
+            "mean_a_back": float(np.mean(self.a_back_history)) if self.a_back_history else 0.0,
+        }

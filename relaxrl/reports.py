@@ -1,0 +1,177 @@
+"""Writing what `relaxrl eval` found: report.json, report.md and PNG plots (matplotlib, Agg).
+
+    paths = write_report(report, "eval-out")   # report from relaxrl.evaluate.evaluate()
+    print_summary(report)                      # a short table on stdout (rich)
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+FMAX_PLOT_STRUCTURES = 4
+"""Structures shown in fmax_vs_step.png (the first ones of the report)."""
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """NaN/inf → None so that report.json is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: settings, one row per optimizer, one row per structure."""
+    st = report["settings"]
+    names = st["optimizers"]
+    lines = [
+        "# relaxrl eval",
+        "",
+        f"{st['n_structures']} structures, calculator `{st['calculator']}`, fmax {st['fmax']} eV/Å, "
+        f"at most {st['steps']} steps. A success converged, ended within "
+        f"{1e3 * st['energy_tol_ev_per_atom']:.1f} meV/atom of the best energy any optimizer found, "
+        "and did not fall apart. Force calls count every calculator evaluation.",
+        "",
+    ]
+    if st.get("policy"):
+        lines += [f"Policy: config `{st['policy']['config_name']}`, weights version {st['policy']['version']}.", ""]
+    lines += [
+        "| optimizer | success | force calls median | mean | p90 | mean (solved) | higher minimum | fragmented | errors | wall time s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in names:
+        o = report["optimizers"][n]
+        fc, fs = o["force_calls"], o["force_calls_solved"]
+        lines.append(
+            f"| {n} | {o['n_success']}/{o['n_runs']} ({_fmt(100 * (o['success_rate'] or 0), 0)} %) | {_fmt(fc['median'])} | "
+            f"{_fmt(fc['mean'])} | {_fmt(fc['p90'])} | {_fmt(fs['mean'])} | {o['n_higher_minimum']} | "
+            f"{o['n_fragmented']} | {o['n_errors']} | {_fmt(o['wall_time_s']['total'], 2)} |")
+    if report["comparisons"]:
+        lines += ["", "Ratio of mean force calls on the structures both solved:", ""]
+        for k, v in report["comparisons"].items():
+            lines.append(f"- `{k}`: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures)")
+    lines += ["", "## Per structure", "",
+              "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ✂ = fragmented).", ""]
+    header = "| structure | atoms | " + " | ".join(names) + (" | RL/BFGS |" if "rl" in names and "bfgs" in names else " |")
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    for s in report["structures"]:
+        cells = []
+        for n in names:
+            r = s["runs"][n]
+            mark = "" if r["success"] else (" ↑" if r["higher_minimum"] else " ✂" if r["fragmented"] else " ✗")
+            cells.append(f"{r['force_calls']}{mark}")
+        row = f"| {s['name']} | {s['n_atoms']} | " + " | ".join(cells)
+        row += f" | {_fmt(s['rl_over_bfgs_force_calls'], 2)} |" if "rl" in names and "bfgs" in names else " |"
+        lines.append(row)
+    lines += ["", "Plots: `force_calls.png` (distribution per optimizer), `fmax_vs_step.png` (a few structures).", ""]
+    return "\n".join(lines)
+
+
+def plot_force_calls(report: dict[str, Any], path: Path) -> Path:
+    """Box plot with the individual runs of force calls per optimizer (failures as crosses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = report["settings"]["optimizers"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 4.0))
+    data = [[s["runs"][n]["force_calls"] for s in report["structures"]] for n in names]
+    ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    rng = np.random.default_rng(0)
+    for k, n in enumerate(names, start=1):
+        ok = [s["runs"][n] for s in report["structures"]]
+        xs = k + rng.uniform(-0.15, 0.15, len(ok))
+        for x, r in zip(xs, ok):
+            ax.plot(x, r["force_calls"], "o" if r["success"] else "x", color="C0" if r["success"] else "C3",
+                    ms=4, alpha=0.8)
+    ax.set_ylabel("force calls per structure")
+    ax.set_title(f"force calls to Fmax < {report['settings']['fmax']} eV/Å (x = not a success)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_fmax_traces(report: dict[str, Any], path: Path, n: int = FMAX_PLOT_STRUCTURES) -> Path:
+    """Fmax (eV/Å, log scale) against step for the first ``n`` structures, one line per optimizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    structs = report["structures"][:n]
+    names = report["settings"]["optimizers"]
+    cols = min(len(structs), 2) or 1
+    rows = max(1, math.ceil(len(structs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.4 * rows), squeeze=False)
+    for ax, s in zip(axes.flat, structs):
+        for k, name in enumerate(names):
+            trace = s["runs"][name].get("fmax_trace") or []
+            if trace:
+                ax.semilogy(range(len(trace)), trace, label=name, color=f"C{k}")
+        ax.axhline(report["settings"]["fmax"], color="k", ls="--", lw=0.8)
+        ax.set_title(f"{s['name']} ({s['n_atoms']} atoms)", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("Fmax (eV/Å)")
+    for ax in list(axes.flat)[len(structs):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """report.json, report.md, force_calls.png and fmax_vs_step.png in ``out_dir`` (created)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md"]
+    paths[0].write_text(json.dumps(_clean(report), indent=1, default=_json_default, allow_nan=False))
+    paths[1].write_text(markdown(report))
+    paths.append(plot_force_calls(report, out / "force_calls.png"))
+    paths.append(plot_fmax_traces(report, out / "fmax_vs_step.png"))
+    return paths
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """Per-optimizer table on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"relaxrl eval: {report['settings']['n_structures']} structures, fmax {report['settings']['fmax']} eV/Å")
+    for col in ("optimizer", "success", "calls median", "calls mean", "calls p90", "wall s"):
+        t.add_column(col, justify="right" if col != "optimizer" else "left")
+    for n, o in report["optimizers"].items():
+        fc = o["force_calls"]
+        t.add_row(n, f"{o['n_success']}/{o['n_runs']}", _fmt(fc["median"]), _fmt(fc["mean"]), _fmt(fc["p90"]),
+                  _fmt(o["wall_time_s"]["total"], 2))
+    Console().print(t)
+    for k, v in report["comparisons"].items():
+        print(f"{k}: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures both solved)")
