@@ -47,7 +47,7 @@ from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
 from actors.config import EnvConfig
-from actors.observation import Observation
+from actors.observation import Observation, env_features
 from actors.structures import StructureError, check_structure
 from relaxrl.errors import RelaxRLError
 
@@ -453,15 +453,7 @@ class RelaxEnv:
                         self.cfg.max_step, self.cfg.min_distance_factor)
 
     def _env_features(self) -> np.ndarray:
-        dim = self.cfg.env_input_dim
-        if dim == 0:
-            return np.zeros(0)
-        feats = np.array([
-            math.log10(max(self._fmax, 1e-6)),
-            self.steps / self.cfg.max_steps,
-            self._last_a_back,
-        ])
-        return feats[:dim]
+        return env_features(self._fmax, self.steps / self.cfg.max_steps, self._last_a_back, self.cfg.env_input_dim)
 
     def _observe(self) -> Observation:
         return Observation(

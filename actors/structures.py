@@ -415,9 +415,14 @@ class Curriculum:
         atoms = self.pool[int(rng.integers(len(self.pool)))]
         return atoms.copy()
 
-    def report(self, t_total: int, success: bool) -> bool:
-        """Record one finished episode at ``t_total``; returns True when a new stage unlocked."""
-        self._window.append(bool(success))
+    def report(self, t_total: int, success: bool | None) -> bool:
+        """Record one finished episode at ``t_total``; returns True when a new stage unlocked.
+
+        ``success=None`` (e.g. an expert episode) only advances the t_total clock and does
+        not enter the success window.
+        """
+        if success is not None:
+            self._window.append(bool(success))
         if self.stage + 1 >= len(self.stages):
             return False
         by_steps = self.cfg.unlock_t_total > 0 and t_total - self._stage_start >= self.cfg.unlock_t_total

@@ -1,0 +1,42 @@
+"""One episode of the BFGS expert through :class:`RelaxEnv` (the no-learner demo)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ase import Atoms
+
+from actors.env import RelaxEnv
+from actors.expert import BFGSExpert
+
+__all__ = ["run_expert_episode"]
+
+
+def run_expert_episode(env: RelaxEnv, expert: BFGSExpert, atoms: Atoms) -> dict[str, Any]:
+    """Relax ``atoms`` (a copy) with expert actions until the episode ends; returns a summary.
+
+    Keys: name, n_atoms, steps, force_calls, converged, truncated, fmax_initial and
+    fmax_final (eV/Å), energy_initial, energy_final and energy_change (eV), return (sum of
+    rewards), mean_a_back, error (None or the env's message).
+    """
+    obs = env.reset(atoms)
+    expert.reset()
+    summary: dict[str, Any] = {
+        "name": env.name, "n_atoms": obs.n_atoms, "fmax_initial": obs.fmax, "energy_initial": obs.energy,
+    }
+    total_reward, backs, error = 0.0, [], None
+    converged = obs.fmax < env.cfg.fmax
+    truncated = False
+    while not converged and not truncated:
+        step = env.step(expert.action(obs))
+        obs = step.obs
+        total_reward += step.reward
+        backs.append(step.info["a_back"])
+        converged, truncated = step.terminated, step.truncated
+        error = step.info.get("error", error)
+    summary.update(
+        steps=env.steps, force_calls=env.force_calls, converged=bool(converged), truncated=bool(truncated),
+        fmax_final=obs.fmax, energy_final=obs.energy, energy_change=obs.energy - summary["energy_initial"],
+        mean_a_back=sum(backs) / len(backs) if backs else 0.0, error=error,
+    )
+    summary["return"] = total_reward
+    return summary
