@@ -325,43 +325,36 @@ class _progress:
 # ----------------------------------------------------------------------------- structures and CLI
 
 
-def read_structure_dir(path: str | Path, limit: int = 0) -> dict[str, Atoms]:
-    """Every structure file in a directory (sorted by name), read by the structure loaders."""
-    from relaxrl.relax import read_structure
+def read_structure_dir(path: str | Path, limit: int = 0, calculator: str = "emt",
+                       min_distance_factor: float = 0.6) -> dict[str, Atoms]:
+    """Every structure in the files of a directory (sorted by name; every frame of multi-frame files)."""
+    from relaxrl.relax import read_structures
 
     d = Path(path)
     if not d.is_dir():
         raise EvalError(f"--structures {d}: not a directory; pass a directory of structure files or 'held-out'")
     files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
-    if limit:
-        files = files[:limit]
     if not files:
         raise EvalError(f"--structures {d}: no files in it")
-    return {p.name: read_structure(p) for p in files}
+    structures: list[Atoms] = []
+    for p in files:
+        structures += read_structures(p, calculator=calculator, min_distance_factor=min_distance_factor)
+        if limit and len(structures) >= limit:
+            break
+    return dict(_named(structures[:limit] if limit else structures))
 
 
 def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
-    """The held-out split of the config's structure source (demo structures by default)."""
+    """The held-out split of the config's structure source (``curriculum.source``, 'demo' by default)."""
     from actors.structures import load_structures
 
-    split = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed)
-    held = list(_split_part(split, "heldout"))
+    _, held = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
+                              min_distance_factor=cfg.env.min_distance_factor)
     if limit:
         held = held[:limit]
     if not held:
         raise EvalError(f"the held-out split of {cfg.curriculum.source!r} is empty; raise curriculum.heldout_fraction")
     return dict(_named(held))
-
-
-def _split_part(split: Any, part: str) -> Iterable[Atoms]:
-    for attr in (part, "held_out", "heldout", "test"):
-        if hasattr(split, attr):
-            return getattr(split, attr)
-        if isinstance(split, Mapping) and attr in split:
-            return split[attr]
-    if isinstance(split, tuple) and len(split) == 2:
-        return split[1]
-    raise EvalError(f"cannot find the held-out part of {type(split).__name__}")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -398,7 +391,8 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.structures == "held-out":
         structures = heldout_structures(cfg, args.limit)
     else:
-        structures = read_structure_dir(args.structures, args.limit)
+        structures = read_structure_dir(args.structures, args.limit, calculator=args.calculator,
+                                        min_distance_factor=cfg.env.min_distance_factor)
     kwargs = cfg.env.calculator_kwargs if args.calculator == cfg.env.calculator else None
     report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=args.calculator,
                       calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False))

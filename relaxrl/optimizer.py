@@ -324,7 +324,7 @@ class RLOptimizer(Optimizer):
         converged = False
         for converged in self.irun(fmax=fmax, steps=steps):
             pass
-        return converged
+        return bool(converged)
 
     # -- results -----------------------------------------------------------------------------
 

@@ -1,0 +1,225 @@
+"""RLOptimizer: the environment's correction, ASE's optimizer contract, hybrid hand-over, counting."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
+from ase.filters import FrechetCellFilter
+from ase.io import read
+from ase.optimize import BFGS
+
+from actors.env import RelaxEnv, correct_action
+from actors.observation import Observation, env_features
+from learner.policy import Policy, load_policy, save_policy
+from relaxrl.config import RunConfig, load_config
+from relaxrl.optimizer import CountingCalculator, RLOptimizer, UnsupportedOptimizableError
+
+
+class ForcePolicy:
+    """A policy-shaped stand-in: displacement = step × forces (steepest descent), same interface as learner.policy.Policy."""
+
+    def __init__(self, step: float = 0.05, config: RunConfig | None = None) -> None:
+        self.step = step
+        self.config = config or RunConfig()
+
+    def observe(self, atoms: Atoms, forces: np.ndarray, energy: float, step_fraction: float = 0.0,
+                last_a_back: float = 0.0) -> Observation:
+        fmax = float(np.linalg.norm(forces, axis=1).max())
+        return Observation(positions=atoms.get_positions(), numbers=atoms.numbers.astype(np.int64),
+                           cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy(), forces=np.array(forces),
+                           energy=float(energy),
+                           env_features=env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim))
+
+    def act(self, obs: Observation) -> np.ndarray:
+        return self.step * obs.forces  # [n_atoms, 3] Å
+
+
+class PushPolicy(ForcePolicy):
+    """Moves atom 0 straight onto atom 1 by ``length`` Å: the correction must take part of it back."""
+
+    def __init__(self, length: float) -> None:
+        super().__init__()
+        self.length = length
+
+    def act(self, obs: Observation) -> np.ndarray:
+        d = np.zeros_like(obs.positions)
+        v = obs.positions[1] - obs.positions[0]
+        d[0] = self.length * v / np.linalg.norm(v)
+        return d
+
+
+def rattled_cu(seed: int = 1, stdev: float = 0.1) -> Atoms:
+    atoms = bulk("Cu", cubic=True) * (2, 2, 2)  # 32 atoms
+    atoms.rattle(stdev, seed=seed)
+    atoms.calc = EMT()
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def features_policy(tmp_path_factory) -> Policy:
+    """A freshly initialised e3nn policy with all three env features, saved and loaded as a checkpoint."""
+    cfg = load_config(None, ["env.env_input_dim=3", "network.env_input_dim=3", "network.channels=8",
+                             "network.num_layers=2"])
+    torch.manual_seed(0)
+    path = save_policy(tmp_path_factory.mktemp("run"), cfg, Policy(cfg).actor)
+    return load_policy(path)
+
+
+def test_steps_match_the_environment_step_for_step(features_policy):
+    """Same structure, same policy: the optimizer's moves, a_back and observations equal RelaxEnv's."""
+    start = rattled_cu(seed=3)
+    env = RelaxEnv(features_policy.config.env)
+    obs = env.reset(start)
+    atoms = start.copy()
+    atoms.calc = EMT()
+    opt = RLOptimizer(atoms, policy=features_policy, logfile=None)
+    run = opt.irun(fmax=1e-6, steps=6)
+    next(run)  # the initial evaluation
+    a_backs = []
+    for _ in range(6):
+        opt_obs = opt._observe()
+        np.testing.assert_allclose(opt_obs.env_features, obs.env_features, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(opt_obs.forces, obs.forces, rtol=0, atol=1e-12)
+        result = env.step(features_policy.act(obs))
+        obs = result.obs
+        next(run)
+        np.testing.assert_allclose(atoms.positions, obs.positions, rtol=0, atol=1e-10)
+        assert opt.last_a_back == pytest.approx(result.info["a_back"], abs=1e-12)
+        a_backs.append(opt.last_a_back)
+    assert opt.nsteps == 6 and opt.summary()["steps_rl"] == 6
+
+
+@pytest.mark.parametrize("length, taken_back", [(0.05, False), (0.19, True), (1.5, True)])
+def test_collision_is_corrected_with_the_env_function(length, taken_back):
+    """A move onto a neighbour is shortened exactly as actors.env.correct_action does it."""
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [1.7, 0, 0]])  # limit: 0.6 × 2 × 1.32 Å = 1.584 Å
+    atoms.calc = EMT()
+    policy = PushPolicy(length)
+    before = atoms.positions.copy()
+    expected, a_back = correct_action(atoms, policy.act(policy.observe(atoms, atoms.get_forces(), 0.0)),
+                                      policy.config.env)
+    opt = RLOptimizer(atoms, policy=policy, logfile=None)
+    opt.run(fmax=1e-6, steps=1)
+    np.testing.assert_allclose(atoms.positions - before, expected, atol=1e-12)
+    assert opt.last_a_back == pytest.approx(a_back)
+    assert (a_back > 0) == taken_back
+    d = np.linalg.norm(atoms.positions[1] - atoms.positions[0])
+    assert d >= 0.6 * 2 * 1.32 - 1e-9  # never closer than min_distance_factor × (r_cov + r_cov)
+
+
+def test_converges_on_rattled_bulk_like_ase_optimizers():
+    """ASE's optimizer test pattern: EMT, rattled bulk, run(fmax) converges and the forces say so."""
+    atoms = rattled_cu()
+    opt = RLOptimizer(atoms, policy=ForcePolicy(0.05), logfile=None)
+    assert opt.run(fmax=0.05, steps=300) is True
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.05
+    s = opt.summary()
+    assert s["converged"] and s["mode"] == "rl" and s["finished_by"] == "rl"
+    assert s["force_calls"] == s["steps"] + 1 and s["energy_change"] < 0
+
+
+def test_reports_not_converged_honestly(features_policy):
+    """A budget too small to converge: run() returns False and the summary agrees with the forces."""
+    atoms = rattled_cu(seed=2, stdev=0.2)
+    atoms.calc = CountingCalculator(EMT())
+    opt = RLOptimizer(atoms, policy=features_policy, logfile=None)
+    assert opt.run(fmax=0.01, steps=3) is False
+    s = opt.summary()
+    assert not s["converged"] and s["steps"] == 3
+    assert s["fmax"] == pytest.approx(np.linalg.norm(atoms.get_forces(), axis=1).max())
+    assert s["force_calls"] == atoms.calc.calls  # the optimizer's count equals the calculator's
+
+
+def test_checkpoint_argument_loads_the_policy(tmp_path):
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
+    save_policy(tmp_path, cfg, Policy(cfg).actor)
+    atoms = rattled_cu()
+    opt = RLOptimizer(atoms, checkpoint=tmp_path, logfile=None)  # a run directory: its newest checkpoint
+    opt.run(fmax=0.05, steps=2)
+    assert opt.nsteps == 2 and opt.policy.config.network.channels == 8
+
+
+def test_logfile_trajectory_attach_and_irun(tmp_path):
+    atoms = rattled_cu()
+    log = io.StringIO()
+    calls = []
+    traj = tmp_path / "relax.traj"
+    opt = RLOptimizer(atoms, policy=ForcePolicy(0.05), logfile=log, trajectory=str(traj))
+    opt.attach(lambda: calls.append(opt.nsteps), interval=2)
+    for k, converged in enumerate(opt.irun(fmax=0.05, steps=5)):
+        assert not converged
+    assert k == 5  # the initial state plus 5 steps
+    opt.run(fmax=0.05, steps=1)  # run() continues the same optimizer
+    lines = log.getvalue().splitlines()
+    assert lines[0].split()[:2] == ["Step", "Time"] and lines[1].startswith("RLOptimizer:")
+    assert len(lines) == 1 + 7 and lines[-1].split()[1] == "6"
+    assert calls == [0, 2, 4, 6]
+    frames = read(traj, index=":")
+    assert len(frames) == 7
+    np.testing.assert_allclose(frames[-1].positions, atoms.positions)
+    assert frames[-1].get_potential_energy() == pytest.approx(atoms.get_potential_energy())
+
+
+def test_cell_filter_is_refused_with_a_clear_message():
+    atoms = rattled_cu()
+    with pytest.raises(UnsupportedOptimizableError, match="no cell action.*FrechetCellFilter"):
+        RLOptimizer(FrechetCellFilter(atoms), policy=ForcePolicy(), logfile=None)
+
+
+def test_fixed_atoms_stay_fixed():
+    atoms = rattled_cu()
+    atoms.set_constraint(FixAtoms(indices=[0, 1]))
+    fixed = atoms.positions[:2].copy()
+    RLOptimizer(atoms, policy=ForcePolicy(0.05), logfile=None).run(fmax=0.05, steps=20)
+    np.testing.assert_array_equal(atoms.positions[:2], fixed)
+
+
+def test_hybrid_hands_over_to_bfgs_and_reports_both_parts():
+    """A policy that stops making progress (zero moves) hands over after k steps; BFGS finishes."""
+    atoms = rattled_cu()
+    atoms.calc = CountingCalculator(EMT())
+    opt = RLOptimizer(atoms, policy=ForcePolicy(0.0), logfile=None, hybrid_patience=3)
+    assert opt.run(fmax=0.05, steps=200)
+    s = opt.summary()
+    assert s["mode"] == "hybrid" and s["finished_by"] == "bfgs" and s["handover_step"] == 3
+    assert s["steps_rl"] == 3 and s["steps_bfgs"] > 0 and s["steps"] == s["steps_rl"] + s["steps_bfgs"]
+    assert s["force_calls"] == atoms.calc.calls == s["force_calls_rl"] + s["force_calls_bfgs"]
+    assert s["force_calls_rl"] == 1  # zero moves cost nothing beyond the initial evaluation
+    # From the hand-over on, the steps are exactly ase.optimize.BFGS's from the same start.
+    ref = rattled_cu()
+    ref.calc = CountingCalculator(EMT())
+    bfgs = BFGS(ref, logfile=None)
+    bfgs.run(fmax=0.05, steps=200)
+    assert bfgs.nsteps == s["steps_bfgs"] and ref.calc.calls == s["force_calls"]
+    np.testing.assert_allclose(ref.positions, atoms.positions, atol=1e-10)
+
+
+def test_hybrid_without_stall_stays_with_the_policy():
+    atoms = rattled_cu()
+    opt = RLOptimizer(atoms, policy=ForcePolicy(0.05), logfile=None, hybrid_patience=5)
+    assert opt.run(fmax=0.05, steps=300)
+    s = opt.summary()
+    assert s["finished_by"] == "rl" and s["steps_bfgs"] == 0 and s["handover_step"] is None
+
+
+def test_counting_calculator_counts_real_calculations_only():
+    atoms = rattled_cu()
+    calc = CountingCalculator(EMT())
+    atoms.calc = calc
+    atoms.get_forces()
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    assert calc.calls == 1  # one geometry, energy and forces computed together
+    atoms.positions[0, 0] += 0.01
+    e = atoms.get_potential_energy()
+    assert calc.calls == 2
+    ref = atoms.copy()
+    ref.calc = EMT()
+    assert e == pytest.approx(ref.get_potential_energy())
+    np.testing.assert_allclose(atoms.get_forces(), ref.get_forces())
