@@ -66,18 +66,15 @@ _DENSE_PAIR_LIMIT = 2_000_000
 
 
 def _shift_range(cell: np.ndarray, pbc: np.ndarray, radius: float) -> np.ndarray:
-    """Number of periodic images needed along each axis: ceil(radius / plane spacing)."""
+    """Number of periodic images needed along each axis: ceil(radius / lattice-plane spacing)."""
     reps = np.zeros(3, dtype=np.int64)
     if not pbc.any():
         return reps
-    volume = abs(float(np.linalg.det(cell)))
-    if volume < 1e-12:
+    if abs(float(np.linalg.det(cell))) < 1e-12:
         raise GraphError(f"periodic observation has a singular cell {cell.tolist()}; give a cell with volume > 0 or set pbc=False")
-    for k in range(3):
-        if pbc[k]:
-            cross = np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])
-            height = volume / np.linalg.norm(cross)  # Å, distance between lattice planes
-            reps[k] = int(np.ceil(radius / height))
+    # spacing of the planes spanned by the other two lattice vectors = 1 / |reciprocal vector k|
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)  # [3] Å
+    reps[pbc] = np.ceil(radius / spacing[pbc]).astype(np.int64)
     return reps
 
 
@@ -120,15 +117,15 @@ def neighbor_list(
 
     if n * n * shifts.shape[0] <= _DENSE_PAIR_LIMIT:
         offsets = shifts @ cell  # [n_S, 3] Å
-        # vec[i, j, s] = pos[j] + offset[s] − pos[i]
-        vec = positions[None, :, None, :] + offsets[None, None, :, :] - positions[:, None, None, :]  # [n, n, n_S, 3]
-        d2 = np.einsum("ijsk,ijsk->ijs", vec, vec)  # [n, n, n_S]
-        within = d2 <= radius * radius
-        zero = np.flatnonzero((shifts == 0).all(axis=1))[0]
+        diff = (positions[None, :, :] - positions[:, None, :]).reshape(-1, 3)  # [n*n, 3], pos[j] − pos[i]
+        # |diff + offset|² without materialising [n, n, n_S, 3]
+        d2 = (diff * diff).sum(1)[:, None] + 2.0 * diff @ offsets.T + (offsets * offsets).sum(1)[None, :]  # [n*n, n_S]
+        d2 = d2.reshape(n, n, -1)  # [n (receiver i), n (sender j), n_S]
+        zero = int(np.flatnonzero((shifts == 0).all(axis=1))[0])
         idx = np.arange(n)
-        within[idx, idx, zero] = False  # no self-edge
-        recv, send, s = np.nonzero(within)
-        dist = np.sqrt(d2[recv, send, s])
+        d2[idx, idx, zero] = np.inf  # no self-edge
+        recv, send, s = np.nonzero(d2 <= radius * radius)
+        dist = np.sqrt(np.maximum(d2[recv, send, s], 0.0))
         shift = shifts[s]
     else:
         from ase.neighborlist import primitive_neighbor_list
