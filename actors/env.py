@@ -304,10 +304,16 @@ class StepResult:
 class RelaxEnv:
     """One structure relaxed by displacements; see the module docstring for the rules."""
 
-    def __init__(self, cfg: EnvConfig | None = None):
+    def __init__(self, cfg: EnvConfig | None = None, calculator: Calculator | None = None):
+        """``calculator`` (an ASE calculator instance) overrides ``cfg.calculator`` when given."""
         self.cfg = cfg or EnvConfig()
         validate_env_config(self.cfg)
-        self.calc = make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
+        if calculator is not None:
+            self.calc = calculator
+            self._calc_name = type(calculator).__name__
+        else:
+            self.calc = make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
+            self._calc_name = self.cfg.calculator
         self._atoms: Atoms | None = None
         self._done = True
         self.name = ""
@@ -328,7 +334,7 @@ class RelaxEnv:
     def reset(self, atoms: Atoms) -> Observation:
         """Start an episode on a copy of ``atoms``; computes the initial forces (1 force call)."""
         name = str(atoms.info.get("name", atoms.get_chemical_formula()))
-        check_structure(atoms, name, calculator=self.cfg.calculator,
+        check_structure(atoms, name, calculator=self._calc_name,
                         min_distance_factor=self.cfg.min_distance_factor)
         a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         a.info["name"] = name
@@ -348,13 +354,13 @@ class RelaxEnv:
         except Exception as e:
             self._done = True
             raise CalculatorError(
-                f"structure {name!r}: calculator {self.cfg.calculator!r} failed on the initial structure "
+                f"structure {name!r}: calculator {self._calc_name!r} failed on the initial structure "
                 f"({type(e).__name__}: {e}); check the structure and env.calculator_kwargs"
             ) from None
         if not (np.isfinite(forces).all() and math.isfinite(energy)):
             self._done = True
             raise CalculatorError(
-                f"structure {name!r}: calculator {self.cfg.calculator!r} returned non-finite forces or energy "
+                f"structure {name!r}: calculator {self._calc_name!r} returned non-finite forces or energy "
                 "for the initial structure; check the structure (overlapping atoms?) and the calculator"
             )
         self._pairs = self._build_pairs(self._pos)
@@ -391,10 +397,10 @@ class RelaxEnv:
                 forces, energy = self._evaluate()
                 failed = not (np.isfinite(forces).all() and math.isfinite(energy))
                 if failed:
-                    info["error"] = f"calculator {cfg.calculator!r} returned non-finite forces or energy; episode truncated"
+                    info["error"] = f"calculator {self._calc_name!r} returned non-finite forces or energy; episode truncated"
             except Exception as e:  # a calculator failure ends the episode, never the actor
                 failed = True
-                info["error"] = f"calculator {cfg.calculator!r} raised {type(e).__name__}: {e}; episode truncated"
+                info["error"] = f"calculator {self._calc_name!r} raised {type(e).__name__}: {e}; episode truncated"
             if failed:
                 self._atoms.set_positions(self._pos, apply_constraint=False)
                 actual = np.zeros_like(self._pos)

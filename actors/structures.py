@@ -291,6 +291,71 @@ def _read_ase(path: Path, fmt: str | None) -> list[Atoms]:
     return list(frames) if isinstance(frames, list) else [frames]
 
 
+def _poscar_problem(text: str) -> str | None:
+    """Why a POSCAR text is incomplete (coordinate lines missing or cut short), or None.
+
+    Readers are lenient with a truncated last line (ASE repeats a lone number three
+    times), so the coordinate block is checked before any reader sees the file.
+    """
+    lines = text.splitlines()
+
+    def ints(line: str) -> list[int] | None:
+        try:
+            return [int(tok) for tok in line.split()]
+        except ValueError:
+            return None
+
+    k = 5  # after comment, scale and three lattice lines
+    if len(lines) <= k:
+        return f"only {len(lines)} lines, the header alone needs at least 7"
+    if not ints(lines[k]):  # VASP 5: a species line comes first
+        k += 1
+    counts = ints(lines[k]) if k < len(lines) else None
+    if not counts:
+        return "the atom counts line is missing or not a list of integers"
+    k += 1
+    if k < len(lines) and lines[k].strip()[:1] in ("s", "S"):
+        k += 1  # Selective dynamics
+    if k >= len(lines) or lines[k].strip()[:1] not in ("c", "C", "k", "K", "d", "D"):
+        return "no 'Direct' or 'Cartesian' line after the atom counts"
+    n_atoms = sum(counts)
+    coords = lines[k + 1:k + 1 + n_atoms]
+    if len(coords) < n_atoms:
+        return f"{n_atoms} atoms declared but only {len(coords)} coordinate lines"
+    for m, row in enumerate(coords):
+        toks = row.split()[:3]
+        try:
+            if len(toks) < 3:
+                raise ValueError
+            [float(tok) for tok in toks]
+        except ValueError:
+            return f"coordinate line {m + 1} ({row.strip()!r}) is not three numbers"
+    return None
+
+
+def _cif_problem(text: str, atoms: Atoms) -> str | None:
+    """A mismatch between ``_chemical_formula_sum`` and the atoms read (a truncated atom loop), or None."""
+    import re
+
+    match = re.search(r"^_chemical_formula_sum\s+['\"]?([^'\"\n]+)", text, flags=re.MULTILINE)
+    if not match:
+        return None
+    from pymatgen.core import Composition
+
+    try:
+        declared = Composition(match.group(1).strip())
+    except Exception:  # an unparsable formula is not our concern here
+        return None
+    read = Composition(atoms.get_chemical_formula())
+    if set(declared) != set(read):
+        return f"_chemical_formula_sum is {match.group(1).strip()!r} but the atoms read are {read.formula!r}"
+    ratios = {read[el] / declared[el] for el in declared}
+    k = ratios.pop() if len(ratios) == 1 else None
+    if k is None or abs(k - round(k)) > 1e-6 or round(k) < 1:
+        return f"_chemical_formula_sum is {match.group(1).strip()!r} but the atoms read are {read.formula!r}"
+    return None
+
+
 def read_structure_file(path: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6) -> list[Atoms]:
     """Read and validate every structure in one file (CIF, POSCAR, xyz/extxyz).
 
@@ -308,6 +373,11 @@ def read_structure_file(path: str | Path, *, calculator: str = "emt", min_distan
         expected = "an extended XYZ file"
     elif suffix in _PYMATGEN_SUFFIXES or any(path.name.startswith(p) for p in _VASP_PREFIXES):
         fmt = "cif" if suffix == ".cif" else "vasp"
+        if fmt == "vasp":
+            problem = _poscar_problem(path.read_text(errors="replace"))
+            if problem:
+                raise StructureError(f"structure file {path} is not a complete VASP POSCAR: {problem}; "
+                                     "check that it is not truncated, or remove it")
         readers = [("pymatgen", lambda: _read_pymatgen(path)), ("ase", lambda: _read_ase(path, fmt))]
         expected = "a complete CIF file" if fmt == "cif" else "a complete VASP POSCAR file"
     else:
@@ -329,6 +399,11 @@ def read_structure_file(path: str | Path, *, calculator: str = "emt", min_distan
             f"structure file {path} cannot be read ({'; '.join(errors)}); it should be {expected} — check that it "
             "is not truncated or malformed, or remove it"
         )
+    if suffix == ".cif":
+        problem = _cif_problem(path.read_text(errors="replace"), frames[0])
+        if problem:
+            raise StructureError(f"structure file {path} looks truncated or inconsistent: {problem}; "
+                                 "re-export the complete CIF or remove it")
     out = []
     for k, atoms in enumerate(frames):
         name = path.name if len(frames) == 1 else f"{path.name}#{k}"

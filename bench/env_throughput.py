@@ -17,6 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+# One BLAS thread, as in a Ray actor: multithreaded eigh on tiny matrices only adds contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ase.calculators.emt import EMT  # noqa: E402

@@ -1,0 +1,320 @@
+"""RelaxEnv: reward terms, action correction, invariance under rotation, bad inputs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import covalent_radii
+
+from actors.config import CurriculumConfig
+from actors.env import (
+    ActionError,
+    CalculatorError,
+    EnvConfig,
+    EpisodeError,
+    RelaxEnv,
+    compute_reward,
+    correct_action,
+    force_stats,
+)
+from actors.expert import BFGSExpert
+from actors.observation import Observation
+from actors.structures import StructureError, generate_demo, random_cluster, rattled_bulk
+
+R_CU = covalent_radii[29]  # Å
+
+
+class FixedForces(Calculator):
+    """Test calculator: forces and energy given up front, independent of positions."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, forces: np.ndarray, energy: float = -1.0):
+        super().__init__()
+        self.fixed_forces = np.asarray(forces, dtype=float)
+        self.fixed_energy = energy
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": self.fixed_energy, "forces": self.fixed_forces.copy()}
+
+
+class NaNAfter(Calculator):
+    """Test calculator: harmonic forces toward the origin, NaN from the ``bad_call``-th call on."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, bad_call: int):
+        super().__init__()
+        self.bad_call = bad_call
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        pos = atoms.positions - atoms.positions.mean(axis=0)
+        forces = -0.5 * pos
+        energy = 0.25 * float((pos**2).sum())
+        if self.calls >= self.bad_call:
+            forces = np.full_like(forces, np.nan)
+        self.results = {"energy": energy, "forces": forces}
+
+
+def dimer(distance: float = 2.5) -> Atoms:
+    return Atoms("Cu2", positions=[[0, 0, 0], [distance, 0, 0]])
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
+
+
+# ----------------------------------------------------------------------------- reward
+
+
+@pytest.mark.parametrize(
+    "fmax, fmean, fmax_prev, a_back, expected",
+    [
+        # −0.7·0.5 − 0.3·0.2 + 1.0·(0.8 − 0.5) + 0.1·(−log10 0.5) − 1.0·0.25
+        (0.5, 0.2, 0.8, 0.25, -0.35 - 0.06 + 0.3 + 0.1 * 0.30102999566398120 - 0.25),
+        # converged: −0.7·0.01 − 0.3·0.005 + (0.02 − 0.01) + 0.1·2 − 0 + 10
+        (0.01, 0.005, 0.02, 0.0, -0.007 - 0.0015 + 0.01 + 0.2 + 10.0),
+        # Fmax = 0 is clamped to 1e-6 inside the log: +0.1·6
+        (0.0, 0.0, 0.0, 1.0, 0.6 - 1.0 + 10.0),
+    ],
+)
+def test_reward_terms_hand_computed(fmax, fmean, fmax_prev, a_back, expected):
+    assert compute_reward(fmax, fmean, fmax_prev, a_back, EnvConfig()) == pytest.approx(expected, abs=1e-12)
+
+
+def test_reward_weights_come_from_config():
+    cfg = EnvConfig(w_fmax=2.0, w_fmean=0.0, w_delta=0.0, w_log=0.0, w_back=3.0, converged_bonus=0.0)
+    assert compute_reward(1.5, 9.0, 4.0, 0.5, cfg) == pytest.approx(-2.0 * 1.5 - 3.0 * 0.5)
+
+
+def test_env_step_reward_from_known_forces():
+    # Atom 0 feels a 3-4-0 force (norm 5), atom 1 (0, 0, 1) (norm 1): Fmax 5, Fmean 3 eV/Å.
+    forces = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    env = RelaxEnv(EnvConfig(max_step=0.2), calculator=FixedForces(forces))
+    obs = env.reset(dimer(3.0))
+    assert force_stats(obs.forces) == (5.0, 3.0)
+    step = env.step(np.array([[0.0, 0.0, 0.1], [0.0, 0.0, 0.0]]))  # harmless move, a_back 0
+    expected = -0.7 * 5.0 - 0.3 * 3.0 + 1.0 * (5.0 - 5.0) + 0.1 * (-math.log10(5.0)) - 0.0
+    assert step.reward == pytest.approx(expected, abs=1e-12)
+    assert step.info["fmax"] == 5.0 and step.info["fmean"] == 3.0
+    assert step.info["a_back"] == 0.0
+    assert step.info["energy"] == -1.0
+
+
+# ----------------------------------------------------------------------------- correction
+
+
+def test_forced_collision_scales_back_to_the_contact_distance():
+    cfg = EnvConfig(max_step=0.2, min_distance_factor=0.9)
+    dmin = 0.9 * 2 * R_CU  # 2.376 Å
+    env = RelaxEnv(cfg)
+    env.reset(dimer(2.5))
+    proposed = np.array([[0.15, 0.0, 0.0], [-0.15, 0.0, 0.0]])  # would end at 2.2 Å
+    step = env.step(proposed)
+    t = (2.5 - dmin) / 0.3  # fraction of the move that keeps the pair at dmin
+    np.testing.assert_allclose(step.info["actual_move"], t * proposed, atol=1e-9)
+    assert step.info["a_back"] == pytest.approx(1.0 - t, abs=1e-9)
+    assert step.info["actual_move_norm"] == pytest.approx(0.15 * t, abs=1e-9)
+    d = np.linalg.norm(step.obs.positions[1] - step.obs.positions[0])
+    assert d == pytest.approx(dmin, rel=1e-8)
+    assert d >= dmin * (1 - 1e-9)
+
+
+def test_collision_across_a_periodic_boundary():
+    cfg = EnvConfig(max_step=0.2, min_distance_factor=0.9)
+    dmin = 0.9 * 2 * R_CU
+    atoms = Atoms("Cu2", positions=[[1.0, 5, 5], [8.6, 5, 5]], cell=[10, 10, 10], pbc=True)  # 2.4 Å apart via image
+    proposed = np.array([[-0.2, 0.0, 0.0], [0.2, 0.0, 0.0]])
+    actual, a_back = correct_action(atoms, proposed, cfg)
+    t = (2.4 - dmin) / 0.4
+    np.testing.assert_allclose(actual, t * proposed, atol=1e-9)
+    assert a_back == pytest.approx(1.0 - t, abs=1e-9)
+
+
+def test_max_step_cap_counts_as_taken_back():
+    cfg = EnvConfig(max_step=0.2)
+    proposed = np.array([[1.0, 0.0, 0.0], [0.0, 0.1, 0.0]])  # atom 0 capped to 0.2 Å, atom 1 untouched
+    actual, a_back = correct_action(dimer(5.0), proposed, cfg)
+    np.testing.assert_allclose(actual, [[0.2, 0, 0], [0, 0.1, 0]])
+    assert a_back == pytest.approx(1.0 - math.sqrt(0.2**2 + 0.1**2) / math.sqrt(1.0 + 0.01))
+
+
+def test_correct_action_is_pure_and_matches_the_env():
+    atoms = random_cluster(["Cu"] * 6, np.random.default_rng(1), min_distance=2.4)
+    before = atoms.positions.copy()
+    proposed = np.random.default_rng(2).normal(scale=0.4, size=(6, 3))
+    keep = proposed.copy()
+    cfg = EnvConfig(min_distance_factor=0.85)
+    actual, a_back = correct_action(atoms, proposed, cfg)
+    np.testing.assert_array_equal(atoms.positions, before)
+    np.testing.assert_array_equal(proposed, keep)
+    env = RelaxEnv(cfg)
+    env.reset(atoms)
+    step = env.step(proposed)
+    np.testing.assert_allclose(step.info["actual_move"], actual, atol=1e-12)
+    assert step.info["a_back"] == pytest.approx(a_back, abs=1e-12)
+
+
+def test_many_colliding_moves_never_end_too_close():
+    cfg = EnvConfig(max_step=0.3, min_distance_factor=0.95)
+    rng = np.random.default_rng(5)
+    atoms = random_cluster(["Cu"] * 8, rng, min_distance=2.6)
+    env = RelaxEnv(cfg)
+    obs = env.reset(atoms)
+    dmin = 0.95 * 2 * R_CU
+    backs = []
+    for _ in range(10):
+        centre = obs.positions.mean(axis=0)
+        step = env.step(0.3 * (centre - obs.positions) + rng.normal(scale=0.1, size=obs.positions.shape))
+        obs = step.obs
+        backs.append(step.info["a_back"])
+        d = np.linalg.norm(obs.positions[:, None] - obs.positions[None], axis=-1)[np.triu_indices(8, 1)]
+        assert d.min() >= dmin * (1 - 1e-8)
+        assert 0.0 <= step.info["a_back"] <= 1.0
+        if step.terminated or step.truncated:
+            break
+    assert max(backs) > 0  # the squeeze did trigger corrections
+
+
+@pytest.mark.parametrize("kind", ["cluster", "bulk"])
+def test_rotation_leaves_reward_a_back_and_move_norm_unchanged(kind):
+    rng = np.random.default_rng(11)
+    atoms = random_cluster(["Cu", "Ag", "Cu", "Au", "Ni"], rng, 2.4) if kind == "cluster" else rattled_bulk("Cu", 8, rng)
+    rot = random_rotation(rng)  # [3, 3], det +1
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rot.T
+    rotated.cell = atoms.cell[:] @ rot.T
+    cfg = EnvConfig(max_step=0.25, min_distance_factor=0.8)
+    env_a, env_b = RelaxEnv(cfg), RelaxEnv(cfg)
+    env_a.reset(atoms)
+    env_b.reset(rotated)
+    backs = []
+    for k in range(6):
+        if k % 2:  # squeeze every atom toward the centre: collisions get scaled back
+            pos = env_a.positions
+            action = 0.5 * (pos.mean(axis=0) - pos)
+        else:  # large enough to be capped
+            action = rng.normal(scale=0.3, size=(len(atoms), 3))
+        sa, sb = env_a.step(action), env_b.step(action @ rot.T)
+        assert sb.reward == pytest.approx(sa.reward, abs=1e-9)
+        assert sb.info["a_back"] == pytest.approx(sa.info["a_back"], abs=1e-12)
+        np.testing.assert_allclose(np.linalg.norm(sb.info["actual_move"], axis=1),
+                                   np.linalg.norm(sa.info["actual_move"], axis=1), atol=1e-12)
+        np.testing.assert_allclose(sb.obs.forces, sa.obs.forces @ rot.T, atol=1e-9)
+        backs.append(sa.info["a_back"])
+    assert min(backs) > 0
+
+
+# ----------------------------------------------------------------------------- episode
+
+
+def test_observation_fields_and_env_features():
+    atoms = generate_demo(CurriculumConfig(n_structures=4), 0)[0]
+    env = RelaxEnv(EnvConfig(env_input_dim=3, max_steps=10))
+    obs = env.reset(atoms)
+    assert isinstance(obs, Observation)
+    assert obs.positions.shape == (len(atoms), 3) and obs.forces.shape == (len(atoms), 3)
+    assert obs.numbers.dtype == np.int64 and obs.cell.shape == (3, 3) and obs.pbc.shape == (3,)
+    np.testing.assert_allclose(obs.env_features, [math.log10(obs.fmax), 0.0, 0.0])
+    step = env.step(np.full((len(atoms), 3), np.nan))
+    np.testing.assert_allclose(step.obs.env_features, [math.log10(obs.fmax), 0.1, 1.0])
+    assert RelaxEnv(EnvConfig(env_input_dim=0)).reset(atoms).env_features.shape == (0,)
+
+
+def test_terminated_on_convergence_and_force_calls_counted():
+    atoms = generate_demo(CurriculumConfig(n_structures=4), 0)[0]
+    env, expert = RelaxEnv(EnvConfig(fmax=0.05)), BFGSExpert()
+    obs = env.reset(atoms)
+    assert env.force_calls == 1
+    while True:
+        step = env.step(expert.action(obs))
+        obs = step.obs
+        assert step.info["force_calls"] == step.info["steps"] + 1
+        if step.terminated or step.truncated:
+            break
+    assert step.terminated and not step.truncated and step.info["converged"]
+    assert step.info["fmax"] < 0.05 and step.reward > 5  # the bonus
+    with pytest.raises(EpisodeError):
+        env.step(np.zeros_like(obs.positions))
+
+
+def test_truncated_at_max_steps_and_zero_move_costs_no_force_call():
+    env = RelaxEnv(EnvConfig(max_steps=3))
+    obs = env.reset(dimer(2.0 * R_CU + 0.6))
+    for k in range(3):
+        step = env.step(np.zeros_like(obs.positions))
+        assert step.info["force_calls"] == 1
+    assert step.truncated and not step.terminated and step.info["steps"] == 3
+
+
+def test_nan_action_is_no_move_with_full_a_back():
+    env = RelaxEnv(EnvConfig())
+    obs = env.reset(dimer(2.6))
+    action = np.array([[np.nan, 0, 0], [0, np.inf, 0]])
+    step = env.step(action)
+    assert step.info["a_back"] == 1.0 and "non-finite action" in step.info["error"]
+    np.testing.assert_array_equal(step.info["actual_move"], 0.0)
+    np.testing.assert_array_equal(step.obs.positions, obs.positions)
+    assert step.reward == pytest.approx(compute_reward(obs.fmax, obs.fmax, obs.fmax, 1.0, env.cfg))
+    assert not step.terminated and not step.truncated
+    env.step(np.zeros((2, 3)))  # the episode goes on
+
+
+def test_nan_forces_end_the_episode_without_a_crash():
+    env = RelaxEnv(EnvConfig(), calculator=NaNAfter(bad_call=3))
+    obs = env.reset(dimer(3.0))
+    step = env.step(np.full((2, 3), 0.01))  # call 2: fine
+    assert "error" not in step.info
+    before = step.obs.positions
+    step = env.step(np.full((2, 3), 0.01))  # call 3: NaN
+    assert step.truncated and not step.terminated
+    assert "non-finite" in step.info["error"]
+    assert np.isfinite(step.obs.forces).all() and np.isfinite(step.reward)
+    np.testing.assert_array_equal(step.obs.positions, before)  # put back where it was
+    with pytest.raises(EpisodeError):
+        env.step(np.zeros((2, 3)))
+
+
+def test_nan_forces_on_reset_are_a_clear_error():
+    with pytest.raises(CalculatorError, match="non-finite"):
+        RelaxEnv(EnvConfig(), calculator=NaNAfter(bad_call=1)).reset(dimer(3.0))
+
+
+@pytest.mark.parametrize("name", ["ase.calculators.lj:LennardJones", "ase.calculators.lj.LennardJones"])
+def test_calculator_by_import_name_with_kwargs(name):
+    env = RelaxEnv(EnvConfig(calculator=name, calculator_kwargs={"sigma": 2.3, "epsilon": 0.4, "rc": 6.0}))
+    assert env.calc.parameters["sigma"] == 2.3
+    obs = env.reset(Atoms("Fe2", positions=[[0, 0, 0], [2.4, 0, 0]]))  # any element for LJ
+    assert np.isfinite(obs.forces).all()
+
+
+@pytest.mark.parametrize("name", ["nosuchmodule:Calc", "ase.calculators.emt:NoSuchClass", "justaname"])
+def test_unknown_calculator_is_a_clear_error(name):
+    with pytest.raises(CalculatorError, match="env.calculator"):
+        RelaxEnv(EnvConfig(calculator=name))
+
+
+def test_bad_structures_are_rejected_on_reset():
+    env = RelaxEnv(EnvConfig())
+    with pytest.raises(StructureError, match="Fe.*EMT|Fe.*'emt'"):
+        env.reset(Atoms("CuFe", positions=[[0, 0, 0], [2.5, 0, 0]]))
+    with pytest.raises(StructureError, match="overlap"):
+        env.reset(Atoms("Cu2", positions=[[0, 0, 0], [0.5, 0, 0]], info={"name": "squashed"}))
+
+
+def test_wrong_action_shape_is_an_error():
+    env = RelaxEnv(EnvConfig())
+    env.reset(dimer(2.6))
+    with pytest.raises(ActionError, match=r"\(2, 3\)"):
+        env.step(np.zeros((3, 3)))

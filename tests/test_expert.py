@@ -1,0 +1,134 @@
+"""BFGS expert: reproduces ase.optimize.BFGS step for step; the nfake schedule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.optimize import BFGS
+
+from actors.config import EnvConfig, ExpertConfig
+from actors.env import RelaxEnv
+from actors.expert import BFGSExpert, ExpertError, fake_step_probability
+from actors.rollout import run_expert_episode
+from actors.structures import random_cluster, rattled_bulk, rattled_slab
+
+
+class CountingEMT(EMT):
+    """EMT that counts its energy/force evaluations (a real calculator, not a mock)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        super().calculate(*args, **kwargs)
+
+
+def _structures():
+    rng = np.random.default_rng(3)
+    return {
+        "cluster-Cu5": random_cluster(["Cu"] * 5, rng),
+        "cluster-AuPt7": random_cluster(["Au", "Pt", "Au", "Pt", "Au", "Pt", "Au"], rng),
+        "cluster-Al12": random_cluster(["Al"] * 12, rng),
+        "bulk-Cu32": rattled_bulk("Cu", 32, rng, rattle=0.15),
+        "bulk-Ni8": rattled_bulk("Ni", 8, rng, rattle=0.1),
+        "slab-Pd12": rattled_slab("Pd", (2, 2, 3), rng, rattle=0.1),
+    }
+
+
+STRUCTURES = _structures()
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+@pytest.mark.parametrize("maxstep", [0.2, 0.1])
+def test_expert_reproduces_ase_bfgs_step_for_step(name, maxstep):
+    atoms = STRUCTURES[name]
+    fmax, max_steps = 0.05, 150
+
+    ref = atoms.copy()
+    ref.calc = CountingEMT()
+    opt = BFGS(ref, logfile=None, maxstep=maxstep)
+    ref_positions = []
+    for _ in opt.irun(fmax=fmax, steps=max_steps):
+        ref_positions.append(ref.get_positions())
+
+    env = RelaxEnv(EnvConfig(fmax=fmax, max_steps=max_steps, max_step=0.2))  # max_step ≥ maxstep
+    expert = BFGSExpert(maxstep=maxstep)
+    obs = env.reset(atoms)
+    positions = [obs.positions]
+    while True:
+        step = env.step(expert.action(obs))
+        obs = step.obs
+        positions.append(obs.positions)
+        assert step.info["a_back"] == 0.0  # the correction never touched a BFGS step
+        if step.terminated or step.truncated:
+            break
+
+    assert env.steps == opt.nsteps
+    assert env.force_calls == ref.calc.calls == opt.nsteps + 1
+    assert len(positions) == len(ref_positions)
+    for k, (mine, theirs) in enumerate(zip(positions, ref_positions)):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-8, err_msg=f"{name}: step {k}")
+    assert step.terminated == (np.linalg.norm(ref.get_forces(), axis=1).max() < fmax)
+
+
+def test_expert_takes_one_bounded_step_not_a_jump():
+    atoms = STRUCTURES["cluster-Al12"]
+    env, expert = RelaxEnv(EnvConfig(max_step=1.0)), BFGSExpert(maxstep=0.05)
+    obs = env.reset(atoms)
+    for _ in range(5):
+        action = expert.action(obs)
+        assert np.linalg.norm(action, axis=1).max() <= 0.05 + 1e-12
+        obs = env.step(action).obs
+
+
+def test_expert_reset_forgets_the_hessian():
+    atoms = STRUCTURES["cluster-Cu5"]
+    env, expert = RelaxEnv(), BFGSExpert()
+    obs = env.reset(atoms)
+    first = expert.action(obs)
+    for _ in range(3):
+        obs = env.step(expert.action(obs)).obs
+    assert not np.allclose(expert.hessian, 70.0 * np.eye(15))
+    expert.reset()
+    np.testing.assert_array_equal(expert.action(env.reset(atoms)), first)
+
+
+def test_run_expert_episode_summary():
+    summary = run_expert_episode(RelaxEnv(EnvConfig(fmax=0.05)), BFGSExpert(), STRUCTURES["cluster-Cu5"])
+    assert summary["converged"] and not summary["truncated"] and summary["error"] is None
+    assert summary["force_calls"] == summary["steps"] + 1
+    assert summary["fmax_final"] < 0.05 < summary["fmax_initial"]
+    assert summary["energy_change"] < 0
+
+
+def test_invalid_maxstep_is_rejected():
+    with pytest.raises(ExpertError):
+        BFGSExpert(maxstep=0.0)
+
+
+# ----------------------------------------------------------------------------- nfake
+
+
+def test_linear_schedule():
+    cfg = ExpertConfig(p_start=1.0, p_end=0.1, decay_steps=1000, schedule="linear")
+    assert fake_step_probability(0, cfg) == pytest.approx(1.0)
+    assert fake_step_probability(500, cfg) == pytest.approx(0.55)
+    assert fake_step_probability(1000, cfg) == pytest.approx(0.1)
+    assert fake_step_probability(10**6, cfg) == pytest.approx(0.1)
+
+
+def test_exponential_schedule_decays_early_and_hits_the_endpoints():
+    cfg = ExpertConfig(p_start=0.8, p_end=0.0, decay_steps=1000, schedule="exponential")
+    values = [fake_step_probability(t, cfg) for t in range(0, 1001, 50)]
+    assert values[0] == pytest.approx(0.8) and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(values, values[1:]))
+    lin = ExpertConfig(p_start=0.8, p_end=0.0, decay_steps=1000, schedule="linear")
+    assert fake_step_probability(300, cfg) < fake_step_probability(300, lin)
+    assert fake_step_probability(5000, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ExpertError, match="linear"):
+        fake_step_probability(10, ExpertConfig(schedule="cosine"))

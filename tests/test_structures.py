@@ -1,0 +1,242 @@
+"""Structure sources (generated, files), the train/held-out split, the curriculum, bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111
+from ase.io import write
+
+from actors.config import CurriculumConfig
+from actors.env import EnvConfig, RelaxEnv
+from actors.structures import (
+    Curriculum,
+    StructureError,
+    check_structure,
+    demo_structures,
+    generate_demo,
+    load_structures,
+    read_structure_file,
+    split_structures,
+)
+
+CFG = CurriculumConfig()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return generate_demo(CFG, seed=0)
+
+
+# ----------------------------------------------------------------------------- generated
+
+
+def test_demo_is_deterministic_and_depends_on_the_seed(demo):
+    again = generate_demo(CFG, seed=0)
+    other = generate_demo(CFG, seed=1)
+    assert [a.info["name"] for a in demo] == [a.info["name"] for a in again]
+    for a, b in zip(demo, again):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    assert any(not np.allclose(a.positions, b.positions) for a, b in zip(demo, other) if len(a) == len(b))
+
+
+def test_demo_spans_the_curriculum_stages(demo):
+    sizes = np.array([len(a) for a in demo])
+    assert len(demo) == CFG.n_structures
+    assert ((sizes >= 3) & (sizes <= 8)).mean() >= 0.5  # mostly small clusters
+    assert ((sizes > 8) & (sizes <= 16)).sum() >= 5
+    assert (sizes > 16).sum() >= 3 and sizes.max() <= 64
+    kinds = {a.info["kind"] for a in demo}
+    assert kinds == {"cluster", "bulk", "slab"}
+
+
+def test_demo_structures_are_valid_and_named(demo):
+    names = [a.info["name"] for a in demo]
+    assert len(set(names)) == len(names)
+    assert names[0].startswith("cluster-") and "-s0-" in names[0]
+    for atoms in demo:
+        check_structure(atoms)  # EMT elements, no overlaps
+        assert atoms.calc is None
+        assert set(atoms.get_chemical_symbols()) <= set(CFG.elements)
+        if atoms.info["kind"] == "cluster":
+            d = atoms.get_all_distances()[np.triu_indices(len(atoms), 1)]
+            assert d.min() >= CFG.min_distance - 1e-9
+            # compact: every atom has a neighbour within 1.3 × the largest fcc bond (Ag/Au/Al ≈ 2.9 Å)
+            nearest = np.sort(atoms.get_all_distances(), axis=1)[:, 1]
+            assert nearest.max() < 1.3 * 2.9
+        else:
+            assert atoms.pbc.any()
+
+
+def test_split_is_deterministic_disjoint_and_spans_sizes(demo):
+    train, held = split_structures(demo, 0.25, seed=0)
+    train2, held2 = demo_structures(CFG, seed=0)
+    assert [a.info["name"] for a in held] == [a.info["name"] for a in held2]
+    assert [a.info["name"] for a in train] == [a.info["name"] for a in train2]
+    names_t = {a.info["name"] for a in train}
+    names_h = {a.info["name"] for a in held}
+    assert not names_t & names_h and len(names_t | names_h) == len(demo)
+    assert 0.15 <= len(held) / len(demo) <= 0.35
+    assert min(len(a) for a in held) <= 8 and max(len(a) for a in held) > 16
+    _, held_other = split_structures(demo, 0.25, seed=5)
+    assert {a.info["name"] for a in held_other} != names_h
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _fixtures(tmp_path: Path) -> dict[str, Atoms]:
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.rattle(0.05, seed=1)
+    slab = fcc111("Pt", size=(2, 2, 3), vacuum=5.0)
+    slab.info.clear()
+    cluster = Atoms("Au3", positions=[[0, 0, 0], [2.8, 0, 0], [1.4, 2.4, 0]])
+    write(tmp_path / "cu.cif", cu)
+    write(tmp_path / "POSCAR_Pt", slab, format="vasp")
+    write(tmp_path / "frames.extxyz", [cluster, slab], format="extxyz")
+    (tmp_path / "notes.txt").write_text("ignored: not a structure file")
+    slab_3d = slab.copy()
+    slab_3d.pbc = True  # a POSCAR is periodic in all three directions
+    return {"cu.cif": cu, "POSCAR_Pt": slab_3d, "frames.extxyz#0": cluster, "frames.extxyz#1": slab}
+
+
+def test_load_cif_poscar_extxyz_written_by_ase(tmp_path):
+    expected = _fixtures(tmp_path)
+    train, held = load_structures(tmp_path, CurriculumConfig(heldout_fraction=0.0), seed=0)
+    assert not held
+    got = {a.info["name"]: a for a in train}
+    assert set(got) == set(expected)
+    for name, ref in expected.items():
+        atoms = got[name]
+        assert atoms.get_chemical_formula() == ref.get_chemical_formula()
+        np.testing.assert_allclose(atoms.cell[:], ref.cell[:], atol=1e-6)
+        np.testing.assert_array_equal(atoms.pbc, ref.pbc)
+        # same sites up to wrapping into the cell (pymatgen keeps order for P1 files)
+        if ref.pbc.all():
+            frac_a, frac_r = atoms.get_scaled_positions(), ref.get_scaled_positions()
+            diff = (frac_a - frac_r + 0.5) % 1.0 - 0.5
+            np.testing.assert_allclose(diff, 0.0, atol=1e-6)
+        else:
+            np.testing.assert_allclose(atoms.positions, ref.positions, atol=1e-6)
+    # loaded structures run in the environment
+    RelaxEnv(EnvConfig()).reset(got["cu.cif"])
+
+
+@pytest.mark.parametrize("name", ["cu.cif", "POSCAR_Pt", "frames.extxyz"])
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.93])
+def test_truncated_file_is_a_clear_error(tmp_path, name, keep):
+    _fixtures(tmp_path)
+    path = tmp_path / name
+    text = path.read_text()
+    path.write_text(text[: int(len(text) * keep)])
+    with pytest.raises(StructureError, match=name) as err:
+        read_structure_file(path)
+    assert "truncated" in str(err.value)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("garbage.cif", "this is not a CIF file\n{}{}\n"),
+    ("POSCAR", "Cu\n1.0\n3 0 0\n0 3 0\n0 0 three\nCu\n1\nDirect\n0 0 0\n"),
+    ("bad.extxyz", "2\nProperties=species:S:1:pos:R:3\nCu 0 0 0\nCu zero 0 0\n"),
+])
+def test_malformed_file_is_a_clear_error(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(StructureError, match=name):
+        read_structure_file(tmp_path / name)
+
+
+@pytest.mark.parametrize("element", ["U", "Fe"])
+def test_unsupported_element_names_file_and_element(tmp_path, element):
+    atoms = Atoms(f"Cu{element}", positions=[[0, 0, 0], [2.6, 0, 0]], cell=[8, 8, 8], pbc=True)
+    write(tmp_path / "alloy.cif", atoms)
+    with pytest.raises(StructureError, match=rf"alloy\.cif.*{element}.*'emt'"):
+        load_structures(tmp_path, CFG, seed=0)
+    # another calculator that handles any element accepts it
+    read_structure_file(tmp_path / "alloy.cif", calculator="ase.calculators.lj:LennardJones")
+
+
+def test_overlapping_atoms_are_rejected(tmp_path):
+    atoms = Atoms("Cu3", positions=[[0, 0, 0], [2.5, 0, 0], [2.9, 0.3, 0]])
+    write(tmp_path / "squashed.extxyz", atoms)
+    with pytest.raises(StructureError, match=r"squashed\.extxyz.*atoms 1 \(Cu\) and 2 \(Cu\) overlap"):
+        read_structure_file(tmp_path / "squashed.extxyz")
+    # a periodic image counts too: atom 0 and the image of atom 1 are 0.5 Å apart
+    periodic = Atoms("Cu2", positions=[[0.2, 0, 0], [7.7, 0, 0]], cell=[8, 8, 8], pbc=True)
+    with pytest.raises(StructureError, match="overlap"):
+        check_structure(periodic, "periodic-pair")
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(StructureError, match="neither 'demo'"):
+        load_structures(tmp_path / "missing", CFG, seed=0)
+    with pytest.raises(StructureError, match="has no .cif"):
+        load_structures(tmp_path, CFG, seed=0)
+    (tmp_path / "cu.pdb").write_text("ATOM")
+    with pytest.raises(StructureError, match="unknown format"):
+        read_structure_file(tmp_path / "cu.pdb")
+
+
+# ----------------------------------------------------------------------------- curriculum
+
+
+def _sized(n: int) -> Atoms:
+    atoms = Atoms(f"Cu{n}", positions=np.arange(n)[:, None] * np.array([2.6, 0, 0]))
+    atoms.info["name"] = f"chain-{n}"
+    return atoms
+
+
+POOL = [_sized(n) for n in (3, 5, 8, 12, 16, 30, 64, 80)]
+
+
+def test_curriculum_order_and_pools():
+    cur = Curriculum(POOL, CurriculumConfig(stages=(8, 16, 32, 64), unlock_t_total=100, unlock_success=2.0))
+    rng = np.random.default_rng(0)
+    seen = []
+    for t_total in range(0, 401, 10):
+        assert max(len(cur.sample(rng)) for _ in range(10)) <= cur.max_atoms
+        seen.append((cur.stage, cur.max_atoms))
+        cur.report(t_total, success=False)
+    stages = [s for s, _ in seen]
+    assert stages == sorted(stages) and stages[0] == 0 and stages[-1] == 3
+    assert [m for _, m in dict(seen).items()] == [8, 16, 32, 64]
+    assert {len(a) for a in cur.pool} == {3, 5, 8, 12, 16, 30, 64}  # small ones keep coming
+    assert cur.excluded == ["chain-80"]
+
+
+def test_curriculum_unlocks_by_t_total_since_the_stage_began():
+    cur = Curriculum(POOL, CurriculumConfig(unlock_t_total=1000, unlock_success=2.0, success_window=5))
+    assert not cur.report(999, True)
+    assert cur.report(1000, True) and cur.stage == 1
+    assert not cur.report(1999, False)
+    assert cur.report(2000, False) and cur.stage == 2
+
+
+def test_curriculum_unlocks_by_success_over_the_window():
+    cur = Curriculum(POOL, CurriculumConfig(unlock_t_total=0, unlock_success=0.6, success_window=5))
+    for ok in (True, False, True, False):
+        assert not cur.report(10**9, ok)  # window not full yet; t_total never unlocks (0)
+    assert not cur.report(10**9, False)  # 2/5 = 0.4
+    assert not cur.report(10**9, True)  # 2/5
+    assert cur.report(10**9, True) and cur.stage == 1  # 3/5 = 0.6
+    assert cur.success_rate == 0.0  # the window restarts with the stage
+    for _ in range(20):
+        cur.report(10**9, None)  # expert episodes do not count as successes
+    assert cur.stage == 1
+
+
+def test_curriculum_sample_is_a_copy_and_state_round_trips():
+    cur = Curriculum(POOL, CurriculumConfig(unlock_t_total=10))
+    atoms = cur.sample(np.random.default_rng(0))
+    atoms.positions += 1.0
+    assert all(not np.allclose(a.positions, atoms.positions) for a in cur.pool if len(a) == len(atoms))
+    cur.report(10, True)
+    restored = Curriculum(POOL, CurriculumConfig(unlock_t_total=10))
+    restored.load_state_dict(cur.state_dict())
+    assert restored.stage == cur.stage == 1 and restored.max_atoms == 16
+
+
+def test_curriculum_without_small_structures_is_an_error():
+    with pytest.raises(StructureError, match="at most 8 atoms"):
+        Curriculum([_sized(12)], CurriculumConfig())
