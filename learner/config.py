@@ -11,7 +11,7 @@ class NetworkConfig:
     radius: float = 5.0
     """Neighbour cutoff, Å (the design notes suggest 6–7 Å on large cells)."""
     max_neighbors: int = 32
-    """Neighbours kept per atom, nearest first."""
+    """Neighbours kept per atom, nearest first (0 = no cap)."""
     num_layers: int = 3
     """Interaction (message-passing) layers, 2–6."""
     lmax: int = 1

@@ -16,33 +16,37 @@ rotations act on it correctly.
 
 Where neighbour lists are built — measured
 ------------------------------------------
-``bench/network_throughput.py`` times :func:`neighbor_list` for a batch of 256
-observations (EMT Cu, default radius 5 Å, cap 32) against the rest of a TD3-shaped update
-on the same batch (2-core CPU, torch 2 threads, default NetworkConfig):
+``bench/network_throughput.py`` (2-core CPU, torch 2 threads, default NetworkConfig:
+radius 5 Å, cap 32; EMT Cu, 256 observations; rattled clusters and periodic fcc bulk):
 
-===============================  ==========  ==========
-256 observations of               8 atoms     32 atoms
-===============================  ==========  ==========
-neighbour lists, clusters          6 ms        22 ms
-neighbour lists, periodic bulk    15 ms        60 ms
-batch_graphs (edges given)         6 ms         9 ms
-rest of the TD3 update           0.41 s      ~1.7 s
-===============================  ==========  ==========
+=========================================  =========  =========
+256 observations of                         8 atoms    32 atoms
+=========================================  =========  =========
+:func:`neighbor_list`, clusters               10 ms      30 ms
+:func:`neighbor_list`, periodic bulk          27 ms      82 ms
+``batch_graphs`` with edges given            2–4 ms     2–3 ms
+TD3-shaped update (rest of the step)         0.24 s     3.2 s
+edge list per observation, int64 (bulk)      10 kB      41 kB
+=========================================  =========  =========
 
-A TD3 update needs two batches (s and s'), so learner-side lists cost about 3–7 % of an
-update on CPU, more on a GPU where the update itself is 10–50× faster. Built by the actors,
-they would cost nothing on the learner but inflate every stored transition: edge index and
-shifts of a 32-atom cell at 32 neighbours are ~40 kB (int64) against ~1.5 kB for positions
-and forces, twice per transition (s and s').
+An update needs two batches (s and s'), so lists built on the learner cost 8–22 % of a
+CPU update at 8 atoms and 2–5 % at 32 atoms; the cost is per-observation numpy overhead
+(~40–300 µs each) that a GPU does not shrink, while the tensor work shrinks by an order
+of magnitude there, so on a GPU learner they would likely dominate the step (an
+estimate: no GPU was available for this measurement). On the actors the
+cost spreads over many cheap processes (the Ape-X premise), an online actor builds the list
+for its own forward anyway, and the replay codec stores edges compactly (u32 index, i8
+shift: 11 B per edge, ~0.6–5.6 kB per observation above).
 
-Decision: **build neighbour lists on the learner**, in the batch-preparation step (it is
-numpy, so it can run in a prefetch thread beside the GPU update), and keep replay items
-small. ``batch_graphs`` still uses ``obs.edge_index`` when an observation carries one (for
-example an actor that evaluates its own policy builds it once per step and reuses it), so
-either placement works with the same code.
+Decision: **actors build the neighbour lists** (:func:`with_neighbor_list` attaches them to
+an observation, using the same ``NetworkConfig`` as the learner) and ``batch_graphs`` uses
+``obs.edge_index`` when present; it builds missing lists itself, so observations without
+one (tests, ``RLOptimizer``, an actor that does not attach them) still work, at the cost
+above.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -53,7 +57,7 @@ from actors.observation import Observation
 from learner.config import NetworkConfig
 from relaxrl.errors import RelaxRLError
 
-__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_actions"]
+__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_actions", "with_neighbor_list"]
 
 
 class GraphError(RelaxRLError, ValueError):
@@ -106,6 +110,7 @@ def neighbor_list(
         edge_index: [2, E] int64, (sender j, receiver i); edge_shift: [E, 3] int64 cell shift
         S of the sender, so the edge vector is ``positions[j] + S @ cell − positions[i]``.
         Periodic images of an atom itself are neighbours (S ≠ 0); the atom itself is not.
+        ``max_neighbors = 0`` keeps every neighbour within the radius.
     """
     positions = np.asarray(positions, dtype=np.float64)
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
@@ -136,6 +141,17 @@ def neighbor_list(
         recv, send, shift = recv[keep], send[keep], shift[keep]
     edge_index = np.stack([send, recv]).astype(np.int64)  # [2, E]
     return edge_index, np.asarray(shift, dtype=np.int64).reshape(-1, 3)
+
+
+def with_neighbor_list(obs: Observation, cfg: NetworkConfig) -> Observation:
+    """A copy of ``obs`` carrying its neighbour list (``cfg.radius``, ``cfg.max_neighbors``).
+
+    For actors: attach it before the observation goes to replay, so the learner skips the
+    search (see the measurements above). Use the run's ``NetworkConfig``: the learner
+    trusts an attached list and does not re-check its radius.
+    """
+    ei, es = neighbor_list(obs.positions, obs.cell, obs.pbc, cfg.radius, cfg.max_neighbors)
+    return dataclasses.replace(obs, edge_index=ei, edge_shift=es)
 
 
 @dataclass

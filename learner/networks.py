@@ -223,7 +223,7 @@ class InteractionBlock(nn.Module):
         sender, receiver = edge_index[0], edge_index[1]
         h = self.lin_up(x)  # [N, irreps_in]
         w = self.radial(basis) * envelope.unsqueeze(-1)  # [E, weight_numel], → 0 smoothly at the cutoff
-        msg = self.tp(h[sender], sh, w)  # [E, irreps_mid]
+        msg = self.tp(h.index_select(0, sender), sh, w)  # [E, irreps_mid] (index_select: cheaper backward than h[sender])
         agg = scatter_sum(msg, receiver, x.shape[0]) / self.avg_num_neighbors  # [N, irreps_mid]
         return self.nonlinearity(self.lin_out(agg)) + self.self_connection(x)  # [N, irreps_out]
 

@@ -12,7 +12,7 @@ from ase.neighborlist import primitive_neighbor_list
 import learner.graph as graph_mod
 from actors.observation import Observation
 from learner.config import NetworkConfig
-from learner.graph import GraphError, batch_graphs, neighbor_list, stack_actions
+from learner.graph import GraphError, batch_graphs, neighbor_list, stack_actions, with_neighbor_list
 
 
 def observe(atoms: Atoms, env_features: np.ndarray | None = None) -> Observation:
@@ -141,6 +141,17 @@ def test_precomputed_edges_are_used() -> None:
     g = batch_graphs([observe(cu_cluster(3, seed=6)), o], cfg)
     assert g.edge_index[:, -2:].tolist() == [[4, 5], [3, 3]]
     assert g.pos.dtype == torch.float32
+
+
+def test_attached_lists_give_the_same_graph() -> None:
+    cfg = NetworkConfig(dtype="float64")
+    crystal = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 1, 1)
+    crystal.rattle(0.1, seed=8)
+    obs = [observe(cu_cluster(8, seed=3)), observe(crystal)]
+    attached = [with_neighbor_list(o, cfg) for o in obs]
+    assert obs[0].edge_index is None and attached[0].edge_index is not None  # a copy, input untouched
+    g, g_att = batch_graphs(obs, cfg), batch_graphs(attached, cfg)
+    assert torch.equal(g.edge_index, g_att.edge_index) and torch.equal(g.edge_shift, g_att.edge_shift)
 
 
 def test_bad_observations_are_named() -> None:
