@@ -1,0 +1,109 @@
+"""How the RL policy relaxes held-out structures compared with ASE's optimizers; prints one JSON object.
+
+    python bench/relax_quality.py [--quick] [--checkpoint CKPT] [--hybrid K] [--config configs/demo.toml]
+
+Runs :func:`relaxrl.evaluate.evaluate` on the held-out split of the demo config (or of the
+checkpoint's config) with rl, bfgs, bfgsls, lbfgs, fire and gpmin, same calculator, fmax and
+step budget for all. Prints per optimizer the success rate and median/mean force calls, and
+``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls``: the ratio of mean force calls on the
+structures both solved (below 1 = the policy needs fewer calls). Without ``--checkpoint`` the
+policy is freshly initialised (untrained), and the JSON says so: the numbers are then a floor,
+not a result. ``--quick`` keeps 6 structures spanning the sizes (< 40 s on a laptop CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from learner.policy import Policy, load_policy  # noqa: E402
+from relaxrl.config import load_config  # noqa: E402
+from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures  # noqa: E402
+
+# ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.
+REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43, 0.52]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="6 held-out structures spanning the sizes, at most 150 steps")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (default: untrained policy)")
+    p.add_argument("--config", default=None, help="structure source (default: the checkpoint's config, else configs/demo.toml)")
+    p.add_argument("--hybrid", type=int, default=0, metavar="K", help="rl hands over to BFGS after K steps without progress")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        policy = load_policy(args.checkpoint)
+        policy_note = f"trained checkpoint {policy_path(args.checkpoint)} (weights version {policy.version})"
+    else:
+        cfg = load_config(args.config or ROOT / "configs" / "demo.toml")
+        torch.manual_seed(cfg.run.seed)
+        policy = Policy(cfg)
+        policy_note = "freshly initialised policy (no --checkpoint): untrained, so rl numbers are a floor, not a result"
+    cfg = load_config(args.config) if args.config else policy.config
+    structures = heldout_structures(cfg)
+    steps = args.steps
+    if args.quick:
+        by_size = sorted(structures.items(), key=lambda kv: (len(kv[1]), kv[0]))
+        picks = sorted({round(k * (len(by_size) - 1) / 5) for k in range(6)})  # 6 structures spanning the sizes
+        structures = dict(by_size[k] for k in picks)
+        steps = min(steps, 150)
+    report = evaluate(structures, args.optimizers, fmax=args.fmax, steps=steps, calculator=cfg.env.calculator,
+                      calculator_kwargs=cfg.env.calculator_kwargs, policy=policy, progress=False,
+                      hybrid_patience=args.hybrid)
+
+    comps = report["comparisons"]
+    out = {
+        "benchmark": "relax_quality",
+        "policy": policy_note,
+        "trained": bool(args.checkpoint),
+        "hybrid_patience": args.hybrid,
+        "structures": f"held-out split of config '{cfg.run.name}' (source {cfg.curriculum.source!r})",
+        "n_structures": len(structures),
+        "atoms_per_structure": sorted(len(a) for a in structures.values()),
+        "fmax_ev_per_a": args.fmax,
+        "steps": steps,
+        "calculator": cfg.env.calculator,
+        "optimizers": {
+            name: {"success_rate": o["success_rate"], "force_calls_median": o["force_calls"]["median"],
+                   "force_calls_mean": o["force_calls"]["mean"], "force_calls_mean_solved": o["force_calls_solved"]["mean"],
+                   "wall_time_s": round(o["wall_time_s"]["total"], 3)}
+            for name, o in report["optimizers"].items()
+        },
+        "rl_vs_bfgs_force_calls": comps.get("rl_vs_bfgs_force_calls", {}).get("ratio"),
+        "rl_vs_fire_force_calls": comps.get("rl_vs_fire_force_calls", {}).get("ratio"),
+        "rl_vs_bfgs_n_both_solved": comps.get("rl_vs_bfgs_force_calls", {}).get("n_both_solved"),
+        "vs_bfgs_force_calls": {k.removesuffix("_vs_bfgs_force_calls"): v["ratio"] for k, v in comps.items()
+                                if k.endswith("_vs_bfgs_force_calls") and not k.startswith("rl_")},
+        "reference_vs_bfgs_on_emt": REFERENCE_VS_BFGS,
+        "wall_time_s": round(time.perf_counter() - t0, 2),
+    }
+    if args.hybrid and "rl" in report["optimizers"]:
+        rl_runs = [s["runs"]["rl"].get("rl", {}) for s in report["structures"]]
+        out["hybrid_handed_over"] = sum(r.get("finished_by") == "bfgs" for r in rl_runs)
+        out["hybrid_rl_steps_mean"] = sum(r.get("steps_rl", 0) for r in rl_runs) / max(len(rl_runs), 1)
+    print(json.dumps(out))
+    return 0
+
+
+def policy_path(text: str) -> str:
+    from learner.checkpoint import resolve_checkpoint
+
+    return str(resolve_checkpoint(text))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
