@@ -26,3 +26,9 @@ class ReplayConfig:
     """Embedded Redis AOF fsync policy: 'everysec' or 'always'."""
     metrics_port: int = 0
     """Port of the replay service's Prometheus endpoint (0 = off)."""
+    connect_timeout: float = 10.0
+    """Seconds a client keeps retrying (exponential backoff) an unreachable Redis before it fails."""
+    expert_rate_limited: bool = False
+    """Apply min_size_to_sample / samples_per_insert to the expert table too (default: only `online`; the expert table then supplies min(round(B·f), size) items and never blocks)."""
+    insert_chunk: int = 512
+    """Most transitions sent to Redis in one insert script call (larger inserts are split)."""

