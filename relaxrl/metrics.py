@@ -67,6 +67,20 @@ class MetricSpec:
         """Help text with the unit, as shown in ``# HELP`` lines and Grafana tooltips."""
         return f"{self.help} Unit: {self.unit}."
 
+    @property
+    def ascii_description(self) -> str:
+        """:attr:`description` spelled in ASCII (Å -> Angstrom, λ -> lambda, ...): Ray's
+        metric objects reject descriptions that are not ASCII."""
+        text = self.description
+        for uni, asc in _ASCII.items():
+            text = text.replace(uni, asc)
+        return text.encode("ascii", "replace").decode("ascii")
+
+
+_ASCII = {"Å": "Angstrom", "λ": "lambda", "γ": "gamma", "α": "alpha", "‖": "||", "−": "-", "²": "^2",
+          "·": "*", "→": "->", "≥": ">=", "≤": "<="}
+"""Transliteration of the non-ASCII characters the help texts use."""
+
 
 def _spec(*specs: MetricSpec) -> dict[str, MetricSpec]:
     out: dict[str, MetricSpec] = {}
@@ -296,9 +310,9 @@ class _Recorder:
         recorded through this object, histograms as the last observation."""
         return dict(self._last)
 
-    def value(self, name: str, **tags: Any) -> float | None:
+    def value(self, metric: str, /, **tags: Any) -> float | None:
         """The snapshot value of one series, or None if it was never recorded."""
-        return self._last.get((name, tuple(sorted((k, str(v)) for k, v in tags.items()))))
+        return self._last.get((metric, tuple(sorted((k, str(v)) for k, v in tags.items()))))
 
 
 # Ray metric objects are per process and keyed by name: two RayMetrics in one process (a
@@ -313,6 +327,9 @@ class RayMetrics(_Recorder):
     >>> m.set("relaxrl_q_value", 1.5)
     >>> m.inc("relaxrl_env_steps_total", 8, kind="online")
     >>> m.observe("relaxrl_episode_force_calls", 37)
+    >>> m.set("relaxrl_loss", 0.3, name="critic")   # tags are keyword arguments
+
+    The metric and the value are positional-only, so a tag may be called ``name``.
 
     Ray metric objects are created on first use, only while Ray is initialised
     (``ray.is_initialized()``); otherwise each call is validated and remembered but not
@@ -321,17 +338,17 @@ class RayMetrics(_Recorder):
 
     _exporter: Exporter = "ray"
 
-    def set(self, name: str, value: float, **tags: Any) -> None:
-        """Set gauge ``name`` to ``value``."""
-        spec, x, t = _check("set", name, value, tags, "ray")
+    def set(self, metric: str, value: float, /, **tags: Any) -> None:
+        """Set gauge ``metric`` to ``value``."""
+        spec, x, t = _check("set", metric, value, tags, "ray")
         self._remember(spec, x, t)
         metric = self._ray_metric(spec)
         if metric is not None:
             metric.set(x, tags=t or None)
 
-    def inc(self, name: str, value: float = 1, **tags: Any) -> None:
-        """Add ``value`` (≥ 0; 0 is a no-op) to counter ``name``."""
-        spec, x, t = _check("inc", name, value, tags, "ray")
+    def inc(self, metric: str, value: float = 1, /, **tags: Any) -> None:
+        """Add ``value`` (≥ 0; 0 is a no-op) to counter ``metric``."""
+        spec, x, t = _check("inc", metric, value, tags, "ray")
         if x == 0:
             return
         self._remember(spec, x, t)
@@ -339,9 +356,9 @@ class RayMetrics(_Recorder):
         if metric is not None:
             metric.inc(x, tags=t or None)
 
-    def observe(self, name: str, value: float, **tags: Any) -> None:
-        """Add one observation ``value`` to histogram ``name``."""
-        spec, x, t = _check("observe", name, value, tags, "ray")
+    def observe(self, metric: str, value: float, /, **tags: Any) -> None:
+        """Add one observation ``value`` to histogram ``metric``."""
+        spec, x, t = _check("observe", metric, value, tags, "ray")
         self._remember(spec, x, t)
         metric = self._ray_metric(spec)
         if metric is not None:
@@ -365,11 +382,11 @@ class RayMetrics(_Recorder):
             from ray.util import metrics as rm
 
             if spec.kind == "gauge":
-                metric = rm.Gauge(spec.name, spec.description, tag_keys=spec.tag_keys)
+                metric = rm.Gauge(spec.name, spec.ascii_description, tag_keys=spec.tag_keys)
             elif spec.kind == "counter":
-                metric = rm.Counter(spec.name, spec.description, tag_keys=spec.tag_keys)
+                metric = rm.Counter(spec.name, spec.ascii_description, tag_keys=spec.tag_keys)
             else:
-                metric = rm.Histogram(spec.name, spec.description, boundaries=list(spec.boundaries),
+                metric = rm.Histogram(spec.name, spec.ascii_description, boundaries=list(spec.boundaries),
                                       tag_keys=spec.tag_keys)
             _RAY_OBJECTS[spec.name] = metric
         return metric
@@ -419,21 +436,21 @@ class PrometheusMetrics(_Recorder):
             raise ValueError(f"metric {spec.name} is not registered here; registered: {list(self._collectors)}") from None
         return c.labels(**tags) if tags else c
 
-    def set(self, name: str, value: float, **tags: Any) -> None:
-        """Set gauge ``name`` to ``value``."""
-        spec, x, t = _check("set", name, value, tags, "prometheus")
+    def set(self, metric: str, value: float, /, **tags: Any) -> None:
+        """Set gauge ``metric`` to ``value``."""
+        spec, x, t = _check("set", metric, value, tags, "prometheus")
         self._child(spec, t).set(x)
         self._remember(spec, x, t)
 
-    def inc(self, name: str, value: float = 1, **tags: Any) -> None:
-        """Add ``value`` (≥ 0) to counter ``name``."""
-        spec, x, t = _check("inc", name, value, tags, "prometheus")
+    def inc(self, metric: str, value: float = 1, /, **tags: Any) -> None:
+        """Add ``value`` (≥ 0) to counter ``metric``."""
+        spec, x, t = _check("inc", metric, value, tags, "prometheus")
         self._child(spec, t).inc(x)
         self._remember(spec, x, t)
 
-    def observe(self, name: str, value: float, **tags: Any) -> None:
-        """Add one observation to histogram ``name``."""
-        spec, x, t = _check("observe", name, value, tags, "prometheus")
+    def observe(self, metric: str, value: float, /, **tags: Any) -> None:
+        """Add one observation to histogram ``metric``."""
+        spec, x, t = _check("observe", metric, value, tags, "prometheus")
         self._child(spec, t).observe(x)
         self._remember(spec, x, t)
 
