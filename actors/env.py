@@ -59,6 +59,7 @@ __all__ = [
     "PairList",
     "RelaxEnv",
     "StepResult",
+    "StructureError",
     "compute_reward",
     "correct_action",
     "force_stats",
