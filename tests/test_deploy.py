@@ -311,6 +311,16 @@ def test_cluster_train_script_explains_a_missing_checkout(tmp_path: Path) -> Non
     assert r.returncode == 2 and "no relaxrl checkout" in r.stderr
 
 
+def test_deploy_docs_cover_every_metric_and_command() -> None:
+    doc = (ROOT / "docs" / "DEPLOY.md").read_text()
+    for name in METRICS:
+        assert f"`{name}" in doc, name
+    for line in ("docker compose up", "--scale ray-worker=4", "docker-compose.gpu.yml", "ray up deploy/ray-cluster.yaml",
+                 "ray submit deploy/ray-cluster.yaml", "ray exec deploy/ray-cluster.yaml", "ray down deploy/ray-cluster.yaml",
+                 "http://localhost:3000", "http://localhost:9090"):
+        assert line in doc, line
+
+
 # ---- system dependencies ----------------------------------------------------------------------
 
 
