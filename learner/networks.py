@@ -52,6 +52,8 @@ __all__ = [
     "InteractionBlock",
     "EquivariantTrunk",
     "IrrepsMismatchError",
+    "NetworkConfigError",
+    "validate_config",
     "check_irreps",
     "hidden_irreps",
 ]
@@ -61,6 +63,28 @@ _EPS = 1e-12
 
 class IrrepsMismatchError(RelaxRLError, ValueError):
     """Two consecutive blocks were built with irreps that do not fit."""
+
+
+class NetworkConfigError(RelaxRLError, ValueError):
+    """A NetworkConfig value the networks cannot be built with; the message names the field."""
+
+
+def validate_config(cfg: NetworkConfig) -> None:
+    """Reject settings the networks cannot be built with, naming the ``network.*`` field."""
+    checks = [
+        (1 <= cfg.num_layers <= 8, "num_layers", "use 2–6 interaction layers (1–8 accepted)"),
+        (1 <= cfg.lmax <= 3, "lmax", "use 1–3 (lmax 0 has no vectors, so no displacement)"),
+        (cfg.channels >= 1, "channels", "use a positive multiplicity, e.g. 16"),
+        (cfg.radius > 0, "radius", "use a cutoff in Å, e.g. 5.0"),
+        (cfg.num_basis >= 1 and cfg.radial_hidden >= 1, "num_basis/radial_hidden", "use positive sizes"),
+        (cfg.max_step > 0, "max_step", "use a positive bound in Å, e.g. 0.2"),
+        (cfg.env_input_dim >= 0, "env_input_dim", "use 0 (no env features) or their count"),
+        (cfg.avg_num_neighbors > 0, "avg_num_neighbors", "use a positive normalisation, e.g. 12"),
+        (cfg.dtype in ("float32", "float64"), "dtype", "use 'float32' or 'float64'"),
+    ]
+    for ok, name, fix in checks:
+        if not ok:
+            raise NetworkConfigError(f"network.{name} = {getattr(cfg, name, '')!r} is invalid: {fix}")
 
 
 def check_irreps(upstream: str, irreps_out: o3.Irreps, downstream: str, irreps_in: o3.Irreps) -> None:
@@ -78,10 +102,7 @@ def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
 
 
 def _torch_dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "float64": torch.float64}
-    if name not in table:
-        raise ValueError(f"network.dtype = {name!r}; use 'float32' or 'float64'")
-    return table[name]
+    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def safe_norm(v: torch.Tensor) -> torch.Tensor:
@@ -233,8 +254,7 @@ class EquivariantTrunk(nn.Module):
 
     def __init__(self, cfg: NetworkConfig, irreps_node_in: o3.Irreps | str) -> None:
         super().__init__()
-        if not 1 <= cfg.num_layers <= 8:
-            raise ValueError(f"network.num_layers = {cfg.num_layers}; use 2–6 (1–8 accepted)")
+        validate_config(cfg)
         self.irreps_in = o3.Irreps(irreps_node_in)
         self.irreps_hidden = hidden_irreps(cfg.channels, cfg.lmax)
         self.edges = EdgeEmbedding(cfg)
@@ -308,6 +328,7 @@ class Actor(nn.Module):
 
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
+        validate_config(cfg)
         self.cfg = cfg
         self.max_step = float(cfg.max_step)
         self.node_input = NodeInput(cfg, with_action=False)
@@ -345,6 +366,7 @@ class Critic(nn.Module):
 
     def __init__(self, cfg: NetworkConfig) -> None:
         super().__init__()
+        validate_config(cfg)
         self.cfg = cfg
         self.per_atom_q = bool(cfg.per_atom_q)
         self.node_input = NodeInput(cfg, with_action=True)

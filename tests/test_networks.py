@@ -20,6 +20,7 @@ from learner.networks import (
     InteractionBlock,
     IrrepsMismatchError,
     NetworkConfig,
+    NetworkConfigError,
     TwinCritic,
     check_irreps,
     scatter_mean,
@@ -69,9 +70,9 @@ def with_tensors(g: Graph, pos: torch.Tensor, forces: torch.Tensor, cell: torch.
     return dataclasses.replace(g, pos=pos, forces=forces, cell=g.cell if cell is None else cell)
 
 
-@pytest.mark.parametrize("env_dim", [0, 2])
-def test_actor_is_equivariant_e3nn_helper(env_dim: int) -> None:
-    cfg = NetworkConfig(env_input_dim=env_dim, **SMALL)
+@pytest.mark.parametrize("env_dim,lmax", [(0, 1), (2, 1), (0, 2)])
+def test_actor_is_equivariant_e3nn_helper(env_dim: int, lmax: int) -> None:
+    cfg = NetworkConfig(env_input_dim=env_dim, **{**SMALL, "lmax": lmax})
     g = batch_graphs(clusters(env_dim), cfg)
     actor = Actor(cfg)
     # rotation, inversion and translation: positions are points, forces and displacements 1o
@@ -240,6 +241,12 @@ def test_irreps_mismatch_names_both_blocks() -> None:
     with pytest.raises(IrrepsMismatchError, match="'interaction 0' outputs 8x0e\\+8x1o.*'interaction 1' expects 8x0e\\+4x1o"):
         check_irreps("interaction 0", first.irreps_out, "interaction 1", second.irreps_in)
     check_irreps("interaction 0", first.irreps_out, "interaction 1", first.irreps_out)  # compatible: no error
+
+
+@pytest.mark.parametrize("field,value", [("lmax", 0), ("num_layers", 0), ("dtype", "float16"), ("max_step", 0.0)])
+def test_bad_network_config_names_the_field(field: str, value: object) -> None:
+    with pytest.raises(NetworkConfigError, match=f"network.{field}"):
+        Actor(dataclasses.replace(NetworkConfig(**SMALL), **{field: value}))
 
 
 def test_single_atom_without_edges() -> None:
