@@ -264,9 +264,12 @@ class ReplayClient:
                 waited = True
                 self._call("HINCRBY", k.meta, "insert_waits", 1)
             if timeout is not None and time.monotonic() - start > timeout:
-                raise RateLimiterTimeout(
+                err = RateLimiterTimeout(
                     f"insert into '{table}' waited {timeout:g} s for the rate limiter (samples_per_insert="
-                    f"{spec.samples_per_insert}, error_buffer={spec.error_buffer}): is the learner sampling?")
+                    f"{spec.samples_per_insert}, error_buffer={spec.error_buffer}) with {done} of {n} items "
+                    "inserted: is the learner sampling?")
+                err.inserted_keys = keys[:done].copy()  # type: ignore[attr-defined]
+                raise err
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         return keys
@@ -379,6 +382,17 @@ class ReplayClient:
         leaf = np.frombuffer(self._call("GETRANGE", self.keys[table].leaf, 0, 16 * size - 1) if size else b"", "<f8")
         keys = np.arange(cursor - size, cursor, dtype=np.int64)
         return keys, leaf[1::2][keys % cap]
+
+    def items(self, table: str, keys: Iterable[int]) -> list[Transition | None]:
+        """The stored transitions of ``keys`` (None for keys no longer, or not yet, in the table)."""
+        kk = np.asarray(keys if isinstance(keys, np.ndarray) else list(keys), dtype=np.int64).ravel()
+        if kk.size == 0:
+            return []
+        m = self._meta(table)
+        cap, cursor = int(m["capacity"]), int(m["cursor"])
+        raw = self._call("HMGET", self.keys[table].items, *(kk % cap).tolist())
+        live = (kk >= cursor - cap) & (kk < cursor) & (kk >= 0)
+        return [decode(b) if ok and b is not None else None for ok, b in zip(live, raw)]
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Counters and priority summary per table: size, capacity, inserts, samples, updates,

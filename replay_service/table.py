@@ -244,26 +244,31 @@ else
   for i = 1, k do v[2 * i - 1] = weight(p[i], t.alpha); v[2 * i] = p[i] end
   pairs_ = pack_doubles(v, 2 * k)
 end
-local first_slot = cursor % cap
-local run1 = math.min(k, cap - first_slot)
-redis.call('SETRANGE', KEYS[2], first_slot * 16, string.sub(pairs_, 1, run1 * 16))
-if k > run1 then redis.call('SETRANGE', KEYS[2], 0, string.sub(pairs_, run1 * 16 + 1)) end
+-- items 1..skip would be overwritten within this same call (k > capacity): only their keys advance
+local skip = math.max(0, k - cap)
+local size = math.min(cursor + k, cap)
+local touched, list = {}, {}
+local i = skip
+while i < k do
+  local slot = (cursor + i) % cap
+  local run = math.min(k - i, cap - slot)
+  redis.call('SETRANGE', KEYS[2], slot * 16, string.sub(pairs_, i * 16 + 1, (i + run) * 16))
+  for b = math.floor(slot / t.block), math.floor((slot + run - 1) / t.block) do
+    if not touched[b] then touched[b] = true; list[#list + 1] = b end
+  end
+  i = i + run
+end
 local args, na = {}, 0
-for i = 1, k do
-  args[na + 1] = num((cursor + i - 1) % cap)
-  args[na + 2] = ARGV[2 + i]
+for j = skip + 1, k do
+  args[na + 1] = num((cursor + j - 1) % cap)
+  args[na + 2] = ARGV[2 + j]
   na = na + 2
-  if na >= 2000 or i == k then
+  if na >= 2000 or j == k then
     redis.call('HSET', KEYS[4], unpack(args, 1, na))
     na = 0
   end
 end
-local size = math.min(cursor + k, cap)
-local b0, b1 = math.floor(first_slot / t.block), math.floor((first_slot + run1 - 1) / t.block)
-for b = b0, b1 do recompute_block(KEYS[2], KEYS[3], b, t.block, size) end
-if k > run1 then
-  for b = 0, math.floor((k - run1 - 1) / t.block) do recompute_block(KEYS[2], KEYS[3], b, t.block, size) end
-end
+for _, b in ipairs(list) do recompute_block(KEYS[2], KEYS[3], b, t.block, size) end
 redis.call('HSET', KEYS[1], 'cursor', num(cursor + k))
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], num(k) .. ':' .. num(cursor), 'EX', 3600) end
 return {k, num(cursor)}

@@ -1,0 +1,233 @@
+"""Replay tables against a real redis-server: sampling law, weights, FIFO, stale updates, expert share,
+rate limiting, pickling, connection errors. Each test uses its own namespace."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from replay_service.client import ReplayClient
+from replay_service.codec import CodecError
+from replay_service.config import ReplayConfig
+from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
+from tests.test_replay_codec import make_transition
+
+
+def transitions(rewards) -> list:
+    """Small transitions whose reward carries an identity (so a test can tell them apart)."""
+    base = make_transition(3, expert=False)
+    out = []
+    for r in rewards:
+        t = make_transition(3, expert=False)
+        t.obs, t.next_obs = base.obs, base.next_obs
+        t.reward = float(r)
+        out.append(t)
+    return out
+
+
+def client_for(redis_server, seed: int = 0, **kw) -> ReplayClient:
+    cfg = ReplayConfig(**{"expert_max_size": 100, "online_max_size": 100, "min_size_to_sample": 1,
+                          "namespace": f"t{uuid.uuid4().hex[:8]}", "connect_timeout": 5.0, **kw})
+    c = ReplayClient(redis_server.url, cfg, seed=seed)
+    c.create_tables()
+    return c
+
+
+def test_sampling_frequencies_follow_priority_to_the_alpha(redis_server):
+    c = client_for(redis_server, alpha=0.6, online_max_size=64)
+    pr = np.arange(1, 41, dtype=float)
+    keys = c.insert("online", transitions(range(40)), priorities=pr)
+    counts = np.zeros(40)
+    for _ in range(150):
+        info, _ = c.sample(256, 0.0)
+        counts += np.bincount(info.key, minlength=40)
+    expected = pr ** 0.6 / (pr ** 0.6).sum()
+    assert counts.sum() == 150 * 256
+    chi = stats.chisquare(counts, expected * counts.sum())
+    assert chi.pvalue > 1e-3, chi
+    info, _ = c.sample(256, 0.0)
+    np.testing.assert_allclose(info.probability, expected[info.key], rtol=1e-12)
+    assert set(np.unique(info.key)) <= set(keys.tolist())
+
+
+def test_importance_weights_match_the_formula(redis_server):
+    c = client_for(redis_server, alpha=0.7)
+    pr = np.array([0.5, 1.0, 2.0, 4.0, 8.0, 0.25])
+    c.insert("online", transitions(range(6)), priorities=pr)
+    c.insert("expert", transitions(range(3)), priorities=[3.0, 1.0, 2.0])
+    beta = 0.4
+    info, batch = c.sample(64, 0.25, beta=beta)
+    for table, p in (("online", pr), ("expert", np.array([3.0, 1.0, 2.0]))):
+        m = info.table == table
+        P = p ** 0.7 / (p ** 0.7).sum()
+        N = len(p)
+        expected = (N * P[info.key[m]]) ** -beta / ((N * P) ** -beta).max()
+        np.testing.assert_allclose(info.weight[m], expected, rtol=1e-12)
+        np.testing.assert_allclose(info.probability[m], P[info.key[m]], rtol=1e-12)
+        assert (info.table_size[m] == N).all()
+    assert [t.reward for t in batch] == [float(k) for k in info.key]
+
+
+def test_fifo_eviction_keeps_the_newest_items(redis_server):
+    c = client_for(redis_server, online_max_size=16)
+    keys = c.insert("online", transitions(range(40)), priorities=np.arange(1, 41.0))
+    assert keys.tolist() == list(range(40))
+    assert c.sizes()["online"] == 16
+    live, pr = c.priorities("online")
+    assert live.tolist() == list(range(24, 40))
+    np.testing.assert_array_equal(pr, np.arange(25, 41.0))
+    info, batch = c.sample(200, 0.0)
+    assert info.key.min() >= 24
+    assert [t.reward for t in batch] == [float(k) for k in info.key]
+    assert c.items("online", [3, 30]) [0] is None
+
+
+def test_new_items_get_the_current_max_priority(redis_server):
+    c = client_for(redis_server)
+    c.insert("online", transitions([0]))
+    assert c.priorities("online")[1].tolist() == [1.0]
+    c.insert("online", transitions([1, 2]), priorities=[0.5, 7.0])
+    c.insert("online", transitions([3]))
+    assert c.priorities("online")[1].tolist() == [1.0, 0.5, 7.0, 7.0]
+    c.update_priorities("online", [2, 3], [0.1, 0.2])
+    c.insert("online", transitions([4]))
+    assert c.priorities("online")[1][-1] == 1.0
+
+
+def test_stale_priority_updates_are_ignored(redis_server):
+    c = client_for(redis_server, online_max_size=8)
+    c.insert("online", transitions(range(8)), priorities=np.ones(8))
+    info, _ = c.sample(4, 0.0)
+    c.insert("online", transitions(range(8, 16)), priorities=np.full(8, 2.0))  # laps every slot
+    assert c.update_priorities("online", info.key, np.full(4, 50.0)) == 0
+    keys, pr = c.priorities("online")
+    assert keys.tolist() == list(range(8, 16)) and (pr == 2.0).all()
+    assert c.update_priorities("online", [9, 100, -1], [3.0, 3.0, 3.0]) == 1  # 100: never written
+    assert c.priorities("online")[1][1] == 3.0
+    assert c.stats()["online"]["stale_updates"] == 4 + 2
+
+
+def test_updated_priorities_change_the_sampling(redis_server):
+    c = client_for(redis_server)
+    keys = c.insert("online", transitions(range(10)), priorities=np.ones(10))
+    c.update_priorities("online", keys, np.r_[np.full(9, 1e-6), 1.0])
+    info, _ = c.sample(256, 0.0)
+    assert (info.key == 9).mean() > 0.98
+
+
+@pytest.mark.parametrize("expert_items,B,f,n_expert", [(50, 64, 0.25, 16), (5, 64, 0.25, 5), (50, 10, 0.3, 3),
+                                                       (50, 7, 0.5, 4), (0, 8, 0.25, 0), (50, 8, 1.0, 8)])
+def test_expert_share_is_exactly_round_B_f(redis_server, expert_items, B, f, n_expert):
+    c = client_for(redis_server)
+    c.insert("online", transitions(range(20)))
+    if expert_items:
+        c.insert("expert", transitions(range(expert_items)))
+    info, batch = c.sample(B, f)
+    assert len(batch) == B
+    assert (info.table == "expert").sum() == n_expert
+    assert (info.table == "online").sum() == B - n_expert
+
+
+def test_rate_limiter_min_size_blocks_and_releases(redis_server):
+    c = client_for(redis_server, min_size_to_sample=10)
+    c.insert("online", transitions(range(5)))
+    with pytest.raises(RateLimiterTimeout, match="online holds 5 items, min_size_to_sample is 10"):
+        c.sample(4, 0.0, timeout=0.2)
+    threading.Timer(0.3, lambda: c.insert("online", transitions(range(5, 10)))).start()
+    info, batch = c.sample(4, 0.0, timeout=20)
+    assert len(batch) == 4 and c.sizes()["online"] == 10
+    assert c.stats()["online"]["sample_waits"] == 2
+
+
+def test_rate_limiter_samples_per_insert_blocks_writers_until_sampled(redis_server):
+    c = client_for(redis_server, min_size_to_sample=4, samples_per_insert=1.0, error_buffer=8.0)
+    # max_diff = 1*4 + 8 = 12 inserts ahead of samples
+    with pytest.raises(RateLimiterTimeout, match="12 of 20 items inserted") as e:
+        c.insert("online", transitions(range(20)), timeout=0.2)
+    assert e.value.inserted_keys.tolist() == list(range(12))
+    sampler = threading.Thread(target=lambda: [c.sample(4, 0.0, timeout=20) for _ in range(3)])
+    sampler.start()
+    keys = c.insert("online", transitions(range(20, 28)), timeout=20)
+    sampler.join()
+    assert keys.tolist() == list(range(12, 20))
+    s = c.stats()["online"]
+    assert s["inserts"] == 20 and s["samples"] == 12 and s["insert_waits"] >= 1
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"samples_per_insert": 2.0, "error_buffer": 1.0}, "would deadlock"),
+    ({"min_size_to_sample": 200, "online_max_size": 100}, "can never hold"),
+    ({"alpha": -1.0}, "alpha"),
+])
+def test_settings_that_cannot_work_are_rejected_at_build(kw, match):
+    with pytest.raises(ReplayConfigError, match=match):
+        ReplayClient("redis://127.0.0.1:1/0", ReplayConfig(**kw))
+
+
+def test_batch_too_large_for_the_error_buffer_is_rejected(redis_server):
+    c = client_for(redis_server, samples_per_insert=1.0, error_buffer=4.0)
+    with pytest.raises(ReplayConfigError, match="error_buffer >= 32.5"):
+        c.create_tables(batch_size=64)
+    with pytest.raises(ReplayConfigError, match="can never be granted"):
+        c.sample(64, 0.0)
+
+
+def test_create_tables_is_idempotent_and_checks_settings(redis_server):
+    c = client_for(redis_server, online_max_size=32)
+    c.insert("online", transitions(range(3)))
+    assert c.create_tables() == {"expert": "exists", "online": "exists"}
+    assert c.sizes() == {"expert": 0, "online": 3}
+    other = ReplayClient(redis_server.url, ReplayConfig(namespace=c.cfg.namespace, expert_max_size=100, online_max_size=64))
+    with pytest.raises(ReplayConfigError, match="max_size 32.*max_size 64"):
+        other.create_tables()
+    fresh = ReplayClient(redis_server.url, ReplayConfig(namespace=f"t{uuid.uuid4().hex[:8]}"))
+    with pytest.raises(ReplayError, match="create_tables"):
+        fresh.insert("online", transitions([1]))
+    with pytest.raises(ReplayError, match="unknown replay table"):
+        c.insert("offline", transitions([1]))
+
+
+def test_a_corrupt_item_in_redis_is_a_clear_codec_error(redis_server):
+    c = client_for(redis_server)
+    c.insert("online", transitions([0]))
+    c._call("HSET", c.keys["online"].items, 0, b"\x00garbage")
+    with pytest.raises(CodecError, match="table 'online' key 0"):
+        c.sample(2, 0.0)
+    assert c.sizes()["online"] == 1  # stored data left as it was
+
+
+def _insert_in_child(blob: bytes, q) -> None:
+    client = pickle.loads(blob)
+    q.put(client.insert("online", transitions([42.0])).tolist())
+
+
+def test_client_pickles_to_its_address_and_works_in_another_process(redis_server):
+    c = client_for(redis_server)
+    c.sizes()  # connected here; the pickle must not carry the connection
+    blob = pickle.dumps(c)
+    assert len(blob) < 4096
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_insert_in_child, args=(blob, q))
+    p.start()
+    keys = q.get(timeout=120)
+    p.join(60)
+    assert p.exitcode == 0 and keys == [0]
+    assert c.items("online", keys)[0].reward == 42.0
+
+
+def test_unreachable_redis_is_one_clear_error_with_the_password_hidden():
+    c = ReplayClient("redis://:s3cret-pw@127.0.0.1:1/0", ReplayConfig(connect_timeout=0.3))
+    t0 = time.monotonic()
+    with pytest.raises(ReplayConnectionError) as e:
+        c.sizes()
+    msg = str(e.value)
+    assert "127.0.0.1:1" in msg and "***" in msg and "s3cret" not in msg
+    assert "s3cret" not in repr(c)
+    assert time.monotonic() - t0 < 30

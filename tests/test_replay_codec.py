@@ -1,0 +1,121 @@
+"""The transition codec: round trips, validation on encode, rejection of bad bytes on decode."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors.observation import Observation
+from replay_service.codec import VERSION, CodecError, Transition, decode, encode
+
+
+def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: bool = True, d: int = 2,
+                    reward: float = 0.5) -> Transition:
+    rng = np.random.default_rng(seed)
+
+    def obs() -> Observation:
+        o = Observation(rng.normal(size=(n, 3)), rng.integers(1, 90, size=n), np.eye(3) * 4.0,
+                        np.array([True, False, True]), rng.normal(size=(n, 3)), float(rng.normal()), rng.normal(size=d))
+        if edges:
+            o.edge_index = rng.integers(0, n, size=(2, 7))
+            o.edge_shift = rng.integers(-1, 2, size=(7, 3))
+        return o
+
+    return Transition(obs(), rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), reward, True, False, obs(), 0.25,
+                      rng.normal(size=(n, 3)) if expert else None)
+
+
+def assert_same(a: Transition, b: Transition) -> None:
+    for name in ("action", "actual_move", "expert_action"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None and y is None) or np.array_equal(x, y), name
+    assert (a.reward, a.terminated, a.truncated, a.a_back) == (b.reward, b.terminated, b.truncated, b.a_back)
+    for oa, ob in ((a.obs, b.obs), (a.next_obs, b.next_obs)):
+        for f in ("positions", "numbers", "cell", "pbc", "forces", "env_features", "edge_index", "edge_shift"):
+            x, y = getattr(oa, f), getattr(ob, f)
+            assert (x is None and y is None) or (np.array_equal(x, y) and np.asarray(x).shape == np.asarray(y).shape), f
+        assert oa.energy == ob.energy
+
+
+@pytest.mark.parametrize("n,edges,expert,d", [(1, False, False, 0), (5, True, True, 2), (64, False, True, 3), (0, False, False, 0)])
+def test_round_trip_is_exact(n, edges, expert, d):
+    t = make_transition(n, edges=edges, expert=expert, d=d)
+    u = decode(encode(t))
+    assert_same(t, u)
+    assert u.obs.positions.dtype == np.float64 and u.obs.numbers.dtype == np.int64 and u.obs.pbc.dtype == bool
+    u.obs.positions[0:1] += 1.0 if n else 0.0  # decoded arrays are writable
+
+
+def test_wide_cell_shifts_and_different_next_numbers_round_trip():
+    t = make_transition(4, edges=True)
+    t.obs.edge_shift = np.array([[300, 0, -1]] * 7)
+    t.next_obs.numbers = t.obs.numbers[::-1].copy()
+    assert_same(t, decode(encode(t)))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda t: setattr(t, "action", np.zeros((4, 3))), r"transition\.action has shape \(4, 3\), expected \(5, 3\)"),
+    (lambda t: setattr(t.next_obs, "forces", np.zeros((5, 2))), r"next_obs\.forces has shape"),
+    (lambda t: setattr(t.obs, "positions", np.full((5, 3), "x")), r"obs\.positions has dtype"),
+    (lambda t: setattr(t.obs, "numbers", np.array([1.5] * 5)), r"obs\.numbers has dtype float64"),
+    (lambda t: t.obs.forces.__setitem__((0, 0), np.nan), r"non-finite"),
+    (lambda t: setattr(t, "reward", float("inf")), r"non-finite"),
+    (lambda t: setattr(t.obs, "edge_index", np.array([[0], [9]])), r"edge_index|edge_shift"),
+    (lambda t: setattr(t.obs, "env_features", np.zeros(3)), r"obs\.env_features has shape"),
+])
+def test_encode_rejects_bad_transitions_naming_the_field(mutate, match):
+    t = make_transition(5)
+    mutate(t)
+    with pytest.raises(CodecError, match=match):
+        encode(t)
+
+
+def test_decode_rejects_truncated_trailing_and_wrong_version():
+    b = encode(make_transition(5))
+    with pytest.raises(CodecError, match="truncated"):
+        decode(b[:-1])
+    with pytest.raises(CodecError, match="truncated"):
+        decode(b[:10])
+    with pytest.raises(CodecError, match="trailing"):
+        decode(b + b"\0")
+    wrong = b[:4] + struct.pack("<H", VERSION + 1) + b[6:]
+    with pytest.raises(CodecError, match=f"codec version {VERSION + 1}.*reads version {VERSION}"):
+        decode(wrong)
+    with pytest.raises(CodecError, match="not a relaxrl transition"):
+        decode(b"PK\x03\x04" + b[4:])
+
+
+def test_decode_rejects_non_finite_payload():
+    b = bytearray(encode(make_transition(5)))
+    b[24:32] = struct.pack("<d", float("nan"))  # the reward
+    with pytest.raises(CodecError, match="non-finite"):
+        decode(bytes(b))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_decode_of_random_bytes_raises_only_codec_error(data):
+    for payload in (data, b"RXRL" + struct.pack("<H", VERSION) + data):
+        try:
+            decode(payload)
+        except CodecError:
+            pass
+
+
+_VALID = encode(make_transition(3, edges=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), min_size=1, max_size=4))
+def test_decode_of_corrupted_payload_raises_only_codec_error(flips):
+    b = bytearray(_VALID)
+    for i, v in flips:
+        b[i] = v
+    try:
+        t = decode(bytes(b))
+    except CodecError:
+        return
+    assert np.isfinite(t.obs.positions).all() and t.obs.positions.shape == (3, 3)
