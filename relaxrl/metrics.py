@@ -219,11 +219,69 @@ METRICS: dict[str, MetricSpec] = _spec(
         "prometheus", "replay service",
         tag_keys=("table",), tag_values={"table": TABLES},
     ),
+    MetricSpec(
+        "relaxrl_replay_capacity", "gauge", "transitions",
+        "Capacity (max_size) of each replay table; FIFO eviction starts when relaxrl_replay_size "
+        "reaches it. Small systems want small tables (1k-5k): larger ones keep stale transitions "
+        "whose Bellman targets no longer match the policy.",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_up", "gauge", "1",
+        "1 when the replay service reached Redis at this scrape, 0 when it did not: then actors "
+        "cannot insert and the learner cannot sample.",
+        "prometheus", "replay service",
+    ),
+    MetricSpec(
+        "relaxrl_replay_priority_min", "gauge", "priority",
+        "Smallest sampling priority in each table (priorities follow |TD error|^α).",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_priority_mean", "gauge", "priority",
+        "Mean sampling priority in each table. Rising with relaxrl_td_error means the critic "
+        "fits worse; falling towards the minimum means prioritization no longer selects anything.",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_priority_max", "gauge", "priority",
+        "Largest sampling priority in each table. Far above the mean means a few transitions "
+        "dominate every batch (their importance weights are small).",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_priority_updates_total", "counter", "transitions",
+        "Priority updates the learner sent back, per table. Its rate should follow "
+        "relaxrl_replay_samples_total; a lag means updates are lost or late.",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_stale_updates_total", "counter", "transitions",
+        "Priority updates ignored because FIFO eviction had already overwritten the slot. A "
+        "large share of all updates means the table turns over faster than the learner "
+        "answers: sample less far ahead or enlarge the table.",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
+        "relaxrl_replay_rate_limiter_waits_total", "counter", "calls",
+        "Calls that had to wait for the rate limiter, by table and operation. Sample waits: "
+        "the learner is starved (too few actors or min_size_to_sample not reached); insert "
+        "waits: actors are throttled because the learner falls behind samples_per_insert.",
+        "prometheus", "replay service",
+        tag_keys=("table", "op"), tag_values={"table": TABLES, "op": ("insert", "sample")},
+    ),
 )
 """Every metric relaxrl exports, by Prometheus name."""
 
 REPLAY_METRIC_NAMES: tuple[str, ...] = tuple(n for n, s in METRICS.items() if s.exporter == "prometheus")
-"""The replay service's metrics (exported by :func:`replay_prometheus_registry`)."""
+"""The replay service's metrics (its endpoint exports them; see :func:`prometheus_family` and
+:func:`replay_prometheus_registry`)."""
 
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -482,9 +540,31 @@ def _label_product(spec: MetricSpec) -> list[dict[str, str]]:
     return combos
 
 
+def prometheus_family(name: str, labels: list[str] | None = None) -> Any:
+    """An empty ``prometheus_client`` metric family for spec metric ``name``, for custom
+    collectors that read their values at scrape time (the replay service reads Redis)::
+
+        size = prometheus_family("relaxrl_replay_size")
+        size.add_metric(["online"], 120.0)
+
+    Name, type, help text and label names come from the spec (``labels`` may only repeat them).
+    """
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    spec = get_spec(name)
+    if spec.exporter != "prometheus":
+        raise ValueError(f"metric {name} is exported by Ray, not by a prometheus-client collector")
+    if labels is not None and list(labels) != list(spec.tag_keys):
+        raise ValueError(f"metric {name} takes labels {list(spec.tag_keys)}, got {labels}")
+    cls = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily}[spec.kind]
+    # CounterMetricFamily drops a trailing _total and exposes <name>_total again.
+    return cls(spec.name, spec.description, labels=list(spec.tag_keys))
+
+
 def replay_prometheus_registry() -> PrometheusMetrics:
-    """A fresh :class:`PrometheusMetrics` with the replay service's metrics
-    (``relaxrl_replay_size``, ``relaxrl_replay_inserts_total``, ``relaxrl_replay_samples_total``,
-    each by ``table``); ``.registry`` is the prometheus-client registry, ``.serve(port, host)``
-    exposes it."""
+    """A fresh :class:`PrometheusMetrics` with every replay-service metric of the spec
+    (``relaxrl_replay_size``, ``relaxrl_replay_inserts_total``, ... by ``table``), for code that
+    pushes values as events happen; ``.registry`` is the prometheus-client registry and
+    ``.serve(port, host)`` exposes it. A collector that reads Redis at scrape time uses
+    :func:`prometheus_family` instead."""
     return PrometheusMetrics(REPLAY_METRIC_NAMES)

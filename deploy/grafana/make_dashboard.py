@@ -154,14 +154,34 @@ def build() -> dict[str, Any]:
 
     g.row("Replay")
     g.timeseries(
-        "Replay size", ["relaxrl_replay_size"],
-        [target("A", f"sum by (table) ({m('relaxrl_replay_size')})", "{{table}}")],
+        "Replay size", ["relaxrl_replay_size", "relaxrl_replay_capacity"],
+        [target("A", f"sum by (table) ({m('relaxrl_replay_size')})", "{{table}}"),
+         target("B", f"sum by (table) ({m('relaxrl_replay_capacity')})", "capacity ({{table}})")],
         "none", min_=0)
     g.timeseries(
         "Replay insert and sample rates", ["relaxrl_replay_inserts_total", "relaxrl_replay_samples_total"],
         [target("A", f"sum by (table) (rate({m('relaxrl_replay_inserts_total')}[{RATE}]))", "inserts/s ({{table}})"),
          target("B", f"sum by (table) (rate({m('relaxrl_replay_samples_total')}[{RATE}]))", "samples/s ({{table}})")],
         "ops", min_=0)
+
+    g.timeseries(
+        "Replay priorities", ["relaxrl_replay_priority_mean", "relaxrl_replay_priority_max",
+                              "relaxrl_replay_priority_min"],
+        [target("A", f"max by (table) ({m('relaxrl_replay_priority_mean')})", "mean ({{table}})"),
+         target("B", f"max by (table) ({m('relaxrl_replay_priority_max')})", "max ({{table}})"),
+         target("C", f"min by (table) ({m('relaxrl_replay_priority_min')})", "min ({{table}})")],
+        "none", min_=0)
+    g.timeseries(
+        "Replay health", ["relaxrl_replay_up", "relaxrl_replay_rate_limiter_waits_total",
+                          "relaxrl_replay_priority_updates_total", "relaxrl_replay_stale_updates_total"],
+        [target("A", f"min({m('relaxrl_replay_up')})", "Redis up (right axis)"),
+         target("B", f"sum by (table, op) (rate({m('relaxrl_replay_rate_limiter_waits_total')}[{RATE}]))",
+                "rate limiter waits/s ({{table}} {{op}})"),
+         target("C", f"sum by (table) (rate({m('relaxrl_replay_priority_updates_total')}[{RATE}]))",
+                "priority updates/s ({{table}})"),
+         target("D", f"sum by (table) (rate({m('relaxrl_replay_stale_updates_total')}[{RATE}]))",
+                "stale priority updates/s ({{table}})")],
+        "ops", overrides=[right_axis("A", "none", 0, 1)], min_=0)
 
     g.row("Learner")
     g.timeseries(
