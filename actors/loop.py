@@ -12,6 +12,7 @@ adapter of it: structures, weights, counters) and a *writer* with
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ class OnlineActor:
         self.t_total = 0
         self.steps = 0
         self.last_stats: dict[str, float] = {}
+        self.finished: list[dict] = []  # episodes finished since the caller last cleared it
+        self._recent: deque[bool] = deque(maxlen=50)
 
     # -- helpers ----------------------------------------------------------------------------
     def sync_weights(self) -> bool:
@@ -62,6 +65,10 @@ class OnlineActor:
 
     def choose_tables(self) -> list[str]:
         return ["online"] * len(self.envs)
+
+    def success_rate(self) -> float:
+        """Share of this actor's last 50 episodes that converged."""
+        return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
     def _flush(self, force: bool = False) -> None:
         for table, items in self.pending.items():
@@ -99,6 +106,9 @@ class OnlineActor:
             moves.append(info["actual_move_norm"]), backs.append(info["a_back"])
             rewards.append(res.reward), fmaxes.append(info["fmax"])
             if res.terminated or res.truncated:
+                self.finished.append({"converged": bool(info["converged"]), "force_calls": int(info["force_calls"]),
+                                      "fmax": float(info["fmax"]), "steps": int(info["steps"])})
+                self._recent.append(bool(info["converged"]))
                 self.hub.report_episode(self.kind if tables[i] == "online" else "expert", bool(info["converged"]),
                                         int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
                 self.obs[i] = None
@@ -125,6 +135,7 @@ class OnlineActor:
                 if k % sync_every == 0:
                     self.sync_weights()
                 self.step()
+                self.finished.clear()
                 k += 1
         finally:
             self._flush(force=True)

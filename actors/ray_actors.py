@@ -91,19 +91,30 @@ class ActorProcess:
         m = self._metrics
         if m is None:
             return
-        kind = self.loop.kind
-        m.inc("relaxrl_env_steps_total", len(self.loop.envs), kind=kind)
-        if kind == "online":
-            m.observe("relaxrl_actual_move_angstrom", stats["actual_move"])
-            m.observe("relaxrl_a_back_ratio", stats["a_back"])
-            m.set("relaxrl_fmax_ev_per_angstrom", stats["fmax"])
-            if "action_scale" in stats:
-                m.set("relaxrl_action_scale", stats["action_scale"])
+        loop = self.loop
+        try:
+            m.inc("relaxrl_env_steps_total", len(loop.envs), kind=loop.kind)
+            for ep in loop.finished:
+                m.observe("relaxrl_episode_force_calls", ep["force_calls"])
+            if loop.kind == "online":
+                m.set("relaxrl_actual_move_angstrom", stats["actual_move"])
+                m.set("relaxrl_a_back_ratio", stats["a_back"])
+                if "action_scale" in stats:
+                    m.set("relaxrl_action_scale", stats["action_scale"])
+                if loop.finished:
+                    m.set("relaxrl_fmax_ev_per_angstrom", loop.finished[-1]["fmax"])
+                    m.set("relaxrl_success_ratio", loop.success_rate())
+        except Exception as e:  # metrics must never stop an actor
+            print(f"relaxrl actor {loop.actor_id}: metrics disabled after error: {e}")
+            self._metrics = None
+        finally:
+            loop.finished.clear()
 
 
 def make_actor(kind: str, config, writer, hub_handle, actor_id: int, seed: int):
     """A restartable Ray actor; a crashed one is restarted and its ``run`` task retried."""
     n = config.actors.max_restarts
     cls = ray.remote(ActorProcess).options(num_cpus=config.actors.num_cpus, max_restarts=n, max_task_retries=n,
+                                           max_concurrency=2,  # pid() and stats answer while run() loops
                                            name=None)
     return cls.remote(kind, config, writer, hub_handle, actor_id, seed)

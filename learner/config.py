@@ -86,6 +86,8 @@ class LearnerConfig:
     """Append a metrics.jsonl row every this many updates."""
     max_nonfinite: int = 20
     """Consecutive non-finite losses that stop the run."""
+    normalize_actor_loss: bool = True
+    """Scale −Q by mean|Q| and measure the penalties in units of network.max_step (TD3+BC), so λ_dev and λ_bc do not depend on the reward scale."""
     grad_clip: float = 10.0
     """Global gradient-norm clip (0 = none)."""
     device: str = "auto"

@@ -84,7 +84,8 @@ class Learner:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.lc.critic_lr)
         self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
                                   target_noise_clip=self.lc.target_noise_clip, max_step=config.network.max_step,
-                                  lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip)
+                                  lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip,
+                                  normalize=self.lc.normalize_actor_loss)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self.counters = Counters()
         self.last_logs: dict[str, float] = {}
@@ -108,7 +109,7 @@ class Learner:
         if self._t_total_fn is not None:
             return int(self._t_total_fn())
         stats = self.sampler.stats()
-        return int(sum(t.get("inserts", 0) for t in stats.get("tables", {}).values()))
+        return int(sum(t.get("inserts", 0) for t in stats.values()))
 
     # -- one update ----------------------------------------------------------------------------
     def _to_batch(self, info, transitions) -> td3.TD3Batch:

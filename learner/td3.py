@@ -71,12 +71,19 @@ def critic_loss(q1: Tensor, q2: Tensor, target: Tensor, weight: Tensor) -> tuple
 
 
 def actor_loss(q1_pi: Tensor, pi: Tensor, actual_move: Tensor, expert_action: Tensor, is_expert: Tensor,
-               batch: Tensor, lambda_dev: float, lambda_bc: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """−Q1(s, π(s)) + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖² on expert items only."""
+               batch: Tensor, lambda_dev: float, lambda_bc: float, q_norm: float | Tensor = 1.0,
+               length_unit: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """−Q1(s, π(s))/q_norm + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖² on expert items only.
+
+    Distances in the penalties are measured in ``length_unit`` (Å by default). With
+    ``q_norm = mean|Q1|`` and ``length_unit = max_step`` every term is O(1), as in TD3+BC
+    (Fujimoto & Gu 2021), so λ_dev and λ_bc keep their meaning whatever the reward scale.
+    """
     n_graphs = q1_pi.shape[0]
-    dev = per_graph_mean((pi - actual_move).pow(2).sum(-1), batch, n_graphs)  # [n_graphs] Å²
-    bc = per_graph_mean((pi - expert_action).pow(2).sum(-1), batch, n_graphs) * is_expert.to(pi.dtype)
-    loss = (-q1_pi + lambda_dev * dev + lambda_bc * bc).mean()
+    u2 = length_unit * length_unit
+    dev = per_graph_mean((pi - actual_move).pow(2).sum(-1), batch, n_graphs) / u2  # [n_graphs]
+    bc = per_graph_mean((pi - expert_action).pow(2).sum(-1), batch, n_graphs) * is_expert.to(pi.dtype) / u2
+    loss = (-q1_pi / q_norm + lambda_dev * dev + lambda_bc * bc).mean()
     n_exp = is_expert.sum().clamp_min(1)
     return loss, {"q_pi": q1_pi.mean().detach(), "deviation": dev.mean().detach(), "bc": (bc.sum() / n_exp).detach()}
 
@@ -104,6 +111,7 @@ class TD3Hyper:
     max_step: float
     lambda_dev: float
     grad_clip: float
+    normalize: bool = True  # −Q scaled by mean|Q|, penalties in units of max_step (TD3+BC)
 
 
 def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
@@ -123,13 +131,16 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     if h.grad_clip > 0:
         nn.utils.clip_grad_norm_(critic.parameters(), h.grad_clip)
     critic_opt.step()
-    logs = {"losses/critic": float(loss_q), "charts/q_value": float(q1.mean()), "charts/td_error": float(td_abs.mean()),
+    logs = {"losses/critic": float(loss_q.detach()), "charts/q_value": float(q1.detach().mean()),
+            "charts/td_error": float(td_abs.mean()),
             "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
     if update_actor:
         pi = actor(b.graph)
         q1_pi, _ = critic(b.graph, pi)
+        q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
         loss_pi, parts = actor_loss(q1_pi, pi, b.actual_move, b.expert_action, b.is_expert, b.graph.batch,
-                                    h.lambda_dev, lambda_bc)
+                                    h.lambda_dev, lambda_bc, q_norm=q_norm,
+                                    length_unit=h.max_step if h.normalize else 1.0)
         if torch.isfinite(loss_pi):
             actor_opt.zero_grad(set_to_none=True)
             loss_pi.backward()
@@ -140,6 +151,6 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
             polyak_update(critic_target, critic, h.tau)
         else:
             logs["nonfinite"] = 1.0
-        logs.update({"losses/actor": float(loss_pi), "losses/deviation": float(parts["deviation"]),
+        logs.update({"losses/actor": float(loss_pi.detach()), "losses/deviation": float(parts["deviation"]),
                      "losses/bc": float(parts["bc"]), "charts/q_pi": float(parts["q_pi"])})
     return logs, td_abs

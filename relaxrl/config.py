@@ -43,8 +43,12 @@ class RunSettings:
     """Ray metrics export port of a local Ray head started by `relaxrl train` (0 = Ray picks one)."""
     eval_episodes: int = 16
     """Held-out structures evaluated after training (trained vs untrained policy)."""
+    eval_max_atoms: int = 8
+    """Only held-out structures with at most this many atoms enter the after-training evaluation (0 = all)."""
     num_cpus: int = 0
     """CPUs of a local Ray instance (0 = all of this machine's)."""
+    learner_threads: int = 0
+    """Torch threads of the learner process (0 = one less than the CPUs, at least 1)."""
 
 
 @dataclass(frozen=True)

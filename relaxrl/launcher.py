@@ -163,6 +163,9 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
         stop["flag"] = True
         print("\nstopping: finishing the current update, writing a final checkpoint (Ctrl-C again to abort)")
 
+    import torch
+
+    torch.set_num_threads(cfg.run.learner_threads or max(1, (os.cpu_count() or 2) - 1))
     old = signal.signal(signal.SIGINT, on_sigint)
     run = Run(cfg, run_dir, resume, address, redis_url)
     learner = run.learner
@@ -209,7 +212,8 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, heldout, untrained_weights) -> d
     from learner.policy import Policy, load_policy
     from relaxrl.training_report import evaluate_policy
 
-    structures = list(heldout)[: cfg.run.eval_episodes]
+    structures = [a for a in heldout if not cfg.run.eval_max_atoms or len(a) <= cfg.run.eval_max_atoms]
+    structures = structures[: cfg.run.eval_episodes]
     trained = load_policy(run_dir)
     untrained = Policy(cfg)
     if untrained_weights is not None:

@@ -125,3 +125,13 @@ def test_schedules():
     assert linear(1.0, 0.0, 10, 50) == 0.0
     assert linear(1.0, 0.0, 0, 3) == 0.0
     assert exponential(1.0, 0.01, 10, 5) == pytest.approx(0.1)
+
+
+def test_actor_loss_normalised_units():
+    # TD3+BC form: −Q/q_norm and penalties in units of max_step
+    batch = torch.tensor([0])
+    pi = torch.tensor([[0.1, 0.0, 0.0]], dtype=torch.float64)
+    zeros = torch.zeros(1, 3, dtype=torch.float64)
+    loss, _ = td3.actor_loss(t(-50.0), pi, zeros, zeros, torch.tensor([True]), batch, lambda_dev=1.0, lambda_bc=2.0,
+                             q_norm=50.0, length_unit=0.2)
+    assert loss.item() == pytest.approx(1.0 + 0.25 + 2.0 * 0.25)
