@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--calculator", default="emt")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all)")
+    p.add_argument("--hybrid", type=int, default=0, metavar="K", help="'rl' hands over to BFGS after K steps without progress (0 = off)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory for report.json, report.md and plots")
     p.set_defaults(func=_lazy("relaxrl.evaluate", "eval_command"))
 

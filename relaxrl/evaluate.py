@@ -395,7 +395,8 @@ def eval_command(args: argparse.Namespace) -> int:
                                         min_distance_factor=cfg.env.min_distance_factor)
     kwargs = cfg.env.calculator_kwargs if args.calculator == cfg.env.calculator else None
     report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=args.calculator,
-                      calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False))
+                      calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False),
+                      hybrid_patience=getattr(args, "hybrid", 0))
     report["settings"]["structures"] = args.structures
     report["settings"]["checkpoint"] = args.checkpoint
     paths = write_report(report, args.out)

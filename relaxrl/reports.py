@@ -58,6 +58,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if st.get("policy"):
         lines += [f"Policy: config `{st['policy']['config_name']}`, weights version {st['policy']['version']}.", ""]
+    if st.get("hybrid_patience") and "rl" in names:
+        handed = sum(1 for s in report["structures"] if (s["runs"]["rl"].get("rl") or {}).get("finished_by") == "bfgs")
+        lines += [f"Hybrid mode: `rl` hands over to BFGS after {st['hybrid_patience']} policy steps without a new lowest "
+                  f"Fmax; it did on {handed} of {len(report['structures'])} structures (marked `+bfgs`); its force "
+                  "calls include the BFGS part.", ""]
     lines += [
         "| optimizer | success | force calls median | mean | p90 | mean (solved) | higher minimum | fragmented | errors | wall time s |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -82,6 +87,8 @@ def markdown(report: dict[str, Any]) -> str:
         for n in names:
             r = s["runs"][n]
             mark = "" if r["success"] else (" ↑" if r["higher_minimum"] else " ✂" if r["fragmented"] else " ✗")
+            if (r.get("rl") or {}).get("finished_by") == "bfgs":
+                mark += " +bfgs"
             cells.append(f"{r['force_calls']}{mark}")
         row = f"| {s['name']} | {s['n_atoms']} | " + " | ".join(cells)
         row += f" | {_fmt(s['rl_over_bfgs_force_calls'], 2)} |" if "rl" in names and "bfgs" in names else " |"

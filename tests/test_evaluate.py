@@ -141,9 +141,13 @@ def test_eval_command_on_a_directory(tmp_path, checkpoint, capsys):
         write(d / f"{name}.extxyz", atoms)
     out = tmp_path / "out"
     rc = main(["eval", "--checkpoint", str(checkpoint), "--structures", str(d), "--optimizers", "rl,bfgs",
-               "--steps", "30", "--out", str(out)])
+               "--steps", "60", "--hybrid", "3", "--no-progress", "--out", str(out)])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
+    for s in report["structures"]:  # hybrid: the rl runs say which part finished and how many steps each took
+        rl = s["runs"]["rl"]["rl"]
+        assert rl["mode"] == "hybrid" and rl["steps"] == rl["steps_rl"] + rl["steps_bfgs"] == s["runs"]["rl"]["steps"]
+    assert "Hybrid mode" in (out / "report.md").read_text()
     assert report["settings"]["n_structures"] == 2 and report["settings"]["checkpoint"] == str(checkpoint)
     assert {s["name"] for s in report["structures"]} == {"bulk-Cu8.extxyz", "cluster-Ag6.extxyz"}
     assert all(math.isfinite(s["runs"]["bfgs"]["energy"]) for s in report["structures"])
