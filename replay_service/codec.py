@@ -94,16 +94,18 @@ def _numbers(name: str, x: object, n: int) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind not in "iu" or a.shape != (n,):
         raise CodecError(f"transition.{name} has dtype {a.dtype} and shape {a.shape}, expected integer [{n}]")
-    if n and (a.min() < 0 or a.max() > 255):
+    a8 = a.astype(np.uint8)
+    if a.dtype != np.uint8 and not np.array_equal(a8, a):
         raise CodecError(f"transition.{name} holds atomic numbers outside 0..255")
-    return a.astype(np.uint8)
+    return a8
 
 
 def _pbc_byte(name: str, x: object) -> int:
     a = np.asarray(x)
     if a.shape != (3,) or a.dtype.kind not in "biu":
         raise CodecError(f"transition.{name} has dtype {a.dtype} and shape {a.shape}, expected bool [3]")
-    return int(sum(1 << i for i in range(3) if a[i]))
+    b = a.tolist()
+    return (1 if b[0] else 0) | (2 if b[1] else 0) | (4 if b[2] else 0)
 
 
 def _edges(name: str, o: Observation, n: int) -> tuple[int, np.ndarray, np.ndarray] | None:
@@ -128,44 +130,64 @@ def encode(t: Transition) -> bytes:
     """Encode a transition; raises :class:`CodecError` naming the bad field."""
     if not isinstance(t, Transition):
         raise CodecError(f"expected a Transition, got {type(t).__name__}")
-    if not isinstance(t.obs, Observation) or not isinstance(t.next_obs, Observation):
+    o0, o1 = t.obs, t.next_obs
+    if not isinstance(o0, Observation) or not isinstance(o1, Observation):
         raise CodecError("transition.obs and transition.next_obs must be actors.observation.Observation")
-    n = int(np.asarray(t.obs.numbers).shape[0]) if np.ndim(t.obs.numbers) == 1 else -1
+    n = int(np.shape(o0.numbers)[0]) if np.ndim(o0.numbers) == 1 else -1
     if n < 0 or n > _MAX_ATOMS:
-        raise CodecError(f"transition.obs.numbers has shape {np.shape(t.obs.numbers)}, expected [n_atoms]")
-    d = int(np.size(t.obs.env_features))
+        raise CodecError(f"transition.obs.numbers has shape {np.shape(o0.numbers)}, expected [n_atoms]")
+    d = int(np.size(o0.env_features))
     flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
-    scalars = _floats("reward/a_back/energy", [t.reward, t.a_back, t.obs.energy, t.next_obs.energy], (4,))
-    parts = [scalars, *_obs_parts("obs", t.obs, n, d), *_obs_parts("next_obs", t.next_obs, n, d),
-             _floats("action", t.action, (n, 3)), _floats("actual_move", t.actual_move, (n, 3))]
+    k = 3 * n
+    fields: list[tuple[str, object, tuple[int, ...]]] = [
+        ("obs.positions", o0.positions, (n, 3)), ("obs.cell", o0.cell, (3, 3)), ("obs.forces", o0.forces, (n, 3)),
+        ("obs.env_features", o0.env_features, (d,)),
+        ("next_obs.positions", o1.positions, (n, 3)), ("next_obs.cell", o1.cell, (3, 3)),
+        ("next_obs.forces", o1.forces, (n, 3)), ("next_obs.env_features", o1.env_features, (d,)),
+        ("action", t.action, (n, 3)), ("actual_move", t.actual_move, (n, 3)),
+    ]
     if t.expert_action is not None:
         flags |= HAS_EXPERT
-        parts.append(_floats("expert_action", t.expert_action, (n, 3)))
-    floats = np.concatenate(parts)
-    if not np.isfinite(floats).all():
-        bad = ["reward", "a_back", "obs.energy", "next_obs.energy"]
-        raise CodecError(f"transition has non-finite values (NaN or inf); scalars {dict(zip(bad, scalars))}; "
-                         "check forces, positions and actions before inserting")
-    numbers = _numbers("obs.numbers", t.obs.numbers, n)
-    next_numbers = _numbers("next_obs.numbers", t.next_obs.numbers, n)
+        fields.append(("expert_action", t.expert_action, (n, 3)))
+    try:
+        parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
+    except (TypeError, ValueError):
+        raise CodecError("transition.reward, a_back and the observations' energy must be real numbers") from None
+    for name, x, shape in fields:
+        a = x if isinstance(x, np.ndarray) else np.asarray(x)
+        if a.shape != shape or a.dtype.kind not in "fiu":
+            _floats(name, a, shape)  # raises the precise error
+        parts.append(a.reshape(-1))
+    buf = np.concatenate(parts, dtype=np.float64)
+    if not np.isfinite(buf).all():
+        raise CodecError("transition has non-finite values (NaN or inf) in "
+                         + ", ".join(name for name, x, _ in [("reward/a_back/energy", buf[:4], ())] + fields
+                                     if not np.isfinite(np.asarray(x, dtype=float)).all())
+                         + "; check forces, positions and actions before inserting")
+    numbers = _numbers("obs.numbers", o0.numbers, n)
     tail = [numbers.tobytes()]
-    if not np.array_equal(numbers, next_numbers):
-        flags |= NEXT_NUMBERS
-        tail.append(next_numbers.tobytes())
-    tail.append(bytes([_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)]))
-    edges = [_edges("obs", t.obs, n), _edges("next_obs", t.next_obs, n)]
-    wide = any(e is not None and e[0] and np.abs(e[2]).max() > 127 for e in edges)
-    if wide:
-        flags |= WIDE_SHIFTS
-    n_edges = [0, 0]
-    for i, (bit, e) in enumerate(zip((OBS_EDGES, NEXT_EDGES), edges)):
-        if e is not None:
-            flags |= bit
-            n_edges[i] = e[0]
-            tail.append(e[1].tobytes())
-            tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
+    if o1.numbers is not o0.numbers:
+        next_numbers = _numbers("next_obs.numbers", o1.numbers, n)
+        if not np.array_equal(numbers, next_numbers):
+            flags |= NEXT_NUMBERS
+            tail.append(next_numbers.tobytes())
+    tail.append(bytes((_pbc_byte("obs.pbc", o0.pbc), _pbc_byte("next_obs.pbc", o1.pbc))))
+    if o0.edge_index is not None or o0.edge_shift is not None or o1.edge_index is not None or o1.edge_shift is not None:
+        edges = [_edges("obs", o0, n), _edges("next_obs", o1, n)]
+        wide = any(e is not None and e[0] and np.abs(e[2]).max() > 127 for e in edges)
+        if wide:
+            flags |= WIDE_SHIFTS
+        n_edges = [0, 0]
+        for i, (bit, e) in enumerate(zip((OBS_EDGES, NEXT_EDGES), edges)):
+            if e is not None:
+                flags |= bit
+                n_edges[i] = e[0]
+                tail.append(e[1].tobytes())
+                tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
+    else:
+        n_edges = [0, 0]
     header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
-    return b"".join([header, floats.astype("<f8", copy=False).tobytes(), *tail])
+    return b"".join([header, buf.tobytes(), *tail])
 
 
 # ----------------------------------------------------------------------------- decode
