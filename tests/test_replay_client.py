@@ -231,3 +231,43 @@ def test_unreachable_redis_is_one_clear_error_with_the_password_hidden():
     assert "127.0.0.1:1" in msg and "***" in msg and "s3cret" not in msg
     assert "s3cret" not in repr(c)
     assert time.monotonic() - t0 < 30
+
+
+def test_replay_serve_creates_tables_and_exports_metrics_read_from_redis(redis_server):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from replay_service.server import check_url_security
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen([sys.executable, "-m", "relaxrl.cli", "replay", "serve", "--redis-url", redis_server.url,
+                             "--set", f"replay.namespace={ns}", "--metrics-port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        c = ReplayClient(redis_server.url, ReplayConfig(namespace=ns))
+        text = ""
+        for _ in range(300):
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert 'relaxrl_replay_inserts_total{table="online"} 0.0' in text
+        c.insert("online", transitions([1, 2, 3]), priorities=[1.0, 2.0, 4.0])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        assert 'relaxrl_replay_inserts_total{table="online"} 3.0' in text
+        assert 'relaxrl_replay_priority_max{table="online"} 4.0' in text
+        assert 'relaxrl_replay_rate_limiter_waits_total{op="sample",table="online"} 0.0' in text
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, out
+    with pytest.raises(ReplayConfigError, match="without a password"):
+        check_url_security("redis://10.0.0.5:6379/0")
+    check_url_security("redis://:pw@10.0.0.5:6379/0")
+    check_url_security("redis://localhost:6379/0")
