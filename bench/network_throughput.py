@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.observation import Observation  # noqa: E402
 from learner.graph import Graph, batch_graphs, neighbor_list  # noqa: E402
-from learner.networks import Actor, NetworkConfig, TwinCritic, count_parameters  # noqa: E402
+from learner.networks import Actor, Critic, NetworkConfig, TwinCritic, count_parameters  # noqa: E402
 
 LIGHT = dict(channels=8, num_layers=2, num_basis=6, radial_hidden=16, radius=4.5)
 
@@ -92,7 +92,7 @@ def timed(fn: Callable[[], object], repeats: int, device: str) -> float:
 def throughput(cfg: NetworkConfig, obs: list[Observation], device: str, repeats: int) -> dict:
     g = batch_graphs(obs, cfg, device=device)
     actor = Actor(cfg).to(device)
-    critic = TwinCritic(cfg).to(device).critic1
+    critic = Critic(cfg).to(device)  # one of the twins
     action = actor(g).detach()
 
     def actor_fwd() -> None:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "configs": {
-            name: {**dataclasses.asdict(cfg), "params_actor": count_parameters(Actor(cfg)), "params_twin_critic": count_parameters(TwinCritic(cfg))}
+            name: {**dataclasses.asdict(cfg), "params_actor": count_parameters(Actor(cfg)), "params_critic": count_parameters(Critic(cfg))}
             for name, cfg in configs.items()
         },
         "throughput": {},
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["td3_update_s_256x32"] = round(td3_update_s(default, obs32, obs32_next, "cpu", 3), 4)
     if "cuda" in devices:
         result["td3_update_s_256x8_cuda"] = round(td3_update_s(default, obs8, obs8_next, "cuda", repeats), 4)
-    result.update(neighbor_list_costs(default, 256, (8, 32), repeats))
+    result.update(neighbor_list_costs(default, 256, (8, 32), 1 if args.quick else repeats))
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result))
     return result
