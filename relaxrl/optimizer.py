@@ -244,6 +244,12 @@ class RLOptimizer(Optimizer):
     # -- one step ----------------------------------------------------------------------------
 
     def _observe(self) -> Any:
+        """The observation the policy sees now, built as RelaxEnv builds it.
+
+        Env features: log10 Fmax, step fraction = policy steps taken / ``env.max_steps`` of the
+        training config (capped at 1), last a_back. Forces are the optimizable's (so atoms fixed
+        by ASE constraints show zero force, whereas the training env has no constraints).
+        """
         atoms = self._atoms_moved
         gradient = self.optimizable.get_gradient()  # [3 n_atoms], eV/Å, cached after the first call
         forces = -gradient.reshape(-1, 3)  # [n_atoms, 3] eV/Å
