@@ -165,42 +165,33 @@ class ReplayCollector:
         self.client = client
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from relaxrl.metrics import prometheus_family  # names, types and help text live in the metrics spec
 
+        up = prometheus_family("relaxrl_replay_up")
         try:
             stats = self.client.stats()
-        except Exception:  # a scrape during a Redis outage reports `up` 0 rather than failing
-            up = GaugeMetricFamily("relaxrl_replay_up", "1 when the replay Redis answered this scrape")
+        except Exception:  # a scrape during a Redis outage reports up 0 rather than failing
             up.add_metric([], 0.0)
             yield up
             return
-        up = GaugeMetricFamily("relaxrl_replay_up", "1 when the replay Redis answered this scrape")
         up.add_metric([], 1.0)
         yield up
-        gauges = {
-            "size": GaugeMetricFamily("relaxrl_replay_size", "items held by the table", labels=["table"]),
-            "capacity": GaugeMetricFamily("relaxrl_replay_capacity", "max_size of the table", labels=["table"]),
-            "priority_min": GaugeMetricFamily("relaxrl_replay_priority_min", "smallest priority in the table", labels=["table"]),
-            "priority_mean": GaugeMetricFamily("relaxrl_replay_priority_mean", "mean priority in the table", labels=["table"]),
-            "priority_max": GaugeMetricFamily("relaxrl_replay_priority_max", "largest priority in the table", labels=["table"]),
+        per_table = {
+            "relaxrl_replay_size": "size", "relaxrl_replay_capacity": "capacity",
+            "relaxrl_replay_priority_min": "priority_min", "relaxrl_replay_priority_mean": "priority_mean",
+            "relaxrl_replay_priority_max": "priority_max", "relaxrl_replay_inserts_total": "inserts",
+            "relaxrl_replay_samples_total": "samples", "relaxrl_replay_priority_updates_total": "updates",
+            "relaxrl_replay_stale_updates_total": "stale_updates",
         }
-        counters = {
-            "inserts": CounterMetricFamily("relaxrl_replay_inserts", "items inserted into the table", labels=["table"]),
-            "samples": CounterMetricFamily("relaxrl_replay_samples", "items sampled from the table", labels=["table"]),
-            "updates": CounterMetricFamily("relaxrl_replay_priority_updates", "priority updates applied", labels=["table"]),
-            "stale_updates": CounterMetricFamily("relaxrl_replay_stale_updates", "priority updates ignored (slot overwritten)", labels=["table"]),
-        }
-        waits = CounterMetricFamily("relaxrl_replay_rate_limiter_waits", "calls that waited for the rate limiter",
-                                    labels=["table", "op"])
+        for metric, key in per_table.items():
+            fam = prometheus_family(metric)
+            for table, s in stats.items():
+                fam.add_metric([table], float(s[key]))
+            yield fam
+        waits = prometheus_family("relaxrl_replay_rate_limiter_waits_total")
         for table, s in stats.items():
-            for k, g in gauges.items():
-                g.add_metric([table], float(s[k]))
-            for k, c in counters.items():
-                c.add_metric([table], float(s[k]))
             waits.add_metric([table, "insert"], float(s["insert_waits"]))
             waits.add_metric([table, "sample"], float(s["sample_waits"]))
-        yield from gauges.values()
-        yield from counters.values()
         yield waits
 
 
