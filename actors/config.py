@@ -90,6 +90,8 @@ class ActorConfig:
     """Exploration noise standard deviation (Å) at the end of the decay."""
     sigma_decay_steps: int = 20000
     """t_total over which sigma decays linearly."""
+    noise_force_scale: float = 1.0
+    """Per-atom noise is sigma·min(1, |F_i| / this) (eV/Å): full exploration far from a minimum, little near one, where a 0.03 Å kick alone would exceed fmax."""
     insert_batch: int = 16
     """Transitions buffered before one batched insert into the replay."""
     max_restarts: int = 3

@@ -89,8 +89,11 @@ class OnlineActor:
         if use_policy:
             acts, sc = self.policy.act_batch([self.obs[k] for k in use_policy], return_scale=True)
             sigma = self.sigma()
+            f_ref = self.config.actors.noise_force_scale
             for k, a in zip(use_policy, acts):
-                actions[k] = a + self.rng.normal(0.0, sigma, size=a.shape)
+                f = np.linalg.norm(self.obs[k].forces, axis=1, keepdims=True)  # [n_atoms, 1] eV/Å
+                scale = sigma * np.minimum(1.0, f / f_ref) if f_ref > 0 else sigma
+                actions[k] = a + self.rng.normal(0.0, 1.0, size=a.shape) * scale
             scales = list(sc)
         moves, backs, rewards, fmaxes = [], [], [], []
         for i, env in enumerate(self.envs):

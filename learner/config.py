@@ -88,6 +88,8 @@ class LearnerConfig:
     """Consecutive non-finite losses that stop the run."""
     normalize_actor_loss: bool = True
     """Scale −Q by mean|Q| and measure the penalties in units of network.max_step (TD3+BC), so λ_dev and λ_bc do not depend on the reward scale."""
+    relative_bc: float = 0.005
+    """δ (Å) of the relative behaviour-cloning error ‖π − a_BFGS‖² / (‖a_BFGS‖² + δ²) per graph (0 = absolute error in units of max_step)."""
     grad_clip: float = 10.0
     """Global gradient-norm clip (0 = none)."""
     device: str = "auto"

@@ -85,7 +85,7 @@ class Learner:
         self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
                                   target_noise_clip=self.lc.target_noise_clip, max_step=config.network.max_step,
                                   lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip,
-                                  normalize=self.lc.normalize_actor_loss)
+                                  normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self.counters = Counters()
         self.last_logs: dict[str, float] = {}

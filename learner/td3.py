@@ -72,17 +72,26 @@ def critic_loss(q1: Tensor, q2: Tensor, target: Tensor, weight: Tensor) -> tuple
 
 def actor_loss(q1_pi: Tensor, pi: Tensor, actual_move: Tensor, expert_action: Tensor, is_expert: Tensor,
                batch: Tensor, lambda_dev: float, lambda_bc: float, q_norm: float | Tensor = 1.0,
-               length_unit: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+               length_unit: float = 1.0, relative_bc: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """−Q1(s, π(s))/q_norm + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖² on expert items only.
 
-    Distances in the penalties are measured in ``length_unit`` (Å by default). With
-    ``q_norm = mean|Q1|`` and ``length_unit = max_step`` every term is O(1), as in TD3+BC
-    (Fujimoto & Gu 2021), so λ_dev and λ_bc keep their meaning whatever the reward scale.
+    Distances in the deviation penalty are measured in ``length_unit`` (Å by default). With
+    ``q_norm = mean|Q1|`` and ``length_unit = max_step`` both terms are O(1), as in TD3+BC
+    (Fujimoto & Gu 2021), so λ_dev keeps its meaning whatever the reward scale.
+    ``relative_bc = δ > 0`` measures the BC error relative to the expert step of the same
+    graph, ‖π − a_e‖² / (‖a_e‖² + n·δ²): BFGS steps near a minimum are 100× shorter than
+    the first ones, and an absolute error would ignore exactly the steps that finish a
+    relaxation.
     """
     n_graphs = q1_pi.shape[0]
     u2 = length_unit * length_unit
     dev = per_graph_mean((pi - actual_move).pow(2).sum(-1), batch, n_graphs) / u2  # [n_graphs]
-    bc = per_graph_mean((pi - expert_action).pow(2).sum(-1), batch, n_graphs) * is_expert.to(pi.dtype) / u2
+    err = per_graph_mean((pi - expert_action).pow(2).sum(-1), batch, n_graphs)  # [n_graphs] Å²
+    if relative_bc > 0:
+        bc = err / (per_graph_mean(expert_action.pow(2).sum(-1), batch, n_graphs) + relative_bc**2)
+    else:
+        bc = err / u2
+    bc = bc * is_expert.to(pi.dtype)
     loss = (-q1_pi / q_norm + lambda_dev * dev + lambda_bc * bc).mean()
     n_exp = is_expert.sum().clamp_min(1)
     return loss, {"q_pi": q1_pi.mean().detach(), "deviation": dev.mean().detach(), "bc": (bc.sum() / n_exp).detach()}
@@ -112,6 +121,7 @@ class TD3Hyper:
     lambda_dev: float
     grad_clip: float
     normalize: bool = True  # −Q scaled by mean|Q|, penalties in units of max_step (TD3+BC)
+    relative_bc: float = 0.0  # δ (Å) of the relative BC error; 0 = absolute
 
 
 def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
@@ -140,7 +150,7 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
         loss_pi, parts = actor_loss(q1_pi, pi, b.actual_move, b.expert_action, b.is_expert, b.graph.batch,
                                     h.lambda_dev, lambda_bc, q_norm=q_norm,
-                                    length_unit=h.max_step if h.normalize else 1.0)
+                                    length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
         if torch.isfinite(loss_pi):
             actor_opt.zero_grad(set_to_none=True)
             loss_pi.backward()

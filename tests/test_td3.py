@@ -135,3 +135,13 @@ def test_actor_loss_normalised_units():
     loss, _ = td3.actor_loss(t(-50.0), pi, zeros, zeros, torch.tensor([True]), batch, lambda_dev=1.0, lambda_bc=2.0,
                              q_norm=50.0, length_unit=0.2)
     assert loss.item() == pytest.approx(1.0 + 0.25 + 2.0 * 0.25)
+
+
+def test_relative_bc_weighs_small_expert_steps_like_large_ones():
+    batch = torch.tensor([0, 1])
+    expert = torch.tensor([[0.1, 0.0, 0.0], [0.001, 0.0, 0.0]], dtype=torch.float64)
+    pi = expert * 1.5  # both 50 % too long
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+    _, parts = td3.actor_loss(t(0.0, 0.0), pi, pi, expert, torch.tensor([True, True]), batch, lambda_dev=0.0,
+                              lambda_bc=1.0, relative_bc=1e-9)
+    assert parts["bc"].item() == pytest.approx(0.25, rel=1e-6)  # 0.5² for each graph, whatever the step length
