@@ -67,7 +67,7 @@ class Run:
             self.embedded = start_embedded(run_dir / "redis", appendfsync=cfg.replay.appendfsync)
             url = self.embedded.url
         self.replay = ReplayClient(url, cfg.replay)
-        self.replay.create_tables()
+        self.replay.create_tables(batch_size=cfg.learner.batch_size)
 
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
