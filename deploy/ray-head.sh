@@ -2,8 +2,9 @@
 # Entry point of the compose `ray-head` service: start the Ray head (GCS, dashboard, metrics
 # at :8080), then run the learner and launcher with `relaxrl train` on this cluster.
 #
-# A run directory that already holds files is resumed (--resume), so a restart after a crash
-# continues the run and its curves instead of starting over. When training ends normally the
+# A run directory that already holds checkpoints is resumed (--resume), so a restart after a
+# crash continues the run and its curves instead of starting over; one without checkpoints
+# starts fresh (the launcher's own rule). When training ends normally the
 # container stays up (Ray, dashboards and the run directory remain available for
 # `docker compose exec ray-head relaxrl eval ...`); a failure exits non-zero and the restart
 # policy starts the head again.
@@ -21,7 +22,7 @@ ray start --head \
     --num-gpus="${RAY_HEAD_NUM_GPUS:-0}" \
     --disable-usage-stats
 
-if [ -d "$RUN_DIR" ] && [ -n "$(ls -A "$RUN_DIR" 2>/dev/null)" ]; then
+if [ -d "$RUN_DIR/checkpoints" ] && [ -n "$(ls -A "$RUN_DIR/checkpoints" 2>/dev/null)" ]; then
     echo "ray-head: resuming $RUN_DIR"
     set -- --resume "$RUN_DIR"
 else

@@ -146,7 +146,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "Mean output of the actor network's env gate (the scale of the proposed "
         "displacement; exactly 1 when env_input_dim = 0). Tending to 0 means the policy "
         "hides from the penalties by not moving at all.",
-        "ray", "learner",
+        "ray", "online actors, learner",
     ),
     MetricSpec(
         "relaxrl_q_value", "gauge", "reward",
