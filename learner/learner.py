@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from learner import td3
-from learner.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs
 from learner.networks import Actor, TwinCritic
 from learner.policy import torch_dtype
@@ -237,12 +237,17 @@ class Learner:
 
     def restore(self, path: str | Path) -> None:
         data = load_checkpoint(path, map_location=self.device)
-        self.actor.load_state_dict(data["actor"])
-        self.critic.load_state_dict(data["critic"])
-        self.actor_target.load_state_dict(data["actor_target"])
-        self.critic_target.load_state_dict(data["critic_target"])
-        self.actor_opt.load_state_dict(data["actor_opt"])
-        self.critic_opt.load_state_dict(data["critic_opt"])
+        try:
+            self.actor.load_state_dict(data["actor"])
+            self.critic.load_state_dict(data["critic"])
+            self.actor_target.load_state_dict(data["actor_target"])
+            self.critic_target.load_state_dict(data["critic_target"])
+            self.actor_opt.load_state_dict(data["actor_opt"])
+            self.critic_opt.load_state_dict(data["critic_opt"])
+        except (KeyError, RuntimeError, ValueError) as e:  # another network size, or a policy-only checkpoint
+            raise CheckpointError(f"{data['path']} does not fit this run's networks ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]}); resume without --set network.* overrides, "
+                                  "or start a new run") from None
         counters = data["counters"]
         self.counters.updates = int(counters["updates"])
         self.counters.t_total = int(counters["t_total"])

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -45,23 +46,63 @@ def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     return cfg, run_dir, False
 
 
+def check_ray_address(address: str) -> None:
+    """Fail at once, in one line, when an explicit host:port Ray address accepts no connection.
+
+    Ray itself keeps retrying an unreachable GCS for minutes; 'auto' and other forms are left to Ray.
+    """
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5.0):
+            pass
+    except OSError as e:
+        raise RelaxRLError(f"cannot reach Ray at --address {address}: {e.strerror or e}. Is the head node running "
+                           "(`ray status` there), and is this the host:port of its GCS (default port 6379)? "
+                           "Omit --address for a local Ray instance") from None
+
+
 class Run:
     """The pieces of one training run; ``close()`` releases them in order."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, address: str | None, redis_url: str | None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.embedded = None
+        self.started_ray = False
+        self.actors: list = []
+        try:
+            self._start(resume, address, redis_url)
+        except BaseException:  # a failed start must not leave an embedded redis-server or a local Ray behind
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        import ray
+
+        for x in self.actors:
+            ray.kill(x)
+        if self.started_ray:
+            ray.shutdown()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    def _start(self, resume: bool, address: str | None, redis_url: str | None) -> None:
         import ray
 
         from actors.ray_actors import RemoteCoordinator, make_actor, publish_weights
         from actors.structures import Curriculum, load_structures
         from learner.learner import Learner
         from replay_service.client import ReplayClient
+        from replay_service.server import check_url_security
 
-        self.cfg, self.run_dir = cfg, run_dir
-        self.embedded = None
-        self.started_ray = False
-        self.actors: list = []
+        cfg, run_dir = self.cfg, self.run_dir
+        if address and not ray.is_initialized():
+            check_ray_address(address)
         url = redis_url or cfg.replay.url
-        if not url:
+        if url:
+            check_url_security(url)
+        else:
             from replay_service.server import start_embedded
 
             self.embedded = start_embedded(run_dir / "redis", appendfsync=cfg.replay.appendfsync)

@@ -154,7 +154,9 @@ class ReplayClient:
             try:
                 return self._raw(args)
             except redis.exceptions.AuthenticationError as e:
-                raise ReplayConnectionError(f"Redis at {self.safe_url} refused the password: {e}") from None
+                what = "refused the password" if urlsplit(self.url).password else "requires a password (none in the URL)"
+                raise ReplayConnectionError(f"Redis at {self.safe_url} {what}: {e}. Use "
+                                            "redis://:PASSWORD@host:port/0 with the server's requirepass") from None
             except redis.exceptions.BusyLoadingError as e:
                 err: Exception = e
             except _RETRYABLE as e:

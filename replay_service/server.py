@@ -4,11 +4,16 @@
     client = ReplayClient(srv.url, cfg)
     srv.stop()                                 # start_embedded on the same dir replays the AOF
 
+One process at a time owns a data directory (a lock file, released by the kernel when the
+owner dies). A redis-server left running on the directory by an owner that was killed
+(SIGKILL of `relaxrl train`) is shut down cleanly (AOF flushed) before the new one starts.
+
 ``relaxrl replay serve`` (:func:`serve_command`) creates/checks the tables and exports
 ``relaxrl_replay_*`` metrics read from the Redis counters at each scrape, until SIGTERM.
 """
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import signal
@@ -53,6 +58,12 @@ class EmbeddedRedis:
     port: int
     appendfsync: str
     process: subprocess.Popen = field(repr=False)
+    lock: Any = field(default=None, repr=False)  # open owner.lock holding the directory's flock
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.close()  # closing the file drops the flock
+            self.lock = None
 
     @property
     def url(self) -> str:
@@ -74,12 +85,14 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._release()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests)."""
         if self.alive():
             self.process.kill()
             self.process.wait()
+        self._release()
 
     def __enter__(self) -> "EmbeddedRedis":
         return self
@@ -88,12 +101,50 @@ class EmbeddedRedis:
         self.stop()
 
 
+def _claim(d: Path) -> Any:
+    """Lock ``d`` for this process; refuse when another live process owns it."""
+    f = open(d / "owner.lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ReplayConfigError(f"the embedded Redis data directory {d} is in use by another running process "
+                                "(a `relaxrl train` or `relaxrl replay serve` on the same run); stop it first "
+                                "or use another directory") from None
+    return f
+
+
+def _stop_orphan(d: Path, port: int, timeout: float) -> None:
+    """Shut down a redis-server still serving ``d`` on ``port`` after its owner died (AOF flushed on SHUTDOWN)."""
+    r = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=10.0)
+    try:
+        served = r.config_get("dir").get("dir")
+    except (redis.exceptions.RedisError, OSError):
+        return  # nothing answers there (or not a Redis of ours): nothing to stop
+    if not served or Path(served).resolve() != d:
+        return
+    try:
+        r.shutdown()
+    except redis.exceptions.RedisError:
+        pass  # the server closes the connection as it exits
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            r.ping()
+        except (redis.exceptions.ConnectionError, OSError):
+            return
+        time.sleep(0.05)
+    raise ReplayConnectionError(f"a redis-server left running on {d} (port {port}) by a killed process did not shut "
+                                "down; stop it by hand (redis-cli -p PORT shutdown) and retry")
+
+
 def start_embedded(data_dir: str | os.PathLike, appendfsync: str = "everysec", port: int | None = None,
                    timeout: float = 30.0) -> EmbeddedRedis:
     """Start redis-server with append-only persistence in ``data_dir``, listening on 127.0.0.1 only.
 
     Restarting on the same directory replays the AOF and reuses the previous port when it
     is free (so clients holding the old URL reconnect). Waits until the data is loaded.
+    A server orphaned on the directory by a killed owner is shut down first.
     """
     if appendfsync not in ("always", "everysec", "no"):
         raise ReplayConfigError(f"appendfsync={appendfsync!r}; use 'always', 'everysec' or 'no'")
@@ -106,6 +157,17 @@ def start_embedded(data_dir: str | os.PathLike, appendfsync: str = "everysec", p
         except ValueError:
             port = None
     exe = redis_server_binary()
+    lock = _claim(d)
+    try:
+        if port_file.exists() and port:
+            _stop_orphan(d, port, timeout)
+        return _spawn(d, exe, port, appendfsync, timeout, lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _spawn(d: Path, exe: str, port: int | None, appendfsync: str, timeout: float, lock: Any) -> EmbeddedRedis:
     last_log = ""
     for attempt in range(5):
         p = port if (port and attempt == 0) else _free_port()
@@ -122,7 +184,7 @@ def start_embedded(data_dir: str | os.PathLike, appendfsync: str = "everysec", p
             try:
                 r.ping()
                 port_file.write_text(str(p))
-                return EmbeddedRedis(d, p, appendfsync, proc)
+                return EmbeddedRedis(d, p, appendfsync, proc, lock)
             except redis.exceptions.BusyLoadingError:
                 time.sleep(0.05)
             except (redis.exceptions.ConnectionError, OSError):
