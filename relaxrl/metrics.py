@@ -346,22 +346,12 @@ SnapshotKey = tuple[str, tuple[tuple[str, str], ...]]
 class _Recorder:
     """Shared part of both exporters: validation and the last values, per (name, tags)."""
 
-    _exporter: Exporter
-
     def __init__(self) -> None:
         self._last: dict[SnapshotKey, float] = {}
-        self._hist: dict[SnapshotKey, tuple[int, float]] = {}
 
     def _remember(self, spec: MetricSpec, x: float, tags: dict[str, str]) -> None:
         key = (spec.name, tuple(sorted(tags.items())))
-        if spec.kind == "gauge":
-            self._last[key] = x
-        elif spec.kind == "counter":
-            self._last[key] = self._last.get(key, 0.0) + x
-        else:
-            n, s = self._hist.get(key, (0, 0.0))
-            self._hist[key] = (n + 1, s + x)
-            self._last[key] = x
+        self._last[key] = self._last.get(key, 0.0) + x if spec.kind == "counter" else x
 
     def snapshot(self) -> dict[SnapshotKey, float]:
         """Last value per (name, sorted tag items): gauges as set, counters as totals
@@ -393,8 +383,6 @@ class RayMetrics(_Recorder):
     (``ray.is_initialized()``); otherwise each call is validated and remembered but not
     exported, so code that records metrics runs unchanged in plain unit tests.
     """
-
-    _exporter: Exporter = "ray"
 
     def set(self, metric: str, value: float, /, **tags: Any) -> None:
         """Set gauge ``metric`` to ``value``."""
@@ -456,8 +444,6 @@ class PrometheusMetrics(_Recorder):
     Same ``set``/``inc``/``observe`` calls as :class:`RayMetrics`; :meth:`serve` starts the
     HTTP endpoint Prometheus scrapes (``deploy/prometheus.yml``, job ``relaxrl-replay``).
     """
-
-    _exporter: Exporter = "prometheus"
 
     def __init__(self, names: tuple[str, ...] = REPLAY_METRIC_NAMES, registry: Any | None = None) -> None:
         import prometheus_client as pc
