@@ -13,6 +13,7 @@ owner dies). A redis-server left running on the directory by an owner that was k
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
@@ -58,11 +59,12 @@ class EmbeddedRedis:
     port: int
     appendfsync: str
     process: subprocess.Popen = field(repr=False)
-    lock: Any = field(default=None, repr=False)  # open owner.lock holding the directory's flock
+    lock: Any = field(default=None, repr=False)  # open owner.lock holding the directory's lock
 
     def _release(self) -> None:
         if self.lock is not None:
-            self.lock.close()  # closing the file drops the flock
+            _OWNED.discard(self.data_dir)
+            self.lock.close()  # closing the file drops the lock
             self.lock = None
 
     @property
@@ -101,16 +103,27 @@ class EmbeddedRedis:
         self.stop()
 
 
+_OWNED: set[Path] = set()  # data directories whose redis-server this process runs
+
+
 def _claim(d: Path) -> Any:
-    """Lock ``d`` for this process; refuse when another live process owns it."""
+    """Lock ``d`` for this process; refuse when a live process (this one included) owns it.
+
+    A POSIX record lock: the kernel drops it when the owner dies, and forked children do not inherit it.
+    """
+    busy = ReplayConfigError(f"the embedded Redis data directory {d} is in use by a running process (a `relaxrl "
+                             "train` or `relaxrl replay serve` on the same run); stop it first or use another directory")
+    if d in _OWNED:
+        raise busy
     f = open(d / "owner.lock", "a+")
     try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
         f.close()
-        raise ReplayConfigError(f"the embedded Redis data directory {d} is in use by another running process "
-                                "(a `relaxrl train` or `relaxrl replay serve` on the same run); stop it first "
-                                "or use another directory") from None
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            raise busy from None
+        raise
+    _OWNED.add(d)
     return f
 
 
@@ -163,6 +176,7 @@ def start_embedded(data_dir: str | os.PathLike, appendfsync: str = "everysec", p
             _stop_orphan(d, port, timeout)
         return _spawn(d, exe, port, appendfsync, timeout, lock)
     except BaseException:
+        _OWNED.discard(d)
         lock.close()
         raise
 
@@ -183,7 +197,7 @@ def _spawn(d: Path, exe: str, port: int | None, appendfsync: str, timeout: float
                 break
             try:
                 r.ping()
-                port_file.write_text(str(p))
+                (d / "redis.port").write_text(str(p))
                 return EmbeddedRedis(d, p, appendfsync, proc, lock)
             except redis.exceptions.BusyLoadingError:
                 time.sleep(0.05)
