@@ -19,6 +19,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on a shared machine skews timings
         "configs": {
             name: {**dataclasses.asdict(cfg), "params_actor": count_parameters(Actor(cfg)), "params_critic": count_parameters(Critic(cfg))}
             for name, cfg in configs.items()
@@ -221,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
     obs8_next = [cu_cluster(8, 1000 + seed) for seed in range(256)]
     result["td3_update_s_256x8"] = round(td3_update_s(default, obs8, obs8_next, "cpu", repeats), 4)
     result["td3_update_s_256x8_light"] = round(td3_update_s(light, obs8, obs8_next, "cpu", repeats), 4)
+    torch.set_num_threads(1)  # a learner sharing its cores with actors may prefer one thread
+    result["td3_update_s_256x8_1thread"] = round(td3_update_s(default, obs8, obs8_next, "cpu", repeats), 4)
+    torch.set_num_threads(2)
     result["td3_target_s"] = 0.5
     result["td3_under_target"] = result["td3_update_s_256x8"] < 0.5
     if not args.quick:
@@ -230,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "cuda" in devices:
         result["td3_update_s_256x8_cuda"] = round(td3_update_s(default, obs8, obs8_next, "cuda", repeats), 4)
     result.update(neighbor_list_costs(default, 256, (8, 32), 1 if args.quick else repeats))
+    result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result))
     return result
