@@ -20,6 +20,7 @@ import numpy as np
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert, fake_step_probability
 from actors.observation import Observation
+from learner.graph import with_neighbor_list
 from learner.policy import Policy
 from learner.schedules import linear
 from replay_service.codec import Transition
@@ -41,6 +42,7 @@ class OnlineActor:
         self.pending: dict[str, list[Transition]] = {"online": [], "expert": []}
         self.t_total = 0
         self.steps = 0
+        self.nonfinite_actions = 0  # steps whose action was NaN/inf: applied as no move, not stored
         self.last_stats: dict[str, float] = {}
         self.finished: list[dict] = []  # episodes finished since the caller last cleared it
         self._recent: deque[bool] = deque(maxlen=50)
@@ -56,7 +58,9 @@ class OnlineActor:
 
     def _reset(self, i: int) -> None:
         atoms = self.hub.next_structure()
-        self.obs[i] = self.envs[i].reset(atoms)
+        # neighbour lists are built here, once per state, and travel with the transition
+        # (measured in learner/graph.py: cheaper than on the learner)
+        self.obs[i] = with_neighbor_list(self.envs[i].reset(atoms), self.config.network)
         self.experts[i].reset()
 
     def sigma(self) -> float:
@@ -102,10 +106,15 @@ class OnlineActor:
             action = a_expert if tables[i] == "expert" else actions[i]
             res = env.step(action)
             info = res.info
-            self.pending[tables[i]].append(Transition(
-                obs=obs, action=np.asarray(action, dtype=np.float64), actual_move=info["actual_move"],
-                reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
-                next_obs=res.obs, a_back=float(info["a_back"]), expert_action=a_expert))
+            next_obs = with_neighbor_list(res.obs, self.config.network)
+            action = np.asarray(action, dtype=np.float64)
+            if np.isfinite(action).all():
+                self.pending[tables[i]].append(Transition(
+                    obs=obs, action=action, actual_move=info["actual_move"],
+                    reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
+                    next_obs=next_obs, a_back=float(info["a_back"]), expert_action=a_expert))
+            else:  # a diverged policy: the env applied no move; the step is not stored (the codec refuses NaN)
+                self.nonfinite_actions += 1
             moves.append(info["actual_move_norm"]), backs.append(info["a_back"])
             rewards.append(res.reward), fmaxes.append(info["fmax"])
             if res.terminated or res.truncated:
@@ -116,7 +125,7 @@ class OnlineActor:
                                         int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
                 self.obs[i] = None
             else:
-                self.obs[i] = res.obs
+                self.obs[i] = next_obs
         self._flush()
         self.steps += len(self.envs)
         stats = {"actual_move": float(np.mean(moves)), "a_back": float(np.mean(backs)),

@@ -146,7 +146,7 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
             "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
     if update_actor:
         pi = actor(b.graph)
-        q1_pi, _ = critic(b.graph, pi)
+        q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
         q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
         loss_pi, parts = actor_loss(q1_pi, pi, b.actual_move, b.expert_action, b.is_expert, b.graph.batch,
                                     h.lambda_dev, lambda_bc, q_norm=q_norm,

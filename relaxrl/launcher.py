@@ -181,6 +181,34 @@ class Run:
                 self.embedded.stop()
 
 
+_LOSS_NAMES = {"losses/critic": "critic", "losses/actor": "actor", "losses/bc": "bc", "losses/deviation": "deviation"}
+
+
+class LearnerMetrics:
+    """Learner-side Prometheus metrics through Ray's exporter (names from relaxrl.metrics)."""
+
+    def __init__(self):
+        from relaxrl.metrics import RayMetrics
+
+        self.m = RayMetrics()
+        self._updates = 0
+
+    def record(self, learner, logs: dict[str, float], stats: dict[str, Any]) -> None:
+        m, c = self.m, learner.counters
+        m.inc("relaxrl_learner_updates_total", c.updates - self._updates)
+        self._updates = c.updates
+        m.set("relaxrl_bc_weight", learner.bc_weight())
+        for key, metric in (("charts/q_value", "relaxrl_q_value"), ("charts/batch_reward", "relaxrl_batch_reward"),
+                            ("charts/td_error", "relaxrl_td_error")):
+            if key in logs:
+                m.set(metric, logs[key])
+        for key, name in _LOSS_NAMES.items():
+            if key in logs:
+                m.set("relaxrl_loss", logs[key], name=name)
+        if "weights_version" in stats:
+            m.set("relaxrl_weights_version", stats["weights_version"])
+
+
 def _progress_line(s: dict[str, Any], logs: dict[str, float], updates: int) -> str:
     def g(k, fmt="{:.3g}"):
         v = s.get(k, logs.get(k))
@@ -208,8 +236,13 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
 
     torch.set_num_threads(cfg.run.learner_threads or max(1, (os.cpu_count() or 2) - 1))
     old = signal.signal(signal.SIGINT, on_sigint)
-    run = Run(cfg, run_dir, resume, address, redis_url)
+    try:
+        run = Run(cfg, run_dir, resume, address, redis_url)
+    except BaseException:
+        signal.signal(signal.SIGINT, old)
+        raise
     learner = run.learner
+    metrics = LearnerMetrics()
     metrics_at = f"Ray metrics export port {cfg.run.metrics_port}" if cfg.run.metrics_port else "metrics.jsonl + plots/ in the run directory"
     try:
         total = cfg.learner.max_updates or None
@@ -226,6 +259,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
 
                 def on_update(logs):
                     s = run.stats()
+                    metrics.record(learner, logs, s)
                     bar.update(task, completed=learner.counters.updates, line=_progress_line(s, logs, learner.counters.updates))
 
                 learner.run(should_stop=lambda: stop["flag"], on_update=on_update)
@@ -233,6 +267,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
             last = [0.0]
 
             def on_update(logs):
+                metrics.record(learner, logs, run.stats())
                 if time.monotonic() - last[0] > 10:
                     last[0] = time.monotonic()
                     print(_progress_line(run.stats(), logs, learner.counters.updates), flush=True)

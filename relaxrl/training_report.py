@@ -16,7 +16,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("q_vs_reward", "Q vs reward", [("charts/q_value", "Q(s,a)"), ("charts/batch_reward", "batch reward"), ("actors/reward", "actor step reward")]),
     ("action_scale", "action scale (env gate)", [("actors/action_scale", "online actors")]),
     ("a_back", "a_back (fraction taken back)", [("actors/a_back", "online actors")]),
-    ("fmax_success", "Fmax (eV/Å) and success", [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
+    ("fmax_success", "Fmax (eV/Å, log) and success (right axis)", [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
     ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
     ("replay_sizes", "replay table sizes", [("replay/expert_size", "expert"), ("replay/online_size", "online")]),
 ]
@@ -51,17 +51,30 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     for name, title, series in PANELS:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         drawn = 0
+        twin = None
         for key, label in series:
             pts = [(r["t_total"], r[key]) for r in rows if r.get(key) is not None and "t_total" in r]
             if pts:
                 x, y = zip(*pts)
-                ax.plot(x, y, label=label, lw=1.4)
+                target = ax
+                if key.endswith("_success"):  # rates on their own 0..1 axis
+                    twin = twin or ax.twinx()
+                    twin.set_ylim(-0.02, 1.02)
+                    twin.set_ylabel("success rate")
+                    target = twin
+                target.plot(x, y, label=label, lw=1.4, color=f"C{drawn}")
                 drawn += 1
+        if name == "fmax_success" and drawn:
+            ax.set_yscale("log")
+        if twin is not None:
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = twin.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, fontsize=8)
         ax.set_xlabel("t_total (environment steps)")
         ax.set_title(title)
         if name == "losses" and drawn:
             ax.set_yscale("symlog")
-        if drawn:
+        if drawn and twin is None:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
