@@ -1,0 +1,564 @@
+"""Faults survived and bad input refused (issue 8): real Ray, real redis-server, real EMT.
+
+Faults (slow): Redis SIGKILLed during training and restarted; an online and an expert actor
+SIGKILLed; the learner process SIGKILLed and resumed; the replay service restarted while
+writers write. Bad input (fast): every row of docs/RELIABILITY.md names the test that keeps
+it true, and :func:`test_reliability_doc_names_only_existing_tests` keeps the doc honest.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replay_service.client import ReplayClient
+from replay_service.codec import VERSION, CodecError, Transition, encode
+from replay_service.config import ReplayConfig
+from replay_service.errors import ReplayConnectionError
+from replay_service.server import redis_server_binary, start_embedded
+from tests.test_replay_client import client_for, transitions
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.toml"
+ENV = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def store_raw(client: ReplayClient, table: str, key: int, data: bytes) -> None:
+    """Overwrite the stored bytes of item ``key`` directly in Redis, bypassing the codec."""
+    k = client.keys[table]
+    if hasattr(k, "item"):  # layout 2: one Redis string per item
+        client._call("SET", k.item(key), data)
+    else:  # layout 1: a hash slot -> payload
+        client._call("HSET", k.items, key % client.specs[table].max_size, data)
+
+
+def live_items(client: ReplayClient, table: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """(keys, priorities, decoded transitions) of every committed item of ``table``; decoding must not fail."""
+    keys, pr = client.priorities(table)
+    keys, pr = keys[pr > 0], pr[pr > 0]  # priority 0: reserved by a writer, payload not committed yet
+    items = []
+    for chunk in np.array_split(keys, max(1, len(keys) // 500)):
+        items += client.items(table, chunk)
+    return keys, pr, items
+
+
+def pids_of(run) -> list[int]:
+    import ray
+
+    return [ray.get(a.pid.remote(), timeout=60) for a in run.actors]
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- faults during training
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A live tiny run in this process: Ray, embedded Redis (appendfsync always), one online + one expert actor."""
+    from relaxrl.config import load_config
+    from relaxrl.launcher import Run
+
+    cfg = load_config(TINY, ["replay.appendfsync='always'", "replay.online_max_size=100000",
+                             "replay.expert_max_size=100000", "actors.num_online=1", "actors.num_expert=1"])
+    run = Run(cfg, tmp_path_factory.mktemp("run"), resume=False, address=None, redis_url=None)
+    try:
+        for _ in range(2):
+            run.learner.step()
+        yield run
+    finally:
+        run.close()
+
+
+@pytest.mark.slow
+def test_killed_online_and_expert_actors_are_restarted_and_no_table_is_corrupted(tiny_run):
+    import ray
+
+    run = tiny_run
+    before = pids_of(run)
+    stats0 = ray.get(run.hub.stats.remote())
+    for pid in before:  # actors[0] is online, actors[1] expert
+        os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        try:
+            now = pids_of(run)
+        except ray.exceptions.RayActorError:
+            return None
+        return now if all(a != b for a, b in zip(now, before)) else None
+
+    wait_for(restarted, 120, "Ray to restart both actors")
+    for _ in range(3):
+        run.learner.step()
+    wait_for(lambda: all(ray.get(run.hub.stats.remote())[f"env_steps/{k}"] > stats0[f"env_steps/{k}"] + 8
+                         for k in ("online", "expert")), 90, "both restarted actors to step again")
+    assert ray.get(run.hub.current_t_total.remote()) > stats0["t_total"]
+    for table in ("online", "expert"):
+        keys, _, items = live_items(run.replay, table)
+        assert len(keys) > 0 and all(isinstance(t, Transition) for t in items)
+        assert len(np.unique(keys)) == len(keys)
+
+
+@pytest.mark.slow
+def test_redis_sigkill_during_training_loses_no_acknowledged_item_and_training_continues(tiny_run):
+    import ray
+
+    run = tiny_run
+    run.learner.step()
+    updates = run.learner.counters.updates
+    # with the learner paused, what Redis acknowledged so far (and the priorities the learner set)
+    snapshot = {t: dict(zip(*(a.tolist() for a in live_items(run.replay, t)[:2]))) for t in ("online", "expert")}
+    assert snapshot["online"] and snapshot["expert"]
+    old = run.embedded
+    old.kill()  # SIGKILL while the actors are inserting
+    time.sleep(1.0)  # the actors' inserts fail and back off meanwhile
+    run.embedded = start_embedded(old.data_dir, appendfsync="always")
+    assert run.embedded.port == old.port  # same URL: every client reconnects by itself
+    for table, before in snapshot.items():
+        keys, pr, items = live_items(run.replay, table)
+        stored = dict(zip(keys.tolist(), pr.tolist()))
+        missing = set(before) - set(stored)
+        assert not missing, f"{table}: {len(missing)} acknowledged items lost"
+        assert all(stored[k] == p for k, p in before.items()), f"{table}: priorities changed"
+        assert all(isinstance(t, Transition) for t in items)
+    inserts = {t: s["inserts"] for t, s in run.replay.stats().items()}
+    t_total = ray.get(run.hub.current_t_total.remote())
+    for _ in range(3):
+        run.learner.step()  # the learner's client reconnected too
+    assert run.learner.counters.updates == updates + 3
+    wait_for(lambda: run.replay.stats()["online"]["inserts"] > inserts["online"], 90, "actors to insert again")
+    assert ray.get(run.hub.current_t_total.remote()) > t_total
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.slow
+def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
+    import psutil
+
+    from learner.checkpoint import list_checkpoints
+    from relaxrl.config import load_config
+
+    run_dir = tmp_path / "run"
+    base = [sys.executable, "-m", "relaxrl.cli", "train", "--no-progress"]
+    sets = ["--set", "learner.checkpoint_every=5", "--set", "run.eval_episodes=1"]
+    proc = subprocess.Popen(base + ["--config", str(TINY), "--run-dir", str(run_dir), *sets,
+                                    "--set", "learner.max_updates=100000"],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    family: list = []
+    try:
+        wait_for(lambda: proc.poll() is not None or len(_metrics(run_dir)) >= 2, 240, "two metrics rows")
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        family = psutil.Process(proc.pid).children(recursive=True)
+        cfg = load_config(run_dir / "config.toml")
+        url = f"redis://127.0.0.1:{(run_dir / 'redis' / 'redis.port').read_text().strip()}/0"
+        os.kill(proc.pid, signal.SIGKILL)  # the learner (and launcher) dies mid-update
+        proc.wait(30)
+        ckpt_updates = int(list_checkpoints(run_dir)[-1].stem.split("-")[1])
+        rows_before = _metrics(run_dir)
+        # the replay state the killed run left behind (its redis-server outlives it)
+        before = ReplayClient(url, cfg.replay).stats()
+        p = subprocess.run(base + ["--resume", str(run_dir), *sets, "--set", f"learner.max_updates={ckpt_updates + 10}"],
+                           cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in family:  # whatever the killed run left running and the resume did not stop
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                child.kill()
+    new = [r for r in _metrics(run_dir)[len(rows_before):]]
+    assert new and new[0]["updates"] == ckpt_updates + 5 and new[-1]["updates"] == ckpt_updates + 10
+    assert new[0]["t_total"] > max(r["t_total"] for r in rows_before if r["updates"] <= ckpt_updates)
+    # the same tables: the resumed run's first sample already had them full, and they only grew
+    srv = start_embedded(run_dir / "redis")
+    try:
+        after = ReplayClient(srv.url, cfg.replay)
+        stats = after.stats()
+        for table in ("online", "expert"):
+            assert stats[table]["inserts"] > before[table]["inserts"]
+            assert stats[table]["size"] >= before[table]["size"]
+            keys, _, items = live_items(after, table)
+            assert keys.max() >= before[table]["inserts"]  # keys continue after the killed run's
+            assert all(isinstance(t, Transition) for t in items)
+    finally:
+        srv.stop()
+
+
+def test_an_orphaned_embedded_redis_is_shut_down_and_its_data_kept(tmp_path):
+    """A `relaxrl train` killed by SIGKILL leaves its redis-server running; the next start on the dir stops it first."""
+    import psutil
+    import redis
+
+    d = tmp_path / "redis"
+    code = ("import os, signal, sys\n"
+            "from replay_service.server import start_embedded\n"
+            "from replay_service.client import ReplayClient\n"
+            "from replay_service.config import ReplayConfig\n"
+            "from tests.test_replay_client import transitions\n"
+            "srv = start_embedded(sys.argv[1])\n"
+            "c = ReplayClient(srv.url, ReplayConfig(namespace='orphan'))\n"
+            "c.create_tables()\n"
+            "c.insert('online', transitions(range(20)), priorities=[float(i + 1) for i in range(20)])\n"
+            "print(srv.pid, srv.port, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    p = subprocess.run([sys.executable, "-c", code, str(d)], env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    orphan_pid, port = map(int, p.stdout.split())
+    try:
+        assert psutil.pid_exists(orphan_pid)  # the owner died, its server did not
+        srv = start_embedded(d)
+        try:
+            assert srv.port == port
+            assert redis.Redis(port=srv.port).info("server")["process_id"] == srv.pid != orphan_pid
+            assert not psutil.pid_exists(orphan_pid) or psutil.Process(orphan_pid).status() == psutil.STATUS_ZOMBIE
+            keys, pr = ReplayClient(srv.url, ReplayConfig(namespace="orphan")).priorities("online")
+            assert keys.tolist() == list(range(20)) and pr.tolist() == [float(i + 1) for i in range(20)]
+        finally:
+            srv.stop()
+    finally:
+        if psutil.pid_exists(orphan_pid) and psutil.Process(orphan_pid).status() != psutil.STATUS_ZOMBIE:
+            os.kill(orphan_pid, signal.SIGKILL)
+
+
+def test_a_data_dir_in_use_is_refused(tmp_path):
+    from replay_service.errors import ReplayConfigError
+
+    srv = start_embedded(tmp_path)
+    try:
+        with pytest.raises(ReplayConfigError, match="in use"):
+            start_embedded(tmp_path)
+        assert srv.alive()
+    finally:
+        srv.stop()
+
+
+# ----------------------------------------------------------------------------- replay service restarted under writers
+
+
+def _writer(url: str, cfg: ReplayConfig, wid: int, stop_at: float, q) -> None:
+    """Insert batches of 8 until ``stop_at``; report every acknowledged (key, identity)."""
+    client = ReplayClient(url, cfg)
+    acked: list[tuple[int, float]] = []
+    seq, error = 0, ""
+    try:
+        while time.time() < stop_at:
+            ident = wid * 1_000_000 + np.arange(seq, seq + 8)
+            keys = client.insert("online", transitions(ident))
+            acked += list(zip(keys.tolist(), ident.tolist()))
+            seq += 8
+    except Exception as e:  # reported, so the test fails loudly rather than hanging
+        error = f"{type(e).__name__}: {e}"
+    q.put((wid, acked, error))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_replay_service_restarted_while_writers_write_loses_nothing_silently(tmp_path, how):
+    srv = start_embedded(tmp_path / "redis", appendfsync="always")
+    cfg = ReplayConfig(online_max_size=200_000, namespace="restart", connect_timeout=60.0)
+    client = ReplayClient(srv.url, cfg)
+    client.create_tables()
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    stop_at = time.time() + 6.0
+    procs = [ctx.Process(target=_writer, args=(srv.url, cfg, w, stop_at, q)) for w in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        wait_for(lambda: client.stats()["online"]["inserts"] >= 200, 30, "writers to start", every=0.05)
+        srv.stop() if how == "SIGTERM" else srv.kill()
+        time.sleep(0.5)  # writers block and retry meanwhile
+        srv = start_embedded(tmp_path / "redis", appendfsync="always")
+        results = [q.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert [r[2] for r in results] == ["", "", ""], "a writer gave up"
+        acked = [a for r in results for a in r[1]]
+        keys = [k for k, _ in acked]
+        stats = client.stats()["online"]
+        assert len(set(keys)) == len(keys)  # no key acknowledged twice
+        assert stats["inserts"] == len(acked) == stats["size"]  # none lost, none doubled
+        items = client.items("online", keys)
+        assert [t.reward for t in items] == [float(i) for _, i in acked]
+        assert stats["inserts"] > 200 + 3 * 8  # the writers kept going after the restart
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        srv.stop()
+
+
+# ----------------------------------------------------------------------------- bad stored data
+
+
+def _check_corrupt_item_handling(client: ReplayClient, key: int, data: bytes, n: int) -> None:
+    """Sample after item ``key`` was overwritten with ``data``: a clear CodecError or quarantine, others intact."""
+    before = {k: t.reward for k, t in zip(range(n), client.items("online", range(n))) if k != key}
+    _, prio_before = client.priorities("online")
+    store_raw(client, "online", key, data)
+    try:
+        info, batch = client.sample(8 * n, 0.0)
+    except CodecError as e:
+        assert f"key {key}" in str(e) and "online" in str(e)
+    else:  # quarantined: it is no longer drawn, everything drawn decodes
+        assert key not in info.key.tolist() and len(batch) == 8 * n
+    others = [k for k in range(n) if k != key]
+    assert [t.reward for t in client.items("online", others)] == [before[k] for k in others]
+    _, prio_after = client.priorities("online")
+    np.testing.assert_array_equal(np.delete(prio_after, key), np.delete(prio_before, key))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda b: b"RXRL\x01\x00" + b)),
+       key=st.integers(0, 5))
+def test_random_bytes_in_a_table_are_refused_or_quarantined_and_the_rest_is_intact(redis_server, data, key):
+    c = client_for(redis_server, online_max_size=16)
+    try:
+        c.insert("online", transitions(range(6)))
+        _check_corrupt_item_handling(c, key, data, 6)
+    finally:
+        c._call("DEL", *c._call("KEYS", f"{c.cfg.namespace}:*"))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "codec version", "trailing bytes", "empty"])
+def test_a_damaged_stored_item_is_refused_or_quarantined(redis_server, kind):
+    c = client_for(redis_server)
+    c.insert("online", transitions(range(6)))
+    good = encode(transitions([2.0])[0])
+    data = {"truncated": good[:-7], "codec version": good[:4] + (VERSION + 1).to_bytes(2, "little") + good[6:],
+            "trailing bytes": good + b"\0", "empty": b""}[kind]
+    _check_corrupt_item_handling(c, 2, data, 6)
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "nan", "not a transition"])
+def test_a_bad_transition_in_a_batch_inserts_nothing(redis_server, bad):
+    c = client_for(redis_server)
+    c.insert("online", transitions([0.0]))
+    batch = transitions([1.0, 2.0, 3.0])
+    t = batch[1]
+    if bad == "shape":
+        t.action = np.zeros((4, 3))
+    elif bad == "dtype":
+        t.action = np.full(t.action.shape, "x")
+    elif bad == "nan":
+        t.obs.forces = t.obs.forces.copy()
+        t.obs.forces[0, 0] = np.nan
+    else:
+        batch[1] = {"obs": None}
+    with pytest.raises(CodecError):
+        c.insert("online", batch)
+    assert c.stats()["online"]["inserts"] == 1 and c.items("online", [0])[0].reward == 0.0
+
+
+# ----------------------------------------------------------------------------- bad environment input
+
+
+def test_infinite_forces_from_a_calculator_end_the_episode_and_store_finite_data():
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from actors.config import EnvConfig
+    from actors.env import RelaxEnv
+
+    class InfAfter(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def __init__(self, bad_call: int):
+            super().__init__()
+            self.bad_call, self.calls = bad_call, 0
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.calls += 1
+            pos = atoms.positions - atoms.positions.mean(axis=0)
+            forces = np.full_like(pos, np.inf) if self.calls >= self.bad_call else -0.5 * pos
+            self.results = {"energy": 0.25 * float((pos ** 2).sum()), "forces": forces}
+
+    env = RelaxEnv(EnvConfig(), calculator=InfAfter(bad_call=2))
+    obs = env.reset(Atoms("Cu2", positions=[[0, 0, 0], [3.0, 0, 0]]))
+    step = env.step(np.full((2, 3), 0.01))
+    assert step.truncated and "non-finite" in step.info["error"]
+    t = Transition(obs, np.full((2, 3), 0.01), step.info["actual_move"], float(step.reward), False, True, step.obs,
+                   float(step.info["a_back"]))
+    encode(t)  # what the actor stores is finite
+
+
+def test_nan_actions_from_a_diverged_policy_are_applied_as_no_move_and_not_stored(redis_server):
+    import torch
+
+    from actors.coordinator import Coordinator
+    from actors.loop import OnlineActor
+    from actors.structures import Curriculum, load_structures
+    from relaxrl.config import load_config
+
+    cfg = load_config(TINY, ["actors.insert_batch=1"])
+    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
+                                                              namespace=f"nan{uuid.uuid4().hex[:6]}"))
+    replay = ReplayClient(cfg.replay.url, cfg.replay)
+    replay.create_tables()
+    train, _ = load_structures("demo", cfg.curriculum, 0)
+    actor = OnlineActor(cfg, replay, Coordinator(Curriculum(train, cfg.curriculum)))
+    with torch.no_grad():
+        for p in actor.policy.actor.parameters():
+            p.fill_(float("nan"))
+    for _ in range(3):
+        actor.step()
+    actor._flush(force=True)
+    assert actor.nonfinite_actions == 3 * len(actor.envs)
+    assert replay.sizes()["online"] == 0  # nothing non-finite reached the table
+
+
+# ----------------------------------------------------------------------------- bad configuration and addresses
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learner.batchsize=8", "unknown key(s) learner.batchsize"),
+    ("learner.batch_size='big'", "learner.batch_size must be of type int"),
+    ("replay.appendfsync='sometimes'", "appendfsync"),
+    ("lerner.batch_size=8", "unknown section"),
+])
+def test_config_typos_and_wrong_types_stop_train_with_one_line(tmp_path, capsys, override, message):
+    from relaxrl.cli import main
+
+    rc = main(["train", "--config", str(TINY), "--run-dir", str(tmp_path / "run"), "--set", override, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "redis").exists()
+
+
+def _redis_with_password(tmp_path: Path, password: str) -> tuple[subprocess.Popen, int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--requirepass", password,
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    wait_for(lambda: _answers(redis.Redis(port=port, password=password)), 30, "redis-server with requirepass", 0.05)
+    return proc, port
+
+
+def _answers(r) -> bool:
+    import redis
+
+    try:
+        return bool(r.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def test_a_wrong_redis_password_is_one_clear_error_and_the_data_is_untouched(tmp_path, capsys):
+    import redis
+
+    from relaxrl.cli import main
+
+    proc, port = _redis_with_password(tmp_path, "right-pw")
+    try:
+        ok = ReplayClient(f"redis://:right-pw@127.0.0.1:{port}/0", ReplayConfig(namespace="pw"))
+        ok.create_tables()
+        ok.insert("online", transitions([1.0, 2.0]))
+        for url, says in ((f"redis://:wrong-pw@127.0.0.1:{port}/0", "refused the password"),
+                          (f"redis://127.0.0.1:{port}/0", "requires a password")):
+            with pytest.raises(ReplayConnectionError, match=says) as e:
+                ReplayClient(url, ReplayConfig(namespace="pw", connect_timeout=1.0)).sizes()
+            assert "wrong-pw" not in str(e.value)
+        rc = main(["train", "--config", str(TINY), "--run-dir", str(tmp_path / "run"), "--no-progress",
+                   "--redis-url", f"redis://:wrong-pw@127.0.0.1:{port}/0"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "refused the password" in err and err.count("\n") == 1 and "wrong-pw" not in err
+        assert [t.reward for t in ok.items("online", [0, 1])] == [1.0, 2.0]
+        assert redis.Redis(port=port, password="right-pw").dbsize() > 0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_an_unreachable_redis_url_stops_train_with_one_line(tmp_path, capsys):
+    from relaxrl.cli import main
+
+    rc = main(["train", "--config", str(TINY), "--run-dir", str(tmp_path / "run"), "--no-progress",
+               "--redis-url", "redis://127.0.0.1:1/0", "--set", "replay.connect_timeout=0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach Redis at redis://127.0.0.1:1/0" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_an_unreachable_ray_address_is_exit_2_with_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "relaxrl.cli", "train", "--config", str(TINY), "--run-dir",
+                        str(tmp_path / "run"), "--address", "127.0.0.1:1", "--no-progress"],
+                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("relaxrl train: error: cannot reach Ray at --address 127.0.0.1:1")
+    assert not (tmp_path / "run" / "redis").exists()  # nothing was started
+
+
+def test_resume_with_another_network_size_is_a_checkpoint_error(tmp_path):
+    from learner.checkpoint import CheckpointError
+    from learner.learner import Learner
+    from learner.policy import load_policy
+    from relaxrl.config import load_config
+
+    small = load_config(TINY)
+    Learner(small, None, tmp_path).checkpoint()
+    big = load_config(TINY, ["network.channels=16"])
+    with pytest.raises(CheckpointError, match="does not fit this run's networks"):
+        Learner(big, None, tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="different network config: channels"):
+        load_policy(tmp_path, expect_config=big)
+
+
+# ----------------------------------------------------------------------------- the doc stays true
+
+TEST_REF = re.compile(r"`?(tests/test_[a-z0-9_]+\.py)::(test_[A-Za-z0-9_]+)")
+
+
+def test_reliability_doc_names_only_existing_tests():
+    """Every row of docs/RELIABILITY.md's bad-input table names at least one test, and each named test exists."""
+    doc = (ROOT / "docs" / "RELIABILITY.md").read_text()
+    section = doc.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|") and not re.match(r"^\|[\s\-|]+\|$", line)][1:]
+    assert len(rows) >= 15
+    defined: dict[str, set[str]] = {}
+    for row in rows:
+        refs = TEST_REF.findall(row)
+        assert refs, f"row names no test: {row}"
+        for path, name in refs:
+            if path not in defined:
+                tree = ast.parse((ROOT / path).read_text())
+                defined[path] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert name in defined[path], f"{path}::{name} named in docs/RELIABILITY.md does not exist"

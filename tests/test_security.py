@@ -1,0 +1,200 @@
+"""Security properties, each checked against the real thing (issue 8, "Security").
+
+* Nothing read from Redis or a checkpoint is unpickled: a live pickle exploit handed to the
+  codec, stored in a replay table, or saved as a checkpoint is refused and never runs.
+* A Redis that is neither on loopback nor a unix socket needs a password; the embedded Redis
+  listens on 127.0.0.1 only.
+* Ray's token authentication is never switched off; secrets come from ``.env``, which git ignores.
+  (Ports: tests/test_deploy.py::test_only_prometheus_and_grafana_ports_are_published;
+  secrets required by compose: tests/test_deploy.py::test_compose_refuses_to_start_without_secrets.)
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from learner.policy import load_policy
+from relaxrl.cli import main
+from relaxrl.config import load_config, to_dict
+from replay_service.codec import CodecError, decode
+from replay_service.errors import ReplayConfigError
+from replay_service.server import check_url_security
+from tests.test_replay_client import client_for, transitions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Exploit:
+    """Unpickling this creates the directory ``marker``: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def live_pickle(marker: Path) -> bytes:
+    """A pickle that runs code when loaded; checked to really work on a sibling marker."""
+    probe = marker.with_name(marker.name + "-probe")
+    pickle.loads(pickle.dumps(Exploit(probe)))
+    assert probe.is_dir(), "the exploit must be live, or the tests below prove nothing"
+    return pickle.dumps(Exploit(marker))
+
+
+# ----------------------------------------------------------------------------- no unpickling
+
+
+@pytest.mark.parametrize("prefix", [b"", b"RXRL\x01\x00"])
+def test_codec_refuses_a_pickle_and_never_runs_it(tmp_path, prefix):
+    marker = tmp_path / "pwned"
+    payload = prefix + live_pickle(marker)
+    with pytest.raises(CodecError):
+        decode(payload)
+    assert not marker.exists()
+
+
+def test_a_pickle_stored_in_a_table_is_refused_on_sample(redis_server, tmp_path):
+    marker = tmp_path / "pwned"
+    c = client_for(redis_server)
+    c.insert("online", transitions([0.0, 1.0]))
+    c._call("HSET", c.keys["online"].items, 0, live_pickle(marker))
+    try:
+        c.sample(4, 0.0)
+    except CodecError as e:
+        assert "key 0" in str(e)
+    assert not marker.exists()
+    assert c.items("online", [1])[0].reward == 1.0  # the other item is untouched
+
+
+def _checkpoint_with(path: Path, obj) -> Path:
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
+    torch.save({"format": FORMAT, "config": to_dict(cfg), "actor": obj, "counters": {"updates": 1, "t_total": 0}}, path)
+    return path
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    live_pickle(probe_dir / "x")  # the exploit class is live
+    ckpt = _checkpoint_with(tmp_path / "ckpt-00000001.pt", Exploit(marker))
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_policy(ckpt)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(ckpt)
+    structure = tmp_path / "cu.xyz"
+    structure.write_text("2\n\nCu 0 0 0\nCu 2.5 0 0\n")
+    rc = main(["relax", str(structure), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out.xyz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- Redis exposure
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("redis://127.0.0.1:6379/0", True),
+    ("redis://localhost:6379/0", True),
+    ("redis://[::1]:6379/0", True),
+    ("unix:///run/redis.sock", True),
+    ("redis://:pw@10.0.0.5:6379/0", True),
+    ("rediss://:pw@redis.example.org:6380/0", True),
+    ("redis://10.0.0.5:6379/0", False),
+    ("redis://redis:6379/0", False),  # the compose service name is not loopback
+    ("rediss://user@redis.example.org:6380/0", False),
+])
+def test_a_remote_redis_without_a_password_is_refused(url, allowed):
+    if allowed:
+        check_url_security(url)
+    else:
+        with pytest.raises(ReplayConfigError, match="without a password"):
+            check_url_security(url)
+
+
+def test_train_and_replay_serve_refuse_a_remote_redis_without_a_password(tmp_path, capsys):
+    """Both entry points refuse before touching anything (no Ray, no Redis connection)."""
+    tiny = str(ROOT / "configs" / "tiny.toml")
+    rc = main(["train", "--config", tiny, "--run-dir", str(tmp_path / "run"), "--redis-url", "redis://10.0.0.5:6379/0",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "without a password" in err and err.count("\n") == 1
+    p = subprocess.run([os.sys.executable, "-m", "relaxrl.cli", "replay", "serve", "--config", tiny,
+                        "--redis-url", "redis://10.0.0.5:6379/0", "--metrics-port", "0"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 2 and "without a password" in p.stderr and "Traceback" not in p.stderr
+
+
+def _non_loopback_ipv4() -> list[str]:
+    import psutil
+
+    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family == socket.AF_INET and not a.address.startswith("127.")]
+
+
+def test_the_embedded_redis_listens_on_loopback_only(redis_server):
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    assert r.config_get("bind")["bind"] == "127.0.0.1"
+    assert r.config_get("protected-mode")["protected-mode"] == "yes"
+    assert r.config_get("requirepass")["requirepass"] == ""  # no password is fine only because of the bind
+    for ip in _non_loopback_ipv4():  # this host's other addresses do not reach it
+        with pytest.raises(OSError):
+            socket.create_connection((ip, redis_server.port), timeout=2).close()
+
+
+# ----------------------------------------------------------------------------- Ray auth and secrets
+
+
+CODE_SUFFIXES = {".py", ".sh", ".yml", ".yaml", ".toml", ".json", ".cfg", ".ini"}
+
+
+def _tracked_files() -> list[Path]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [ROOT / f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+def test_ray_token_authentication_is_never_switched_off():
+    """No tracked file sets RAY_AUTH_MODE to anything but 'token'; compose and the native topology set 'token'."""
+    setting = re.compile(r"RAY_AUTH_MODE['\"]?\s*[:=,]\s*['\"]?([A-Za-z_]+)")
+    found: dict[str, set[str]] = {}
+    for f in _tracked_files():
+        if not (f.suffix in CODE_SUFFIXES or f.name in {"Dockerfile", "Makefile", ".env.example"}):
+            continue
+        if f.name == Path(__file__).name:
+            continue
+        text = f.read_text()
+        for m in setting.finditer(text):
+            found.setdefault(str(f.relative_to(ROOT)), set()).add(m.group(1))
+    assert found.get("docker-compose.yml") == {"token"}
+    assert all(values == {"token"} for values in found.values()), found
+    launcher = (ROOT / "relaxrl" / "launcher.py").read_text()
+    assert "RAY_AUTH_MODE" not in launcher  # the launcher leaves Ray's authentication as the cluster sets it
+
+
+def test_no_secret_is_committed():
+    tracked = {str(f.relative_to(ROOT)) for f in _tracked_files()}
+    assert ".env" not in tracked and ".env.example" in tracked
+    assert subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT).returncode == 0
+    # every Redis password and Ray token in compose comes from a ${VARIABLE}
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for m in re.finditer(r"redis://:([^@\s]+)@", compose):
+        assert m.group(1).startswith("${"), m.group(0)
+    for m in re.finditer(r"^\s*(RAY_AUTH_TOKEN|REDISCLI_AUTH):\s*(\S+)", compose, re.M):
+        assert m.group(2).startswith("${"), m.group(0)
+    for m in re.finditer(r"--requirepass\s*\n?\s*-?\s*(\S+)", compose):
+        assert m.group(1).startswith("${"), m.group(0)
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if re.match(r"^[A-Z_]*(PASSWORD|TOKEN)=", line):
+            assert line.endswith("="), f".env.example must not carry a value: {line}"
+
