@@ -15,6 +15,7 @@ payloads (redis-py's generic packer copies every argument).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -26,13 +27,15 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import redis
 
-from replay_service.codec import CodecError, Transition, decode, encode
+from replay_service.codec import CodecError, Transition, decode_many, encode_many
 from replay_service.config import ReplayConfig
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
 from replay_service.table import LAYOUT_VERSION, SCRIPTS, TABLES, TableSpec
 
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
 _BIG = 4096  # arguments longer than this are sent as their own buffer, uncopied
+_MAX_REFILLS = 8  # rounds of replacement draws for items that do not decode, before sample gives up
+log = logging.getLogger(__name__)
 
 
 def redact_url(url: str) -> str:
@@ -105,6 +108,9 @@ class ReplayClient:
         self._rng = np.random.default_rng(seed)
         self._pool: redis.ConnectionPool | None = None
         self._sha: dict[str, str] = {}
+        self._token_base = uuid.uuid4().hex
+        self._n_tokens = 0
+        self._warned: set[str] = set()  # tables whose decode errors were already logged
         c = self.cfg
         self.specs = {
             "expert": TableSpec.build("expert", c.expert_max_size, c.alpha, c.min_size_to_sample,
@@ -133,26 +139,41 @@ class ReplayClient:
             self._sha = {}
         return self._pool
 
-    def _raw(self, args: Sequence[Any]) -> Any:
+    def _raw(self, cmds: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``cmds`` pipelined on one connection; their replies, an error reply as its exception object."""
         pool = self._get_pool()
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(_frame(args), check_health=False)
-            return conn.read_response()
-        except BaseException as e:
-            if not isinstance(e, redis.exceptions.ResponseError):
-                conn.disconnect()
+            conn.send_packed_command([b for args in cmds for b in _frame(args)], check_health=False)
+            out: list[Any] = []
+            for _ in cmds:
+                try:
+                    out.append(conn.read_response())
+                except redis.exceptions.ResponseError as e:
+                    out.append(e)
+            return out
+        except BaseException:
+            conn.disconnect()
             raise
         finally:
             pool.release(conn)
 
     def _call(self, *args: Any) -> Any:
         """One command, retried with exponential backoff while Redis is unreachable or loading."""
+        return self._pipeline([args])[0]
+
+    def _pipeline(self, cmds: Sequence[Sequence[Any]]) -> list[Any]:
+        """Idempotent commands sent together (one round trip), all resent while Redis is unreachable or
+        loading; the first error reply is raised (as a clear error where it is one of ours) after all are read."""
         deadline: float | None = None
         delay = 0.02
         while True:
             try:
-                return self._raw(args)
+                out = self._raw(cmds)
+                for r in out:
+                    if isinstance(r, redis.exceptions.ResponseError):
+                        raise r
+                return out
             except redis.exceptions.AuthenticationError as e:
                 what = "refused the password" if urlsplit(self.url).password else "requires a password (none in the URL)"
                 raise ReplayConnectionError(f"Redis at {self.safe_url} {what}: {e}. Use "
@@ -183,15 +204,20 @@ class ReplayClient:
             time.sleep(min(delay, max(0.0, deadline - now)))
             delay = min(delay * 2, 1.0)
 
-    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        """The EVALSHA command of script ``name`` (loading the script into Redis first if needed)."""
+        sha = self._sha.get(name)
+        if sha is None:
+            sha = self._call("SCRIPT", "LOAD", SCRIPTS[name])
+            sha = sha.decode() if isinstance(sha, bytes) else sha
+            self._sha[name] = sha
+        return ["EVALSHA", sha, len(keys), *keys, *args]
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any], before: Sequence[Sequence[Any]] = ()) -> Any:
+        """Run script ``name``; the commands ``before`` (idempotent) are pipelined ahead of it."""
         while True:
-            sha = self._sha.get(name)
-            if sha is None:
-                sha = self._call("SCRIPT", "LOAD", SCRIPTS[name])
-                sha = sha.decode() if isinstance(sha, bytes) else sha
-                self._sha[name] = sha
             try:
-                return self._call("EVALSHA", sha, len(keys), *keys, *args)
+                return self._pipeline([*before, self._evalsha(name, keys, args)])[-1]
             except redis.exceptions.NoScriptError:  # server restarted: script cache is empty
                 self._sha.pop(name, None)
 
@@ -236,7 +262,7 @@ class ReplayClient:
         Blocks while the rate limiter refuses inserts, up to ``timeout`` seconds (None = forever).
         """
         spec = self._spec(table)
-        payloads = [encode(t) for t in transitions]
+        payloads = encode_many(transitions)  # all encoded (and validated) before any slot is reserved
         n = len(payloads)
         pr: np.ndarray | None = None
         if priorities is not None:
@@ -246,18 +272,23 @@ class ReplayClient:
             if not (np.isfinite(pr).all() and (pr >= 0).all()):
                 raise ReplayError(f"insert into '{table}': priorities must be finite and >= 0")
         k = self.keys[table]
+        table_keys = [k.meta, k.leaf, k.agg]
         keys = np.empty(n, dtype=np.int64)
         done, waited = 0, False
         start = time.monotonic()
         delay = 0.001
         while done < n:
             m = min(n - done, max(1, self.cfg.insert_chunk))
-            packed = b"" if pr is None else pr[done:done + m].astype("<f8").tobytes()
-            token = k.token_prefix + uuid.uuid4().hex
-            granted, first = self._script("insert", [k.meta, k.leaf, k.agg, k.items, token],
-                                          [m, packed, *payloads[done:done + m]])
+            granted, first = self._script("reserve", [*table_keys, self._token(k.token_prefix)], [m, k.item_prefix])
             granted, first = int(granted), int(first)
             if granted:
+                # keys first .. first+granted-1 are ours, at priority 0; store the payloads, then publish
+                skip = max(0, granted - spec.max_size)  # overwritten within this same reservation
+                mset: list[Any] = ["MSET"]
+                for j in range(skip, granted):
+                    mset += (k.item(first + j), payloads[done + j])
+                packed = b"" if pr is None else pr[done:done + granted].astype("<f8").tobytes()
+                self._script("commit", table_keys, [first, granted, packed, k.item_prefix], before=[mset])
                 keys[done:done + granted] = np.arange(first, first + granted)
                 done += granted
                 delay = 0.001
@@ -276,6 +307,11 @@ class ReplayClient:
             delay = min(delay * 2, 0.05)
         return keys
 
+    def _token(self, prefix: str) -> str:
+        """A key name unique to this reservation (random per client, pid, counter): a retried call reuses it."""
+        self._n_tokens += 1
+        return f"{prefix}{self._token_base}:{os.getpid()}:{self._n_tokens}"
+
     # ------------------------------------------------------------------ sample
 
     def sample(self, batch_size: int, expert_fraction: float, beta: float = 0.4,
@@ -293,50 +329,93 @@ class ReplayClient:
         want = int(math.floor(B * expert_fraction + 0.5))
         for name in ("expert", "online"):
             self.specs[name].check_batch(B)
+        parts = self._draw(B, want, beta, timeout, refill=False)
+        got: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Transition]]]] = {
+            "expert": [], "online": []}
+        for _ in range(_MAX_REFILLS + 1):
+            item_keys = [self.keys[name].item(kk) for name, key, *_ in parts for kk in key.tolist()]
+            decoded = decode_many(self._call("MGET", *item_keys)) if item_keys else []
+            missing: dict[str, int] = {}
+            pos = 0
+            for name, key, p, size, w in parts:
+                items = decoded[pos:pos + key.size]
+                pos += key.size
+                ok = np.array([isinstance(t, Transition) for t in items], dtype=bool)
+                got[name].append((key[ok], p[ok], size[ok], w[ok], [t for t in items if isinstance(t, Transition)]))
+                if not ok.all():
+                    bad = {int(kk): t for kk, t, good in zip(key.tolist(), items, ok) if not good}
+                    self._quarantine(name, bad)
+                    missing[name] = missing.get(name, 0) + int((~ok).sum())
+            if not missing:
+                break
+            # replacements for the items that did not decode or were evicted since the draw
+            parts = []
+            for name, m in missing.items():
+                parts += self._draw(m, m if name == "expert" else 0, beta, timeout, refill=True)
+        else:
+            raise ReplayError(f"sample of {B}: after {_MAX_REFILLS} rounds of replacements some items still do not "
+                              "decode; see stats()[table]['decode_errors'] and quarantined(table)")
+        chunks = [c for name in ("expert", "online") for c in got[name]]
+        info = SampleInfo(np.concatenate([np.full(c[0].size, name) for name in ("expert", "online") for c in got[name]]),
+                          np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]),
+                          np.concatenate([c[2] for c in chunks]), np.concatenate([c[3] for c in chunks]))
+        return info, [t for c in chunks for t in c[4]]
+
+    def _draw(self, n: int, want: int, beta: float, timeout: float | None, refill: bool
+              ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Run the sample script (waiting for the rate limiter unless ``refill``); per table drawn from:
+        (name, keys [m] int64, probabilities [m], table sizes [m], importance weights [m])."""
         ke, ko = self.keys["expert"], self.keys["online"]
-        keys_ = [ke.meta, ke.leaf, ke.agg, ke.items, ko.meta, ko.leaf, ko.agg, ko.items]
+        keys_ = [ke.meta, ke.leaf, ke.agg, ko.meta, ko.leaf, ko.agg]
         start = time.monotonic()
         waited = False
         delay = 0.001
         while True:
-            us = self._rng.random(B).astype("<f8").tobytes()
-            res = self._script("sample", keys_, [B, want, us])
+            us = self._rng.random(n).astype("<f8").tobytes()
+            res = self._script("sample", keys_, [n, want, us, "1" if refill else "0"])
             if int(res[0]) == 1:
                 break
             reason = res[1].decode()
+            if refill:
+                raise ReplayError(f"cannot draw replacements for undecodable items: {reason}")
             if not waited:
                 waited = True
                 self._call("HINCRBY", self.keys[reason.split()[0]].meta, "sample_waits", 1)
             if timeout is not None and time.monotonic() - start > timeout:
-                raise RateLimiterTimeout(f"sample of {B} waited {timeout:g} s for the rate limiter: {reason}")
+                raise RateLimiterTimeout(f"sample of {n} waited {timeout:g} s for the rate limiter: {reason}")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        tables, keys, probs, sizes, weights, batch = [], [], [], [], [], []
+        out = []
         for name, part in zip(("expert", "online"), res[1:]):
-            n = int(part[0])
-            if n == 0:
+            m = int(part[0])
+            if m == 0:
                 continue
-            size, cursor, cap = int(part[1]), int(part[2]), int(part[3])
+            size = int(part[1])
             total, wmin = np.frombuffer(part[4], "<f8")
-            slots = np.frombuffer(part[5], "<f8").astype(np.int64)
+            key = np.frombuffer(part[5], "<f8").astype(np.int64)
             w = np.frombuffer(part[6], "<f8")
-            key = slots + cap * ((cursor - 1 - slots) // cap)
-            p = w / total
-            weights.append((w / wmin) ** (-beta))  # (N·P_i)^-β / (N·P_min)^-β
-            tables.append(np.full(n, name))
-            keys.append(key)
-            probs.append(p)
-            sizes.append(np.full(n, size, dtype=np.int64))
-            for kk, payload in zip(key, part[7]):
-                if payload is None:
-                    raise ReplayError(f"table '{name}' has no item for key {int(kk)} (slot empty): the table is corrupt")
-                try:
-                    batch.append(decode(payload))
-                except CodecError as e:
-                    raise CodecError(f"table '{name}' key {int(kk)}: {e}") from None
-        info = SampleInfo(np.concatenate(tables), np.concatenate(keys), np.concatenate(probs),
-                          np.concatenate(sizes), np.concatenate(weights))
-        return info, batch
+            # (N·P_i)^-β / max_j (N·P_j)^-β = (w_i / w_min)^-β
+            out.append((name, key, w / total, np.full(m, size, dtype=np.int64), (w / wmin) ** (-beta)))
+        return out
+
+    def _quarantine(self, table: str, bad: dict[int, Transition | CodecError | None]) -> None:
+        """Take items that did not decode out of sampling (priority 0, bytes kept in the quarantine hash).
+
+        ``bad`` maps key -> its CodecError, or None for a payload that was missing (normally an
+        item evicted since it was drawn, which the script leaves alone).
+        """
+        k = self.keys[table]
+        keys = sorted(bad)
+        added = int(self._script("quarantine", [k.meta, k.leaf, k.agg, k.quarantine],
+                                 [k.item_prefix, len(keys), *keys]))
+        if added and table not in self._warned:
+            self._warned.add(table)
+            key, err = next(((kk, e) for kk, e in bad.items() if e is not None), (keys[0], None))
+            log.warning("replay table '%s': item %d %s; it is quarantined (priority 0, stored bytes kept in the Redis "
+                        "hash %s) and a replacement was drawn. Later decode errors are only counted: "
+                        "stats()['%s']['decode_errors'], quarantined('%s')", table, key,
+                        f"does not decode ({err})" if err is not None else "has no stored payload",
+                        k.quarantine, table, table)
 
     # ------------------------------------------------------------------ priorities
 
@@ -386,30 +465,54 @@ class ReplayClient:
         return keys, leaf[1::2][keys % cap]
 
     def items(self, table: str, keys: Iterable[int]) -> list[Transition | None]:
-        """The stored transitions of ``keys`` (None for keys no longer, or not yet, in the table)."""
+        """The stored transitions of ``keys``: None for keys no longer (or not yet) in the table, and for
+        quarantined ones; a stored item that does not decode raises :class:`CodecError` naming it."""
         kk = np.asarray(keys if isinstance(keys, np.ndarray) else list(keys), dtype=np.int64).ravel()
         if kk.size == 0:
             return []
-        m = self._meta(table)
-        cap, cursor = int(m["capacity"]), int(m["cursor"])
-        raw = self._call("HMGET", self.keys[table].items, *(kk % cap).tolist())
-        live = (kk >= cursor - cap) & (kk < cursor) & (kk >= 0)
-        return [decode(b) if ok and b is not None else None for ok, b in zip(live, raw)]
+        self._spec(table)
+        k = self.keys[table]
+        raw = self._call("MGET", *[k.item(x) for x in kk.tolist()])
+        out: list[Transition | None] = []
+        for key, r in zip(kk.tolist(), decode_many(raw)):
+            if isinstance(r, CodecError):
+                raise CodecError(f"table '{table}' key {key}: {r}")
+            out.append(r)
+        return out
+
+    def quarantined(self, table: str) -> list[int]:
+        """Keys of the items of ``table`` that failed to decode when sampled, in increasing order; their
+        stored bytes are kept in Redis (:meth:`quarantined_bytes`)."""
+        self._spec(table)
+        return sorted(int(x) for x in self._call("HKEYS", self.keys[table].quarantine))
+
+    def quarantined_bytes(self, table: str, key: int) -> bytes | None:
+        """The bytes stored for quarantined item ``key`` of ``table`` (b"" when none were stored; None if not quarantined)."""
+        self._spec(table)
+        return self._call("HGET", self.keys[table].quarantine, int(key))
+
+    def item_key(self, table: str, key: int) -> str:
+        """Name of the Redis string holding the payload of item ``key`` (for inspection and fault-injection tests)."""
+        self._spec(table)
+        return self.keys[table].item(key)
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Counters and priority summary per table: size, capacity, inserts, samples, updates,
-        stale_updates, insert_waits, sample_waits, priority_min / _mean / _max."""
+        stale_updates, insert_waits, sample_waits, decode_errors (items quarantined), and
+        priority_min / _mean / _max over the items that can be sampled (priority > 0)."""
         out: dict[str, dict[str, float]] = {}
         for name in TABLES:
             m = self._meta(name)
             _, p = self.priorities(name)
+            p = p[p > 0]
             size = int(min(m["cursor"], m["capacity"]))
             out[name] = {
                 "size": size, "capacity": int(m["capacity"]), "inserts": int(m["cursor"]),
                 "samples": int(m["samples"]), "updates": int(m["updates"]), "stale_updates": int(m["stale_updates"]),
                 "insert_waits": int(m["insert_waits"]), "sample_waits": int(m["sample_waits"]),
-                "priority_min": float(p.min()) if size else 0.0, "priority_mean": float(p.mean()) if size else 0.0,
-                "priority_max": float(p.max()) if size else 0.0,
+                "decode_errors": int(m.get("decode_errors", 0)),
+                "priority_min": float(p.min()) if p.size else 0.0, "priority_mean": float(p.mean()) if p.size else 0.0,
+                "priority_max": float(p.max()) if p.size else 0.0,
             }
         return out
 

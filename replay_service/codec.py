@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -45,7 +46,7 @@ _N_SCALARS = 4  # reward, a_back, energy, next_energy
 _MAX_ATOMS = 1 << 24  # a sanity bound for encode; decode is bounded by the payload length
 
 # the 8 possible pbc bytes, decoded once
-_PBC = [np.array([(b >> i) & 1 == 1 for i in range(3)]) for b in range(8)]
+_PBC_TABLE = np.array([[(b >> i) & 1 == 1 for i in range(3)] for b in range(8)])  # [8, 3] bool
 
 
 class CodecError(RelaxRLError, ValueError):
@@ -126,8 +127,8 @@ def _edges(name: str, o: Observation, n: int) -> tuple[int, np.ndarray, np.ndarr
     return e, ei.astype("<u4"), es
 
 
-def encode(t: Transition) -> bytes:
-    """Encode a transition; raises :class:`CodecError` naming the bad field."""
+def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray], list[bytes], list]:
+    """Validate one transition: (flags, n, d, n_edges, float parts in layout order, tail bytes, fields)."""
     if not isinstance(t, Transition):
         raise CodecError(f"expected a Transition, got {type(t).__name__}")
     o0, o1 = t.obs, t.next_obs
@@ -138,7 +139,6 @@ def encode(t: Transition) -> bytes:
         raise CodecError(f"transition.obs.numbers has shape {np.shape(o0.numbers)}, expected [n_atoms]")
     d = int(np.size(o0.env_features))
     flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
-    k = 3 * n
     fields: list[tuple[str, object, tuple[int, ...]]] = [
         ("obs.positions", o0.positions, (n, 3)), ("obs.cell", o0.cell, (3, 3)), ("obs.forces", o0.forces, (n, 3)),
         ("obs.env_features", o0.env_features, (d,)),
@@ -158,36 +158,68 @@ def encode(t: Transition) -> bytes:
         if a.shape != shape or a.dtype.kind not in "fiu":
             _floats(name, a, shape)  # raises the precise error
         parts.append(a.reshape(-1))
-    buf = np.concatenate(parts, dtype=np.float64)
-    if not np.isfinite(buf).all():
-        raise CodecError("transition has non-finite values (NaN or inf) in "
-                         + ", ".join(name for name, x, _ in [("reward/a_back/energy", buf[:4], ())] + fields
-                                     if not np.isfinite(np.asarray(x, dtype=float)).all())
-                         + "; check forces, positions and actions before inserting")
     numbers = _numbers("obs.numbers", o0.numbers, n)
-    tail = [numbers.tobytes()]
+    nb = numbers.tobytes()
+    tail = [nb]
     if o1.numbers is not o0.numbers:
-        next_numbers = _numbers("next_obs.numbers", o1.numbers, n)
-        if not np.array_equal(numbers, next_numbers):
+        next_nb = _numbers("next_obs.numbers", o1.numbers, n).tobytes()
+        if next_nb != nb:
             flags |= NEXT_NUMBERS
-            tail.append(next_numbers.tobytes())
+            tail.append(next_nb)
     tail.append(bytes((_pbc_byte("obs.pbc", o0.pbc), _pbc_byte("next_obs.pbc", o1.pbc))))
+    n_edges = [0, 0]
     if o0.edge_index is not None or o0.edge_shift is not None or o1.edge_index is not None or o1.edge_shift is not None:
         edges = [_edges("obs", o0, n), _edges("next_obs", o1, n)]
         wide = any(e is not None and e[0] and np.abs(e[2]).max() > 127 for e in edges)
         if wide:
             flags |= WIDE_SHIFTS
-        n_edges = [0, 0]
         for i, (bit, e) in enumerate(zip((OBS_EDGES, NEXT_EDGES), edges)):
             if e is not None:
                 flags |= bit
                 n_edges[i] = e[0]
                 tail.append(e[1].tobytes())
                 tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
-    else:
-        n_edges = [0, 0]
-    header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
-    return b"".join([header, buf.tobytes(), *tail])
+    return flags, n, d, n_edges, parts, tail, fields
+
+
+def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
+    bad = [name for name, x in [("reward/a_back/energy", parts[0])] + [(f[0], x) for f, x in zip(fields, parts[1:])]
+           if not np.isfinite(np.asarray(x, dtype=float)).all()]
+    return CodecError("transition has non-finite values (NaN or inf) in " + ", ".join(bad)
+                      + "; check forces, positions and actions before inserting")
+
+
+def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
+    """Encode transitions (the same bytes as :func:`encode` each, one float conversion and one
+    finiteness check for the whole batch); raises :class:`CodecError` naming the item and field."""
+    prepared = []
+    for i, t in enumerate(transitions):
+        try:
+            prepared.append(_prepare(t))
+        except CodecError as e:
+            raise CodecError(f"{e} (item {i} of {len(transitions)})" if len(transitions) > 1 else str(e)) from None
+    if not prepared:
+        return []
+    buf = np.concatenate([x for p in prepared for x in p[4]], dtype=np.float64)  # every item's floats, in order
+    if not np.isfinite(buf).all():
+        for i, p in enumerate(prepared):
+            if not all(np.isfinite(np.asarray(x, dtype=float)).all() for x in p[4]):
+                e = _non_finite_error(p[4], p[6])
+                raise CodecError(f"{e} (item {i} of {len(prepared)})" if len(prepared) > 1 else str(e))
+    raw = memoryview(buf).cast("B")
+    out = []
+    pos = 0
+    for flags, n, d, n_edges, parts, tail, _ in prepared:
+        size = 8 * sum(x.size for x in parts)
+        header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
+        out.append(b"".join([header, raw[pos:pos + size], *tail]))
+        pos += size
+    return out
+
+
+def encode(t: Transition) -> bytes:
+    """Encode a transition; raises :class:`CodecError` naming the bad field."""
+    return encode_many([t])[0]
 
 
 # ----------------------------------------------------------------------------- decode
@@ -205,13 +237,11 @@ def _layout(flags: int, n: int, d: int, e0: int, e1: int) -> tuple[int, int]:
     return n_float, length
 
 
-def decode(b: bytes) -> Transition:
-    """Decode bytes made by :func:`encode`; raises :class:`CodecError` (and nothing else) on bad input."""
-    if not isinstance(b, (bytes, bytearray, memoryview)):
-        raise CodecError(f"expected bytes, got {type(b).__name__}")
-    if len(b) < _HEADER.size:
-        raise CodecError(f"payload of {len(b)} bytes is shorter than the {_HEADER.size}-byte header (truncated)")
-    magic, version, flags, n, d, e0, e1 = _HEADER.unpack_from(b, 0)
+def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int]:
+    """(flags, n, d, e0, e1, n_float) of a payload of ``size`` bytes starting with ``head``; CodecError if invalid."""
+    if size < _HEADER.size:
+        raise CodecError(f"payload of {size} bytes is shorter than the {_HEADER.size}-byte header (truncated)")
+    magic, version, flags, n, d, e0, e1 = _HEADER.unpack_from(head, 0)
     if magic != MAGIC:
         raise CodecError(f"payload does not start with {MAGIC!r} (got {bytes(magic)!r}): not a relaxrl transition")
     if version != VERSION:
@@ -222,54 +252,115 @@ def decode(b: bytes) -> Transition:
     if (e0 and not flags & OBS_EDGES) or (e1 and not flags & NEXT_EDGES):
         raise CodecError("payload header lists edges without the edge flag")
     n_float, length = _layout(flags, n, d, e0, e1)
-    if len(b) != length:
-        kind = "truncated" if len(b) < length else "has trailing bytes"
-        raise CodecError(f"payload of {len(b)} bytes {kind}: header implies {length} bytes")
+    if size != length:
+        kind = "truncated" if size < length else "has trailing bytes"
+        raise CodecError(f"payload of {size} bytes {kind}: header implies {length} bytes")
+    return flags, n, d, e0, e1, n_float
+
+
+def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int, n_float: int
+                 ) -> list[Transition | CodecError]:
+    """Decode g payloads with one header, given as the rows of a [g, length] uint8 array."""
+    g = rows.shape[0]
     off = _HEADER.size
-    f = np.frombuffer(b, dtype="<f8", count=n_float, offset=off).astype(np.float64)  # writable copy
-    if not np.isfinite(f).all():
-        raise CodecError("payload holds non-finite floats (NaN or inf)")
+    f = rows[:, off:off + 8 * n_float].copy().view("<f8")  # [g, n_float] writable float64
     off += 8 * n_float
-    numbers = np.frombuffer(b, dtype=np.uint8, count=n, offset=off).astype(np.int64)
+    bad = ~np.isfinite(f).all(axis=1)  # [g]
+    why = ["payload holds non-finite floats (NaN or inf)"] * g
+    numbers = rows[:, off:off + n].astype(np.int64)  # [g, n]
     off += n
     if flags & NEXT_NUMBERS:
-        next_numbers = np.frombuffer(b, dtype=np.uint8, count=n, offset=off).astype(np.int64)
+        next_numbers = rows[:, off:off + n].astype(np.int64)
         off += n
     else:
         next_numbers = numbers.copy()
-    pbc0, pbc1 = b[off], b[off + 1]
+    pbc_bytes = rows[:, off:off + 2].astype(np.intp)  # [g, 2]
     off += 2
-    if pbc0 > 7 or pbc1 > 7:
-        raise CodecError(f"payload has invalid pbc bytes {pbc0}, {pbc1}")
-    edges: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
+    bad_pbc = (pbc_bytes > 7).any(axis=1)
+    for i in np.flatnonzero(bad_pbc & ~bad):
+        why[i] = f"payload has invalid pbc bytes {pbc_bytes[i, 0]}, {pbc_bytes[i, 1]}"
+    bad |= bad_pbc
+    pbc = _PBC_TABLE[np.minimum(pbc_bytes, 7)]  # [g, 2, 3] bool
     wide = bool(flags & WIDE_SHIFTS)
-    for i, (bit, e) in enumerate(((OBS_EDGES, e0), (NEXT_EDGES, e1))):
+    edges: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
+    for j, (bit, e) in enumerate(((OBS_EDGES, e0), (NEXT_EDGES, e1))):
         if flags & bit:
-            ei = np.frombuffer(b, dtype="<u4", count=2 * e, offset=off).astype(np.int64).reshape(2, e)
+            ei = rows[:, off:off + 8 * e].copy().view("<u4").astype(np.int64).reshape(g, 2, e)
             off += 8 * e
-            es = np.frombuffer(b, dtype="<i4" if wide else "i1", count=3 * e, offset=off).astype(np.int64).reshape(e, 3)
-            off += (12 if wide else 3) * e
-            if e and ei.max() >= n:
-                raise CodecError(f"payload edge_index points outside the {n} atoms")
-            edges[i] = (ei, es)
-
+            sb = 12 if wide else 3
+            es = rows[:, off:off + sb * e].copy().view("<i4" if wide else "i1").astype(np.int64).reshape(g, e, 3)
+            off += sb * e
+            if e:
+                out_of_range = ei.reshape(g, -1).max(axis=1) >= n
+                for i in np.flatnonzero(out_of_range & ~bad):
+                    why[i] = f"payload edge_index points outside the {n} atoms"
+                bad |= out_of_range
+            edges[j] = (ei, es)
     k = 3 * n
+    views = []  # per observation: positions [g, n, 3], cell [g, 3, 3], forces [g, n, 3], env [g, d]
     p = _N_SCALARS
-
-    def obs(energy: float, nums: np.ndarray, pbc: int, edge: tuple[np.ndarray, np.ndarray] | None) -> Observation:
-        nonlocal p
-        pos = f[p:p + k].reshape(n, 3)
-        cell = f[p + k:p + k + 9].reshape(3, 3)
-        forces = f[p + k + 9:p + 2 * k + 9].reshape(n, 3)
-        env = f[p + 2 * k + 9:p + 2 * k + 9 + d]
+    for _ in range(2):
+        views.append((f[:, p:p + k].reshape(g, n, 3), f[:, p + k:p + k + 9].reshape(g, 3, 3),
+                      f[:, p + k + 9:p + 2 * k + 9].reshape(g, n, 3), f[:, p + 2 * k + 9:p + 2 * k + 9 + d]))
         p += 2 * k + 9 + d
-        return Observation(pos, nums, cell, _PBC[pbc].copy(), forces, energy, env,
-                           None if edge is None else edge[0], None if edge is None else edge[1])
+    action = f[:, p:p + k].reshape(g, n, 3)
+    actual = f[:, p + k:p + 2 * k].reshape(g, n, 3)
+    expert = f[:, p + 2 * k:p + 3 * k].reshape(g, n, 3) if flags & HAS_EXPERT else None
+    scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
+    terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
+    (pos0, cell0, frc0, env0), (pos1, cell1, frc1, env1) = views
+    ed0, ed1 = edges
+    out: list[Transition | CodecError] = []
+    for i in range(g):
+        if bad[i]:
+            out.append(CodecError(why[i]))
+            continue
+        r, a_back, en0, en1 = scalars[i]
+        o0 = Observation(pos0[i], numbers[i], cell0[i], pbc[i, 0], frc0[i], en0, env0[i],
+                         None if ed0 is None else ed0[0][i], None if ed0 is None else ed0[1][i])
+        o1 = Observation(pos1[i], next_numbers[i], cell1[i], pbc[i, 1], frc1[i], en1, env1[i],
+                         None if ed1 is None else ed1[0][i], None if ed1 is None else ed1[1][i])
+        out.append(Transition(o0, action[i], actual[i], r, terminated, truncated, o1, a_back,
+                              None if expert is None else expert[i]))
+    return out
 
-    o0 = obs(float(f[2]), numbers, pbc0, edges[0])
-    o1 = obs(float(f[3]), next_numbers, pbc1, edges[1])
-    action = f[p:p + k].reshape(n, 3)
-    actual = f[p + k:p + 2 * k].reshape(n, 3)
-    expert = f[p + 2 * k:p + 3 * k].reshape(n, 3) if flags & HAS_EXPERT else None
-    return Transition(o0, action, actual, float(f[0]), bool(flags & TERMINATED), bool(flags & TRUNCATED),
-                      o1, float(f[1]), expert)
+
+def decode_many(payloads: Sequence[bytes | bytearray | memoryview | None]) -> list[Transition | CodecError | None]:
+    """Decode many payloads; each result is a Transition, the :class:`CodecError` that payload
+    raises in :func:`decode` (returned, never raised), or None for a None payload.
+
+    Payloads with the same header (same atom count, flags and edge counts, as in a batch
+    from one system) are decoded together: one copy and one finiteness check per group.
+    The decoded arrays are writable views into the group's arrays (no two items share memory).
+    """
+    out: list[Transition | CodecError | None] = [None] * len(payloads)
+    groups: dict[tuple[bytes, int], list[int]] = {}
+    for i, b in enumerate(payloads):
+        if b is None:
+            continue
+        if not isinstance(b, (bytes, bytearray, memoryview)):
+            out[i] = CodecError(f"expected bytes, got {type(b).__name__}")
+            continue
+        size = b.nbytes if isinstance(b, memoryview) else len(b)
+        groups.setdefault((bytes(b[:_HEADER.size]), size), []).append(i)
+    for (head, size), idx in groups.items():
+        try:
+            layout = _parse_header(head, size)
+            rows = np.frombuffer(b"".join([payloads[i] for i in idx]), dtype=np.uint8).reshape(len(idx), size)  # type: ignore[misc]
+            decoded = _decode_rows(rows, *layout)
+        except CodecError as e:
+            decoded = [e] * len(idx)
+        for i, r in zip(idx, decoded):
+            out[i] = r
+    return out
+
+
+def decode(b: bytes) -> Transition:
+    """Decode bytes made by :func:`encode`; raises :class:`CodecError` (and nothing else) on bad input."""
+    if not isinstance(b, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(b).__name__}")
+    r = decode_many([b])[0]
+    if isinstance(r, CodecError):
+        raise r
+    assert r is not None
+    return r

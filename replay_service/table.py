@@ -7,12 +7,13 @@ proportional prioritized sampler (exponent α) and a rate limiter (``min_size_to
 Redis layout of table ``T`` under namespace ``NS`` (all state lives here, so a restarted
 client or server continues where it was)::
 
-    NS:T:meta   hash    settings (layout, capacity, alpha, block, limiter) and counters
-                        (cursor = items ever inserted = next key, samples, updates, ...)
-    NS:T:leaf   string  16 bytes per slot: float64 w = priority^α, float64 priority
-    NS:T:agg    string  24 bytes per block of ``block`` slots: float64 sum w, min positive w, max priority
-    NS:T:items  hash    slot -> encoded transition
-    NS:T:tok:*  string  idempotency tokens of recent inserts (expire), so a retried insert is not doubled
+    NS:T:meta        hash    settings (layout, capacity, alpha, block, limiter) and counters
+                             (cursor = keys ever reserved = next key, samples, updates, decode_errors, ...)
+    NS:T:leaf        string  16 bytes per slot: float64 w = priority^α, float64 priority
+    NS:T:agg         string  24 bytes per block of ``block`` slots: float64 sum w, min positive w, max priority
+    NS:T:it:KEY      string  the encoded transition of item KEY (one Redis string per item)
+    NS:T:quarantine  hash    KEY -> stored bytes of items that failed to decode (kept for inspection)
+    NS:T:tok:*       string  idempotency tokens of recent reservations (expire), so a retried insert is not doubled
 
 Keys are int64, increasing from 0; key ``k`` lives in slot ``k % capacity`` and is live
 while ``cursor - capacity <= k < cursor``, so an update for an overwritten slot is
@@ -20,6 +21,23 @@ recognised as stale without storing keys per slot. The priority index is a two-l
 sum tree: block aggregates (a few thousand values, read whole) over leaf runs (read with
 one GETRANGE each). Sampling is stratified: the client sends one uniform number per item
 (Redis Lua's generator is deterministic), the script walks blocks then leaves.
+
+Payloads never pass through Lua (copying megabytes through the interpreter cost Redis
+several times more CPU than storing them). An insert is three steps:
+
+1. ``reserve`` (script): the rate limiter grants k items; the cursor advances by k; the k
+   slots get priority 0 (unsampleable) and the payloads of the items they evict are deleted.
+2. ``MSET NS:T:it:KEY payload ...`` (plain command) writes the payloads under their own keys.
+3. ``commit`` (script, pipelined after the MSET on the same connection): gives the reserved
+   slots their priorities, so only then can a sampler pick them. A key evicted in between
+   (another writer lapped the table) is skipped and its payload deleted.
+
+A sampler therefore only picks items whose payload is stored, and since a payload's Redis
+key holds the item key, it can never read another item's bytes: it fetches the payloads
+with one MGET after the ``sample`` script, and a payload evicted in between reads as nil
+(the client draws a replacement). A writer that dies between the steps leaves slots of
+priority 0, which FIFO removal reclaims. The scripts touch payload keys they build from
+the prefix they are given, so tables need a single Redis server (not Redis Cluster).
 """
 from __future__ import annotations
 
@@ -28,7 +46,7 @@ from dataclasses import dataclass
 
 from replay_service.errors import ReplayConfigError
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: one Redis string per item (NS:T:it:KEY), reserve/commit inserts
 TABLES = ("expert", "online")
 
 
@@ -100,16 +118,23 @@ class TableSpec:
 
     def keys(self, namespace: str) -> "TableKeys":
         p = f"{namespace}:{self.name}"
-        return TableKeys(f"{p}:meta", f"{p}:leaf", f"{p}:agg", f"{p}:items", f"{p}:tok:")
+        return TableKeys(f"{p}:meta", f"{p}:leaf", f"{p}:agg", f"{p}:it:", f"{p}:quarantine", f"{p}:tok:")
 
 
 @dataclass(frozen=True)
 class TableKeys:
+    """Redis key names of one table (see the module docstring)."""
+
     meta: str
     leaf: str
     agg: str
-    items: str
+    item_prefix: str  # + str(key): the item's payload
+    quarantine: str
     token_prefix: str
+
+    def item(self, key: int) -> str:
+        """Redis key of the payload of item ``key``."""
+        return f"{self.item_prefix}{int(key)}"
 
 
 # ----------------------------------------------------------------------------- Lua
@@ -180,6 +205,43 @@ local function weight(p, alpha)
   if p > 0 then return p ^ alpha end
   return 0
 end
+-- write count 16-byte leaf records (string recs) for keys k0 .. k0+count-1, wrapping around
+-- the ring of cap slots; adds the blocks touched to (touched, list)
+local function write_leaves(leaf, cap, block, k0, count, recs, touched, list)
+  local i = 0
+  while i < count do
+    local slot = (k0 + i) % cap
+    local run = math.min(count - i, cap - slot)
+    redis.call('SETRANGE', leaf, slot * 16, string.sub(recs, i * 16 + 1, (i + run) * 16))
+    for b = math.floor(slot / block), math.floor((slot + run - 1) / block) do
+      if not touched[b] then touched[b] = true; list[#list + 1] = b end
+    end
+    i = i + run
+  end
+end
+-- delete the payloads of keys lo .. hi-1 (they left the table)
+local function drop_payloads(prefix, lo, hi)
+  local names, nn = {}, 0
+  for key = lo, hi - 1 do
+    nn = nn + 1
+    names[nn] = prefix .. num(key)
+    if nn >= 1000 or key == hi - 1 then
+      redis.call('UNLINK', unpack(names, 1, nn))
+      nn = 0
+    end
+  end
+end
+-- the largest priority in the table (1.0 when there is none yet)
+local function max_priority(agg, size, block)
+  local pmax = 0
+  if size > 0 then
+    local nb = math.ceil(size / block)
+    local a = read_doubles(redis.call('GETRANGE', agg, 0, nb * 24 - 1), 3 * nb)
+    for i = 3, 3 * nb, 3 do if a[i] > pmax then pmax = a[i] end end
+  end
+  if pmax <= 0 then pmax = 1.0 end
+  return pmax
+end
 """
 
 # KEYS: meta leaf agg ; ARGV: layout capacity alpha block min_size spi error_buffer min_diff max_diff limited
@@ -198,18 +260,21 @@ local cap, block = tonumber(ARGV[2]), tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'layout', ARGV[1], 'capacity', ARGV[2], 'alpha', ARGV[3], 'block', ARGV[4],
            'min_size', ARGV[5], 'spi', ARGV[6], 'error_buffer', ARGV[7], 'min_diff', ARGV[8], 'max_diff', ARGV[9],
            'limited', ARGV[10], 'cursor', 0, 'samples', 0, 'updates', 0, 'stale_updates', 0,
-           'insert_waits', 0, 'sample_waits', 0)
+           'insert_waits', 0, 'sample_waits', 0, 'decode_errors', 0)
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('SETRANGE', KEYS[2], cap * 16 - 1, '\0')
 redis.call('SETRANGE', KEYS[3], math.ceil(cap / block) * 24 - 1, '\0')
 return {'created', ARGV[1], ARGV[2], ARGV[3], ARGV[4]}
 """
 
-# KEYS: meta leaf agg items token ; ARGV: n, packed priorities ('' = table's current max), payload_1..n
-# Grants as many items as the rate limiter allows now (Reverb CanInsert, item by item),
-# writes them FIFO from the cursor and returns {granted, first_key}.
-INSERT = _PRELUDE + r"""
-local done = redis.call('GET', KEYS[5])
+# KEYS: meta leaf agg token ; ARGV: n, item_prefix
+# Step 1 of an insert. Grants as many of n items as the rate limiter allows now (Reverb
+# CanInsert, item by item), advances the cursor over them, gives their slots priority 0
+# (so no sampler picks them before their payloads are stored) and deletes the payloads of
+# the items they evict. Returns {granted, first_key}. A retried call with the same token
+# returns the first call's answer.
+RESERVE = _PRELUDE + r"""
+local done = redis.call('GET', KEYS[4])
 if done then
   local k, first = string.match(done, '^(%d+):(%d+)$')
   return {tonumber(k), first}
@@ -227,62 +292,64 @@ if t.limited == 1 and t.spi > 0 then
   end
 end
 if k == 0 then return {0, num(cursor)} end
-local size0 = math.min(cursor, cap)
-local pairs_
-if ARGV[2] == '' then
-  local pmax = 0
-  if size0 > 0 then
-    local nb = math.ceil(size0 / t.block)
-    local a = read_doubles(redis.call('GETRANGE', KEYS[3], 0, nb * 24 - 1), 3 * nb)
-    for i = 3, 3 * nb, 3 do if a[i] > pmax then pmax = a[i] end end
-  end
-  if pmax <= 0 then pmax = 1.0 end
-  pairs_ = string.rep(struct.pack('<dd', weight(pmax, t.alpha), pmax), k)
-else
-  local p = read_doubles(ARGV[2], k)
-  local v = {}
-  for i = 1, k do v[2 * i - 1] = weight(p[i], t.alpha); v[2 * i] = p[i] end
-  pairs_ = pack_doubles(v, 2 * k)
-end
--- items 1..skip would be overwritten within this same call (k > capacity): only their keys advance
+-- keys cursor .. cursor+skip-1 would be overwritten within this same call (k > capacity)
 local skip = math.max(0, k - cap)
-local size = math.min(cursor + k, cap)
 local touched, list = {}, {}
-local i = skip
-while i < k do
-  local slot = (cursor + i) % cap
-  local run = math.min(k - i, cap - slot)
-  redis.call('SETRANGE', KEYS[2], slot * 16, string.sub(pairs_, i * 16 + 1, (i + run) * 16))
-  for b = math.floor(slot / t.block), math.floor((slot + run - 1) / t.block) do
-    if not touched[b] then touched[b] = true; list[#list + 1] = b end
-  end
-  i = i + run
-end
-local args, na = {}, 0
-for j = skip + 1, k do
-  args[na + 1] = num((cursor + j - 1) % cap)
-  args[na + 2] = ARGV[2 + j]
-  na = na + 2
-  if na >= 2000 or j == k then
-    redis.call('HSET', KEYS[4], unpack(args, 1, na))
-    na = 0
-  end
-end
+write_leaves(KEYS[2], cap, t.block, cursor + skip, k - skip, string.rep('\0', 16 * (k - skip)), touched, list)
+local evicted_hi = math.min(cursor, cursor + k - cap)
+if evicted_hi > 0 then drop_payloads(ARGV[2], math.max(0, cursor - cap), evicted_hi) end
+local size = math.min(cursor + k, cap)
 for _, b in ipairs(list) do recompute_block(KEYS[2], KEYS[3], b, t.block, size) end
 redis.call('HSET', KEYS[1], 'cursor', num(cursor + k))
-if KEYS[5] ~= '' then redis.call('SET', KEYS[5], num(k) .. ':' .. num(cursor), 'EX', 3600) end
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], num(k) .. ':' .. num(cursor), 'EX', 3600) end
 return {k, num(cursor)}
 """
 
-# KEYS: meta_1 leaf_1 agg_1 items_1 meta_2 leaf_2 agg_2 items_2 (expert, online)
-# ARGV: batch_size, expert_wanted, packed uniforms [batch_size]
+# KEYS: meta leaf agg ; ARGV: first_key, n, packed priorities [n] ('' = the table's current max), item_prefix
+# Step 3 of an insert, after the payloads of keys first .. first+n-1 are stored: gives the
+# live ones their priorities. Keys evicted since they were reserved (a prefix, FIFO) are
+# skipped and their just-written payloads deleted. Returns the number of items published.
+COMMIT = _PRELUDE + r"""
+local t = meta(KEYS[1])
+if not t then return redis.error_reply('RELAXRL_NO_TABLE') end
+local first, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cap, cursor = t.cap, t.cursor
+local dead = math.min(n, math.max(0, (cursor - cap) - first))
+if dead > 0 then drop_payloads(ARGV[4], first, first + dead) end
+local live = n - dead
+if live <= 0 then return 0 end
+local size = math.min(cursor, cap)
+local recs
+if ARGV[3] == '' then
+  local pmax = max_priority(KEYS[3], size, t.block)
+  recs = string.rep(struct.pack('<dd', weight(pmax, t.alpha), pmax), live)
+else
+  local p = read_doubles(ARGV[3], n)
+  local v = {}
+  for i = 1, live do
+    local pi = p[dead + i]
+    v[2 * i - 1] = weight(pi, t.alpha); v[2 * i] = pi
+  end
+  recs = pack_doubles(v, 2 * live)
+end
+local touched, list = {}, {}
+write_leaves(KEYS[2], cap, t.block, first + dead, live, recs, touched, list)
+for _, b in ipairs(list) do recompute_block(KEYS[2], KEYS[3], b, t.block, size) end
+return live
+"""
+
+# KEYS: meta_1 leaf_1 agg_1 meta_2 leaf_2 agg_2 (expert, online)
+# ARGV: batch_size, expert_wanted, packed uniforms [batch_size], refill ('1': replacements for
+# items of a batch already granted: no rate-limiter check, not counted as samples)
 # Expert supplies min(expert_wanted, its size), online the rest; a rate-limited table must
 # grant its whole share or nothing is sampled. Returns {0, reason} when blocked, else
-# {1, part_1, part_2} with part = {n, size, cursor, capacity, packed(total, wmin), packed slots, packed w, {payloads}}.
+# {1, part_1, part_2} with part = {n, size, cursor, capacity, packed(total, wmin), packed keys, packed w}.
+# The payloads are fetched by the client (MGET of the item keys) after this call.
 SAMPLE = _PRELUDE + r"""
 local B, want = tonumber(ARGV[1]), tonumber(ARGV[2])
 local us = read_doubles(ARGV[3], B)
-local te, to = meta(KEYS[1]), meta(KEYS[5])
+local refill = ARGV[4] == '1'
+local te, to = meta(KEYS[1]), meta(KEYS[4])
 if not te or not to then return redis.error_reply('RELAXRL_NO_TABLE') end
 local se, so = math.min(te.cursor, te.cap), math.min(to.cursor, to.cap)
 local ne = math.min(want, se)
@@ -292,7 +359,7 @@ for i = 1, 2 do
   local t, n, size = tabs[i], counts[i], sizes[i]
   if n > 0 then
     if size == 0 then return {0, names[i] .. ' table is empty'} end
-    if t.limited == 1 then
+    if t.limited == 1 and not refill then
       if size < t.min_size then
         return {0, names[i] .. ' holds ' .. num(size) .. ' items, min_size_to_sample is ' .. num(t.min_size)}
       end
@@ -303,7 +370,7 @@ for i = 1, 2 do
     end
   end
 end
-local function sample_table(t, metakey, leaf, agg, items, n, size, uoff)
+local function sample_table(t, metakey, leaf, agg, n, size, uoff)
   local block = t.block
   local nb = math.ceil(size / block)
   local a = read_doubles(redis.call('GETRANGE', agg, 0, nb * 24 - 1), 3 * nb)
@@ -313,7 +380,8 @@ local function sample_table(t, metakey, leaf, agg, items, n, size, uoff)
     if a[3 * b + 2] < wmin then wmin = a[3 * b + 2] end
   end
   if not (total > 0) then return nil end
-  local slots, ws, fields = {}, {}, {}
+  local keys, ws = {}, {}
+  local cap, cursor = t.cap, t.cursor
   local b, cum = 0, 0
   local cached, v, filled, j, acc = -1, nil, 0, 1, 0
   for i = 1, n do
@@ -328,6 +396,7 @@ local function sample_table(t, metakey, leaf, agg, items, n, size, uoff)
     while j < filled and (acc + v[2 * j - 1] <= x or v[2 * j - 1] <= 0) do acc = acc + v[2 * j - 1]; j = j + 1 end
     local pick = j
     while pick > 1 and v[2 * pick - 1] <= 0 do pick = pick - 1 end
+    local slot
     if v[2 * pick - 1] <= 0 then
       -- rounding put x past the last positive leaf of this block: take the last positive leaf before it
       local bb = b - 1
@@ -337,24 +406,23 @@ local function sample_table(t, metakey, leaf, agg, items, n, size, uoff)
       local v2 = read_doubles(redis.call('GETRANGE', leaf, f2 * 16, (f2 + block) * 16 - 1), 2 * block)
       local p2 = block
       while p2 > 1 and v2[2 * p2 - 1] <= 0 do p2 = p2 - 1 end
-      slots[i], ws[i] = f2 + p2 - 1, v2[2 * p2 - 1]
+      slot, ws[i] = f2 + p2 - 1, v2[2 * p2 - 1]
     else
-      slots[i], ws[i] = b * block + pick - 1, v[2 * pick - 1]
+      slot, ws[i] = b * block + pick - 1, v[2 * pick - 1]
     end
-    fields[i] = num(slots[i])
+    keys[i] = slot + cap * math.floor((cursor - 1 - slot) / cap)  -- the newest key in that slot
   end
-  local payloads = redis.call('HMGET', items, unpack(fields))
-  redis.call('HINCRBY', metakey, 'samples', n)
-  return {n, num(size), num(t.cursor), num(t.cap), struct.pack('<dd', total, wmin), pack_doubles(slots, n),
-          pack_doubles(ws, n), payloads}
+  if not refill then redis.call('HINCRBY', metakey, 'samples', n) end
+  return {n, num(size), num(cursor), num(cap), struct.pack('<dd', total, wmin), pack_doubles(keys, n),
+          pack_doubles(ws, n)}
 end
 local out = {1}
 local uoff = 0
 for i = 1, 2 do
   local n = counts[i]
   if n > 0 then
-    local k = 4 * (i - 1)
-    local part = sample_table(tabs[i], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], n, sizes[i], uoff)
+    local k = 3 * (i - 1)
+    local part = sample_table(tabs[i], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], n, sizes[i], uoff)
     if not part then return redis.error_reply('RELAXRL_ZERO_PRIORITY ' .. names[i]) end
     out[i + 1] = part
   else
@@ -363,6 +431,40 @@ for i = 1, 2 do
   uoff = uoff + n
 end
 return out
+"""
+
+# KEYS: meta leaf agg quarantine ; ARGV: item_prefix, n, key_1 .. key_n (decimal)
+# Takes items that failed to decode (or whose payload is missing although they are live) out
+# of sampling: priority 0, stored bytes moved to the quarantine hash (kept for inspection),
+# decode_errors counts each key once. Keys no longer live are left alone (evicted meanwhile).
+# Returns the number of keys newly quarantined.
+QUARANTINE = _PRELUDE + r"""
+local t = meta(KEYS[1])
+if not t then return redis.error_reply('RELAXRL_NO_TABLE') end
+local n = tonumber(ARGV[2])
+local cap, cursor = t.cap, t.cursor
+local touched, list, added = {}, {}, 0
+local zero = struct.pack('<dd', 0, 0)
+for i = 1, n do
+  local field = ARGV[2 + i]
+  local key = tonumber(field)
+  if key and key >= 0 and key >= cursor - cap and key < cursor then
+    local slot = key % cap
+    redis.call('SETRANGE', KEYS[2], slot * 16, zero)
+    local b = math.floor(slot / t.block)
+    if not touched[b] then touched[b] = true; list[#list + 1] = b end
+    if redis.call('HEXISTS', KEYS[4], field) == 0 then
+      local name = ARGV[1] .. field
+      redis.call('HSET', KEYS[4], field, redis.call('GET', name) or '')
+      redis.call('DEL', name)
+      added = added + 1
+    end
+  end
+end
+local size = math.min(cursor, cap)
+for _, b in ipairs(list) do recompute_block(KEYS[2], KEYS[3], b, t.block, size) end
+if added > 0 then redis.call('HINCRBY', KEYS[1], 'decode_errors', added) end
+return added
 """
 
 # KEYS: meta leaf agg ; ARGV: n, packed keys [n], packed priorities [n]
@@ -394,4 +496,5 @@ if n > applied then redis.call('HINCRBY', KEYS[1], 'stale_updates', n - applied)
 return applied
 """
 
-SCRIPTS = {"create": CREATE, "insert": INSERT, "sample": SAMPLE, "update": UPDATE}
+SCRIPTS = {"create": CREATE, "reserve": RESERVE, "commit": COMMIT, "sample": SAMPLE, "update": UPDATE,
+           "quarantine": QUARANTINE}

@@ -2,6 +2,7 @@
 rate limiting, pickling, connection errors. Each test uses its own namespace."""
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import pickle
 import threading
@@ -13,7 +14,7 @@ import pytest
 from scipy import stats
 
 from replay_service.client import ReplayClient
-from replay_service.codec import CodecError
+from replay_service.codec import CodecError, encode
 from replay_service.config import ReplayConfig
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
 from tests.test_replay_codec import make_transition
@@ -193,13 +194,58 @@ def test_create_tables_is_idempotent_and_checks_settings(redis_server):
         c.insert("offline", transitions([1]))
 
 
-def test_a_corrupt_item_in_redis_is_a_clear_codec_error(redis_server):
+def test_an_undecodable_item_is_quarantined_and_sampling_goes_on(redis_server, caplog):
+    c = client_for(redis_server, online_max_size=16)
+    c.insert("online", transitions(range(10)), priorities=np.ones(10))
+    garbage = np.random.default_rng(5).bytes(300)
+    c._call("SET", c.item_key("online", 3), garbage)  # corrupt item 3 in Redis, behind the client's back
+    with pytest.raises(CodecError, match="table 'online' key 3"):
+        c.items("online", [3])  # inspection names the item
+    with caplog.at_level(logging.WARNING, logger="replay_service.client"):
+        for _ in range(20):
+            info, batch = c.sample(32, 0.0)
+            assert len(batch) == 32 and 3 not in info.key
+            assert [t.reward for t in batch] == [float(k) for k in info.key]  # the others are intact
+            assert np.all(info.weight > 0) and np.all(info.weight <= 1.0)
+    warnings = [r for r in caplog.records if "quarantined" in r.getMessage()]
+    assert len(warnings) == 1 and "item 3" in warnings[0].getMessage()  # logged once
+    s = c.stats()["online"]
+    assert s["decode_errors"] == 1 and s["size"] == 10 and s["priority_min"] == 1.0
+    assert s["samples"] == 20 * 32  # replacements are not counted twice by the rate limiter
+    assert c.quarantined("online") == [3]
+    assert c.quarantined_bytes("online", 3) == garbage  # the stored bytes are kept for inspection
+    assert c.priorities("online")[1][3] == 0.0
+    assert c.items("online", [2, 3, 4])[1] is None and c.items("online", [2])[0].reward == 2.0
+    c.insert("online", transitions(range(10, 30)))  # FIFO laps the slot: the quarantined bytes stay
+    assert c.quarantined_bytes("online", 3) == garbage
+
+
+def test_a_live_item_without_payload_and_a_wrong_version_are_quarantined(redis_server):
     c = client_for(redis_server)
-    c.insert("online", transitions([0]))
-    c._call("HSET", c.keys["online"].items, 0, b"\x00garbage")
-    with pytest.raises(CodecError, match="table 'online' key 0"):
-        c.sample(2, 0.0)
-    assert c.sizes()["online"] == 1  # stored data left as it was
+    c.insert("expert", transitions(range(20)))
+    c.insert("online", transitions(range(6)))
+    c._call("DEL", c.item_key("expert", 1))
+    wrong = bytearray(encode(transitions([2])[0]))
+    wrong[4] = 99  # codec version 99
+    c._call("SET", c.item_key("online", 2), bytes(wrong))
+    for _ in range(10):
+        info, batch = c.sample(16, 0.5)
+        assert (info.table == "expert").sum() == 8 and len(batch) == 16
+        assert not ((info.table == "expert") & (info.key == 1)).any()
+        assert not ((info.table == "online") & (info.key == 2)).any()
+    assert c.quarantined("expert") == [1] and c.quarantined("online") == [2]
+    assert c.quarantined_bytes("expert", 1) == b""
+    assert [c.stats()[t]["decode_errors"] for t in ("expert", "online")] == [1, 1]
+
+
+def test_sampling_fails_clearly_when_every_item_is_quarantined(redis_server):
+    c = client_for(redis_server)
+    c.insert("online", transitions(range(2)))
+    for k in range(2):
+        c._call("SET", c.item_key("online", k), b"RXRL garbage")
+    with pytest.raises(ReplayError, match="every priority is 0"):
+        c.sample(4, 0.0)
+    assert c.quarantined("online") == [0, 1]
 
 
 def _insert_in_child(blob: bytes, q) -> None:
