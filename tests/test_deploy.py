@@ -356,9 +356,10 @@ def test_native_topology_scrapes_every_ray_node_through_the_heads_discovery_file
         try:
             assert driver.stdout is not None and driver.stdout.readline().strip() == "2"
             prom = topo.prometheus
-            up = prom.wait_for('up{job="ray"} == 1', timeout=30)
-            ports = {int(r["metric"]["instance"].rsplit(":", 1)[1]) for r in up}
-            assert set(topo.metrics_ports) <= ports
+            nodes = "|".join(str(p) for p in topo.metrics_ports)  # one metrics port per Ray node
+            up = prom.wait_for(f'count(up{{job="ray", instance=~".*:({nodes})"}} == 1) == {len(topo.metrics_ports)}',
+                               timeout=30)
+            assert float(up[0]["value"][1]) == 2
             prom.wait_for(f'sum({promql_name("relaxrl_env_steps_total")}{{kind="online"}}) == 10', timeout=40)
             by_node = prom.wait_for(f'count(count by (instance) ({promql_name("relaxrl_actual_move_angstrom")})) == 2',
                                     timeout=40)
