@@ -35,13 +35,17 @@ class Coordinator:
     def next_structure(self):
         return self.curriculum.sample(self.rng)
 
-    def add_steps(self, kind: str, n: int, stats: dict[str, float] | None = None) -> int:
-        """Count ``n`` environment steps of an actor of ``kind``; returns the new t_total."""
+    def add_steps(self, kind: str, n: int, stats: dict[str, float] | None = None) -> tuple[int, bool, int]:
+        """Count ``n`` environment steps of an actor of ``kind``.
+
+        Returns (t_total, stop requested, newest weights version): one round trip tells an
+        actor everything it needs between two steps.
+        """
         self.t_total += int(n)
         self.steps_by_kind[kind] = self.steps_by_kind.get(kind, 0) + int(n)
         if stats:
             self._steps.append(dict(stats, kind=kind))
-        return self.t_total
+        return self.t_total, self._stop, self.version
 
     def current_t_total(self) -> int:
         return self.t_total

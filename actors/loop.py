@@ -42,6 +42,8 @@ class OnlineActor:
         self.pending: dict[str, list[Transition]] = {"online": [], "expert": []}
         self.t_total = 0
         self.steps = 0
+        self.stop_requested = False
+        self.latest_version: int | None = None  # newest version the hub announced (None = ask)
         self.nonfinite_actions = 0  # steps whose action was NaN/inf: applied as no move, not stored
         self.last_stats: dict[str, float] = {}
         self.finished: list[dict] = []  # episodes finished since the caller last cleared it
@@ -49,6 +51,9 @@ class OnlineActor:
 
     # -- helpers ----------------------------------------------------------------------------
     def sync_weights(self) -> bool:
+        """Pull the newest weights when the hub announced a version newer than ours."""
+        if self.latest_version is not None and self.latest_version <= self.policy.version:
+            return False
         got = self.hub.weights_if_newer(self.policy.version)
         if got is None:
             return False
@@ -132,7 +137,7 @@ class OnlineActor:
                  "reward": float(np.mean(rewards)), "fmax": float(np.mean(fmaxes))}
         if scales:
             stats["action_scale"] = float(np.mean(scales))
-        self.t_total = self.hub.add_steps(self.kind, len(self.envs), stats)
+        self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs), stats)
         self.last_stats = stats
         return stats
 
@@ -141,7 +146,7 @@ class OnlineActor:
         start = self.steps
         k = 0
         try:
-            while not self.hub.should_stop():
+            while not self.stop_requested:
                 if max_steps and self.steps - start >= max_steps:
                     break
                 if k % sync_every == 0:

@@ -30,8 +30,8 @@ class HubClient:
     def next_structure(self):
         return ray.get(self.handle.next_structure.remote())
 
-    def add_steps(self, kind: str, n: int, stats: dict | None = None) -> int:
-        return ray.get(self.handle.add_steps.remote(kind, n, stats))
+    def add_steps(self, kind: str, n: int, stats: dict | None = None) -> tuple[int, bool, int]:
+        return tuple(ray.get(self.handle.add_steps.remote(kind, n, stats)))
 
     def report_episode(self, *args) -> None:
         self.handle.report_episode.remote(*args)  # fire and forget
@@ -77,7 +77,7 @@ class ActorProcess:
         loop = self.loop
         start = loop.steps
         try:
-            while not loop.hub.should_stop():
+            while not loop.stop_requested:
                 if max_steps and loop.steps - start >= max_steps:
                     break
                 loop.sync_weights()
