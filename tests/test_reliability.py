@@ -166,7 +166,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
     import psutil
 
-    from learner.checkpoint import list_checkpoints
+    from learner.checkpoint import list_checkpoints, load_checkpoint
     from relaxrl.config import load_config
 
     run_dir = tmp_path / "run"
@@ -184,11 +184,12 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
         url = f"redis://127.0.0.1:{(run_dir / 'redis' / 'redis.port').read_text().strip()}/0"
         os.kill(proc.pid, signal.SIGKILL)  # the learner (and launcher) dies mid-update
         proc.wait(30)
-        ckpt_updates = int(list_checkpoints(run_dir)[-1].stem.split("-")[1])
+        last = list_checkpoints(run_dir)[-1]
+        ckpt_updates, t_ckpt = int(last.stem.split("-")[1]), load_checkpoint(last)["counters"]["t_total"]
         rows_before = _metrics(run_dir)
         # the replay state the killed run left behind (its redis-server outlives it)
         before = ReplayClient(url, cfg.replay).stats()
-        p = subprocess.run(base + ["--resume", str(run_dir), *sets, "--set", f"learner.max_updates={ckpt_updates + 10}"],
+        p = subprocess.run(base + ["--resume", str(run_dir), *sets, "--set", f"learner.max_updates={ckpt_updates + 20}"],
                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
     finally:
@@ -197,9 +198,12 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
         for child in family:  # whatever the killed run left running and the resume did not stop
             if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
                 child.kill()
-    new = [r for r in _metrics(run_dir)[len(rows_before):]]
-    assert new and new[0]["updates"] == ckpt_updates + 5 and new[-1]["updates"] == ckpt_updates + 10
-    assert new[0]["t_total"] > max(r["t_total"] for r in rows_before if r["updates"] <= ckpt_updates)
+    new = _metrics(run_dir)[len(rows_before):]
+    assert [r["updates"] for r in new] == list(range(ckpt_updates + 5, ckpt_updates + 21, 5))
+    final = load_checkpoint(run_dir)["counters"]
+    assert t_ckpt > 0 and final["updates"] == ckpt_updates + 20
+    assert all(r["t_total"] >= t_ckpt for r in new)  # t_total continues from the checkpoint, never from 0
+    assert max(final["t_total"], new[-1]["t_total"]) > t_ckpt  # and grows with the resumed actors
     # the same tables: the resumed run's first sample already had them full, and they only grew
     srv = start_embedded(run_dir / "redis")
     try:

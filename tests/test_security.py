@@ -27,6 +27,7 @@ from relaxrl.config import load_config, to_dict
 from replay_service.codec import CodecError, decode
 from replay_service.errors import ReplayConfigError
 from replay_service.server import check_url_security
+from tests.test_reliability import store_raw
 from tests.test_replay_client import client_for, transitions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +67,13 @@ def test_a_pickle_stored_in_a_table_is_refused_on_sample(redis_server, tmp_path)
     marker = tmp_path / "pwned"
     c = client_for(redis_server)
     c.insert("online", transitions([0.0, 1.0]))
-    c._call("HSET", c.keys["online"].items, 0, live_pickle(marker))
+    store_raw(c, "online", 0, live_pickle(marker))
     try:
-        c.sample(4, 0.0)
-    except CodecError as e:
+        info, _ = c.sample(4, 0.0)
+    except CodecError as e:  # refused, naming the item
         assert "key 0" in str(e)
+    else:  # or quarantined: never handed out
+        assert 0 not in info.key.tolist()
     assert not marker.exists()
     assert c.items("online", [1])[0].reward == 1.0  # the other item is untouched
 
