@@ -144,7 +144,7 @@ class ReplayClient:
         pool = self._get_pool()
         conn = pool.get_connection()
         try:
-            conn.send_packed_command([b for args in cmds for b in _frame(args)], check_health=False)
+            conn.send_packed_command([b"".join([b for args in cmds for b in _frame(args)])], check_health=False)
             out: list[Any] = []
             for _ in cmds:
                 try:

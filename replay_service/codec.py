@@ -92,17 +92,19 @@ def _obs_parts(prefix: str, o: Observation, n: int, d: int) -> list[np.ndarray]:
 
 
 def _numbers(name: str, x: object, n: int) -> np.ndarray:
-    a = np.asarray(x)
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.dtype.kind not in "iu" or a.shape != (n,):
         raise CodecError(f"transition.{name} has dtype {a.dtype} and shape {a.shape}, expected integer [{n}]")
+    if a.dtype == np.uint8:
+        return a
     a8 = a.astype(np.uint8)
-    if a.dtype != np.uint8 and not np.array_equal(a8, a):
+    if not (a8 == a).all():
         raise CodecError(f"transition.{name} holds atomic numbers outside 0..255")
     return a8
 
 
 def _pbc_byte(name: str, x: object) -> int:
-    a = np.asarray(x)
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.shape != (3,) or a.dtype.kind not in "biu":
         raise CodecError(f"transition.{name} has dtype {a.dtype} and shape {a.shape}, expected bool [3]")
     b = a.tolist()
@@ -127,6 +129,10 @@ def _edges(name: str, o: Observation, n: int) -> tuple[int, np.ndarray, np.ndarr
     return e, ei.astype("<u4"), es
 
 
+_FLOAT_NAMES = ("obs.positions", "obs.cell", "obs.forces", "obs.env_features", "next_obs.positions", "next_obs.cell",
+                "next_obs.forces", "next_obs.env_features", "action", "actual_move", "expert_action")
+
+
 def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray], list[bytes], list]:
     """Validate one transition: (flags, n, d, n_edges, float parts in layout order, tail bytes, fields)."""
     if not isinstance(t, Transition):
@@ -134,34 +140,36 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
     o0, o1 = t.obs, t.next_obs
     if not isinstance(o0, Observation) or not isinstance(o1, Observation):
         raise CodecError("transition.obs and transition.next_obs must be actors.observation.Observation")
-    n = int(np.shape(o0.numbers)[0]) if np.ndim(o0.numbers) == 1 else -1
+    nums = o0.numbers
+    n = nums.shape[0] if isinstance(nums, np.ndarray) and nums.ndim == 1 else (
+        int(np.shape(nums)[0]) if np.ndim(nums) == 1 else -1)
     if n < 0 or n > _MAX_ATOMS:
-        raise CodecError(f"transition.obs.numbers has shape {np.shape(o0.numbers)}, expected [n_atoms]")
-    d = int(np.size(o0.env_features))
+        raise CodecError(f"transition.obs.numbers has shape {np.shape(nums)}, expected [n_atoms]")
+    env0 = o0.env_features
+    d = env0.size if isinstance(env0, np.ndarray) else int(np.size(env0))
     flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
-    fields: list[tuple[str, object, tuple[int, ...]]] = [
-        ("obs.positions", o0.positions, (n, 3)), ("obs.cell", o0.cell, (3, 3)), ("obs.forces", o0.forces, (n, 3)),
-        ("obs.env_features", o0.env_features, (d,)),
-        ("next_obs.positions", o1.positions, (n, 3)), ("next_obs.cell", o1.cell, (3, 3)),
-        ("next_obs.forces", o1.forces, (n, 3)), ("next_obs.env_features", o1.env_features, (d,)),
-        ("action", t.action, (n, 3)), ("actual_move", t.actual_move, (n, 3)),
-    ]
+    vec, dd = (n, 3), (d,)
+    values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features,
+              t.action, t.actual_move]
+    shapes = [vec, (3, 3), vec, dd, vec, (3, 3), vec, dd, vec, vec]
     if t.expert_action is not None:
         flags |= HAS_EXPERT
-        fields.append(("expert_action", t.expert_action, (n, 3)))
+        values.append(t.expert_action)
+        shapes.append(vec)
     try:
         parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
     except (TypeError, ValueError):
         raise CodecError("transition.reward, a_back and the observations' energy must be real numbers") from None
-    for name, x, shape in fields:
-        a = x if isinstance(x, np.ndarray) else np.asarray(x)
-        if a.shape != shape or a.dtype.kind not in "fiu":
-            _floats(name, a, shape)  # raises the precise error
-        parts.append(a.reshape(-1))
-    numbers = _numbers("obs.numbers", o0.numbers, n)
+    for i, (x, shape) in enumerate(zip(values, shapes)):
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.shape != shape or x.dtype.kind not in "fiu":
+            _floats(_FLOAT_NAMES[i], x, shape)  # raises the precise error
+        parts.append(x.reshape(-1))
+    numbers = _numbers("obs.numbers", nums, n)
     nb = numbers.tobytes()
     tail = [nb]
-    if o1.numbers is not o0.numbers:
+    if o1.numbers is not nums:
         next_nb = _numbers("next_obs.numbers", o1.numbers, n).tobytes()
         if next_nb != nb:
             flags |= NEXT_NUMBERS
@@ -179,7 +187,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
                 n_edges[i] = e[0]
                 tail.append(e[1].tobytes())
                 tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
-    return flags, n, d, n_edges, parts, tail, fields
+    return flags, n, d, n_edges, parts, tail, list(zip(_FLOAT_NAMES, values))
 
 
 def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
@@ -189,9 +197,75 @@ def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
                       + "; check forces, positions and actions before inserting")
 
 
+def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
+    """Fast path of :func:`encode_many` for a batch of one shape (same atom count and env size,
+    expert actions in all or none, the same numbers in obs and next_obs, no edge lists),
+    with each field validated and converted for the whole batch at once. None when the batch
+    is not of that kind or anything is invalid: the general path then encodes it (or names the error)."""
+    m = len(ts)
+    try:
+        if not all(type(t) is Transition and type(t.obs) is Observation and type(t.next_obs) is Observation for t in ts):
+            return None
+        o = ts[0].obs
+        nums = o.numbers
+        if not (isinstance(nums, np.ndarray) and nums.ndim == 1 and nums.dtype.kind in "iu"):
+            return None
+        n = nums.shape[0]
+        d = o.env_features.shape[0]
+        expert = ts[0].expert_action is not None
+        if any(t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
+               or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert for t in ts):
+            return None
+        vec, dd = (n, 3), (d,)
+        fields = [([t.obs.positions for t in ts], vec), ([t.obs.cell for t in ts], (3, 3)),
+                  ([t.obs.forces for t in ts], vec), ([t.obs.env_features for t in ts], dd),
+                  ([t.next_obs.positions for t in ts], vec), ([t.next_obs.cell for t in ts], (3, 3)),
+                  ([t.next_obs.forces for t in ts], vec), ([t.next_obs.env_features for t in ts], dd),
+                  ([t.action for t in ts], vec), ([t.actual_move for t in ts], vec)]
+        if expert:
+            fields.append(([t.expert_action for t in ts], vec))
+        n_float = _layout(HAS_EXPERT if expert else 0, n, d, 0, 0)[0]
+        f = np.empty((m, n_float), dtype="<f8")
+        f[:, :_N_SCALARS] = [(t.reward, t.a_back, t.obs.energy, t.next_obs.energy) for t in ts]
+        col = _N_SCALARS
+        for xs, shape in fields:
+            if not all(type(x) is np.ndarray and x.shape == shape and x.dtype.kind in "fiu" for x in xs):
+                return None
+            size = xs[0].size
+            f[:, col:col + size] = np.concatenate(xs).reshape(m, size)
+            col += size
+        if not np.isfinite(f).all():
+            return None
+        numbers = np.stack([t.obs.numbers for t in ts])  # [m, n]
+        if numbers.shape != (m, n) or numbers.dtype.kind not in "iu" or numbers.min(initial=0) < 0 \
+                or numbers.max(initial=0) > 255:
+            return None
+        for t in ts:
+            if t.next_obs.numbers is not t.obs.numbers and not np.array_equal(t.next_obs.numbers, t.obs.numbers):
+                return None
+        pbc = [(_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)) for t in ts]
+        flags = [(HAS_EXPERT if expert else 0) | (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
+                 for t in ts]
+    except (CodecError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+    length = _HEADER.size + 8 * n_float + n + 2
+    rows = np.empty((m, length), dtype=np.uint8)
+    rows[:, :_HEADER.size] = np.frombuffer(b"".join(_HEADER.pack(MAGIC, VERSION, fl, n, d, 0, 0) for fl in flags),
+                                           dtype=np.uint8).reshape(m, _HEADER.size)
+    off = _HEADER.size + 8 * n_float
+    rows[:, _HEADER.size:off] = f.view(np.uint8)
+    rows[:, off:off + n] = numbers
+    rows[:, off + n:] = pbc
+    return [r.tobytes() for r in rows]
+
+
 def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
     """Encode transitions (the same bytes as :func:`encode` each, one float conversion and one
     finiteness check for the whole batch); raises :class:`CodecError` naming the item and field."""
+    if len(transitions) > 1:
+        fast = _encode_uniform(transitions)
+        if fast is not None:
+            return fast
     prepared = []
     for i, t in enumerate(transitions):
         try:
@@ -210,7 +284,7 @@ def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
     out = []
     pos = 0
     for flags, n, d, n_edges, parts, tail, _ in prepared:
-        size = 8 * sum(x.size for x in parts)
+        size = 8 * _layout(flags, n, d, 0, 0)[0]
         header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
         out.append(b"".join([header, raw[pos:pos + size], *tail]))
         pos += size

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.observation import Observation
-from replay_service.codec import VERSION, CodecError, Transition, decode, encode
+from replay_service.codec import VERSION, CodecError, Transition, decode, decode_many, encode, encode_many
 
 
 def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: bool = True, d: int = 2,
@@ -119,3 +119,57 @@ def test_decode_of_corrupted_payload_raises_only_codec_error(flips):
     except CodecError:
         return
     assert np.isfinite(t.obs.positions).all() and t.obs.positions.shape == (3, 3)
+
+
+def _uniform_batch(m: int, expert: bool, d: int) -> list[Transition]:
+    """Transitions of one 5-atom system (the batched encoder's fast path)."""
+    out = []
+    for i in range(m):
+        t = make_transition(5, seed=i, expert=expert, d=d, reward=float(i))
+        t.next_obs.numbers = t.obs.numbers
+        t.terminated, t.truncated = i % 3 == 0, i % 4 == 0
+        t.obs.pbc = np.array([i % 2 == 0, True, False])
+        out.append(t)
+    out[1].action = out[1].action.astype(np.float32)  # converted, as encode does
+    return out
+
+
+@pytest.mark.parametrize("kind", ["uniform", "uniform_expert", "mixed"])
+def test_batched_encode_and_decode_match_one_by_one(kind):
+    if kind == "mixed":  # different atom counts, edges, next numbers: the general path
+        ts = [make_transition(n, seed=n, edges=n == 4, expert=n % 3 == 0) for n in (1, 4, 5, 4, 0)]
+    else:
+        ts = _uniform_batch(6, expert=kind == "uniform_expert", d=2)
+    payloads = encode_many(ts)
+    assert payloads == [encode(t) for t in ts]
+    for t, u, v in zip(ts, decode_many(payloads), [decode(p) for p in payloads]):
+        assert_same(t, u)
+        assert_same(u, v)
+        u.obs.positions += 1.0  # writable, and no other item shares its memory
+    decoded = decode_many(payloads)
+    decoded[0].action[:] = 7.0
+    assert not any(np.any(t.action == 7.0) for t in decoded[1:])
+
+
+def test_batched_decode_returns_errors_in_place_and_keeps_the_good_items():
+    ts = _uniform_batch(4, expert=False, d=0)
+    payloads = encode_many(ts)
+    nan = bytearray(payloads[2])
+    nan[24:32] = struct.pack("<d", float("nan"))
+    out = decode_many([payloads[0], b"junk", bytes(nan), None, payloads[3]])
+    assert isinstance(out[1], CodecError) and isinstance(out[2], CodecError) and "non-finite" in str(out[2])
+    assert out[3] is None
+    assert_same(out[0], ts[0])
+    assert_same(out[4], ts[3])
+
+
+def test_batched_encode_names_the_bad_item_and_field():
+    ts = _uniform_batch(5, expert=False, d=0)
+    ts[3].obs.forces = ts[3].obs.forces.copy()
+    ts[3].obs.forces[1, 2] = np.inf
+    with pytest.raises(CodecError, match=r"obs\.forces.*item 3 of 5"):
+        encode_many(ts)
+    ts = _uniform_batch(5, expert=False, d=0)
+    ts[2].action = np.zeros((4, 3))
+    with pytest.raises(CodecError, match=r"transition\.action has shape \(4, 3\).*item 2 of 5"):
+        encode_many(ts)
