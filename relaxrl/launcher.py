@@ -69,6 +69,7 @@ class Run:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, address: str | None, redis_url: str | None):
         self.cfg, self.run_dir = cfg, run_dir
         self.embedded = None
+        self.replay_metrics = None  # replay_service.server.ReplayMetricsServer when replay.metrics_port is set
         self.started_ray = False
         self.actors: list = []
         try:
@@ -84,6 +85,8 @@ class Run:
             ray.kill(x)
         if self.started_ray:
             ray.shutdown()
+        if self.replay_metrics is not None:
+            self.replay_metrics.close()
         if self.embedded is not None:
             self.embedded.stop()
 
@@ -109,6 +112,11 @@ class Run:
             url = self.embedded.url
         self.replay = ReplayClient(url, cfg.replay)
         self.replay.create_tables(batch_size=cfg.learner.batch_size)
+        if cfg.replay.metrics_port:  # no separate `relaxrl replay serve`: this run exports the replay metrics
+            from replay_service.server import ReplayMetricsServer
+
+            # its own client: the collector reads Redis from the HTTP server's thread while the learner samples
+            self.replay_metrics = ReplayMetricsServer(ReplayClient(url, cfg.replay), cfg.replay.metrics_port)
 
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -177,6 +185,9 @@ class Run:
         finally:
             if self.started_ray:
                 ray.shutdown()
+            if self.replay_metrics is not None:
+                self.replay_metrics.close()
+                self.replay_metrics = None
             if self.embedded is not None:
                 self.embedded.stop()
 

@@ -282,6 +282,42 @@ class ReplayCollector:
         yield waits
 
 
+class ReplayMetricsServer:
+    """``/metrics`` of a :class:`ReplayCollector` on ``host:port``, served from a daemon thread.
+
+    Used by ``relaxrl replay serve`` and by ``relaxrl train`` when ``replay.metrics_port`` is set
+    (a run without a separate replay service). ``close()`` stops listening.
+    """
+
+    def __init__(self, client: ReplayClient, port: int, host: str = "127.0.0.1"):
+        from prometheus_client import start_http_server
+        from prometheus_client.core import CollectorRegistry
+
+        registry = CollectorRegistry()
+        registry.register(ReplayCollector(client))
+        try:
+            self._server, self._thread = start_http_server(int(port), addr=host, registry=registry)
+        except OSError as e:
+            raise ReplayConfigError(f"replay metrics port {host}:{port}: cannot listen ({e.strerror or e}); "
+                                    "choose a free port with replay.metrics_port / --metrics-port, or 0 for none") from None
+        self.host = host
+        self.port = int(self._server.server_address[1])
+        """The bound port (the given one, or the kernel's choice for port 0)."""
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/metrics``."""
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+
+
 def serve_command(args: Any) -> int:
     """`relaxrl replay serve`: create/check the tables, export metrics, run until SIGTERM or Ctrl-C."""
     from relaxrl.config import load_config
@@ -290,6 +326,7 @@ def serve_command(args: Any) -> int:
     rcfg = cfg.replay
     url = getattr(args, "redis_url", None) or rcfg.url
     embedded: EmbeddedRedis | None = None
+    metrics: ReplayMetricsServer | None = None
     if url:
         check_url_security(url)
     else:
@@ -306,18 +343,14 @@ def serve_command(args: Any) -> int:
         port = getattr(args, "metrics_port", None)
         port = rcfg.metrics_port if port is None else port
         if port:
-            from prometheus_client import start_http_server
-            from prometheus_client.core import CollectorRegistry
-
-            registry = CollectorRegistry()
-            registry.register(ReplayCollector(client))
-            host = getattr(args, "metrics_host", "127.0.0.1")
-            start_http_server(int(port), addr=host, registry=registry)
-            print(f"metrics on http://{host}:{port}/metrics", flush=True)
+            metrics = ReplayMetricsServer(client, int(port), getattr(args, "metrics_host", "127.0.0.1"))
+            print(f"metrics on {metrics.url}", flush=True)
         while not stop.wait(1.0):
             if embedded is not None and not embedded.alive():
                 raise ReplayConnectionError(f"the embedded redis-server exited; see {embedded.data_dir / 'redis.log'}")
     finally:
+        if metrics is not None:
+            metrics.close()
         if embedded is not None:
             embedded.stop()
     return 0
