@@ -382,7 +382,7 @@ class ReplayClient:
                 waited = True
                 self._call("HINCRBY", self.keys[reason.split()[0]].meta, "sample_waits", 1)
             if timeout is not None and time.monotonic() - start > timeout:
-                raise RateLimiterTimeout(f"sample of {n} waited {timeout:g} s for the rate limiter: {reason}")
+                raise RateLimiterTimeout(f"sample of {n} waited {timeout:g} s: {reason}")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         out = []

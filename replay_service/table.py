@@ -375,16 +375,33 @@ for i = 1, 2 do
     end
   end
 end
-local function sample_table(t, metakey, leaf, agg, n, size, uoff)
-  local block = t.block
-  local nb = math.ceil(size / block)
+-- the block aggregates of a table and their total weight and smallest positive weight
+local function read_agg(t, agg, size)
+  local nb = math.ceil(size / t.block)
   local a = read_doubles(redis.call('GETRANGE', agg, 0, nb * 24 - 1), 3 * nb)
   local total, wmin = 0, math.huge
   for b = 0, nb - 1 do
     total = total + a[3 * b + 1]
     if a[3 * b + 2] < wmin then wmin = a[3 * b + 2] end
   end
-  if not (total > 0) then return nil end
+  return a, nb, total, wmin
+end
+-- every table that supplies items must have something to sample before any is sampled (no
+-- counter moves on a refusal); a total of 0 also covers items reserved but not yet published
+local aggs = {}
+for i = 1, 2 do
+  if counts[i] > 0 then
+    local a, nb, total, wmin = read_agg(tabs[i], KEYS[3 * (i - 1) + 3], sizes[i])
+    if not (total > 0) then
+      return {0, names[i] .. ' has no item with priority > 0 (items still being written, all quarantined, '
+                 .. 'or priorities set to 0; priorities must be |delta| + eps with eps > 0)'}
+    end
+    aggs[i] = {a, nb, total, wmin}
+  end
+end
+local function sample_table(t, metakey, leaf, ag, n, size, uoff)
+  local block = t.block
+  local a, nb, total, wmin = ag[1], ag[2], ag[3], ag[4]
   local keys, ws = {}, {}
   local cap, cursor = t.cap, t.cursor
   local b, cum = 0, 0
@@ -427,7 +444,7 @@ for i = 1, 2 do
   local n = counts[i]
   if n > 0 then
     local k = 3 * (i - 1)
-    local part = sample_table(tabs[i], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], n, sizes[i], uoff)
+    local part = sample_table(tabs[i], KEYS[k + 1], KEYS[k + 2], aggs[i], n, sizes[i], uoff)
     if not part then return redis.error_reply('RELAXRL_ZERO_PRIORITY ' .. names[i]) end
     out[i + 1] = part
   else

@@ -243,9 +243,26 @@ def test_sampling_fails_clearly_when_every_item_is_quarantined(redis_server):
     c.insert("online", transitions(range(2)))
     for k in range(2):
         c._call("SET", c.item_key("online", k), b"RXRL garbage")
-    with pytest.raises(ReplayError, match="every priority is 0"):
+    with pytest.raises(ReplayError, match="online has no item with priority > 0"):
         c.sample(4, 0.0)
     assert c.quarantined("online") == [0, 1]
+    with pytest.raises(RateLimiterTimeout, match="online has no item with priority > 0"):
+        c.sample(4, 0.0, timeout=0.2)
+
+
+def test_a_sampler_waits_for_reserved_items_and_never_sees_them_before_their_payloads(redis_server):
+    c = client_for(redis_server)
+    k = c.keys["online"]
+    # a writer that reserved two slots and has not stored their payloads yet (steps 2-3 of an insert pending)
+    granted, first = c._script("reserve", [k.meta, k.leaf, k.agg, ""], [2, k.item_prefix])
+    assert (int(granted), int(first)) == (2, 0) and c.sizes()["online"] == 2
+    with pytest.raises(RateLimiterTimeout, match="items still being written"):
+        c.sample(4, 0.0, timeout=0.2)
+    c.insert("online", transitions([7.0]))  # key 2 is published; 0 and 1 stay unsampleable
+    info, batch = c.sample(64, 0.0)
+    assert set(info.key.tolist()) == {2} and all(t.reward == 7.0 for t in batch)
+    payloads = [c._call("GET", k.item(0))]
+    assert payloads == [None] and c.items("online", [0, 1, 2])[:2] == [None, None]
 
 
 def _insert_in_child(blob: bytes, q) -> None:
