@@ -322,54 +322,9 @@ def test_deploy_docs_cover_every_metric_and_command() -> None:
 
 
 # ---- the compose topology as local processes -------------------------------------------------
-
-_DRIVER = """
-import sys, time, ray
-ray.init(address=sys.argv[1], log_to_driver=False)
-
-@ray.remote(num_cpus=1)
-class Actor:
-    def record(self):
-        from relaxrl.metrics import RayMetrics
-        m = RayMetrics()
-        m.inc("relaxrl_env_steps_total", 5, kind="online")
-        m.set("relaxrl_actual_move_angstrom", 0.02)
-        return ray.get_runtime_context().get_node_id()
-
-actors = [Actor.remote() for _ in range(2)]  # one CPU per node: one actor on each
-print(len(set(ray.get([a.record.remote() for a in actors]))), flush=True)
-time.sleep(300)  # keep the actors (and their series) alive until the test ends
-"""
-
-
-@pytest.mark.slow
-def test_native_topology_scrapes_every_ray_node_through_the_heads_discovery_file() -> None:
-    """Two Ray nodes started like compose's ray-head and ray-worker, Redis, the replay service
-    and Prometheus with deploy/prometheus.yml reading the file_sd file Ray itself wrote: actor
-    metrics from both nodes and the replay metrics reach PromQL."""
-    _needs("prometheus", "prometheus")
-    nt = _load(DEPLOY / "native_topology.py", "relaxrl_native_topology")
-    with nt.NativeTopology(replay_config=ROOT / "configs" / "tiny.toml") as topo:
-        assert topo.sd_file.exists()
-        driver = subprocess.Popen([sys.executable, "-c", _DRIVER, topo.ray_address], env=topo.env, cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            assert driver.stdout is not None and driver.stdout.readline().strip() == "2"
-            prom = topo.prometheus
-            nodes = "|".join(str(p) for p in topo.metrics_ports)  # one metrics port per Ray node
-            up = prom.wait_for(f'count(up{{job="ray", instance=~".*:({nodes})"}} == 1) == {len(topo.metrics_ports)}',
-                               timeout=30)
-            assert float(up[0]["value"][1]) == 2
-            prom.wait_for(f'sum({promql_name("relaxrl_env_steps_total")}{{kind="online"}}) == 10', timeout=40)
-            by_node = prom.wait_for(f'count(count by (instance) ({promql_name("relaxrl_actual_move_angstrom")})) == 2',
-                                    timeout=40)
-            assert float(by_node[0]["value"][1]) == 2
-            replay = prom.wait_for(f'{promql_name("relaxrl_replay_size")}{{job="relaxrl-replay"}}', timeout=30)
-            assert {r["metric"]["table"] for r in replay} == {"expert", "online"}
-        finally:
-            driver.terminate()
-            driver.wait(timeout=30)
-    assert topo.tmp is None
+# tests/test_topology_e2e.py runs it (deploy/native_topology.py): `relaxrl train` on Redis, a Ray
+# head and a second node, the replay service, with Prometheus scraping both nodes through the
+# head's discovery file and every dashboard metric exported by that run.
 
 
 # ---- system dependencies ----------------------------------------------------------------------
