@@ -1,7 +1,6 @@
 """Start `relaxrl train` on a `ray up` cluster's head node (the script for `ray submit`).
 
-    ray submit deploy/ray-cluster.yaml deploy/cluster_train.py --tmux -- --config configs/demo.toml \
-        --set replay.metrics_port=9101
+    ray submit deploy/ray-cluster.yaml deploy/cluster_train.py --tmux -- --config configs/cluster.toml
 
 `ray submit` copies this file to ~ on the head and runs it there; it changes into the
 checkout the cluster YAML mounts (~/relaxrl, so configs/ paths resolve), joins the running
