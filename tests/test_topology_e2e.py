@@ -79,6 +79,29 @@ def test_cluster_preset_validates() -> None:
     assert cfg.replay.metrics_port and cfg.run.metrics_port
 
 
+def test_replay_metrics_server_serves_the_collector_and_closes(redis_server: Any) -> None:
+    """The piece `relaxrl train` (replay.metrics_port) and `relaxrl replay serve` share."""
+    from replay_service.client import ReplayClient
+    from replay_service.config import ReplayConfig
+    from replay_service.errors import ReplayConfigError
+    from replay_service.server import ReplayMetricsServer
+
+    client = ReplayClient(redis_server.url, ReplayConfig(namespace="test-metrics-server"))
+    client.create_tables()
+    srv = ReplayMetricsServer(client, 0)
+    try:
+        samples = _scrape(srv.url)
+        assert samples is not None and samples["relaxrl_replay_up"] == [({}, 1.0)]
+        assert sorted(samples["relaxrl_replay_capacity"], key=str) == [
+            ({"table": "expert"}, float(client.cfg.expert_max_size)), ({"table": "online"}, float(client.cfg.online_max_size))]
+        with pytest.raises(ReplayConfigError, match="replay.metrics_port"):  # the port is taken: a clear error
+            ReplayMetricsServer(client, srv.port)
+    finally:
+        srv.close()
+    srv.close()  # idempotent
+    assert _scrape(srv.url) is None
+
+
 @pytest.mark.slow
 def test_train_on_the_native_compose_topology_reaches_prometheus(tmp_path: Path) -> None:
     if shutil.which("prometheus") is None:
