@@ -15,6 +15,7 @@ import pickle
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ def test_train_and_replay_serve_refuse_a_remote_redis_without_a_password(tmp_pat
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "without a password" in err and err.count("\n") == 1
-    p = subprocess.run([os.sys.executable, "-m", "relaxrl.cli", "replay", "serve", "--config", tiny,
+    p = subprocess.run([sys.executable, "-m", "relaxrl.cli", "replay", "serve", "--config", tiny,
                         "--redis-url", "redis://10.0.0.5:6379/0", "--metrics-port", "0"],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 2 and "without a password" in p.stderr and "Traceback" not in p.stderr
