@@ -24,6 +24,24 @@ class Observation:
     edge_index: np.ndarray | None = None  # [2, n_edges] int64 (sender, receiver)
     edge_shift: np.ndarray | None = None  # [n_edges, 3] int64, integer cell shifts of the sender
 
+    @classmethod
+    def from_atoms(cls, atoms, forces: np.ndarray | None = None, energy: float | None = None,
+                   env_features: np.ndarray | None = None) -> "Observation":
+        """The observation of ``atoms``; forces (eV/Å) and energy (eV) come from its calculator unless given."""
+        if forces is None:
+            forces = atoms.get_forces()
+        if energy is None:
+            energy = atoms.get_potential_energy()
+        return cls(
+            positions=np.array(atoms.get_positions(), dtype=np.float64),
+            numbers=np.asarray(atoms.numbers, dtype=np.int64).copy(),
+            cell=np.array(atoms.cell.array, dtype=np.float64),
+            pbc=np.array(atoms.pbc, dtype=bool),
+            forces=np.asarray(forces, dtype=np.float64),
+            energy=float(energy),
+            env_features=np.zeros(0) if env_features is None else np.asarray(env_features, dtype=np.float64),
+        )
+
     @property
     def n_atoms(self) -> int:
         return int(self.numbers.shape[0])

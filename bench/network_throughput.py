@@ -44,14 +44,7 @@ LIGHT = dict(channels=8, num_layers=2, num_basis=6, radial_hidden=16, radius=4.5
 
 def observe(atoms: Atoms) -> Observation:
     atoms.calc = EMT()
-    return Observation(
-        positions=atoms.positions.copy(),
-        numbers=atoms.numbers.astype(np.int64),
-        cell=atoms.cell.array.copy(),
-        pbc=atoms.pbc.copy(),
-        forces=atoms.get_forces(),
-        energy=float(atoms.get_potential_energy()),
-    )
+    return Observation.from_atoms(atoms)
 
 
 _BLOCK = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)

@@ -62,15 +62,8 @@ class Policy:
                 last_a_back: float = 0.0) -> Observation:
         """The observation this policy expects for ``atoms`` with the given forces (eV/Å) and energy (eV)."""
         fmax = float(np.linalg.norm(forces, axis=1).max()) if len(atoms) else 0.0
-        return Observation(
-            positions=np.asarray(atoms.get_positions(), dtype=np.float64),
-            numbers=np.asarray(atoms.numbers, dtype=np.int64),
-            cell=np.asarray(atoms.cell.array, dtype=np.float64),
-            pbc=np.asarray(atoms.pbc, dtype=bool),
-            forces=np.asarray(forces, dtype=np.float64),
-            energy=float(energy),
-            env_features=env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim),
-        )
+        feats = env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim)
+        return Observation.from_atoms(atoms, forces=forces, energy=energy, env_features=feats)
 
 
 def save_policy(run_dir: str | Path, config, actor: torch.nn.Module, updates: int = 0, **extra) -> Path:

@@ -38,15 +38,7 @@ def _seed() -> None:
 def observe(atoms: Atoms, env_features: np.ndarray | None = None) -> Observation:
     atoms = atoms.copy()
     atoms.calc = EMT()
-    return Observation(
-        positions=atoms.positions.copy(),
-        numbers=atoms.numbers.astype(np.int64),
-        cell=atoms.cell.array.copy(),
-        pbc=atoms.pbc.copy(),
-        forces=atoms.get_forces(),
-        energy=float(atoms.get_potential_energy()),
-        env_features=np.zeros(0) if env_features is None else env_features,
-    )
+    return Observation.from_atoms(atoms, env_features=env_features)
 
 
 def cu_cluster(n: int, seed: int) -> Atoms:
