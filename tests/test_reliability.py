@@ -92,7 +92,7 @@ def tiny_run(tmp_path_factory):
             run.learner.step()
         yield run
     finally:
-        run.close()
+        run.close(timeout_s=5)  # actors blocked by the rate limiter (nobody samples now) are killed, not awaited
 
 
 @pytest.mark.slow
