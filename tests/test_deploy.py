@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import load_module
 import yaml
 
 from relaxrl.metrics import METRICS, promql_name, spec_for_promql_name
@@ -24,13 +25,7 @@ SECRETS = {"REDIS_PASSWORD": "test-redis-pw", "RAY_AUTH_TOKEN": "ab" * 32, "GRAF
 SERVICES = {"redis", "replay", "ray-head", "ray-worker", "prometheus", "grafana"}
 
 
-def _load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = load_module
 
 
 def _needs(binary: str, package: str) -> str:

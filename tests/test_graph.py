@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import cu_cluster as _cu_cluster, observe
 import torch
 from ase import Atoms
 from ase.build import bulk
@@ -15,21 +16,8 @@ from learner.config import NetworkConfig
 from learner.graph import GraphError, batch_graphs, neighbor_list, stack_actions, with_neighbor_list
 
 
-def observe(atoms: Atoms, env_features: np.ndarray | None = None) -> Observation:
-    atoms = atoms.copy()
-    atoms.calc = EMT()
-    return Observation.from_atoms(atoms, env_features=env_features)
-
-
 def cu_cluster(n: int, seed: int) -> Atoms:
-    """The n fcc sites nearest a random point, rattled: a compact non-periodic Cu cluster."""
-    rng = np.random.default_rng(seed)
-    block = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
-    centre = block.positions.mean(axis=0) + rng.normal(size=3)
-    idx = np.argsort(np.linalg.norm(block.positions - centre, axis=1))[:n]
-    atoms = Atoms("Cu%d" % n, positions=block.positions[idx])
-    atoms.rattle(0.1, seed=seed)
-    return atoms
+    return _cu_cluster(n, seed, with_ni=False)
 
 
 def as_set(edge_index: np.ndarray, edge_shift: np.ndarray) -> set:

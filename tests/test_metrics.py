@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import load_module
 from prometheus_client.parser import text_string_to_metric_families
 
 from relaxrl.metrics import (
@@ -50,13 +51,7 @@ ISSUE_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = load_module
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import cu_cluster as _cu_cluster, observe
 import torch
 from ase import Atoms
 from ase.build import bulk
@@ -35,22 +36,8 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def observe(atoms: Atoms, env_features: np.ndarray | None = None) -> Observation:
-    atoms = atoms.copy()
-    atoms.calc = EMT()
-    return Observation.from_atoms(atoms, env_features=env_features)
-
-
 def cu_cluster(n: int, seed: int) -> Atoms:
-    """The n fcc sites nearest a random point, rattled, with one Ni: a compact EMT cluster."""
-    rng = np.random.default_rng(seed)
-    block = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
-    centre = block.positions.mean(axis=0) + rng.normal(size=3)
-    idx = np.argsort(np.linalg.norm(block.positions - centre, axis=1))[:n]
-    atoms = Atoms("Cu%d" % n, positions=block.positions[idx])
-    atoms.numbers[0] = 28
-    atoms.rattle(0.1, seed=seed)
-    return atoms
+    return _cu_cluster(n, seed, with_ni=True)
 
 
 def clusters(env_dim: int = 0, sizes: tuple[int, ...] = (5, 8)) -> list[Observation]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import load_module
 from prometheus_client.parser import text_string_to_metric_families
 
 from relaxrl.config import load_config
@@ -40,13 +41,7 @@ EPISODE_STEPS = 10
 """env.max_steps of the run (tiny.toml has 40), so that episodes end early; see the test."""
 
 
-def _load(path: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+_load = load_module
 
 
 def _scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]] | None:

@@ -1,0 +1,44 @@
+"""Small helpers shared by several test modules (imported as ``helpers``; pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from actors.observation import Observation
+
+
+def load_module(path: Path, name: str) -> Any:
+    """Import a script that is not in a package (deploy/*.py) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def observe(atoms: Atoms, env_features: np.ndarray | None = None) -> Observation:
+    """The observation of a copy of ``atoms`` under EMT."""
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    return Observation.from_atoms(atoms, env_features=env_features)
+
+
+def cu_cluster(n: int, seed: int, with_ni: bool = False) -> Atoms:
+    """The n fcc sites nearest a random point, rattled: a compact non-periodic Cu (optionally one Ni) cluster."""
+    rng = np.random.default_rng(seed)
+    block = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    centre = block.positions.mean(axis=0) + rng.normal(size=3)
+    idx = np.argsort(np.linalg.norm(block.positions - centre, axis=1))[:n]
+    atoms = Atoms("Cu%d" % n, positions=block.positions[idx])
+    if with_ni:
+        atoms.numbers[0] = 28
+    atoms.rattle(0.1, seed=seed)
+    return atoms
