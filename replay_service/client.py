@@ -7,11 +7,18 @@
     client.update_priorities(info.table[i], info.key[i], new_priorities)   # per table
 
 The client holds no replay state: every item, priority, aggregate, cursor and counter is
-in Redis and changes only inside server-side Lua scripts (one per insert chunk, sample or
-update), so any number of writers and readers may run at once and a restarted process or
-server continues where it was. It pickles to ``(url, cfg)`` and connects lazily, so it can
-be handed to Ray actors. Large commands are framed here and sent without copying the
-payloads (redis-py's generic packer copies every argument).
+in Redis. Priorities, aggregates, cursors and counters change only inside server-side Lua
+scripts; payloads never pass through Lua: an insert reserves keys (script), stores the
+payloads under keys named after the items (MSET) and publishes them (script), and a
+sample draws keys (script) then reads their payloads (MGET); see replay_service.table.
+So any number of writers and readers may run at once, a sampler never sees an item
+before its payload is stored, and a restarted process or server continues where it was.
+
+A stored item that does not decode is quarantined when it is drawn (priority 0, bytes
+kept in Redis, ``stats()[table]["decode_errors"]``, :meth:`ReplayClient.quarantined`) and
+replaced by another draw, with one warning per table, so a bad item cannot stall a learner.
+
+It pickles to ``(url, cfg)`` and connects lazily, so it can be handed to Ray actors.
 """
 from __future__ import annotations
 

@@ -382,20 +382,23 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     expert = f[:, p + 2 * k:p + 3 * k].reshape(g, n, 3) if flags & HAS_EXPERT else None
     scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
-    (pos0, cell0, frc0, env0), (pos1, cell1, frc1, env1) = views
-    ed0, ed1 = edges
+    none = [None] * g
+    # per-item views, made by iterating over the first axis (much cheaper than indexing item by item)
+    (pos0, cell0, frc0, env0), (pos1, cell1, frc1, env1) = ([list(x) for x in v] for v in views)
+    nums0, nums1, pbc0, pbc1 = list(numbers), list(next_numbers), list(pbc[:, 0]), list(pbc[:, 1])
+    ei0, es0 = (list(edges[0][0]), list(edges[0][1])) if edges[0] is not None else (none, none)
+    ei1, es1 = (list(edges[1][0]), list(edges[1][1])) if edges[1] is not None else (none, none)
+    acts, moves = list(action), list(actual)
+    experts = list(expert) if expert is not None else none
     out: list[Transition | CodecError] = []
     for i in range(g):
         if bad[i]:
             out.append(CodecError(why[i]))
             continue
         r, a_back, en0, en1 = scalars[i]
-        o0 = Observation(pos0[i], numbers[i], cell0[i], pbc[i, 0], frc0[i], en0, env0[i],
-                         None if ed0 is None else ed0[0][i], None if ed0 is None else ed0[1][i])
-        o1 = Observation(pos1[i], next_numbers[i], cell1[i], pbc[i, 1], frc1[i], en1, env1[i],
-                         None if ed1 is None else ed1[0][i], None if ed1 is None else ed1[1][i])
-        out.append(Transition(o0, action[i], actual[i], r, terminated, truncated, o1, a_back,
-                              None if expert is None else expert[i]))
+        o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i])
+        o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i])
+        out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i]))
     return out
 
 

@@ -31,4 +31,4 @@ class ReplayConfig:
     expert_rate_limited: bool = False
     """Apply min_size_to_sample / samples_per_insert to the expert table too (default: only `online`; the expert table then supplies min(round(B·f), size) items and never blocks)."""
     insert_chunk: int = 512
-    """Most transitions sent to Redis in one insert script call (larger inserts are split)."""
+    """Most transitions reserved, stored and published in one step of an insert (larger inserts are split)."""
