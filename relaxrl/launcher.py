@@ -173,7 +173,7 @@ class Run:
         s.pop("t_total", None)
         return s
 
-    def close(self, timeout_s: float = 30.0) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
         import ray
 
         try:
