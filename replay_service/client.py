@@ -28,7 +28,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -150,8 +150,11 @@ class ReplayClient:
             self._sha = {}
         return self._pool
 
-    def _raw(self, cmds: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send ``cmds`` pipelined on one connection; their replies, an error reply as its exception object."""
+    def _raw(self, cmds: Sequence[Sequence[Any]], transform: Callable[[Any], Any] | None = None) -> list[Any]:
+        """Send ``cmds`` pipelined on one connection; their replies, an error reply as its exception object.
+
+        ``transform`` is applied to each other reply as soon as it is read, while Redis works on the next.
+        """
         pool = self._get_pool()
         conn = pool.get_connection()
         try:
@@ -160,9 +163,11 @@ class ReplayClient:
             out: list[Any] = []
             for _ in cmds:
                 try:
-                    out.append(conn.read_response())
+                    r = conn.read_response()
                 except redis.exceptions.ResponseError as e:
                     out.append(e)
+                else:
+                    out.append(r if transform is None else transform(r))
             return out
         except BaseException:
             conn.disconnect()
@@ -174,14 +179,15 @@ class ReplayClient:
         """One command, retried with exponential backoff while Redis is unreachable or loading."""
         return self._pipeline([args])[0]
 
-    def _pipeline(self, cmds: Sequence[Sequence[Any]]) -> list[Any]:
+    def _pipeline(self, cmds: Sequence[Sequence[Any]], transform: Callable[[Any], Any] | None = None) -> list[Any]:
         """Idempotent commands sent together (one round trip), all resent while Redis is unreachable or
-        loading; the first error reply is raised (as a clear error where it is one of ours) after all are read."""
+        loading; the first error reply is raised (as a clear error where it is one of ours) after all are read.
+        ``transform`` (pure) is applied to each reply as it arrives (see :meth:`_raw`)."""
         deadline: float | None = None
         delay = 0.02
         while True:
             try:
-                out = self._raw(cmds)
+                out = self._raw(cmds, transform)
                 for r in out:
                     if isinstance(r, redis.exceptions.ResponseError):
                         raise r
@@ -350,7 +356,9 @@ class ReplayClient:
             "expert": [], "online": []}
         for _ in range(_MAX_REFILLS + 1):
             item_keys = [self.keys[name].item(kk) for name, key, *_ in parts for kk in key.tolist()]
-            decoded = decode_many(self._call("MGET", *item_keys)) if item_keys else []
+            # payloads in pieces: each is decoded while Redis serves the next
+            pieces = [["MGET", *item_keys[i:i + _PIECE]] for i in range(0, len(item_keys), _PIECE)]
+            decoded = [t for piece in self._pipeline(pieces, decode_many) for t in piece]
             missing: dict[str, int] = {}
             pos = 0
             for name, key, p, size, w in parts:
