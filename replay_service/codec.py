@@ -337,7 +337,7 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     """Decode g payloads with one header, given as the rows of a [g, length] uint8 array."""
     g = rows.shape[0]
     off = _HEADER.size
-    f = rows[:, off:off + 8 * n_float].copy().view("<f8")  # [g, n_float] writable float64
+    f = rows[:, off:off + 8 * n_float].view("<f8")  # [g, n_float] float64, a view (rows are 8-byte aligned)
     off += 8 * n_float
     bad = ~np.isfinite(f).all(axis=1)  # [g]
     why = ["payload holds non-finite floats (NaN or inf)"] * g
@@ -402,6 +402,17 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     return out
 
 
+def _rows(payloads: list, size: int) -> np.ndarray:
+    """The payloads (each ``size`` bytes) copied into the rows of a new writable [g, stride] uint8
+    array, the stride rounded up to 8 bytes so that every row's floats are aligned."""
+    stride = -(-size // 8) * 8
+    rows = np.empty((len(payloads), stride), dtype=np.uint8)
+    mv = memoryview(rows).cast("B")
+    for r, b in enumerate(payloads):
+        mv[r * stride:r * stride + size] = b.cast("B") if isinstance(b, memoryview) else b
+    return rows[:, :size]
+
+
 def decode_many(payloads: Sequence[bytes | bytearray | memoryview | None]) -> list[Transition | CodecError | None]:
     """Decode many payloads; each result is a Transition, the :class:`CodecError` that payload
     raises in :func:`decode` (returned, never raised), or None for a None payload.
@@ -423,10 +434,12 @@ def decode_many(payloads: Sequence[bytes | bytearray | memoryview | None]) -> li
     for (head, size), idx in groups.items():
         try:
             layout = _parse_header(head, size)
-            rows = np.frombuffer(b"".join([payloads[i] for i in idx]), dtype=np.uint8).reshape(len(idx), size)  # type: ignore[misc]
+            rows = _rows([payloads[i] for i in idx], size)  # type: ignore[misc]
             decoded = _decode_rows(rows, *layout)
         except CodecError as e:
             decoded = [e] * len(idx)
+        except (TypeError, ValueError) as e:  # e.g. a non-contiguous memoryview
+            decoded = [CodecError(f"payload buffer cannot be read: {e}")] * len(idx)
         for i, r in zip(idx, decoded):
             out[i] = r
     return out
