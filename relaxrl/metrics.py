@@ -269,6 +269,14 @@ METRICS: dict[str, MetricSpec] = _spec(
         tag_keys=("table",), tag_values={"table": TABLES},
     ),
     MetricSpec(
+        "relaxrl_replay_decode_errors_total", "counter", "transitions",
+        "Stored items that failed to decode when sampled and were quarantined (priority 0, bytes "
+        "kept under the table's quarantine hash). Any value above 0 means something wrote bad "
+        "bytes into the table or a writer runs another codec version: inspect client.quarantined().",
+        "prometheus", "replay service",
+        tag_keys=("table",), tag_values={"table": TABLES},
+    ),
+    MetricSpec(
         "relaxrl_replay_rate_limiter_waits_total", "counter", "calls",
         "Calls that had to wait for the rate limiter, by table and operation. Sample waits: "
         "the learner is starved (too few actors or min_size_to_sample not reached); insert "

@@ -269,6 +269,7 @@ class ReplayCollector:
             "relaxrl_replay_priority_max": "priority_max", "relaxrl_replay_inserts_total": "inserts",
             "relaxrl_replay_samples_total": "samples", "relaxrl_replay_priority_updates_total": "updates",
             "relaxrl_replay_stale_updates_total": "stale_updates",
+            "relaxrl_replay_decode_errors_total": "decode_errors",
         }
         for metric, key in per_table.items():
             fam = prometheus_family(metric)

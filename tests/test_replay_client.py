@@ -214,6 +214,13 @@ def test_an_undecodable_item_is_quarantined_and_sampling_goes_on(redis_server, c
     assert s["samples"] == 20 * 32  # replacements are not counted twice by the rate limiter
     assert c.quarantined("online") == [3]
     assert c.quarantined_bytes("online", 3) == garbage  # the stored bytes are kept for inspection
+    from prometheus_client import CollectorRegistry
+
+    from replay_service.server import ReplayCollector
+
+    registry = CollectorRegistry()
+    registry.register(ReplayCollector(c))  # what `relaxrl replay serve` exports
+    assert registry.get_sample_value("relaxrl_replay_decode_errors_total", {"table": "online"}) == 1.0
     assert c.priorities("online")[1][3] == 0.0
     assert c.items("online", [2, 3, 4])[1] is None and c.items("online", [2])[0].reward == 2.0
     c.insert("online", transitions(range(10, 30)))  # FIFO laps the slot: the quarantined bytes stay

@@ -173,14 +173,17 @@ def build() -> dict[str, Any]:
         "none", min_=0)
     g.timeseries(
         "Replay health", ["relaxrl_replay_up", "relaxrl_replay_rate_limiter_waits_total",
-                          "relaxrl_replay_priority_updates_total", "relaxrl_replay_stale_updates_total"],
+                          "relaxrl_replay_priority_updates_total", "relaxrl_replay_stale_updates_total",
+                          "relaxrl_replay_decode_errors_total"],
         [target("A", f"min({m('relaxrl_replay_up')})", "Redis up (right axis)"),
          target("B", f"sum by (table, op) (rate({m('relaxrl_replay_rate_limiter_waits_total')}[{RATE}]))",
                 "rate limiter waits/s ({{table}} {{op}})"),
          target("C", f"sum by (table) (rate({m('relaxrl_replay_priority_updates_total')}[{RATE}]))",
                 "priority updates/s ({{table}})"),
          target("D", f"sum by (table) (rate({m('relaxrl_replay_stale_updates_total')}[{RATE}]))",
-                "stale priority updates/s ({{table}})")],
+                "stale priority updates/s ({{table}})"),
+         target("E", f"sum by (table) (increase({m('relaxrl_replay_decode_errors_total')}[{RATE}]))",
+                "quarantined items ({{table}})")],
         "ops", overrides=[right_axis("A", "none", 0, 1)], min_=0)
 
     g.row("Learner")
