@@ -77,9 +77,6 @@ class Coordinator:
     def stop(self) -> None:
         self._stop = True
 
-    def should_stop(self) -> bool:
-        return self._stop
-
     def stats(self) -> dict[str, float]:
         out: dict[str, float] = {"t_total": self.t_total, "episodes": self.episodes,
                                  "curriculum/stage": self.curriculum.stage,

@@ -13,7 +13,7 @@ adapter of it: structures, weights, counters) and a *writer* with
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -141,19 +141,22 @@ class OnlineActor:
         self.last_stats = stats
         return stats
 
-    def run(self, max_steps: int = 0, sync_every: int = 1) -> int:
-        """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken."""
+    def run(self, max_steps: int = 0, on_step: Callable[[dict[str, float]], None] | None = None) -> int:
+        """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken.
+
+        ``on_step(stats)`` sees each step's means while ``self.finished`` still lists the
+        episodes that step ended (the Ray wrapper records metrics there).
+        """
         start = self.steps
-        k = 0
         try:
             while not self.stop_requested:
                 if max_steps and self.steps - start >= max_steps:
                     break
-                if k % sync_every == 0:
-                    self.sync_weights()
-                self.step()
+                self.sync_weights()
+                stats = self.step()
+                if on_step is not None:
+                    on_step(stats)
                 self.finished.clear()
-                k += 1
         finally:
             self._flush(force=True)
         return self.steps - start

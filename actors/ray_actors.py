@@ -43,9 +43,6 @@ class HubClient:
         v, refs = got
         return v, ray.get(refs[0])
 
-    def should_stop(self) -> bool:
-        return ray.get(self.handle.should_stop.remote())
-
 
 def publish_weights(hub_handle, version: int, state: dict) -> None:
     """One ``ray.put`` of the actor weights; the coordinator keeps only the reference (in a list, so Ray does not resolve it)."""
@@ -74,18 +71,7 @@ class ActorProcess:
         return os.getpid()
 
     def run(self, max_steps: int = 0) -> int:
-        loop = self.loop
-        start = loop.steps
-        try:
-            while not loop.stop_requested:
-                if max_steps and loop.steps - start >= max_steps:
-                    break
-                loop.sync_weights()
-                stats = loop.step()
-                self._record(stats)
-        finally:
-            loop._flush(force=True)
-        return loop.steps - start
+        return self.loop.run(max_steps, on_step=self._record)
 
     def _record(self, stats: dict[str, float]) -> None:
         m = self._metrics
@@ -107,8 +93,6 @@ class ActorProcess:
         except Exception as e:  # metrics must never stop an actor
             print(f"relaxrl actor {loop.actor_id}: metrics disabled after error: {e}")
             self._metrics = None
-        finally:
-            loop.finished.clear()
 
 
 def make_actor(kind: str, config, writer, hub_handle, actor_id: int, seed: int):

@@ -1,25 +1,27 @@
-"""One episode of the BFGS expert through :class:`RelaxEnv` (the no-learner demo)."""
+"""One episode through :class:`RelaxEnv` driven by any ``act(obs) -> displacement`` (policy or BFGS expert)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from ase import Atoms
 
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert
+from actors.observation import Observation
 
-__all__ = ["run_expert_episode"]
+__all__ = ["run_episode", "run_expert_episode"]
 
 
-def run_expert_episode(env: RelaxEnv, expert: BFGSExpert, atoms: Atoms) -> dict[str, Any]:
-    """Relax ``atoms`` (a copy) with expert actions until the episode ends; returns a summary.
+def run_episode(env: RelaxEnv, act: Callable[[Observation], np.ndarray], atoms: Atoms) -> dict[str, Any]:
+    """Relax ``atoms`` (a copy) with ``act``'s displacements until the episode ends; returns a summary.
 
     Keys: name, n_atoms, steps, force_calls, converged, truncated, fmax_initial and
     fmax_final (eV/Å), energy_initial, energy_final and energy_change (eV), return (sum of
     rewards), mean_a_back, error (None or the env's message).
     """
     obs = env.reset(atoms)
-    expert.reset()
     summary: dict[str, Any] = {
         "name": env.name, "n_atoms": obs.n_atoms, "fmax_initial": obs.fmax, "energy_initial": obs.energy,
     }
@@ -27,7 +29,7 @@ def run_expert_episode(env: RelaxEnv, expert: BFGSExpert, atoms: Atoms) -> dict[
     converged = obs.fmax < env.cfg.fmax
     truncated = False
     while not converged and not truncated:
-        step = env.step(expert.action(obs))
+        step = env.step(act(obs))
         obs = step.obs
         total_reward += step.reward
         backs.append(step.info["a_back"])
@@ -40,3 +42,9 @@ def run_expert_episode(env: RelaxEnv, expert: BFGSExpert, atoms: Atoms) -> dict[
     )
     summary["return"] = total_reward
     return summary
+
+
+def run_expert_episode(env: RelaxEnv, expert: BFGSExpert, atoms: Atoms) -> dict[str, Any]:
+    """:func:`run_episode` with one BFGS iteration per step (the expert starts with a fresh Hessian)."""
+    expert.reset()
+    return run_episode(env, expert.action, atoms)

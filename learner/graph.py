@@ -57,7 +57,7 @@ from actors.observation import Observation
 from learner.config import NetworkConfig
 from relaxrl.errors import RelaxRLError
 
-__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_actions", "with_neighbor_list"]
+__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_actions", "torch_dtype", "with_neighbor_list"]
 
 
 class GraphError(RelaxRLError, ValueError):
@@ -211,7 +211,8 @@ class Graph:
         return list(torch.split(per_atom, self.num_atoms_per_graph.tolist()))
 
 
-def _torch_dtype(name: str | torch.dtype) -> torch.dtype:
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """'float32' / 'float64' (or a torch dtype) → the torch dtype; other names are a GraphError."""
     if isinstance(name, torch.dtype):
         return name
     table = {"float32": torch.float32, "float64": torch.float64}
@@ -252,7 +253,7 @@ def batch_graphs(
     """
     if len(observations) == 0:
         raise GraphError("batch_graphs needs at least one observation")
-    dt = _torch_dtype(dtype if dtype is not None else cfg.dtype)
+    dt = torch_dtype(dtype if dtype is not None else cfg.dtype)
     pos, numbers, forces, cells, env, counts = [], [], [], [], [], []
     edges, shifts, offset = [], [], 0
     for k, obs in enumerate(observations):

@@ -19,9 +19,8 @@ import torch
 
 from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
-from learner.graph import batch_graphs
+from learner.graph import batch_graphs, torch_dtype
 from learner.networks import Actor, TwinCritic
-from learner.policy import torch_dtype
 from learner.schedules import linear
 from relaxrl.errors import RelaxRLError
 

@@ -41,7 +41,7 @@ from e3nn.nn import Gate
 from torch import nn
 
 from learner.config import NetworkConfig
-from learner.graph import Graph
+from learner.graph import Graph, torch_dtype
 from relaxrl.errors import RelaxRLError
 
 __all__ = [
@@ -99,10 +99,6 @@ def check_irreps(upstream: str, irreps_out: o3.Irreps, downstream: str, irreps_i
 def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
     """``channels × l`` with parity (−1)^l for l = 0..lmax: 0e + 1o + 2e + ..."""
     return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 def safe_norm(v: torch.Tensor) -> torch.Tensor:
@@ -337,7 +333,7 @@ class Actor(nn.Module):
         self.irreps_out = o3.Irreps("1x1o")
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, 3]
         self.env_gate = EnvGate(cfg.env_input_dim, cfg.tail_hidden) if cfg.env_input_dim > 0 else None
-        self.to(_torch_dtype(cfg.dtype))
+        self.to(torch_dtype(cfg.dtype))
 
     def ungated(self, graph: Graph) -> torch.Tensor:
         """Squashed displacement before the env gate, [n_atoms, 3] Å."""
@@ -381,7 +377,7 @@ class Critic(nn.Module):
             self.irreps_out = o3.Irreps("1x0e")
             self.tail_mlp = None
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, scalars]
-        self.to(_torch_dtype(cfg.dtype))
+        self.to(torch_dtype(cfg.dtype))
 
     def forward(self, graph: Graph, action: torch.Tensor, return_per_atom: bool = False):
         """action [n_atoms, 3] Å → Q [n_graphs]; with ``return_per_atom`` (needs per_atom_q) also

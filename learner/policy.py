@@ -16,12 +16,8 @@ import torch
 
 from actors.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from learner.graph import batch_graphs
+from learner.graph import batch_graphs, torch_dtype
 from learner.networks import Actor
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
 class Policy:

@@ -302,17 +302,13 @@ def evaluate_run(cfg: RunConfig, run_dir: Path, heldout, untrained_weights) -> d
     structures = [a for a in heldout if not cfg.run.eval_max_atoms or len(a) <= cfg.run.eval_max_atoms]
     structures = structures[: cfg.run.eval_episodes]
     trained = load_policy(run_dir)
+    if untrained_weights is None:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
+        import torch
+
+        torch.manual_seed(cfg.run.seed)
     untrained = Policy(cfg)
     if untrained_weights is not None:
         untrained.load_weights(untrained_weights)
-    else:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
-        import torch
-
-        from learner.networks import Actor
-        from learner.policy import torch_dtype
-
-        torch.manual_seed(cfg.run.seed)
-        untrained.actor = Actor(cfg.network).to(torch_dtype(cfg.network.dtype)).eval()
     result = {"heldout_structures": len(structures), "fmax": cfg.env.fmax, "max_steps": cfg.env.max_steps,
               "trained": evaluate_policy(trained, structures, cfg.env),
               "untrained": evaluate_policy(untrained, structures, cfg.env),

@@ -90,21 +90,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 def evaluate_policy(policy, structures: Sequence, env_cfg) -> dict[str, Any]:
     """Greedy rollouts of ``policy`` (no noise) on each structure; success = Fmax < fmax within max_steps."""
     from actors.env import RelaxEnv
+    from actors.rollout import run_episode
 
     env = RelaxEnv(env_cfg)
     per = []
     for atoms in structures:
-        obs = env.reset(atoms)
-        fmax0 = obs.fmax
-        while True:
-            res = env.step(policy.act(obs))
-            obs = res.obs
-            if res.terminated or res.truncated:
-                break
-        per.append({"name": atoms.info.get("name", atoms.get_chemical_formula()), "n_atoms": len(atoms),
-                    "converged": bool(res.info["converged"]), "steps": int(res.info["steps"]),
-                    "force_calls": int(res.info["force_calls"]), "fmax_start": float(fmax0),
-                    "fmax_final": float(res.info["fmax"])})
+        ep = run_episode(env, policy.act, atoms)
+        per.append({"name": ep["name"], "n_atoms": ep["n_atoms"], "converged": ep["converged"], "steps": ep["steps"],
+                    "force_calls": ep["force_calls"], "fmax_start": ep["fmax_initial"], "fmax_final": ep["fmax_final"]})
     n = max(len(per), 1)
     return {"structures": len(per), "success_rate": sum(p["converged"] for p in per) / n,
             "mean_steps": float(np.mean([p["steps"] for p in per])) if per else 0.0,
