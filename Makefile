@@ -19,6 +19,7 @@ demo: setup
 
 test: setup
 	bash scripts/sysdeps.sh
+	$(BIN)/lint-imports
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: setup

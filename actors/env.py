@@ -46,10 +46,10 @@ from ase.calculators.calculator import Calculator
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
-from actors.config import EnvConfig
-from actors.observation import Observation, env_features
+from common.config import EnvConfig
+from common.observation import Observation, env_features
 from actors.structures import StructureError, check_structure
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 __all__ = [
     "ActionError",

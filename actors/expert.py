@@ -14,9 +14,9 @@ import math
 
 import numpy as np
 
-from actors.config import ExpertConfig
-from actors.observation import Observation
-from relaxrl.errors import RelaxRLError
+from common.config import ExpertConfig
+from common.observation import Observation
+from common.errors import RelaxRLError
 
 __all__ = ["BFGSExpert", "ExpertError", "fake_step_probability"]
 

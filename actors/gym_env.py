@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 from gymnasium import spaces
 
-from actors.config import CurriculumConfig, EnvConfig
+from common.config import CurriculumConfig, EnvConfig
 from actors.env import RelaxEnv
 from actors.structures import Curriculum, generate_demo
 

@@ -19,11 +19,11 @@ import numpy as np
 
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert, fake_step_probability
-from actors.observation import Observation
+from common.observation import Observation
 from learner.graph import with_neighbor_list
 from learner.policy import Policy
-from learner.schedules import linear
-from replay_service.codec import Transition
+from common.schedules import linear
+from common.transition import Transition
 
 
 class OnlineActor:

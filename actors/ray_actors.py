@@ -61,7 +61,7 @@ class ActorProcess:
         self.loop = cls(config, writer, HubClient(hub_handle), actor_id=actor_id, seed=seed)
         self._metrics = None
         try:
-            from relaxrl.metrics import RayMetrics
+            from actors.ray_metrics import RayMetrics
 
             self._metrics = RayMetrics()
         except Exception:  # metrics are optional; the loop must run without them

@@ -9,7 +9,7 @@ from ase import Atoms
 
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert
-from actors.observation import Observation
+from common.observation import Observation
 
 __all__ = ["run_episode", "run_expert_episode"]
 

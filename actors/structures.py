@@ -28,8 +28,8 @@ from ase import Atoms
 from ase.data import atomic_numbers, covalent_radii, reference_states
 from ase.neighborlist import neighbor_list
 
-from actors.config import CurriculumConfig
-from relaxrl.errors import RelaxRLError
+from common.config import CurriculumConfig
+from common.errors import RelaxRLError
 
 __all__ = [
     "Curriculum",

@@ -35,7 +35,7 @@ from ase.calculators.emt import EMT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.observation import Observation  # noqa: E402
+from common.observation import Observation  # noqa: E402
 from learner.graph import Graph, batch_graphs, neighbor_list  # noqa: E402
 from learner.networks import Actor, Critic, NetworkConfig, TwinCritic, count_parameters  # noqa: E402
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from learner.policy import Policy, load_policy  # noqa: E402
-from relaxrl.config import load_config  # noqa: E402
+from common.config import load_config  # noqa: E402
 from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures  # noqa: E402
 
 # ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.

@@ -36,10 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors.observation import Observation  # noqa: E402
+from common.observation import Observation  # noqa: E402
 from replay_service.client import ReplayClient  # noqa: E402
-from replay_service.codec import CodecError, Transition  # noqa: E402
-from replay_service.config import ReplayConfig  # noqa: E402
+from common.transition import Transition  # noqa: E402
+from replay_service.codec import CodecError  # noqa: E402
+from common.config import ReplayConfig  # noqa: E402
 from replay_service.server import start_embedded  # noqa: E402
 
 ID_STRIDE = 10**9  # identity = writer * ID_STRIDE + sequence, exact in float64

@@ -39,7 +39,7 @@ def main() -> None:
 
     from actors.env import RelaxEnv
     from actors.expert import BFGSExpert
-    from relaxrl.config import load_config
+    from common.config import load_config
     from relaxrl.launcher import Run
 
     cfg = load_config(args.config, args.overrides)

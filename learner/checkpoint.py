@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 FORMAT = "relaxrl-checkpoint-1"
 _NAME = re.compile(r"ckpt-(\d{8})\.pt$")

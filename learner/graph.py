@@ -53,9 +53,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from actors.observation import Observation
-from learner.config import NetworkConfig
-from relaxrl.errors import RelaxRLError
+from common.observation import Observation
+from common.config import NetworkConfig
+from common.errors import RelaxRLError
 
 __all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_actions", "torch_dtype", "with_neighbor_list"]
 

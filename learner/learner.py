@@ -21,8 +21,8 @@ from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
 from learner.networks import Actor, TwinCritic
-from learner.schedules import linear
-from relaxrl.errors import RelaxRLError
+from common.schedules import linear
+from common.errors import RelaxRLError
 
 
 class TrainingDiverged(RelaxRLError):
@@ -218,7 +218,7 @@ class Learner:
         return row
 
     def checkpoint(self) -> Path:
-        from relaxrl.config import to_dict
+        from common.config import to_dict
 
         c = self.counters
         try:

@@ -40,9 +40,9 @@ from e3nn import o3
 from e3nn.nn import Gate
 from torch import nn
 
-from learner.config import NetworkConfig
+from common.config import NetworkConfig
 from learner.graph import Graph, torch_dtype
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 __all__ = [
     "Actor",

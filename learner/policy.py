@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from actors.observation import Observation, env_features
+from common.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
 from learner.networks import Actor
@@ -24,7 +24,7 @@ class Policy:
     """An e3nn actor with the run config it was trained with."""
 
     def __init__(self, config, device: str | torch.device = "cpu", actor: Actor | None = None):
-        self.config = config  # relaxrl.config.RunConfig
+        self.config = config  # common.config.RunConfig
         self.device = torch.device(device)
         self.dtype = torch_dtype(config.network.dtype)
         self.actor = actor if actor is not None else Actor(config.network).to(self.device, self.dtype)
@@ -64,7 +64,7 @@ class Policy:
 
 def save_policy(run_dir: str | Path, config, actor: torch.nn.Module, updates: int = 0, **extra) -> Path:
     """A checkpoint holding only what a policy needs (the learner's checkpoints hold more and load here too)."""
-    from relaxrl.config import to_dict
+    from common.config import to_dict
 
     return save_checkpoint(run_dir, updates, {"config": to_dict(config), "actor": actor.state_dict(),
                                                "counters": {"updates": updates, "t_total": 0}, **extra})
@@ -75,7 +75,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
 
     ``expect_config``: a RunConfig whose network section the checkpoint must match.
     """
-    from relaxrl.config import ConfigError, from_dict
+    from common.config import ConfigError, from_dict
 
     data = load_checkpoint(path, map_location=device)
     try:

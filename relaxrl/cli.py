@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Callable
 
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 DEFAULT_CONFIG = "configs/demo.toml"
 
@@ -29,7 +29,7 @@ def _config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFI
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    from relaxrl.config import SECTIONS, describe, load_config, to_dict
+    from common.config import SECTIONS, describe, load_config, to_dict
     import tomli_w
 
     cfg = load_config(args.config, args.overrides)

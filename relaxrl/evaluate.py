@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 from relaxrl.optimizer import CountingCalculator, RLOptimizer
 
 OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
@@ -359,7 +359,7 @@ def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
 
 def eval_command(args: argparse.Namespace) -> int:
     """`relaxrl eval`: see the module docstring; writes report.json, report.md and plots to --out."""
-    from relaxrl.config import load_config
+    from common.config import load_config
     from relaxrl.reports import print_summary, write_report
 
     names = parse_optimizers(args.optimizers)
@@ -376,7 +376,7 @@ def eval_command(args: argparse.Namespace) -> int:
     elif policy is not None:
         cfg = policy.config
         if args.overrides:
-            from relaxrl.config import from_dict, parse_override, to_dict
+            from common.config import from_dict, parse_override, to_dict
 
             data = to_dict(cfg)
             for text in args.overrides:

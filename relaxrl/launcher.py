@@ -22,8 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relaxrl.config import RunConfig, dump_config, load_config
-from relaxrl.errors import RelaxRLError
+from common.config import RunConfig, dump_config, load_config
+from common.errors import RelaxRLError
 
 log = logging.getLogger("relaxrl.train")
 
@@ -196,10 +196,10 @@ _LOSS_NAMES = {"losses/critic": "critic", "losses/actor": "actor", "losses/bc": 
 
 
 class LearnerMetrics:
-    """Learner-side Prometheus metrics through Ray's exporter (names from relaxrl.metrics)."""
+    """Learner-side Prometheus metrics through Ray's exporter (names from common.metrics)."""
 
     def __init__(self):
-        from relaxrl.metrics import RayMetrics
+        from actors.ray_metrics import RayMetrics
 
         self.m = RayMetrics()
         self._updates = 0

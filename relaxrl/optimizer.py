@@ -41,7 +41,7 @@ from ase.optimize import BFGS
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.utils.abc import Optimizable
 
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 __all__ = ["RLOptimizer", "CountingCalculator", "UnsupportedOptimizableError", "DEFAULT_MAX_STEPS"]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ase import Atoms
 
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 
 class RelaxError(RelaxRLError):

@@ -34,8 +34,9 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import redis
 
-from replay_service.codec import CodecError, Transition, decode_many, encode_many
-from replay_service.config import ReplayConfig
+from common.transition import Transition
+from replay_service.codec import CodecError, decode_many, encode_many
+from common.config import ReplayConfig
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
 from replay_service.table import LAYOUT_VERSION, SCRIPTS, TABLES, TableSpec
 

@@ -20,13 +20,13 @@ failure is a :class:`CodecError` and nothing else. Decoded arrays are writable.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from actors.observation import Observation
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
+from common.observation import Observation
+from common.transition import Transition
 
 MAGIC = b"RXRL"
 VERSION = 1
@@ -53,21 +53,6 @@ class CodecError(RelaxRLError, ValueError):
     """A transition cannot be encoded, or bytes are not a valid encoded transition."""
 
 
-@dataclass
-class Transition:
-    """One environment step as stored in replay."""
-
-    obs: Observation
-    action: np.ndarray  # [n, 3] float64, Å: a_pred, what the policy proposed (with noise)
-    actual_move: np.ndarray  # [n, 3] float64, Å: a_actual, what the environment applied
-    reward: float
-    terminated: bool
-    truncated: bool
-    next_obs: Observation
-    a_back: float = 0.0  # fraction of the move the environment took back (0..1)
-    expert_action: np.ndarray | None = None  # [n, 3] float64, Å: a_expert (expert-table items)
-
-
 # ----------------------------------------------------------------------------- encode
 
 
@@ -82,7 +67,7 @@ def _floats(name: str, x: object, shape: tuple[int, ...]) -> np.ndarray:
 
 def _obs_parts(prefix: str, o: Observation, n: int, d: int) -> list[np.ndarray]:
     if not isinstance(o, Observation):
-        raise CodecError(f"transition.{prefix} is a {type(o).__name__}, expected actors.observation.Observation")
+        raise CodecError(f"transition.{prefix} is a {type(o).__name__}, expected common.observation.Observation")
     return [
         _floats(f"{prefix}.positions", o.positions, (n, 3)),
         _floats(f"{prefix}.cell", o.cell, (3, 3)),
@@ -139,7 +124,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
         raise CodecError(f"expected a Transition, got {type(t).__name__}")
     o0, o1 = t.obs, t.next_obs
     if not isinstance(o0, Observation) or not isinstance(o1, Observation):
-        raise CodecError("transition.obs and transition.next_obs must be actors.observation.Observation")
+        raise CodecError("transition.obs and transition.next_obs must be common.observation.Observation")
     nums = o0.numbers
     n = nums.shape[0] if isinstance(nums, np.ndarray) and nums.ndim == 1 else (
         int(np.shape(nums)[0]) if np.ndim(nums) == 1 else -1)

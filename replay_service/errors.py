@@ -1,7 +1,7 @@
-"""Expected failures of the replay service (all :class:`relaxrl.errors.RelaxRLError`)."""
+"""Expected failures of the replay service (all :class:`common.errors.RelaxRLError`)."""
 from __future__ import annotations
 
-from relaxrl.errors import RelaxRLError
+from common.errors import RelaxRLError
 
 
 class ReplayError(RelaxRLError):

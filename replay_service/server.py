@@ -252,7 +252,7 @@ class ReplayCollector:
         self.client = client
 
     def collect(self) -> Iterator[Any]:
-        from relaxrl.metrics import prometheus_family  # names, types and help text live in the metrics spec
+        from common.metrics import prometheus_family  # names, types and help text live in the metrics spec
 
         up = prometheus_family("relaxrl_replay_up")
         try:
@@ -321,7 +321,7 @@ class ReplayMetricsServer:
 
 def serve_command(args: Any) -> int:
     """`relaxrl replay serve`: create/check the tables, export metrics, run until SIGTERM or Ctrl-C."""
-    from relaxrl.config import load_config
+    from common.config import load_config
 
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []))
     rcfg = cfg.replay

@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from actors.observation import Observation
+from common.observation import Observation
 
 
 def load_module(path: Path, name: str) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from relaxrl.cli import main
-from relaxrl.config import ConfigError, RunConfig, dump_config, field_docs, load_config
-from learner.config import LearnerConfig
+from common.config import ConfigError, RunConfig, dump_config, field_docs, load_config
+from common.config import LearnerConfig
 
 
 def test_presets_load():
@@ -56,7 +56,7 @@ def test_roundtrip(tmp_path):
 
 
 def test_every_field_documented():
-    from relaxrl.config import SECTIONS
+    from common.config import SECTIONS
     import dataclasses
 
     for cls in SECTIONS.values():

@@ -17,7 +17,7 @@ import pytest
 from helpers import load_module
 import yaml
 
-from relaxrl.metrics import METRICS, promql_name, spec_for_promql_name
+from common.metrics import METRICS, promql_name, spec_for_promql_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -226,7 +226,7 @@ def test_every_dashboard_query_names_only_spec_metrics(dashboard: dict[str, Any]
         assert names, f"query names no relaxrl metric: {expr}"
         for series in names:
             spec = spec_for_promql_name(series)
-            assert spec is not None, f"{series} in {expr!r} is not a relaxrl/metrics.py metric (prefix rule: promql_name)"
+            assert spec is not None, f"{series} in {expr!r} is not a common/metrics.py metric (prefix rule: promql_name)"
             used.add(spec.name)
     assert used == set(METRICS), f"metrics without a panel: {set(METRICS) - used}"
 

@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import covalent_radii
 
-from actors.config import CurriculumConfig
+from common.config import CurriculumConfig
 from actors.env import (
     ActionError,
     CalculatorError,
@@ -21,7 +21,7 @@ from actors.env import (
     force_stats,
 )
 from actors.expert import BFGSExpert
-from actors.observation import Observation
+from common.observation import Observation
 from actors.structures import StructureError, generate_demo, random_cluster, rattled_bulk
 
 R_CU = covalent_radii[29]  # Å

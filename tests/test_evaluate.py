@@ -16,7 +16,7 @@ from ase.optimize import BFGS, FIRE
 
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
-from relaxrl.config import load_config
+from common.config import load_config
 from relaxrl.evaluate import EvalError, _judge, evaluate, fragment_count, parse_optimizers
 from test_optimizer import ForcePolicy
 

@@ -6,7 +6,7 @@ import pytest
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS
 
-from actors.config import EnvConfig, ExpertConfig
+from common.config import EnvConfig, ExpertConfig
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert, ExpertError, fake_step_probability
 from actors.rollout import run_expert_episode

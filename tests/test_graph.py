@@ -11,8 +11,8 @@ from ase.calculators.emt import EMT
 from ase.neighborlist import primitive_neighbor_list
 
 import learner.graph as graph_mod
-from actors.observation import Observation
-from learner.config import NetworkConfig
+from common.observation import Observation
+from common.config import NetworkConfig
 from learner.graph import GraphError, batch_graphs, neighbor_list, stack_actions, with_neighbor_list
 
 

@@ -1,4 +1,4 @@
-"""relaxrl/metrics.py: the spec, RayMetrics (without Ray and inside a real Ray instance),
+"""common/metrics.py: the spec, RayMetrics (without Ray and inside a real Ray instance),
 PrometheusMetrics (served over HTTP), and a real Prometheus scraping both endpoints."""
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 from helpers import load_module
 from prometheus_client.parser import text_string_to_metric_families
 
-from relaxrl.metrics import (
+from actors.ray_metrics import RayMetrics
+from common.metrics import (
     METRICS,
     REPLAY_METRIC_NAMES,
     PrometheusMetrics,
-    RayMetrics,
     prometheus_family,
     promql_name,
     replay_prometheus_registry,
@@ -241,7 +241,7 @@ def test_replay_service_endpoint_exports_only_spec_metrics(redis_server: Any, tm
     for family in families:
         for sample in family.samples:
             spec = spec_for_promql_name(sample.name)
-            assert spec is not None, f"replay service exports {sample.name}, which relaxrl/metrics.py lacks"
+            assert spec is not None, f"replay service exports {sample.name}, which common/metrics.py lacks"
             assert family.type == spec.kind, sample.name
             assert set(sample.labels) == set(spec.tag_keys), sample.name
             exported.add(spec.name)
@@ -288,7 +288,7 @@ def ray_metrics_port() -> Any:
         @ray.remote(num_cpus=0)
         class Recorder:
             def record(self, gauges: dict[str, float]) -> bool:
-                from relaxrl.metrics import RayMetrics  # imported in the actor's process
+                from actors.ray_metrics import RayMetrics  # imported in the actor's process
 
                 m = RayMetrics()
                 for name, v in gauges.items():

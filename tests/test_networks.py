@@ -13,7 +13,7 @@ from ase.calculators.emt import EMT
 from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
-from actors.observation import Observation
+from common.observation import Observation
 from learner.graph import Graph, batch_graphs
 from learner.networks import (
     Actor,

@@ -15,9 +15,9 @@ from ase.io import read
 from ase.optimize import BFGS
 
 from actors.env import RelaxEnv, correct_action
-from actors.observation import Observation, env_features
+from common.observation import Observation, env_features
 from learner.policy import Policy, load_policy, save_policy
-from relaxrl.config import RunConfig, load_config
+from common.config import RunConfig, load_config
 from relaxrl.optimizer import CountingCalculator, RLOptimizer, UnsupportedOptimizableError
 
 

@@ -15,7 +15,7 @@ from ase.io import read, write
 
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
-from relaxrl.config import load_config
+from common.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"(NOT )?converged in (\d+) steps.*, (\d+) force calls, final Fmax ([\d.]+) eV/Å.*energy change ([-+][\d.]+) eV")

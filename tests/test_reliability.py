@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replay_service.client import ReplayClient
-from replay_service.codec import VERSION, CodecError, Transition, encode
-from replay_service.config import ReplayConfig
+from common.transition import Transition
+from replay_service.codec import VERSION, CodecError, encode
+from common.config import ReplayConfig
 from replay_service.errors import ReplayConnectionError
 from replay_service.server import redis_server_binary, start_embedded
 from tests.test_replay_client import client_for, transitions
@@ -81,7 +82,7 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A live tiny run in this process: Ray, embedded Redis (appendfsync always), one online + one expert actor."""
-    from relaxrl.config import load_config
+    from common.config import load_config
     from relaxrl.launcher import Run
 
     cfg = load_config(TINY, ["replay.appendfsync='always'", "replay.online_max_size=100000",
@@ -167,7 +168,7 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
     import psutil
 
     from learner.checkpoint import list_checkpoints, load_checkpoint
-    from relaxrl.config import load_config
+    from common.config import load_config
 
     run_dir = tmp_path / "run"
     base = [sys.executable, "-m", "relaxrl.cli", "train", "--no-progress"]
@@ -239,7 +240,7 @@ def test_an_orphaned_embedded_redis_is_shut_down_and_its_data_kept(tmp_path):
     code = ("import os, signal, sys\n"
             "from replay_service.server import start_embedded\n"
             "from replay_service.client import ReplayClient\n"
-            "from replay_service.config import ReplayConfig\n"
+            "from common.config import ReplayConfig\n"
             "from tests.test_replay_client import transitions\n"
             "srv = start_embedded(sys.argv[1])\n"
             "c = ReplayClient(srv.url, ReplayConfig(namespace='orphan'))\n"
@@ -404,7 +405,7 @@ def test_infinite_forces_from_a_calculator_end_the_episode_and_store_finite_data
     from ase import Atoms
     from ase.calculators.calculator import Calculator, all_changes
 
-    from actors.config import EnvConfig
+    from common.config import EnvConfig
     from actors.env import RelaxEnv
 
     class InfAfter(Calculator):
@@ -436,7 +437,7 @@ def test_nan_actions_from_a_diverged_policy_are_applied_as_no_move_and_not_store
     from actors.coordinator import Coordinator
     from actors.loop import OnlineActor
     from actors.structures import Curriculum, load_structures
-    from relaxrl.config import load_config
+    from common.config import load_config
 
     cfg = load_config(TINY, ["actors.insert_batch=1"])
     cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
@@ -546,7 +547,7 @@ def test_resume_with_another_network_size_is_a_checkpoint_error(tmp_path):
     from learner.checkpoint import CheckpointError
     from learner.learner import Learner
     from learner.policy import load_policy
-    from relaxrl.config import load_config
+    from common.config import load_config
 
     small = load_config(TINY)
     Learner(small, None, tmp_path).checkpoint()

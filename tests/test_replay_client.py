@@ -15,7 +15,7 @@ from scipy import stats
 
 from replay_service.client import ReplayClient
 from replay_service.codec import CodecError, encode
-from replay_service.config import ReplayConfig
+from common.config import ReplayConfig
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
 from tests.test_replay_codec import make_transition
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.observation import Observation
-from replay_service.codec import VERSION, CodecError, Transition, decode, decode_many, encode, encode_many
+from common.observation import Observation
+from common.transition import Transition
+from replay_service.codec import VERSION, CodecError, decode, decode_many, encode, encode_many
 
 
 def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: bool = True, d: int = 2,

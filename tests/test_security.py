@@ -24,7 +24,7 @@ import torch
 from learner.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from learner.policy import load_policy
 from relaxrl.cli import main
-from relaxrl.config import load_config, to_dict
+from common.config import load_config, to_dict
 from replay_service.codec import CodecError, decode
 from replay_service.errors import ReplayConfigError
 from replay_service.server import check_url_security

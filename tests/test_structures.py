@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.build import bulk, fcc111
 from ase.io import write
 
-from actors.config import CurriculumConfig
+from common.config import CurriculumConfig
 from actors.env import EnvConfig, RelaxEnv
 from actors.structures import (
     Curriculum,

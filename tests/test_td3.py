@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from learner import td3
-from learner.schedules import exponential, linear
+from common.schedules import exponential, linear
 
 
 def t(*v):

@@ -31,8 +31,8 @@ import pytest
 from helpers import load_module
 from prometheus_client.parser import text_string_to_metric_families
 
-from relaxrl.config import load_config
-from relaxrl.metrics import METRICS, promql_name, spec_for_promql_name
+from common.config import load_config
+from common.metrics import METRICS, promql_name, spec_for_promql_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -78,7 +78,7 @@ def test_cluster_preset_validates() -> None:
 def test_replay_metrics_server_serves_the_collector_and_closes(redis_server: Any) -> None:
     """The piece `relaxrl train` (replay.metrics_port) and `relaxrl replay serve` share."""
     from replay_service.client import ReplayClient
-    from replay_service.config import ReplayConfig
+    from common.config import ReplayConfig
     from replay_service.errors import ReplayConfigError
     from replay_service.server import ReplayMetricsServer
 

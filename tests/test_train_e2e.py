@@ -70,7 +70,7 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
 def test_killed_actor_is_restarted_and_training_goes_on(tmp_path):
     import ray
 
-    from relaxrl.config import load_config
+    from common.config import load_config
     from relaxrl.launcher import Run
 
     cfg = load_config(ROOT / "configs" / "tiny.toml", ["actors.num_online=1", "actors.num_expert=1"])

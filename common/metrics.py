@@ -2,7 +2,7 @@
 
 Two exporters share this spec:
 
-* :class:`RayMetrics` — used inside Ray processes (actors, the learner). It records through
+* ``RayMetrics`` (in ``actors/ray_metrics.py``, next to the other Ray wrappers) — used inside Ray processes (actors, the learner). It records through
   ``ray.util.metrics``; Ray exports every metric at its node's ``--metrics-export-port``
   with the prefix ``ray_``: ``relaxrl_q_value`` is scraped as ``ray_relaxrl_q_value``.
   Without Ray (unit tests, a learner stepped by hand) it validates every call and keeps
@@ -315,7 +315,7 @@ def get_spec(name: str) -> MetricSpec:
     try:
         return METRICS[name]
     except KeyError:
-        raise ValueError(f"unknown metric {name!r}; relaxrl/metrics.py defines: {', '.join(METRICS)}") from None
+        raise ValueError(f"unknown metric {name!r}; common/metrics.py defines: {', '.join(METRICS)}") from None
 
 
 _METHOD_KIND: dict[str, MetricKind] = {"set": "gauge", "inc": "counter", "observe": "histogram"}
@@ -369,81 +369,6 @@ class _Recorder:
     def value(self, metric: str, /, **tags: Any) -> float | None:
         """The snapshot value of one series, or None if it was never recorded."""
         return self._last.get((metric, tuple(sorted((k, str(v)) for k, v in tags.items()))))
-
-
-# Ray metric objects are per process and keyed by name: two RayMetrics in one process (a
-# laptop run with actors and learner side by side) share them instead of registering twice.
-_RAY_OBJECTS: dict[str, Any] = {}
-
-
-class RayMetrics(_Recorder):
-    """Record relaxrl metrics from inside a Ray actor or the learner.
-
-    >>> m = RayMetrics()
-    >>> m.set("relaxrl_q_value", 1.5)
-    >>> m.inc("relaxrl_env_steps_total", 8, kind="online")
-    >>> m.observe("relaxrl_episode_force_calls", 37)
-    >>> m.set("relaxrl_loss", 0.3, name="critic")   # tags are keyword arguments
-
-    The metric and the value are positional-only, so a tag may be called ``name``.
-
-    Ray metric objects are created on first use, only while Ray is initialised
-    (``ray.is_initialized()``); otherwise each call is validated and remembered but not
-    exported, so code that records metrics runs unchanged in plain unit tests.
-    """
-
-    def set(self, metric: str, value: float, /, **tags: Any) -> None:
-        """Set gauge ``metric`` to ``value``."""
-        spec, x, t = _check("set", metric, value, tags, "ray")
-        self._remember(spec, x, t)
-        metric = self._ray_metric(spec)
-        if metric is not None:
-            metric.set(x, tags=t or None)
-
-    def inc(self, metric: str, value: float = 1, /, **tags: Any) -> None:
-        """Add ``value`` (≥ 0; 0 is a no-op) to counter ``metric``."""
-        spec, x, t = _check("inc", metric, value, tags, "ray")
-        if x == 0:
-            return
-        self._remember(spec, x, t)
-        metric = self._ray_metric(spec)
-        if metric is not None:
-            metric.inc(x, tags=t or None)
-
-    def observe(self, metric: str, value: float, /, **tags: Any) -> None:
-        """Add one observation ``value`` to histogram ``metric``."""
-        spec, x, t = _check("observe", metric, value, tags, "ray")
-        self._remember(spec, x, t)
-        metric = self._ray_metric(spec)
-        if metric is not None:
-            metric.observe(x, tags=t or None)
-
-    @property
-    def exporting(self) -> bool:
-        """True when recordings reach Ray's exporter (Ray is initialised in this process)."""
-        import ray
-
-        return ray.is_initialized()
-
-    @staticmethod
-    def _ray_metric(spec: MetricSpec) -> Any | None:
-        import ray
-
-        if not ray.is_initialized():
-            return None
-        metric = _RAY_OBJECTS.get(spec.name)
-        if metric is None:
-            from ray.util import metrics as rm
-
-            if spec.kind == "gauge":
-                metric = rm.Gauge(spec.name, spec.ascii_description, tag_keys=spec.tag_keys)
-            elif spec.kind == "counter":
-                metric = rm.Counter(spec.name, spec.ascii_description, tag_keys=spec.tag_keys)
-            else:
-                metric = rm.Histogram(spec.name, spec.ascii_description, boundaries=list(spec.boundaries),
-                                      tag_keys=spec.tag_keys)
-            _RAY_OBJECTS[spec.name] = metric
-        return metric
 
 
 class PrometheusMetrics(_Recorder):

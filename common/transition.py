@@ -1,0 +1,23 @@
+"""The transition: one environment step, as actors write it and the replay stores it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.observation import Observation
+
+
+@dataclass
+class Transition:
+    """One environment step as stored in replay."""
+
+    obs: Observation
+    action: np.ndarray  # [n, 3] float64, Å: a_pred, what the policy proposed (with noise)
+    actual_move: np.ndarray  # [n, 3] float64, Å: a_actual, what the environment applied
+    reward: float
+    terminated: bool
+    truncated: bool
+    next_obs: Observation
+    a_back: float = 0.0  # fraction of the move the environment took back (0..1)
+    expert_action: np.ndarray | None = None  # [n, 3] float64, Å: a_expert (expert-table items)
