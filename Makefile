@@ -9,7 +9,7 @@ $(BIN)/relaxrl: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,mlip]"
 	touch $(BIN)/relaxrl
 
 setup: $(BIN)/relaxrl
@@ -20,6 +20,7 @@ demo: setup
 test: setup
 	bash scripts/sysdeps.sh
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs --durations=15
 
 test-fast: setup

@@ -31,11 +31,19 @@ Reward (all weights in :class:`EnvConfig`; F in eV/Å over per-atom force norms)
 returns non-finite forces/energy or raises (then ``info["error"]`` says why, the atoms are
 put back where they were, and the observation is the last finite one).
 
-The environment ignores ASE constraints (they are removed on reset).
+ASE constraints of the structure (``FixAtoms``, selective dynamics, ...) hold throughout, as
+in ASE's optimizers: forces are read with the constraints applied (a fixed atom has zero
+force and does not count in Fmax), and every applied move goes through the constraints'
+``adjust_positions`` after the correction above (so a fixed atom never moves; what a
+constraint removes is not counted in ``a_back``, which measures the correction only).
+
+Each observation carries the path history (``Observation.history``: the previous actual
+move and the force change it caused; zeros after ``reset``), the information a
+quasi-Newton method keeps; ``RLOptimizer`` builds the same.
 """
 from __future__ import annotations
 
-import importlib
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,10 +54,11 @@ from ase.calculators.calculator import Calculator
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
-from common.config import EnvConfig
-from common.observation import Observation, env_features
+from actors.calculators import CalculatorError, make_calculator
 from actors.structures import StructureError, check_structure
+from common.config import EnvConfig
 from common.errors import RelaxRLError
+from common.observation import HISTORY_DIM, Observation, env_features, history_after
 
 __all__ = [
     "ActionError",
@@ -72,10 +81,6 @@ __all__ = [
 _CAP_RTOL = 1e-9
 # Relative tolerance on squared pair distances when testing for a violation.
 _DIST2_RTOL = 1e-9
-
-
-class CalculatorError(RelaxRLError):
-    """The calculator named in the config cannot be built or fails on the initial structure."""
 
 
 class ActionError(RelaxRLError, ValueError):
@@ -106,34 +111,7 @@ def validate_env_config(cfg: EnvConfig) -> None:
 # ----------------------------------------------------------------------------- calculator
 
 
-def make_calculator(name: str, kwargs: dict | None = None) -> Calculator:
-    """Build an ASE calculator from its name: ``'emt'`` or ``'module:Class'`` / ``'module.Class'``."""
-    kwargs = dict(kwargs or {})
-    if name.lower() == "emt":
-        from ase.calculators.emt import EMT
-
-        return EMT(**kwargs)
-    if ":" in name:
-        module_name, _, cls_name = name.partition(":")
-    else:
-        module_name, _, cls_name = name.rpartition(".")
-    if not module_name or not cls_name:
-        raise CalculatorError(
-            f"calculator {name!r} is not 'emt' nor 'module:Class'; set env.calculator to e.g. "
-            "'emt' or 'ase.calculators.lj:LennardJones'"
-        )
-    try:
-        cls = getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise CalculatorError(
-            f"calculator {name!r} cannot be imported ({e}); install its package or fix env.calculator"
-        ) from None
-    try:
-        return cls(**kwargs)
-    except Exception as e:  # a third-party constructor may raise anything
-        raise CalculatorError(
-            f"calculator {name!r} rejected env.calculator_kwargs={kwargs!r}: {type(e).__name__}: {e}"
-        ) from None
+# make_calculator lives in actors.calculators (built-in names, MLIPs, the per-process model cache).
 
 
 # ----------------------------------------------------------------------------- correction
@@ -338,6 +316,8 @@ class RelaxEnv:
         check_structure(atoms, name, calculator=self._calc_name,
                         min_distance_factor=self.cfg.min_distance_factor)
         a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        if atoms.constraints:
+            a.set_constraint(copy.deepcopy(atoms.constraints))
         a.info["name"] = name
         self.calc.reset()
         a.calc = self.calc
@@ -365,6 +345,7 @@ class RelaxEnv:
                 "for the initial structure; check the structure (overlapping atoms?) and the calculator"
             )
         self._pairs = self._build_pairs(self._pos)
+        self._history = np.zeros((len(a), HISTORY_DIM))  # [n_atoms, 6] Å, eV/Å
         self._forces, self._energy = forces, energy
         self._fmax, self._fmean = force_stats(forces)
         self._done = False
@@ -386,6 +367,11 @@ class RelaxEnv:
             if not self._pairs.valid_for(self._pos):
                 self._pairs = self._build_pairs(self._pos)
             actual, a_back = correct_action(self, proposed, cfg, pairs=self._pairs)
+            if self._atoms.constraints and actual.any():
+                target = self._pos + actual  # [n_atoms, 3] Å
+                for c in self._atoms.constraints:
+                    c.adjust_positions(self._atoms, target)
+                actual = target - self._pos
 
         fmax_prev = self._fmax
         self.steps += 1
@@ -406,8 +392,11 @@ class RelaxEnv:
                 self._atoms.set_positions(self._pos, apply_constraint=False)
                 actual = np.zeros_like(self._pos)
             else:
+                self._history = history_after(actual, self._forces, forces)
                 self._pos, self._forces, self._energy = new_pos, forces, energy
                 self._fmax, self._fmean = force_stats(forces)
+        if not actual.any():
+            self._history = np.zeros_like(self._history)
 
         self._last_a_back = a_back
         converged = (not failed) and self._fmax < cfg.fmax
@@ -451,7 +440,7 @@ class RelaxEnv:
 
     def _evaluate(self) -> tuple[np.ndarray, float]:
         """Forces (eV/Å) and energy (eV) at the current positions (one calculator call)."""
-        forces = np.asarray(self._atoms.get_forces(apply_constraint=False), dtype=np.float64)
+        forces = np.asarray(self._atoms.get_forces(apply_constraint=True), dtype=np.float64)
         energy = float(self._atoms.get_potential_energy())
         return forces, energy
 
@@ -471,4 +460,5 @@ class RelaxEnv:
             forces=self._forces.copy(),
             energy=self._energy,
             env_features=self._env_features(),
+            history=self._history.copy(),
         )

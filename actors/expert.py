@@ -4,19 +4,18 @@
 positions and forces) and returns the displacement BFGS would apply from the observed
 state: the Hessian update from the previous step, the eigen-decomposition step
 ``dx = V (Vᵀ f / |ω|)``, and the uniform rescaling that makes the longest atom move
-``maxstep`` Å. It never jumps to the minimum. Followed alone through :class:`RelaxEnv`
-(``maxstep ≤ env.max_step`` and no collision correction), it reproduces
+``maxstep`` Å (the actors pass ``env.max_step``). It never jumps to the minimum. Followed
+alone through :class:`RelaxEnv` (``maxstep ≤ env.max_step`` and no collision correction), it reproduces
 ``ase.optimize.BFGS`` step for step — ``tests/test_expert.py`` checks this.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from common.config import ExpertConfig
-from common.observation import Observation
 from common.errors import RelaxRLError
+from common.observation import Observation
+from common.schedules import SCHEDULES
 
 __all__ = ["BFGSExpert", "ExpertError", "fake_step_probability"]
 
@@ -82,18 +81,7 @@ class BFGSExpert:
 def fake_step_probability(t_total: int, cfg: ExpertConfig) -> float:
     """Probability that an expert actor's step is a fake (BFGS) step at ``t_total`` (nfake).
 
-    Moves from ``p_start`` at t_total = 0 to ``p_end`` at ``decay_steps`` and stays there.
-    ``linear``: straight line. ``exponential``: ``p_end + (p_start − p_end)·g(x)`` with
-    ``g(x) = (e^(−5x) − e^(−5)) / (1 − e^(−5))``, x = t_total / decay_steps, so the
-    endpoints are exact and most of the decay happens early.
+    Moves from ``p_start`` at t_total = 0 to ``p_end`` at ``decay_steps`` and stays there,
+    along the ``expert.schedule`` shape of :mod:`common.schedules`.
     """
-    if cfg.decay_steps <= 0:
-        return float(cfg.p_end)
-    x = min(max(t_total, 0) / cfg.decay_steps, 1.0)
-    if cfg.schedule == "linear":
-        g = 1.0 - x
-    elif cfg.schedule == "exponential":
-        g = (math.exp(-5.0 * x) - math.exp(-5.0)) / (1.0 - math.exp(-5.0))
-    else:
-        raise ExpertError(f"expert.schedule must be 'linear' or 'exponential', got {cfg.schedule!r}")
-    return float(cfg.p_end + (cfg.p_start - cfg.p_end) * g)
+    return SCHEDULES[cfg.schedule](cfg.p_start, cfg.p_end, cfg.decay_steps, max(t_total, 0))

@@ -14,16 +14,17 @@ Reward, termination and truncation are :class:`RelaxEnv`'s.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence as Seq
+from collections.abc import Sequence as Seq
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from ase import Atoms
 from gymnasium import spaces
 
-from common.config import CurriculumConfig, EnvConfig
 from actors.env import RelaxEnv
 from actors.structures import Curriculum, generate_demo
+from common.config import CurriculumConfig, EnvConfig
 
 __all__ = ["FixedRelaxGymEnv", "RelaxGymEnv", "default_fixed_structure"]
 

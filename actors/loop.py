@@ -1,55 +1,215 @@
-"""The actor loops: environments stepped together, transitions written to the replay in batches.
+"""The actor loop: environments stepped together, transitions written to the replay in batches.
 
-``OnlineActor`` acts with the current policy plus Gaussian exploration noise whose σ decays
-with t_total. ``ExpertActor`` drives the same environments with one BFGS iteration per step
-(``fake_step``) with the probability of the ``nfake`` schedule, and with the policy
-otherwise; its BFGS steps go to the ``expert`` table with ``a_expert`` filled, its policy
-steps to ``online``.
+An :class:`ActorLoop` is three small parts around a list of :class:`RelaxEnv` (Acme's shape):
 
-Both talk to two objects only: a *hub* (``actors.coordinator.Coordinator`` or the Ray
-adapter of it: structures, weights, counters) and a *writer* with
-``insert(table, transitions, priorities)`` (the replay client). No Ray here.
+- an *action source* chooses every environment's move and the table its transition goes to:
+  :class:`PolicyWithNoise` (online actors: the current policy plus Gaussian exploration noise
+  whose σ decays with t_total) or :class:`BFGSOrPolicy` (expert actors: one BFGS iteration,
+  ``fake_step``, with the probability p(t_total) of the ``nfake`` schedule, into ``expert``
+  with ``a_expert`` filled; the policy plus noise otherwise, into ``online``);
+- one *adder* (:class:`ReplayAdder`) that buffers transitions and inserts them in batches
+  through a writer with ``insert(table, transitions, priorities)`` (the replay client);
+- a *hub* (``actors.coordinator.Coordinator`` or the Ray adapter of it): structures,
+  weights, counters.
+
+``step()`` returns a :class:`StepRecord`; the Ray wrapper (``actors.ray_actors``) only turns
+it into metrics. No Ray here.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert, fake_step_probability
+from common.config import ActorConfig, ExpertConfig
 from common.observation import Observation
-from learner.graph import with_neighbor_list
-from learner.policy import Policy
 from common.schedules import linear
 from common.transition import Transition
+from learner.graph import with_neighbor_list
+from learner.policy import Policy
+
+__all__ = ["ActorLoop", "Actions", "BFGSOrPolicy", "EpisodeEnd", "PolicyWithNoise", "ReplayAdder", "StepRecord"]
+
+TABLES = ("online", "expert")
 
 
-class OnlineActor:
-    kind = "online"
+# ----------------------------------------------------------------------------- what a step produces
 
-    def __init__(self, config, writer, hub, actor_id: int = 0, seed: int = 0):
-        self.config = config
-        self.writer, self.hub = writer, hub
-        self.actor_id = actor_id
-        self.rng = np.random.default_rng([seed, actor_id, 7919])
+@dataclass(frozen=True)
+class Actions:
+    """One move per environment, from an action source."""
+
+    moves: list[np.ndarray]  # [n_i, 3] Å per environment (may be non-finite if the policy diverged)
+    tables: list[str]  # replay table of each environment's transition
+    expert_moves: list[np.ndarray | None]  # a_expert (one BFGS step) where the move is a fake step
+    action_scale: float | None  # mean env gate of the policy forward (None: no policy move this step)
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    """An episode that ended on this step."""
+
+    converged: bool
+    steps: int
+    force_calls: int
+    fmax: float  # eV/Å, final
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of all of an actor's environments: per-step means over them and the episodes that ended."""
+
+    kind: str  # 'online' or 'expert' (the actor, not the table)
+    n_envs: int
+    actual_move: float  # Å, mean per-atom norm of the applied move
+    a_back: float  # mean fraction of the move taken back
+    reward: float
+    fmax: float  # eV/Å
+    action_scale: float | None
+    episodes: tuple[EpisodeEnd, ...]
+    success_rate: float  # share of this actor's last 50 episodes that converged
+    nonfinite_actions: int  # moves that were NaN/inf: applied as no move, not stored
+    episode_return: float | None = None  # mean_return_to_go of the episodes that ended (None: none ended)
+
+    def stats(self) -> dict[str, float]:
+        """The means the hub aggregates (``actors/...`` in metrics.jsonl)."""
+        s = {"actual_move": self.actual_move, "a_back": self.a_back, "reward": self.reward, "fmax": self.fmax}
+        if self.action_scale is not None:
+            s["action_scale"] = self.action_scale
+        if self.episode_return is not None:
+            s["episode_return"] = self.episode_return
+        return s
+
+
+def mean_return_to_go(rewards: Sequence[float], gamma: float) -> float:
+    """Mean over an episode's steps t of the observed discounted return G_t = Σ_k γ^k r_{t+k}.
+
+    What Q(s_t, a_t) estimates, averaged over the states an episode visits (as a replay batch
+    averages Q over stored transitions); a truncated episode has no bootstrap tail, so G_t is
+    then a lower estimate for rewards ≤ 0."""
+    g, total = 0.0, 0.0
+    for r in reversed(rewards):
+        g = r + gamma * g
+        total += g
+    return total / len(rewards) if rewards else 0.0
+
+
+# ----------------------------------------------------------------------------- action sources
+
+class ActionSource(Protocol):
+    def reset(self, i: int) -> None:
+        """Environment ``i`` starts a new episode."""
+
+    def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
+        """A move for every observation."""
+
+
+class PolicyWithNoise:
+    """The policy's displacement plus noise σ(t_total)·min(1, |F_i| / noise_force_scale) per atom."""
+
+    def __init__(self, policy: Policy, cfg: ActorConfig, rng: np.random.Generator):
+        self.policy, self.cfg, self.rng = policy, cfg, rng
+
+    def sigma(self, t_total: int) -> float:
+        """Exploration noise standard deviation, Å."""
+        return linear(self.cfg.sigma_start, self.cfg.sigma_end, self.cfg.sigma_decay_steps, t_total)
+
+    def reset(self, i: int) -> None:
+        pass
+
+    def noisy_moves(self, observations: Sequence[Observation], t_total: int) -> tuple[list[np.ndarray], float | None]:
+        """(one batched policy forward + noise per observation, mean env gate); ([], None) for no observations."""
+        if not observations:
+            return [], None
+        acts, scales = self.policy.act_batch(observations, return_scale=True)
+        sigma, f_ref = self.sigma(t_total), self.cfg.noise_force_scale
+        moves = []
+        for obs, a in zip(observations, acts):
+            f = np.linalg.norm(obs.forces, axis=1, keepdims=True)  # [n_atoms, 1] eV/Å
+            scale = sigma * np.minimum(1.0, f / f_ref) if f_ref > 0 else sigma
+            moves.append(a + self.rng.normal(0.0, 1.0, size=a.shape) * scale)
+        return moves, float(np.mean(scales))
+
+    def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
+        moves, scale = self.noisy_moves(observations, t_total)
+        n = len(observations)
+        return Actions(moves, ["online"] * n, [None] * n, scale)
+
+
+class BFGSOrPolicy:
+    """Per environment: a fake step (one BFGS iteration) with probability p(t_total), else the policy plus noise."""
+
+    def __init__(self, policy: PolicyWithNoise, n_envs: int, cfg: ExpertConfig, max_step: float,
+                 rng: np.random.Generator):
+        self.policy, self.cfg, self.rng = policy, cfg, rng
+        self.experts = [BFGSExpert(maxstep=max_step) for _ in range(n_envs)]
+
+    def reset(self, i: int) -> None:
+        self.experts[i].reset()
+
+    def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
+        p = fake_step_probability(t_total, self.cfg)
+        tables = ["expert" if self.rng.random() < p else "online" for _ in observations]
+        online = [k for k, t in enumerate(tables) if t == "online"]
+        noisy, scale = self.policy.noisy_moves([observations[k] for k in online], t_total)
+        by_env = dict(zip(online, noisy))
+        expert_moves = [self.experts[k].action(o) if t == "expert" else None
+                        for k, (o, t) in enumerate(zip(observations, tables))]
+        moves = [by_env[k] if t == "online" else expert_moves[k] for k, t in enumerate(tables)]
+        return Actions(moves, tables, expert_moves, scale)
+
+
+# ----------------------------------------------------------------------------- the adder
+
+class ReplayAdder:
+    """Buffers transitions per table; ``flush`` inserts a table's buffer once it holds ``insert_batch``."""
+
+    def __init__(self, writer, insert_batch: int):
+        self.writer, self.insert_batch = writer, insert_batch
+        self.pending: dict[str, list[Transition]] = {t: [] for t in TABLES}
+
+    def add(self, table: str, transition: Transition) -> None:
+        self.pending[table].append(transition)
+
+    def flush(self, force: bool = False) -> None:
+        """One ``insert`` per table whose buffer is full (``force``: every non-empty buffer)."""
+        for table, items in self.pending.items():
+            if items and (force or len(items) >= self.insert_batch):
+                self.writer.insert(table, items, None)
+                items.clear()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class ActorLoop:
+    """``kind`` 'online' (policy + noise) or 'expert' (BFGS with probability p(t_total), else policy + noise)."""
+
+    def __init__(self, kind: str, config, writer, hub, actor_id: int = 0, seed: int = 0):
+        if kind not in TABLES:
+            raise ValueError(f"actor kind must be 'online' or 'expert', got {kind!r}")
+        self.kind, self.config, self.hub, self.actor_id = kind, config, hub, actor_id
+        rng = np.random.default_rng([seed, actor_id, 7919])
         n = config.actors.envs_per_actor
         self.envs = [RelaxEnv(config.env) for _ in range(n)]
-        self.experts = [BFGSExpert(maxstep=config.expert.maxstep) for _ in range(n)]
         self.policy = Policy(config, device="cpu")
+        noisy = PolicyWithNoise(self.policy, config.actors, rng)
+        self.source: ActionSource = noisy if kind == "online" else BFGSOrPolicy(
+            noisy, n, config.expert, config.env.max_step, rng)
+        self.adder = ReplayAdder(writer, config.actors.insert_batch)
         self.obs: list[Observation | None] = [None] * n
-        self.pending: dict[str, list[Transition]] = {"online": [], "expert": []}
         self.t_total = 0
         self.steps = 0
         self.stop_requested = False
         self.latest_version: int | None = None  # newest version the hub announced (None = ask)
-        self.nonfinite_actions = 0  # steps whose action was NaN/inf: applied as no move, not stored
-        self.last_stats: dict[str, float] = {}
-        self.finished: list[dict] = []  # episodes finished since the caller last cleared it
+        self.nonfinite_actions = 0  # total of StepRecord.nonfinite_actions
         self._recent: deque[bool] = deque(maxlen=50)
+        self._rewards: list[list[float]] = [[] for _ in range(n)]  # this episode's rewards, per environment
 
-    # -- helpers ----------------------------------------------------------------------------
     def sync_weights(self) -> bool:
         """Pull the newest weights when the hub announced a version newer than ours."""
         if self.latest_version is not None and self.latest_version <= self.policy.version:
@@ -62,109 +222,72 @@ class OnlineActor:
         return True
 
     def _reset(self, i: int) -> None:
-        atoms = self.hub.next_structure()
         # neighbour lists are built here, once per state, and travel with the transition
-        # (measured in learner/graph.py: cheaper than on the learner)
-        self.obs[i] = with_neighbor_list(self.envs[i].reset(atoms), self.config.network)
-        self.experts[i].reset()
-
-    def sigma(self) -> float:
-        a = self.config.actors
-        return linear(a.sigma_start, a.sigma_end, a.sigma_decay_steps, self.t_total)
-
-    def choose_tables(self) -> list[str]:
-        return ["online"] * len(self.envs)
+        # (docs/BENCHMARKS.md: cheaper than on the learner)
+        self.obs[i] = with_neighbor_list(self.envs[i].reset(self.hub.next_structure()), self.config.network)
+        self._rewards[i] = []
+        self.source.reset(i)
 
     def success_rate(self) -> float:
         """Share of this actor's last 50 episodes that converged."""
         return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
-    def _flush(self, force: bool = False) -> None:
-        for table, items in self.pending.items():
-            if items and (force or len(items) >= self.config.actors.insert_batch):
-                self.writer.insert(table, items, None)
-                items.clear()
-
-    # -- one step of every environment --------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        """Step all environments once (one batched policy forward); returns per-step means."""
+    def step(self) -> StepRecord:
+        """Step every environment once (one batched policy forward); transitions go to the adder."""
         for i, o in enumerate(self.obs):
             if o is None:
                 self._reset(i)
-        tables = self.choose_tables()
-        use_policy = [k for k, t in enumerate(tables) if t == "online"]
-        actions: list[np.ndarray | None] = [None] * len(self.envs)
-        scales: list[float] = []
-        if use_policy:
-            acts, sc = self.policy.act_batch([self.obs[k] for k in use_policy], return_scale=True)
-            sigma = self.sigma()
-            f_ref = self.config.actors.noise_force_scale
-            for k, a in zip(use_policy, acts):
-                f = np.linalg.norm(self.obs[k].forces, axis=1, keepdims=True)  # [n_atoms, 1] eV/Å
-                scale = sigma * np.minimum(1.0, f / f_ref) if f_ref > 0 else sigma
-                actions[k] = a + self.rng.normal(0.0, 1.0, size=a.shape) * scale
-            scales = list(sc)
-        moves, backs, rewards, fmaxes = [], [], [], []
+        actions = self.source.act(self.obs, self.t_total)
+        moves, backs, rewards, fmaxes, episodes, nonfinite = [], [], [], [], [], 0
+        returns: list[float] = []
         for i, env in enumerate(self.envs):
-            obs = self.obs[i]
-            a_expert = self.experts[i].action(obs) if tables[i] == "expert" else None
-            action = a_expert if tables[i] == "expert" else actions[i]
-            res = env.step(action)
+            obs, table = self.obs[i], actions.tables[i]
+            res = env.step(actions.moves[i])
             info = res.info
             next_obs = with_neighbor_list(res.obs, self.config.network)
-            action = np.asarray(action, dtype=np.float64)
+            action = np.asarray(actions.moves[i], dtype=np.float64)
             if np.isfinite(action).all():
-                self.pending[tables[i]].append(Transition(
+                self.adder.add(table, Transition(
                     obs=obs, action=action, actual_move=info["actual_move"],
                     reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
-                    next_obs=next_obs, a_back=float(info["a_back"]), expert_action=a_expert))
+                    next_obs=next_obs, a_back=float(info["a_back"]), expert_action=actions.expert_moves[i]))
             else:  # a diverged policy: the env applied no move; the step is not stored (the codec refuses NaN)
-                self.nonfinite_actions += 1
+                nonfinite += 1
             moves.append(info["actual_move_norm"]), backs.append(info["a_back"])
             rewards.append(res.reward), fmaxes.append(info["fmax"])
+            self._rewards[i].append(float(res.reward))
             if res.terminated or res.truncated:
-                self.finished.append({"converged": bool(info["converged"]), "force_calls": int(info["force_calls"]),
-                                      "fmax": float(info["fmax"]), "steps": int(info["steps"])})
-                self._recent.append(bool(info["converged"]))
-                self.hub.report_episode(self.kind if tables[i] == "online" else "expert", bool(info["converged"]),
-                                        int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
+                end = EpisodeEnd(bool(info["converged"]), int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
+                episodes.append(end)
+                self._recent.append(end.converged)
+                returns.append(mean_return_to_go(self._rewards[i], self.config.learner.gamma))
+                self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax)
                 self.obs[i] = None
             else:
                 self.obs[i] = next_obs
-        self._flush()
+        self.adder.flush()
         self.steps += len(self.envs)
-        stats = {"actual_move": float(np.mean(moves)), "a_back": float(np.mean(backs)),
-                 "reward": float(np.mean(rewards)), "fmax": float(np.mean(fmaxes))}
-        if scales:
-            stats["action_scale"] = float(np.mean(scales))
-        self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs), stats)
-        self.last_stats = stats
-        return stats
+        self.nonfinite_actions += nonfinite
+        record = StepRecord(
+            kind=self.kind, n_envs=len(self.envs), actual_move=float(np.mean(moves)), a_back=float(np.mean(backs)),
+            reward=float(np.mean(rewards)), fmax=float(np.mean(fmaxes)), action_scale=actions.action_scale,
+            episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
+            episode_return=float(np.mean(returns)) if returns else None)
+        self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs),
+                                                                                    record.stats())
+        return record
 
-    def run(self, max_steps: int = 0, on_step: Callable[[dict[str, float]], None] | None = None) -> int:
-        """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken.
-
-        ``on_step(stats)`` sees each step's means while ``self.finished`` still lists the
-        episodes that step ended (the Ray wrapper records metrics there).
-        """
+    def run(self, max_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None) -> int:
+        """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken."""
         start = self.steps
         try:
             while not self.stop_requested:
                 if max_steps and self.steps - start >= max_steps:
                     break
                 self.sync_weights()
-                stats = self.step()
+                record = self.step()
                 if on_step is not None:
-                    on_step(stats)
-                self.finished.clear()
+                    on_step(record)
         finally:
-            self._flush(force=True)
+            self.adder.flush(force=True)
         return self.steps - start
-
-
-class ExpertActor(OnlineActor):
-    kind = "expert"
-
-    def choose_tables(self) -> list[str]:
-        p = fake_step_probability(self.t_total, self.config.expert)
-        return ["expert" if self.rng.random() < p else "online" for _ in self.envs]

@@ -12,7 +12,6 @@ from ray.util import metrics as rm
 
 from common.metrics import MetricSpec, _check, _Recorder
 
-
 # Ray metric objects are per process and keyed by name: two RayMetrics in one process (a
 # laptop run with actors and learner side by side) share them instead of registering twice.
 _RAY_OBJECTS: dict[str, Any] = {}

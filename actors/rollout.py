@@ -1,17 +1,16 @@
 """One episode through :class:`RelaxEnv` driven by any ``act(obs) -> displacement`` (policy or BFGS expert)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-
 from ase import Atoms
 
 from actors.env import RelaxEnv
-from actors.expert import BFGSExpert
 from common.observation import Observation
 
-__all__ = ["run_episode", "run_expert_episode"]
+__all__ = ["run_episode"]
 
 
 def run_episode(env: RelaxEnv, act: Callable[[Observation], np.ndarray], atoms: Atoms) -> dict[str, Any]:
@@ -43,8 +42,3 @@ def run_episode(env: RelaxEnv, act: Callable[[Observation], np.ndarray], atoms: 
     summary["return"] = total_reward
     return summary
 
-
-def run_expert_episode(env: RelaxEnv, expert: BFGSExpert, atoms: Atoms) -> dict[str, Any]:
-    """:func:`run_episode` with one BFGS iteration per step (the expert starts with a fresh Hessian)."""
-    expert.reset()
-    return run_episode(env, expert.action, atoms)

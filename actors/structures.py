@@ -6,22 +6,29 @@ Sources
       ``CurriculumConfig.min_distance``), rattled fcc bulk supercells and rattled fcc(111) /
       fcc(100) slabs. Mostly 3–8-atom clusters (the demo trains on those), some 9–16-atom
       systems, a few of 27–64 atoms.
-    * a directory (or one file) of CIF, POSCAR/CONTCAR/*.vasp (read through pymatgen, ASE
-      as fallback) and xyz/extxyz (ASE; every frame is a structure).
+    * a directory (or one file) of CIF (pymatgen, ASE as fallback), POSCAR/CONTCAR/*.vasp
+      (ASE, pymatgen as fallback), xyz/extxyz and ASE .traj files (ASE). Every frame of a
+      multi-frame file is a structure (``frames.extxyz#2``); other files in a directory are
+      ignored. :func:`read_structure_file` is the one reader behind `relaxrl train`, `relax`
+      (which needs ``--index`` for a multi-frame file) and `eval`.
 
-Every structure is an ``ase.Atoms`` without calculator or constraints, named in
-``atoms.info["name"]`` (``cluster-Cu6-s0-3``, ``bulk-Ni32-s0-60``, ``POSCAR_Cu``,
-``frames.extxyz#2``). Bad input raises :class:`StructureError` naming the structure, the
-problem and the fix: unreadable or truncated files, elements the calculator does not
-handle, atoms closer than ``min_distance_factor × (r_cov,i + r_cov,j)``.
+Every structure is an ``ase.Atoms`` without calculator, named in ``atoms.info["name"]``
+(``cluster-Cu6-s0-3``, ``bulk-Ni32-s0-60``, ``POSCAR_Cu``, ``frames.extxyz#2``). ASE
+constraints of files are kept (FixAtoms from extxyz/traj, selective dynamics from POSCAR as
+FixAtoms/FixScaled): ``RLOptimizer`` and ASE's optimizers honour them, the training env
+ignores them. Bad input raises :class:`StructureError` naming the structure, the problem and
+the fix: unreadable or truncated files, partial occupancies, two atoms on one site, elements
+the calculator does not handle, atoms closer than ``min_distance_factor × (r_cov,i + r_cov,j)``.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -41,15 +48,22 @@ __all__ = [
     "random_cluster",
     "rattled_bulk",
     "rattled_slab",
+    "read_structure",
     "read_structure_file",
+    "read_structure_source",
     "split_structures",
+    "structure_files",
     "supported_elements",
 ]
 
-# File suffixes / name prefixes we read, and which reader to try first.
-_PYMATGEN_SUFFIXES = (".cif", ".vasp", ".poscar")
+# File suffixes / name prefixes whose format the name tells (a directory contributes only these).
+_CIF_SUFFIXES = (".cif",)
+_VASP_SUFFIXES = (".vasp", ".poscar")
 _VASP_PREFIXES = ("POSCAR", "CONTCAR")
-_ASE_SUFFIXES = (".xyz", ".extxyz")
+_XYZ_SUFFIXES = (".xyz", ".extxyz")
+_TRAJ_SUFFIXES = (".traj",)
+SAME_SITE_TOL = 0.01
+"""Atoms closer than this (Å) sit on one site: a duplicated atom, reported as such."""
 
 
 class StructureError(RelaxRLError, ValueError):
@@ -61,11 +75,9 @@ class StructureError(RelaxRLError, ValueError):
 
 def supported_elements(calculator: str) -> frozenset[str] | None:
     """Element symbols a calculator handles, or None when unknown (any element accepted)."""
-    if calculator.lower() == "emt":
-        from ase.calculators.emt import parameters
+    from actors.calculators import calculator_elements
 
-        return frozenset(parameters)
-    return None
+    return calculator_elements(calculator)
 
 
 def find_overlaps(atoms: Atoms, factor: float) -> list[tuple[int, int, float, float]]:
@@ -99,6 +111,16 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
             )
     if any(atoms.pbc[k] and np.linalg.norm(atoms.cell[k]) < 1e-9 for k in range(3)):
         raise StructureError(f"structure {name!r} is periodic along an axis whose cell vector is zero; give it a cell")
+    if len(atoms) > 1:
+        i, j, d = neighbor_list("ijd", atoms, SAME_SITE_TOL, self_interaction=False)
+        keep = i < j
+        if keep.any():
+            i, j, d = i[keep], j[keep], d[keep]
+            sym = atoms.get_chemical_symbols()
+            raise StructureError(
+                f"structure {name!r} has two atoms on one site: atoms {i[0]} ({sym[i[0]]}) and {j[0]} ({sym[j[0]]}) "
+                f"are {d[0]:.4f} Å apart ({len(i)} such pair(s)); remove the duplicate atom(s)"
+            )
     overlaps = find_overlaps(atoms, min_distance_factor)
     if overlaps:
         i, j, d, lim = min(overlaps, key=lambda o: o[2] / o[3])
@@ -111,8 +133,10 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
 
 
 def _clean(atoms: Atoms, name: str, kind: str) -> Atoms:
-    """A plain copy: numbers, positions, cell, pbc; name and kind in info."""
+    """A plain copy: numbers, positions, cell, pbc and ASE constraints; name and kind in info."""
     out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    if atoms.constraints:
+        out.set_constraint(copy.deepcopy(atoms.constraints))
     out.info["name"] = name
     out.info["kind"] = kind
     return out
@@ -185,6 +209,42 @@ def rattled_slab(symbol: str, size: tuple[int, int, int], rng: np.random.Generat
     return atoms
 
 
+TRAINING_MOLECULES = ("H2", "N2", "CO", "CO2", "HCN", "C2H2", "C2H6", "H2O2", "N2H4", "H2CO", "HCOOH", "CH3CHO")
+"""ASE g2 molecules (H, C, N, O) the generated training set may hold; the generalisation suite
+(actors/suite.py) judges on others (CH4, NH3, H2O, C2H4, CH3OH)."""
+
+ADSORBATES = ("O", "N", "H", "C", "CO", "OH")
+"""Adsorbates put on generated slabs."""
+
+
+def rattled_molecule(name: str, rng: np.random.Generator, rattle: float = 0.05) -> Atoms:
+    """ASE's g2 geometry of ``name`` with Gaussian rattle (Å), non-periodic."""
+    from ase.build import molecule
+
+    atoms = molecule(name)
+    atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
+    return atoms
+
+
+def adsorbate_on_slab(metal: str, adsorbate: str, rng: np.random.Generator, facet: str = "111",
+                      layers: int = 4, fixed_layers: int = 2, rattle: float = 0.08) -> Atoms:
+    """A 2×2 fcc(111)/(100) slab of ``metal`` with ``adsorbate`` at a random site, rattled (Å);
+    the bottom ``fixed_layers`` layers are fixed by ``FixAtoms`` (kept by RelaxEnv)."""
+    from ase.build import add_adsorbate, fcc100, fcc111, molecule
+    from ase.constraints import FixAtoms
+
+    slab = {"111": fcc111, "100": fcc100}[facet](metal, size=(2, 2, layers), vacuum=7.0)
+    sites = ("ontop", "fcc", "hcp", "bridge") if facet == "111" else ("ontop", "hollow", "bridge")
+    ads = molecule(adsorbate) if len(adsorbate) > 1 and adsorbate != "OH" else Atoms(adsorbate)
+    if adsorbate == "OH":
+        ads = Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]])
+    height = 1.2 if adsorbate == "H" else 1.8
+    add_adsorbate(slab, ads, height=height, position=sites[int(rng.integers(len(sites)))])
+    slab.positions += rng.normal(scale=rattle, size=slab.positions.shape)
+    slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag > layers - fixed_layers]))
+    return slab
+
+
 def _demo_recipes(n: int) -> list[tuple[str, Any]]:
     """The mix of generated structures: ~60 % clusters of 3–8 atoms, ~15 % clusters of 9–16,
     ~10 % periodic systems of 8–16 atoms, the rest 27–64-atom bulk and slabs."""
@@ -231,6 +291,28 @@ def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
             atoms = rattled_slab(elements[int(rng.integers(len(elements)))], size, rng, cfg.rattle, facet)
         name = f"{kind}-{atoms.get_chemical_formula()}-s{seed}-{k}"
         out.append(_clean(atoms, name, kind))
+    out += _extra_kinds(cfg, seed, len(out))
+    return out
+
+
+def _extra_kinds(cfg: CurriculumConfig, seed: int, start: int) -> list[Atoms]:
+    """``curriculum.n_molecules`` rattled H/C/N/O molecules and ``curriculum.n_adsorbates``
+    adsorbates on slabs with fixed bottom layers (metals from ``curriculum.elements``)."""
+    out = []
+    for j in range(cfg.n_molecules):
+        k = start + j
+        rng = np.random.default_rng([seed, k])
+        atoms = rattled_molecule(TRAINING_MOLECULES[int(rng.integers(len(TRAINING_MOLECULES)))], rng)
+        out.append(_clean(atoms, f"molecule-{atoms.get_chemical_formula()}-s{seed}-{k}", "molecule"))
+    for j in range(cfg.n_adsorbates):
+        k = start + cfg.n_molecules + j
+        rng = np.random.default_rng([seed, k])
+        metal = cfg.elements[int(rng.integers(len(cfg.elements)))]
+        atoms = adsorbate_on_slab(metal, ADSORBATES[int(rng.integers(len(ADSORBATES)))], rng,
+                                  facet=("111", "100")[int(rng.integers(2))])
+        clean = _clean(atoms, f"adsorbate-{atoms.get_chemical_formula()}-s{seed}-{k}", "adsorbate")
+        clean.set_constraint(atoms.constraints)
+        out.append(clean)
     return out
 
 
@@ -266,10 +348,29 @@ def demo_structures(cfg: CurriculumConfig, seed: int) -> tuple[list[Atoms], list
 # ----------------------------------------------------------------------------- files
 
 
+def _file_format(path: Path) -> str | None:
+    """'cif', 'vasp', 'extxyz' or 'traj' from a file's name; None when the name does not say (ASE guesses)."""
+    suffix = path.suffix.lower()
+    if suffix in _CIF_SUFFIXES:
+        return "cif"
+    if suffix in _VASP_SUFFIXES or path.name.startswith(_VASP_PREFIXES):
+        return "vasp"
+    if suffix in _XYZ_SUFFIXES:
+        return "extxyz"
+    if suffix in _TRAJ_SUFFIXES:
+        return "traj"
+    return None
+
+
 def _is_structure_file(path: Path) -> bool:
-    name = path.name
-    return (path.suffix.lower() in _PYMATGEN_SUFFIXES + _ASE_SUFFIXES
-            or any(name.startswith(p) for p in _VASP_PREFIXES))
+    """Whether a structure directory contributes this file (known suffix or POSCAR/CONTCAR name, not hidden)."""
+    return not path.name.startswith(".") and _file_format(path) is not None
+
+
+def structure_files(directory: str | Path) -> list[Path]:
+    """The structure files of a directory, sorted by name (other files are ignored)."""
+    d = Path(directory)
+    return sorted(p for p in d.iterdir() if p.is_file() and _is_structure_file(p))
 
 
 def _read_pymatgen(path: Path) -> list[Atoms]:
@@ -280,14 +381,18 @@ def _read_pymatgen(path: Path) -> list[Atoms]:
         warnings.simplefilter("ignore")
         structure = Structure.from_file(str(path))
     if not structure.is_ordered:
-        raise ValueError("the structure has partial occupancies (disordered); order it first")
+        raise StructureError(f"structure file {path} has partial occupancies (a disordered structure); relaxrl relaxes "
+                             "ordered structures only: order it first (a supercell with explicit sites, e.g. pymatgen's "
+                             "OrderDisorderedStructureTransformation) and pass that file")
     return [AseAtomsAdaptor.get_atoms(structure)]
 
 
 def _read_ase(path: Path, fmt: str | None) -> list[Atoms]:
     from ase.io import read
 
-    frames = read(str(path), index=":", format=fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames = read(str(path), index=":", format=fmt)
     return list(frames) if isinstance(frames, list) else [frames]
 
 
@@ -333,6 +438,54 @@ def _poscar_problem(text: str) -> str | None:
     return None
 
 
+def _cif_site_problem(path: Path) -> str | None:
+    """Two atoms listed on one site, or partial occupancies, in a CIF's atom-site loop; None when neither.
+
+    Checked on the listed sites before any reader runs: pymatgen refuses such files with an
+    unrelated message and ASE merges the atoms of one site into one, so afterwards the file
+    would look truncated (two atoms on one site) or be relaxed as an ordered cell (partial
+    occupancies). Sites generated by symmetry are not compared; the overlap check sees those.
+    An unparsable CIF returns None: the readers report it.
+    """
+    try:
+        from ase.io.cif import parse_cif
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            block = next((b for b in parse_cif(str(path)) if b.has_structure()), None)
+            if block is None:
+                return None
+            frac = np.array([[float(v) for v in block.get(f"_atom_site_fract_{k}")] for k in "xyz"]).T  # [n_sites, 3]
+            symbols = list(block.get_symbols())
+        labels = [str(x) for x in (block.get("_atom_site_label") or symbols)]
+        occupancy = block.get("_atom_site_occupancy")
+        occ = np.ones(len(frac)) if occupancy is None else np.array([float(v) for v in occupancy])
+        if not (len(symbols) == len(labels) == len(occ) == len(frac)):
+            return None
+    except Exception:  # not parsable here: the readers give the error
+        return None
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, key in enumerate(np.round(np.mod(frac, 1.0) * 1000).astype(int) % 1000):
+        groups.setdefault(tuple(int(x) for x in key), []).append(k)
+
+    def sites(idx: list[int]) -> str:
+        return " + ".join(f"{labels[i]} ({symbols[i]}, occupancy {occ[i]:g})" for i in idx)
+
+    shared = [idx for idx in groups.values() if len(idx) > 1 and occ[idx].sum() > 1 + 1e-3]
+    if shared:
+        x, y, z = frac[shared[0][0]]
+        more = f" ({len(shared)} such sites)" if len(shared) > 1 else ""
+        return (f"structure file {path} has two atoms on one site: {sites(shared[0])} at fractional "
+                f"({x:g}, {y:g}, {z:g}){more}; remove the duplicate atom(s) from the file")
+    partial = [idx for idx in groups.values() if (occ[idx] < 1 - 1e-3).any()]
+    if partial:
+        more = f" and {len(partial) - 1} more site(s)" if len(partial) > 1 else ""
+        return (f"structure file {path} has partial occupancies (site {sites(partial[0])}{more}); relaxrl relaxes "
+                "ordered structures only: order it first (a supercell with explicit sites, e.g. pymatgen's "
+                "OrderDisorderedStructureTransformation) and pass that file")
+    return None
+
+
 def _cif_problem(text: str, atoms: Atoms) -> str | None:
     """A mismatch between ``_chemical_formula_sum`` and the atoms read (a truncated atom loop), or None."""
     import re
@@ -356,37 +509,41 @@ def _cif_problem(text: str, atoms: Atoms) -> str | None:
     return None
 
 
-def read_structure_file(path: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6) -> list[Atoms]:
-    """Read and validate every structure in one file (CIF, POSCAR, xyz/extxyz).
-
-    CIF and POSCAR go through pymatgen first, then ASE; xyz/extxyz through ASE (every frame
-    is a structure, named ``file#frame``). Raises :class:`StructureError` naming the file.
-    """
-    path = Path(path)
+def _read_frames(path: Path) -> list[Atoms]:
+    """Every frame of a structure file as the readers give it (with constraints), after the format's own checks."""
+    if path.is_dir():
+        raise StructureError(f"structure file {path} is a directory; pass one structure file")
     if not path.is_file():
         raise StructureError(f"structure file {path} does not exist")
-    suffix = path.suffix.lower()
-    errors = []
-    frames: list[Atoms] = []
-    if suffix in _ASE_SUFFIXES:
-        readers = [("ase", lambda: _read_ase(path, "extxyz"))]
-        expected = "an extended XYZ file"
-    elif suffix in _PYMATGEN_SUFFIXES or any(path.name.startswith(p) for p in _VASP_PREFIXES):
-        fmt = "cif" if suffix == ".cif" else "vasp"
-        if fmt == "vasp":
-            problem = _poscar_problem(path.read_text(errors="replace"))
-            if problem:
-                raise StructureError(f"structure file {path} is not a complete VASP POSCAR: {problem}; "
-                                     "check that it is not truncated, or remove it")
-        readers = [("pymatgen", lambda: _read_pymatgen(path)), ("ase", lambda: _read_ase(path, fmt))]
-        expected = "a complete CIF file" if fmt == "cif" else "a complete VASP POSCAR file"
+    fmt = _file_format(path)
+    if fmt == "vasp":
+        problem = _poscar_problem(path.read_text(errors="replace"))
+        if problem:
+            raise StructureError(f"structure file {path} is not a complete VASP POSCAR: {problem}; "
+                                 "check that it is not truncated, or remove it")
+        # ASE first: it turns selective dynamics into FixAtoms / FixScaled (pymatgen's FixCartesian is wrong for skewed cells)
+        readers = [("ase", lambda: _read_ase(path, "vasp")), ("pymatgen", lambda: _read_pymatgen(path))]
+        expected = "a complete VASP POSCAR file"
+    elif fmt == "cif":
+        problem = _cif_site_problem(path)
+        if problem:
+            raise StructureError(problem)
+        readers = [("pymatgen", lambda: _read_pymatgen(path)), ("ase", lambda: _read_ase(path, "cif"))]
+        expected = "a complete CIF file"
+    elif fmt in ("extxyz", "traj"):
+        readers = [("ase", lambda: _read_ase(path, fmt))]
+        expected = "an extended XYZ file" if fmt == "extxyz" else "an ASE trajectory"
     else:
-        raise StructureError(
-            f"structure file {path}: unknown format {suffix or path.name!r}; use .cif, POSCAR/CONTCAR/.vasp, .xyz or .extxyz"
-        )
+        readers = [("ase", lambda: _read_ase(path, None)), ("pymatgen", lambda: _read_pymatgen(path))]
+        expected = ("in a format ASE or pymatgen reads (the name does not say which; .cif, POSCAR/CONTCAR/.vasp, "
+                    ".xyz/.extxyz and .traj are known)")
+    errors: list[str] = []
+    frames: list[Atoms] = []
     for reader_name, reader in readers:
         try:
             frames = reader()
+        except StructureError:
+            raise
         except Exception as e:  # readers raise many types on bad input; report them all
             errors.append(f"{reader_name}: {type(e).__name__}: {str(e).strip()[:200]}")
             continue
@@ -399,40 +556,109 @@ def read_structure_file(path: str | Path, *, calculator: str = "emt", min_distan
             f"structure file {path} cannot be read ({'; '.join(errors)}); it should be {expected} — check that it "
             "is not truncated or malformed, or remove it"
         )
-    if suffix == ".cif":
+    if fmt == "cif":
         problem = _cif_problem(path.read_text(errors="replace"), frames[0])
         if problem:
             raise StructureError(f"structure file {path} looks truncated or inconsistent: {problem}; "
                                  "re-export the complete CIF or remove it")
+    return frames
+
+
+def _validated(path: Path, frames: list[Atoms], picked: Sequence[int], calculator: str,
+               min_distance_factor: float) -> list[Atoms]:
     out = []
-    for k, atoms in enumerate(frames):
+    for k in picked:
         name = path.name if len(frames) == 1 else f"{path.name}#{k}"
-        atoms = _clean(atoms, name, "file")
+        atoms = _clean(frames[k], name, "file")
         check_structure(atoms, f"{name} ({path})", calculator=calculator, min_distance_factor=min_distance_factor)
         out.append(atoms)
     return out
 
 
-def load_structures(source: str | Path, cfg: CurriculumConfig, seed: int, *, calculator: str = "emt",
-                    min_distance_factor: float = 0.6) -> tuple[list[Atoms], list[Atoms]]:
-    """(train, held-out) from ``'demo'``, a directory of structure files, or one file."""
-    if str(source) == "demo":
-        return demo_structures(cfg, seed)
+def _frame_index(path: Path, n: int, index: int) -> int:
+    """Frame ``index`` of ``n`` as a non-negative index (negative counts from the end, as in ase.io.read)."""
+    if not -n <= int(index) < n:
+        raise StructureError(f"structure file {path} holds {n} frame(s); index {index} is out of range "
+                             f"(use 0 … {n - 1}, or -1 … -{n} counting from the end)")
+    return int(index) % n
+
+
+def read_structure_file(path: str | Path, *, index: int | None = None, calculator: str = "emt",
+                        min_distance_factor: float = 0.6) -> list[Atoms]:
+    """Read and validate the structures of one file: every frame, or only frame ``index``.
+
+    The one structure reader of `relaxrl train`, `relax` and `eval`. Formats: CIF (pymatgen,
+    then ASE), POSCAR/CONTCAR/*.vasp (ASE, then pymatgen), xyz/extxyz and ASE trajectories
+    (ASE), any other name through ASE's format guess, then pymatgen. Every frame of a
+    multi-frame file is a structure, named ``file#frame``; ``index`` picks one frame as in
+    ``ase.io.read`` (negative counts from the end). ASE constraints are kept: FixAtoms from
+    extxyz/traj, selective dynamics from POSCAR as FixAtoms/FixScaled. Raises
+    :class:`StructureError` naming the file: missing, unreadable or truncated files, partial
+    occupancies, two atoms on one site, elements the calculator does not handle, overlapping
+    atoms, an index out of range.
+    """
+    path = Path(path)
+    frames = _read_frames(path)
+    picked = list(range(len(frames))) if index is None else [_frame_index(path, len(frames), index)]
+    return _validated(path, frames, picked, calculator, min_distance_factor)
+
+
+def read_structure(path: str | Path, *, index: int | None = None, calculator: str = "emt",
+                   min_distance_factor: float = 0.6) -> Atoms:
+    """Exactly one validated structure from a file (see :func:`read_structure_file`).
+
+    A file with several frames needs ``index``: it is refused rather than relaxing one frame
+    the caller did not choose.
+    """
+    path = Path(path)
+    frames = _read_frames(path)
+    n = len(frames)
+    if index is None and n > 1:
+        raise StructureError(f"structure file {path} holds {n} frames (structures); choose one with --index N "
+                             f"(0 … {n - 1}, or -1 for the last), or write the frame you want to its own file")
+    k = _frame_index(path, n, 0 if index is None else index)
+    return _validated(path, frames, [k], calculator, min_distance_factor)[0]
+
+
+def read_structure_source(source: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6,
+                          limit: int = 0) -> list[Atoms]:
+    """Every structure of a directory of structure files, or of one file (every frame of multi-frame files).
+
+    A directory contributes its .cif, POSCAR*/CONTCAR*/.vasp/.poscar, .xyz/.extxyz and .traj
+    files, sorted by name; other files are ignored. ``limit`` > 0 stops after that many structures.
+    """
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and _is_structure_file(p))
+        files = structure_files(path)
         if not files:
             raise StructureError(
-                f"structure directory {path} has no .cif, POSCAR/CONTCAR/.vasp, .xyz or .extxyz files; "
-                "add some or set curriculum.source = 'demo'"
+                f"structure directory {path} has no .cif, POSCAR/CONTCAR/.vasp, .xyz/.extxyz or .traj files; "
+                "add some or point to another directory"
             )
     elif path.is_file():
         files = [path]
     else:
-        raise StructureError(f"structure source {str(source)!r} is neither 'demo' nor an existing directory or file")
-    structures = []
+        raise StructureError(f"structure source {str(source)!r} is not an existing directory or file")
+    structures: list[Atoms] = []
     for f in files:
         structures += read_structure_file(f, calculator=calculator, min_distance_factor=min_distance_factor)
+        if limit and len(structures) >= limit:
+            return structures[:limit]
+    return structures
+
+
+def load_structures(source: str | Path, cfg: CurriculumConfig, seed: int, *, calculator: str = "emt",
+                    min_distance_factor: float = 0.6, calculator_kwargs: dict | None = None) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, held-out) from ``'demo'``, ``'alfe'`` (actors/alfe.py), a directory of structure files, or one file."""
+    if str(source) == "demo":
+        return demo_structures(cfg, seed)
+    if str(source) == "alfe":  # Al–Fe minima relaxed under the configured calculator (cached on disk)
+        from actors.alfe import alfe_structures
+
+        return alfe_structures(cfg, seed, calculator, calculator_kwargs, min_distance_factor)
+    if not Path(source).exists():
+        raise StructureError(f"structure source {str(source)!r} is neither 'demo', 'alfe' nor an existing directory or file")
+    structures = read_structure_source(source, calculator=calculator, min_distance_factor=min_distance_factor)
     return split_structures(structures, cfg.heldout_fraction, seed)
 
 
@@ -488,6 +714,10 @@ class Curriculum:
     def sample(self, rng: np.random.Generator) -> Atoms:
         """A copy of a random structure of the active stage."""
         atoms = self.pool[int(rng.integers(len(self.pool)))]
+        if atoms.info.get("perturb"):  # a minimum (source 'alfe'): displaced anew for every episode
+            from actors.alfe import perturb
+
+            return perturb(atoms, float(atoms.info["perturb"]), rng)
         return atoms.copy()
 
     def report(self, t_total: int, success: bool | None) -> bool:

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ase.calculators.emt import EMT  # noqa: E402
 from ase.optimize import BFGS  # noqa: E402
 
-from common.config import CurriculumConfig, EnvConfig  # noqa: E402
 from actors.env import RelaxEnv  # noqa: E402
 from actors.expert import BFGSExpert  # noqa: E402
 from actors.structures import generate_demo  # noqa: E402
+from common.config import CurriculumConfig, EnvConfig  # noqa: E402
 
 FMAX = 0.05
 MAX_STEPS = 200

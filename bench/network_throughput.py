@@ -24,8 +24,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,10 +35,12 @@ from ase.calculators.emt import EMT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.config import EnvConfig  # noqa: E402
 from common.observation import Observation  # noqa: E402
 from learner.graph import Graph, batch_graphs, neighbor_list  # noqa: E402
 from learner.networks import Actor, Critic, NetworkConfig, TwinCritic, count_parameters  # noqa: E402
 
+ENV = EnvConfig()  # the networks' env.max_step and env.env_input_dim (0: no env features)
 LIGHT = dict(channels=8, num_layers=2, num_basis=6, radial_hidden=16, radius=4.5)
 
 
@@ -55,7 +57,7 @@ def cu_cluster(n: int, seed: int) -> Observation:
     rng = np.random.default_rng(seed)
     centre = _BLOCK.positions.mean(axis=0) + rng.normal(size=3)
     idx = np.argsort(np.linalg.norm(_BLOCK.positions - centre, axis=1))[:n]
-    atoms = Atoms("Cu%d" % n, positions=_BLOCK.positions[idx])
+    atoms = Atoms(f"Cu{n}", positions=_BLOCK.positions[idx])
     atoms.rattle(0.1, seed=seed)
     return observe(atoms)
 
@@ -85,8 +87,8 @@ def timed(fn: Callable[[], object], repeats: int, device: str) -> float:
 
 def throughput(cfg: NetworkConfig, obs: list[Observation], device: str, repeats: int) -> dict:
     g = batch_graphs(obs, cfg, device=device)
-    actor = Actor(cfg).to(device)
-    critic = Critic(cfg).to(device)  # one of the twins
+    actor = Actor(cfg, ENV).to(device)
+    critic = Critic(cfg, ENV).to(device)  # one of the twins
     action = actor(g).detach()
 
     def actor_fwd() -> None:
@@ -121,7 +123,7 @@ class TD3Shaped:
     """The tensor work of one TD3 update (no replay, no losses' bells and whistles)."""
 
     def __init__(self, cfg: NetworkConfig, device: str) -> None:
-        self.actor, self.critic = Actor(cfg).to(device), TwinCritic(cfg).to(device)
+        self.actor, self.critic = Actor(cfg, ENV).to(device), TwinCritic(cfg, ENV).to(device)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
@@ -162,7 +164,8 @@ def neighbor_list_costs(cfg: NetworkConfig, batch: int, sizes: tuple[int, ...], 
         for kind, make in (("cluster", cu_cluster), ("bulk", cu_bulk)):
             obs = [make(n, seed) for seed in range(batch)]
             out[f"neighbor_lists_{kind}_{batch}x{n}_s"] = round(
-                timed(lambda: [neighbor_list(o.positions, o.cell, o.pbc, cfg.radius, cfg.max_neighbors) for o in obs], repeats, "cpu"),
+                timed(lambda obs=obs: [neighbor_list(o.positions, o.cell, o.pbc, cfg.radius, cfg.max_neighbors) for o in obs],
+                      repeats, "cpu"),
                 4,
             )
             with_edges = []
@@ -170,7 +173,7 @@ def neighbor_list_costs(cfg: NetworkConfig, batch: int, sizes: tuple[int, ...], 
                 ei, es = neighbor_list(o.positions, o.cell, o.pbc, cfg.radius, cfg.max_neighbors)
                 with_edges.append(dataclasses.replace(o, edge_index=ei, edge_shift=es))
             out[f"batch_graphs_given_edges_{kind}_{batch}x{n}_s"] = round(
-                timed(lambda: batch_graphs(with_edges, cfg), repeats, "cpu"), 4
+                timed(lambda with_edges=with_edges: batch_graphs(with_edges, cfg), repeats, "cpu"), 4
             )
             out[f"edge_bytes_per_obs_{kind}_{n}"] = int(with_edges[0].edge_index.nbytes + with_edges[0].edge_shift.nbytes)
     return out
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.processor() or platform.machine(),
         "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on a shared machine skews timings
         "configs": {
-            name: {**dataclasses.asdict(cfg), "params_actor": count_parameters(Actor(cfg)), "params_critic": count_parameters(Critic(cfg))}
+            name: {**dataclasses.asdict(cfg), "params_actor": count_parameters(Actor(cfg, ENV)),
+                   "params_critic": count_parameters(Critic(cfg, ENV))}
             for name, cfg in configs.items()
         },
         "throughput": {},

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from common.config import EnvConfig  # noqa: E402
 from actors.gym_env import FixedRelaxGymEnv, default_fixed_structure  # noqa: E402
+from common.config import EnvConfig  # noqa: E402
 
 
 def _make_env(env_ctx) -> FixedRelaxGymEnv:

@@ -1,14 +1,18 @@
-"""How the RL policy relaxes held-out structures compared with ASE's optimizers; prints one JSON object.
+"""How the RL policy relaxes the generalisation suite compared with ASE's optimizers; prints one JSON object.
 
-    python bench/relax_quality.py [--quick] [--checkpoint CKPT] [--hybrid K] [--config configs/demo.toml]
+    python bench/relax_quality.py [--structures suite|held-out] [--quick] [--checkpoint CKPT] [--hybrid K]
+                                  [--config configs/demo.toml]
 
-Runs :func:`relaxrl.evaluate.evaluate` on the held-out split of the demo config (or of the
-checkpoint's config) with rl, bfgs, bfgsls, lbfgs, fire and gpmin, same calculator, fmax and
-step budget for all. Prints per optimizer the success rate and median/mean force calls, and
+Runs :func:`relaxrl.evaluate.evaluate` on the generalisation suite (:mod:`actors.suite`, the
+default) or on the held-out split of the demo config (or of the checkpoint's config) with rl, bfgs,
+bfgsls, lbfgs, fire and gpmin, same calculator, fmax and step budget for all. Prints per optimizer
+the success rate and median/mean force calls, and
 ``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls``: the ratio of mean force calls on the
-structures both solved (below 1 = the policy needs fewer calls). Without ``--checkpoint`` the
+structures both solved (below 1 = the policy needs fewer calls); ``by_kind`` gives success
+per optimizer and those two ratios per structure kind and overall. Without ``--checkpoint`` the
 policy is freshly initialised (untrained), and the JSON says so: the numbers are then a floor,
-not a result. ``--quick`` keeps 6 structures spanning the sizes (< 40 s on a laptop CPU).
+not a result. ``--quick`` keeps 6 structures: one per suite kind, or for held-out 6 spanning
+the sizes (< 40 s on a laptop CPU for held-out).
 """
 from __future__ import annotations
 
@@ -25,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from learner.policy import Policy, load_policy  # noqa: E402
 from common.config import load_config  # noqa: E402
-from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures  # noqa: E402
+from learner.policy import Policy, load_policy  # noqa: E402
+from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures, suite_structures  # noqa: E402
 
 # ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.
 REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43, 0.52]}
@@ -35,7 +39,10 @@ REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="6 held-out structures spanning the sizes, at most 150 steps")
+    p.add_argument("--structures", choices=("suite", "held-out"), default="suite",
+                   help="the generalisation suite (27 structures of 6 kinds; default) or the config's held-out split")
+    p.add_argument("--quick", action="store_true",
+                   help="6 structures (one per suite kind, or held-out ones spanning the sizes), at most 150 steps")
     p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (default: untrained policy)")
     p.add_argument("--config", default=None, help="structure source (default: the checkpoint's config, else configs/demo.toml)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="rl hands over to BFGS after K steps without progress")
@@ -54,9 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         policy = Policy(cfg)
         policy_note = "freshly initialised policy (no --checkpoint): untrained, so rl numbers are a floor, not a result"
     cfg = load_config(args.config) if args.config else policy.config
-    structures = heldout_structures(cfg)
     steps = args.steps
-    if args.quick:
+    if args.structures == "suite":
+        structures = suite_structures(6 if args.quick else 0, cfg.env.calculator)
+        steps = min(steps, 150) if args.quick else steps
+        source = "generalisation suite (actors/suite.py)"
+    else:
+        structures = heldout_structures(cfg)
+        source = f"held-out split of config '{cfg.run.name}' (source {cfg.curriculum.source!r})"
+    if args.quick and args.structures == "held-out":
         by_size = sorted(structures.items(), key=lambda kv: (len(kv[1]), kv[0]))
         picks = sorted({round(k * (len(by_size) - 1) / 5) for k in range(6)})  # 6 structures spanning the sizes
         structures = dict(by_size[k] for k in picks)
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy": policy_note,
         "trained": bool(args.checkpoint),
         "hybrid_patience": args.hybrid,
-        "structures": f"held-out split of config '{cfg.run.name}' (source {cfg.curriculum.source!r})",
+        "structures": source,
         "n_structures": len(structures),
         "atoms_per_structure": sorted(len(a) for a in structures.values()),
         "fmax_ev_per_a": args.fmax,
@@ -88,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         "rl_vs_bfgs_n_both_solved": comps.get("rl_vs_bfgs_force_calls", {}).get("n_both_solved"),
         "vs_bfgs_force_calls": {k.removesuffix("_vs_bfgs_force_calls"): v["ratio"] for k, v in comps.items()
                                 if k.endswith("_vs_bfgs_force_calls") and not k.startswith("rl_")},
+        "by_kind": {kind: {"n_structures": e["n_structures"],
+                           "success_rate": {n: o["success_rate"] for n, o in e["optimizers"].items()},
+                           **{k: e[k]["ratio"] for k in ("rl_vs_bfgs_force_calls", "rl_vs_fire_force_calls") if k in e},
+                           **{f"{k.removesuffix('_force_calls')}_n_both_solved": e[k]["n_both_solved"]
+                              for k in ("rl_vs_bfgs_force_calls", "rl_vs_fire_force_calls") if k in e}}
+                    for kind, e in report["by_kind"].items()},
         "reference_vs_bfgs_on_emt": REFERENCE_VS_BFGS,
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }

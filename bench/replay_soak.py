@@ -36,11 +36,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.observation import Observation  # noqa: E402
-from replay_service.client import ReplayClient  # noqa: E402
-from common.transition import Transition  # noqa: E402
-from replay_service.codec import CodecError  # noqa: E402
 from common.config import ReplayConfig  # noqa: E402
+from common.observation import Observation  # noqa: E402
+from common.transition import Transition  # noqa: E402
+from replay_service.client import ReplayClient  # noqa: E402
+from replay_service.codec import CodecError  # noqa: E402
 from replay_service.server import start_embedded  # noqa: E402
 
 ID_STRIDE = 10**9  # identity = writer * ID_STRIDE + sequence, exact in float64
@@ -83,7 +83,9 @@ def writer(url: str, cfg: ReplayConfig, wid: int, stop_at: float, batch: int, n_
             seq += batch
     except Exception as e:  # reported: the audit then says what this writer had acknowledged
         error = f"{type(e).__name__}: {e}"
-    cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
+    def cat(xs, dt):
+        return np.concatenate(xs) if xs else np.zeros(0, dt)
+
     q.put((wid, cat(tables, bool), cat(keys, np.int64), cat(idents, np.int64), np.asarray(lat), error))
 
 

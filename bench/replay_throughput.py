@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.observation import Observation  # noqa: E402
-from replay_service.client import ReplayClient  # noqa: E402
-from common.transition import Transition  # noqa: E402
-from replay_service.codec import encode  # noqa: E402
 from common.config import ReplayConfig  # noqa: E402
+from common.observation import Observation  # noqa: E402
+from common.transition import Transition  # noqa: E402
+from replay_service.client import ReplayClient  # noqa: E402
+from replay_service.codec import encode  # noqa: E402
 from replay_service.server import AOF_REWRITE_MIN_SIZE, AOF_REWRITE_PERCENTAGE, start_embedded  # noqa: E402
 
 BATCH = 256

@@ -5,7 +5,7 @@ Prints one JSON object:
           on replay (goal < 10 %), while actors and learner run together on local Ray;
   baseline: the same learner updating alone from the same replay tables (actors stopped),
             one in-process environment driven by the BFGS expert (no Ray, no replay), and one
-            OnlineActor in-process (policy forward + envs, no Ray, no replay);
+            online ActorLoop in-process (policy forward + envs, no Ray, no replay);
   ratios: system / baseline for updates/s and env steps/s.
 
     python bench/train_throughput.py [--quick] [--config configs/demo.toml] [--seconds 60]
@@ -33,7 +33,6 @@ def main() -> None:
     args = ap.parse_args()
     seconds = 20.0 if args.quick else args.seconds
 
-    import numpy as np
     import ray
     import torch
 
@@ -53,19 +52,19 @@ def main() -> None:
             lr.step()
             c = lr.counters
             u0, w0, b0 = c.updates, c.sample_wait_s, c.update_s
-            t_env0 = ray.get(run.hub.current_t_total.remote())
+            t_env0 = run.hub.current_t_total()
             t0 = time.monotonic()
             while time.monotonic() - t0 < seconds:
                 lr.step()
             dt = time.monotonic() - t0
-            t_env1 = ray.get(run.hub.current_t_total.remote())
+            t_env1 = run.hub.current_t_total()
             wait, busy = c.sample_wait_s - w0, (c.sample_wait_s - w0) + (c.update_s - b0)
             system = {"seconds": round(dt, 2), "env_steps_per_s": (t_env1 - t_env0) / dt,
                       "updates_per_s": (c.updates - u0) / dt,
                       "sample_wait_share": wait / busy if busy else 0.0, "updates": c.updates - u0,
                       "actors": cfg.actors.num_online + cfg.actors.num_expert, "envs_per_actor": cfg.actors.envs_per_actor,
                       "batch_size": cfg.learner.batch_size}
-            ray.get(run.hub.stop.remote())
+            run.hub.stop()
             ray.wait(run.actor_runs, num_returns=len(run.actor_runs), timeout=30)
             u1, t1 = c.updates, time.monotonic()
             while time.monotonic() - t1 < seconds / 2:
@@ -79,7 +78,7 @@ def main() -> None:
         while time.monotonic() - t2 < seconds / 2:
             atoms = structures[k % len(structures)]
             k += 1
-            obs, expert = env.reset(atoms), BFGSExpert(cfg.expert.maxstep)
+            obs, expert = env.reset(atoms), BFGSExpert(cfg.env.max_step)
             while True:
                 res = env.step(expert.action(obs))
                 steps += 1
@@ -88,9 +87,9 @@ def main() -> None:
                     break
         env_alone = steps / (time.monotonic() - t2)
 
-        # one OnlineActor in this process (policy forward + env, no Ray, transitions kept in a list)
+        # one online ActorLoop in this process (policy forward + env, no Ray, transitions kept in a list)
         from actors.coordinator import Coordinator
-        from actors.loop import OnlineActor
+        from actors.loop import ActorLoop
         from actors.structures import Curriculum
 
         class ListWriter:
@@ -100,7 +99,7 @@ def main() -> None:
             def insert(self, table, transitions, priorities=None):
                 self.n += len(transitions)
 
-        actor = OnlineActor(cfg, ListWriter(), Coordinator(Curriculum(run.train_structures, cfg.curriculum)))
+        actor = ActorLoop("online", cfg, ListWriter(), Coordinator(Curriculum(run.train_structures, cfg.curriculum)))
         actor.policy.load_weights(lr.actor_weights(), 1)
         n0, t3 = actor.steps, time.monotonic()
         while time.monotonic() - t3 < seconds / 2:

@@ -4,7 +4,11 @@
 
 This is the one home of every setting: the component dataclasses (environment, expert,
 curriculum, network, replay, learner, actors, run) with a docstring under each field,
-their validation (one range per field, in :func:`validate`), and TOML loading. Unknown
+their validation (one range per field, in each dataclass's ``__post_init__``, so no
+invalid config object exists), and TOML loading. Each setting has one key: the per-atom
+step bound is ``env.max_step`` and the feature count ``env.env_input_dim`` (the networks
+and the BFGS expert read them there); keys of earlier versions (:data:`REMOVED_KEYS`) are
+errors that name the new key. Unknown
 sections or keys and values of the wrong type are :class:`ConfigError`s that name the key
 and list the valid ones with their documentation.
 """
@@ -13,21 +17,48 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
-import tomllib
 import typing
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 from common.errors import RelaxRLError
+from common.schedules import SCHEDULES
 
 
 class ConfigError(RelaxRLError, ValueError):
     """A configuration file or override is invalid; the message says which key and how to fix it."""
+
+
+def _require(section: str, checks: list[tuple[bool, str, Any, str]], obj: Any = None) -> None:
+    """Raise :class:`ConfigError` for the first failed ``(ok, key, value, what is valid)`` check.
+
+    With ``obj`` (the dataclass being built) every float field must first be finite: NaN fails
+    no comparison (``nan > 0`` and ``nan <= 0`` are both False), so each range check below is
+    written as the condition a valid value meets and runs only on finite numbers.
+    """
+    if obj is not None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {v!r}")
+    for ok, key, value, valid in checks:
+        if not ok:
+            raise ConfigError(f"{section}.{key} must be {valid}, got {value!r}")
+
+
+REMOVED_KEYS = {
+    "network.max_step": "env.max_step",
+    "expert.maxstep": "env.max_step",
+    "network.env_input_dim": "env.env_input_dim",
+}
+"""Keys of earlier versions → the one key that holds the setting now (a user's file naming an old key is an error)."""
 
 
 # ----------------------------------------------------------------- environment and actors
@@ -61,11 +92,16 @@ class EnvConfig:
     converged_bonus: float = 10.0
     """Reward added on the step that reaches Fmax < fmax."""
 
+    def __post_init__(self) -> None:
+        _require("env", [
+            (self.max_step > 0, "max_step", self.max_step, "a positive bound in Å, e.g. 0.2"),
+            (0 <= self.env_input_dim <= 3, "env_input_dim", self.env_input_dim,
+             "0..3 (log10 Fmax, step fraction, last a_back)"),
+        ])
+
 
 @dataclass(frozen=True)
 class ExpertConfig:
-    maxstep: float = 0.2
-    """BFGS maxstep (Å), as ase.optimize.BFGS."""
     p_start: float = 1.0
     """Probability that an expert actor's step is a fake (BFGS) step at t_total = 0 (the nfake schedule)."""
     p_end: float = 0.1
@@ -73,7 +109,10 @@ class ExpertConfig:
     decay_steps: int = 20000
     """t_total over which the fake-step probability moves from p_start to p_end."""
     schedule: str = "linear"
-    """Shape of the decay: 'linear' or 'exponential'."""
+    """Shape of the decay: 'linear' or 'exponential' (common.schedules). The BFGS step is bounded by env.max_step."""
+
+    def __post_init__(self) -> None:
+        _require("expert", [(self.schedule in SCHEDULES, "schedule", self.schedule, " or ".join(map(repr, SCHEDULES)))])
 
 
 @dataclass(frozen=True)
@@ -82,6 +121,10 @@ class CurriculumConfig:
     """Structure source: 'demo' (generated EMT clusters, bulk and slabs) or a directory of CIF/POSCAR/extxyz files."""
     n_structures: int = 64
     """Number of generated structures (source='demo')."""
+    n_molecules: int = 0
+    """Generated rattled H/C/N/O molecules added to them (source='demo'; actors.structures.TRAINING_MOLECULES)."""
+    n_adsorbates: int = 0
+    """Generated adsorbates on slabs with the two bottom layers fixed (source='demo')."""
     heldout_fraction: float = 0.25
     """Share of structures held out for evaluation (deterministic split by seed)."""
     elements: tuple = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
@@ -99,6 +142,11 @@ class CurriculumConfig:
     min_distance: float = 2.0
     """Minimum interatomic distance (Å) in generated clusters."""
 
+    def __post_init__(self) -> None:
+        stages = list(self.stages)
+        _require("curriculum", [(bool(stages) and stages == sorted(stages), "stages", stages,
+                                 "a non-empty increasing list of atom counts")])
+
 
 @dataclass(frozen=True)
 class ActorConfig:
@@ -115,21 +163,28 @@ class ActorConfig:
     sigma_decay_steps: int = 20000
     """t_total over which sigma decays linearly."""
     noise_force_scale: float = 1.0
-    """Per-atom noise is sigma·min(1, |F_i| / this) (eV/Å): full exploration far from a minimum, little near one, where a 0.03 Å kick alone would exceed fmax."""
+    """Per-atom noise is sigma·min(1, |F_i| / this) (eV/Å): full exploration far from a minimum, little near one,
+    where a 0.03 Å kick alone would exceed fmax."""
     insert_batch: int = 16
     """Transitions buffered before one batched insert into the replay."""
     max_restarts: int = 3
     """Ray restarts of a crashed actor."""
     num_cpus: float = 0.5
     """CPUs Ray reserves per actor."""
+    num_gpus: float = 0.0
+    """GPUs Ray reserves per actor for its calculator (fractional allowed, e.g. 0.25: four actors share one GPU; 0 = CPU only)."""
+
+    def __post_init__(self) -> None:
+        _require("actors", [(self.num_gpus >= 0, "num_gpus", self.num_gpus, "a GPU share >= 0 per actor, e.g. 0.25 (0 = CPU only)")])
 
 
 # ----------------------------------------------------------------- networks and learner
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    env_input_dim: int = 0
-    """Global env features fused late (0 = plain geometric model: no tail_mlp, no env gate)."""
+    """The e3nn networks. They read env.env_input_dim (global env features fused late; 0 = plain
+    geometric model: no tail_mlp, no env gate) and env.max_step (bound on each atom's displacement)."""
+
     radius: float = 5.0
     """Neighbour cutoff, Å (the design notes suggest 6–7 Å on large cells)."""
     max_neighbors: int = 32
@@ -150,12 +205,37 @@ class NetworkConfig:
     """Messages summed at a receiver are divided by this (keeps feature scale independent of the radius)."""
     tail_hidden: int = 32
     """Hidden width of the small MLPs on env features (actor env gate, critic tail_mlp)."""
-    max_step: float = 0.2
-    """Bound on the norm of each atom's displacement, Å (equivariant squashing)."""
     per_atom_q: bool = False
     """Expose per-atom critic values whose sum is Q (per-atom credit assignment)."""
     dtype: str = "float32"
     """Torch dtype of the networks: 'float32' or 'float64'."""
+    path_history: bool = False
+    """Feed the path history (previous actual move and the force change it caused: two 1o vectors per atom, plus
+    their invariants) to actor and critic, the curvature information quasi-Newton methods use."""
+    actor_head: str = "free"
+    """'free': the displacement is the squashed 1o head output. 'preconditioned': d_i = α_i·F_i + β_i·m_i + c_i
+    with learned per-atom invariants α_i > 0 (Å²/eV) and β_i ∈ (0, 0.95), m_i the previous move and c_i a 1o
+    correction bounded by step_size·|F_i| (starts as heavy-ball steepest descent; displacements vanish with
+    the forces)."""
+    step_size: float = 0.1
+    """α at initialisation of the 'preconditioned' head, Å²/eV (about 1/curvature of a metal bond)."""
+    momentum: float = 0.5
+    """β at initialisation of the 'preconditioned' head (weight of the previous move)."""
+
+    def __post_init__(self) -> None:
+        _require("network", [
+            (2 <= self.num_layers <= 6, "num_layers", self.num_layers, "2..6 interaction layers"),
+            (1 <= self.lmax <= 3, "lmax", self.lmax, "1..3 (lmax 0 has no vectors, so no displacement)"),
+            (self.channels >= 1, "channels", self.channels, "a positive multiplicity, e.g. 16"),
+            (self.radius > 0, "radius", self.radius, "a positive cutoff in Å, e.g. 5.0"),
+            (self.actor_head in ("free", "preconditioned"), "actor_head", self.actor_head, "'free' or 'preconditioned'"),
+            (self.step_size > 0, "step_size", self.step_size, "a positive step in Å²/eV, e.g. 0.1"),
+            (0.0 <= self.momentum < 0.95, "momentum", self.momentum, "a weight in [0, 0.95), e.g. 0.5"),
+            (self.num_basis >= 1, "num_basis", self.num_basis, "a positive size"),
+            (self.radial_hidden >= 1, "radial_hidden", self.radial_hidden, "a positive size"),
+            (self.avg_num_neighbors > 0, "avg_num_neighbors", self.avg_num_neighbors, "a positive normalisation, e.g. 12"),
+            (self.dtype in ("float32", "float64"), "dtype", self.dtype, "'float32' or 'float64'"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -209,13 +289,19 @@ class LearnerConfig:
     max_nonfinite: int = 20
     """Consecutive non-finite losses that stop the run."""
     normalize_actor_loss: bool = True
-    """Scale −Q by mean|Q| and measure the penalties in units of network.max_step (TD3+BC), so λ_dev and λ_bc do not depend on the reward scale."""
+    """Scale −Q by mean|Q| and measure the penalties in units of env.max_step (TD3+BC), so λ_dev and λ_bc do not
+    depend on the reward scale."""
     relative_bc: float = 0.005
-    """δ (Å) of the relative behaviour-cloning error ‖π − a_BFGS‖² / (‖a_BFGS‖² + δ²) per graph (0 = absolute error in units of max_step)."""
+    """δ (Å) of the relative behaviour-cloning error ‖π − a_BFGS‖² / (‖a_BFGS‖² + δ²) per graph (0 = absolute
+    error in units of max_step)."""
     grad_clip: float = 10.0
     """Global gradient-norm clip (0 = none)."""
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
+
+    def __post_init__(self) -> None:
+        _require("learner", [(0.0 <= getattr(self, k) <= 1.0, k, getattr(self, k), "within [0, 1]")
+                             for k in ("expert_fraction_start", "expert_fraction_end")])
 
 
 # ----------------------------------------------------------------- replay
@@ -245,7 +331,8 @@ class ReplayConfig:
     connect_timeout: float = 10.0
     """Seconds a client keeps retrying (exponential backoff) an unreachable Redis before it fails."""
     expert_rate_limited: bool = False
-    """Apply min_size_to_sample / samples_per_insert to the expert table too (default: only `online`; the expert table then supplies min(round(B·f), size) items and never blocks)."""
+    """Apply min_size_to_sample / samples_per_insert to the expert table too (default: only `online`; the expert
+    table then supplies min(round(B·f), size) items and never blocks)."""
     insert_chunk: int = 512
     """Most transitions reserved, stored and published in one step of an insert (larger inserts are split)."""
 
@@ -287,7 +374,7 @@ class RunConfig:
 SECTIONS = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a config dataclass, by field name."""
     try:
@@ -350,6 +437,9 @@ def _coerce(section: str, key: str, value: Any, tp: Any) -> Any:
 def _build_section(section: str, values: dict[str, Any]) -> Any:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
+    for k in values:
+        if f"{section}.{k}" in REMOVED_KEYS:
+            raise ConfigError(f"{section}.{k} was removed: set {REMOVED_KEYS[section + '.' + k]}")
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -373,9 +463,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
         sections[name] = _build_section(name, values)
-    cfg = RunConfig(**sections)
-    validate(cfg)
-    return cfg
+    return RunConfig(**sections)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -429,25 +517,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(tomli_w.dumps(to_dict(cfg)))
 
-
-def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that a single field's type cannot express."""
-    if cfg.env.env_input_dim != cfg.network.env_input_dim:
-        raise ConfigError(
-            f"env.env_input_dim ({cfg.env.env_input_dim}) and network.env_input_dim ({cfg.network.env_input_dim}) "
-            "must be equal: the networks read the features the environment writes"
-        )
-    if not 0 <= cfg.env.env_input_dim <= 3:
-        raise ConfigError(f"env.env_input_dim must be 0..3 (log10 Fmax, step fraction, last a_back), got {cfg.env.env_input_dim}")
-    if not 2 <= cfg.network.num_layers <= 6:
-        raise ConfigError(f"network.num_layers must be 2..6, got {cfg.network.num_layers}")
-    if cfg.network.dtype not in ("float32", "float64"):
-        raise ConfigError(f"network.dtype must be 'float32' or 'float64', got {cfg.network.dtype!r}")
-    for name in ("expert_fraction_start", "expert_fraction_end"):
-        v = getattr(cfg.learner, name)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"learner.{name} must be within [0, 1], got {v}")
-    if cfg.expert.schedule not in ("linear", "exponential"):
-        raise ConfigError(f"expert.schedule must be 'linear' or 'exponential', got {cfg.expert.schedule!r}")
-    if list(cfg.curriculum.stages) != sorted(cfg.curriculum.stages) or not cfg.curriculum.stages:
-        raise ConfigError(f"curriculum.stages must be a non-empty increasing list of atom counts, got {list(cfg.curriculum.stages)}")

@@ -2,8 +2,8 @@
 
 Two exporters share this spec:
 
-* ``RayMetrics`` (in ``actors/ray_metrics.py``, next to the other Ray wrappers) — used inside Ray processes (actors, the learner). It records through
-  ``ray.util.metrics``; Ray exports every metric at its node's ``--metrics-export-port``
+* ``RayMetrics`` (in ``actors/ray_metrics.py``, next to the other Ray wrappers) — used inside Ray
+  processes (actors, the learner). It records through ``ray.util.metrics``; Ray exports every metric at its node's ``--metrics-export-port``
   with the prefix ``ray_``: ``relaxrl_q_value`` is scraped as ``ray_relaxrl_q_value``.
   Without Ray (unit tests, a learner stepped by hand) it validates every call and keeps
   the last values (:meth:`RayMetrics.snapshot`) but exports nothing.
@@ -22,8 +22,9 @@ abnormal value means (the "diagnostics to watch" of the design notes).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 MetricKind = Literal["gauge", "counter", "histogram"]
 Exporter = Literal["ray", "prometheus"]
@@ -430,12 +431,6 @@ class PrometheusMetrics(_Recorder):
         spec, x, t = _check("observe", metric, value, tags, "prometheus")
         self._child(spec, t).observe(x)
         self._remember(spec, x, t)
-
-    def exposition(self) -> bytes:
-        """The text a scrape of :meth:`serve`'s endpoint returns now."""
-        import prometheus_client as pc
-
-        return pc.generate_latest(self.registry)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
         """Serve ``/metrics`` on ``host:port`` in a daemon thread; returns (server, thread).

@@ -23,10 +23,14 @@ class Observation:
     # Optional precomputed neighbour list (see learner/graph.py); None when not built.
     edge_index: np.ndarray | None = None  # [2, n_edges] int64 (sender, receiver)
     edge_shift: np.ndarray | None = None  # [n_edges, 3] int64, integer cell shifts of the sender
+    # Path history (what a quasi-Newton method remembers), None when not recorded:
+    # columns 0:3 the previous step's actual move (Å), 3:6 the force change F_t − F_{t−1} (eV/Å);
+    # zeros at the start of an episode. See :func:`history_after`.
+    history: np.ndarray | None = None  # [n_atoms, 6] float64
 
     @classmethod
     def from_atoms(cls, atoms, forces: np.ndarray | None = None, energy: float | None = None,
-                   env_features: np.ndarray | None = None) -> "Observation":
+                   env_features: np.ndarray | None = None) -> Observation:
         """The observation of ``atoms``; forces (eV/Å) and energy (eV) come from its calculator unless given."""
         if forces is None:
             forces = atoms.get_forces()
@@ -50,6 +54,18 @@ class Observation:
     def fmax(self) -> float:
         """Largest per-atom force norm, eV/Å."""
         return float(np.linalg.norm(self.forces, axis=1).max()) if self.n_atoms else 0.0
+
+
+HISTORY_DIM = 6
+"""Columns of :attr:`Observation.history`: previous actual move (3, Å), force change (3, eV/Å)."""
+
+
+def history_after(move: np.ndarray, forces_before: np.ndarray, forces_after: np.ndarray) -> np.ndarray:
+    """The history of the observation that follows an applied ``move`` ([n_atoms, 3] Å):
+    ``[move, forces_after − forces_before]`` as [n_atoms, 6]. Start an episode with zeros."""
+    return np.concatenate([np.asarray(move, dtype=np.float64),
+                           np.asarray(forces_after, dtype=np.float64) - np.asarray(forces_before, dtype=np.float64)],
+                          axis=1)
 
 
 def env_features(fmax: float, step_fraction: float, last_a_back: float, dim: int) -> np.ndarray:

@@ -101,7 +101,7 @@ class NativeTopology:
         return self.tmp / "ray" / SD_FILE_NAME
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "NativeTopology":
+    def start(self) -> NativeTopology:
         self.tmp = Path(tempfile.mkdtemp(prefix="rrt", dir="/tmp"))
         try:
             self._start_redis()
@@ -222,7 +222,7 @@ class NativeTopology:
                 pass
         psutil.wait_procs(alive, timeout=5)
 
-    def __enter__(self) -> "NativeTopology":
+    def __enter__(self) -> NativeTopology:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -80,7 +80,7 @@ class LocalPrometheus:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready_timeout: float = 20.0) -> "LocalPrometheus":
+    def start(self, ready_timeout: float = 20.0) -> LocalPrometheus:
         """Start the process and wait until ``/-/ready`` answers."""
         self._tmp = tempfile.TemporaryDirectory(prefix="relaxrl-prom-")
         tmp = Path(self._tmp.name)
@@ -153,7 +153,7 @@ class LocalPrometheus:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "LocalPrometheus":
+    def __enter__(self) -> LocalPrometheus:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -66,7 +66,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; errors name the file and what to do."""
+    """Read a checkpoint with ``weights_only=True``; errors name the file and what to do.
+
+    Keep ``map_location="cpu"`` (the default) for anything you will ``load_state_dict`` or
+    ``set_state`` from: a checkpoint written on a GPU then loads on any machine, the modules
+    and optimizers copy their tensors to their own device, and RNG states stay on the CPU.
+    """
     p = resolve_checkpoint(path)
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
@@ -74,7 +79,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
                               "It is not a relaxrl checkpoint or it is damaged; use another one from checkpoints/") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{p} is not a relaxrl checkpoint (format {data.get('format') if isinstance(data, dict) else type(data).__name__!r}, "
-                              f"expected {FORMAT!r})")
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{p} is not a relaxrl checkpoint (format {found!r}, expected {FORMAT!r})")
     data["path"] = str(p)
     return data

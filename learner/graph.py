@@ -1,12 +1,10 @@
 """Observations → batched graph tensors (neighbour lists, periodic shifts, graph index).
 
-    graph = batch_graphs([obs1, obs2], cfg)            # learner.graph.Graph
+    graph = batch_graphs([obs1, obs2], cfg, env_input_dim=0)   # learner.graph.Graph
     graph = graph.to("cuda")
-    actions = stack_actions([a1, a2], graph)           # [n_atoms, 3] in the graph's atom order
 
 Atom order of a batch is the concatenation of the observations' atoms in list order, so a
-list of per-observation arrays ``[n_i, 3]`` lines up with the graph by ``np.concatenate``
-(:func:`stack_actions`); ``graph.split(t)`` undoes it.
+list of per-observation arrays ``[n_i, 3]`` lines up with the graph by ``np.concatenate``.
 
 Edges follow ``Observation.edge_index``: row 0 is the *sender* j, row 1 the *receiver* i,
 and ``edge_shift`` [n_edges, 3] holds the integer cell shift S of the sender, so the edge
@@ -14,50 +12,25 @@ vector (receiver → sender image) is ``pos[j] + S @ cell − pos[i]`` (Å). It 
 torch (:meth:`Graph.edge_vectors`) from positions and cell, never stored, so gradients and
 rotations act on it correctly.
 
-Where neighbour lists are built — measured
-------------------------------------------
-``bench/network_throughput.py`` (2-core CPU, torch 2 threads, default NetworkConfig:
-radius 5 Å, cap 32; EMT Cu, 256 observations; rattled clusters and periodic fcc bulk):
-
-=========================================  =========  =========
-256 observations of                         8 atoms    32 atoms
-=========================================  =========  =========
-:func:`neighbor_list`, clusters               10 ms      30 ms
-:func:`neighbor_list`, periodic bulk          27 ms      82 ms
-``batch_graphs`` with edges given            2–4 ms     2–3 ms
-TD3-shaped update (rest of the step)         0.24 s     3.2 s
-edge list per observation, int64 (bulk)      10 kB      41 kB
-=========================================  =========  =========
-
-An update needs two batches (s and s'), so lists built on the learner cost 8–22 % of a
-CPU update at 8 atoms and 2–5 % at 32 atoms; the cost is per-observation numpy overhead
-(~40–300 µs each) that a GPU does not shrink, while the tensor work shrinks by an order
-of magnitude there, so on a GPU learner they would likely dominate the step (an
-estimate: no GPU was available for this measurement). On the actors the
-cost spreads over many cheap processes (the Ape-X premise), an online actor builds the list
-for its own forward anyway, and the replay codec stores edges compactly (u32 index, i8
-shift: 11 B per edge, ~0.6–5.6 kB per observation above).
-
-Decision: **actors build the neighbour lists** (:func:`with_neighbor_list` attaches them to
-an observation, using the same ``NetworkConfig`` as the learner) and ``batch_graphs`` uses
+Actors build the neighbour lists (:func:`with_neighbor_list` attaches them to an
+observation, using the same ``NetworkConfig`` as the learner) and ``batch_graphs`` uses
 ``obs.edge_index`` when present; it builds missing lists itself, so observations without
-one (tests, ``RLOptimizer``, an actor that does not attach them) still work, at the cost
-above.
+one (tests, ``RLOptimizer``) still work. Why, with the measurements: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from common.observation import Observation
 from common.config import NetworkConfig
 from common.errors import RelaxRLError
+from common.observation import HISTORY_DIM, Observation
 
-__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_actions", "torch_dtype", "with_neighbor_list"]
+__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "torch_dtype", "with_neighbor_list"]
 
 
 class GraphError(RelaxRLError, ValueError):
@@ -147,7 +120,7 @@ def with_neighbor_list(obs: Observation, cfg: NetworkConfig) -> Observation:
     """A copy of ``obs`` carrying its neighbour list (``cfg.radius``, ``cfg.max_neighbors``).
 
     For actors: attach it before the observation goes to replay, so the learner skips the
-    search (see the measurements above). Use the run's ``NetworkConfig``: the learner
+    search (see docs/BENCHMARKS.md). Use the run's ``NetworkConfig``: the learner
     trusts an attached list and does not re-check its radius.
     """
     ei, es = neighbor_list(obs.positions, obs.cell, obs.pbc, cfg.radius, cfg.max_neighbors)
@@ -167,6 +140,7 @@ class Graph:
     batch: torch.Tensor  # [n_atoms] int64 graph index of each atom
     num_atoms_per_graph: torch.Tensor  # [n_graphs] int64
     env_features: torch.Tensor  # [n_graphs, env_input_dim]
+    history: torch.Tensor  # [n_atoms, 6]: previous move (Å), force change (eV/Å); zeros when not recorded
 
     @property
     def n_graphs(self) -> int:
@@ -188,7 +162,7 @@ class Graph:
     def dtype(self) -> torch.dtype:
         return self.pos.dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Graph:
         """A copy on ``device``; floating tensors also cast to ``dtype`` when given."""
         out = {}
         for f in fields(self):
@@ -206,10 +180,6 @@ class Graph:
         offset = torch.einsum("ek,ekl->el", self.edge_shift, cell)  # [n_edges, 3]
         return self.pos[sender] + offset - self.pos[receiver]
 
-    def split(self, per_atom: torch.Tensor) -> list[torch.Tensor]:
-        """Undo :func:`stack_actions`: a per-atom tensor [n_atoms, ...] → one tensor per graph."""
-        return list(torch.split(per_atom, self.num_atoms_per_graph.tolist()))
-
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     """'float32' / 'float64' (or a torch dtype) → the torch dtype; other names are a GraphError."""
@@ -221,17 +191,17 @@ def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     return table[name]
 
 
-def _check(obs: Observation, k: int, cfg: NetworkConfig) -> None:
+def _check(obs: Observation, k: int, cfg: NetworkConfig, env_input_dim: int | None) -> None:
     n = obs.n_atoms
     if obs.positions.shape != (n, 3) or obs.forces.shape != (n, 3):
         raise GraphError(
             f"observation {k}: positions {obs.positions.shape} and forces {obs.forces.shape} must both be [{n}, 3] "
             f"for {n} atomic numbers"
         )
-    if np.asarray(obs.env_features).reshape(-1).shape[0] != cfg.env_input_dim:
+    if env_input_dim is not None and np.asarray(obs.env_features).size != env_input_dim:
         raise GraphError(
-            f"observation {k}: {np.asarray(obs.env_features).size} env features but network.env_input_dim = "
-            f"{cfg.env_input_dim}; make the two agree (env.env_input_dim and network.env_input_dim)"
+            f"observation {k}: {np.asarray(obs.env_features).size} env features but the networks expect "
+            f"env.env_input_dim = {env_input_dim}; observe with the run's env config"
         )
     if n and (obs.numbers.min() < 1 or obs.numbers.max() > cfg.max_species):
         raise GraphError(
@@ -245,19 +215,22 @@ def batch_graphs(
     cfg: NetworkConfig,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
+    env_input_dim: int | None = None,
 ) -> Graph:
     """Concatenate observations into one :class:`Graph`.
 
     Uses ``obs.edge_index``/``obs.edge_shift`` when present, else builds the neighbour list
     with ``cfg.radius`` and ``cfg.max_neighbors``. ``dtype`` defaults to ``cfg.dtype``.
+    ``env_input_dim`` (the run's ``env.env_input_dim``), when given, is checked against
+    every observation's env features.
     """
     if len(observations) == 0:
         raise GraphError("batch_graphs needs at least one observation")
     dt = torch_dtype(dtype if dtype is not None else cfg.dtype)
-    pos, numbers, forces, cells, env, counts = [], [], [], [], [], []
+    pos, numbers, forces, cells, env, counts, history = [], [], [], [], [], [], []
     edges, shifts, offset = [], [], 0
     for k, obs in enumerate(observations):
-        _check(obs, k, cfg)
+        _check(obs, k, cfg, env_input_dim)
         if obs.edge_index is not None:
             ei = np.asarray(obs.edge_index, dtype=np.int64).reshape(2, -1)
             es = np.asarray(obs.edge_shift if obs.edge_shift is not None else np.zeros((ei.shape[1], 3)), dtype=np.int64)
@@ -268,6 +241,7 @@ def batch_graphs(
         forces.append(obs.forces)
         cells.append(np.asarray(obs.cell, dtype=np.float64).reshape(3, 3))
         env.append(np.asarray(obs.env_features, dtype=np.float64).reshape(-1))
+        history.append(obs.history if obs.history is not None else np.zeros((obs.n_atoms, HISTORY_DIM)))
         counts.append(obs.n_atoms)
         edges.append(ei + offset)
         shifts.append(es.reshape(-1, 3))
@@ -287,18 +261,6 @@ def batch_graphs(
         batch=torch.repeat_interleave(torch.arange(len(counts)), counts_t).to(device),
         num_atoms_per_graph=counts_t.to(device),
         env_features=f(np.stack(env)),
+        history=f(np.concatenate(history).reshape(-1, HISTORY_DIM)),
     )
 
-
-def stack_actions(actions: Sequence[np.ndarray], graph: Graph | None = None) -> torch.Tensor:
-    """Per-observation actions [n_i, 3] (Å) → one tensor [n_atoms, 3] in the graph's atom order.
-
-    The order is plain ``np.concatenate`` in list order, the same as :func:`batch_graphs`;
-    with ``graph`` given, the result gets its device and dtype and the atom counts are checked.
-    """
-    a = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 3) for x in actions])  # [n_atoms, 3]
-    if graph is None:
-        return torch.from_numpy(a)
-    if a.shape[0] != graph.n_atoms:
-        raise GraphError(f"actions hold {a.shape[0]} atoms but the graph has {graph.n_atoms}; pass them in the same order")
-    return torch.from_numpy(a).to(device=graph.device, dtype=graph.dtype)

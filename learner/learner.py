@@ -10,19 +10,21 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from common.config import to_dict
+from common.errors import RelaxRLError
+from common.schedules import linear
 from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
-from learner.networks import Actor, TwinCritic
-from common.schedules import linear
-from common.errors import RelaxRLError
+from learner.networks import TwinCritic, build_actor
 
 
 class TrainingDiverged(RelaxRLError):
@@ -73,8 +75,8 @@ class Learner:
         dtype = torch_dtype(config.network.dtype)
         self.dtype = dtype
         torch.manual_seed(config.run.seed)
-        self.actor = Actor(config.network).to(self.device, dtype)
-        self.critic = TwinCritic(config.network).to(self.device, dtype)
+        self.actor = build_actor(config.network, config.env).to(self.device, dtype)
+        self.critic = TwinCritic(config.network, config.env).to(self.device, dtype)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)
         for p in list(self.actor_target.parameters()) + list(self.critic_target.parameters()):
@@ -82,7 +84,7 @@ class Learner:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.lc.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.lc.critic_lr)
         self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
-                                  target_noise_clip=self.lc.target_noise_clip, max_step=config.network.max_step,
+                                  target_noise_clip=self.lc.target_noise_clip, max_step=config.env.max_step,
                                   lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip,
                                   normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
@@ -115,8 +117,9 @@ class Learner:
         dev, dt = self.device, self.dtype
         obs = [t.obs for t in transitions]
         nxt = [t.next_obs for t in transitions]
-        graph = batch_graphs(obs, self.config.network, device=dev, dtype=dt)
-        next_graph = batch_graphs(nxt, self.config.network, device=dev, dtype=dt)
+        n_env = self.config.env.env_input_dim
+        graph = batch_graphs(obs, self.config.network, device=dev, dtype=dt, env_input_dim=n_env)
+        next_graph = batch_graphs(nxt, self.config.network, device=dev, dtype=dt, env_input_dim=n_env)
 
         def cat(arrays):
             return torch.as_tensor(np.concatenate(arrays, axis=0), device=dev, dtype=dt)
@@ -218,8 +221,6 @@ class Learner:
         return row
 
     def checkpoint(self) -> Path:
-        from common.config import to_dict
-
         c = self.counters
         try:
             c.t_total = self.t_total()
@@ -235,7 +236,13 @@ class Learner:
         })
 
     def restore(self, path: str | Path) -> None:
-        data = load_checkpoint(path, map_location=self.device)
+        """Continue from a checkpoint, whatever device wrote it and whatever device this learner is on.
+
+        Everything is read onto the CPU; ``load_state_dict`` then copies the weights and the
+        optimizer moments onto the networks' device, and the sampling generator's state stays
+        a CPU byte tensor (``Generator.set_state`` accepts nothing else).
+        """
+        data = load_checkpoint(path, map_location="cpu")
         try:
             self.actor.load_state_dict(data["actor"])
             self.critic.load_state_dict(data["critic"])
@@ -252,4 +259,4 @@ class Learner:
         self.counters.t_total = int(counters["t_total"])
         self.counters.nonfinite_total = int(counters.get("nonfinite_total", 0))
         if "generator" in data:
-            self.generator.set_state(data["generator"])
+            self.generator.set_state(torch.as_tensor(data["generator"], dtype=torch.uint8, device="cpu"))

@@ -1,9 +1,9 @@
 """E(3)-equivariant actor and critic (e3nn) with late fusion of environment features.
 
-    cfg = NetworkConfig(env_input_dim=0)
+    cfg, env = NetworkConfig(), EnvConfig(env_input_dim=0)   # env: max_step and env_input_dim
     graph = batch_graphs([obs1, obs2], cfg)
-    actor = Actor(cfg);        displacement = actor(graph)            # [n_atoms, 3] Å
-    critic = TwinCritic(cfg);  q1, q2 = critic(graph, displacement)   # [n_graphs] each
+    actor = Actor(cfg, env);        displacement = actor(graph)            # [n_atoms, 3] Å
+    critic = TwinCritic(cfg, env);  q1, q2 = critic(graph, displacement)   # [n_graphs] each
 
 Shape of every network (NequIP/MACE pattern, one :class:`InteractionBlock` per layer):
 
@@ -12,7 +12,7 @@ Shape of every network (NequIP/MACE pattern, one :class:`InteractionBlock` per l
     layer       o3.Linear → depthwise 'uvu' TensorProduct with per-edge weights from a radial
                 MLP → scatter-sum to receivers / avg_num_neighbors → o3.Linear → Gate, plus
                 an o3.Linear self-connection
-    heads       actor: o3.Linear → 1x1o per atom, norm squashed to max_step Å, × env gate
+    heads       actor: o3.Linear → 1x1o per atom, norm squashed to env.max_step Å, × env gate
                 critic: o3.Linear → 0e per atom, mean-pooled per graph (→ tail_mlp with env)
 
 Hidden irreps are ``channels × l(−1)^l`` for l ≤ lmax (0e + 1o at lmax 1), so positions,
@@ -33,27 +33,27 @@ to each atom's scalars with its graph's env features, then averaged).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
 from torch import nn
 
-from common.config import NetworkConfig
-from learner.graph import Graph, torch_dtype
+from common.config import EnvConfig, NetworkConfig
 from common.errors import RelaxRLError
+from learner.graph import Graph, torch_dtype
 
 __all__ = [
     "Actor",
+    "PreconditionedActor",
+    "build_actor",
     "Critic",
     "TwinCritic",
     "NetworkConfig",
     "InteractionBlock",
     "EquivariantTrunk",
     "IrrepsMismatchError",
-    "NetworkConfigError",
-    "validate_config",
     "check_irreps",
     "hidden_irreps",
 ]
@@ -63,28 +63,6 @@ _EPS = 1e-12
 
 class IrrepsMismatchError(RelaxRLError, ValueError):
     """Two consecutive blocks were built with irreps that do not fit."""
-
-
-class NetworkConfigError(RelaxRLError, ValueError):
-    """A NetworkConfig value the networks cannot be built with; the message names the field."""
-
-
-def validate_config(cfg: NetworkConfig) -> None:
-    """Reject settings the networks cannot be built with, naming the ``network.*`` field."""
-    checks = [
-        (1 <= cfg.num_layers <= 8, "num_layers", "use 2–6 interaction layers (1–8 accepted)"),
-        (1 <= cfg.lmax <= 3, "lmax", "use 1–3 (lmax 0 has no vectors, so no displacement)"),
-        (cfg.channels >= 1, "channels", "use a positive multiplicity, e.g. 16"),
-        (cfg.radius > 0, "radius", "use a cutoff in Å, e.g. 5.0"),
-        (cfg.num_basis >= 1 and cfg.radial_hidden >= 1, "num_basis/radial_hidden", "use positive sizes"),
-        (cfg.max_step > 0, "max_step", "use a positive bound in Å, e.g. 0.2"),
-        (cfg.env_input_dim >= 0, "env_input_dim", "use 0 (no env features) or their count"),
-        (cfg.avg_num_neighbors > 0, "avg_num_neighbors", "use a positive normalisation, e.g. 12"),
-        (cfg.dtype in ("float32", "float64"), "dtype", "use 'float32' or 'float64'"),
-    ]
-    for ok, name, fix in checks:
-        if not ok:
-            raise NetworkConfigError(f"network.{name} = {getattr(cfg, name, '')!r} is invalid: {fix}")
 
 
 def check_irreps(upstream: str, irreps_out: o3.Irreps, downstream: str, irreps_in: o3.Irreps) -> None:
@@ -98,7 +76,7 @@ def check_irreps(upstream: str, irreps_out: o3.Irreps, downstream: str, irreps_i
 
 def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
     """``channels × l`` with parity (−1)^l for l = 0..lmax: 0e + 1o + 2e + ..."""
-    return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
+    return o3.Irreps([(channels, (deg, (-1) ** deg)) for deg in range(lmax + 1)])
 
 
 def safe_norm(v: torch.Tensor) -> torch.Tensor:
@@ -250,7 +228,6 @@ class EquivariantTrunk(nn.Module):
 
     def __init__(self, cfg: NetworkConfig, irreps_node_in: o3.Irreps | str) -> None:
         super().__init__()
-        validate_config(cfg)
         self.irreps_in = o3.Irreps(irreps_node_in)
         self.irreps_hidden = hidden_irreps(cfg.channels, cfg.lmax)
         self.edges = EdgeEmbedding(cfg)
@@ -280,23 +257,47 @@ class EquivariantTrunk(nn.Module):
 class NodeInput(nn.Module):
     """Species embedding and force features (and optionally the action) as node irreps.
 
-    Output irreps: ``channels x0e`` (species) + ``1x0e`` log1p|F| [+ ``1x0e`` |a|/max_step]
-    + ``1x1o`` F·log1p|F|/|F| [+ ``1x1o`` a/max_step].
+    Output irreps: ``channels x0e`` (species) + ``1x0e`` log1p|F| [+ ``4x0e`` history invariants]
+    [+ ``1x0e`` |a|/max_step] + ``1x1o`` F·log1p|F|/|F| [+ ``2x1o`` m/max_step, ΔF·log1p|ΔF|/|ΔF|]
+    [+ ``1x1o`` a/max_step].
+
+    With ``network.path_history`` the previous move m (Å) and the force change ΔF (eV/Å) of
+    ``graph.history`` enter as vectors, and as the invariants a message-passing layer cannot
+    form at one atom: |m|/max_step, log1p|ΔF|, cos(m, F) (FIRE's power sign) and the
+    signed log of the curvature along the last move, −m·ΔF/|m|² (eV/Å²; what a secant
+    method estimates).
     """
 
-    def __init__(self, cfg: NetworkConfig, with_action: bool) -> None:
+    def __init__(self, cfg: NetworkConfig, max_step: float, with_action: bool) -> None:
         super().__init__()
         self.with_action = with_action
-        self.max_step = float(cfg.max_step)
+        self.with_history = bool(cfg.path_history)
+        self.max_step = float(max_step)
         self.embedding = nn.Embedding(cfg.max_species + 1, cfg.channels)
         k = 2 if with_action else 1
-        self.irreps_out = o3.Irreps(f"{cfg.channels + k}x0e + {k}x1o")
+        h_s, h_v = (4, 2) if self.with_history else (0, 0)
+        self.irreps_out = o3.Irreps(f"{cfg.channels + k + h_s}x0e + {k + h_v}x1o")
+
+    def _history(self, graph: Graph) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(scalars [N, 1] x4, vectors [N, 3] x2) of the path history."""
+        m = graph.history[:, :3]  # [N, 3] Å, previous move
+        df = graph.history[:, 3:]  # [N, 3] eV/Å, force change
+        m_norm, f_norm = safe_norm(m), safe_norm(graph.forces)  # [N, 1]
+        df_mag, df_vec = log_scaled(df)
+        cos = (m * graph.forces).sum(-1, keepdim=True) / (m_norm * f_norm)  # [N, 1]
+        curv = -(m * df).sum(-1, keepdim=True) / (m_norm * m_norm)  # [N, 1] eV/Å²
+        curv = torch.sign(curv) * torch.log1p(curv.abs())
+        return [m_norm / self.max_step, df_mag, cos, curv], [m / self.max_step, df_vec]
 
     def forward(self, graph: Graph, action: torch.Tensor | None = None) -> torch.Tensor:
         """→ [N, irreps_out]."""
         f_mag, f_vec = log_scaled(graph.forces)  # [N, 1], [N, 3]
         scalars = [self.embedding(graph.numbers), f_mag]  # [N, channels], [N, 1]
         vectors = [f_vec]
+        if self.with_history:
+            hs, hv = self._history(graph)
+            scalars += hs
+            vectors += hv
         if self.with_action:
             if action is None or action.shape != graph.pos.shape:
                 raise ValueError(f"critic needs an action of shape {tuple(graph.pos.shape)} (one 3-vector per atom)")
@@ -320,19 +321,18 @@ class EnvGate(nn.Module):
 
 
 class Actor(nn.Module):
-    """Policy: per-atom displacement (1o, Å), |d| < max_step, times the env gate."""
+    """Policy: per-atom displacement (1o, Å), |d| < env.max_step, times the env gate."""
 
-    def __init__(self, cfg: NetworkConfig) -> None:
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__()
-        validate_config(cfg)
         self.cfg = cfg
-        self.max_step = float(cfg.max_step)
-        self.node_input = NodeInput(cfg, with_action=False)
+        self.max_step = float(env.max_step)
+        self.node_input = NodeInput(cfg, env.max_step, with_action=False)
         self.trunk = EquivariantTrunk(cfg, self.node_input.irreps_out)
         check_irreps("node input", self.node_input.irreps_out, "trunk", self.trunk.irreps_in)
         self.irreps_out = o3.Irreps("1x1o")
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, 3]
-        self.env_gate = EnvGate(cfg.env_input_dim, cfg.tail_hidden) if cfg.env_input_dim > 0 else None
+        self.env_gate = EnvGate(env.env_input_dim, cfg.tail_hidden) if env.env_input_dim > 0 else None
         self.to(torch_dtype(cfg.dtype))
 
     def ungated(self, graph: Graph) -> torch.Tensor:
@@ -357,21 +357,64 @@ class Actor(nn.Module):
         return (d, scale) if return_scale else d
 
 
+class PreconditionedActor(Actor):
+    """Policy as a learned, per-atom preconditioned heavy-ball step (``network.actor_head =
+    'preconditioned'``)::
+
+        d_i = α_i·F_i + β_i·m_i + c_i,    |d_i| squashed below env.max_step, × env gate
+
+    α_i = step_size·exp(s_α) > 0 (Å²/eV) and β_i = 0.95·sigmoid(s_β + b) ∈ (0, 0.95) are
+    invariants (``0e`` outputs) of the trunk, m_i the previous actual move (the path
+    history; zeros without it), and c_i = step_size·|F_i|·v/(1 + |v|) a ``1o`` correction
+    whose length is below step_size·|F_i|. Every term vanishes with the forces and the last
+    move, so near a minimum the step is as precise as the forces, and a fixed atom (zero
+    force under its constraint) proposes no move. The raw scalars are scaled by 0.1, so an
+    untrained actor is heavy-ball steepest descent with α ≈ step_size and β ≈ momentum.
+    """
+
+    _BETA_MAX = 0.95
+
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
+        super().__init__(cfg, env)
+        self.step_size = float(cfg.step_size)
+        self.beta_bias = math.log(cfg.momentum / (self._BETA_MAX - cfg.momentum)) if cfg.momentum > 0 else -10.0
+        self.irreps_head = o3.Irreps("2x0e + 1x1o")
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 5]: s_α, s_β, v
+        self.to(torch_dtype(cfg.dtype))
+
+    def ungated(self, graph: Graph) -> torch.Tensor:
+        """Squashed displacement before the env gate, [n_atoms, 3] Å."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        h = self.head(x)  # [N, 5]
+        s = 0.1 * h[:, :2]  # [N, 2] invariants
+        alpha = self.step_size * torch.exp(s[:, :1].clamp(-5.0, 5.0))  # [N, 1] Å²/eV
+        beta = self._BETA_MAX * torch.sigmoid(s[:, 1:2] + self.beta_bias)  # [N, 1]
+        v = h[:, 2:5]  # [N, 3] 1o
+        c = self.step_size * safe_norm(graph.forces) * v / (1.0 + safe_norm(v))  # [N, 3] Å
+        d = alpha * graph.forces + beta * graph.history[:, :3] + c  # [N, 3] Å
+        n = safe_norm(d)
+        return d * (self.max_step * torch.tanh(n / self.max_step) / n)  # [N, 3], |d| < max_step
+
+
+def build_actor(cfg: NetworkConfig, env: EnvConfig) -> Actor:
+    """The actor class ``network.actor_head`` names."""
+    return PreconditionedActor(cfg, env) if cfg.actor_head == "preconditioned" else Actor(cfg, env)
+
+
 class Critic(nn.Module):
     """Q(s, a): action as a 1o node feature, per-atom 0e values mean-pooled (late env fusion)."""
 
-    def __init__(self, cfg: NetworkConfig) -> None:
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__()
-        validate_config(cfg)
         self.cfg = cfg
         self.per_atom_q = bool(cfg.per_atom_q)
-        self.node_input = NodeInput(cfg, with_action=True)
+        self.node_input = NodeInput(cfg, env.max_step, with_action=True)
         self.trunk = EquivariantTrunk(cfg, self.node_input.irreps_out)
         check_irreps("node input", self.node_input.irreps_out, "trunk", self.trunk.irreps_in)
-        if cfg.env_input_dim > 0:
+        if env.env_input_dim > 0:
             self.irreps_out = o3.Irreps(f"{cfg.channels}x0e")
             self.tail_mlp = nn.Sequential(
-                nn.Linear(cfg.channels + cfg.env_input_dim, cfg.tail_hidden), nn.SiLU(), nn.Linear(cfg.tail_hidden, 1)
+                nn.Linear(cfg.channels + env.env_input_dim, cfg.tail_hidden), nn.SiLU(), nn.Linear(cfg.tail_hidden, 1)
             )
         else:
             self.irreps_out = o3.Irreps("1x0e")
@@ -407,10 +450,10 @@ class Critic(nn.Module):
 class TwinCritic(nn.Module):
     """Two independent critics (TD3); ``forward`` → (q1, q2), each [n_graphs]."""
 
-    def __init__(self, cfg: NetworkConfig) -> None:
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__()
-        self.critic1 = Critic(cfg)
-        self.critic2 = Critic(cfg)
+        self.critic1 = Critic(cfg, env)
+        self.critic2 = Critic(cfg, env)
 
     def forward(self, graph: Graph, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.critic1(graph, action), self.critic2(graph, action)

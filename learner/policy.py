@@ -8,16 +8,19 @@ The policy is the actor network only; the critic stays with the learner.
 """
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from common.config import REMOVED_KEYS, ConfigError, from_dict, to_dict
 from common.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
-from learner.networks import Actor
+from learner.networks import Actor, build_actor
 
 
 class Policy:
@@ -27,7 +30,7 @@ class Policy:
         self.config = config  # common.config.RunConfig
         self.device = torch.device(device)
         self.dtype = torch_dtype(config.network.dtype)
-        self.actor = actor if actor is not None else Actor(config.network).to(self.device, self.dtype)
+        self.actor = actor if actor is not None else build_actor(config.network, config.env).to(self.device, self.dtype)
         self.actor.eval()
         self.version = 0
 
@@ -42,7 +45,8 @@ class Policy:
     @torch.no_grad()
     def act_batch(self, observations: Sequence[Observation], return_scale: bool = False):
         """Displacements [n_i, 3] (Å) for each observation; with ``return_scale`` also the env gate per observation."""
-        graph = batch_graphs(list(observations), self.config.network, device=self.device, dtype=self.dtype)
+        graph = batch_graphs(list(observations), self.config.network, device=self.device, dtype=self.dtype,
+                             env_input_dim=self.config.env.env_input_dim)
         disp, scale = self.actor(graph, return_scale=True)  # [n_atoms, 3], [n_graphs]
         disp = disp.cpu().double().numpy()
         counts = [o.n_atoms for o in observations]
@@ -64,8 +68,6 @@ class Policy:
 
 def save_policy(run_dir: str | Path, config, actor: torch.nn.Module, updates: int = 0, **extra) -> Path:
     """A checkpoint holding only what a policy needs (the learner's checkpoints hold more and load here too)."""
-    from common.config import to_dict
-
     return save_checkpoint(run_dir, updates, {"config": to_dict(config), "actor": actor.state_dict(),
                                                "counters": {"updates": updates, "t_total": 0}, **extra})
 
@@ -75,11 +77,9 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
 
     ``expect_config``: a RunConfig whose network section the checkpoint must match.
     """
-    from common.config import ConfigError, from_dict
-
     data = load_checkpoint(path, map_location=device)
     try:
-        config = from_dict(data["config"])
+        config = from_dict(upgrade_checkpoint_config(data["config"]))
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{data['path']}: its config is not valid for this relaxrl version ({e})") from None
     if expect_config is not None and expect_config.network != config.network:
@@ -94,3 +94,26 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
         raise CheckpointError(f"{data['path']}: actor weights do not fit the network of its config "
                               f"({str(e).splitlines()[0][:200]}); the checkpoint is from an incompatible version") from None
     return policy
+
+
+def upgrade_checkpoint_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config dict with the keys of earlier versions (``common.config.REMOVED_KEYS``) translated.
+
+    Only checkpoints are translated: a user's TOML or ``--set`` naming an old key is an error.
+    ``network.max_step`` (the actor's output bound, which its weights were trained with) becomes
+    ``env.max_step``; ``expert.maxstep`` and ``network.env_input_dim`` had to equal the env's
+    values (``env.env_input_dim`` was checked against it) and are dropped.
+    """
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old in REMOVED_KEYS:
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            if old == "network.max_step":
+                env = data.setdefault("env", {})
+                if env.get("max_step", value) != value:
+                    warnings.warn(f"checkpoint config: network.max_step {value} differs from env.max_step "
+                                  f"{env['max_step']}; the policy keeps its trained bound, env.max_step = {value}",
+                                  stacklevel=2)
+                env["max_step"] = value
+    return data

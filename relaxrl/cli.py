@@ -14,24 +14,25 @@ clear line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
+import tomli_w
+
+from common.config import SECTIONS, describe, load_config, to_dict
 from common.errors import RelaxRLError
 
 DEFAULT_CONFIG = "configs/demo.toml"
 
 
-def _config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG) -> None:
+def _config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG,
+                 set_help: str = "override one config value; repeatable, e.g. --set learner.actor_lr=1e-4") -> None:
     p.add_argument("--config", default=default, help=f"TOML preset (default {default})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value; repeatable, e.g. --set learner.actor_lr=1e-4")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    from common.config import SECTIONS, describe, load_config, to_dict
-    import tomli_w
-
     cfg = load_config(args.config, args.overrides)
     if args.docs:
         for name, cls in SECTIONS.items():
@@ -43,9 +44,9 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+    """A sub-command imported when it runs: `relaxrl --help` loads neither torch nor ray (documented lazy import)."""
 
+    def run(args: argparse.Namespace) -> int:
         return importlib.import_module(module).__dict__[func](args)
 
     return run
@@ -75,28 +76,45 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=_lazy("replay_service.server", "serve_command"))
 
     p = sub.add_parser("relax", help="relax a structure with a trained policy")
-    p.add_argument("input", help="structure file (CIF, POSCAR, extxyz, anything ASE or pymatgen reads)")
+    p.add_argument("input", help="structure file (CIF, POSCAR, extxyz, .traj, anything ASE or pymatgen reads)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--calculator", default="emt")
-    p.add_argument("--out", default="relaxed.cif")
-    p.add_argument("--trajectory", default=None)
+    p.add_argument("--index", type=int, default=None, metavar="N",
+                   help="frame of a multi-frame file to relax, as ase.io.read (0 = first, -1 = last); "
+                        "required when the file has several frames")
+    p.add_argument("--fmax", type=float, default=0.05, help="converged when the largest force is below this (eV/Å, > 0)")
+    p.add_argument("--steps", type=int, default=200, help="at most this many optimizer steps (>= 1)")
+    p.add_argument("--calculator", default=None,
+                   help="ASE calculator ('emt', 'chgnet', 'module:Class'; default: the checkpoint's env.calculator)")
+    p.add_argument("--calculator-kwargs", default=None, metavar="JSON",
+                   help="its keyword arguments as a JSON object (default: the checkpoint's env.calculator_kwargs)")
+    p.add_argument("--out", default=None,
+                   help="relaxed structure, format from the name (.cif, .extxyz, .traj, POSCAR, ...); default "
+                        "relaxed.cif, refused if that file exists; an explicit --out is overwritten")
+    p.add_argument("--trajectory", default=None, help="ASE trajectory of every step (its directory must exist)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="hand over to BFGS after K steps without progress (0 = off)")
     p.set_defaults(func=_lazy("relaxrl.relax", "relax_command"))
 
     p = sub.add_parser("eval", help="compare the trained policy with ASE's optimizers")
     p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (needed for 'rl')")
-    _config_args(p, default=None)
-    p.add_argument("--structures", default="held-out", help="directory of structure files, or 'held-out'")
+    _config_args(p, default=None, set_help="override a config value eval uses (also on a checkpoint's config): "
+                 "curriculum.*, run.seed, env.calculator, env.calculator_kwargs, env.min_distance_factor, "
+                 "env.max_step; other keys are refused")
+    p.add_argument("--structures", default="held-out",
+                   help="directory of structure files, 'held-out' (the config's split), 'suite' (the generalisation "
+                        "suite, 27 structures of 6 kinds, reported per kind), or an Al–Fe set: "
+                        "'alfe-heldout' (2–8 atoms, 16 cells), 'alfe-large' (12–20 atoms, 8 cells)")
     p.add_argument("--optimizers", default="rl,bfgs,bfgsls,lbfgs,fire,gpmin")
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--calculator", default="emt")
-    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all)")
+    p.add_argument("--calculator", default=None,
+                   help="ASE calculator ('emt', 'chgnet', 'module:Class'; default: the checkpoint's env.calculator)")
+    p.add_argument("--calculator-kwargs", default=None, metavar="JSON",
+                   help="its keyword arguments as a JSON object (default: the checkpoint's env.calculator_kwargs)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all; >= 0)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="'rl' hands over to BFGS after K steps without progress (0 = off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, help="output directory for report.json, report.md and plots")
+    p.add_argument("--out", required=True,
+                   help="output directory for report.json, report.md and plots (created; not an existing file)")
     p.set_defaults(func=_lazy("relaxrl.evaluate", "eval_command"))
 
     p = sub.add_parser("config", help="configuration")

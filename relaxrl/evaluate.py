@@ -14,11 +14,19 @@ at most ``energy_tol`` (1 meV/atom) above the lowest final energy any optimizer 
 on that structure, and the structure did not fall apart (more connected fragments at the
 end than at the start, bonds judged at 1.3 × ASE's natural cutoffs). Runs that converge
 into a higher minimum or by fragmenting are flagged in the report.
+
+The evaluation `relaxrl train` runs when training ends is this same evaluation
+(:func:`evaluate_after_training`): the trained policy ('rl'), the run's untrained policy
+('untrained') and BFGS (the reference minimum) on the held-out structures, written with the
+same report writer as ``eval.json`` / ``eval.md`` in the run directory.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -51,22 +59,26 @@ def _ase_optimizer(name: str) -> type:
     return {"bfgs": BFGS, "bfgsls": BFGSLineSearch, "lbfgs": LBFGS, "fire": FIRE, "gpmin": GPMin}[name]
 
 
-def parse_optimizers(text: str | Sequence[str]) -> list[str]:
-    """'rl,bfgs,fire' → ['rl', 'bfgs', 'fire'], rejecting unknown names with the list of valid ones."""
+def parse_optimizers(text: str | Sequence[str], policies: Iterable[str] = ()) -> list[str]:
+    """'rl,bfgs,fire' → ['rl', 'bfgs', 'fire'], rejecting unknown names with the list of valid ones.
+
+    ``policies``: further names that are policies (e.g. 'untrained'), valid besides :data:`OPTIMIZERS`.
+    """
+    valid = list(OPTIMIZERS) + [p for p in policies if p not in OPTIMIZERS]
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = [n for n in names if n not in OPTIMIZERS]
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
-        raise EvalError(f"unknown optimizer(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(OPTIMIZERS)}")
+        raise EvalError(f"unknown optimizer(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(valid)}")
     return list(dict.fromkeys(names))
 
 
 def make_optimizer(name: str, atoms: Atoms, policy: Any = None, hybrid_patience: int = 0):
-    """An optimizer of this name on ``atoms``, with no logfile."""
-    if name == "rl":
-        if policy is None:
-            raise EvalError("optimizer 'rl' needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
-        return RLOptimizer(atoms, policy=policy, logfile=None, hybrid_patience=hybrid_patience)
-    return _ase_optimizer(name)(atoms, logfile=None)
+    """An optimizer of this name on ``atoms``, with no logfile: one of ASE's, or an RLOptimizer of ``policy``."""
+    if name in OPTIMIZERS and name != "rl":
+        return _ase_optimizer(name)(atoms, logfile=None)
+    if policy is None:
+        raise EvalError(f"optimizer {name!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
+    return RLOptimizer(atoms, policy=policy, logfile=None, hybrid_patience=hybrid_patience)
 
 
 # ----------------------------------------------------------------------------- one run
@@ -193,6 +205,29 @@ def summarize(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> di
     return out
 
 
+def summarize_by_kind(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> dict[str, Any]:
+    """Success and force-call ratios per structure kind (``record["kind"]``) and ``"overall"``.
+
+    Each entry: ``n_structures``; per optimizer ``n_runs``, ``n_success``, ``success_rate``; and
+    ``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls`` (:func:`_ratio_on_both_solved`) where
+    both optimizers ran. Kinds keep their first-seen order; ``"overall"`` comes last.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in structures:
+        groups.setdefault(s.get("kind", "file"), []).append(s)
+    groups["overall"] = list(structures)
+    out: dict[str, Any] = {}
+    for kind, group in groups.items():
+        entry: dict[str, Any] = {"n_structures": len(group), "optimizers": {}}
+        for name, agg in summarize(group, optimizers).items():
+            entry["optimizers"][name] = {k: agg[k] for k in ("n_runs", "n_success", "success_rate")}
+        for other in ("bfgs", "fire"):
+            if "rl" in optimizers and other in optimizers:
+                entry[f"rl_vs_{other}_force_calls"] = _ratio_on_both_solved(group, "rl", other)
+        out[kind] = entry
+    return out
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
@@ -207,6 +242,14 @@ def _named(structures: Sequence[Atoms] | Mapping[str, Atoms]) -> list[tuple[str,
         seen[name] = seen.get(name, 0) + 1
         named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", atoms))
     return named
+
+
+def check_budget(fmax: float, steps: int) -> None:
+    """Raise :class:`EvalError` unless ``fmax`` is a finite force threshold > 0 eV/Å and ``steps`` >= 1."""
+    if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
+        raise EvalError(f"--fmax must be a finite force threshold > 0 eV/Å (e.g. 0.05), got {fmax}")
+    if steps < 1:
+        raise EvalError(f"--steps must be at least 1 (the most optimizer steps per run), got {steps}")
 
 
 def calculator_factory(calculator: str | Callable[[], Any], kwargs: dict | None = None) -> Callable[[], Any]:
@@ -230,19 +273,28 @@ def evaluate(
     calculator_kwargs: dict | None = None,
     energy_tol: float = ENERGY_TOL_EV_PER_ATOM,
     hybrid_patience: int = 0,
+    policies: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Relax every structure with every optimizer and compare (see the module docstring).
+
+    ``policy`` is the policy of optimizer 'rl'; ``policies`` names further policies that
+    ``optimizers`` may list (e.g. ``{"untrained": p}``), each run as an RLOptimizer.
 
     Returns a JSON-able dict: ``settings``, ``optimizers`` (per-optimizer aggregates),
     ``structures`` (per-structure runs, with the Fmax trace of each run), ``comparisons``
     (``rl_vs_bfgs_force_calls``, ``rl_vs_fire_force_calls`` and every optimizer vs BFGS: ratio of
-    mean force calls on the structures both solved).
+    mean force calls on the structures both solved),
+    ``by_kind`` (:func:`summarize_by_kind`: success and rl/bfgs, rl/fire ratios per
+    ``atoms.info["kind"]``, 'file' where unset, and overall).
     """
-    names = parse_optimizers(optimizers)
-    if not fmax > 0 or steps < 1:
-        raise EvalError(f"fmax must be > 0 eV/Å and steps >= 1, got fmax={fmax}, steps={steps}")
-    if "rl" in names and policy is None:
-        raise EvalError("optimizer 'rl' needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
+    by_name = dict(policies or {})
+    if policy is not None:
+        by_name["rl"] = policy
+    names = parse_optimizers(optimizers, by_name)
+    check_budget(fmax, steps)
+    missing = [n for n in names if n not in by_name and not (n in OPTIMIZERS and n != "rl")]
+    if missing:
+        raise EvalError(f"optimizer {missing[0]!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
     named = _named(structures)
     if not named:
         raise EvalError("no structures to evaluate")
@@ -253,11 +305,11 @@ def evaluate(
     t_start = time.perf_counter()
     with _progress(progress, total) as advance:
         for sname, atoms in named:
-            s = {"name": sname, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
-                 "periodic": bool(atoms.pbc.any()), "runs": {}}
+            s = {"name": sname, "kind": str(atoms.info.get("kind", "file")), "formula": atoms.get_chemical_formula(),
+                 "n_atoms": len(atoms), "periodic": bool(atoms.pbc.any()), "runs": {}}
             for opt in names:
                 advance(f"{sname} · {opt}")
-                s["runs"][opt] = run_one(opt, atoms, make_calc, fmax, steps, policy=policy,
+                s["runs"][opt] = run_one(opt, atoms, make_calc, fmax, steps, policy=by_name.get(opt),
                                          hybrid_patience=hybrid_patience)
             records.append(s)
         advance(None)
@@ -273,20 +325,19 @@ def evaluate(
             if opt not in ("bfgs", "rl"):
                 comparisons[f"{opt}_vs_bfgs_force_calls"] = _ratio_on_both_solved(records, opt, "bfgs")
 
-    policy_info = None
-    if policy is not None:
-        policy_info = {"version": getattr(policy, "version", None), "config_name": policy.config.run.name,
-                       "max_step": policy.config.env.max_step,
-                       "min_distance_factor": policy.config.env.min_distance_factor}
+    policy_info = {n: {"version": getattr(p, "version", None), "config_name": p.config.run.name,
+                       "max_step": p.config.env.max_step, "min_distance_factor": p.config.env.min_distance_factor}
+                   for n, p in by_name.items() if n in names}
     return {
         "settings": {
             "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
             "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
             "optimizers": names, "n_structures": len(records), "hybrid_patience": hybrid_patience,
-            "policy": policy_info, "wall_time_s": time.perf_counter() - t_start,
+            "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
         },
         "optimizers": summarize(records, names),
         "comparisons": comparisons,
+        "by_kind": summarize_by_kind(records, names),
         "structures": records,
     }
 
@@ -325,31 +376,35 @@ class _progress:
 # ----------------------------------------------------------------------------- structures and CLI
 
 
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise EvalError(f"--limit must be >= 0 (0 = every structure, N = the first N), got {limit}")
+
+
 def read_structure_dir(path: str | Path, limit: int = 0, calculator: str = "emt",
                        min_distance_factor: float = 0.6) -> dict[str, Atoms]:
-    """Every structure in the files of a directory (sorted by name; every frame of multi-frame files)."""
-    from relaxrl.relax import read_structures
+    """Every structure of a directory's structure files (sorted by name; every frame of multi-frame files).
 
+    Read by :func:`actors.structures.read_structure_source`, the reader `relaxrl train` uses.
+    """
+    from actors.structures import read_structure_source
+
+    _check_limit(limit)
     d = Path(path)
     if not d.is_dir():
         raise EvalError(f"--structures {d}: not a directory; pass a directory of structure files or 'held-out'")
-    files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise EvalError(f"--structures {d}: no files in it")
-    structures: list[Atoms] = []
-    for p in files:
-        structures += read_structures(p, calculator=calculator, min_distance_factor=min_distance_factor)
-        if limit and len(structures) >= limit:
-            break
-    return dict(_named(structures[:limit] if limit else structures))
+    return dict(_named(read_structure_source(d, calculator=calculator, min_distance_factor=min_distance_factor,
+                                             limit=limit)))
 
 
 def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
     """The held-out split of the config's structure source (``curriculum.source``, 'demo' by default)."""
     from actors.structures import load_structures
 
+    _check_limit(limit)
     _, held = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
-                              min_distance_factor=cfg.env.min_distance_factor)
+                              min_distance_factor=cfg.env.min_distance_factor,
+                              calculator_kwargs=cfg.env.calculator_kwargs)
     if limit:
         held = held[:limit]
     if not held:
@@ -357,12 +412,116 @@ def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
     return dict(_named(held))
 
 
+def suite_structures(limit: int = 0, calculator: str = "emt") -> dict[str, Atoms]:
+    """The generalisation suite (:mod:`actors.suite`); with ``limit`` N, N structures spread over the kinds.
+
+    The N are taken round-robin over the kinds (the first of each kind, then the second, …)
+    and kept in suite order, so ``--limit 6`` tries every kind once."""
+    from actors.suite import generalisation_suite
+
+    _check_limit(limit)
+    suite = generalisation_suite(calculator=calculator)
+    if limit:
+        rank: dict[str, int] = {}
+        keyed = []
+        for i, a in enumerate(suite):
+            k = a.info["kind"]
+            rank[k] = rank.get(k, 0) + 1
+            keyed.append((rank[k], i))
+        keep = sorted(i for _, i in sorted(keyed)[:limit])
+        suite = [suite[i] for i in keep]
+    if not suite:
+        raise EvalError(f"no suite structure has only elements calculator {calculator!r} supports")
+    return dict(_named(suite))
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Raise :class:`EvalError` unless ``out`` is (or can be created as) a writable directory; creates nothing."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise EvalError(f"--out {p} is an existing file; eval writes a directory (report.json, report.md, plots): "
+                        "give a directory path")
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EvalError(f"--out {p}: {existing} is a file, so the directory cannot be created; give another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".relaxrl-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise EvalError(f"--out {p} cannot be written ({existing}: {e.strerror or e}); choose a writable path") from None
+    return p
+
+
+EVAL_OVERRIDES: dict[str, tuple[str, ...] | None] = {
+    "curriculum": None,  # every key: which structures are held out
+    "run": ("seed",),
+    "env": ("calculator", "calculator_kwargs", "min_distance_factor", "max_step"),
+}
+"""The config keys `relaxrl eval` uses, so the ones ``--set`` may change (None = the whole section)."""
+POLICY_ENV_OVERRIDES = ("min_distance_factor", "max_step")
+"""``env`` keys a ``--set`` also applies to the checkpoint's policy (its move correction)."""
+
+
+def check_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """Parse ``--set`` overrides, refusing the keys eval does not use (they would be silently ignored)."""
+    from common.config import parse_override
+
+    parsed = []
+    for text in overrides:
+        section, key, value = parse_override(text)
+        allowed = EVAL_OVERRIDES.get(section, ())
+        if allowed is not None and key not in allowed:
+            hint = {"env.fmax": " (use --fmax)", "env.max_steps": " (use --steps)"}.get(f"{section}.{key}", "")
+            raise EvalError(
+                f"--set {text}: `relaxrl eval` does not use {section}.{key}{hint}, so the override would be ignored. "
+                "eval applies curriculum.* and run.seed (which structures are held out), env.calculator and "
+                "env.calculator_kwargs, and env.min_distance_factor and env.max_step (also to the policy's moves)"
+            )
+        parsed.append((section, key, value))
+    return parsed
+
+
+def eval_config(args: argparse.Namespace, policy: Any) -> Any:
+    """The config eval runs under: --config, else the checkpoint's, else the default preset; ``--set`` applied.
+
+    ``env.min_distance_factor`` / ``env.max_step`` overrides also go into ``policy.config`` (in place).
+    """
+    from common.config import from_dict, load_config, to_dict
+
+    parsed = check_overrides(args.overrides)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    elif policy is not None:
+        data = to_dict(policy.config)
+        for section, key, value in parsed:
+            data.setdefault(section, {})[key] = value
+        cfg = from_dict(data)
+    else:
+        from relaxrl.cli import DEFAULT_CONFIG
+
+        cfg = load_config(DEFAULT_CONFIG, args.overrides)
+    changed = {key: getattr(cfg.env, key) for section, key, _ in parsed
+               if section == "env" and key in POLICY_ENV_OVERRIDES}
+    if policy is not None and changed:
+        policy.config = dataclasses.replace(policy.config, env=dataclasses.replace(policy.config.env, **changed))
+    return cfg
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """`relaxrl eval`: see the module docstring; writes report.json, report.md and plots to --out."""
-    from common.config import load_config
     from relaxrl.reports import print_summary, write_report
 
+    # Everything that can fail is checked before the work, cheapest first.
     names = parse_optimizers(args.optimizers)
+    check_budget(args.fmax, args.steps)
+    _check_limit(args.limit)
+    if getattr(args, "hybrid", 0) < 0:
+        raise EvalError(f"--hybrid must be >= 0 (0 = the policy alone), got {args.hybrid}")
+    out = check_out_dir(args.out)
+    check_overrides(args.overrides)
     policy = None
     if args.checkpoint:
         from learner.policy import load_policy
@@ -371,35 +530,99 @@ def eval_command(args: argparse.Namespace) -> int:
     elif "rl" in names:
         raise EvalError("optimizer 'rl' needs --checkpoint CKPT (a checkpoint file or run directory); "
                         "or leave 'rl' out of --optimizers")
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    elif policy is not None:
-        cfg = policy.config
-        if args.overrides:
-            from common.config import from_dict, parse_override, to_dict
+    cfg = eval_config(args, policy)
 
-            data = to_dict(cfg)
-            for text in args.overrides:
-                section, key, value = parse_override(text)
-                data.setdefault(section, {})[key] = value
-            cfg = from_dict(data)
-    else:
-        from relaxrl.cli import DEFAULT_CONFIG
+    from actors.alfe import ALFE_SETS, alfe_structure_set
+    from actors.calculators import resolve_calculator
 
-        cfg = load_config(DEFAULT_CONFIG, args.overrides)
-
+    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
     if args.structures == "held-out":
         structures = heldout_structures(cfg, args.limit)
+    elif args.structures == "suite":  # the fixed generalisation suite (actors/suite.py), reported per kind
+        structures = suite_structures(args.limit, calc_name)
+    elif args.structures in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
+        structures = dict(_named(alfe_structure_set(args.structures, args.limit, cfg.run.seed, calc_name, kwargs,
+                                                    cfg.env.min_distance_factor)))
     else:
-        structures = read_structure_dir(args.structures, args.limit, calculator=args.calculator,
+        structures = read_structure_dir(args.structures, args.limit, calculator=calc_name,
                                         min_distance_factor=cfg.env.min_distance_factor)
-    kwargs = cfg.env.calculator_kwargs if args.calculator == cfg.env.calculator else None
-    report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=args.calculator,
+    report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=calc_name,
                       calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False),
                       hybrid_patience=getattr(args, "hybrid", 0))
     report["settings"]["structures"] = args.structures
     report["settings"]["checkpoint"] = args.checkpoint
-    paths = write_report(report, args.out)
+    paths = write_report(report, out)
     print_summary(report)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+# ----------------------------------------------------------------------------- after training
+
+AFTER_TRAINING_OPTIMIZERS = ("rl", "untrained", "bfgs")
+"""What `relaxrl train` evaluates when it ends: the trained policy, the untrained one, BFGS (the reference minimum)."""
+
+
+def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Atoms],
+                            untrained_weights: dict | None = None, progress: bool = False) -> dict[str, Any]:
+    """`relaxrl eval`'s evaluation of a finished run: trained vs untrained policy, and BFGS, on held-out structures.
+
+    Structures: the first ``run.eval_episodes`` held-out structures with at most
+    ``run.eval_max_atoms`` atoms (0 = any size). Budget ``env.fmax`` (eV/Å) and
+    ``env.max_steps``; calculator ``env.calculator`` with ``env.calculator_kwargs``.
+    'rl' is the run's newest checkpoint; 'untrained' the weights the run started from
+    (``untrained_weights``) or, for a resumed run, a fresh initialisation with the run's seed.
+    A run succeeds as in `relaxrl eval` (converged, within 1 meV/atom of the best minimum any
+    of the three reached, not fragmented). Writes eval.json and eval.md in ``run_dir`` (plots
+    in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`; returns the report.
+    """
+    import json
+
+    from learner.policy import Policy, load_policy
+    from relaxrl.reports import write_report
+
+    run_dir = Path(run_dir)
+    structures = [a for a in heldout if not cfg.run.eval_max_atoms or len(a) <= cfg.run.eval_max_atoms]
+    structures = structures[: cfg.run.eval_episodes]
+    title = "Held-out evaluation after training"
+    if not structures:  # nothing to compare: say so in the run directory rather than fail after training
+        reason = (f"no held-out structure has at most run.eval_max_atoms = {cfg.run.eval_max_atoms} atoms"
+                  if heldout else "the held-out split is empty (curriculum.heldout_fraction)")
+        report = {"settings": {"title": title, "n_structures": 0, "skipped": reason}, "optimizers": {},
+                  "comparisons": {}, "structures": []}
+        (run_dir / "eval.json").write_text(json.dumps(report, indent=1))
+        (run_dir / "eval.md").write_text(f"# {title}\n\nNothing evaluated: {reason}.\n")
+        return report
+    trained = load_policy(run_dir)
+    if untrained_weights is None:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
+        import torch
+
+        torch.manual_seed(cfg.run.seed)
+    untrained = Policy(cfg)
+    if untrained_weights is not None:
+        untrained.load_weights(untrained_weights)
+    report = evaluate(structures, AFTER_TRAINING_OPTIMIZERS, fmax=cfg.env.fmax, steps=cfg.env.max_steps,
+                      calculator=cfg.env.calculator, calculator_kwargs=cfg.env.calculator_kwargs,
+                      policies={"rl": trained, "untrained": untrained}, progress=progress)
+    report["settings"].update(
+        title=title, structures="held-out", checkpoint=str(run_dir),
+        policy_notes={"rl": "trained, the run's newest checkpoint",
+                      "untrained": "the weights the run started from" if untrained_weights is not None
+                      else "a fresh initialisation with run.seed (resumed run)"})
+    write_report(report, run_dir, stem="eval", plot_dir=run_dir / "plots")
+    return report
+
+
+def after_training_line(report: dict[str, Any]) -> str:
+    """One line for the end of `relaxrl train`: held-out success of the trained vs the untrained policy."""
+    st = report["settings"]
+    if not st.get("n_structures"):
+        return f"no held-out evaluation ({st.get('skipped', 'no structures')})"
+    opts = report["optimizers"]
+
+    def rate(name: str) -> str:
+        r = opts.get(name, {}).get("success_rate")
+        return "–" if r is None else f"{r:.2f}"
+
+    return (f"held-out success trained {rate('rl')} vs untrained {rate('untrained')} (BFGS {rate('bfgs')}) on "
+            f"{st['n_structures']} structures")

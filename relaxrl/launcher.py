@@ -1,29 +1,47 @@
 """`relaxrl train`: wire replay, actors and learner on Ray, show progress, leave a complete run directory.
 
+:class:`Run` wires one run in start order (``Run._wire``): the replay (embedded Redis or a
+URL), Ray (``relaxrl.ray_runtime``: the coordinator and the actor processes), and the
+learner, which runs here, in the driver process, and publishes weights through the
+coordinator. :func:`train` drives the learner, then plots and evaluates.
+
 Run directory::
 
     config.toml          resolved configuration (a resume reads it back)
     checkpoints/         ckpt-<updates>.pt, the newest few
     metrics.jsonl        one row every learner.log_every updates, x-axis t_total
     plots/*.png          actual move, Q vs reward, action scale, a_back, Fmax/success, losses, replay sizes
-    eval.json, eval.md   trained vs untrained policy on held-out structures
+    eval.json, eval.md   `relaxrl eval`'s report: trained vs untrained policy (and BFGS) on held-out structures
+    plots/eval_*.png     its force-call and Fmax plots
     redis/               the embedded Redis (append-only file) when no --redis-url is given
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
-import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from actors.ray_metrics import RayMetrics
+from actors.structures import Curriculum, load_structures
 from common.config import RunConfig, dump_config, load_config
 from common.errors import RelaxRLError
+from learner.learner import Learner
+from relaxrl.ray_runtime import RayRuntime, check_ray_address
+from relaxrl.training_report import plot_run
+from replay_service.client import ReplayClient
+from replay_service.server import ReplayMetricsServer, check_url_security, start_embedded
 
 log = logging.getLogger("relaxrl.train")
 
@@ -46,120 +64,67 @@ def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
     return cfg, run_dir, False
 
 
-def check_ray_address(address: str) -> None:
-    """Fail at once, in one line, when an explicit host:port Ray address accepts no connection.
-
-    Ray itself keeps retrying an unreachable GCS for minutes; 'auto' and other forms are left to Ray.
-    """
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5.0):
-            pass
-    except OSError as e:
-        raise RelaxRLError(f"cannot reach Ray at --address {address}: {e.strerror or e}. Is the head node running "
-                           "(`ray status` there), and is this the host:port of its GCS (default port 6379)? "
-                           "Omit --address for a local Ray instance") from None
-
-
 class Run:
-    """The pieces of one training run; ``close()`` releases them in order."""
+    """The pieces of one training run, started by the constructor; ``close()`` releases them in reverse order."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, address: str | None, redis_url: str | None):
         self.cfg, self.run_dir = cfg, run_dir
-        self.embedded = None
-        self.replay_metrics = None  # replay_service.server.ReplayMetricsServer when replay.metrics_port is set
-        self.started_ray = False
-        self.actors: list = []
+        self.embedded = None  # replay_service.server.EmbeddedRedis when no Redis URL is given
+        self.replay_metrics: ReplayMetricsServer | None = None  # when replay.metrics_port is set
+        self.cluster: RayRuntime | None = None
+        self._stats: dict[str, Any] = {}
+        self._stats_at = 0.0
         try:
-            self._start(resume, address, redis_url)
+            self._wire(resume, address, redis_url)
         except BaseException:  # a failed start must not leave an embedded redis-server or a local Ray behind
-            self._abort()
+            self.close(timeout_s=0.0)
             raise
 
-    def _abort(self) -> None:
-        import ray
-
-        for x in self.actors:
-            ray.kill(x)
-        if self.started_ray:
-            ray.shutdown()
-        if self.replay_metrics is not None:
-            self.replay_metrics.close()
-        if self.embedded is not None:
-            self.embedded.stop()
-
-    def _start(self, resume: bool, address: str | None, redis_url: str | None) -> None:
-        import ray
-
-        from actors.ray_actors import RemoteCoordinator, make_actor, publish_weights
-        from actors.structures import Curriculum, load_structures
-        from learner.learner import Learner
-        from replay_service.client import ReplayClient
-        from replay_service.server import check_url_security
-
+    def _wire(self, resume: bool, address: str | None, redis_url: str | None) -> None:
+        """Replay → Ray → coordinator → learner (publishes the first weights) → actors."""
         cfg, run_dir = self.cfg, self.run_dir
-        if address and not ray.is_initialized():
+        if address:
             check_ray_address(address)
         url = redis_url or cfg.replay.url
         if url:
             check_url_security(url)
         else:
-            from replay_service.server import start_embedded
-
             self.embedded = start_embedded(run_dir / "redis", appendfsync=cfg.replay.appendfsync)
             url = self.embedded.url
         self.replay = ReplayClient(url, cfg.replay)
         self.replay.create_tables(batch_size=cfg.learner.batch_size)
         if cfg.replay.metrics_port:  # no separate `relaxrl replay serve`: this run exports the replay metrics
-            from replay_service.server import ReplayMetricsServer
-
             # its own client: the collector reads Redis from the HTTP server's thread while the learner samples
             self.replay_metrics = ReplayMetricsServer(ReplayClient(url, cfg.replay), cfg.replay.metrics_port)
 
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                      "logging_level": logging.WARNING}
-            if address:
-                kwargs["address"] = address
-            else:
-                kwargs["num_cpus"] = cfg.run.num_cpus or os.cpu_count()
-                if cfg.run.metrics_port:
-                    kwargs["_metrics_export_port"] = cfg.run.metrics_port
-            try:
-                ray.init(**kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise RelaxRLError(f"cannot start or join Ray (address={address or 'local'}): {e}. "
-                                   "Check `ray status` on the head node or omit --address for a local instance") from None
-            self.started_ray = True
-
-        self.train_structures, self.heldout = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed)
-        self.hub = RemoteCoordinator.remote(Curriculum(self.train_structures, cfg.curriculum), 0, cfg.run.seed)
-        hub = self.hub
-        self.learner = Learner(cfg, self.replay, run_dir, resume=resume,
-                               publish=lambda v, s: publish_weights(hub, v, s),
-                               t_total=lambda: ray.get(hub.current_t_total.remote()),
-                               extra_metrics=self.extra_metrics)
+        self.cluster = RayRuntime(address, num_cpus=cfg.run.num_cpus, metrics_port=cfg.run.metrics_port)
+        self.train_structures, self.heldout = load_structures(
+            cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
+            calculator_kwargs=cfg.env.calculator_kwargs, min_distance_factor=cfg.env.min_distance_factor)
+        self.hub = self.cluster.start_hub(Curriculum(self.train_structures, cfg.curriculum), cfg.run.seed)
+        self.learner = Learner(cfg, self.replay, run_dir, resume=resume, publish=self.hub.publish,
+                               t_total=self.hub.current_t_total, extra_metrics=self.extra_metrics)
         if resume:
-            ray.get(hub.continue_from.remote(self.learner.counters.t_total))
-        publish_weights(hub, self.learner.counters.updates, self.learner.actor_weights())
+            self.hub.continue_from(self.learner.counters.t_total)
+        self.hub.publish(self.learner.counters.updates, self.learner.actor_weights())
         self.untrained_weights = None if resume else self.learner.actor_weights()
-        a = cfg.actors
         seed = cfg.run.seed + 1000 * self.learner.counters.updates  # a resumed run explores anew
-        for i in range(a.num_online):
-            self.actors.append(make_actor("online", cfg, self.replay, hub, i, seed))
-        for j in range(a.num_expert):
-            self.actors.append(make_actor("expert", cfg, self.replay, hub, a.num_online + j, seed))
-        self.actor_runs = [x.run.remote() for x in self.actors]
-        self._stats: dict[str, Any] = {}
-        self._stats_at = 0.0
+        self.cluster.start_actors(cfg, self.replay, self.hub, seed)
+
+    @property
+    def actors(self) -> list:
+        """The Ray actor handles (online first)."""
+        return self.cluster.actors if self.cluster is not None else []
+
+    @property
+    def actor_runs(self) -> list:
+        """The object refs of the actors' ``run()`` loops."""
+        return self.cluster.runs if self.cluster is not None else []
 
     def stats(self, max_age_s: float = 1.0) -> dict[str, Any]:
-        import ray
-
+        """The coordinator's statistics plus the replay table sizes, at most ``max_age_s`` old."""
         if time.monotonic() - self._stats_at > max_age_s:
-            s = ray.get(self.hub.stats.remote())
+            s = self.hub.stats()
             try:
                 for table, n in self.replay.sizes().items():
                     s[f"replay/{table}_size"] = n
@@ -174,17 +139,10 @@ class Run:
         return s
 
     def close(self, timeout_s: float = 10.0) -> None:
-        import ray
-
         try:
-            if ray.is_initialized():
-                ray.get(self.hub.stop.remote(), timeout=10)
-                ray.wait(self.actor_runs, num_returns=len(self.actor_runs), timeout=timeout_s)
-                for x in self.actors:
-                    ray.kill(x)
+            if self.cluster is not None:
+                self.cluster.close(timeout_s)
         finally:
-            if self.started_ray:
-                ray.shutdown()
             if self.replay_metrics is not None:
                 self.replay_metrics.close()
                 self.replay_metrics = None
@@ -199,8 +157,6 @@ class LearnerMetrics:
     """Learner-side Prometheus metrics through Ray's exporter (names from common.metrics)."""
 
     def __init__(self):
-        from actors.ray_metrics import RayMetrics
-
         self.m = RayMetrics()
         self._updates = 0
 
@@ -230,104 +186,78 @@ def _progress_line(s: dict[str, Any], logs: dict[str, float], updates: int) -> s
             f"Q {g('charts/q_value')} vs reward {g('charts/batch_reward')}  stage {g('curriculum/stage', '{:d}')}")
 
 
+@contextmanager
+def _stop_on_sigint() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (finish the update, checkpoint, evaluate); the second aborts."""
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping: finishing the current update, writing a final checkpoint (Ctrl-C again to abort)")
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@contextmanager
+def _progress(live: bool, header: str, total: int | None, completed: int) -> Iterator[Callable[[int, str], None]]:
+    """``show(updates, line)``: a live bar on stderr, or (``live=False``) a plain line every 10 s."""
+    if not live:
+        last = [0.0]
+
+        def show(updates: int, line: str) -> None:
+            if time.monotonic() - last[0] > 10:
+                last[0] = time.monotonic()
+                print(line, flush=True)
+
+        yield show
+        return
+    console = Console(stderr=True)
+    console.print(header)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[line]}"), console=console, transient=False)
+    with bar:
+        task = bar.add_task("updates", total=total, completed=completed, line="waiting for replay")
+        yield lambda updates, line: bar.update(task, completed=updates, line=line)
+
+
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None,
           redis_url: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train, checkpoint, plot and evaluate; returns the evaluation summary."""
-    from relaxrl.training_report import plot_run
-
-    stop = {"flag": False}
-
-    def on_sigint(signum, frame):
-        if stop["flag"]:
-            raise KeyboardInterrupt
-        stop["flag"] = True
-        print("\nstopping: finishing the current update, writing a final checkpoint (Ctrl-C again to abort)")
-
-    import torch
-
     torch.set_num_threads(cfg.run.learner_threads or max(1, (os.cpu_count() or 2) - 1))
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    metrics_at = (f"Ray metrics export port {cfg.run.metrics_port}" if cfg.run.metrics_port
+                  else "metrics.jsonl + plots/ in the run directory")
+    with _stop_on_sigint() as stop:
         run = Run(cfg, run_dir, resume, address, redis_url)
-    except BaseException:
-        signal.signal(signal.SIGINT, old)
-        raise
-    learner = run.learner
-    metrics = LearnerMetrics()
-    metrics_at = f"Ray metrics export port {cfg.run.metrics_port}" if cfg.run.metrics_port else "metrics.jsonl + plots/ in the run directory"
-    try:
-        total = cfg.learner.max_updates or None
-        if progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        learner, metrics = run.learner, LearnerMetrics()
+        try:
+            with _progress(progress, f"[bold]relaxrl train[/] run dir {run_dir}  ({metrics_at})",
+                           total=cfg.learner.max_updates or None, completed=learner.counters.updates) as show:
 
-            console = Console(stderr=True)
-            console.print(f"[bold]relaxrl train[/] run dir {run_dir}  ({metrics_at})")
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                           TextColumn("{task.fields[line]}"), console=console, transient=False)
-            with bar:
-                task = bar.add_task("updates", total=total, completed=learner.counters.updates, line="waiting for replay")
-
-                def on_update(logs):
+                def on_update(logs: dict[str, float]) -> None:
                     s = run.stats()
                     metrics.record(learner, logs, s)
-                    bar.update(task, completed=learner.counters.updates, line=_progress_line(s, logs, learner.counters.updates))
+                    show(learner.counters.updates, _progress_line(s, logs, learner.counters.updates))
 
-                learner.run(should_stop=lambda: stop["flag"], on_update=on_update)
-        else:
-            last = [0.0]
-
-            def on_update(logs):
-                metrics.record(learner, logs, run.stats())
-                if time.monotonic() - last[0] > 10:
-                    last[0] = time.monotonic()
-                    print(_progress_line(run.stats(), logs, learner.counters.updates), flush=True)
-
-            learner.run(should_stop=lambda: stop["flag"], on_update=on_update)
-    finally:
-        signal.signal(signal.SIGINT, old)
-        untrained = run.untrained_weights
-        heldout = run.heldout
-        run.close()
+                learner.run(should_stop=stop.is_set, on_update=on_update)
+        finally:
+            run.close()
     plot_run(run_dir)
-    summary = evaluate_run(cfg, run_dir, heldout, untrained)
-    return summary
+    from relaxrl.evaluate import evaluate_after_training
 
-
-def evaluate_run(cfg: RunConfig, run_dir: Path, heldout, untrained_weights) -> dict[str, Any]:
-    """Trained vs untrained (initial) policy on held-out structures → eval.json and eval.md."""
-    from learner.policy import Policy, load_policy
-    from relaxrl.training_report import evaluate_policy
-
-    structures = [a for a in heldout if not cfg.run.eval_max_atoms or len(a) <= cfg.run.eval_max_atoms]
-    structures = structures[: cfg.run.eval_episodes]
-    trained = load_policy(run_dir)
-    if untrained_weights is None:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
-        import torch
-
-        torch.manual_seed(cfg.run.seed)
-    untrained = Policy(cfg)
-    if untrained_weights is not None:
-        untrained.load_weights(untrained_weights)
-    result = {"heldout_structures": len(structures), "fmax": cfg.env.fmax, "max_steps": cfg.env.max_steps,
-              "trained": evaluate_policy(trained, structures, cfg.env),
-              "untrained": evaluate_policy(untrained, structures, cfg.env),
-              "checkpoint": str(trained.version)}
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
-    t, u = result["trained"], result["untrained"]
-    (run_dir / "eval.md").write_text(
-        f"# Held-out evaluation ({len(structures)} structures, Fmax < {cfg.env.fmax} eV/Å within {cfg.env.max_steps} steps)\n\n"
-        "| policy | success rate | mean steps | median final Fmax (eV/Å) |\n|---|---|---|---|\n"
-        f"| trained (update {trained.version}) | {t['success_rate']:.2f} | {t['mean_steps']:.1f} | {t['median_fmax_final']:.3f} |\n"
-        f"| untrained | {u['success_rate']:.2f} | {u['mean_steps']:.1f} | {u['median_fmax_final']:.3f} |\n")
-    return result
+    return evaluate_after_training(cfg, run_dir, run.heldout, run.untrained_weights)
 
 
 def train_command(args: argparse.Namespace) -> int:
     cfg, run_dir, resume = resolve_run(args)
     result = train(cfg, run_dir, resume=resume, address=args.address, redis_url=args.redis_url,
                    progress=not args.no_progress)
-    t, u = result["trained"], result["untrained"]
-    print(f"done: {run_dir}  held-out success trained {t['success_rate']:.2f} vs untrained {u['success_rate']:.2f} "
-          f"({result['heldout_structures']} structures); plots in {run_dir / 'plots'}")
+    from relaxrl.evaluate import after_training_line
+
+    print(f"done: {run_dir}  {after_training_line(result)} (eval.md); plots in {run_dir / 'plots'}")
     return 0

@@ -41,7 +41,10 @@ from ase.optimize import BFGS
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.utils.abc import Optimizable
 
+from actors.env import correct_action
 from common.errors import RelaxRLError
+from common.observation import HISTORY_DIM, history_after
+from learner.policy import load_policy
 
 __all__ = ["RLOptimizer", "CountingCalculator", "UnsupportedOptimizableError", "DEFAULT_MAX_STEPS"]
 
@@ -193,8 +196,6 @@ class RLOptimizer(Optimizer):
         if (checkpoint is None) == (policy is None):
             raise RelaxRLError("RLOptimizer needs exactly one of checkpoint=PATH or policy=POLICY")
         if policy is None:
-            from learner.policy import load_policy
-
             policy = load_policy(checkpoint, device=device)
         if hybrid_patience < 0:
             raise RelaxRLError(f"hybrid_patience must be >= 0 (0 = no hand-over), got {hybrid_patience}")
@@ -230,6 +231,8 @@ class RLOptimizer(Optimizer):
         self._since_best = 0
         self._bfgs: BFGS | None = None
         self._energy0: float | None = None
+        self._prev_move: np.ndarray | None = None  # [n_atoms, 3] Å, the last applied move
+        self._prev_forces: np.ndarray | None = None  # [n_atoms, 3] eV/Å, the forces it was decided on
 
     def todict(self) -> dict[str, Any]:
         d = super().todict()
@@ -248,7 +251,9 @@ class RLOptimizer(Optimizer):
 
         Env features: log10 Fmax, step fraction = policy steps taken / ``env.max_steps`` of the
         training config (capped at 1), last a_back. Forces are the optimizable's (so atoms fixed
-        by ASE constraints show zero force, whereas the training env has no constraints).
+        by ASE constraints show zero force, as in the training env). The path history is the
+        last applied move and the force change since (zeros before the first move), as
+        ``RelaxEnv`` records it.
         """
         atoms = self._atoms_moved
         gradient = self.optimizable.get_gradient()  # [3 n_atoms], eV/Å, cached after the first call
@@ -256,13 +261,17 @@ class RLOptimizer(Optimizer):
         energy = float(atoms.get_potential_energy())
         horizon = max(int(self.env_config.max_steps), 1)
         step_fraction = min(self.steps_rl / horizon, 1.0)
-        return self.policy.observe(atoms, forces, energy, step_fraction, self.last_a_back)
+        obs = self.policy.observe(atoms, forces, energy, step_fraction, self.last_a_back)
+        if self._prev_move is None or self._prev_forces is None:
+            obs.history = np.zeros((len(atoms), HISTORY_DIM))
+        else:
+            obs.history = history_after(self._prev_move, self._prev_forces, forces)
+        return obs
 
     def policy_move(self) -> tuple[np.ndarray, float]:
         """The corrected move (``[n_atoms, 3]`` Å) the policy makes from the current state, and its a_back."""
-        from actors.env import correct_action
-
         obs = self._observe()
+        self._prev_forces = obs.forces
         a_pred = np.asarray(self.policy.act(obs), dtype=np.float64)  # [n_atoms, 3] Å
         n = len(self._atoms_moved)
         if a_pred.shape != (n, 3) or not np.all(np.isfinite(a_pred)):
@@ -283,7 +292,8 @@ class RLOptimizer(Optimizer):
             return
         move, a_back = self.policy_move()
         x = self.optimizable.get_x()
-        self.optimizable.set_x(x + move.ravel())
+        self.optimizable.set_x(x + move.ravel())  # ASE constraints apply here
+        self._prev_move = (self.optimizable.get_x() - x).reshape(-1, 3)
         self.last_a_back = a_back
         self.a_back_history.append(a_back)
         self.steps_rl += 1
@@ -328,7 +338,7 @@ class RLOptimizer(Optimizer):
 
     def run(self, fmax: float = 0.05, steps: int = DEFAULT_MAX_STEPS) -> bool:  # type: ignore[override]
         converged = False
-        for converged in self.irun(fmax=fmax, steps=steps):
+        for converged in self.irun(fmax=fmax, steps=steps):  # noqa: B007 - the last value is the result (ASE's run)
             pass
         return bool(converged)
 

@@ -1,82 +1,107 @@
 """`relaxrl relax INPUT --checkpoint CKPT`: relax one structure with a trained policy.
 
-    relaxrl relax POSCAR --checkpoint runs/demo-.../ --fmax 0.05 --steps 200 --out relaxed.cif \
-        [--trajectory relax.traj] [--hybrid 10]
+    relaxrl relax POSCAR --checkpoint runs/demo-.../ --fmax 0.05 --steps 200 --out CONTCAR \
+        [--index N] [--trajectory relax.traj] [--hybrid 10]
 
-Reads any format ASE or pymatgen reads (CIF, POSCAR/CONTCAR, extxyz through
-``actors.structures``; anything else through ``ase.io.read`` and then pymatgen), checks it
-(elements the calculator handles, no overlapping atoms), relaxes it with
+Reads the structure with :func:`actors.structures.read_structure` (CIF, POSCAR/CONTCAR,
+extxyz, ASE trajectories, anything else ASE or pymatgen reads), checks it (elements the
+calculator handles, no overlapping atoms, no partial occupancies), relaxes it with
 :class:`~relaxrl.optimizer.RLOptimizer`, prints one summary line and writes the relaxed
-structure (format from the ``--out`` suffix). Exit status 0 whether or not it converged
-(the line says which); 2 with one clear line for bad input.
+structure (format from the ``--out`` suffix).
+
+* A file with several frames needs ``--index N`` (as ``ase.io.read``: 0 is the first,
+  -1 the last); without it the file is refused rather than relaxing a frame nobody chose.
+* ASE constraints are kept: atoms fixed in the input (FixAtoms in extxyz/traj, selective
+  dynamics in a POSCAR) do not move, and the written file keeps the constraint when its
+  format can hold it (POSCAR/.vasp, extxyz, .traj; a CIF cannot, which is said on stderr).
+* Everything that can be checked is checked before the relaxation: the settings, the
+  checkpoint, the calculator, the structure, and that ``--out`` and ``--trajectory`` can be
+  written (an existing directory, a name whose format ASE can write, a writable place).
+* Without ``--out`` the result goes to ``relaxed.cif``; if that file already exists the
+  command stops with an error (it never overwrites a file it was not told to). An explicit
+  ``--out`` is overwritten.
+
+Exit status 0 whether or not it converged (the line says which); 2 with one clear line for
+bad input.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-import warnings
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from ase import Atoms
-
 from common.errors import RelaxRLError
+
+DEFAULT_OUT = "relaxed.cif"
+"""Where `relaxrl relax` writes without --out (refused when it exists)."""
 
 
 class RelaxError(RelaxRLError):
     """Bad arguments to `relaxrl relax` (unwritable output, bad settings)."""
 
 
-def read_structures(path: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6) -> list[Atoms]:
-    """Every structure in a file, validated for ``calculator``; named ``atoms.info['name']``.
+def check_writable_file(path: str | Path, flag: str, *, need_format: bool = True) -> Path:
+    """Raise :class:`RelaxError` unless ``path`` can be written as a structure file; touches nothing.
 
-    Known suffixes go through :func:`actors.structures.read_structure_file`; other files are
-    tried with ``ase.io.read`` (format guessed) and then pymatgen.
+    Checks: not a directory, the parent directory exists, ASE knows a writable format for
+    the name (``need_format``), and the place is writable (an existing file is opened for
+    appending without writing; otherwise a temporary file is created and removed next to it).
     """
-    from actors.structures import StructureError, _is_structure_file, check_structure, read_structure_file
+    from ase.io.formats import filetype, ioformats
 
     p = Path(path)
-    if not p.is_file():
-        raise StructureError(f"structure file {p} does not exist")
-    if _is_structure_file(p):
-        return read_structure_file(p, calculator=calculator, min_distance_factor=min_distance_factor)
-    errors = []
-    frames: list[Atoms] = []
-    try:
-        from ase.io import read
-
-        got = read(str(p), index=":")
-        frames = list(got) if isinstance(got, list) else [got]
-    except Exception as e:  # ASE's readers raise many types on unknown formats
-        errors.append(f"ase: {type(e).__name__}: {str(e).strip()[:160]}")
-    if not frames:
+    if p.is_dir():
+        raise RelaxError(f"{flag} {p} is a directory; give a file name, e.g. {flag} {p / 'relaxed.extxyz'}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise RelaxError(f"{flag} {p}: directory {parent} does not exist; create it first or choose another path")
+    if need_format:
         try:
-            from pymatgen.core import Structure
-            from pymatgen.io.ase import AseAtomsAdaptor
+            fmt = filetype(str(p), read=False)
+            writable = ioformats[fmt].can_write
+        except Exception:  # ASE raises KeyError / UnknownFileTypeError for names it cannot place
+            fmt, writable = None, False
+        if not writable:
+            raise RelaxError(f"{flag} {p}: ASE cannot write a structure format named like this"
+                             f"{f' ({fmt})' if fmt else ''}; use a suffix such as .cif, .extxyz, .xyz, .traj or .vasp, "
+                             "or a name like POSCAR / CONTCAR")
+    try:
+        if p.exists():
+            with open(p, "ab"):
+                pass
+        else:
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=".relaxrl-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise RelaxError(f"{flag} {p} cannot be written ({e.strerror or e}); choose a writable path") from None
+    return p
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                frames = [AseAtomsAdaptor.get_atoms(Structure.from_file(str(p)))]
-        except Exception as e:
-            errors.append(f"pymatgen: {type(e).__name__}: {str(e).strip()[:160]}")
-    frames = [a for a in frames if len(a)]
-    if not frames:
-        raise StructureError(f"structure file {p} cannot be read by ASE or pymatgen ({'; '.join(errors) or 'no atoms'}); "
-                             "use CIF, POSCAR or extxyz, or check that the file is complete")
-    out = []
-    for k, atoms in enumerate(frames):
-        name = p.name if len(frames) == 1 else f"{p.name}#{k}"
-        clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-        clean.info["name"] = name
-        check_structure(clean, f"{name} ({p})", calculator=calculator, min_distance_factor=min_distance_factor)
-        out.append(clean)
-    return out
+
+def check_settings(fmax: float, steps: int, hybrid: int) -> None:
+    """Raise :class:`RelaxError` for a force threshold, step budget or hybrid patience that cannot work."""
+    if not (isinstance(fmax, (int, float)) and math.isfinite(fmax) and fmax > 0):
+        raise RelaxError(f"--fmax must be a finite force threshold > 0 eV/Å (e.g. 0.05), got {fmax}")
+    if steps < 1:
+        raise RelaxError(f"--steps must be at least 1 (the most optimizer steps to take), got {steps}")
+    if hybrid < 0:
+        raise RelaxError(f"--hybrid must be >= 0 (0 = the policy alone), got {hybrid}")
 
 
-def read_structure(path: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6) -> Atoms:
-    """The last structure of a file (as ``ase.io.read`` picks), validated; see :func:`read_structures`."""
-    return read_structures(path, calculator=calculator, min_distance_factor=min_distance_factor)[-1]
+def resolve_out(out: str | None) -> Path:
+    """``--out``, or the default ``relaxed.cif`` unless that file exists (then an error: nothing is overwritten)."""
+    if out is not None:
+        return Path(out)
+    p = Path(DEFAULT_OUT)
+    if p.exists():
+        raise RelaxError(f"{p} already exists and no --out was given; pass --out PATH (an explicit --out is "
+                         "overwritten), or move the existing file")
+    return p
 
 
 def summary_line(name: str, s: dict[str, Any]) -> str:
@@ -92,36 +117,49 @@ def summary_line(name: str, s: dict[str, Any]) -> str:
 
 
 def relax_command(args: argparse.Namespace) -> int:
-    """Relax ``args.input`` with the policy of ``args.checkpoint``; print the summary; write ``args.out``."""
+    """Relax ``args.input`` with the policy of ``args.checkpoint``; print the summary; write the result."""
     from ase.io import write
+    from ase.io.formats import filetype
 
     from actors.env import make_calculator
+    from actors.structures import read_structure
     from learner.policy import load_policy
     from relaxrl.optimizer import CountingCalculator, RLOptimizer
 
-    if not args.fmax > 0 or args.steps < 0 or args.hybrid < 0:
-        raise RelaxError(f"need --fmax > 0, --steps >= 0 and --hybrid >= 0; got {args.fmax}, {args.steps}, {args.hybrid}")
-    policy = load_policy(args.checkpoint)  # first: a bad checkpoint is reported before any work
+    # Everything that can fail is checked before the relaxation, cheapest first.
+    check_settings(args.fmax, args.steps, args.hybrid)
+    out = check_writable_file(resolve_out(args.out), "--out")
+    if args.trajectory is not None:
+        traj = check_writable_file(args.trajectory, "--trajectory", need_format=False)
+        if traj.resolve() == out.resolve():
+            raise RelaxError(f"--trajectory and --out are the same file ({out}); give them different names")
+    policy = load_policy(args.checkpoint)  # a bad checkpoint is reported before any work
     env = policy.config.env
-    kwargs = env.calculator_kwargs if args.calculator == env.calculator else {}
-    calc = CountingCalculator(make_calculator(args.calculator, kwargs))
-    atoms = read_structure(args.input, calculator=args.calculator, min_distance_factor=env.min_distance_factor)
+    from actors.calculators import resolve_calculator
+
+    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), env)
+    calc = CountingCalculator(make_calculator(calc_name, kwargs))
+    atoms = read_structure(args.input, index=getattr(args, "index", None), calculator=calc_name,
+                           min_distance_factor=env.min_distance_factor)
     name = str(atoms.info.get("name", Path(args.input).name))
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise RelaxError(f"--out {out}: directory {out.parent} does not exist")
     atoms.calc = calc
     opt = RLOptimizer(atoms, policy=policy, logfile=None, trajectory=args.trajectory, hybrid_patience=args.hybrid)
     opt.run(fmax=args.fmax, steps=args.steps)
     s = opt.summary()
     s["force_calls"] = calc.calls  # every calculation, counted at the calculator
     print(summary_line(name, s))
-    result = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    result = atoms.copy()  # numbers, positions, cell, pbc and constraints; no calculator
+    result.info = {}
     try:
         write(str(out), result)
-    except Exception as e:  # ASE's writers raise many types for unknown formats or unwritable paths
-        raise RelaxError(f"cannot write --out {out} ({type(e).__name__}: {e}); use a suffix such as .cif, .xyz, .extxyz "
-                         "or .traj, or a name like POSCAR") from None
+    except Exception as e:  # checked above, so only a race or a disk problem lands here
+        raise RelaxError(f"cannot write --out {out} ({type(e).__name__}: {e}); the relaxation finished but its "
+                         "result was not saved" + (f" (the last frame of {args.trajectory} holds it)" if args.trajectory
+                                                   else "")) from None
+    if result.constraints and filetype(str(out), read=False) == "cif":
+        print(f"note: {out} is a CIF, which cannot store the input's constraints "
+              f"({', '.join(type(c).__name__ for c in result.constraints)}); write .extxyz or POSCAR to keep them",
+              file=sys.stderr)
     print(f"wrote {out}" + (f" and {args.trajectory}" if args.trajectory else ""), file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(s))

@@ -2,11 +2,15 @@
 
     paths = write_report(report, "eval-out")   # report from relaxrl.evaluate.evaluate()
     print_summary(report)                      # a short table on stdout (rich)
+
+The evaluation after training uses the same writer with ``stem="eval"`` (eval.json, eval.md
+in the run directory, plots in its plots/ folder).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +47,15 @@ def _clean(o: Any) -> Any:
     return o
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown: settings, one row per optimizer, one row per structure."""
+def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png", "fmax_vs_step.png")) -> str:
+    """The report as Markdown: settings, one row per optimizer, one row per structure.
+
+    ``plots``: the force-call and Fmax plot files, relative to the Markdown file.
+    """
     st = report["settings"]
     names = st["optimizers"]
     lines = [
-        "# relaxrl eval",
+        f"# {st.get('title') or 'relaxrl eval'}",
         "",
         f"{st['n_structures']} structures, calculator `{st['calculator']}`, fmax {st['fmax']} eV/Å, "
         f"at most {st['steps']} steps. A success converged, ended within "
@@ -56,8 +63,11 @@ def markdown(report: dict[str, Any]) -> str:
         "and did not fall apart. Force calls count every calculator evaluation.",
         "",
     ]
-    if st.get("policy"):
-        lines += [f"Policy: config `{st['policy']['config_name']}`, weights version {st['policy']['version']}.", ""]
+    policies = st.get("policies") or ({"rl": st["policy"]} if st.get("policy") else {})
+    for name, info in policies.items():
+        note = (st.get("policy_notes") or {}).get(name, "")
+        lines += [f"Policy `{name}`: config `{info['config_name']}`, weights version {info['version']}"
+                  f"{f' ({note})' if note else ''}.", ""]
     if st.get("hybrid_patience") and "rl" in names:
         handed = sum(1 for s in report["structures"] if (s["runs"]["rl"].get("rl") or {}).get("finished_by") == "bfgs")
         lines += [f"Hybrid mode: `rl` hands over to BFGS after {st['hybrid_patience']} policy steps without a new lowest "
@@ -78,6 +88,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Ratio of mean force calls on the structures both solved:", ""]
         for k, v in report["comparisons"].items():
             lines.append(f"- `{k}`: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures)")
+    lines += by_kind_markdown(report)
     lines += ["", "## Per structure", "",
               "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ✂ = fragmented).", ""]
     header = "| structure | atoms | " + " | ".join(names) + (" | RL/BFGS |" if "rl" in names and "bfgs" in names else " |")
@@ -93,8 +104,30 @@ def markdown(report: dict[str, Any]) -> str:
         row = f"| {s['name']} | {s['n_atoms']} | " + " | ".join(cells)
         row += f" | {_fmt(s['rl_over_bfgs_force_calls'], 2)} |" if "rl" in names and "bfgs" in names else " |"
         lines.append(row)
-    lines += ["", "Plots: `force_calls.png` (distribution per optimizer), `fmax_vs_step.png` (a few structures).", ""]
+    lines += ["", f"Plots: `{plots[0]}` (distribution per optimizer), `{plots[1]}` (a few structures).", ""]
     return "\n".join(lines)
+
+
+def by_kind_markdown(report: dict[str, Any]) -> list[str]:
+    """The per-kind table (success per optimizer, rl/bfgs and rl/fire force-call ratios), or nothing.
+
+    Shown when the structures have more than one kind (the suite); a plain directory is all 'file'."""
+    by_kind = report.get("by_kind") or {}
+    if len(by_kind) <= 2:  # one kind and 'overall': the table above says it all
+        return []
+    names = report["settings"]["optimizers"]
+    ratios = [k for k in ("rl_vs_bfgs_force_calls", "rl_vs_fire_force_calls") if k in by_kind["overall"]]
+    header = "| kind | structures | " + " | ".join(f"{n} success" for n in names)
+    header += "".join(f" | {k.removesuffix('_force_calls').replace('_vs_', '/')} calls" for k in ratios) + " |"
+    lines = ["", "## Per kind", "",
+             "Success per optimizer; force-call ratio = mean force calls on the structures both solved "
+             "(in how many).", "", header, "|" + "---|" * (header.count("|") - 1)]
+    for kind, e in by_kind.items():
+        cells = [f"{o['n_success']}/{o['n_runs']}" for o in (e["optimizers"][n] for n in names)]
+        cells += [f"{_fmt(e[k]['ratio'], 2)} ({e[k]['n_both_solved']})" for k in ratios]
+        label = f"**{kind}**" if kind == "overall" else kind
+        lines.append(f"| {label} | {e['n_structures']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_force_calls(report: dict[str, Any], path: Path) -> Path:
@@ -155,15 +188,26 @@ def plot_fmax_traces(report: dict[str, Any], path: Path, n: int = FMAX_PLOT_STRU
     return path
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """report.json, report.md, force_calls.png and fmax_vs_step.png in ``out_dir`` (created)."""
+def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "report",
+                 plot_dir: str | Path | None = None) -> list[Path]:
+    """``<stem>.json``, ``<stem>.md`` and two PNG plots in ``out_dir`` (created).
+
+    The plots are ``force_calls.png`` and ``fmax_vs_step.png`` in ``out_dir``, or with
+    ``plot_dir`` ``<stem>_force_calls.png`` and ``<stem>_fmax_vs_step.png`` there.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "report.json", out / "report.md"]
+    if plot_dir is None:
+        plot_paths = (out / "force_calls.png", out / "fmax_vs_step.png")
+    else:
+        Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        plot_paths = (Path(plot_dir) / f"{stem}_force_calls.png", Path(plot_dir) / f"{stem}_fmax_vs_step.png")
+    rel = tuple(Path(os.path.relpath(p, out)).as_posix() for p in plot_paths)
+    paths = [out / f"{stem}.json", out / f"{stem}.md"]
     paths[0].write_text(json.dumps(_clean(report), indent=1, default=_json_default, allow_nan=False))
-    paths[1].write_text(markdown(report))
-    paths.append(plot_force_calls(report, out / "force_calls.png"))
-    paths.append(plot_fmax_traces(report, out / "fmax_vs_step.png"))
+    paths[1].write_text(markdown(report, plots=rel))  # type: ignore[arg-type]
+    paths.append(plot_force_calls(report, plot_paths[0]))
+    paths.append(plot_fmax_traces(report, plot_paths[1]))
     return paths
 
 
@@ -182,3 +226,10 @@ def print_summary(report: dict[str, Any]) -> None:
     Console().print(t)
     for k, v in report["comparisons"].items():
         print(f"{k}: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures both solved)")
+    by_kind = report.get("by_kind") or {}
+    if len(by_kind) > 2:
+        for kind, e in by_kind.items():
+            succ = ", ".join(f"{n} {o['n_success']}/{o['n_runs']}" for n, o in e["optimizers"].items())
+            rat = "".join(f"; {k.removesuffix('_force_calls')} {_fmt(e[k]['ratio'], 2)}"
+                          for k in ("rl_vs_bfgs_force_calls", "rl_vs_fire_force_calls") if k in e)
+            print(f"{kind}: success {succ}{rat}")

@@ -1,22 +1,26 @@
-"""What a run directory shows a person: PNG curves against t_total and the held-out evaluation.
+"""What a run directory shows a person: PNG curves against t_total.
 
     plot_run(run_dir)                           # run_dir/plots/*.png from metrics.jsonl
-    evaluate_policy(policy, structures, env_cfg)  # greedy rollouts through RelaxEnv
+
+The held-out evaluation after training is `relaxrl eval`'s
+(:func:`relaxrl.evaluate.evaluate_after_training`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Any
 
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("actual_move", "actual move (Å, mean per atom)", [("actors/actual_move", "actors"), ("charts/actual_move", "replay batch")]),
-    ("q_vs_reward", "Q vs reward", [("charts/q_value", "Q(s,a)"), ("charts/batch_reward", "batch reward"), ("actors/reward", "actor step reward")]),
+    ("q_vs_reward", "Q(s,a) vs observed discounted return",
+     [("charts/q_value", "Q(s,a), replay batch mean"), ("charts/target", "TD target r + γQ'(s',a')"),
+      ("actors/episode_return", "observed Σ γ^k r, mean return-to-go of online episodes"),
+      ("actors/reward", "actor step reward")]),
     ("action_scale", "action scale (env gate)", [("actors/action_scale", "online actors")]),
     ("a_back", "a_back (fraction taken back)", [("actors/a_back", "online actors")]),
-    ("fmax_success", "Fmax (eV/Å, log) and success (right axis)", [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
+    ("fmax_success", "Fmax (eV/Å, log) and success (right axis)",
+     [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
     ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
     ("replay_sizes", "replay table sizes", [("replay/expert_size", "expert"), ("replay/online_size", "online")]),
 ]
@@ -37,14 +41,55 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+Q_CLIP_PERCENTILES = (2.0, 98.0)
+"""The Q panel's y-range: these percentiles of its values after the first Q_CLIP_SKIP of the rows."""
+Q_CLIP_SKIP = 0.1
+
+
+def _env_input_dim(run_dir: Path) -> int | None:
+    """``env.env_input_dim`` of the run's config.toml (None without one).
+
+    Read from the TOML itself (default: the field's default), so a run written by an older
+    version whose other keys no longer load still gets its panels right."""
+    import tomllib
+
+    from common.config import EnvConfig
+
+    path = run_dir / "config.toml"
+    try:
+        env = tomllib.loads(path.read_text()).get("env", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return int(env.get("env_input_dim", EnvConfig.env_input_dim))
+
+
+def _q_ylim(rows: list[dict[str, Any]], keys: list[str]) -> tuple[float, float] | None:
+    """Percentile y-range of the Q panel's series after the early rows (the start spike)."""
+    import numpy as np
+
+    later = rows[int(len(rows) * Q_CLIP_SKIP):]
+    vals = np.asarray([r[k] for r in later for k in keys if isinstance(r.get(k), (int, float))], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 2:
+        return None
+    lo, hi = np.percentile(vals, Q_CLIP_PERCENTILES)
+    pad = 0.1 * max(hi - lo, 1e-6)
+    return float(lo - pad), float(hi + pad)
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """One PNG per panel, x-axis t_total; returns the files written."""
+    """One PNG per panel, x-axis t_total; returns the files written.
+
+    The Q panel clips its y-range to the 2nd–98th percentile of the values after the first 10 %
+    of the rows (said in its title). The action-scale panel says 'off' instead of drawing the
+    constant 1 when the run's ``env.env_input_dim`` is 0 (the env gate does not exist)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir)
+    gate_off = _env_input_dim(Path(run_dir)) == 0
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -52,6 +97,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         drawn = 0
         twin = None
+        if name == "action_scale" and gate_off:
+            series = []
+            title = "action scale: off (env.env_input_dim = 0)"
+            ax.text(0.5, 0.5, "env gate off: the policy's moves are not rescaled\n(action scale is 1 by construction)",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=9)
         for key, label in series:
             pts = [(r["t_total"], r[key]) for r in rows if r.get(key) is not None and "t_total" in r]
             if pts:
@@ -62,7 +112,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                     twin.set_ylim(-0.02, 1.02)
                     twin.set_ylabel("success rate")
                     target = twin
-                target.plot(x, y, label=label, lw=1.4, color=f"C{drawn}")
+                style = {"ls": ":", "lw": 1.0} if key == "actors/reward" else {"lw": 1.4}
+                target.plot(x, y, label=label, color=f"C{drawn}", **style)
                 drawn += 1
         if name == "fmax_success" and drawn:
             ax.set_yscale("log")
@@ -72,11 +123,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.legend(h1 + h2, l1 + l2, fontsize=8)
         ax.set_xlabel("t_total (environment steps)")
         ax.set_title(title)
+        if name == "q_vs_reward" and drawn:
+            lim = _q_ylim(rows, [k for k, _ in series])
+            if lim is not None:
+                ax.set_ylim(*lim)
+                ax.set_title(f"{title}\n(y clipped to the 2nd–98th percentile after the first 10 % of rows)",
+                             fontsize=9)
         if name == "losses" and drawn:
             ax.set_yscale("symlog")
         if drawn and twin is None:
-            ax.legend(fontsize=8)
-        else:
+            ax.legend(fontsize=7 if name == "q_vs_reward" else 8)
+        elif not drawn and not (name == "action_scale" and gate_off):
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -85,21 +142,3 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
-
-
-def evaluate_policy(policy, structures: Sequence, env_cfg) -> dict[str, Any]:
-    """Greedy rollouts of ``policy`` (no noise) on each structure; success = Fmax < fmax within max_steps."""
-    from actors.env import RelaxEnv
-    from actors.rollout import run_episode
-
-    env = RelaxEnv(env_cfg)
-    per = []
-    for atoms in structures:
-        ep = run_episode(env, policy.act, atoms)
-        per.append({"name": ep["name"], "n_atoms": ep["n_atoms"], "converged": ep["converged"], "steps": ep["steps"],
-                    "force_calls": ep["force_calls"], "fmax_start": ep["fmax_initial"], "fmax_final": ep["fmax_final"]})
-    n = max(len(per), 1)
-    return {"structures": len(per), "success_rate": sum(p["converged"] for p in per) / n,
-            "mean_steps": float(np.mean([p["steps"] for p in per])) if per else 0.0,
-            "median_fmax_final": float(np.median([p["fmax_final"] for p in per])) if per else 0.0,
-            "per_structure": per}

@@ -27,16 +27,17 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
 
+from common.config import ReplayConfig
 from common.transition import Transition
 from replay_service.codec import CodecError, decode_many, encode_many
-from common.config import ReplayConfig
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
 from replay_service.table import LAYOUT_VERSION, SCRIPTS, TABLES, TableSpec
 

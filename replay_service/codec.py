@@ -7,7 +7,8 @@ Layout (little-endian), version 1::
     floats   f64 x F   reward, a_back, energy, next_energy,
                        obs: positions [n,3], cell [3,3], forces [n,3], env_features [d],
                        next_obs: the same four, action [n,3], actual_move [n,3],
-                       expert_action [n,3] (flag HAS_EXPERT)
+                       expert_action [n,3] (flag HAS_EXPERT),
+                       obs.history [n,6], next_obs.history [n,6] (flag HAS_HISTORY)
     numbers  u8 x n    atomic numbers of obs; again for next_obs only with flag NEXT_NUMBERS
     pbc      u8 x 2    bit i = periodic along cell vector i (obs, next_obs)
     edges    per observation with an edge list: edge_index u32 [2,E], edge_shift i8 [E,3]
@@ -20,7 +21,7 @@ failure is a :class:`CodecError` and nothing else. Decoded arrays are writable.
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +40,8 @@ OBS_EDGES = 8
 NEXT_EDGES = 16
 NEXT_NUMBERS = 32
 WIDE_SHIFTS = 64
-_KNOWN_FLAGS = TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | NEXT_NUMBERS | WIDE_SHIFTS
+HAS_HISTORY = 128
+_KNOWN_FLAGS = TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | NEXT_NUMBERS | WIDE_SHIFTS | HAS_HISTORY
 
 _HEADER = struct.Struct("<4sHHIIII")
 _N_SCALARS = 4  # reward, a_back, energy, next_energy
@@ -115,7 +117,8 @@ def _edges(name: str, o: Observation, n: int) -> tuple[int, np.ndarray, np.ndarr
 
 
 _FLOAT_NAMES = ("obs.positions", "obs.cell", "obs.forces", "obs.env_features", "next_obs.positions", "next_obs.cell",
-                "next_obs.forces", "next_obs.env_features", "action", "actual_move", "expert_action")
+                "next_obs.forces", "next_obs.env_features", "action", "actual_move", "expert_action",
+                "obs.history", "next_obs.history")
 
 
 def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray], list[bytes], list]:
@@ -137,10 +140,19 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
     values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features,
               t.action, t.actual_move]
     shapes = [vec, (3, 3), vec, dd, vec, (3, 3), vec, dd, vec, vec]
+    names = list(_FLOAT_NAMES[:10])
     if t.expert_action is not None:
         flags |= HAS_EXPERT
         values.append(t.expert_action)
         shapes.append(vec)
+        names.append("expert_action")
+    if (o0.history is None) != (o1.history is None):
+        raise CodecError("transition.obs.history and next_obs.history must be given together (or neither)")
+    if o0.history is not None:
+        flags |= HAS_HISTORY
+        values += [o0.history, o1.history]
+        shapes += [(n, 6), (n, 6)]
+        names += ["obs.history", "next_obs.history"]
     try:
         parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
     except (TypeError, ValueError):
@@ -149,7 +161,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         if x.shape != shape or x.dtype.kind not in "fiu":
-            _floats(_FLOAT_NAMES[i], x, shape)  # raises the precise error
+            _floats(names[i], x, shape)  # raises the precise error
         parts.append(x.reshape(-1))
     numbers = _numbers("obs.numbers", nums, n)
     nb = numbers.tobytes()
@@ -172,7 +184,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
                 n_edges[i] = e[0]
                 tail.append(e[1].tobytes())
                 tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
-    return flags, n, d, n_edges, parts, tail, list(zip(_FLOAT_NAMES, values))
+    return flags, n, d, n_edges, parts, tail, list(zip(names, values))
 
 
 def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
@@ -198,8 +210,10 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
         n = nums.shape[0]
         d = o.env_features.shape[0]
         expert = ts[0].expert_action is not None
+        history = o.history is not None
         if any(t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
-               or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert for t in ts):
+               or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert
+               or (t.obs.history is not None) != history or (t.next_obs.history is not None) != history for t in ts):
             return None
         vec, dd = (n, 3), (d,)
         fields = [([t.obs.positions for t in ts], vec), ([t.obs.cell for t in ts], (3, 3)),
@@ -209,7 +223,10 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
                   ([t.action for t in ts], vec), ([t.actual_move for t in ts], vec)]
         if expert:
             fields.append(([t.expert_action for t in ts], vec))
-        n_float = _layout(HAS_EXPERT if expert else 0, n, d, 0, 0)[0]
+        if history:
+            fields += [([t.obs.history for t in ts], (n, 6)), ([t.next_obs.history for t in ts], (n, 6))]
+        base = (HAS_EXPERT if expert else 0) | (HAS_HISTORY if history else 0)
+        n_float = _layout(base, n, d, 0, 0)[0]
         f = np.empty((m, n_float), dtype="<f8")
         f[:, :_N_SCALARS] = [(t.reward, t.a_back, t.obs.energy, t.next_obs.energy) for t in ts]
         col = _N_SCALARS
@@ -229,8 +246,7 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
             if t.next_obs.numbers is not t.obs.numbers and not np.array_equal(t.next_obs.numbers, t.obs.numbers):
                 return None
         pbc = [(_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)) for t in ts]
-        flags = [(HAS_EXPERT if expert else 0) | (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
-                 for t in ts]
+        flags = [base | (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) for t in ts]
     except (CodecError, TypeError, ValueError, AttributeError, IndexError):
         return None
     length = _HEADER.size + 8 * n_float + n + 2
@@ -268,7 +284,7 @@ def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
     raw = memoryview(buf).cast("B")
     out = []
     pos = 0
-    for flags, n, d, n_edges, parts, tail, _ in prepared:
+    for flags, n, d, n_edges, _parts, tail, _ in prepared:
         size = 8 * _layout(flags, n, d, 0, 0)[0]
         header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
         out.append(b"".join([header, raw[pos:pos + size], *tail]))
@@ -286,7 +302,8 @@ def encode(t: Transition) -> bytes:
 
 def _layout(flags: int, n: int, d: int, e0: int, e1: int) -> tuple[int, int]:
     """(number of floats, total payload length) implied by a header."""
-    n_float = _N_SCALARS + 2 * (3 * n + 9 + 3 * n + d) + 2 * 3 * n + (3 * n if flags & HAS_EXPERT else 0)
+    n_float = (_N_SCALARS + 2 * (3 * n + 9 + 3 * n + d) + 2 * 3 * n + (3 * n if flags & HAS_EXPERT else 0)
+               + (2 * 6 * n if flags & HAS_HISTORY else 0))
     shift_bytes = 12 if flags & WIDE_SHIFTS else 3
     length = _HEADER.size + 8 * n_float + n * (2 if flags & NEXT_NUMBERS else 1) + 2
     if flags & OBS_EDGES:
@@ -365,6 +382,9 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     action = f[:, p:p + k].reshape(g, n, 3)
     actual = f[:, p + k:p + 2 * k].reshape(g, n, 3)
     expert = f[:, p + 2 * k:p + 3 * k].reshape(g, n, 3) if flags & HAS_EXPERT else None
+    p += 3 * k if flags & HAS_EXPERT else 2 * k
+    hist0 = list(f[:, p:p + 2 * k].reshape(g, n, 6)) if flags & HAS_HISTORY else [None] * g
+    hist1 = list(f[:, p + 2 * k:p + 4 * k].reshape(g, n, 6)) if flags & HAS_HISTORY else [None] * g
     scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
     none = [None] * g
@@ -381,8 +401,8 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
             out.append(CodecError(why[i]))
             continue
         r, a_back, en0, en1 = scalars[i]
-        o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i])
-        o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i])
+        o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i], hist0[i])
+        o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i], hist1[i])
         out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i]))
     return out
 

@@ -22,13 +22,16 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
+from common.config import load_config
+from common.metrics import prometheus_family  # names, types and help text live in the metrics spec
 from replay_service.client import ReplayClient, redact_url
 from replay_service.errors import ReplayConfigError, ReplayConnectionError
 
@@ -96,7 +99,7 @@ class EmbeddedRedis:
             self.process.wait()
         self._release()
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -252,8 +255,6 @@ class ReplayCollector:
         self.client = client
 
     def collect(self) -> Iterator[Any]:
-        from common.metrics import prometheus_family  # names, types and help text live in the metrics spec
-
         up = prometheus_family("relaxrl_replay_up")
         try:
             stats = self.client.stats()
@@ -321,8 +322,6 @@ class ReplayMetricsServer:
 
 def serve_command(args: Any) -> int:
     """`relaxrl replay serve`: create/check the tables, export metrics, run until SIGTERM or Ctrl-C."""
-    from common.config import load_config
-
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []))
     rcfg = cfg.replay
     url = getattr(args, "redis_url", None) or rcfg.url

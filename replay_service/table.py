@@ -91,7 +91,7 @@ class TableSpec:
 
     @classmethod
     def build(cls, name: str, max_size: int, alpha: float, min_size_to_sample: int, samples_per_insert: float,
-              error_buffer: float, rate_limited: bool = True) -> "TableSpec":
+              error_buffer: float, rate_limited: bool = True) -> TableSpec:
         where = f"replay table '{name}'"
         if int(max_size) < 1:
             raise ReplayConfigError(f"{where}: max_size={max_size}; it must be at least 1")
@@ -121,7 +121,7 @@ class TableSpec:
                 f"samples_per_insert={self.samples_per_insert}, error_buffer={self.error_buffer} (writers would block "
                 f"before the sampler may take a whole batch); set replay.error_buffer >= {need:g}")
 
-    def keys(self, namespace: str) -> "TableKeys":
+    def keys(self, namespace: str) -> TableKeys:
         p = f"{namespace}:{self.name}"
         return TableKeys(f"{p}:meta", f"{p}:leaf", f"{p}:agg", f"{p}:it:", f"{p}:quarantine", f"{p}:tok:")
 

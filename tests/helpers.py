@@ -37,7 +37,7 @@ def cu_cluster(n: int, seed: int, with_ni: bool = False) -> Atoms:
     block = bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
     centre = block.positions.mean(axis=0) + rng.normal(size=3)
     idx = np.argsort(np.linalg.norm(block.positions - centre, axis=1))[:n]
-    atoms = Atoms("Cu%d" % n, positions=block.positions[idx])
+    atoms = Atoms(f"Cu{n}", positions=block.positions[idx])
     if with_ni:
         atoms.numbers[0] = 28
     atoms.rattle(0.1, seed=seed)

@@ -1,11 +1,12 @@
 """The run configuration: TOML presets, overrides, and errors that name the key."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from common.config import ConfigError, LearnerConfig, RunConfig, dump_config, field_docs, load_config
+from helpers import cu_cluster, observe
 from relaxrl.cli import main
-from common.config import ConfigError, RunConfig, dump_config, field_docs, load_config
-from common.config import LearnerConfig
 
 
 def test_presets_load():
@@ -44,9 +45,51 @@ def test_int_widens_to_float():
     assert load_config(None, ["learner.gamma=1"]).learner.gamma == 1.0
 
 
-def test_cross_field_check():
-    with pytest.raises(ConfigError, match="env_input_dim"):
-        load_config(None, ["env.env_input_dim=2"])
+@pytest.mark.parametrize("override,match", [
+    ("env.env_input_dim=4", "env.env_input_dim must be 0..3"),
+    ("network.num_layers=1", "network.num_layers must be 2..6"),
+    ("network.dtype='float16'", "network.dtype must be 'float32' or 'float64'"),
+    ("expert.schedule='cosine'", "expert.schedule must be 'linear' or 'exponential'"),
+    ("curriculum.stages=[8, 4]", "curriculum.stages must be a non-empty increasing list"),
+    ("learner.expert_fraction_end=1.5", r"learner.expert_fraction_end must be within \[0, 1\]"),
+])
+def test_out_of_range_value_names_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("old,new", [("network.max_step", "env.max_step"), ("expert.maxstep", "env.max_step"),
+                                     ("network.env_input_dim", "env.env_input_dim")])
+def test_removed_key_names_its_new_home(tmp_path, old, new):
+    """One home per setting: the keys of earlier versions are errors that say where the setting lives now."""
+    with pytest.raises(ConfigError, match=f"{old} was removed: set {new}"):
+        load_config(None, [f"{old}=0.2" if "step" in old else f"{old}=0"])
+    section, key = old.split(".")
+    p = tmp_path / "old.toml"
+    p.write_text(f"[{section}]\n{key} = 1\n")
+    with pytest.raises(ConfigError, match=f"{old} was removed: set {new}"):
+        load_config(p)
+
+
+def test_old_checkpoint_config_still_loads(tmp_path):
+    """A checkpoint saved before the keys moved stores them in its config dict: load_policy translates them."""
+    import torch
+
+    from common.config import to_dict
+    from learner.checkpoint import save_checkpoint
+    from learner.policy import Policy, load_policy
+
+    cfg = load_config(None, ["network.channels=4", "network.num_layers=2", "env.env_input_dim=2", "env.max_step=0.15"])
+    old = to_dict(cfg)
+    old["network"].update(max_step=0.15, env_input_dim=2)
+    old["expert"]["maxstep"] = 0.15
+    torch.manual_seed(0)
+    policy = Policy(cfg)
+    save_checkpoint(tmp_path, 3, {"config": old, "actor": policy.actor.state_dict(), "counters": {"updates": 3}})
+    loaded = load_policy(tmp_path)
+    assert loaded.config == cfg and loaded.version == 3
+    obs = observe(cu_cluster(4, seed=0), np.array([0.5, 0.1]))
+    np.testing.assert_array_equal(loaded.act(obs), policy.act(obs))
 
 
 def test_roundtrip(tmp_path):
@@ -56,8 +99,9 @@ def test_roundtrip(tmp_path):
 
 
 def test_every_field_documented():
-    from common.config import SECTIONS
     import dataclasses
+
+    from common.config import SECTIONS
 
     for cls in SECTIONS.values():
         docs = field_docs(cls)

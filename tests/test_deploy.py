@@ -3,7 +3,6 @@ Prometheus config (promtool), Grafana provisioning and dashboard, Ray cluster YA
 JSON schema), the Dockerfile and the helper scripts."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -14,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import load_module
 import yaml
 
 from common.metrics import METRICS, promql_name, spec_for_promql_name
+from helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -238,7 +237,8 @@ def test_dashboard_has_the_issue_panels(dashboard: dict[str, Any]) -> None:
                                                   f"avg({promql_name('relaxrl_batch_reward')})"]
     expected = {
         "Actual move (Å)": "relaxrl_actual_move_angstrom",
-        "Action scale (env gate)": "relaxrl_action_scale",
+        "Action scale: off (env.env_input_dim = 0, the shipped presets) unless the env gate is on":
+            "relaxrl_action_scale",
         "a_back: share of the move taken back": "relaxrl_a_back_ratio",
         "Fmax and success": "relaxrl_success_ratio",
         "Replay size": "relaxrl_replay_size",

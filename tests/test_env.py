@@ -9,7 +9,6 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import covalent_radii
 
-from common.config import CurriculumConfig
 from actors.env import (
     ActionError,
     CalculatorError,
@@ -21,8 +20,9 @@ from actors.env import (
     force_stats,
 )
 from actors.expert import BFGSExpert
-from common.observation import Observation
 from actors.structures import StructureError, generate_demo, random_cluster, rattled_bulk
+from common.config import CurriculumConfig
+from common.observation import Observation
 
 R_CU = covalent_radii[29]  # Å
 
@@ -252,7 +252,7 @@ def test_terminated_on_convergence_and_force_calls_counted():
 def test_truncated_at_max_steps_and_zero_move_costs_no_force_call():
     env = RelaxEnv(EnvConfig(max_steps=3))
     obs = env.reset(dimer(2.0 * R_CU + 0.6))
-    for k in range(3):
+    for _ in range(3):
         step = env.step(np.zeros_like(obs.positions))
         assert step.info["force_calls"] == 1
     assert step.truncated and not step.terminated and step.info["steps"] == 3
@@ -273,7 +273,7 @@ def test_nan_action_is_no_move_with_full_a_back():
 
 def test_nan_forces_end_the_episode_without_a_crash():
     env = RelaxEnv(EnvConfig(), calculator=NaNAfter(bad_call=3))
-    obs = env.reset(dimer(3.0))
+    env.reset(dimer(3.0))
     step = env.step(np.full((2, 3), 0.01))  # call 2: fine
     assert "error" not in step.info
     before = step.obs.positions
@@ -318,3 +318,45 @@ def test_wrong_action_shape_is_an_error():
     env.reset(dimer(2.6))
     with pytest.raises(ActionError, match=r"\(2, 3\)"):
         env.step(np.zeros((3, 3)))
+
+
+# ---- ASE constraints and the path history (issue 12) -------------------------------------------
+
+
+def _slab_with_fixed_bottom():
+    from ase.build import fcc111
+    from ase.constraints import FixAtoms
+
+    slab = fcc111("Cu", (2, 2, 3), vacuum=6.0)
+    slab.rattle(0.08, seed=3)
+    fixed = [a.index for a in slab if a.tag == 3]  # bottom layer
+    slab.set_constraint(FixAtoms(indices=fixed))
+    return slab, np.array(fixed)
+
+
+def test_fixed_atoms_never_move_and_do_not_count_in_fmax():
+    slab, fixed = _slab_with_fixed_bottom()
+    start = slab.get_positions()
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=20))
+    obs = env.reset(slab)
+    assert np.abs(obs.forces[fixed]).max() == 0.0  # forces read with the constraint applied
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        step = env.step(0.05 * obs.forces + rng.normal(scale=0.03, size=obs.forces.shape))
+        obs = step.obs
+        assert np.array_equal(obs.positions[fixed], start[fixed])
+        assert np.abs(step.info["actual_move"][fixed]).max() == 0.0
+        assert np.abs(obs.forces[fixed]).max() == 0.0
+        free = np.setdiff1d(np.arange(len(slab)), fixed)
+        assert step.info["fmax"] == pytest.approx(np.linalg.norm(obs.forces[free], axis=1).max())
+    assert env.atoms.constraints, "the structure handed back keeps its constraint"
+
+
+def test_history_is_the_last_move_and_the_force_change():
+    atoms = Atoms("Cu4", positions=[[0, 0, 0], [2.4, 0, 0], [0, 2.5, 0], [0.1, 0.2, 2.3]])
+    env = RelaxEnv(EnvConfig(fmax=0.01, max_steps=10))
+    obs = env.reset(atoms)
+    assert np.array_equal(obs.history, np.zeros((4, 6)))
+    step = env.step(0.03 * obs.forces)
+    assert np.allclose(step.obs.history[:, :3], step.info["actual_move"])
+    assert np.allclose(step.obs.history[:, 3:], step.obs.forces - obs.forces)

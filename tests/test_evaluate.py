@@ -14,9 +14,9 @@ from ase.cluster import Octahedron
 from ase.io import write
 from ase.optimize import BFGS, FIRE
 
+from common.config import load_config
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
-from common.config import load_config
 from relaxrl.evaluate import EvalError, _judge, evaluate, fragment_count, parse_optimizers
 from test_optimizer import ForcePolicy
 
@@ -65,7 +65,7 @@ def test_evaluate_compares_rl_with_ase_optimizers(tmp_path):
                       policy=ForcePolicy(0.05), progress=False)
     opts = report["optimizers"]
     assert set(opts) == set(names)
-    for name, o in opts.items():
+    for o in opts.values():
         assert o["n_runs"] == 2
         assert o["success_rate"] == o["n_success"] / 2
         fc = o["force_calls"]
@@ -165,3 +165,157 @@ def test_eval_command_held_out_and_errors(tmp_path, capsys):
     assert "needs --checkpoint" in err and "Traceback" not in err
     assert main(["eval", "--optimizers", "bfgs", "--structures", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad arguments, refused before the work
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "-1"], "--limit must be >= 0 (0 = every structure, N = the first N), got -1"),
+    (["--limit", "-5"], "--limit must be >= 0 (0 = every structure, N = the first N), got -5"),
+    (["--fmax", "inf"], "--fmax must be a finite force threshold > 0 eV/Å"),
+    (["--fmax", "0"], "--fmax must be a finite force threshold > 0 eV/Å"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--set", "learner.actor_lr=1e-4"], "--set learner.actor_lr=1e-4: `relaxrl eval` does not use learner.actor_lr"),
+    (["--set", "env.fmax=0.01"], "does not use env.fmax (use --fmax), so the override would be ignored"),
+    (["--set", "network.channels=32"], "does not use network.channels"),
+])
+def test_bad_eval_arguments_are_refused_before_the_work(tmp_path, checkpoint, capsys, flags, message):
+    out = tmp_path / "out"
+    rc = main(["eval", "--checkpoint", str(checkpoint), "--structures", "held-out", "--optimizers", "rl,bfgs",
+               "--no-progress", "--out", str(out), *flags])
+    captured = capsys.readouterr()
+    assert rc == 2, captured.err
+    assert captured.err.startswith("relaxrl eval: error:") and message in captured.err, captured.err
+    assert "heldout_fraction" not in captured.err and "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def test_eval_out_at_an_existing_file_is_refused_before_the_work(tmp_path, capsys):
+    out = tmp_path / "report.txt"
+    out.write_text("keep me")
+    rc = main(["eval", "--structures", "held-out", "--optimizers", "bfgs", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--out {out} is an existing file; eval writes a directory" in err and "Traceback" not in err
+    assert out.read_text() == "keep me"
+    rc = main(["eval", "--structures", "held-out", "--optimizers", "bfgs", "--out", str(out / "sub")])
+    assert rc == 2 and "is a file, so the directory cannot be created" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+
+
+def test_eval_set_overrides_with_a_checkpoint_are_applied(tmp_path, checkpoint):
+    d = tmp_path / "structs"
+    d.mkdir()
+    write(d / "cluster.extxyz", structures()["cluster-Ag6"])
+    out = tmp_path / "out"
+    rc = main(["eval", "--checkpoint", str(checkpoint), "--structures", str(d), "--optimizers", "rl", "--steps", "3",
+               "--no-progress", "--set", "env.max_step=0.05", "--set", "env.min_distance_factor=0.5", "--out", str(out)])
+    assert rc == 0
+    policy = json.loads((out / "report.json").read_text())["settings"]["policy"]
+    assert policy["max_step"] == 0.05 and policy["min_distance_factor"] == 0.5  # the policy moved under them
+    # the held-out selection follows curriculum.* overrides (the checkpoint's config holds 64 structures, 0.25 held out)
+    from actors.structures import demo_structures
+    from common.config import CurriculumConfig
+
+    rc = main(["eval", "--checkpoint", str(checkpoint), "--optimizers", "bfgs", "--no-progress", "--set",
+               "curriculum.n_structures=4", "--set", "curriculum.heldout_fraction=0.5", "--out", str(tmp_path / "h")])
+    assert rc == 0
+    held = demo_structures(CurriculumConfig(n_structures=4, heldout_fraction=0.5), seed=0)[1]
+    got = json.loads((tmp_path / "h" / "report.json").read_text())["structures"]
+    assert [s["name"] for s in got] == [a.info["name"] for a in held] and len(held) < 16
+
+
+def test_eval_directory_reads_like_training_every_frame_is_a_structure(tmp_path, checkpoint):
+    d = tmp_path / "structs"
+    d.mkdir()
+    write(d / "both.extxyz", list(structures().values()))
+    (d / "notes.txt").write_text("not a structure: ignored, as in training")
+    out = tmp_path / "out"
+    assert main(["eval", "--structures", str(d), "--optimizers", "bfgs", "--no-progress", "--out", str(out)]) == 0
+    names = [s["name"] for s in json.loads((out / "report.json").read_text())["structures"]]
+    assert names == ["both.extxyz#0", "both.extxyz#1"]
+
+
+# ----------------------------------------------------------------------------- after training: the same evaluation
+
+
+def test_after_training_evaluation_is_relaxrl_eval(tmp_path):
+    from helpers import cu_cluster
+    from relaxrl.evaluate import after_training_line, evaluate_after_training
+
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2", "env.max_steps=100",
+                             "run.eval_episodes=2", "run.eval_max_atoms=8"])
+    torch.manual_seed(0)
+    start = Policy(cfg)
+    trained = Policy(cfg)  # stands in for the trained weights: different from the start
+    save_policy(tmp_path, cfg, trained.actor, updates=30)
+    heldout = [bulk("Cu", cubic=True) * (2, 2, 2), cu_cluster(4, seed=1), cu_cluster(5, seed=2), cu_cluster(6, seed=3)]
+    for k, a in enumerate(heldout):
+        a.info["name"] = f"held-{k}"
+    report = evaluate_after_training(cfg, tmp_path, heldout, start.weights())
+
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    st = ev["settings"]
+    assert st["optimizers"] == ["rl", "untrained", "bfgs"]
+    assert (st["fmax"], st["steps"], st["energy_tol_ev_per_atom"]) == (cfg.env.fmax, 100, 1e-3)
+    assert [s["name"] for s in ev["structures"]] == ["held-1", "held-2"]  # ≤ 8 atoms, at most 2
+    assert st["policies"]["rl"]["version"] == 30 and st["policies"]["untrained"]["version"] == 0
+    for s in ev["structures"]:  # success as `relaxrl eval` defines it
+        for r in s["runs"].values():
+            assert r["success"] == (r["converged"] and not r["fragmented"] and r["error"] is None
+                                    and r["energy_above_best_mev_per_atom"] <= 1.0)
+        assert s["runs"]["bfgs"]["success"]
+    md = (tmp_path / "eval.md").read_text()
+    assert md.startswith("# Held-out evaluation after training")
+    assert "| untrained |" in md and "Policy `rl`: config `demo`, weights version 30 (trained" in md
+    assert "`plots/eval_force_calls.png`" in md
+    for png in ("eval_force_calls.png", "eval_fmax_vs_step.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    line = after_training_line(report)
+    o = ev["optimizers"]
+    assert line == (f"held-out success trained {o['rl']['success_rate']:.2f} vs untrained "
+                    f"{o['untrained']['success_rate']:.2f} (BFGS 1.00) on 2 structures")
+
+    empty = evaluate_after_training(cfg, tmp_path, heldout[:1], None)  # only a 32-atom structure: nothing to do
+    assert after_training_line(empty) == ("no held-out evaluation (no held-out structure has at most "
+                                          "run.eval_max_atoms = 8 atoms)")
+    assert "Nothing evaluated" in (tmp_path / "eval.md").read_text()
+
+
+def test_eval_suite_reports_per_kind(tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--structures", "suite", "--limit", "3",
+                 "--optimizers", "rl,bfgs,fire", "--steps", "60", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    records = report["structures"]
+    assert [s["kind"] for s in records] == ["cluster", "bulk", "slab"]  # --limit spreads over the kinds
+    by_kind = report["by_kind"]
+    assert list(by_kind) == ["cluster", "bulk", "slab", "overall"]
+    for kind, entry in by_kind.items():
+        group = records if kind == "overall" else [s for s in records if s["kind"] == kind]
+        assert entry["n_structures"] == len(group)
+        for opt in ("rl", "bfgs", "fire"):
+            n_success = sum(s["runs"][opt]["success"] for s in group)
+            assert entry["optimizers"][opt] == {"n_runs": len(group), "n_success": n_success,
+                                                "success_rate": n_success / len(group)}
+        for other in ("bfgs", "fire"):
+            both = [s for s in group if s["runs"]["rl"]["success"] and s["runs"][other]["success"]]
+            ratio = entry[f"rl_vs_{other}_force_calls"]
+            assert ratio["n_both_solved"] == len(both)
+            if both:
+                expected = (np.mean([s["runs"]["rl"]["force_calls"] for s in both])
+                            / np.mean([s["runs"][other]["force_calls"] for s in both]))
+                assert ratio["ratio"] == pytest.approx(expected)
+            else:
+                assert ratio["ratio"] is None
+    assert by_kind["overall"]["optimizers"]["bfgs"]["n_success"] >= 1  # BFGS solves small EMT cells
+    md = (out / "report.md").read_text()
+    assert "## Per kind" in md and "| **overall** | 3 |" in md
+    assert "overall: success rl" in capsys.readouterr().out
+
+
+def test_plain_structures_are_one_kind_file():
+    report = evaluate(structures(), ["bfgs"], steps=60, progress=False)
+    assert {s["kind"] for s in report["structures"]} == {"file"}
+    assert list(report["by_kind"]) == ["file", "overall"]
+    assert report["by_kind"]["file"] == report["by_kind"]["overall"]

@@ -6,11 +6,11 @@ import pytest
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS
 
-from common.config import EnvConfig, ExpertConfig
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert, ExpertError, fake_step_probability
-from actors.rollout import run_expert_episode
+from actors.rollout import run_episode
 from actors.structures import random_cluster, rattled_bulk, rattled_slab
+from common.config import ConfigError, EnvConfig, ExpertConfig
 
 
 class CountingEMT(EMT):
@@ -95,8 +95,8 @@ def test_expert_reset_forgets_the_hessian():
     np.testing.assert_array_equal(expert.action(env.reset(atoms)), first)
 
 
-def test_run_expert_episode_summary():
-    summary = run_expert_episode(RelaxEnv(EnvConfig(fmax=0.05)), BFGSExpert(), STRUCTURES["cluster-Cu5"])
+def test_expert_episode_summary():
+    summary = run_episode(RelaxEnv(EnvConfig(fmax=0.05)), BFGSExpert().action, STRUCTURES["cluster-Cu5"])
     assert summary["converged"] and not summary["truncated"] and summary["error"] is None
     assert summary["force_calls"] == summary["steps"] + 1
     assert summary["fmax_final"] < 0.05 < summary["fmax_initial"]
@@ -130,5 +130,5 @@ def test_exponential_schedule_decays_early_and_hits_the_endpoints():
 
 
 def test_unknown_schedule_is_rejected():
-    with pytest.raises(ExpertError, match="linear"):
-        fake_step_probability(10, ExpertConfig(schedule="cosine"))
+    with pytest.raises(ConfigError, match="expert.schedule must be 'linear' or 'exponential'"):
+        ExpertConfig(schedule="cosine")

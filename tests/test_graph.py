@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import cu_cluster as _cu_cluster, observe
 import torch
 from ase import Atoms
 from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.neighborlist import primitive_neighbor_list
 
 import learner.graph as graph_mod
-from common.observation import Observation
 from common.config import NetworkConfig
-from learner.graph import GraphError, batch_graphs, neighbor_list, stack_actions, with_neighbor_list
+from helpers import cu_cluster as _cu_cluster
+from helpers import observe
+from learner.graph import GraphError, batch_graphs, neighbor_list, with_neighbor_list
 
 
 def cu_cluster(n: int, seed: int) -> Atoms:
@@ -101,14 +100,11 @@ def test_batch_graphs_offsets_edge_vectors_and_order() -> None:
     in_crystal = g.batch[g.edge_index[1]] == 1
     vec = g.edge_vectors()[in_crystal].numpy()
     np.testing.assert_allclose(np.sort(np.linalg.norm(vec, axis=1)), np.sort(np.linalg.norm(D, axis=1)), atol=1e-12)
-    # actions line up by concatenation; split undoes it
+    # actions line up by concatenation (the learner's batch); splitting at the atom counts undoes it (Policy.act_batch)
     acts = [np.full((o.n_atoms, 3), k, dtype=float) for k, o in enumerate(obs)]
-    a = stack_actions(acts, g)
-    assert a.shape == (12, 3) and a.dtype == torch.float64
-    assert torch.equal(a[:, 0], g.batch.to(a.dtype))
-    assert [t.shape[0] for t in g.split(a)] == [5, 4, 3]
-    with pytest.raises(GraphError, match="same order"):
-        stack_actions(acts[:2], g)
+    a = np.concatenate(acts)
+    assert a.shape == (12, 3) and np.array_equal(a[:, 0], g.batch.numpy())
+    assert [t.shape[0] for t in np.split(a, np.cumsum(g.num_atoms_per_graph.numpy())[:-1])] == [5, 4, 3]
     g32 = g.to("cpu", dtype=torch.float32)
     assert g32.pos.dtype == torch.float32 and g32.numbers.dtype == torch.int64 and g32.n_graphs == 3
 
@@ -137,7 +133,7 @@ def test_attached_lists_give_the_same_graph() -> None:
 def test_bad_observations_are_named() -> None:
     o = observe(cu_cluster(3, seed=0))
     with pytest.raises(GraphError, match="env_input_dim"):
-        batch_graphs([o], NetworkConfig(env_input_dim=2))
+        batch_graphs([o], NetworkConfig(), env_input_dim=2)
     o.numbers = np.array([29, 29, 120])
     with pytest.raises(GraphError, match="observation 0.*max_species"):
         batch_graphs([o], NetworkConfig())

@@ -2,7 +2,6 @@
 PrometheusMetrics (served over HTTP), and a real Prometheus scraping both endpoints."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import load_module
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.ray_metrics import RayMetrics
@@ -26,6 +24,7 @@ from common.metrics import (
     replay_prometheus_registry,
     spec_for_promql_name,
 )
+from helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 

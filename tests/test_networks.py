@@ -5,15 +5,16 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers import cu_cluster as _cu_cluster, observe
 import torch
 from ase import Atoms
 from ase.build import bulk
-from ase.calculators.emt import EMT
 from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
+from common.config import ConfigError, EnvConfig
 from common.observation import Observation
+from helpers import cu_cluster as _cu_cluster
+from helpers import observe
 from learner.graph import Graph, batch_graphs
 from learner.networks import (
     Actor,
@@ -21,8 +22,8 @@ from learner.networks import (
     InteractionBlock,
     IrrepsMismatchError,
     NetworkConfig,
-    NetworkConfigError,
     TwinCritic,
+    build_actor,
     check_irreps,
     scatter_mean,
 )
@@ -51,9 +52,9 @@ def with_tensors(g: Graph, pos: torch.Tensor, forces: torch.Tensor, cell: torch.
 
 @pytest.mark.parametrize("env_dim,lmax", [(0, 1), (2, 1), (0, 2)])
 def test_actor_is_equivariant_e3nn_helper(env_dim: int, lmax: int) -> None:
-    cfg = NetworkConfig(env_input_dim=env_dim, **{**SMALL, "lmax": lmax})
+    cfg, env = NetworkConfig(**{**SMALL, "lmax": lmax}), EnvConfig(env_input_dim=env_dim)
     g = batch_graphs(clusters(env_dim), cfg)
-    actor = Actor(cfg)
+    actor = Actor(cfg, env)
     # rotation, inversion and translation: positions are points, forces and displacements 1o
     assert_equivariant(
         lambda pos, f: actor(with_tensors(g, pos, f)),
@@ -65,9 +66,9 @@ def test_actor_is_equivariant_e3nn_helper(env_dim: int, lmax: int) -> None:
 
 @pytest.mark.parametrize("env_dim", [0, 2])
 def test_critic_is_invariant_e3nn_helper(env_dim: int) -> None:
-    cfg = NetworkConfig(env_input_dim=env_dim, **SMALL)
+    cfg, env = NetworkConfig(**SMALL), EnvConfig(env_input_dim=env_dim)
     g = batch_graphs(clusters(env_dim), cfg)
-    critic = Critic(cfg)
+    critic = Critic(cfg, env)
     action = 0.1 * torch.randn(g.n_atoms, 3, dtype=torch.float64)
     assert_equivariant(
         lambda pos, f, a: critic(with_tensors(g, pos, f), a).unsqueeze(-1),  # [G, 1] of 0e
@@ -92,13 +93,13 @@ def rotated(obs: Observation, rot: np.ndarray, shift: np.ndarray) -> Observation
 @pytest.mark.parametrize("parity", [1.0, -1.0], ids=["rotation", "rotation+inversion"])
 def test_periodic_crystal_rotation_inversion_translation(parity: float) -> None:
     """Neighbour lists rebuilt from the transformed crystal: d → R d, Q unchanged."""
-    cfg = NetworkConfig(env_input_dim=1, radius=4.0, **SMALL)
+    cfg, env = NetworkConfig(radius=4.0, **SMALL), EnvConfig(env_input_dim=1)
     crystal = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 1, 1)
     crystal.rattle(0.1, seed=4)
     obs = observe(crystal, np.array([0.3]))
     rot = parity * o3.rand_matrix(dtype=torch.float64).numpy()
     obs2 = rotated(obs, rot, np.array([0.7, -1.2, 3.0]))
-    actor, critic = Actor(cfg), TwinCritic(cfg)
+    actor, critic = Actor(cfg, env), TwinCritic(cfg, env)
     g, g2 = batch_graphs([obs], cfg), batch_graphs([obs2], cfg)
     d, d2 = actor(g), actor(g2)
     torch.testing.assert_close(d2, d @ torch.from_numpy(rot).T, atol=1e-10, rtol=0)
@@ -107,13 +108,13 @@ def test_periodic_crystal_rotation_inversion_translation(parity: float) -> None:
 
 
 def test_permutation_equivariance() -> None:
-    cfg = NetworkConfig(**SMALL)
+    cfg, env = NetworkConfig(**SMALL), EnvConfig()
     obs = clusters(sizes=(8,))[0]
     perm = np.random.default_rng(0).permutation(8)
     obs_p = dataclasses.replace(
         obs, positions=obs.positions[perm], numbers=obs.numbers[perm], forces=obs.forces[perm]
     )
-    actor, critic = Actor(cfg), Critic(cfg)
+    actor, critic = Actor(cfg, env), Critic(cfg, env)
     g, gp = batch_graphs([obs], cfg), batch_graphs([obs_p], cfg)
     d, dp = actor(g), actor(gp)
     torch.testing.assert_close(dp, d[perm], atol=1e-12, rtol=0)
@@ -122,14 +123,14 @@ def test_permutation_equivariance() -> None:
 
 def test_supercell_gives_the_same_per_atom_outputs() -> None:
     """A rattled periodic cell and its 2x2x2 repeat: same displacements per atom, same Q (mean pool)."""
-    cfg = NetworkConfig(radius=4.5, max_neighbors=1000, **SMALL)  # no cap: ties would cut differently
+    cfg, env = NetworkConfig(radius=4.5, max_neighbors=1000, **SMALL), EnvConfig()  # no cap: ties would cut differently
     prim = bulk("Cu", "fcc", a=3.61, cubic=True)
     prim.numbers[1] = 28
     prim.rattle(0.1, seed=7)
     sup = prim.repeat((2, 2, 2))  # atom order: 8 copies of the primitive atoms
     o_prim, o_sup = observe(prim), observe(sup)
     np.testing.assert_allclose(o_sup.forces, np.tile(o_prim.forces, (8, 1)), atol=1e-10)
-    actor, critic = Actor(cfg), Critic(cfg)
+    actor, critic = Actor(cfg, env), Critic(cfg, env)
     g_prim, g_sup = batch_graphs([o_prim], cfg), batch_graphs([o_sup], cfg)
     d_prim, d_sup = actor(g_prim), actor(g_sup)
     torch.testing.assert_close(d_sup, d_prim.repeat(8, 1), atol=1e-10, rtol=0)
@@ -137,9 +138,9 @@ def test_supercell_gives_the_same_per_atom_outputs() -> None:
 
 
 def test_no_env_features_means_no_gate_and_no_tail() -> None:
-    cfg = NetworkConfig(env_input_dim=0, **SMALL)
+    cfg, env = NetworkConfig(**SMALL), EnvConfig(env_input_dim=0)
     g = batch_graphs(clusters(), cfg)
-    actor, critic = Actor(cfg), Critic(cfg)
+    actor, critic = Actor(cfg, env), Critic(cfg, env)
     assert actor.env_gate is None
     assert not any("env_gate" in name for name, _ in actor.named_parameters())
     d, scale = actor(g, return_scale=True)
@@ -154,9 +155,9 @@ def test_no_env_features_means_no_gate_and_no_tail() -> None:
 
 
 def test_env_features_gate_the_actor_and_feed_the_tail() -> None:
-    cfg = NetworkConfig(env_input_dim=3, **SMALL)
+    cfg, env = NetworkConfig(**SMALL), EnvConfig(env_input_dim=3)
     g = batch_graphs(clusters(3), cfg)
-    actor, critic = Actor(cfg), Critic(cfg)
+    actor, critic = Actor(cfg, env), Critic(cfg, env)
     d, scale = actor(g, return_scale=True)
     assert scale.shape == (2,) and bool(((scale > 0) & (scale < 1)).all())
     torch.testing.assert_close(d, actor.ungated(g) * scale[g.batch, None])
@@ -166,31 +167,31 @@ def test_env_features_gate_the_actor_and_feed_the_tail() -> None:
 
 
 def test_displacements_are_bounded_by_max_step() -> None:
-    cfg = NetworkConfig(max_step=0.15, **SMALL)
+    cfg = NetworkConfig(**SMALL)
     g = batch_graphs(clusters(), cfg)
     g = dataclasses.replace(g, forces=g.forces * 1e4)  # absurd forces
-    d = Actor(cfg)(g)
+    d = Actor(cfg, EnvConfig(max_step=0.15))(g)
     assert torch.isfinite(d).all() and float(d.detach().norm(dim=1).max()) < 0.15
 
 
 @pytest.mark.parametrize("env_dim", [0, 2])
 def test_per_atom_values_sum_to_q(env_dim: int) -> None:
-    cfg = NetworkConfig(env_input_dim=env_dim, per_atom_q=True, **SMALL)
+    cfg, env = NetworkConfig(per_atom_q=True, **SMALL), EnvConfig(env_input_dim=env_dim)
     g = batch_graphs(clusters(env_dim), cfg)
-    critic = Critic(cfg)
+    critic = Critic(cfg, env)
     a = 0.05 * torch.randn(g.n_atoms, 3, dtype=torch.float64)
     q, per_atom = critic(g, a, return_per_atom=True)
     assert per_atom.shape == (g.n_atoms,)
     torch.testing.assert_close(torch.zeros(2, dtype=torch.float64).index_add_(0, g.batch, per_atom), q)
     with pytest.raises(ValueError, match="per_atom_q"):
-        Critic(dataclasses.replace(cfg, per_atom_q=False))(g, a, return_per_atom=True)
+        Critic(dataclasses.replace(cfg, per_atom_q=False), env)(g, a, return_per_atom=True)
 
 
 @pytest.mark.parametrize("env_dim", [0, 2])
 def test_gradients_reach_every_parameter(env_dim: int) -> None:
-    cfg = NetworkConfig(env_input_dim=env_dim, **SMALL)
+    cfg, env = NetworkConfig(**SMALL), EnvConfig(env_input_dim=env_dim)
     g = batch_graphs(clusters(env_dim), cfg)
-    actor, critic = Actor(cfg), TwinCritic(cfg)
+    actor, critic = Actor(cfg, env), TwinCritic(cfg, env)
     q1, q2 = critic(g, actor(g))
     (q1.sum() + q2.sum()).backward()
     for name, p in list(actor.named_parameters()) + list(critic.named_parameters()):
@@ -199,13 +200,13 @@ def test_gradients_reach_every_parameter(env_dim: int) -> None:
 
 
 def test_float32_matches_float64() -> None:
-    cfg64 = NetworkConfig(env_input_dim=2, **SMALL)
+    cfg64, env = NetworkConfig(**SMALL), EnvConfig(env_input_dim=2)
     cfg32 = dataclasses.replace(cfg64, dtype="float32")
     obs = clusters(2)
     g64, g32 = batch_graphs(obs, cfg64), batch_graphs(obs, cfg32)
     assert g32.pos.dtype == torch.float32
-    actor64, critic64 = Actor(cfg64), Critic(cfg64)
-    actor32, critic32 = Actor(cfg32), Critic(cfg32)
+    actor64, critic64 = Actor(cfg64, env), Critic(cfg64, env)
+    actor32, critic32 = Actor(cfg32, env), Critic(cfg32, env)
     actor32.load_state_dict({k: v.float() for k, v in actor64.state_dict().items()})
     critic32.load_state_dict({k: v.float() for k, v in critic64.state_dict().items()})
     d64, d32 = actor64(g64), actor32(g32)
@@ -222,15 +223,74 @@ def test_irreps_mismatch_names_both_blocks() -> None:
     check_irreps("interaction 0", first.irreps_out, "interaction 1", first.irreps_out)  # compatible: no error
 
 
-@pytest.mark.parametrize("field,value", [("lmax", 0), ("num_layers", 0), ("dtype", "float16"), ("max_step", 0.0)])
-def test_bad_network_config_names_the_field(field: str, value: object) -> None:
-    with pytest.raises(NetworkConfigError, match=f"network.{field}"):
-        Actor(dataclasses.replace(NetworkConfig(**SMALL), **{field: value}))
+@pytest.mark.parametrize("section,field,value", [("network", "lmax", 0), ("network", "num_layers", 0),
+                                                 ("network", "num_layers", 7), ("network", "dtype", "float16"),
+                                                 ("env", "max_step", 0.0)])
+def test_bad_network_config_names_the_field(section: str, field: str, value: object) -> None:
+    """A config the networks cannot be built with does not exist: its dataclass refuses it, naming the key."""
+    base = NetworkConfig(**SMALL) if section == "network" else EnvConfig()
+    with pytest.raises(ConfigError, match=f"{section}.{field} must be"):
+        dataclasses.replace(base, **{field: value})
 
 
 def test_single_atom_without_edges() -> None:
-    cfg = NetworkConfig(**SMALL)
+    cfg, env = NetworkConfig(**SMALL), EnvConfig()
     g = batch_graphs([observe(Atoms("Cu", positions=[[0, 0, 0]])), *clusters(sizes=(3,))], cfg)
-    d = Actor(cfg)(g)
-    q1, q2 = TwinCritic(cfg)(g, d)
+    d = Actor(cfg, env)(g)
+    q1, q2 = TwinCritic(cfg, env)(g, d)
     assert d.shape == (4, 3) and q1.shape == q2.shape == (2,) and torch.isfinite(q1).all()
+
+
+# ---- path history and the preconditioned head (issue 12) ---------------------------------------
+
+
+def _with_history(obs: list[Observation], seed: int = 0) -> list[Observation]:
+    rng = np.random.default_rng(seed)
+    for o in obs:
+        o.history = rng.normal(scale=0.05, size=(o.n_atoms, 6))
+    return obs
+
+
+def _rotated(o: Observation, R: np.ndarray) -> Observation:
+    return dataclasses.replace(o, positions=o.positions @ R.T, forces=o.forces @ R.T,
+                               history=np.concatenate([o.history[:, :3] @ R.T, o.history[:, 3:] @ R.T], axis=1),
+                               edge_index=None, edge_shift=None)
+
+
+@pytest.mark.parametrize("head", ["free", "preconditioned"])
+def test_history_inputs_keep_actor_equivariant_and_critic_invariant(head: str) -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head=head)
+    env = EnvConfig()
+    actor, critic = build_actor(cfg, env), TwinCritic(cfg, env)
+    obs = _with_history(clusters(0, sizes=(6,)))
+    R = o3.rand_matrix(dtype=torch.float64).numpy()
+    g0, g1 = batch_graphs(obs, cfg), batch_graphs([_rotated(o, R) for o in obs], cfg)
+    d0, d1 = actor(g0), actor(g1)
+    assert torch.allclose(d0 @ torch.from_numpy(R).T, d1, atol=1e-10)
+    q0, q1 = critic(g0, d0), critic(g1, d1)
+    assert torch.allclose(q0[0], q1[0], atol=1e-9)
+    # the history changes what the actor does (it is an input, not ignored)
+    plain = [dataclasses.replace(o, history=np.zeros_like(o.history)) for o in obs]
+    assert not torch.allclose(actor(batch_graphs(plain, cfg)), d0)
+
+
+def test_preconditioned_head_starts_as_heavy_ball_and_vanishes_with_the_forces() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="preconditioned", step_size=0.1, momentum=0.5)
+    actor = build_actor(cfg, EnvConfig(max_step=0.2))
+    obs = clusters(0, sizes=(7,))
+    obs[0].history = np.zeros((7, 6))
+    obs[0].forces = obs[0].forces * (0.3 / np.abs(obs[0].forces).max())  # small forces: no squashing
+    d = actor(batch_graphs(obs, cfg)).detach().numpy()
+    f = obs[0].forces
+    alpha = float((d * f).sum() / (f * f).sum())
+    assert 0.06 < alpha < 0.14  # ≈ step_size at initialisation
+    assert np.linalg.norm(d, axis=1).max() < 0.2
+    obs[0].forces = np.zeros_like(f)  # no force and no previous move: no step (a fixed atom stays)
+    assert np.abs(actor(batch_graphs(obs, cfg)).detach().numpy()).max() < 1e-6
+
+
+def test_actor_head_and_momentum_ranges_are_checked() -> None:
+    with pytest.raises(ConfigError, match="actor_head"):
+        NetworkConfig(actor_head="newton")
+    with pytest.raises(ConfigError, match="momentum"):
+        NetworkConfig(momentum=0.99)

@@ -15,9 +15,9 @@ from ase.io import read
 from ase.optimize import BFGS
 
 from actors.env import RelaxEnv, correct_action
+from common.config import RunConfig, load_config
 from common.observation import Observation, env_features
 from learner.policy import Policy, load_policy, save_policy
-from common.config import RunConfig, load_config
 from relaxrl.optimizer import CountingCalculator, RLOptimizer, UnsupportedOptimizableError
 
 
@@ -64,7 +64,7 @@ def rattled_cu(seed: int = 1, stdev: float = 0.1) -> Atoms:
 @pytest.fixture(scope="module")
 def features_policy(tmp_path_factory) -> Policy:
     """A freshly initialised e3nn policy with all three env features, saved and loaded as a checkpoint."""
-    cfg = load_config(None, ["env.env_input_dim=3", "network.env_input_dim=3", "network.channels=8",
+    cfg = load_config(None, ["env.env_input_dim=3", "network.channels=8",
                              "network.num_layers=2"])
     torch.manual_seed(0)
     path = save_policy(tmp_path_factory.mktemp("run"), cfg, Policy(cfg).actor)
@@ -152,9 +152,8 @@ def test_logfile_trajectory_attach_and_irun(tmp_path):
     traj = tmp_path / "relax.traj"
     opt = RLOptimizer(atoms, policy=ForcePolicy(0.05), logfile=log, trajectory=str(traj))
     opt.attach(lambda: calls.append(opt.nsteps), interval=2)
-    for k, converged in enumerate(opt.irun(fmax=0.05, steps=5)):
-        assert not converged
-    assert k == 5  # the initial state plus 5 steps
+    converged = list(opt.irun(fmax=0.05, steps=5))
+    assert len(converged) == 6 and not any(converged)  # the initial state plus 5 steps
     opt.run(fmax=0.05, steps=1)  # run() continues the same optimizer
     lines = log.getvalue().splitlines()
     assert lines[0].split()[:2] == ["Step", "Time"] and lines[1].startswith("RLOptimizer:")
@@ -223,3 +222,48 @@ def test_counting_calculator_counts_real_calculations_only():
     ref.calc = EMT()
     assert e == pytest.approx(ref.get_potential_energy())
     np.testing.assert_allclose(atoms.get_forces(), ref.get_forces())
+
+
+class HistoryPolicy(ForcePolicy):
+    """Steepest descent plus the previous move: records every observation it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__(step=0.04)
+        self.seen: list[Observation] = []
+
+    def observe(self, atoms, forces, energy, step_fraction=0.0, last_a_back=0.0):
+        return Observation.from_atoms(atoms, forces=forces, energy=energy)
+
+    def act(self, obs: Observation) -> np.ndarray:
+        self.seen.append(obs)
+        return self.step * obs.forces + 0.5 * obs.history[:, :3]
+
+
+def test_rl_optimizer_builds_the_same_path_history_as_the_env():
+    start = Atoms("Cu5", positions=[[0, 0, 0], [2.4, 0, 0], [0, 2.5, 0], [0.1, 0.2, 2.3], [1.3, 1.3, 1.2]])
+    env = RelaxEnv(RunConfig().env)
+    env_policy = HistoryPolicy()
+    obs = env.reset(start)
+    for _ in range(6):
+        obs = env.step(env_policy.act(obs)).obs
+    atoms = start.copy()
+    atoms.calc = EMT()
+    opt_policy = HistoryPolicy()
+    RLOptimizer(atoms, policy=opt_policy, logfile=None).run(fmax=1e-4, steps=6)
+    assert len(opt_policy.seen) == 6
+    for a, b in zip(env_policy.seen, opt_policy.seen):
+        assert np.allclose(a.history, b.history, atol=1e-10)
+        assert np.allclose(a.positions, b.positions, atol=1e-10)
+    assert np.abs(opt_policy.seen[-1].history).max() > 0
+
+
+def test_rl_optimizer_never_moves_fixed_atoms_and_records_their_zero_move():
+    atoms = bulk("Cu", cubic=True) * (2, 1, 1)
+    atoms.rattle(0.1, seed=2)
+    atoms.set_constraint(FixAtoms(indices=[0, 1]))
+    start = atoms.get_positions()
+    atoms.calc = EMT()
+    policy = HistoryPolicy()
+    RLOptimizer(atoms, policy=policy, logfile=None).run(fmax=1e-4, steps=5)
+    assert np.array_equal(atoms.get_positions()[:2], start[:2])
+    assert np.abs(policy.seen[-1].history[:2]).max() == 0.0

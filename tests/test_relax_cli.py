@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
+from ase.build import bulk, fcc111
 from ase.cluster import Octahedron
+from ase.constraints import FixAtoms
 from ase.io import read, write
 
+from common.config import load_config
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
-from common.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"(NOT )?converged in (\d+) steps.*, (\d+) force calls, final Fmax ([\d.]+) eV/Å.*energy change ([-+][\d.]+) eV")
@@ -111,4 +112,167 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, checkpoint, capsys, ca
     assert rc == 2
     assert err.startswith("relaxrl relax: error:") and message in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "out.cif").exists()
+
+
+# ----------------------------------------------------------------------------- constraints, frames, disorder
+
+
+def fixed_slab():
+    """A rattled Cu(111) slab whose bottom layer is fixed (FixAtoms)."""
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
+    slab.info.clear()
+    slab.rattle(0.1, seed=2)
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    return slab
+
+
+@pytest.mark.parametrize("src_name, src_fmt, out_name", [("slab.extxyz", "extxyz", "relaxed.extxyz"),
+                                                         ("POSCAR", "vasp", "CONTCAR")])
+def test_fixed_atoms_stay_fixed_and_the_written_file_keeps_the_constraint(tmp_path, checkpoint, capsys,
+                                                                          src_name, src_fmt, out_name):
+    slab = fixed_slab()
+    src, out, traj = tmp_path / src_name, tmp_path / out_name, tmp_path / "relax.traj"
+    write(src, slab, format=src_fmt)
+    start = read(src, format=src_fmt).positions  # as the file stores them (POSCAR rounds)
+    rc = main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "40", "--hybrid", "3",
+               "--out", str(out), "--trajectory", str(traj)])
+    assert rc == 0
+    assert SUMMARY.search(capsys.readouterr().out)
+    frames = read(traj, index=":")
+    assert len(frames) > 2
+    for frame in frames:  # every step: the fixed atoms did not move at all
+        np.testing.assert_array_equal(frame.positions[:4], start[:4])
+    assert np.abs(frames[-1].positions[4:] - start[4:]).max() > 1e-3  # the free atoms did
+    relaxed = read(out, format="vasp" if out_name == "CONTCAR" else None)
+    assert [type(c).__name__ for c in relaxed.constraints] == ["FixAtoms"]
+    assert list(relaxed.constraints[0].index) == [0, 1, 2, 3]
+    np.testing.assert_allclose(relaxed.positions[:4], start[:4], atol=1e-9)
+
+
+def test_cif_output_says_it_drops_the_constraint(tmp_path, checkpoint, capsys):
+    src = tmp_path / "slab.extxyz"
+    write(src, fixed_slab())
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "2", "--out",
+                 str(tmp_path / "out.cif")]) == 0
+    assert "out.cif is a CIF, which cannot store the input's constraints (FixAtoms)" in capsys.readouterr().err
+
+
+def test_multi_frame_input_needs_index(tmp_path, checkpoint, capsys):
+    src = tmp_path / "frames.extxyz"
+    cluster = Octahedron("Ag", 2)
+    cluster.rattle(0.1, seed=1)
+    write(src, [rattled_cu(), cluster])
+    out = tmp_path / "out.extxyz"
+    rc = main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "frames.extxyz holds 2 frames" in err and "--index N" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--index", "-1", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("frames.extxyz#1: ")
+    assert read(out).get_chemical_formula() == "Ag6"
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--index", "5", "--out", str(out)]) == 2
+    assert "index 5 is out of range" in capsys.readouterr().err
+
+
+def test_partial_occupancy_cif_is_refused(tmp_path, checkpoint, capsys):
+    rows = "".join(f"{el}{k} {el} {x} {y} {z} 0.5\n" for k, (x, y, z) in enumerate(
+        [(0, 0, 0), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)]) for el in ("Cu", "Au"))
+    src = tmp_path / "CuAu.cif"
+    src.write_text("data_CuAu\n_cell_length_a 3.8\n_cell_length_b 3.8\n_cell_length_c 3.8\n_cell_angle_alpha 90\n"
+                   "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n"
+                   "_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+                   "_atom_site_fract_z\n_atom_site_occupancy\n" + rows)
+    rc = main(["relax", str(src), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out.cif")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "CuAu.cif has partial occupancies" in err and "Traceback" not in err
+    assert not (tmp_path / "out.cif").exists()
+
+
+# ----------------------------------------------------------------------------- refused before any work
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot create files in: a read-only one, or /sys when running as root."""
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for d in (ro, Path("/sys")):
+        try:
+            probe = d / ".probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError:
+            return d
+    pytest.skip("no unwritable directory on this machine")
+
+
+@pytest.mark.parametrize("case", ["read-only", "unknown suffix", "directory", "no suffix", "missing directory"])
+def test_bad_out_is_refused_before_the_relaxation(tmp_path, checkpoint, capsys, case):
+    src = tmp_path / "in.extxyz"
+    write(src, rattled_cu())
+    out, message = {
+        "read-only": (_unwritable_dir(tmp_path) / "relaxed.cif", "cannot be written"),
+        "unknown suffix": (tmp_path / "relaxed.foo", "ASE cannot write a structure format named like this"),
+        "directory": (tmp_path, "is a directory; give a file name"),
+        "no suffix": (tmp_path / "relaxed", "ASE cannot write a structure format named like this"),
+        "missing directory": (tmp_path / "nope" / "relaxed.cif", "directory " + str(tmp_path / "nope") + " does not exist"),
+    }[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["relax", str(src), "--checkpoint", str(checkpoint), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.err.startswith("relaxrl relax: error: --out") and message in captured.err, captured.err
+    assert captured.out == ""  # no summary line: nothing was relaxed
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_default_out_never_overwrites_relaxed_cif(tmp_path, checkpoint, capsys, monkeypatch):
+    src = tmp_path / "in.extxyz"
+    write(src, rattled_cu())
+    monkeypatch.chdir(tmp_path)
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "2"]) == 0
+    first = (tmp_path / "relaxed.cif").read_bytes()
+    capsys.readouterr()
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "relaxed.cif already exists and no --out was given; pass --out PATH" in captured.err
+    assert captured.out == ""
+    assert (tmp_path / "relaxed.cif").read_bytes() == first
+    # an explicit --out is overwritten
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "3", "--out", "relaxed.cif"]) == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fmax", "inf"], "--fmax must be a finite force threshold > 0 eV/Å (e.g. 0.05), got inf"),
+    (["--fmax", "nan"], "--fmax must be a finite force threshold > 0 eV/Å (e.g. 0.05), got nan"),
+    (["--fmax", "0"], "--fmax must be a finite force threshold > 0 eV/Å (e.g. 0.05), got 0.0"),
+    (["--fmax", "-0.05"], "--fmax must be a finite force threshold > 0 eV/Å (e.g. 0.05), got -0.05"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "-3"], "--steps must be at least 1"),
+    (["--hybrid", "-1"], "--hybrid must be >= 0"),
+    (["--trajectory", "missing-dir/relax.traj"], "--trajectory missing-dir/relax.traj: directory missing-dir does not exist"),
+    (["--trajectory", "out.extxyz"], "--trajectory and --out are the same file"),
+])
+def test_bad_settings_are_refused_before_the_relaxation(tmp_path, checkpoint, capsys, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "in.extxyz", rattled_cu())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["relax", "in.extxyz", "--checkpoint", str(checkpoint), "--out", "out.extxyz", *flags])
+    captured = capsys.readouterr()
+    assert rc == 2 and message in captured.err and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_bad_settings_through_the_installed_entry_point(tmp_path, checkpoint):
+    write(tmp_path / "in.extxyz", rattled_cu())
+    exe = Path(sys.executable).with_name("relaxrl")
+    proc = subprocess.run([str(exe), "relax", str(tmp_path / "in.extxyz"), "--checkpoint", str(checkpoint),
+                           "--fmax", "inf", "--out", str(tmp_path / "out.cif")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("relaxrl relax: error: --fmax must be a finite force threshold > 0 eV/Å "
+                                   "(e.g. 0.05), got inf")
     assert not (tmp_path / "out.cif").exists()

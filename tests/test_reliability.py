@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replay_service.client import ReplayClient
-from common.transition import Transition
-from replay_service.codec import VERSION, CodecError, encode
 from common.config import ReplayConfig
+from common.transition import Transition
+from replay_service.client import ReplayClient
+from replay_service.codec import VERSION, CodecError, encode
 from replay_service.errors import ReplayConnectionError
 from replay_service.server import redis_server_binary, start_embedded
 from tests.test_replay_client import client_for, transitions
@@ -102,7 +102,7 @@ def test_killed_online_and_expert_actors_are_restarted_and_no_table_is_corrupted
 
     run = tiny_run
     before = pids_of(run)
-    stats0 = ray.get(run.hub.stats.remote())
+    stats0 = run.hub.stats()
     for pid in before:  # actors[0] is online, actors[1] expert
         os.kill(pid, signal.SIGKILL)
 
@@ -116,9 +116,9 @@ def test_killed_online_and_expert_actors_are_restarted_and_no_table_is_corrupted
     wait_for(restarted, 120, "Ray to restart both actors")
     for _ in range(3):
         run.learner.step()
-    wait_for(lambda: all(ray.get(run.hub.stats.remote())[f"env_steps/{k}"] > stats0[f"env_steps/{k}"] + 8
+    wait_for(lambda: all(run.hub.stats()[f"env_steps/{k}"] > stats0[f"env_steps/{k}"] + 8
                          for k in ("online", "expert")), 90, "both restarted actors to step again")
-    assert ray.get(run.hub.current_t_total.remote()) > stats0["t_total"]
+    assert run.hub.current_t_total() > stats0["t_total"]
     for table in ("online", "expert"):
         keys, _, items = live_items(run.replay, table)
         assert len(keys) > 0 and all(isinstance(t, Transition) for t in items)
@@ -127,7 +127,6 @@ def test_killed_online_and_expert_actors_are_restarted_and_no_table_is_corrupted
 
 @pytest.mark.slow
 def test_redis_sigkill_during_training_loses_no_acknowledged_item_and_training_continues(tiny_run):
-    import ray
 
     run = tiny_run
     run.learner.step()
@@ -148,12 +147,12 @@ def test_redis_sigkill_during_training_loses_no_acknowledged_item_and_training_c
         assert all(stored[k] == p for k, p in before.items()), f"{table}: priorities changed"
         assert all(isinstance(t, Transition) for t in items)
     inserts = {t: s["inserts"] for t, s in run.replay.stats().items()}
-    t_total = ray.get(run.hub.current_t_total.remote())
+    t_total = run.hub.current_t_total()
     for _ in range(3):
         run.learner.step()  # the learner's client reconnected too
     assert run.learner.counters.updates == updates + 3
     wait_for(lambda: run.replay.stats()["online"]["inserts"] > inserts["online"], 90, "actors to insert again")
-    assert ray.get(run.hub.current_t_total.remote()) > t_total
+    assert run.hub.current_t_total() > t_total
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -167,8 +166,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
     import psutil
 
-    from learner.checkpoint import list_checkpoints, load_checkpoint
     from common.config import load_config
+    from learner.checkpoint import list_checkpoints, load_checkpoint
 
     run_dir = tmp_path / "run"
     base = [sys.executable, "-m", "relaxrl.cli", "train", "--no-progress"]
@@ -405,8 +404,8 @@ def test_infinite_forces_from_a_calculator_end_the_episode_and_store_finite_data
     from ase import Atoms
     from ase.calculators.calculator import Calculator, all_changes
 
-    from common.config import EnvConfig
     from actors.env import RelaxEnv
+    from common.config import EnvConfig
 
     class InfAfter(Calculator):
         implemented_properties = ["energy", "forces"]
@@ -435,7 +434,7 @@ def test_nan_actions_from_a_diverged_policy_are_applied_as_no_move_and_not_store
     import torch
 
     from actors.coordinator import Coordinator
-    from actors.loop import OnlineActor
+    from actors.loop import ActorLoop
     from actors.structures import Curriculum, load_structures
     from common.config import load_config
 
@@ -445,13 +444,13 @@ def test_nan_actions_from_a_diverged_policy_are_applied_as_no_move_and_not_store
     replay = ReplayClient(cfg.replay.url, cfg.replay)
     replay.create_tables()
     train, _ = load_structures("demo", cfg.curriculum, 0)
-    actor = OnlineActor(cfg, replay, Coordinator(Curriculum(train, cfg.curriculum)))
+    actor = ActorLoop("online", cfg, replay, Coordinator(Curriculum(train, cfg.curriculum)))
     with torch.no_grad():
         for p in actor.policy.actor.parameters():
             p.fill_(float("nan"))
-    for _ in range(3):
-        actor.step()
-    actor._flush(force=True)
+    records = [actor.step() for _ in range(3)]
+    actor.adder.flush(force=True)
+    assert [r.nonfinite_actions for r in records] == [len(actor.envs)] * 3
     assert actor.nonfinite_actions == 3 * len(actor.envs)
     assert replay.sizes()["online"] == 0  # nothing non-finite reached the table
 
@@ -544,10 +543,10 @@ def test_an_unreachable_ray_address_is_exit_2_with_one_line(tmp_path):
 
 
 def test_resume_with_another_network_size_is_a_checkpoint_error(tmp_path):
+    from common.config import load_config
     from learner.checkpoint import CheckpointError
     from learner.learner import Learner
     from learner.policy import load_policy
-    from common.config import load_config
 
     small = load_config(TINY)
     Learner(small, None, tmp_path).checkpoint()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from common.config import ReplayConfig
 from replay_service.client import ReplayClient
 from replay_service.codec import CodecError, encode
-from common.config import ReplayConfig
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
 from tests.test_replay_codec import make_transition
 

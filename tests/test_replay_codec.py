@@ -14,7 +14,7 @@ from replay_service.codec import VERSION, CodecError, decode, decode_many, encod
 
 
 def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: bool = True, d: int = 2,
-                    reward: float = 0.5) -> Transition:
+                    reward: float = 0.5, history: bool = False) -> Transition:
     rng = np.random.default_rng(seed)
 
     def obs() -> Observation:
@@ -23,6 +23,8 @@ def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: b
         if edges:
             o.edge_index = rng.integers(0, n, size=(2, 7))
             o.edge_shift = rng.integers(-1, 2, size=(7, 3))
+        if history:
+            o.history = rng.normal(size=(n, 6))
         return o
 
     return Transition(obs(), rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), reward, True, False, obs(), 0.25,
@@ -35,7 +37,8 @@ def assert_same(a: Transition, b: Transition) -> None:
         assert (x is None and y is None) or np.array_equal(x, y), name
     assert (a.reward, a.terminated, a.truncated, a.a_back) == (b.reward, b.terminated, b.truncated, b.a_back)
     for oa, ob in ((a.obs, b.obs), (a.next_obs, b.next_obs)):
-        for f in ("positions", "numbers", "cell", "pbc", "forces", "env_features", "edge_index", "edge_shift"):
+        for f in ("positions", "numbers", "cell", "pbc", "forces", "env_features", "edge_index", "edge_shift",
+                  "history"):
             x, y = getattr(oa, f), getattr(ob, f)
             assert (x is None and y is None) or (np.array_equal(x, y) and np.asarray(x).shape == np.asarray(y).shape), f
         assert oa.energy == ob.energy
@@ -48,6 +51,28 @@ def test_round_trip_is_exact(n, edges, expert, d):
     assert_same(t, u)
     assert u.obs.positions.dtype == np.float64 and u.obs.numbers.dtype == np.int64 and u.obs.pbc.dtype == bool
     u.obs.positions[0:1] += 1.0 if n else 0.0  # decoded arrays are writable
+
+
+@pytest.mark.parametrize("edges,expert", [(False, False), (True, True), (False, True)])
+def test_path_history_round_trips_alone_and_in_uniform_batches(edges, expert):
+    ts = [make_transition(6, seed=s, edges=edges, expert=expert, history=True) for s in range(3)]
+    for t, u in zip(ts, decode_many(encode_many(ts))):
+        assert u.obs.history.shape == (6, 6)
+        assert_same(t, u)
+    assert encode_many(ts) == [encode(t) for t in ts]  # the batched path writes the same bytes
+    plain = make_transition(6, history=False)
+    assert decode(encode(plain)).obs.history is None
+
+
+def test_history_on_one_side_only_is_refused():
+    t = make_transition(3, history=True)
+    t.next_obs.history = None
+    with pytest.raises(CodecError, match="history"):
+        encode(t)
+    t = make_transition(3, history=True)
+    t.obs.history = np.zeros((3, 5))
+    with pytest.raises(CodecError, match=r"obs\.history has shape"):
+        encode(t)
 
 
 def test_wide_cell_shifts_and_different_next_numbers_round_trip():

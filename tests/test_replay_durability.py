@@ -8,8 +8,8 @@ import uuid
 
 import numpy as np
 
-from replay_service.client import ReplayClient
 from common.config import ReplayConfig
+from replay_service.client import ReplayClient
 from replay_service.errors import ReplayConnectionError
 from replay_service.server import start_embedded
 from tests.test_replay_client import transitions

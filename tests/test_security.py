@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.config import load_config, to_dict
 from learner.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from learner.policy import load_policy
 from relaxrl.cli import main
-from common.config import load_config, to_dict
 from replay_service.codec import CodecError, decode
 from replay_service.errors import ReplayConfigError
 from replay_service.server import check_url_security
@@ -182,8 +182,8 @@ def test_ray_token_authentication_is_never_switched_off():
             found.setdefault(str(f.relative_to(ROOT)), set()).add(m.group(1))
     assert found.get("docker-compose.yml") == {"token"}
     assert all(values == {"token"} for values in found.values()), found
-    launcher = (ROOT / "relaxrl" / "launcher.py").read_text()
-    assert "RAY_AUTH_MODE" not in launcher  # the launcher leaves Ray's authentication as the cluster sets it
+    for wiring in ("launcher.py", "ray_runtime.py"):  # the launcher leaves Ray's authentication as the cluster sets it
+        assert "RAY_AUTH_MODE" not in (ROOT / "relaxrl" / wiring).read_text()
 
 
 def test_no_secret_is_committed():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, fcc111
+from ase.constraints import FixAtoms, FixScaled
 from ase.io import write
 
-from common.config import CurriculumConfig
 from actors.env import EnvConfig, RelaxEnv
 from actors.structures import (
     Curriculum,
@@ -18,9 +18,11 @@ from actors.structures import (
     demo_structures,
     generate_demo,
     load_structures,
+    read_structure,
     read_structure_file,
     split_structures,
 )
+from common.config import CurriculumConfig
 
 CFG = CurriculumConfig()
 
@@ -173,9 +175,108 @@ def test_bad_sources(tmp_path):
         load_structures(tmp_path / "missing", CFG, seed=0)
     with pytest.raises(StructureError, match="has no .cif"):
         load_structures(tmp_path, CFG, seed=0)
+    # a name that does not tell the format goes to ASE's guess, then pymatgen; both fail here
     (tmp_path / "cu.pdb").write_text("ATOM")
-    with pytest.raises(StructureError, match="unknown format"):
+    with pytest.raises(StructureError, match=r"cu\.pdb cannot be read \(ase: .*pymatgen: .*format ASE or pymatgen reads"):
         read_structure_file(tmp_path / "cu.pdb")
+    with pytest.raises(StructureError, match="is a directory"):
+        read_structure_file(tmp_path)
+
+
+def _cif(sites: list[tuple[str, str, tuple[float, float, float], float]], formula: str) -> str:
+    """A P1 CIF (a = 3.8 Å cubic) with an occupancy column."""
+    rows = "".join(f"{label} {el} {x} {y} {z} {occ}\n" for label, el, (x, y, z), occ in sites)
+    return ("data_test\n_cell_length_a 3.8\n_cell_length_b 3.8\n_cell_length_c 3.8\n_cell_angle_alpha 90\n"
+            "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\n"
+            f"_chemical_formula_sum '{formula}'\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+            "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n" + rows)
+
+
+FCC = [(0.0, 0.0, 0.0), (0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5)]
+
+
+def _fixed_slab() -> Atoms:
+    """A rattled Cu(111) slab: bottom layer FixAtoms, one atom FixScaled along a and c."""
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
+    slab.info.clear()
+    slab.rattle(0.05, seed=3)
+    slab.set_constraint([FixAtoms(indices=[0, 1, 2, 3]), FixScaled(4, [True, False, True])])
+    return slab
+
+
+def test_constraints_are_kept_from_extxyz_traj_and_poscar(tmp_path):
+    slab = _fixed_slab()
+    only_fixatoms = slab.copy()
+    only_fixatoms.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    write(tmp_path / "slab.extxyz", only_fixatoms)
+    write(tmp_path / "slab.traj", only_fixatoms)
+    write(tmp_path / "POSCAR", slab, format="vasp")  # selective dynamics: F F F rows and one T F T row
+    assert "Selective dynamics" in (tmp_path / "POSCAR").read_text()
+    for name in ("slab.extxyz", "slab.traj"):
+        (atoms,) = read_structure_file(tmp_path / name)
+        assert [type(c).__name__ for c in atoms.constraints] == ["FixAtoms"]
+        assert list(atoms.constraints[0].index) == [0, 1, 2, 3]
+    atoms = read_structure(tmp_path / "POSCAR")
+    by_type = {type(c).__name__: c for c in atoms.constraints}
+    assert set(by_type) == {"FixAtoms", "FixScaled"}
+    assert list(by_type["FixAtoms"].index) == [0, 1, 2, 3]
+    assert list(by_type["FixScaled"].index) == [4] and list(by_type["FixScaled"].mask) == [True, False, True]
+    # the same reader serves training: the directory loads with the constraints, the env ignores them
+    train, _ = load_structures(tmp_path, CurriculumConfig(heldout_fraction=0.0), seed=0)
+    assert sorted(a.info["name"] for a in train) == ["POSCAR", "slab.extxyz", "slab.traj"]
+    assert all(a.constraints for a in train)
+    RelaxEnv(EnvConfig()).reset(train[0])
+
+
+@pytest.mark.parametrize("sites, formula, message", [
+    ([(f"Cu{k}", "Cu", p, 0.5) for k, p in enumerate(FCC)] + [(f"Au{k}", "Au", p, 0.5) for k, p in enumerate(FCC)],
+     "Cu2 Au2", r"partial occupancies \(site Cu0 \(Cu, occupancy 0.5\) \+ Au0 \(Au, occupancy 0.5\) and 3 more"),
+    ([(f"Cu{k}", "Cu", p, 1.0 if k else 0.75) for k, p in enumerate(FCC)],
+     "Cu3.75", r"partial occupancies \(site Cu0 \(Cu, occupancy 0.75\)\)"),
+])
+def test_partial_occupancies_are_refused(tmp_path, sites, formula, message):
+    (tmp_path / "disordered.cif").write_text(_cif(sites, formula))
+    with pytest.raises(StructureError, match=r"disordered\.cif has " + message + ".*order it first") as err:
+        read_structure_file(tmp_path / "disordered.cif")
+    assert "truncated" not in str(err.value)
+
+
+@pytest.mark.parametrize("extra, formula, pair", [
+    (("Au0", "Au", FCC[0], 1.0), "Cu4 Au", r"Cu0 \(Cu, occupancy 1\) \+ Au0 \(Au, occupancy 1\)"),
+    (("Cu9", "Cu", (1.0, 0.0, 0.0), 1.0), "Cu5", r"Cu0 \(Cu, occupancy 1\) \+ Cu9 \(Cu, occupancy 1\)"),
+])
+def test_two_atoms_on_one_cif_site_are_reported_as_such(tmp_path, extra, formula, pair):
+    sites = [(f"Cu{k}", "Cu", p, 1.0) for k, p in enumerate(FCC)] + [extra]
+    (tmp_path / "dup.cif").write_text(_cif(sites, formula))
+    with pytest.raises(StructureError, match=r"dup\.cif has two atoms on one site: " + pair) as err:
+        read_structure_file(tmp_path / "dup.cif")
+    assert "truncated" not in str(err.value)
+
+
+def test_two_atoms_on_one_poscar_site_are_reported_as_such(tmp_path):
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    doubled = cu + cu[1:2]  # atom 4 repeats atom 1
+    write(tmp_path / "POSCAR", doubled, format="vasp")
+    with pytest.raises(StructureError, match=r"POSCAR.*two atoms on one site: atoms 1 \(Cu\) and 4 \(Cu\) are 0\.0000 Å"):
+        read_structure_file(tmp_path / "POSCAR")
+
+
+def test_multi_frame_files_every_frame_or_one_chosen_frame(tmp_path):
+    expected = _fixtures(tmp_path)  # frames.extxyz: Au3 cluster, then the Pt slab
+    path = tmp_path / "frames.extxyz"
+    assert [a.info["name"] for a in read_structure_file(path)] == ["frames.extxyz#0", "frames.extxyz#1"]
+    with pytest.raises(StructureError, match=r"frames\.extxyz holds 2 frames.*--index N \(0 … 1, or -1 for the last\)"):
+        read_structure(path)
+    for index, name in ((0, "frames.extxyz#0"), (1, "frames.extxyz#1"), (-1, "frames.extxyz#1"), (-2, "frames.extxyz#0")):
+        atoms = read_structure(path, index=index)
+        assert atoms.info["name"] == name
+        np.testing.assert_allclose(atoms.positions, expected[name].positions, atol=1e-8)
+    with pytest.raises(StructureError, match=r"holds 2 frame\(s\); index 2 is out of range"):
+        read_structure(path, index=2)
+    with pytest.raises(StructureError, match="index -3 is out of range"):
+        read_structure_file(path, index=-3)
+    # a one-frame file needs no index
+    assert read_structure(tmp_path / "cu.cif").info["name"] == "cu.cif"
 
 
 # ----------------------------------------------------------------------------- curriculum

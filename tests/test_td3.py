@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from learner import td3
 from common.schedules import exponential, linear
+from learner import td3
 
 
 def t(*v):
@@ -124,7 +124,9 @@ def test_schedules():
     assert linear(1.0, 0.0, 10, 5) == pytest.approx(0.5)
     assert linear(1.0, 0.0, 10, 50) == 0.0
     assert linear(1.0, 0.0, 0, 3) == 0.0
-    assert exponential(1.0, 0.01, 10, 5) == pytest.approx(0.1)
+    assert exponential(1.0, 0.0, 10, 0) == 1.0 and exponential(1.0, 0.0, 10, 10) == pytest.approx(0.0, abs=1e-15)
+    assert exponential(1.0, 0.0, 10, 3) < linear(1.0, 0.0, 10, 3)  # most of the change early
+    assert exponential(1.0, 0.0, 0, 3) == 0.0
 
 
 def test_actor_loss_normalised_units():
@@ -141,7 +143,6 @@ def test_relative_bc_weighs_small_expert_steps_like_large_ones():
     batch = torch.tensor([0, 1])
     expert = torch.tensor([[0.1, 0.0, 0.0], [0.001, 0.0, 0.0]], dtype=torch.float64)
     pi = expert * 1.5  # both 50 % too long
-    zeros = torch.zeros(2, 3, dtype=torch.float64)
     _, parts = td3.actor_loss(t(0.0, 0.0), pi, pi, expert, torch.tensor([True, True]), batch, lambda_dev=0.0,
                               lambda_bc=1.0, relative_bc=1e-9)
     assert parts["bc"].item() == pytest.approx(0.25, rel=1e-6)  # 0.5² for each graph, whatever the step length

@@ -14,7 +14,6 @@ after training are read with ``last_over_time(...[10m])``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import load_module
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.config import load_config
 from common.metrics import METRICS, promql_name, spec_for_promql_name
+from helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -77,8 +76,8 @@ def test_cluster_preset_validates() -> None:
 
 def test_replay_metrics_server_serves_the_collector_and_closes(redis_server: Any) -> None:
     """The piece `relaxrl train` (replay.metrics_port) and `relaxrl replay serve` share."""
-    from replay_service.client import ReplayClient
     from common.config import ReplayConfig
+    from replay_service.client import ReplayClient
     from replay_service.errors import ReplayConfigError
     from replay_service.server import ReplayMetricsServer
 

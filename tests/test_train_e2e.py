@@ -44,10 +44,17 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     ts = [r["t_total"] for r in rows]
     assert ts == sorted(ts) and ts[0] > 0
     assert all("losses/critic" in r and "charts/q_value" in r for r in rows)
+    if any("episodes/online_success" in r for r in rows):  # online episodes ended: their observed return is logged
+        assert any(isinstance(r.get("actors/episode_return"), float) for r in rows)
     for name in ("actual_move", "q_vs_reward", "action_scale", "fmax_success", "losses", "replay_sizes"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
+    # the after-training evaluation is `relaxrl eval`'s: same report, same success definition
     ev = json.loads((run_dir / "eval.json").read_text())
-    assert {"trained", "untrained"} <= set(ev) and ev["heldout_structures"] >= 1
+    assert ev["settings"]["optimizers"] == ["rl", "untrained", "bfgs"] and ev["settings"]["n_structures"] >= 1
+    assert ev["settings"]["policies"]["rl"]["version"] == 30
+    assert all({"success", "higher_minimum", "fragmented"} <= set(r) for s in ev["structures"] for r in s["runs"].values())
+    assert (run_dir / "eval.md").read_text().startswith("# Held-out evaluation after training")
+    assert (run_dir / "plots" / "eval_force_calls.png").stat().st_size > 1000
     size_before = rows[-1]["replay/online_size"] + rows[-1]["replay/expert_size"]
 
     # a fresh run into the same directory is refused (it would mix two runs' curves)
@@ -80,7 +87,7 @@ def test_killed_actor_is_restarted_and_training_goes_on(tmp_path):
             run.learner.step()
         victim = run.actors[0]
         pid = ray.get(victim.pid.remote(), timeout=60)
-        t_before = ray.get(run.hub.current_t_total.remote())
+        t_before = run.hub.current_t_total()
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 120
         new_pid = None
@@ -96,12 +103,12 @@ def test_killed_actor_is_restarted_and_training_goes_on(tmp_path):
         for _ in range(3):
             run.learner.step()
         # the restarted actor steps again: its kind's step count grows past the kill
-        before = ray.get(run.hub.stats.remote())["env_steps/online"]
+        before = run.hub.stats()["env_steps/online"]
         deadline = time.monotonic() + 60
-        while ray.get(run.hub.stats.remote())["env_steps/online"] <= before and time.monotonic() < deadline:
+        while run.hub.stats()["env_steps/online"] <= before and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert ray.get(run.hub.stats.remote())["env_steps/online"] > before
-        assert ray.get(run.hub.current_t_total.remote()) > t_before
+        assert run.hub.stats()["env_steps/online"] > before
+        assert run.hub.current_t_total() > t_before
         stats = run.replay.stats()
         assert stats["online"]["size"] > 0 and stats["expert"]["size"] > 0
         info, batch = run.replay.sample(16, 0.25, timeout=30)  # tables still decode after the kill

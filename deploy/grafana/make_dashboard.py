@@ -118,10 +118,13 @@ def build() -> dict[str, Any]:
         "none", overrides=[right_axis("B", "none")],
         note="Alarm: Q keeps rising while Fmax does not fall = the critic overestimates.")
     g.timeseries(
-        "Action scale (env gate)", ["relaxrl_action_scale"],
+        "Action scale: off (env.env_input_dim = 0, the shipped presets) unless the env gate is on",
+        ["relaxrl_action_scale"],
         [target("A", f"avg({m('relaxrl_action_scale')})", "action scale")],
         "none", min_=0,
-        note="Alarm: tends to 0 = the policy hides from penalties by not moving.")
+        note="With env.env_input_dim = 0 (every shipped preset) there is no env gate and this is 1 by "
+             "construction: a flat line at 1 is not data. With the gate on: alarm when it tends to 0 "
+             "(the policy hides from penalties by not moving).")
     g.timeseries(
         "a_back: share of the move taken back", ["relaxrl_a_back_ratio"],
         [target("A", f"avg({m('relaxrl_a_back_ratio')})", "mean over actors"),

@@ -1,0 +1,226 @@
+"""ASE calculators by name, with the elements each handles and a per-process model cache.
+
+    calc = make_calculator("emt")
+    calc = make_calculator("chgnet", {"model_name": "0.3.0", "device": "cpu"})
+    calc = make_calculator("ase.calculators.lj:LennardJones", {"sigma": 2.3})
+    calculator_elements("emt")        # frozenset of symbols, or None when the calculator does not say
+
+Names
+    * ``emt``: ASE's EMT (Al, Cu, Ag, Au, Ni, Pd, Pt and H, C, N, O).
+    * ``chgnet``: the CHGNet universal potential (``pip install -e ".[mlip]"``; the weights ship in
+      the wheel, nothing is downloaded). ``calculator_kwargs``: ``model_name`` ('0.3.0' default,
+      '0.2.0', 'r2scan'), ``device`` ('auto' default: CUDA when this process sees a GPU, else
+      'cpu'; or 'cpu', 'cuda', 'cuda:1'), ``on_isolated_atoms`` ('ignore' default, 'warn', 'error').
+    * ``module:Class`` or ``module.Class``: any importable ASE calculator class (or a function
+      returning one), called with ``calculator_kwargs``. It may declare the symbols it handles
+      as a ``supported_elements`` attribute; otherwise structures are not checked for elements.
+
+Model cache: an MLIP's model is loaded once per process and key (name + kwargs) and shared
+by every calculator built from it, so the environments of one actor share one model.
+Each environment still gets its own light calculator object (its own results cache).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from ase.calculators.calculator import Calculator
+from ase.data import chemical_symbols
+
+from common.errors import RelaxRLError
+
+__all__ = ["BUILTIN", "BUILTIN_DEFAULTS", "CalculatorError", "calculator_elements", "clear_model_cache", "make_calculator",
+           "model_cache_info", "resolve_calculator"]
+
+
+class CalculatorError(RelaxRLError):
+    """The calculator named in the config cannot be built or fails on the initial structure."""
+
+
+MLIP_INSTALL = 'pip install -e ".[mlip]" -c constraints.txt'
+"""What to run when a built-in MLIP's package is missing."""
+
+_CHGNET_KWARGS = {"model_name": "0.3.0", "device": "auto", "on_isolated_atoms": "ignore"}
+_CHGNET_MODELS = ("0.3.0", "0.2.0", "r2scan")
+# CHGNet's composition model and species embedding cover Z = 1..94 (MPtrj).
+_CHGNET_ELEMENTS = frozenset(chemical_symbols[1:95])
+
+_cache: dict[str, Any] = {}
+_cache_lock = threading.Lock()
+_cache_loads: dict[str, int] = {}
+
+
+def _key(name: str, kwargs: dict) -> str:
+    return name + json.dumps(kwargs, sort_keys=True, default=repr)
+
+
+def _cached(name: str, kwargs: dict, load: Callable[[], Any]) -> Any:
+    """``load()`` once per process and (name, kwargs); later calls return the same object."""
+    key = _key(name, kwargs)
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = load()
+            _cache_loads[key] = _cache_loads.get(key, 0) + 1
+        return _cache[key]
+
+
+def model_cache_info() -> dict[str, int]:
+    """How many times each cached model was loaded in this process (1 each, unless cleared)."""
+    return dict(_cache_loads)
+
+
+def clear_model_cache() -> None:
+    """Forget the cached models (tests; freeing GPU memory)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+
+def _emt(kwargs: dict) -> Calculator:
+    from ase.calculators.emt import EMT
+
+    return EMT(**kwargs)
+
+
+def _chgnet_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CalculatorError(f"env.calculator_kwargs.device = {device!r} but this process sees no CUDA device; "
+                              "use 'auto' or 'cpu', or give the actors a GPU with actors.num_gpus")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise CalculatorError(f"env.calculator_kwargs.device = {device!r} for 'chgnet'; use 'auto', 'cpu' or 'cuda[:N]'")
+    return device
+
+
+def _chgnet(kwargs: dict) -> Calculator:
+    unknown = sorted(set(kwargs) - set(_CHGNET_KWARGS))
+    if unknown:
+        raise CalculatorError(f"calculator 'chgnet' got unknown env.calculator_kwargs {', '.join(unknown)}; "
+                              f"valid: {', '.join(f'{k} (default {v!r})' for k, v in _CHGNET_KWARGS.items())}")
+    opts = {**_CHGNET_KWARGS, **kwargs}
+    if opts["model_name"] not in _CHGNET_MODELS:
+        raise CalculatorError(f"env.calculator_kwargs.model_name = {opts['model_name']!r} for 'chgnet'; "
+                              f"the chgnet wheel ships {', '.join(_CHGNET_MODELS)}")
+    try:
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+    except ImportError as e:
+        raise CalculatorError(f"calculator 'chgnet' needs the chgnet package ({e}); install it with {MLIP_INSTALL}") from None
+    device = _chgnet_device(str(opts["device"]))
+    # chgnet turns cell volumes that require grad into a tensor on every call; torch warns once per process
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar",
+                            category=UserWarning)
+
+    def load() -> Any:
+        with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its banner
+            return CHGNet.load(model_name=opts["model_name"], use_device=device, verbose=False)
+
+    model = _cached("chgnet", {"model_name": opts["model_name"], "device": device}, load)
+    with contextlib.redirect_stdout(io.StringIO()):  # "CHGNet will run on cpu"
+        return CHGNetCalculator(model=model, use_device=device, on_isolated_atoms=opts["on_isolated_atoms"])
+
+
+BUILTIN: dict[str, Callable[[dict], Calculator]] = {"emt": _emt, "chgnet": _chgnet}
+"""Short calculator names (lower case) and their builders."""
+BUILTIN_DEFAULTS: dict[str, dict] = {"emt": {}, "chgnet": dict(_CHGNET_KWARGS)}
+"""The keyword arguments each short name uses when calculator_kwargs leaves them out."""
+
+
+def _import(name: str) -> Any:
+    if ":" in name:
+        module_name, _, obj_name = name.partition(":")
+    else:
+        module_name, _, obj_name = name.rpartition(".")
+    if not module_name or not obj_name:
+        raise CalculatorError(
+            f"calculator {name!r} is not one of {', '.join(BUILTIN)} nor 'module:Class'; set env.calculator to e.g. "
+            "'emt', 'chgnet' or 'ase.calculators.lj:LennardJones'"
+        )
+    try:
+        return getattr(importlib.import_module(module_name), obj_name)
+    except (ImportError, AttributeError) as e:
+        raise CalculatorError(
+            f"calculator {name!r} cannot be imported ({e}); install its package or fix env.calculator"
+        ) from None
+
+
+def make_calculator(name: str, kwargs: dict | None = None) -> Calculator:
+    """Build an ASE calculator from its name (see the module docstring) and keyword arguments."""
+    kwargs = dict(kwargs or {})
+    builder = BUILTIN.get(name.lower())
+    if builder is not None:
+        try:
+            return builder(kwargs)
+        except CalculatorError:
+            raise
+        except Exception as e:  # a constructor may raise anything on bad kwargs
+            raise CalculatorError(
+                f"calculator {name!r} rejected env.calculator_kwargs={kwargs!r}: {type(e).__name__}: {e}"
+            ) from None
+    cls = _import(name)
+    try:
+        return cls(**kwargs)
+    except Exception as e:  # a third-party constructor may raise anything
+        raise CalculatorError(
+            f"calculator {name!r} rejected env.calculator_kwargs={kwargs!r}: {type(e).__name__}: {e}"
+        ) from None
+
+
+def calculator_elements(calculator: str | Calculator) -> frozenset[str] | None:
+    """Element symbols a calculator (name or instance) handles, or None when it does not say.
+
+    Cheap: imports nothing heavy and builds no model. ``module:Class`` names are asked for a
+    ``supported_elements`` attribute only when the module is already imported or importable.
+    """
+    if isinstance(calculator, Calculator):
+        declared = getattr(calculator, "supported_elements", None)
+        if declared is not None:
+            return frozenset(declared)
+        calculator = type(calculator).__name__
+        if calculator == "CHGNetCalculator":
+            return _CHGNET_ELEMENTS
+    name = str(calculator).lower()
+    if name == "emt":
+        from ase.calculators.emt import parameters
+
+        return frozenset(parameters)
+    if name == "chgnet":
+        return _CHGNET_ELEMENTS
+    if ":" in name or "." in name:
+        try:
+            declared = getattr(_import(str(calculator)), "supported_elements", None)
+        except CalculatorError:
+            return None
+        return frozenset(declared) if declared is not None else None
+    return None
+
+
+def resolve_calculator(name: str | None, kwargs_json: str | None, env: Any) -> tuple[str, dict]:
+    """The calculator `relaxrl relax` / `eval` use: ``--calculator`` and ``--calculator-kwargs`` when given,
+    else the checkpoint's (or config's) ``env.calculator`` and ``env.calculator_kwargs``.
+
+    The config's kwargs go with the config's calculator only: ``--calculator emt`` on a CHGNet
+    checkpoint builds EMT with no kwargs.
+    """
+    chosen = name or env.calculator
+    if kwargs_json is not None:
+        try:
+            kwargs = json.loads(kwargs_json)
+        except json.JSONDecodeError as e:
+            raise CalculatorError(f"--calculator-kwargs {kwargs_json!r} is not JSON ({e}); "
+                                  'pass an object such as \'{"device": "cuda"}\'') from None
+        if not isinstance(kwargs, dict):
+            raise CalculatorError(f"--calculator-kwargs must be a JSON object such as '{{\"device\": \"cuda\"}}', got {kwargs_json!r}")
+        return chosen, kwargs
+    return chosen, dict(env.calculator_kwargs) if chosen == env.calculator else {}

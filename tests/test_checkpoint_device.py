@@ -1,0 +1,57 @@
+"""Resuming a learner on another device than the one that saved the checkpoint (CPU → GPU and back).
+
+The GPU path is exercised on the CPU with torch's ``meta`` device standing in for CUDA: a
+learner whose networks live on a non-CPU device restores a checkpoint written on the CPU.
+Before the fix the checkpoint was read with ``map_location = the learner's device``, which
+moved the saved RNG state off the CPU and made ``Generator.set_state`` fail.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.config import load_config
+from learner.checkpoint import load_checkpoint
+from learner.learner import Learner
+
+
+def _trained_learner(run_dir) -> Learner:
+    """A CPU learner whose weights, Adam moments and sampling generator all moved away from their initial values."""
+    cfg = load_config(None, ["network.channels=4", "network.num_layers=2", "run.seed=3"])
+    learner = Learner(cfg, sampler=None, run_dir=run_dir, t_total=lambda: 0, device="cpu")
+    for net, opt in ((learner.actor, learner.actor_opt), (learner.critic, learner.critic_opt)):
+        for _ in range(2):
+            opt.zero_grad()
+            sum((p.double() ** 2).sum() for p in net.parameters()).backward()
+            opt.step()
+    torch.rand(5, generator=learner.generator)
+    learner.counters.updates = 7
+    learner.checkpoint()
+    return learner
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
+def test_resume_on_another_device_keeps_rng_on_cpu_and_moves_weights(tmp_path):
+    saved = _trained_learner(tmp_path)
+    data = load_checkpoint(tmp_path)
+    assert data["generator"].device.type == "cpu" and data["generator"].dtype == torch.uint8
+
+    other = Learner(saved.config, sampler=None, run_dir=tmp_path, t_total=lambda: 0, device="meta")
+    other.restore(tmp_path)  # fails with map_location="meta": set_state needs a CPU ByteTensor
+
+    assert torch.equal(other.generator.get_state(), saved.generator.get_state())
+    assert torch.equal(torch.rand(3, generator=other.generator), torch.rand(3, generator=saved.generator))
+    assert other.counters.updates == 7
+    assert {p.device.type for p in other.actor.parameters()} == {"meta"}
+    moments = [v for state in other.actor_opt.state.values() for k, v in state.items() if k == "exp_avg"]
+    assert moments and {m.device.type for m in moments} == {"meta"}
+
+
+def test_resume_on_cpu_restores_weights_and_moments_exactly(tmp_path):
+    saved = _trained_learner(tmp_path)
+    again = Learner(saved.config, sampler=None, run_dir=tmp_path, t_total=lambda: 0, device="cpu", resume=True)
+    for a, b in zip(saved.actor.state_dict().values(), again.actor.state_dict().values()):
+        assert torch.equal(a, b)
+    sa, sb = saved.critic_opt.state_dict()["state"], again.critic_opt.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+    assert torch.equal(again.generator.get_state(), saved.generator.get_state())
