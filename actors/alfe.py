@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from actors.calculators import BUILTIN_DEFAULTS, calculator_elements, make_calculator
+from actors.geometry import find_overlaps, perturb
 from common.config import CurriculumConfig
 from common.errors import RelaxRLError
 
@@ -112,32 +114,10 @@ def relax_minimum(atoms: Atoms, calc: Any, fmax: float = RELAX_FMAX, steps: int 
     return out, info
 
 
-def perturb(atoms: Atoms, max_disp: float, rng: np.random.Generator, min_distance_factor: float = 0.6,
-            tries: int = 50) -> Atoms:
-    """A copy with each atom displaced uniformly within a ball of ``max_disp`` Å, no pair overlapping."""
-    from actors.structures import find_overlaps
-
-    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    out.info.update({k: v for k, v in atoms.info.items() if k != "perturb"})
-    scale = max_disp
-    for t in range(tries):
-        if t and t % 10 == 0:
-            scale *= 0.8  # a dense cell may not fit full-size kicks; shrink rather than loop forever
-        d = rng.normal(size=(len(atoms), 3))  # [n_atoms, 3]
-        d *= (scale * rng.random((len(atoms), 1)) ** (1 / 3)) / np.linalg.norm(d, axis=1, keepdims=True)
-        out.positions = atoms.positions + d
-        if not find_overlaps(out, min_distance_factor):
-            return out
-    out.positions = atoms.positions.copy()
-    return out
-
-
 # ----------------------------------------------------------------------------- sets and cache
 
 
 def _calc_tag(calculator: str, kwargs: dict | None) -> str:
-    from actors.calculators import BUILTIN_DEFAULTS
-
     calculator = calculator.lower() if calculator.lower() in BUILTIN_DEFAULTS else calculator
     full = {**BUILTIN_DEFAULTS.get(calculator, {}), **(kwargs or {})}  # 'chgnet' and its defaults spelled out: one cache
     key = {k: v for k, v in full.items() if k != "device"}
@@ -153,8 +133,6 @@ def _set_spec(name: str) -> tuple[tuple[int, int], int]:
 
 
 def _check_calculator(calculator: str) -> None:
-    from actors.calculators import calculator_elements
-
     allowed = calculator_elements(calculator)
     if allowed is not None and not {"Al", "Fe"} <= allowed:
         raise AlFeError(f"Al–Fe cells need a calculator that handles Al and Fe; {calculator!r} does not "
@@ -183,8 +161,6 @@ def alfe_minima(set_name: str, n: int, seed: int = 0, calculator: str = "chgnet"
             rec = json.loads(path.read_text())
         else:
             if calc is None:
-                from actors.calculators import make_calculator
-
                 calc = make_calculator(calculator, calculator_kwargs)
                 if verbose:
                     print(f"relaxrl: relaxing {set_name} Al–Fe cells ({lo}–{hi} atoms) under {calculator!r}; "
@@ -208,8 +184,6 @@ def alfe_minima(set_name: str, n: int, seed: int = 0, calculator: str = "chgnet"
 
 def _relax_cell(set_name: str, seed: int, k: int, calc: Any) -> dict[str, Any]:
     """Generate cell ``k`` of a set and relax it; a JSON-able record with status 'ok' or 'failed' and why."""
-    from actors.structures import find_overlaps
-
     (lo, hi), stream = _set_spec(set_name)
     rng = np.random.default_rng([seed, stream, k])
     n = int(rng.integers(lo, hi + 1))

@@ -2,7 +2,7 @@
 
     calc = make_calculator("emt")
     calc = make_calculator("chgnet", {"model_name": "0.3.0", "device": "cpu"})
-    calc = make_calculator("ase.calculators.lj:LennardJones", {"sigma": 2.3})
+    calc = make_calculator("ase.calculators.lj:LennardJones", {"sigma": 2.3, "epsilon": 0.01})
     calculator_elements("emt")        # frozenset of symbols, or None when the calculator does not say
 
 Names
@@ -14,6 +14,13 @@ Names
     * ``module:Class`` or ``module.Class``: any importable ASE calculator class (or a function
       returning one), called with ``calculator_kwargs``. It may declare the symbols it handles
       as a ``supported_elements`` attribute; otherwise structures are not checked for elements.
+      Generic pair potentials whose defaults are placeholders (:data:`PLACEHOLDER_PARAMETERS`:
+      ASE's LennardJones σ = 1 Å, ε = 1 eV; MorsePotential) are refused unless
+      ``calculator_kwargs`` sets those parameters: their defaults fit no real element.
+
+Errors name the setting the user chose the calculator with: ``env.calculator`` /
+``env.calculator_kwargs`` by default, ``--calculator`` / ``--calculator-kwargs`` when
+`relaxrl relax` or `eval` pass ``option="--calculator"``.
 
 Model cache: an MLIP's model is loaded once per process and key (name + kwargs) and shared
 by every calculator built from it, so the environments of one actor share one model.
@@ -35,8 +42,8 @@ from ase.data import chemical_symbols
 
 from common.errors import RelaxRLError
 
-__all__ = ["BUILTIN", "BUILTIN_DEFAULTS", "CalculatorError", "calculator_elements", "clear_model_cache", "make_calculator",
-           "model_cache_info", "resolve_calculator"]
+__all__ = ["BUILTIN", "BUILTIN_DEFAULTS", "PLACEHOLDER_PARAMETERS", "CalculatorError", "calculator_elements",
+           "clear_model_cache", "kwargs_option", "make_calculator", "model_cache_info", "resolve_calculator"]
 
 
 class CalculatorError(RelaxRLError):
@@ -131,49 +138,79 @@ def _chgnet(kwargs: dict) -> Calculator:
         return CHGNetCalculator(model=model, use_device=device, on_isolated_atoms=opts["on_isolated_atoms"])
 
 
+PLACEHOLDER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "ase.calculators.lj.LennardJones": ("sigma", "epsilon"),
+    "ase.calculators.morse.MorsePotential": ("epsilon", "r0", "rho0"),
+}
+"""Calculator classes (module.qualname) whose default parameters are placeholders, and the
+parameters ``calculator_kwargs`` must set for them (σ = 1 Å, ε = 1 eV fit no element)."""
+
 BUILTIN: dict[str, Callable[[dict], Calculator]] = {"emt": _emt, "chgnet": _chgnet}
 """Short calculator names (lower case) and their builders."""
 BUILTIN_DEFAULTS: dict[str, dict] = {"emt": {}, "chgnet": dict(_CHGNET_KWARGS)}
 """The keyword arguments each short name uses when calculator_kwargs leaves them out."""
 
 
-def _import(name: str) -> Any:
+def kwargs_option(option: str) -> str:
+    """The keyword-arguments setting that goes with a calculator setting ('--calculator' → '--calculator-kwargs')."""
+    return f"{option}-kwargs" if option.startswith("--") else f"{option}_kwargs"
+
+
+def _import(name: str, option: str = "env.calculator") -> Any:
     if ":" in name:
         module_name, _, obj_name = name.partition(":")
     else:
         module_name, _, obj_name = name.rpartition(".")
     if not module_name or not obj_name:
         raise CalculatorError(
-            f"calculator {name!r} is not one of {', '.join(BUILTIN)} nor 'module:Class'; set env.calculator to e.g. "
+            f"calculator {name!r} is not one of {', '.join(BUILTIN)} nor 'module:Class'; set {option} to e.g. "
             "'emt', 'chgnet' or 'ase.calculators.lj:LennardJones'"
         )
     try:
         return getattr(importlib.import_module(module_name), obj_name)
     except (ImportError, AttributeError) as e:
         raise CalculatorError(
-            f"calculator {name!r} cannot be imported ({e}); install its package or fix env.calculator"
+            f"calculator {name!r} cannot be imported ({e}); install its package or fix {option}"
         ) from None
 
 
-def make_calculator(name: str, kwargs: dict | None = None) -> Calculator:
-    """Build an ASE calculator from its name (see the module docstring) and keyword arguments."""
+def make_calculator(name: str, kwargs: dict | None = None, *, option: str = "env.calculator") -> Calculator:
+    """Build an ASE calculator from its name (see the module docstring) and keyword arguments.
+
+    ``option``: the setting the name came from, named in errors ('env.calculator', or
+    '--calculator' for `relaxrl relax` / `eval`; the kwargs setting follows, :func:`kwargs_option`).
+    """
     kwargs = dict(kwargs or {})
+    kw_option = kwargs_option(option)
     builder = BUILTIN.get(name.lower())
     if builder is not None:
         try:
             return builder(kwargs)
-        except CalculatorError:
-            raise
+        except CalculatorError as e:  # the builders speak of env.calculator_kwargs
+            if kw_option == "env.calculator_kwargs":
+                raise
+            raise CalculatorError(str(e).replace("env.calculator_kwargs.", f"{kw_option} ")
+                                  .replace("env.calculator_kwargs", kw_option)) from None
         except Exception as e:  # a constructor may raise anything on bad kwargs
             raise CalculatorError(
-                f"calculator {name!r} rejected env.calculator_kwargs={kwargs!r}: {type(e).__name__}: {e}"
+                f"calculator {name!r} rejected {kw_option}={kwargs!r}: {type(e).__name__}: {e}"
             ) from None
-    cls = _import(name)
+    cls = _import(name, option)
+    needed = PLACEHOLDER_PARAMETERS.get(f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}", ())
+    missing = [k for k in needed if k not in kwargs]
+    if missing:
+        defaults = getattr(cls, "default_parameters", {})
+        example = ", ".join(f'"{k}": ...' for k in needed)
+        raise CalculatorError(
+            f"calculator {name!r} needs {', '.join(needed)} in {kw_option}; missing "
+            f"{', '.join(f'{k} (default {defaults.get(k)!r})' for k in missing)}, placeholders that fit no real "
+            f"element, so the result would be silently wrong; pass them, e.g. {kw_option} '{{{example}}}'"
+        )
     try:
         return cls(**kwargs)
     except Exception as e:  # a third-party constructor may raise anything
         raise CalculatorError(
-            f"calculator {name!r} rejected env.calculator_kwargs={kwargs!r}: {type(e).__name__}: {e}"
+            f"calculator {name!r} rejected {kw_option}={kwargs!r}: {type(e).__name__}: {e}"
         ) from None
 
 

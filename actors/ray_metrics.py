@@ -5,6 +5,7 @@ adapts them to ``ray.util.metrics``, so Ray stays in the modules that wrap proce
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ray
@@ -31,6 +32,9 @@ class RayMetrics(_Recorder):
     Ray metric objects are created on first use, only while Ray is initialised
     (``ray.is_initialized()``); otherwise each call is validated and remembered but not
     exported, so code that records metrics runs unchanged in plain unit tests.
+
+    A gauge set to NaN or ±inf is remembered but not handed to Ray, whose exporter then drops
+    every metric of the node (measured with Ray 2.60); Ray keeps the gauge's last finite value.
     """
 
     def set(self, metric: str, value: float, /, **tags: Any) -> None:
@@ -38,7 +42,7 @@ class RayMetrics(_Recorder):
         spec, x, t = _check("set", metric, value, tags, "ray")
         self._remember(spec, x, t)
         metric = self._ray_metric(spec)
-        if metric is not None:
+        if metric is not None and math.isfinite(x):  # one NaN gauge stops Ray exporting every metric of the node
             metric.set(x, tags=t or None)
 
     def inc(self, metric: str, value: float = 1, /, **tags: Any) -> None:

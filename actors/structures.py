@@ -32,9 +32,12 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, covalent_radii, reference_states
+from ase.data import atomic_numbers, reference_states
 from ase.neighborlist import neighbor_list
 
+from actors.alfe import alfe_structures
+from actors.calculators import calculator_elements
+from actors.geometry import find_overlaps, perturb
 from common.config import CurriculumConfig
 from common.errors import RelaxRLError
 
@@ -75,26 +78,16 @@ class StructureError(RelaxRLError, ValueError):
 
 def supported_elements(calculator: str) -> frozenset[str] | None:
     """Element symbols a calculator handles, or None when unknown (any element accepted)."""
-    from actors.calculators import calculator_elements
-
     return calculator_elements(calculator)
 
 
-def find_overlaps(atoms: Atoms, factor: float) -> list[tuple[int, int, float, float]]:
-    """Pairs (i, j, distance Å, limit Å) closer than factor × (r_cov,i + r_cov,j), images included."""
-    if len(atoms) < 2 or factor <= 0:
-        return []
-    radii = covalent_radii[atoms.numbers]
-    cutoff = 2.0 * factor * float(radii.max())
-    i, j, d = neighbor_list("ijd", atoms, cutoff, self_interaction=False)
-    limit = factor * (radii[i] + radii[j])
-    bad = (d < limit) & (i <= j)
-    return [(int(a), int(b), float(x), float(y)) for a, b, x, y in zip(i[bad], j[bad], d[bad], limit[bad])]
-
-
 def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = "emt",
-                    min_distance_factor: float = 0.6) -> None:
-    """Raise :class:`StructureError` if ``atoms`` cannot be relaxed with ``calculator`` as given."""
+                    min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> None:
+    """Raise :class:`StructureError` if ``atoms`` cannot be relaxed with ``calculator`` as given.
+
+    ``calculator_option``: the setting the user chooses the calculator with, named in the
+    advice (``env.calculator`` for `relaxrl train`, ``--calculator`` for `relax` and `eval`).
+    """
     name = name or str(atoms.info.get("name", atoms.get_chemical_formula()))
     if len(atoms) == 0:
         raise StructureError(f"structure {name!r} has no atoms; remove it from the structure source")
@@ -107,7 +100,7 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
             raise StructureError(
                 f"structure {name!r} contains {', '.join(unknown)}, which the {calculator!r} calculator does not "
                 f"handle (it supports {', '.join(sorted(allowed, key=lambda s: atomic_numbers[s]))}); remove the "
-                "structure or choose another env.calculator"
+                f"structure or choose another calculator with {calculator_option}"
             )
     if any(atoms.pbc[k] and np.linalg.norm(atoms.cell[k]) < 1e-9 for k in range(3)):
         raise StructureError(f"structure {name!r} is periodic along an axis whose cell vector is zero; give it a cell")
@@ -565,12 +558,14 @@ def _read_frames(path: Path) -> list[Atoms]:
 
 
 def _validated(path: Path, frames: list[Atoms], picked: Sequence[int], calculator: str,
-               min_distance_factor: float) -> list[Atoms]:
+               min_distance_factor: float, calculator_option: str = "env.calculator") -> list[Atoms]:
     out = []
     for k in picked:
         name = path.name if len(frames) == 1 else f"{path.name}#{k}"
         atoms = _clean(frames[k], name, "file")
-        check_structure(atoms, f"{name} ({path})", calculator=calculator, min_distance_factor=min_distance_factor)
+        label = name if str(path) == name else f"{name} ({path})"
+        check_structure(atoms, label, calculator=calculator, min_distance_factor=min_distance_factor,
+                        calculator_option=calculator_option)
         out.append(atoms)
     return out
 
@@ -584,7 +579,7 @@ def _frame_index(path: Path, n: int, index: int) -> int:
 
 
 def read_structure_file(path: str | Path, *, index: int | None = None, calculator: str = "emt",
-                        min_distance_factor: float = 0.6) -> list[Atoms]:
+                        min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> list[Atoms]:
     """Read and validate the structures of one file: every frame, or only frame ``index``.
 
     The one structure reader of `relaxrl train`, `relax` and `eval`. Formats: CIF (pymatgen,
@@ -595,16 +590,16 @@ def read_structure_file(path: str | Path, *, index: int | None = None, calculato
     extxyz/traj, selective dynamics from POSCAR as FixAtoms/FixScaled. Raises
     :class:`StructureError` naming the file: missing, unreadable or truncated files, partial
     occupancies, two atoms on one site, elements the calculator does not handle, overlapping
-    atoms, an index out of range.
+    atoms, an index out of range. ``calculator_option`` as in :func:`check_structure`.
     """
     path = Path(path)
     frames = _read_frames(path)
     picked = list(range(len(frames))) if index is None else [_frame_index(path, len(frames), index)]
-    return _validated(path, frames, picked, calculator, min_distance_factor)
+    return _validated(path, frames, picked, calculator, min_distance_factor, calculator_option)
 
 
 def read_structure(path: str | Path, *, index: int | None = None, calculator: str = "emt",
-                   min_distance_factor: float = 0.6) -> Atoms:
+                   min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> Atoms:
     """Exactly one validated structure from a file (see :func:`read_structure_file`).
 
     A file with several frames needs ``index``: it is refused rather than relaxing one frame
@@ -617,11 +612,11 @@ def read_structure(path: str | Path, *, index: int | None = None, calculator: st
         raise StructureError(f"structure file {path} holds {n} frames (structures); choose one with --index N "
                              f"(0 … {n - 1}, or -1 for the last), or write the frame you want to its own file")
     k = _frame_index(path, n, 0 if index is None else index)
-    return _validated(path, frames, [k], calculator, min_distance_factor)[0]
+    return _validated(path, frames, [k], calculator, min_distance_factor, calculator_option)[0]
 
 
 def read_structure_source(source: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6,
-                          limit: int = 0) -> list[Atoms]:
+                          limit: int = 0, calculator_option: str = "env.calculator") -> list[Atoms]:
     """Every structure of a directory of structure files, or of one file (every frame of multi-frame files).
 
     A directory contributes its .cif, POSCAR*/CONTCAR*/.vasp/.poscar, .xyz/.extxyz and .traj
@@ -641,7 +636,8 @@ def read_structure_source(source: str | Path, *, calculator: str = "emt", min_di
         raise StructureError(f"structure source {str(source)!r} is not an existing directory or file")
     structures: list[Atoms] = []
     for f in files:
-        structures += read_structure_file(f, calculator=calculator, min_distance_factor=min_distance_factor)
+        structures += read_structure_file(f, calculator=calculator, min_distance_factor=min_distance_factor,
+                                          calculator_option=calculator_option)
         if limit and len(structures) >= limit:
             return structures[:limit]
     return structures
@@ -653,8 +649,6 @@ def load_structures(source: str | Path, cfg: CurriculumConfig, seed: int, *, cal
     if str(source) == "demo":
         return demo_structures(cfg, seed)
     if str(source) == "alfe":  # Al–Fe minima relaxed under the configured calculator (cached on disk)
-        from actors.alfe import alfe_structures
-
         return alfe_structures(cfg, seed, calculator, calculator_kwargs, min_distance_factor)
     if not Path(source).exists():
         raise StructureError(f"structure source {str(source)!r} is neither 'demo', 'alfe' nor an existing directory or file")
@@ -715,8 +709,6 @@ class Curriculum:
         """A copy of a random structure of the active stage."""
         atoms = self.pool[int(rng.integers(len(self.pool)))]
         if atoms.info.get("perturb"):  # a minimum (source 'alfe'): displaced anew for every episode
-            from actors.alfe import perturb
-
             return perturb(atoms, float(atoms.info["perturb"]), rng)
         return atoms.copy()
 

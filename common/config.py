@@ -70,9 +70,9 @@ class EnvConfig:
     max_steps: int = 200
     """Steps before an episode is truncated (truncation is not termination)."""
     calculator: str = "emt"
-    """ASE calculator by name: 'emt' or an importable 'module:Class' / 'module.Class'."""
+    """ASE calculator by name: 'emt', 'chgnet' (the mlip extra) or an importable 'module:Class' / 'module.Class' (actors/calculators.py)."""
     calculator_kwargs: dict = field(default_factory=dict)
-    """Keyword arguments passed to the calculator's constructor."""
+    """Keyword arguments passed to the calculator's constructor ('chgnet': model_name, device = 'auto' | 'cpu' | 'cuda')."""
     max_step: float = 0.2
     """Largest displacement of one atom in one step, Å (longer moves are shortened)."""
     min_distance_factor: float = 0.6
@@ -94,10 +94,16 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         _require("env", [
+            (self.fmax > 0, "fmax", self.fmax, "a positive force threshold in eV/Å, e.g. 0.05"),
+            (self.max_steps >= 1, "max_steps", self.max_steps,
+             "at least 1 step per episode (0 would end every episode at reset and stop every actor), e.g. 200"),
             (self.max_step > 0, "max_step", self.max_step, "a positive bound in Å, e.g. 0.2"),
+            (0 <= self.min_distance_factor < 2, "min_distance_factor", self.min_distance_factor,
+             "a factor in [0, 2), e.g. 0.6"),
             (0 <= self.env_input_dim <= 3, "env_input_dim", self.env_input_dim,
              "0..3 (log10 Fmax, step fraction, last a_back)"),
-        ])
+            (self.w_back >= 0, "w_back", self.w_back, "a penalty weight >= 0"),
+        ], self)
 
 
 @dataclass(frozen=True)
@@ -112,13 +118,20 @@ class ExpertConfig:
     """Shape of the decay: 'linear' or 'exponential' (common.schedules). The BFGS step is bounded by env.max_step."""
 
     def __post_init__(self) -> None:
-        _require("expert", [(self.schedule in SCHEDULES, "schedule", self.schedule, " or ".join(map(repr, SCHEDULES)))])
+        _require("expert", [
+            (0.0 <= self.p_start <= 1.0, "p_start", self.p_start, "a probability in [0, 1]"),
+            (0.0 <= self.p_end <= 1.0, "p_end", self.p_end, "a probability in [0, 1]"),
+            (self.decay_steps >= 0, "decay_steps", self.decay_steps, ">= 0 (0 = p_end at once)"),
+            (self.schedule in SCHEDULES, "schedule", self.schedule, " or ".join(map(repr, SCHEDULES))),
+        ], self)
 
 
 @dataclass(frozen=True)
 class CurriculumConfig:
     source: str = "demo"
-    """Structure source: 'demo' (generated EMT clusters, bulk and slabs) or a directory of CIF/POSCAR/extxyz files."""
+    """Structure source: 'demo' (generated EMT clusters, bulk and slabs), a directory of
+    CIF/POSCAR/extxyz files, or 'alfe' (Al–Fe cells of 2–8 atoms relaxed under env.calculator,
+    actors/alfe.py)."""
     n_structures: int = 64
     """Number of generated structures (source='demo')."""
     n_molecules: int = 0
@@ -144,8 +157,18 @@ class CurriculumConfig:
 
     def __post_init__(self) -> None:
         stages = list(self.stages)
-        _require("curriculum", [(bool(stages) and stages == sorted(stages), "stages", stages,
-                                 "a non-empty increasing list of atom counts")])
+        _require("curriculum", [
+            (self.n_structures >= 0 and self.n_molecules >= 0 and self.n_adsorbates >= 0, "n_structures",
+             (self.n_structures, self.n_molecules, self.n_adsorbates), "counts >= 0 (n_structures, n_molecules, "
+             "n_adsorbates)"),
+            (0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "a share in [0, 1)"),
+            (bool(stages) and stages == sorted(stages) and all(isinstance(x, int) and x >= 1 for x in stages),
+             "stages", stages, "a non-empty increasing list of atom counts"),
+            (self.unlock_t_total >= 0, "unlock_t_total", self.unlock_t_total, ">= 0 (0 = never by steps)"),
+            (self.success_window >= 1, "success_window", self.success_window, "at least 1 episode"),
+            (self.rattle >= 0, "rattle", self.rattle, "a standard deviation >= 0 in Å"),
+            (self.min_distance > 0, "min_distance", self.min_distance, "a positive distance in Å, e.g. 2.0"),
+        ], self)
 
 
 @dataclass(frozen=True)
@@ -175,7 +198,21 @@ class ActorConfig:
     """GPUs Ray reserves per actor for its calculator (fractional allowed, e.g. 0.25: four actors share one GPU; 0 = CPU only)."""
 
     def __post_init__(self) -> None:
-        _require("actors", [(self.num_gpus >= 0, "num_gpus", self.num_gpus, "a GPU share >= 0 per actor, e.g. 0.25 (0 = CPU only)")])
+        _require("actors", [
+            (self.num_online >= 0, "num_online", self.num_online, ">= 0 actors"),
+            (self.num_expert >= 0, "num_expert", self.num_expert, ">= 0 actors"),
+            (self.num_online + self.num_expert >= 1, "num_online + num_expert", self.num_online + self.num_expert,
+             "at least 1 (with no actor nothing fills the replay and the learner would wait forever)"),
+            (self.envs_per_actor >= 1, "envs_per_actor", self.envs_per_actor, "at least 1"),
+            (self.sigma_start >= 0 and self.sigma_end >= 0, "sigma_start/sigma_end", (self.sigma_start, self.sigma_end),
+             "noise standard deviations >= 0 in Å"),
+            (self.sigma_decay_steps >= 0, "sigma_decay_steps", self.sigma_decay_steps, ">= 0"),
+            (self.noise_force_scale > 0, "noise_force_scale", self.noise_force_scale, "a positive force in eV/Å"),
+            (self.insert_batch >= 1, "insert_batch", self.insert_batch, "at least 1 transition"),
+            (self.max_restarts >= -1, "max_restarts", self.max_restarts, ">= 0 restarts (-1 = unlimited)"),
+            (self.num_cpus > 0, "num_cpus", self.num_cpus, "a positive CPU share per actor, e.g. 0.5"),
+            (self.num_gpus >= 0, "num_gpus", self.num_gpus, "a GPU share >= 0 per actor, e.g. 0.25 (0 = CPU only)"),
+        ], self)
 
 
 # ----------------------------------------------------------------- networks and learner
@@ -201,6 +238,11 @@ class NetworkConfig:
     """Hidden width of the radial MLP that gives tensor-product weights."""
     max_species: int = 100
     """Size of the species embedding table (atomic numbers up to this)."""
+    species: str = "table"
+    """How an element enters the network: 'table' (a learned embedding row per atomic number; rows
+    of elements never seen in training stay at their random start) or 'descriptors' (an MLP of the
+    element's covalent radius, period, group and log mass from ase.data, so an unseen element sits
+    between the ones it resembles)."""
     avg_num_neighbors: float = 12.0
     """Messages summed at a receiver are divided by this (keeps feature scale independent of the radius)."""
     tail_hidden: int = 32
@@ -235,7 +277,11 @@ class NetworkConfig:
             (self.radial_hidden >= 1, "radial_hidden", self.radial_hidden, "a positive size"),
             (self.avg_num_neighbors > 0, "avg_num_neighbors", self.avg_num_neighbors, "a positive normalisation, e.g. 12"),
             (self.dtype in ("float32", "float64"), "dtype", self.dtype, "'float32' or 'float64'"),
-        ])
+            (self.max_neighbors >= 0, "max_neighbors", self.max_neighbors, ">= 0 (0 = no cap)"),
+            (1 <= self.max_species <= 118, "max_species", self.max_species, "1..118"),
+            (self.species in ("table", "descriptors"), "species", self.species, "'table' or 'descriptors'"),
+            (self.tail_hidden >= 1, "tail_hidden", self.tail_hidden, "a positive size"),
+        ], self)
 
 
 @dataclass(frozen=True)
@@ -300,8 +346,35 @@ class LearnerConfig:
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'."""
 
     def __post_init__(self) -> None:
-        _require("learner", [(0.0 <= getattr(self, k) <= 1.0, k, getattr(self, k), "within [0, 1]")
-                             for k in ("expert_fraction_start", "expert_fraction_end")])
+        _require("learner", [
+            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 transition per update, e.g. 256"),
+            (0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a discount in [0, 1], e.g. 0.95"),
+            (0.0 < self.tau <= 1.0, "tau", self.tau, "a Polyak rate in (0, 1], e.g. 0.005"),
+            (self.actor_lr > 0, "actor_lr", self.actor_lr, "a positive learning rate, e.g. 3e-4"),
+            (self.critic_lr > 0, "critic_lr", self.critic_lr, "a positive learning rate, e.g. 3e-4"),
+            (self.policy_delay >= 1, "policy_delay", self.policy_delay, "at least 1, e.g. 2"),
+            (self.target_noise >= 0, "target_noise", self.target_noise, "a standard deviation >= 0 in Å"),
+            (self.target_noise_clip >= 0, "target_noise_clip", self.target_noise_clip, "a clip >= 0 in Å"),
+            (self.lambda_dev >= 0, "lambda_dev", self.lambda_dev, "a weight >= 0"),
+            (self.bc_start >= 0 and self.bc_end >= 0, "bc_start/bc_end", (self.bc_start, self.bc_end), "weights >= 0"),
+            *[(0.0 <= getattr(self, k) <= 1.0, k, getattr(self, k), "within [0, 1]")
+              for k in ("expert_fraction_start", "expert_fraction_end")],
+            (0.0 <= self.beta_start <= 1.0, "beta_start", self.beta_start, "an exponent in [0, 1], e.g. 0.4"),
+            (self.priority_eps > 0, "priority_eps", self.priority_eps,
+             "a positive ε (a priority of 0 is never sampled), e.g. 1e-3"),
+            *[(getattr(self, k) >= 0, k, getattr(self, k), ">= 0")
+              for k in ("bc_decay_updates", "expert_fraction_decay_updates", "beta_anneal_updates")],
+            (self.max_updates >= 0, "max_updates", self.max_updates, ">= 0 (0 = until time_limit_s)"),
+            (self.time_limit_s >= 0, "time_limit_s", self.time_limit_s, ">= 0 seconds (0 = none)"),
+            (self.max_updates > 0 or self.time_limit_s > 0, "max_updates", self.max_updates,
+             "> 0 or learner.time_limit_s > 0 (with both 0 training never ends)"),
+            *[(getattr(self, k) >= 1, k, getattr(self, k), "at least 1 update")
+              for k in ("publish_every", "checkpoint_every", "log_every", "max_nonfinite")],
+            (self.relative_bc >= 0, "relative_bc", self.relative_bc, ">= 0 Å"),
+            (self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 = none)"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
+             "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ], self)
 
 
 # ----------------------------------------------------------------- replay
@@ -335,6 +408,21 @@ class ReplayConfig:
     table then supplies min(round(B·f), size) items and never blocks)."""
     insert_chunk: int = 512
     """Most transitions reserved, stored and published in one step of an insert (larger inserts are split)."""
+    password_file: str = ""
+    """File holding the Redis password (first line), used with replay.url / --redis-url instead of a password in
+    the URL; the RELAXRL_REDIS_PASSWORD environment variable is the other way. Run files store URLs without it."""
+
+    def __post_init__(self) -> None:
+        # capacities, alpha and the rate limiter are checked together by replay_service.table.TableSpec.build
+        # (ReplayConfigError: the rule and the value that works); `relaxrl train` builds them before it starts
+        _require("replay", [
+            (bool(self.namespace) and not any(c.isspace() for c in self.namespace), "namespace", self.namespace,
+             "a non-empty prefix without spaces"),
+            (self.appendfsync in ("everysec", "always", "no"), "appendfsync", self.appendfsync, "'everysec', 'always' or 'no'"),
+            (0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "a port 1..65535 (0 = off)"),
+            (self.connect_timeout > 0, "connect_timeout", self.connect_timeout, "a positive number of seconds"),
+            (self.insert_chunk >= 1, "insert_chunk", self.insert_chunk, "at least 1 transition"),
+        ], self)
 
 
 # ----------------------------------------------------------------- the run
@@ -353,10 +441,29 @@ class RunSettings:
     """Held-out structures evaluated after training (trained vs untrained policy)."""
     eval_max_atoms: int = 8
     """Only held-out structures with at most this many atoms enter the after-training evaluation (0 = all)."""
+    eval_every: int = 0
+    """Live evaluation every this many learner updates (0 = off): the current actor, greedy, on `eval_sample`
+    held-out structures; success and force calls vs BFGS go into that update's metrics.jsonl row (`eval/*`).
+    A multiple of learner.log_every."""
+    eval_sample: int = 4
+    """Structures of the live evaluation: the first N held-out ones with at most `eval_max_atoms` atoms,
+    the same for the whole run."""
     num_cpus: int = 0
     """CPUs of a local Ray instance (0 = all of this machine's)."""
     learner_threads: int = 0
     """Torch threads of the learner process (0 = one less than the CPUs, at least 1)."""
+
+    def __post_init__(self) -> None:
+        _require("run", [
+            (bool(self.name.strip()) and "/" not in self.name, "name", self.name, "a non-empty name without '/'"),
+            (0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "a port 1..65535 (0 = Ray picks)"),
+            (self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, ">= 0"),
+            (self.eval_max_atoms >= 0, "eval_max_atoms", self.eval_max_atoms, ">= 0 (0 = all)"),
+            (self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0 = no live evaluation)"),
+            (self.eval_sample >= 1, "eval_sample", self.eval_sample, ">= 1"),
+            (self.num_cpus >= 0, "num_cpus", self.num_cpus, ">= 0 (0 = all of this machine's)"),
+            (self.learner_threads >= 0, "learner_threads", self.learner_threads, ">= 0 (0 = automatic)"),
+        ], self)
 
 
 @dataclass(frozen=True)
@@ -369,6 +476,19 @@ class RunConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     actors: ActorConfig = field(default_factory=ActorConfig)
+
+    def __post_init__(self) -> None:
+        """Checks that need two sections (each section checks its own fields when built)."""
+        _require("learner", [
+            (self.learner.batch_size <= self.replay.expert_max_size + self.replay.online_max_size, "batch_size",
+             self.learner.batch_size, f"at most replay.expert_max_size + replay.online_max_size "
+             f"({self.replay.expert_max_size + self.replay.online_max_size}): a batch is drawn from the two tables"),
+        ])
+        _require("run", [
+            (self.run.eval_every % self.learner.log_every == 0, "eval_every", self.run.eval_every,
+             f"a multiple of learner.log_every ({self.learner.log_every}): the live evaluation goes into the "
+             "metrics.jsonl row of its update"),
+        ])
 
 
 SECTIONS = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
@@ -498,9 +618,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist; presets live in configs/ (demo.toml, tiny.toml)")
+            what = "is a directory, not a file" if p.is_dir() else "does not exist"
+            raise ConfigError(f"config file {p} {what}; presets live in configs/ (demo.toml, tiny.toml)")
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read ({e.strerror or e}); check its permissions") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {p} is not a TOML text file (a checkpoint or a binary file?); "
+                              "presets live in configs/ (demo.toml, tiny.toml)") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
     for text in overrides:

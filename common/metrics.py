@@ -197,6 +197,22 @@ METRICS: dict[str, MetricSpec] = _spec(
         "ray", "learner",
         tag_keys=("name",),
     ),
+    MetricSpec(
+        "relaxrl_eval_success_ratio", "gauge", "1",
+        "Live evaluation (every run.eval_every updates): share of the run's fixed sample of held-out "
+        "structures the current actor relaxes greedily (no exploration noise) within env.max_steps, "
+        "success as in relaxrl eval (converged, within 1 meV/atom of the best minimum, not fragmented). "
+        "The real objective: falling while relaxrl_q_value rises means the critic is fooled.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_eval_force_calls_vs_bfgs_ratio", "gauge", "1",
+        "Live evaluation: mean force calls of the current actor over those of BFGS on the sample "
+        "structures both solved (below 1 = fewer calls than BFGS). Undefined while the actor solves "
+        "none of them: the gauge then keeps its last value (metrics.jsonl writes null), so read it "
+        "next to relaxrl_eval_success_ratio.",
+        "ray", "learner",
+    ),
     # ---- replay service ------------------------------------------------------------------
     MetricSpec(
         "relaxrl_replay_size", "gauge", "transitions",

@@ -10,7 +10,8 @@
 # policy starts the head again.
 set -eu
 
-: "${REDIS_URL:?REDIS_URL is not set (docker-compose.yml builds it from REDIS_PASSWORD)}"
+: "${REDIS_URL:?REDIS_URL is not set (docker-compose.yml sets it)}"
+: "${RELAXRL_REDIS_PASSWORD:?RELAXRL_REDIS_PASSWORD is not set (docker-compose.yml passes REDIS_PASSWORD)}"
 RUN_DIR="/runs/${RELAXRL_RUN_NAME:-compose}"
 CONFIG="${RELAXRL_CONFIG:-configs/demo.toml}"
 
@@ -24,13 +25,13 @@ ray start --head \
 
 if [ -d "$RUN_DIR/checkpoints" ] && [ -n "$(ls -A "$RUN_DIR/checkpoints" 2>/dev/null)" ]; then
     echo "ray-head: resuming $RUN_DIR"
-    set -- --resume "$RUN_DIR"
+    set -- --resume "$RUN_DIR"           # the run's own config.toml and stored URL
 else
     echo "ray-head: new run in $RUN_DIR"
-    set -- --run-dir "$RUN_DIR"
+    set -- --config "$CONFIG" --run-dir "$RUN_DIR"
 fi
 
-relaxrl train --address auto --config "$CONFIG" --redis-url "$REDIS_URL" --no-progress "$@"
+relaxrl train --address auto --redis-url "$REDIS_URL" --no-progress "$@"
 
 echo "ray-head: training finished; Ray stays up (docker compose down to stop)"
 exec sleep infinity

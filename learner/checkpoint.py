@@ -9,6 +9,7 @@ checkpoint file from an untrusted source cannot run code.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from common.errors import RelaxRLError
 
 FORMAT = "relaxrl-checkpoint-1"
 _NAME = re.compile(r"ckpt-(\d{8})\.pt$")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive; anything else is not one of ours
+WHAT_IS_A_CHECKPOINT = ("a checkpoint is a file runs/NAME/checkpoints/ckpt-NNNNNNNN.pt written by `relaxrl train`; "
+                        "pass that file or the run directory runs/NAME")
+"""The end of every 'this is not a checkpoint' message: what to pass instead."""
 
 
 class CheckpointError(RelaxRLError):
@@ -61,7 +66,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
                                   "or pass a checkpoint file")
         return found[-1]
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist; pass a checkpoint file or a run directory")
+        raise CheckpointError(f"checkpoint {p} does not exist; {WHAT_IS_A_CHECKPOINT}")
     return p
 
 
@@ -71,15 +76,77 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Keep ``map_location="cpu"`` (the default) for anything you will ``load_state_dict`` or
     ``set_state`` from: a checkpoint written on a GPU then loads on any machine, the modules
     and optimizers copy their tensors to their own device, and RNG states stay on the CPU.
+
+    Any file that is not a complete relaxrl checkpoint raises :class:`CheckpointError` (never
+    another exception): an empty or foreign file (a ``config.toml``, a structure) is refused
+    before ``torch.load`` sees it, and the entries every checkpoint has (``config``, ``actor``,
+    ``counters``) are checked for their types (:func:`check_payload`).
     """
     p = resolve_checkpoint(path)
+    _check_file_kind(p)
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refused a Python object: never unpickle it
+        raise CheckpointError(f"cannot read checkpoint {p}: it holds Python objects other than tensors, numbers, "
+                              "strings and dicts, which are refused (loading them could run code); it was not written "
+                              f"by relaxrl ({WHAT_IS_A_CHECKPOINT})") from None
     except Exception as e:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]}. "
-                              "It is not a relaxrl checkpoint or it is damaged; use another one from checkpoints/") from None
+        raise CheckpointError(f"cannot read checkpoint {p}: {type(e).__name__}: {_first_line(e)}. It is not a relaxrl "
+                              f"checkpoint or it is damaged (truncated?); use another one ({WHAT_IS_A_CHECKPOINT})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"{p} is not a relaxrl checkpoint (format {found!r}, expected {FORMAT!r})")
+        raise CheckpointError(f"{p} is not a relaxrl checkpoint (format {found!r}, expected {FORMAT!r}); "
+                              f"{WHAT_IS_A_CHECKPOINT}")
+    check_payload(p, data)
     data["path"] = str(p)
     return data
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters; '' for an empty message)."""
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _check_file_kind(p: Path) -> None:
+    """Refuse an empty file and a file that is not a zip archive (torch.save's format) before torch reads it."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {p} ({e.strerror or e}); check its permissions") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes): an interrupted copy or a full disk? "
+                              f"Use another one ({WHAT_IS_A_CHECKPOINT})")
+    if head != _ZIP_MAGIC:
+        looks = {".toml": "a config file", ".json": "a JSON file", ".jsonl": "a metrics file", ".md": "a report",
+                 ".cif": "a structure", ".xyz": "a structure", ".extxyz": "a structure", ".traj": "a trajectory",
+                 ".png": "a plot"}.get(p.suffix.lower(), "not a checkpoint")
+        hint = ""
+        if list_checkpoints(p.parent):
+            hint = f" ({p.parent} is a run directory: pass it to use its newest checkpoint)"
+        raise CheckpointError(f"{p} is {looks}, not a relaxrl checkpoint{hint}; {WHAT_IS_A_CHECKPOINT}")
+
+
+def check_payload(p: str | Path, data: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` unless ``data`` has the entries every relaxrl checkpoint has, of their types.
+
+    ``config``: a dict; ``actor``: a state dict (names → tensors); ``counters`` (when present): a
+    dict of non-negative integers. The learner's extra entries are checked where they are loaded.
+    """
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"{p} is damaged or incomplete: {what}; use another checkpoint ({WHAT_IS_A_CHECKPOINT})")
+
+    for key in ("config", "actor"):
+        if key not in data:
+            raise damaged(f"it has no {key!r} entry")
+        if not isinstance(data[key], dict):
+            raise damaged(f"its {key!r} entry is a {type(data[key]).__name__}, not a dict")
+    bad = [k for k, v in data["actor"].items() if not isinstance(v, torch.Tensor)]
+    if bad or not data["actor"]:
+        raise damaged(f"its 'actor' weights are {'empty' if not bad else f'not tensors (entry {bad[0]!r})'}")
+    counters = data.get("counters", {})
+    if not isinstance(counters, dict):
+        raise damaged(f"its 'counters' entry is a {type(counters).__name__}, not a dict")
+    for k, v in counters.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise damaged(f"counter {k!r} is {v!r}, not a non-negative integer")

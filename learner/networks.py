@@ -36,6 +36,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from ase.data import atomic_masses, covalent_radii
 from e3nn import o3
 from e3nn.nn import Gate
 from torch import nn
@@ -254,6 +255,39 @@ class EquivariantTrunk(nn.Module):
         return x
 
 
+def element_descriptors(max_z: int) -> torch.Tensor:
+    """Per atomic number 0..max_z: [covalent radius (Å), period / 7, group / 18, log10 mass / 2.5]
+    from ase.data (lanthanides and actinides in group 3; row 0 is zeros). [max_z + 1, 4]"""
+    bounds = (0, 2, 10, 18, 36, 54, 86, 118)
+    rows = [[0.0, 0.0, 0.0, 0.0]]
+    for z in range(1, max_z + 1):
+        period = next(p for p in range(1, 8) if z <= bounds[p])
+        pos = z - bounds[period - 1]
+        if period == 1:
+            group = 1 if z == 1 else 18
+        elif period in (2, 3):
+            group = pos if pos <= 2 else pos + 10
+        elif period in (4, 5):
+            group = pos
+        else:
+            group = pos if pos <= 2 else (3 if pos <= 17 else pos - 14)
+        rows.append([float(covalent_radii[z]), period / 7.0, group / 18.0, math.log10(float(atomic_masses[z])) / 2.5])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+class SpeciesEmbedding(nn.Module):
+    """Element features from physical descriptors (:func:`element_descriptors`) through a small MLP:
+    ``numbers`` [N] → [N, channels]; elements absent from training get interpolated features."""
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        self.register_buffer("table", element_descriptors(cfg.max_species))  # [Z + 1, 4]
+        self.mlp = nn.Sequential(nn.Linear(4, cfg.channels), nn.SiLU(), nn.Linear(cfg.channels, cfg.channels))
+
+    def forward(self, numbers: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.table[numbers].to(self.mlp[0].weight.dtype))  # [N, channels]
+
+
 class NodeInput(nn.Module):
     """Species embedding and force features (and optionally the action) as node irreps.
 
@@ -273,7 +307,8 @@ class NodeInput(nn.Module):
         self.with_action = with_action
         self.with_history = bool(cfg.path_history)
         self.max_step = float(max_step)
-        self.embedding = nn.Embedding(cfg.max_species + 1, cfg.channels)
+        self.embedding = SpeciesEmbedding(cfg) if cfg.species == "descriptors" else nn.Embedding(
+            cfg.max_species + 1, cfg.channels)
         k = 2 if with_action else 1
         h_s, h_v = (4, 2) if self.with_history else (0, 0)
         self.irreps_out = o3.Irreps(f"{cfg.channels + k + h_s}x0e + {k + h_v}x1o")
@@ -358,18 +393,21 @@ class Actor(nn.Module):
 
 
 class PreconditionedActor(Actor):
-    """Policy as a learned, per-atom preconditioned heavy-ball step (``network.actor_head =
-    'preconditioned'``)::
+    """Policy as a learned, per-atom preconditioned heavy-ball step that always points downhill
+    (``network.actor_head = 'preconditioned'``)::
 
-        d_i = α_i·F_i + β_i·m_i + c_i,    |d_i| squashed below env.max_step, × env gate
+        d_i = α_i·F_i + g_i·β_i·m_i + c_i,    |d_i| squashed below env.max_step, × env gate
 
     α_i = step_size·exp(s_α) > 0 (Å²/eV) and β_i = 0.95·sigmoid(s_β + b) ∈ (0, 0.95) are
-    invariants (``0e`` outputs) of the trunk, m_i the previous actual move (the path
-    history; zeros without it), and c_i = step_size·|F_i|·v/(1 + |v|) a ``1o`` correction
-    whose length is below step_size·|F_i|. Every term vanishes with the forces and the last
-    move, so near a minimum the step is as precise as the forces, and a fixed atom (zero
-    force under its constraint) proposes no move. The raw scalars are scaled by 0.1, so an
-    untrained actor is heavy-ball steepest descent with α ≈ step_size and β ≈ momentum.
+    invariants (``0e`` outputs) of the trunk, m_i the previous actual move (the path history;
+    zeros without it) and c_i = ½·α_i·|F_i|·v/(1 + |v|) a ``1o`` correction shorter than half of
+    α_i·|F_i|. The momentum gate g_i is 1 while the previous move still goes along the force
+    (m_i·F_i > 0) and 0 once it overshot (FIRE's velocity reset, per atom). So every proposed
+    move is a descent direction for its atom, d_i·F_i ≥ ½·α_i·|F_i|² > 0: the network chooses
+    how far and how much to bend and to carry on, never to go uphill. Every term vanishes with
+    the forces and the last move, so near a minimum the step is as precise as the forces, and a
+    fixed atom (zero force under its constraint) proposes no move. The raw scalars are scaled by
+    0.1, so an untrained actor is heavy-ball steepest descent with α ≈ step_size, β ≈ momentum.
     """
 
     _BETA_MAX = 0.95
@@ -390,8 +428,11 @@ class PreconditionedActor(Actor):
         alpha = self.step_size * torch.exp(s[:, :1].clamp(-5.0, 5.0))  # [N, 1] Å²/eV
         beta = self._BETA_MAX * torch.sigmoid(s[:, 1:2] + self.beta_bias)  # [N, 1]
         v = h[:, 2:5]  # [N, 3] 1o
-        c = self.step_size * safe_norm(graph.forces) * v / (1.0 + safe_norm(v))  # [N, 3] Å
-        d = alpha * graph.forces + beta * graph.history[:, :3] + c  # [N, 3] Å
+        f = graph.forces  # [N, 3] eV/Å
+        m = graph.history[:, :3]  # [N, 3] Å, previous move
+        c = 0.5 * alpha * safe_norm(f) * v / (1.0 + safe_norm(v))  # [N, 3] Å, |c| < ½ α |F|
+        gate = ((m * f).sum(-1, keepdim=True) > 0).to(f.dtype)  # [N, 1]: momentum only while m·F > 0
+        d = alpha * f + gate * beta * m + c  # [N, 3] Å, d·F ≥ ½ α |F|²
         n = safe_norm(d)
         return d * (self.max_step * torch.tanh(n / self.max_step) / n)  # [N, 3], |d| < max_step
 

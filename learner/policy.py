@@ -80,8 +80,9 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
     data = load_checkpoint(path, map_location=device)
     try:
         config = from_dict(upgrade_checkpoint_config(data["config"]))
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{data['path']}: its config is not valid for this relaxrl version ({e})") from None
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as e:  # a damaged or foreign config dict
+        raise CheckpointError(f"{data['path']}: its config is not valid for this relaxrl version "
+                              f"({type(e).__name__}: {e}); use a checkpoint written by this version") from None
     if expect_config is not None and expect_config.network != config.network:
         diff = {k: (getattr(config.network, k), getattr(expect_config.network, k))
                 for k in config.network.__dataclass_fields__ if getattr(config.network, k) != getattr(expect_config.network, k)}
@@ -89,8 +90,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
                               + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()))
     policy = Policy(config, device=device)
     try:
-        policy.load_weights(data["actor"], version=int(data.get("counters", {}).get("updates", 0)))
-    except RuntimeError as e:
+        policy.load_weights(data["actor"], version=data.get("counters", {}).get("updates", 0))  # types checked on load
+    except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{data['path']}: actor weights do not fit the network of its config "
                               f"({str(e).splitlines()[0][:200]}); the checkpoint is from an incompatible version") from None
     return policy

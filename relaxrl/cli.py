@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -57,11 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an agent (local Ray + embedded Redis by default)")
-    _config_args(p)
-    p.add_argument("--run-dir", default=None, help="run directory (default runs/<name>-<time>)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto' or host:port)")
-    p.add_argument("--redis-url", default=None, help="use an external Redis (redis://:PASSWORD@host:6379/0) instead of the embedded one")
+    p.add_argument("--config", default=None,
+                   help=f"TOML preset of a new run (default {DEFAULT_CONFIG}); not with --resume, which reads the run's own")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value; repeatable, e.g. --set learner.actor_lr=1e-4")
+    p.add_argument("--run-dir", default=None, help="run directory of a new run (default runs/<name>-<time>); "
+                   "not with --resume")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint, with its config.toml (and --set overrides)")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster: the head's GCS host:port, or 'auto' on one of its nodes "
+                        "(default: a local Ray on 127.0.0.1 only)")
+    p.add_argument("--redis-url", default=None,
+                   help="use an external Redis (redis://host:6379/0) instead of the embedded one; give its password "
+                        "through RELAXRL_REDIS_PASSWORD or --redis-password-file, not in the URL (ps shows it)")
+    p.add_argument("--redis-password-file", default=None, metavar="FILE",
+                   help="file whose first line is the Redis password (replay.password_file; default "
+                        "$RELAXRL_REDIS_PASSWORD)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
     p.set_defaults(func=_lazy("relaxrl.launcher", "train_command"))
 
@@ -126,12 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``relaxrl config show --docs | head``): stop quietly, as SIGPIPE would.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush does not fail again;
+    the status is the shell's for a process killed by SIGPIPE (128 + 13).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # stdout without a file descriptor (tests)
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except BrokenPipeError:  # --help into a closed pipe
+        return _quiet_broken_pipe()
     try:
         return int(args.func(args) or 0)
     except RelaxRLError as e:
         print(f"relaxrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except OSError as e:  # a file or device refused by the system that no check above turned into a RelaxRLError
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"relaxrl {args.command}: error: {where}{e.strerror or e}; check the path and its permissions",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"relaxrl {args.command}: interrupted", file=sys.stderr)

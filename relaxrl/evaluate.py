@@ -35,8 +35,16 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from actors.alfe import ALFE_SETS, alfe_structure_set
+from actors.calculators import make_calculator, resolve_calculator
+from actors.structures import load_structures, read_structure_source
+from actors.suite import generalisation_suite
+from common.config import from_dict, load_config, parse_override, to_dict
 from common.errors import RelaxRLError
-from relaxrl.optimizer import CountingCalculator, RLOptimizer
+from learner.policy import Policy, load_policy
+from relaxrl.cli import DEFAULT_CONFIG
+from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
+from relaxrl.reports import print_summary, write_report
 
 OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
 """Optimizer names `relaxrl eval` knows; 'rl' needs a policy."""
@@ -129,6 +137,9 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
             record["rl"] = {k: v for k, v in opt.summary().items() if k not in ("optimizer",)}
         if not (np.all(np.isfinite(a.positions)) and math.isfinite(record["energy"]) and math.isfinite(record["fmax"])):
             record.update(converged=False, error="non-finite positions, energy or forces")
+    except PolicyDivergedError as e:  # the safety guard stopped the policy: a failed run (atoms back at the start)
+        record["error"] = f"PolicyDivergedError: {str(e).split(': the checkpoint')[0]}"
+        record["converged"] = False
     except RelaxRLError:
         raise
     except Exception as e:  # an optimizer or calculator blowing up is a failed run, not a failed eval
@@ -256,7 +267,6 @@ def calculator_factory(calculator: str | Callable[[], Any], kwargs: dict | None 
     """A zero-argument factory of fresh calculators from a name ('emt', 'module:Class') or a factory."""
     if callable(calculator):
         return calculator
-    from actors.env import make_calculator
 
     make_calculator(calculator, kwargs)  # fail now, with the env's clear message, not inside every run
     return lambda: make_calculator(calculator, kwargs)
@@ -382,25 +392,22 @@ def _check_limit(limit: int) -> None:
 
 
 def read_structure_dir(path: str | Path, limit: int = 0, calculator: str = "emt",
-                       min_distance_factor: float = 0.6) -> dict[str, Atoms]:
+                       min_distance_factor: float = 0.6, calculator_option: str = "--calculator") -> dict[str, Atoms]:
     """Every structure of a directory's structure files (sorted by name; every frame of multi-frame files).
 
-    Read by :func:`actors.structures.read_structure_source`, the reader `relaxrl train` uses.
+    Read by :func:`actors.structures.read_structure_source`, the reader `relaxrl train` uses;
+    errors advise ``calculator_option`` (eval's ``--calculator``) for another calculator.
     """
-    from actors.structures import read_structure_source
-
     _check_limit(limit)
     d = Path(path)
     if not d.is_dir():
         raise EvalError(f"--structures {d}: not a directory; pass a directory of structure files or 'held-out'")
     return dict(_named(read_structure_source(d, calculator=calculator, min_distance_factor=min_distance_factor,
-                                             limit=limit)))
+                                             limit=limit, calculator_option=calculator_option)))
 
 
 def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
     """The held-out split of the config's structure source (``curriculum.source``, 'demo' by default)."""
-    from actors.structures import load_structures
-
     _check_limit(limit)
     _, held = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
                               min_distance_factor=cfg.env.min_distance_factor,
@@ -417,8 +424,6 @@ def suite_structures(limit: int = 0, calculator: str = "emt") -> dict[str, Atoms
 
     The N are taken round-robin over the kinds (the first of each kind, then the second, …)
     and kept in suite order, so ``--limit 6`` tries every kind once."""
-    from actors.suite import generalisation_suite
-
     _check_limit(limit)
     suite = generalisation_suite(calculator=calculator)
     if limit:
@@ -467,8 +472,6 @@ POLICY_ENV_OVERRIDES = ("min_distance_factor", "max_step")
 
 def check_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any]]:
     """Parse ``--set`` overrides, refusing the keys eval does not use (they would be silently ignored)."""
-    from common.config import parse_override
-
     parsed = []
     for text in overrides:
         section, key, value = parse_override(text)
@@ -489,8 +492,6 @@ def eval_config(args: argparse.Namespace, policy: Any) -> Any:
 
     ``env.min_distance_factor`` / ``env.max_step`` overrides also go into ``policy.config`` (in place).
     """
-    from common.config import from_dict, load_config, to_dict
-
     parsed = check_overrides(args.overrides)
     if args.config:
         cfg = load_config(args.config, args.overrides)
@@ -500,8 +501,6 @@ def eval_config(args: argparse.Namespace, policy: Any) -> Any:
             data.setdefault(section, {})[key] = value
         cfg = from_dict(data)
     else:
-        from relaxrl.cli import DEFAULT_CONFIG
-
         cfg = load_config(DEFAULT_CONFIG, args.overrides)
     changed = {key: getattr(cfg.env, key) for section, key, _ in parsed
                if section == "env" and key in POLICY_ENV_OVERRIDES}
@@ -512,8 +511,6 @@ def eval_config(args: argparse.Namespace, policy: Any) -> Any:
 
 def eval_command(args: argparse.Namespace) -> int:
     """`relaxrl eval`: see the module docstring; writes report.json, report.md and plots to --out."""
-    from relaxrl.reports import print_summary, write_report
-
     # Everything that can fail is checked before the work, cheapest first.
     names = parse_optimizers(args.optimizers)
     check_budget(args.fmax, args.steps)
@@ -524,18 +521,14 @@ def eval_command(args: argparse.Namespace) -> int:
     check_overrides(args.overrides)
     policy = None
     if args.checkpoint:
-        from learner.policy import load_policy
-
         policy = load_policy(args.checkpoint)
     elif "rl" in names:
         raise EvalError("optimizer 'rl' needs --checkpoint CKPT (a checkpoint file or run directory); "
                         "or leave 'rl' out of --optimizers")
     cfg = eval_config(args, policy)
 
-    from actors.alfe import ALFE_SETS, alfe_structure_set
-    from actors.calculators import resolve_calculator
-
     calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
+    make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
     if args.structures == "held-out":
         structures = heldout_structures(cfg, args.limit)
     elif args.structures == "suite":  # the fixed generalisation suite (actors/suite.py), reported per kind
@@ -577,9 +570,6 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
     in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`; returns the report.
     """
     import json
-
-    from learner.policy import Policy, load_policy
-    from relaxrl.reports import write_report
 
     run_dir = Path(run_dir)
     structures = [a for a in heldout if not cfg.run.eval_max_atoms or len(a) <= cfg.run.eval_max_atoms]

@@ -5,9 +5,15 @@ URL), Ray (``relaxrl.ray_runtime``: the coordinator and the actor processes), an
 learner, which runs here, in the driver process, and publishes weights through the
 coordinator. :func:`train` drives the learner, then plots and evaluates.
 
+:func:`train_command` first checks everything it can without writing or starting anything
+(:func:`plan_run`: config, flags, run directory, Redis URL and password, replay rules, Ray
+address), then takes the run directory's lock, then writes; a new run whose start fails
+removes what it wrote (:func:`_run_dir_for`).
+
 Run directory::
 
-    config.toml          resolved configuration (a resume reads it back)
+    config.toml          resolved configuration (a resume reads it back); replay.url without its password
+    train.lock           held by the `relaxrl train` running on this directory (a second one is refused)
     checkpoints/         ckpt-<updates>.pt, the newest few
     metrics.jsonl        one row every learner.log_every updates, x-axis t_total
     plots/*.png          actual move, Q vs reward, action scale, a_back, Fmax/success, losses, replay sizes
@@ -18,13 +24,18 @@ Run directory::
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import logging
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,31 +48,167 @@ from actors.ray_metrics import RayMetrics
 from actors.structures import Curriculum, load_structures
 from common.config import RunConfig, dump_config, load_config
 from common.errors import RelaxRLError
+from learner.checkpoint import list_checkpoints
 from learner.learner import Learner
+from relaxrl.evaluate import after_training_line, evaluate_after_training
+from relaxrl.live_eval import LiveEval, progress_field
 from relaxrl.ray_runtime import RayRuntime, check_ray_address
 from relaxrl.training_report import plot_run
 from replay_service.client import ReplayClient
-from replay_service.server import ReplayMetricsServer, check_url_security, start_embedded
+from replay_service.server import (
+    REDIS_PASSWORD_ENV,
+    ReplayMetricsServer,
+    check_url_security,
+    claim_namespace,
+    resolve_redis_url,
+    start_embedded,
+    url_has_password,
+    url_without_password,
+)
 
 log = logging.getLogger("relaxrl.train")
 
 
-def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
-    """(config, run_dir, resuming) from the command-line arguments."""
+DEFAULT_CONFIG = "configs/demo.toml"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one `relaxrl train` will do, decided and checked before anything is written or started."""
+
+    cfg: RunConfig
+    """The configuration as stored in config.toml and in every checkpoint: replay.url without its password."""
+    run_dir: Path
+    resume: bool
+    address: str | None
+    redis_url: str | None
+    """The Redis URL to connect with (password included); None = the embedded Redis in run_dir/redis."""
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Every check of `relaxrl train`'s input that needs neither the run's lock nor a started service.
+
+    Nothing is written here: the config (each section validates itself when built), the flags that
+    contradict each other, the run directory, the Redis URL and password, the replay settings and
+    the Ray address are all checked first, so a refused command leaves everything as it was.
+    """
     if args.resume:
+        given = [flag for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)) if v is not None]
+        if given:
+            raise RelaxRLError(f"--resume {args.resume} continues that run in its own directory with its own "
+                               f"config.toml, so {' and '.join(given)} cannot be given with it; change a setting "
+                               "with --set section.key=value, or start a new run without --resume")
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
             raise RelaxRLError(f"--resume {run_dir}: no config.toml there; pass the directory of an earlier `relaxrl train` run")
+        _refuse_if_in_use(run_dir)
+        if not list_checkpoints(run_dir):
+            raise RelaxRLError(f"--resume {run_dir}: the run holds no checkpoint to continue from; start it anew "
+                               f"with --config FILE --run-dir {run_dir}")
         cfg = load_config(run_dir / "config.toml", args.overrides)
-        return cfg, run_dir, True
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to continue it "
-                           "or choose another --run-dir")
+    else:
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+        run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RelaxRLError(f"--run-dir {run_dir} is a file; give a directory")
+        _refuse_if_in_use(run_dir)
+        if list_checkpoints(run_dir):
+            raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to continue "
+                               "it or choose another --run-dir")
+
+    password_file = getattr(args, "redis_password_file", None) or cfg.replay.password_file
+    given_url = args.redis_url or cfg.replay.url
+    if args.redis_url and url_has_password(args.redis_url) and "***" not in args.redis_url:
+        print(f"relaxrl train: warning: the password in --redis-url is visible to every user of this machine (ps, "
+              f"/proc); set {REDIS_PASSWORD_ENV} or --redis-password-file FILE and give the URL without it",
+              file=sys.stderr)
+    url = resolve_redis_url(given_url, password_file) if given_url else None
+    if url:
+        check_url_security(url)
+    stored = replace(cfg, replay=replace(cfg.replay, url=url_without_password(url or ""),
+                                         password_file=str(password_file or "")))
+    for spec in ReplayClient(url or "redis://127.0.0.1:0/0", cfg.replay).specs.values():  # no connection made
+        spec.check_batch(cfg.learner.batch_size)  # rate-limiter rules that would deadlock the learner
+    if args.address:
+        check_ray_address(args.address)
+    return RunPlan(stored, run_dir, bool(args.resume), args.address, url)
+
+
+_LOCK_NAME = "train.lock"
+
+
+def _lock(run_dir: Path) -> Any:
+    """The open lock file of ``run_dir``, locked for this process (a POSIX record lock the kernel drops
+    when the process dies); a :class:`RelaxRLError` when another process holds it."""
+    f = open(run_dir / _LOCK_NAME, "a+")  # noqa: SIM115 - held for the run's lifetime
+    try:
+        fcntl.lockf(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            raise RelaxRLError(f"run directory {run_dir} is in use by a running `relaxrl train`; wait for it to "
+                               "finish or stop it (Ctrl-C), or choose another --run-dir") from None
+        raise
+    return f
+
+
+def _refuse_if_in_use(run_dir: Path) -> None:
+    """Refuse a run directory another `relaxrl train` holds (creates nothing: only an existing lock file is tried)."""
+    if (run_dir / _LOCK_NAME).is_file():
+        _lock(run_dir).close()
+
+
+@contextmanager
+def _run_dir_for(plan: RunPlan) -> Iterator[None]:
+    """Hold the run directory's lock, write config.toml, and undo a fresh run's start that failed.
+
+    The lock is taken before anything of the run is written. A fresh run that fails before its
+    first update (a setting the learner refuses, a structure source that does not load, Ctrl-C
+    during start) removes what it created, so the same command can be given again.
+    """
+    run_dir = plan.run_dir
+    existed = run_dir.is_dir()
+    before = {p.name for p in run_dir.iterdir()} if existed else set()
+    old_config = (run_dir / "config.toml").read_bytes() if (run_dir / "config.toml").is_file() else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.toml")
-    return cfg, run_dir, False
+    lock = _lock(run_dir)
+    try:
+        if not plan.resume:
+            if list_checkpoints(run_dir):  # written between plan_run and the lock
+                raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir}")
+            dump_config(plan.cfg, run_dir / "config.toml")
+        try:
+            yield
+        except BaseException:
+            if not plan.resume and not any(_updates_of(c) > 0 for c in list_checkpoints(run_dir)):
+                _undo_start(run_dir, existed, before, old_config)
+            raise
+    finally:
+        lock.close()
+
+
+def _updates_of(checkpoint: Path) -> int:
+    digits = checkpoint.stem.rpartition("-")[2]
+    return int(digits) if digits.isdigit() else 0
+
+
+def _undo_start(run_dir: Path, existed: bool, before: set[str], old_config: bytes | None) -> None:
+    """Remove what a failed fresh start wrote into ``run_dir`` (all of it, if it created the directory)."""
+    if not existed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for p in run_dir.iterdir():
+        if p.name in before and p.name != "checkpoints":
+            continue
+        if p.name == "checkpoints" and p.name in before:
+            for c in list_checkpoints(run_dir):  # only checkpoints of this start: the directory held none before
+                c.unlink(missing_ok=True)
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if old_config is not None:
+        (run_dir / "config.toml").write_bytes(old_config)
 
 
 class Run:
@@ -85,13 +232,15 @@ class Run:
         cfg, run_dir = self.cfg, self.run_dir
         if address:
             check_ray_address(address)
-        url = redis_url or cfg.replay.url
+        url = redis_url or resolve_redis_url(cfg.replay.url, cfg.replay.password_file)  # a stored URL: password again
         if url:
             check_url_security(url)
         else:
             self.embedded = start_embedded(run_dir / "redis", appendfsync=cfg.replay.appendfsync)
             url = self.embedded.url
         self.replay = ReplayClient(url, cfg.replay)
+        if self.embedded is None:  # a shared Redis: never train on another run's tables
+            claim_namespace(self.replay, str(run_dir.resolve()), resume)
         self.replay.create_tables(batch_size=cfg.learner.batch_size)
         if cfg.replay.metrics_port:  # no separate `relaxrl replay serve`: this run exports the replay metrics
             # its own client: the collector reads Redis from the HTTP server's thread while the learner samples
@@ -102,6 +251,7 @@ class Run:
             cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
             calculator_kwargs=cfg.env.calculator_kwargs, min_distance_factor=cfg.env.min_distance_factor)
         self.hub = self.cluster.start_hub(Curriculum(self.train_structures, cfg.curriculum), cfg.run.seed)
+        self.live_eval = LiveEval.for_run(cfg, self.heldout)  # its sample's BFGS reference is computed here, once
         self.learner = Learner(cfg, self.replay, run_dir, resume=resume, publish=self.hub.publish,
                                t_total=self.hub.current_t_total, extra_metrics=self.extra_metrics)
         if resume:
@@ -136,6 +286,7 @@ class Run:
     def extra_metrics(self) -> dict[str, Any]:
         s = dict(self.stats(max_age_s=0.0))
         s.pop("t_total", None)
+        s.update(self.live_eval.maybe(self.learner.counters.updates, self.learner.actor_weights))  # eval/* rows
         return s
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -166,7 +317,8 @@ class LearnerMetrics:
         self._updates = c.updates
         m.set("relaxrl_bc_weight", learner.bc_weight())
         for key, metric in (("charts/q_value", "relaxrl_q_value"), ("charts/batch_reward", "relaxrl_batch_reward"),
-                            ("charts/td_error", "relaxrl_td_error")):
+                            ("charts/td_error", "relaxrl_td_error"), ("eval/success", "relaxrl_eval_success_ratio"),
+                            ("eval/force_calls_vs_bfgs", "relaxrl_eval_force_calls_vs_bfgs_ratio")):
             if key in logs:
                 m.set(metric, logs[key])
         for key, name in _LOSS_NAMES.items():
@@ -176,19 +328,35 @@ class LearnerMetrics:
             m.set("relaxrl_weights_version", stats["weights_version"])
 
 
-def _progress_line(s: dict[str, Any], logs: dict[str, float], updates: int) -> str:
+def _progress_line(s: dict[str, Any], logs: dict[str, float], updates: int, width: int | None = None) -> str:
+    """The status fields, most important first; with ``width``, the fields that do not fit are dropped
+    (never cut in the middle), so the bar beside them keeps its size on an 80-column terminal."""
     def g(k, fmt="{:.3g}"):
         v = s.get(k, logs.get(k))
         return fmt.format(v) if isinstance(v, (int, float)) else "–"
 
-    return (f"updates {updates}  t_total {g('t_total', '{:d}')}  env steps/s {g('env_steps_per_s', '{:.1f}')}  "
-            f"success {g('episodes/online_success', '{:.2f}')}  Fmax {g('actors/fmax')}  "
-            f"Q {g('charts/q_value')} vs reward {g('charts/batch_reward')}  stage {g('curriculum/stage', '{:d}')}")
+    fields = [f"t_total {g('t_total', '{:d}')}", f"success {g('episodes/online_success', '{:.2f}')}",
+              f"Fmax {g('actors/fmax')}", f"env steps/s {g('env_steps_per_s', '{:.1f}')}",
+              f"Q {g('charts/q_value')} vs reward {g('charts/batch_reward')}", f"stage {g('curriculum/stage', '{:d}')}"]
+    if (ev := progress_field(logs)) is not None:  # the newest live evaluation (run.eval_every), once there is one
+        fields.insert(2, ev)
+    if width is None:
+        return "  ".join([f"updates {updates}", *fields])
+    line = ""
+    for f in fields:
+        if len(line) + 2 * bool(line) + len(f) > width:
+            break
+        line = f"{line}  {f}" if line else f
+    return line
+
+
+_BAR_WIDTH = 20
+_FIXED_WIDTH = _BAR_WIDTH + 30  # the bar, "N/M" updates (up to 17 characters), elapsed time, column gaps
 
 
 @contextmanager
 def _stop_on_sigint() -> Iterator[threading.Event]:
-    """The first Ctrl-C sets the event (finish the update, checkpoint, evaluate); the second aborts."""
+    """The first Ctrl-C sets the event (finish the update, checkpoint, plot, exit 130); the second aborts."""
     stop = threading.Event()
 
     def on_sigint(signum, frame):
@@ -219,21 +387,33 @@ def _progress(live: bool, header: str, total: int | None, completed: int) -> Ite
         return
     console = Console(stderr=True)
     console.print(header)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    bar = Progress(BarColumn(bar_width=_BAR_WIDTH), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[line]}"), console=console, transient=False)
     with bar:
         task = bar.add_task("updates", total=total, completed=completed, line="waiting for replay")
         yield lambda updates, line: bar.update(task, completed=updates, line=line)
 
 
+def _line_width(progress: bool) -> int | None:
+    """Room for the status fields beside the live bar on this terminal (None: plain lines, no limit)."""
+    if not progress:
+        return None
+    return max(0, Console(stderr=True).width - _FIXED_WIDTH)
+
+
 def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None,
           redis_url: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, checkpoint, plot and evaluate; returns the evaluation summary."""
+    """Train, checkpoint, plot and evaluate; returns the evaluation summary.
+
+    Stopped by Ctrl-C: returns ``{"interrupted": True, "checkpoint": path}`` after the final
+    checkpoint and the plots, without the evaluation. Ctrl-C while the run starts aborts the start.
+    """
     torch.set_num_threads(cfg.run.learner_threads or max(1, (os.cpu_count() or 2) - 1))
     metrics_at = (f"Ray metrics export port {cfg.run.metrics_port}" if cfg.run.metrics_port
                   else "metrics.jsonl + plots/ in the run directory")
-    with _stop_on_sigint() as stop:
-        run = Run(cfg, run_dir, resume, address, redis_url)
+    width = _line_width(progress)
+    run = Run(cfg, run_dir, resume, address, redis_url)
+    with _stop_on_sigint() as stop:  # from here a first Ctrl-C finishes the update and checkpoints
         learner, metrics = run.learner, LearnerMetrics()
         try:
             with _progress(progress, f"[bold]relaxrl train[/] run dir {run_dir}  ({metrics_at})",
@@ -241,23 +421,35 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
 
                 def on_update(logs: dict[str, float]) -> None:
                     s = run.stats()
+                    logs = {**logs, **run.live_eval.last}  # the newest live evaluation, for Prometheus and the line
                     metrics.record(learner, logs, s)
-                    show(learner.counters.updates, _progress_line(s, logs, learner.counters.updates))
+                    show(learner.counters.updates, _progress_line(s, logs, learner.counters.updates, width))
 
                 learner.run(should_stop=stop.is_set, on_update=on_update)
         finally:
             run.close()
     plot_run(run_dir)
-    from relaxrl.evaluate import evaluate_after_training
+    if stop.is_set():
+        return {"interrupted": True, "checkpoint": list_checkpoints(run_dir)[-1]}
 
     return evaluate_after_training(cfg, run_dir, run.heldout, run.untrained_weights)
 
 
 def train_command(args: argparse.Namespace) -> int:
-    cfg, run_dir, resume = resolve_run(args)
-    result = train(cfg, run_dir, resume=resume, address=args.address, redis_url=args.redis_url,
-                   progress=not args.no_progress)
-    from relaxrl.evaluate import after_training_line
+    """`relaxrl train`: check everything (:func:`plan_run`), lock the run directory, train.
+
+    Exit status 0 when training ends, 130 when Ctrl-C stopped it (after the final checkpoint),
+    2 for bad input (the CLI prints the :class:`RelaxRLError`'s one line).
+    """
+    plan = plan_run(args)
+    run_dir = plan.run_dir
+    with _run_dir_for(plan):
+        result = train(plan.cfg, run_dir, resume=plan.resume, address=plan.address, redis_url=plan.redis_url,
+                       progress=not args.no_progress)
+    if result.get("interrupted"):
+        print(f"stopped: final checkpoint {result['checkpoint']}; continue with `relaxrl train --resume {run_dir}`",
+              file=sys.stderr)
+        return 130
 
     print(f"done: {run_dir}  {after_training_line(result)} (eval.md); plots in {run_dir / 'plots'}")
     return 0

@@ -24,6 +24,19 @@ consecutive policy steps, the optimizer hands over to ASE's BFGS for the rest of
 (fresh Hessian, same optimizable, same log, trajectory and observers). :meth:`summary`
 says which part produced the result and how many steps and force calls each part took.
 
+Safety guard: a policy that does not fit the structure (a checkpoint trained on other
+elements, sizes or another calculator) can push atoms apart and raise the energy by tens of
+eV while the forces of the scattered atoms look small. After every policy step the energy is
+compared with the starting energy; when it rose by more than ``max_energy_rise`` (default
+:func:`energy_rise_limit`: max(1 eV, 0.5 eV/atom), far above what any descent step does
+and far below what breaking the structure costs) or is not finite, the atoms are put back
+at their starting positions and
+
+* without hybrid mode, :class:`PolicyDivergedError` is raised (`relaxrl relax` then writes
+  nothing; `relaxrl eval` records the run as failed);
+* in hybrid mode, BFGS takes over at once from the starting geometry (``summary()`` reports
+  ``guard_tripped``), so the caller still gets a correct relaxation.
+
 Force calls: the optimizer counts the geometries at which energy or forces were requested
 through its optimizable (cached repeats at the same geometry are not counted), which is the
 number of real calculator calls for calculators that compute energy and forces together.
@@ -46,7 +59,22 @@ from common.errors import RelaxRLError
 from common.observation import HISTORY_DIM, history_after
 from learner.policy import load_policy
 
-__all__ = ["RLOptimizer", "CountingCalculator", "UnsupportedOptimizableError", "DEFAULT_MAX_STEPS"]
+__all__ = ["RLOptimizer", "CountingCalculator", "PolicyDivergedError", "UnsupportedOptimizableError",
+           "DEFAULT_MAX_STEPS", "energy_rise_limit"]
+
+ENERGY_RISE_LIMIT_EV = 1.0
+"""Smallest energy rise above the start (eV) that stops the policy (see :func:`energy_rise_limit`)."""
+ENERGY_RISE_LIMIT_EV_PER_ATOM = 0.5
+"""Energy rise above the start per atom (eV/atom) that stops the policy on larger structures."""
+
+
+def energy_rise_limit(n_atoms: int) -> float:
+    """The default ``max_energy_rise`` (eV): max(1 eV, 0.5 eV/atom × n_atoms).
+
+    A relaxation goes downhill; a policy step may overshoot by a fraction of an eV, never by
+    0.5 eV per atom, which is a large part of a metal's cohesive energy (Cu: 3.5 eV/atom).
+    """
+    return max(ENERGY_RISE_LIMIT_EV, ENERGY_RISE_LIMIT_EV_PER_ATOM * n_atoms)
 
 
 class UnsupportedOptimizableError(RelaxRLError, TypeError):
@@ -55,6 +83,10 @@ class UnsupportedOptimizableError(RelaxRLError, TypeError):
 
 class PolicyOutputError(RelaxRLError):
     """The policy returned a displacement of the wrong shape or with non-finite values."""
+
+
+class PolicyDivergedError(RelaxRLError):
+    """The policy raised the energy far above the start (the checkpoint does not fit this structure or calculator)."""
 
 
 class CountingCalculator(Calculator):
@@ -172,6 +204,10 @@ class RLOptimizer(Optimizer):
         reached (costs one force call when that is not the current geometry).
     bfgs_maxstep, bfgs_alpha:
         ``maxstep`` (Å) and ``alpha`` (eV/Å²) of the BFGS that takes over.
+    max_energy_rise:
+        Safety guard (see the module docstring): the largest energy rise above the starting
+        energy (eV) a policy step may cause; None = :func:`energy_rise_limit` of the atom
+        count, ``math.inf`` = no guard.
     device:
         Torch device the checkpoint is loaded on.
     """
@@ -190,6 +226,7 @@ class RLOptimizer(Optimizer):
         bfgs_maxstep: float = 0.2,
         bfgs_alpha: float = 70.0,
         device: str = "cpu",
+        max_energy_rise: float | None = None,
         **kwargs: Any,
     ) -> None:
         self._atoms_moved = _check_supported(atoms)
@@ -199,6 +236,14 @@ class RLOptimizer(Optimizer):
             policy = load_policy(checkpoint, device=device)
         if hybrid_patience < 0:
             raise RelaxRLError(f"hybrid_patience must be >= 0 (0 = no hand-over), got {hybrid_patience}")
+        if max_energy_rise is None:
+            max_energy_rise = energy_rise_limit(len(self._atoms_moved))
+        if not max_energy_rise > 0:  # also refuses NaN
+            raise RelaxRLError(f"max_energy_rise must be > 0 eV (math.inf = no guard), got {max_energy_rise}")
+        self.max_energy_rise = float(max_energy_rise)
+        self._limit_text = (f"max({ENERGY_RISE_LIMIT_EV:g} eV, {ENERGY_RISE_LIMIT_EV_PER_ATOM:g} eV/atom × "
+                            f"{len(self._atoms_moved)} atoms)" if max_energy_rise == energy_rise_limit(len(self._atoms_moved))
+                            else "max_energy_rise")
         self.policy = policy
         self.env_config = policy.config.env
         self.hybrid_patience = int(hybrid_patience)
@@ -231,6 +276,9 @@ class RLOptimizer(Optimizer):
         self._since_best = 0
         self._bfgs: BFGS | None = None
         self._energy0: float | None = None
+        self._x0: np.ndarray | None = None  # the starting coordinates, put back when the guard trips
+        self.guard_tripped: dict[str, Any] | None = None
+        """Set when the safety guard stopped the policy: step, energy rise (eV), limit (eV)."""
         self._prev_move: np.ndarray | None = None  # [n_atoms, 3] Å, the last applied move
         self._prev_forces: np.ndarray | None = None  # [n_atoms, 3] eV/Å, the forces it was decided on
 
@@ -282,9 +330,13 @@ class RLOptimizer(Optimizer):
         actual, a_back = correct_action(self._atoms_moved, a_pred, self.env_config)
         return np.asarray(actual, dtype=np.float64), float(a_back)
 
-    def step(self) -> None:  # type: ignore[override]
+    def _remember_start(self) -> None:
         if self._energy0 is None:
             self._energy0 = float(self.optimizable.get_value())
+            self._x0 = self.optimizable.get_x().copy()
+
+    def step(self) -> None:  # type: ignore[override]
+        self._remember_start()
         if self.mode == "bfgs":
             assert self._bfgs is not None
             self._bfgs.step()
@@ -297,8 +349,35 @@ class RLOptimizer(Optimizer):
         self.last_a_back = a_back
         self.a_back_history.append(a_back)
         self.steps_rl += 1
+        if self._guard():
+            return
         if self.hybrid_patience:
             self._track_progress()
+
+    def _guard(self) -> bool:
+        """After a policy step: stop the policy when the energy rose above the limit (see the module docstring).
+
+        Returns True when it tripped in hybrid mode (BFGS has taken over from the start);
+        raises :class:`PolicyDivergedError` when it tripped without hybrid mode.
+        """
+        assert self._energy0 is not None and self._x0 is not None
+        energy = float(self.optimizable.get_value())  # the new geometry; forces come with it
+        rise = energy - self._energy0
+        if np.isfinite(rise) and rise <= self.max_energy_rise:
+            return False
+        self.guard_tripped = {"step": self.steps_rl, "energy_rise": rise, "limit": self.max_energy_rise}
+        self.optimizable.set_x(self._x0)  # never leave the caller's atoms wrecked
+        if self.hybrid_patience:
+            self.hand_over(restore_best=False)
+            return True
+        cfg = self.env_config
+        raise PolicyDivergedError(
+            f"the policy raised the energy of {self._atoms_moved.get_chemical_formula()} by {rise:.3g} eV in "
+            f"{self.steps_rl} step(s) ({self._energy0:.4f} → {energy:.4f} eV), more than the {self.max_energy_rise:.3g} eV "
+            f"allowed ({self._limit_text}): "
+            f"the checkpoint does not fit this structure or calculator (it was trained with calculator "
+            f"{cfg.calculator!r}). The atoms were put back at their starting positions. Use a checkpoint trained on "
+            "such structures, or let BFGS take over (hybrid_patience=K; relaxrl relax/eval: --hybrid K)")
 
     def _track_progress(self) -> None:
         """After a policy step: count steps without a new lowest Fmax and hand over when patience runs out."""
@@ -312,11 +391,17 @@ class RLOptimizer(Optimizer):
         if self._since_best >= self.hybrid_patience:
             self.hand_over()
 
-    def hand_over(self) -> None:
-        """Switch to BFGS for the remaining steps (idempotent)."""
+    def hand_over(self, restore_best: bool | None = None) -> None:
+        """Switch to BFGS for the remaining steps (idempotent).
+
+        ``restore_best``: start BFGS from the lowest-Fmax geometry the policy reached
+        (default ``hybrid_restore_best``); False keeps the current geometry.
+        """
         if self.mode == "bfgs":
             return
-        if self.hybrid_restore_best and self._best_x is not None:
+        if restore_best is None:
+            restore_best = self.hybrid_restore_best
+        if restore_best and self._best_x is not None:
             current = float(self.optimizable.gradient_norm(self.optimizable.get_gradient()))
             if current > self._best_fmax:
                 self.optimizable.set_x(self._best_x)
@@ -329,8 +414,7 @@ class RLOptimizer(Optimizer):
         self.calls_at_handover = self.optimizable.calls
 
     def irun(self, fmax: float = 0.05, steps: int = DEFAULT_MAX_STEPS):  # type: ignore[override]
-        if self._energy0 is None:
-            self._energy0 = float(self.optimizable.get_value())
+        self._remember_start()
         if self.hybrid_patience and self.nsteps == 0:
             self._best_fmax = float(self.optimizable.gradient_norm(self.optimizable.get_gradient()))
             self._best_x = self.optimizable.get_x().copy()
@@ -350,7 +434,8 @@ class RLOptimizer(Optimizer):
         ``mode`` is 'rl' (policy only) or 'hybrid'; ``finished_by`` is the part that was acting
         when the run stopped ('rl' or 'bfgs'); ``steps_rl``/``steps_bfgs`` and
         ``force_calls_rl``/``force_calls_bfgs`` split the totals (the initial evaluation counts
-        toward the RL part).
+        toward the RL part); ``guard_tripped`` is None, or the step, energy rise and limit (eV)
+        at which the safety guard stopped the policy (hybrid mode: BFGS went on from the start).
         """
         gradient = self.optimizable.get_gradient()
         fmax_now = float(self.optimizable.gradient_norm(gradient))
@@ -377,4 +462,5 @@ class RLOptimizer(Optimizer):
             "energy_final": energy,
             "energy_change": energy - e0,
             "mean_a_back": float(np.mean(self.a_back_history)) if self.a_back_history else 0.0,
+            "guard_tripped": self.guard_tripped,
         }

@@ -13,31 +13,76 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import ray
+from ray._private import ray_constants, services
 
 from actors.ray_actors import HubClient, RemoteCoordinator, make_actor
 from actors.structures import Curriculum
 from common.config import RunConfig
 from common.errors import RelaxRLError
 
+# HTTP/2 client preface + an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with a SETTINGS frame
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_RAY_ADDRESS_HELP = ("give the head node's GCS address (host:port, default port 6379, as `ray start --head` "
+                     "prints it), 'auto' on a node of the cluster, or omit --address for a local Ray instance")
 
-def check_ray_address(address: str) -> None:
-    """Fail at once, in one line, when an explicit host:port Ray address accepts no connection.
 
-    Ray itself keeps retrying an unreachable GCS for minutes; 'auto' and other forms are left to Ray.
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail within ``timeout_s``, in one line, unless ``address`` is a Ray GCS that answers.
+
+    Ray itself keeps retrying an unreachable or silent GCS for minutes (and hangs on a port that is
+    not Ray's), so the address is resolved ('auto': the cluster this node belongs to) and probed
+    first: a TCP connection, then an HTTP/2 handshake (the GCS is a gRPC server). ``ray://`` client
+    addresses are left to Ray.
     """
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
+    if address.startswith("ray://"):
         return
+    target = address
+    if address == "auto" or not address.rpartition(":")[2].isdigit():
+        try:
+            target = services.canonicalize_bootstrap_address_or_die(address)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RelaxRLError(f"--address {address}: no running Ray cluster found ({str(e).splitlines()[0]}); "
+                               f"{_RAY_ADDRESS_HELP}") from None
+        except SystemExit:
+            raise RelaxRLError(f"--address {address}: no running Ray cluster found; {_RAY_ADDRESS_HELP}") from None
+    host, _, port = target.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise RelaxRLError(f"--address {address}: not a host:port Ray address; {_RAY_ADDRESS_HELP}")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5.0):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            conn.settimeout(timeout_s)
+            conn.sendall(_H2_PREFACE)
+            head = conn.recv(9)
+    except TimeoutError:
+        raise RelaxRLError(f"--address {address}: {target} accepted a connection but did not answer as a Ray GCS "
+                           f"within {timeout_s:g} s (not Ray's port?); {_RAY_ADDRESS_HELP}") from None
     except OSError as e:
-        raise RelaxRLError(f"cannot reach Ray at --address {address}: {e.strerror or e}. Is the head node running "
-                           "(`ray status` there), and is this the host:port of its GCS (default port 6379)? "
-                           "Omit --address for a local Ray instance") from None
+        raise RelaxRLError(f"cannot reach Ray at --address {address}: {e.strerror or e}; is the head node running "
+                           f"(`ray status` there)? Else {_RAY_ADDRESS_HELP}") from None
+    if len(head) < 9 or head[3] != 0x04:  # frame type 4: SETTINGS
+        raise RelaxRLError(f"--address {address}: {target} is not a Ray GCS (it does not speak gRPC; "
+                           f"answered {head[:16]!r}); {_RAY_ADDRESS_HELP}")
+
+
+@contextmanager
+def _loopback_node():
+    """Let ``ray.init`` give this machine's node the address 127.0.0.1, so a local Ray listens on loopback only.
+
+    Ray replaces a loopback ``_node_ip_address`` by the machine's outward address unless its
+    single-machine mode is on (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is imported);
+    with the node at 127.0.0.1 the GCS, the raylet, the workers and the agents bind 127.0.0.1
+    (checked with ``ss -ltnp`` in tests/test_security.py).
+    """
+    old = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
 
 
 class RayRuntime:
@@ -53,12 +98,14 @@ class RayRuntime:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         if address:  # the launcher has checked it with check_ray_address before anything started
             kwargs["address"] = address
-        else:
+        else:  # a single-machine run: every Ray process listens on 127.0.0.1 only
             kwargs["num_cpus"] = num_cpus or os.cpu_count()
+            kwargs["_node_ip_address"] = "127.0.0.1"
             if metrics_port:
                 kwargs["_metrics_export_port"] = metrics_port
         try:
-            ray.init(**kwargs)
+            with (_loopback_node() if not address else nullcontext()):
+                ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RelaxRLError(f"cannot start or join Ray (address={address or 'local'}): {e}. "
                                "Check `ray status` on the head node or omit --address for a local instance") from None
@@ -83,7 +130,15 @@ class RayRuntime:
             if ray.is_initialized():
                 if self.hub is not None and self.runs:
                     self.hub.stop(timeout_s=10)
-                    ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout_s)
+                    done, _ = ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout_s)
+                    for ref in done:  # read every result, so Ray prints no "unhandled error" for it
+                        try:
+                            ray.get(ref, timeout=1)
+                        except Exception:  # an actor's loop that ended with an error; it is being stopped anyway
+                            pass
+                # the loops still running are killed below: drop their refs first, so their ActorDiedError
+                # is never stored for anyone and Ray prints no task-failure lines at a normal finish
+                self.runs = []
                 for x in self.actors:
                     ray.kill(x)
         finally:

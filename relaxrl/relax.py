@@ -35,7 +35,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from actors.calculators import make_calculator, resolve_calculator
+from actors.structures import read_structure
 from common.errors import RelaxRLError
+from learner.policy import load_policy
+from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
 
 DEFAULT_OUT = "relaxed.cif"
 """Where `relaxrl relax` writes without --out (refused when it exists)."""
@@ -111,6 +115,10 @@ def summary_line(name: str, s: dict[str, Any]) -> str:
     if s["mode"] == "hybrid":
         steps += f" (rl {s['steps_rl']} + bfgs {s['steps_bfgs']})" if s["steps_bfgs"] or s["finished_by"] == "bfgs" \
             else f" (rl {s['steps_rl']}, no hand-over)"
+    guard = s.get("guard_tripped")
+    if guard:
+        steps += (f"; the policy raised the energy by {guard['energy_rise']:.3g} eV at step {guard['step']} "
+                  f"(limit {guard['limit']:.3g} eV), so BFGS went on from the start")
     return (f"{name}: {status} in {steps}, {s['force_calls']} force calls, final Fmax {s['fmax']:.4f} eV/Å "
             f"(target {s['fmax_target']}), energy change {s['energy_change']:+.4f} eV "
             f"({s['energy_initial']:.4f} → {s['energy_final']:.4f} eV)")
@@ -121,11 +129,6 @@ def relax_command(args: argparse.Namespace) -> int:
     from ase.io import write
     from ase.io.formats import filetype
 
-    from actors.env import make_calculator
-    from actors.structures import read_structure
-    from learner.policy import load_policy
-    from relaxrl.optimizer import CountingCalculator, RLOptimizer
-
     # Everything that can fail is checked before the relaxation, cheapest first.
     check_settings(args.fmax, args.steps, args.hybrid)
     out = check_writable_file(resolve_out(args.out), "--out")
@@ -135,16 +138,20 @@ def relax_command(args: argparse.Namespace) -> int:
             raise RelaxError(f"--trajectory and --out are the same file ({out}); give them different names")
     policy = load_policy(args.checkpoint)  # a bad checkpoint is reported before any work
     env = policy.config.env
-    from actors.calculators import resolve_calculator
 
     calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), env)
-    calc = CountingCalculator(make_calculator(calc_name, kwargs))
+    calc = CountingCalculator(make_calculator(calc_name, kwargs, option="--calculator"))
     atoms = read_structure(args.input, index=getattr(args, "index", None), calculator=calc_name,
-                           min_distance_factor=env.min_distance_factor)
+                           min_distance_factor=env.min_distance_factor, calculator_option="--calculator")
     name = str(atoms.info.get("name", Path(args.input).name))
     atoms.calc = calc
     opt = RLOptimizer(atoms, policy=policy, logfile=None, trajectory=args.trajectory, hybrid_patience=args.hybrid)
-    opt.run(fmax=args.fmax, steps=args.steps)
+    try:
+        opt.run(fmax=args.fmax, steps=args.steps)
+    except PolicyDivergedError as e:  # the wrecked structure is never written
+        raise PolicyDivergedError(f"{name}: {e}; nothing was written to {out}"
+                                  + (f" ({args.trajectory} holds the steps before the stop)" if args.trajectory else "")
+                                  ) from None
     s = opt.summary()
     s["force_calls"] = calc.calls  # every calculation, counted at the calculator
     print(summary_line(name, s))

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.config import EnvConfig
+
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("actual_move", "actual move (Å, mean per atom)", [("actors/actual_move", "actors"), ("charts/actual_move", "replay batch")]),
     ("q_vs_reward", "Q(s,a) vs observed discounted return",
@@ -23,7 +25,15 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
     ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
     ("replay_sizes", "replay table sizes", [("replay/expert_size", "expert"), ("replay/online_size", "online")]),
+    ("live_eval", "live evaluation: greedy actor on the held-out sample (run.eval_every)",
+     [("eval/force_calls_vs_bfgs", "force calls / BFGS's (both solved)"),
+      ("eval/success", "success (right axis)")]),
 ]
+
+
+def points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    """(t_total, value) of the rows that hold ``key`` with a value (null, NaN written as null, is left out)."""
+    return [(r["t_total"], r[key]) for r in rows if r.get(key) is not None and "t_total" in r]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -53,8 +63,6 @@ def _env_input_dim(run_dir: Path) -> int | None:
     version whose other keys no longer load still gets its panels right."""
     import tomllib
 
-    from common.config import EnvConfig
-
     path = run_dir / "config.toml"
     try:
         env = tomllib.loads(path.read_text()).get("env", {})
@@ -80,6 +88,8 @@ def _q_ylim(rows: list[dict[str, Any]], keys: list[str]) -> tuple[float, float] 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """One PNG per panel, x-axis t_total; returns the files written.
 
+    The live-evaluation panel (``eval/*``, every ``run.eval_every`` updates) draws each evaluation
+    as a point: force calls relative to BFGS on the left axis (1 = BFGS, dashed), success on the right.
     The Q panel clips its y-range to the 2nd–98th percentile of the values after the first 10 %
     of the rows (said in its title). The action-scale panel says 'off' instead of drawing the
     constant 1 when the run's ``env.env_input_dim`` is 0 (the env gate does not exist)."""
@@ -103,20 +113,26 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.text(0.5, 0.5, "env gate off: the policy's moves are not rescaled\n(action scale is 1 by construction)",
                     ha="center", va="center", transform=ax.transAxes, fontsize=9)
         for key, label in series:
-            pts = [(r["t_total"], r[key]) for r in rows if r.get(key) is not None and "t_total" in r]
+            pts = points(rows, key)
             if pts:
                 x, y = zip(*pts)
                 target = ax
-                if key.endswith("_success"):  # rates on their own 0..1 axis
+                if key.endswith("success"):  # rates on their own 0..1 axis
                     twin = twin or ax.twinx()
                     twin.set_ylim(-0.02, 1.02)
                     twin.set_ylabel("success rate")
                     target = twin
                 style = {"ls": ":", "lw": 1.0} if key == "actors/reward" else {"lw": 1.4}
+                if key.startswith("eval/"):  # one point every run.eval_every updates: show each
+                    style["marker"] = "o"
+                    style["ms"] = 4
                 target.plot(x, y, label=label, color=f"C{drawn}", **style)
                 drawn += 1
         if name == "fmax_success" and drawn:
             ax.set_yscale("log")
+        if name == "live_eval" and points(rows, "eval/force_calls_vs_bfgs"):
+            ax.axhline(1.0, color="grey", ls="--", lw=0.8, label="BFGS (= 1)")
+            ax.set_ylabel("force calls / BFGS's")
         if twin is not None:
             h1, l1 = ax.get_legend_handles_labels()
             h2, l2 = twin.get_legend_handles_labels()

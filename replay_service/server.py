@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
@@ -228,6 +228,71 @@ def _spawn(d: Path, exe: str, port: int | None, appendfsync: str, timeout: float
     raise ReplayConnectionError(f"could not start the embedded redis-server in {d}; its log ends with:\n{last_log}")
 
 
+REDIS_PASSWORD_ENV = "RELAXRL_REDIS_PASSWORD"
+"""Environment variable holding the Redis password (compose's ``REDIS_PASSWORD`` in ``.env``)."""
+
+
+def redis_password(password_file: str | os.PathLike = "") -> str | None:
+    """The Redis password from ``password_file`` (its first line), else ``$RELAXRL_REDIS_PASSWORD``, else None."""
+    if password_file:
+        path = Path(password_file)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ReplayConfigError(f"Redis password file {path}: cannot read it ({e.strerror or e}); give the path "
+                                    f"of a file whose first line is the password, or set {REDIS_PASSWORD_ENV}") from None
+        lines = text.splitlines()
+        if not lines or not lines[0].strip():
+            raise ReplayConfigError(f"Redis password file {path} is empty; its first line must be the password")
+        return lines[0].strip()
+    return os.environ.get(REDIS_PASSWORD_ENV) or None
+
+
+def url_without_password(url: str) -> str:
+    """The URL to store in run files and checkpoints: its password (if any) replaced by '***'."""
+    return redact_url(url) if url else url
+
+
+def url_has_password(url: str) -> bool:
+    """True when ``url`` carries a password (a real one, or the '***' of a stored URL)."""
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def resolve_redis_url(url: str, password_file: str | os.PathLike = "") -> str:
+    """The URL to connect with: ``url`` with the password from ``password_file`` or ``$RELAXRL_REDIS_PASSWORD``.
+
+    A password written in ``url`` itself is used as given, except the '***' of a URL read back from a
+    run's config.toml or checkpoint (stored without its password): that one must come from the file or
+    the environment variable again, and its absence is an error that says so.
+    """
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        given = parts.password
+    except ValueError:
+        raise ReplayConfigError(f"invalid Redis URL {redact_url(url)}") from None
+    if given is not None and given != "***":
+        return url
+    password = redis_password(password_file)
+    if password is None:
+        if given == "***":
+            raise ReplayConfigError(
+                f"the Redis URL {url} was stored without its password; give it again through the "
+                f"{REDIS_PASSWORD_ENV} environment variable or --redis-password-file FILE (replay.password_file), "
+                "or pass the full --redis-url")
+        return url
+    user = quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def check_url_security(url: str) -> None:
     """Refuse a TCP Redis that is neither loopback nor password-protected."""
     parts = urlsplit(url)
@@ -243,6 +308,29 @@ def check_url_security(url: str) -> None:
         raise ReplayConfigError(
             f"refusing Redis at {redact_url(url)} without a password: it is not on loopback or a unix socket. "
             "Set requirepass on the server and use redis://:PASSWORD@host:port/0 (rediss:// for TLS)")
+
+
+def claim_namespace(client: ReplayClient, owner: str, resume: bool) -> None:
+    """Mark ``client``'s namespace as the tables of run ``owner``, refusing another run's tables.
+
+    A new run refuses a namespace that already holds tables of another run (training on them would
+    silently mix two runs' experience); a resumed run refuses tables marked as another run's. The
+    owner is one Redis key, ``<namespace>:owner``, written only after the checks pass.
+    """
+    ns = client.cfg.namespace
+    key = f"{ns}:owner"
+    current = client._call("GET", key)
+    current = current.decode() if isinstance(current, bytes) else current
+    tables = [name for name, k in client.keys.items() if client._call("EXISTS", k.meta)]
+    if current == owner or (resume and current is None) or (not tables and current is None):
+        if current != owner:
+            client._call("SET", key, owner)
+        return
+    held = f"the replay tables of run {current}" if current else f"replay tables ({', '.join(tables)}) of another run"
+    raise ReplayConfigError(
+        f"Redis namespace '{ns}' at {client.safe_url} already holds {held}; this run is {owner}. Use another "
+        f"namespace (--set replay.namespace=NAME), or clear the old one (redis-cli --scan --pattern '{ns}:*' | "
+        "xargs redis-cli del)" + ("" if resume or not current else f", or continue that run with --resume {current}"))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -328,6 +416,7 @@ def serve_command(args: Any) -> int:
     embedded: EmbeddedRedis | None = None
     metrics: ReplayMetricsServer | None = None
     if url:
+        url = resolve_redis_url(url, rcfg.password_file)  # the password may come from RELAXRL_REDIS_PASSWORD
         check_url_security(url)
     else:
         embedded = start_embedded(getattr(args, "data_dir", "replay-data"), rcfg.appendfsync)

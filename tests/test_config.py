@@ -1,6 +1,10 @@
 """The run configuration: TOML presets, overrides, and errors that name the key."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -114,3 +118,30 @@ def test_cli_reports_config_error_without_traceback(capsys):
     assert main(["config", "show", "--set", "learner.nope=1"]) == 2
     err = capsys.readouterr().err
     assert "learner.nope" in err and "Traceback" not in err
+
+
+def test_config_show_into_a_closed_pipe_exits_quietly():
+    """`relaxrl config show --docs | head -1`: the reader goes away; no BrokenPipeError traceback, SIGPIPE's status."""
+    exe = Path(sys.executable).with_name("relaxrl")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(f"'{exe}' config show --docs | head -1; echo \"status ${{PIPESTATUS[0]}}\"", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, cwd=root, timeout=120)
+    assert proc.stdout.splitlines() == ["[run]", "status 141"], proc.stdout
+    assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("case, message", [
+    ("directory", "is a directory, not a file"),
+    ("binary", "is not a TOML text file (a checkpoint or a binary file?)"),
+])
+def test_a_config_path_that_is_not_a_toml_file_is_one_line(tmp_path, capsys, case, message):
+    path = tmp_path
+    if case == "binary":
+        path = tmp_path / "ckpt-00000001.pt"
+        path.write_bytes(b"PK\x03\x04\x80\x02\xff\xfe")
+    for argv in (["config", "show", "--config", str(path)], ["eval", "--config", str(path), "--optimizers", "bfgs",
+                                                              "--out", str(tmp_path / "out")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"config file {path} {message}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -109,7 +109,7 @@ def test_named_volumes_for_redis_data_and_runs(compose: dict[str, Any]) -> None:
 
 def test_replay_and_ray_services_wire_to_redis_and_each_other(compose: dict[str, Any]) -> None:
     s = compose["services"]
-    url = f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    url = "redis://redis:6379/0"  # the password goes in RELAXRL_REDIS_PASSWORD, never in a URL
     replay_cmd = s["replay"]["command"]
     assert replay_cmd[:3] == ["relaxrl", "replay", "serve"]
     assert replay_cmd[replay_cmd.index("--redis-url") + 1] == url
@@ -117,6 +117,8 @@ def test_replay_and_ray_services_wire_to_redis_and_each_other(compose: dict[str,
     assert replay_cmd[replay_cmd.index("--metrics-host") + 1] == "0.0.0.0"
     head = s["ray-head"]
     assert head["environment"]["REDIS_URL"] == url
+    assert head["environment"]["RELAXRL_REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
+    assert s["replay"]["environment"]["RELAXRL_REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
     assert head["depends_on"]["redis"]["condition"] == "service_healthy"
     worker = s["ray-worker"]
     assert "--address=ray-head:6379" in worker["command"] and "--metrics-export-port=8080" in worker["command"]
@@ -128,6 +130,8 @@ def test_replay_and_ray_services_wire_to_redis_and_each_other(compose: dict[str,
     for flag in ("--head", "--metrics-export-port=8080", "--dashboard-host=0.0.0.0"):
         assert flag in head_script
     assert re.search(r"relaxrl train --address auto .*--redis-url \"\$REDIS_URL\"", head_script)
+    # a restart resumes with the run's own config (train refuses --config with --resume)
+    assert 'set -- --resume "$RUN_DIR"' in head_script and '--config "$CONFIG" --run-dir "$RUN_DIR"' in head_script
 
 
 def test_ray_head_script_is_valid_sh() -> None:
@@ -332,3 +336,15 @@ def test_sysdeps_script_is_idempotent() -> None:
         pytest.skip("system packages missing (prometheus, docker-compose, redis-server): run scripts/sysdeps.sh")
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "present" in r.stdout and "installing" not in r.stdout
+
+
+def test_dockerfile_copies_every_installed_package() -> None:
+    """The image installs the project from copied folders: a package pyproject installs but the
+    Dockerfile does not copy (common/ was once missed) gives an image that cannot import relaxrl."""
+    import tomllib
+
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    missing = [p for p in packages if not re.search(rf"^COPY {p} \./{p}$", dockerfile, re.M)]
+    assert not missing, f"deploy/Dockerfile does not COPY {missing}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -360,3 +361,13 @@ def test_history_is_the_last_move_and_the_force_change():
     step = env.step(0.03 * obs.forces)
     assert np.allclose(step.obs.history[:, :3], step.info["actual_move"])
     assert np.allclose(step.obs.history[:, 3:], step.obs.forces - obs.forces)
+
+
+@pytest.mark.parametrize("name, kwargs, missing", [
+    ("ase.calculators.lj:LennardJones", {}, "sigma (default 1.0), epsilon (default 1.0)"),
+    ("ase.calculators.morse:MorsePotential", {"epsilon": 0.3, "r0": 2.5}, "rho0 (default 6.0)"),
+])
+def test_a_pair_potential_with_placeholder_defaults_needs_its_parameters_in_the_config(name, kwargs, missing):
+    """σ = 1 Å, ε = 1 eV fit no element: refused, naming the config key `relaxrl train` reads."""
+    with pytest.raises(CalculatorError, match=rf"needs .* in env\.calculator_kwargs; missing {re.escape(missing)}"):
+        RelaxEnv(EnvConfig(calculator=name, calculator_kwargs=kwargs))

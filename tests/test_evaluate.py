@@ -18,7 +18,7 @@ from common.config import load_config
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
 from relaxrl.evaluate import EvalError, _judge, evaluate, fragment_count, parse_optimizers
-from test_optimizer import ForcePolicy
+from test_optimizer import ForcePolicy, ScatterPolicy
 
 
 class CountedEMT(EMT):
@@ -319,3 +319,33 @@ def test_plain_structures_are_one_kind_file():
     assert {s["kind"] for s in report["structures"]} == {"file"}
     assert list(report["by_kind"]) == ["file", "overall"]
     assert report["by_kind"]["file"] == report["by_kind"]["overall"]
+
+
+# ----------------------------------------------------------------------------- issue 14: never silently wrong
+
+
+def test_a_policy_that_wrecks_a_structure_is_a_failed_run_not_a_failed_eval():
+    report = evaluate(structures(), ["rl", "bfgs"], fmax=0.05, steps=100, policy=ScatterPolicy(), progress=False)
+    for s in report["structures"]:
+        rl, bfgs = s["runs"]["rl"], s["runs"]["bfgs"]
+        assert rl["error"].startswith("PolicyDivergedError: the policy raised the energy"), rl["error"]
+        assert not rl["success"] and not rl["converged"] and bfgs["success"]
+    assert report["optimizers"]["rl"]["n_errors"] == 2 and report["optimizers"]["bfgs"]["n_success"] == 2
+
+
+@pytest.mark.parametrize("case", ["element", "placeholder pair potential"])
+def test_eval_calculator_problems_name_evals_flags_before_the_work(tmp_path, capsys, case):
+    d = tmp_path / "structs"
+    d.mkdir()
+    if case == "element":
+        write(d / "si.extxyz", bulk("Si"))
+        flags, message = [], "contains Si, which the 'emt' calculator does not handle"
+    else:
+        write(d / "cu.extxyz", structures()["bulk-Cu8"])
+        flags, message = ["--calculator", "ase.calculators.lj:LennardJones"], "needs sigma, epsilon in --calculator-kwargs"
+    out = tmp_path / "out"
+    rc = main(["eval", "--structures", str(d), "--optimizers", "bfgs", "--no-progress", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert "--calculator" in err and "env.calculator" not in err
+    assert not out.exists()

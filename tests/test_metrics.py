@@ -67,8 +67,12 @@ def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_spec_holds_the_issue_metrics() -> None:
     assert {n: METRICS[n].tag_keys for n in ISSUE_METRICS if n in METRICS} == ISSUE_METRICS
-    # beyond the issue, only more replay-service metrics (what the replay service exports)
-    assert all(METRICS[n].exporter == "prometheus" for n in set(METRICS) - set(ISSUE_METRICS))
+    # beyond the issue, only more replay-service metrics (what the replay service exports) and the live
+    # evaluation's gauges (issue 12: the real objective while training), recorded by the learner
+    live_eval = {"relaxrl_eval_success_ratio", "relaxrl_eval_force_calls_vs_bfgs_ratio"}
+    assert all(METRICS[n].exporter == "ray" and METRICS[n].emitted_by == "learner" and not METRICS[n].tag_keys
+               for n in live_eval)
+    assert all(METRICS[n].exporter == "prometheus" for n in set(METRICS) - set(ISSUE_METRICS) - live_eval)
     assert set(REPLAY_METRIC_NAMES) == {n for n in METRICS if n.startswith("relaxrl_replay_")}
 
 
@@ -269,6 +273,8 @@ LEARNER_VALUES = {  # recorded in the driver, like a learner would
     "relaxrl_td_error": 0.3125,
     "relaxrl_weights_version": 42.0,
     "relaxrl_bc_weight": 0.125,
+    "relaxrl_eval_success_ratio": 0.75,
+    "relaxrl_eval_force_calls_vs_bfgs_ratio": 1.125,
 }
 
 
@@ -290,6 +296,9 @@ def ray_metrics_port() -> Any:
                 from actors.ray_metrics import RayMetrics  # imported in the actor's process
 
                 m = RayMetrics()
+                # NaN (a ratio with nothing to divide) must not reach Ray: its exporter would then drop
+                # every metric of the node; the scrape below needs them all
+                m.set("relaxrl_eval_force_calls_vs_bfgs_ratio", float("nan"))
                 for name, v in gauges.items():
                     m.set(name, v)
                 m.inc("relaxrl_env_steps_total", 16, kind="online")

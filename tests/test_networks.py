@@ -294,3 +294,31 @@ def test_actor_head_and_momentum_ranges_are_checked() -> None:
         NetworkConfig(actor_head="newton")
     with pytest.raises(ConfigError, match="momentum"):
         NetworkConfig(momentum=0.99)
+
+
+def test_descriptor_species_give_unseen_elements_features_between_seen_ones() -> None:
+    from learner.networks import SpeciesEmbedding, element_descriptors
+
+    table = element_descriptors(100)
+    assert table[29].tolist()[:3] == pytest.approx([1.32, 4 / 7, 11 / 18])  # Cu: period 4, group 11
+    assert table[79, 2] == table[29, 2] and table[57, 2] == pytest.approx(3 / 18)  # Au in Cu's group; La in group 3
+    emb = SpeciesEmbedding(NetworkConfig(**SMALL, species="descriptors"))
+    out = emb(torch.tensor([29, 47, 79]))  # Cu, Ag, Au: one group, neighbouring periods
+    assert out.shape == (3, 6)
+    assert torch.norm(out[1] - out[0]) < torch.norm(emb(torch.tensor([1]))[0] - out[0])  # Ag nearer Cu than H is
+    cfg = NetworkConfig(**SMALL, species="descriptors", actor_head="preconditioned", path_history=True)
+    d = build_actor(cfg, EnvConfig())(batch_graphs(_with_history(clusters(0, sizes=(5,))), cfg))
+    assert torch.isfinite(d).all()
+
+
+def test_preconditioned_moves_always_point_downhill() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="preconditioned", momentum=0.9)
+    actor = build_actor(cfg, EnvConfig())
+    obs = _with_history(clusters(0, sizes=(6, 9)), seed=3)
+    for o in obs:  # previous moves against the force: an overshoot the momentum must not continue
+        o.history[:, :3] = -0.1 * o.forces / np.linalg.norm(o.forces, axis=1, keepdims=True)
+    for p in actor.head.parameters():  # a large, arbitrary correction head
+        torch.nn.init.normal_(p, std=5.0)
+    g = batch_graphs(obs, cfg)
+    d = actor(g)
+    assert ((d * g.forces).sum(-1) > 0).all()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -16,9 +17,16 @@ from ase.optimize import BFGS
 
 from actors.env import RelaxEnv, correct_action
 from common.config import RunConfig, load_config
+from common.errors import RelaxRLError
 from common.observation import Observation, env_features
 from learner.policy import Policy, load_policy, save_policy
-from relaxrl.optimizer import CountingCalculator, RLOptimizer, UnsupportedOptimizableError
+from relaxrl.optimizer import (
+    CountingCalculator,
+    PolicyDivergedError,
+    RLOptimizer,
+    UnsupportedOptimizableError,
+    energy_rise_limit,
+)
 
 
 class ForcePolicy:
@@ -78,7 +86,8 @@ def test_steps_match_the_environment_step_for_step(features_policy):
     obs = env.reset(start)
     atoms = start.copy()
     atoms.calc = EMT()
-    opt = RLOptimizer(atoms, policy=features_policy, logfile=None)
+    # the untrained policy wrecks the structure; the guard (tested on its own) would stop it
+    opt = RLOptimizer(atoms, policy=features_policy, logfile=None, max_energy_rise=math.inf)
     run = opt.irun(fmax=1e-6, steps=6)
     next(run)  # the initial evaluation
     a_backs = []
@@ -104,7 +113,7 @@ def test_collision_is_corrected_with_the_env_function(length, taken_back):
     before = atoms.positions.copy()
     expected, a_back = correct_action(atoms, policy.act(policy.observe(atoms, atoms.get_forces(), 0.0)),
                                       policy.config.env)
-    opt = RLOptimizer(atoms, policy=policy, logfile=None)
+    opt = RLOptimizer(atoms, policy=policy, logfile=None, max_energy_rise=math.inf)  # a push is an energy rise
     opt.run(fmax=1e-6, steps=1)
     np.testing.assert_allclose(atoms.positions - before, expected, atol=1e-12)
     assert opt.last_a_back == pytest.approx(a_back)
@@ -128,7 +137,7 @@ def test_reports_not_converged_honestly(features_policy):
     """A budget too small to converge: run() returns False and the summary agrees with the forces."""
     atoms = rattled_cu(seed=2, stdev=0.2)
     atoms.calc = CountingCalculator(EMT())
-    opt = RLOptimizer(atoms, policy=features_policy, logfile=None)
+    opt = RLOptimizer(atoms, policy=features_policy, logfile=None, max_energy_rise=math.inf)
     assert opt.run(fmax=0.01, steps=3) is False
     s = opt.summary()
     assert not s["converged"] and s["steps"] == 3
@@ -267,3 +276,52 @@ def test_rl_optimizer_never_moves_fixed_atoms_and_records_their_zero_move():
     RLOptimizer(atoms, policy=policy, logfile=None).run(fmax=1e-4, steps=5)
     assert np.array_equal(atoms.get_positions()[:2], start[:2])
     assert np.abs(policy.seen[-1].history[:2]).max() == 0.0
+
+
+# ----------------------------------------------------------------------------- safety guard
+
+
+class ScatterPolicy(ForcePolicy):
+    """Pushes every atom away from the centroid by ``length`` Å per step, as a checkpoint that does not fit does."""
+
+    def __init__(self, length: float = 0.3) -> None:
+        super().__init__()
+        self.length = length
+
+    def act(self, obs: Observation) -> np.ndarray:
+        out = obs.positions - obs.positions.mean(axis=0)
+        return self.length * out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_a_policy_that_raises_the_energy_is_stopped_and_the_atoms_put_back(tmp_path):
+    atoms = rattled_cu()  # 32 atoms: limit max(1 eV, 0.5 eV/atom × 32) = 16 eV
+    start, e0 = atoms.get_positions(), atoms.get_potential_energy()
+    opt = RLOptimizer(atoms, policy=ScatterPolicy(), logfile=None, trajectory=str(tmp_path / "t.traj"))
+    assert opt.max_energy_rise == energy_rise_limit(32) == 16.0
+    with pytest.raises(PolicyDivergedError, match=r"raised the energy of Cu32 by [\d.]+ eV in \d+ step\(s\).*more than "
+                       r"the 16 eV allowed \(max\(1 eV, 0.5 eV/atom × 32 atoms\)\).*put back.*hybrid_patience") as e:
+        opt.run(fmax=0.05, steps=50)
+    assert "\n" not in str(e.value)
+    assert opt.guard_tripped is not None and opt.guard_tripped["energy_rise"] > 16.0
+    assert opt.guard_tripped["step"] < 50  # stopped long before the budget ran out
+    np.testing.assert_array_equal(atoms.get_positions(), start)  # the caller's atoms are not left wrecked
+    assert atoms.get_potential_energy() == pytest.approx(e0)
+
+
+def test_in_hybrid_mode_bfgs_takes_over_from_the_start_when_the_guard_trips():
+    atoms = rattled_cu()
+    opt = RLOptimizer(atoms, policy=ScatterPolicy(), logfile=None, hybrid_patience=5)
+    assert opt.run(fmax=0.05, steps=200)
+    s = opt.summary()
+    assert s["finished_by"] == "bfgs" and s["guard_tripped"] and s["guard_tripped"]["energy_rise"] > 16.0
+    assert not s["restored_best"]  # BFGS starts from the starting geometry, not a point of the scattered path
+    ref = rattled_cu()
+    BFGS(ref, logfile=None).run(fmax=0.05, steps=200)
+    np.testing.assert_allclose(atoms.positions, ref.positions, atol=1e-8)  # the same minimum as BFGS alone
+    assert s["energy_change"] < 0
+
+
+@pytest.mark.parametrize("limit", [0.0, -1.0, math.nan])
+def test_max_energy_rise_must_be_positive(limit):
+    with pytest.raises(RelaxRLError, match="max_energy_rise must be > 0 eV"):
+        RLOptimizer(rattled_cu(), policy=ForcePolicy(), logfile=None, max_energy_rise=limit)

@@ -24,6 +24,19 @@ SUMMARY = re.compile(r"(NOT )?converged in (\d+) steps.*, (\d+) force calls, fin
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
+    """A policy that stands still (zero output head): it stalls, so --hybrid hands over, and it never wrecks a structure."""
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
+    torch.manual_seed(0)
+    actor = Policy(cfg).actor
+    with torch.no_grad():
+        actor.head.weight.zero_()
+    return save_policy(tmp_path_factory.mktemp("run"), cfg, actor)
+
+
+@pytest.fixture(scope="module")
+def wrecking_checkpoint(tmp_path_factory) -> Path:
+    """A freshly initialised policy: on these structures it raises the energy by tens of eV within a few steps,
+    as a checkpoint trained on another configuration does."""
     cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
     torch.manual_seed(0)
     return save_policy(tmp_path_factory.mktemp("run"), cfg, Policy(cfg).actor)
@@ -276,3 +289,106 @@ def test_bad_settings_through_the_installed_entry_point(tmp_path, checkpoint):
     assert proc.stderr.strip() == ("relaxrl relax: error: --fmax must be a finite force threshold > 0 eV/Å "
                                    "(e.g. 0.05), got inf")
     assert not (tmp_path / "out.cif").exists()
+
+
+# ----------------------------------------------------------------------------- issue 14: bad input fails fast, never silently wrong
+
+
+def _broken_checkpoints(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[Path, str]]:
+    """Files given as --checkpoint that are not (complete) checkpoints, each with the text its error must hold."""
+    data = torch.load(checkpoint, weights_only=True)
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def variant(name: str, **changes) -> Path:
+        path = tmp_path / f"{name}.pt"
+        torch.save({**{k: v for k, v in data.items() if k not in changes or changes[k] is not None},
+                    **{k: v for k, v in changes.items() if v is not None}}, path)
+        return path
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cases["0-byte file"] = (empty, "is empty (0 bytes)")
+    cases["no actor entry"] = (variant("no-actor", actor=None), "has no 'actor' entry")
+    cases["counters a list"] = (variant("counters-list", counters=[1, 2]), "'counters' entry is a list, not a dict")
+    cases["counter not a number"] = (variant("counters-text", counters={"updates": "x"}),
+                                     "counter 'updates' is 'x', not a non-negative integer")
+    cases["actor not tensors"] = (variant("actor-text", actor={"w": "x"}), "not tensors (entry 'w')")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "ckpt-00000001.pt").write_bytes(checkpoint.read_bytes())
+    (run / "config.toml").write_text((ROOT / "configs" / "demo.toml").read_text())
+    cases["config.toml"] = (run / "config.toml", f"is a config file, not a relaxrl checkpoint ({run} is a run directory")
+    return cases
+
+
+@pytest.mark.parametrize("command", ["relax", "eval"])
+@pytest.mark.parametrize("case", ["0-byte file", "no actor entry", "counters a list", "counter not a number",
+                                  "actor not tensors", "config.toml"])
+def test_a_broken_or_foreign_checkpoint_is_one_line_naming_the_file(tmp_path, checkpoint, capsys, command, case):
+    path, message = _broken_checkpoints(tmp_path, checkpoint)[case]
+    before = path.read_bytes()
+    src = tmp_path / "in.extxyz"
+    write(src, rattled_cu())
+    out = tmp_path / ("out.cif" if command == "relax" else "eval-out")
+    argv = ([str(src), "--checkpoint", str(path)] if command == "relax"
+            else ["--checkpoint", str(path), "--structures", str(tmp_path), "--no-progress"])
+    rc = main([command, *argv, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert captured.err.startswith(f"relaxrl {command}: error:") and captured.err.count("\n") == 1, captured.err
+    assert str(path) in captured.err and message in captured.err, captured.err
+    assert "runs/NAME/checkpoints/ckpt-NNNNNNNN.pt" in captured.err  # what a checkpoint is and where it lives
+    assert "Traceback" not in captured.err and "weights_only" not in captured.err
+    assert not out.exists() and path.read_bytes() == before
+
+
+def test_a_checkpoint_that_wrecks_the_structure_is_stopped_and_nothing_is_written(tmp_path, wrecking_checkpoint,
+                                                                                   capsys):
+    """The policy raises the energy far above the start: one line, exit 2, no output; --hybrid gives BFGS's result."""
+    src = tmp_path / "in.extxyz"
+    write(src, rattled_cu())
+    before = src.read_bytes()
+    out = tmp_path / "out.extxyz"
+    rc = main(["relax", str(src), "--checkpoint", str(wrecking_checkpoint), "--steps", "200", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    assert re.search(r"relaxrl relax: error: in\.extxyz: the policy raised the energy of Cu8 by [\d.]+ eV .* more than "
+                     r"the 4 eV allowed .*--hybrid K\); nothing was written to .*out\.extxyz$", captured.err.strip())
+    assert not out.exists() and src.read_bytes() == before
+    # with --hybrid, BFGS takes over from the start and the result is BFGS's minimum
+    assert main(["relax", str(src), "--checkpoint", str(wrecking_checkpoint), "--hybrid", "5", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert " converged" in line and "so BFGS went on from the start" in line, line
+    assert float(SUMMARY.search(line).group(5)) < 0  # the energy went down, not up by tens of eV
+
+
+@pytest.mark.parametrize("calculator, kwargs, missing", [
+    ("ase.calculators.lj:LennardJones", None, "missing sigma (default 1.0), epsilon (default 1.0)"),
+    ("ase.calculators.lj.LennardJones", '{"sigma": 2.3}', "missing epsilon (default 1.0)"),
+    ("ase.calculators.morse:MorsePotential", '{"epsilon": 0.3}', "missing r0 (default 1.0), rho0 (default 6.0)"),
+])
+def test_pair_potentials_with_placeholder_defaults_need_their_parameters(tmp_path, checkpoint, capsys, calculator,
+                                                                         kwargs, missing):
+    src = tmp_path / "in.extxyz"
+    write(src, rattled_cu())
+    flags = ["--calculator", calculator] + (["--calculator-kwargs", kwargs] if kwargs else [])
+    rc = main(["relax", str(src), "--checkpoint", str(checkpoint), *flags, "--out", str(tmp_path / "out.cif")])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and "Traceback" not in captured.err
+    assert f"calculator '{calculator}' needs" in captured.err and f"in --calculator-kwargs; {missing}" in captured.err
+    assert "env.calculator" not in captured.err  # relax's own option is named, not a config key
+    assert not (tmp_path / "out.cif").exists()
+    # with the parameters given explicitly it runs
+    given = '{"sigma": 2.3, "epsilon": 0.4, "rc": 6.0}' if "lj" in calculator else '{"epsilon": 0.3, "r0": 2.5, "rho0": 6}'
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--calculator", calculator,
+                 "--calculator-kwargs", given, "--steps", "2", "--out", str(tmp_path / "out.cif")]) == 0
+
+
+def test_an_element_the_calculator_lacks_names_the_relax_flag(tmp_path, checkpoint, capsys):
+    src = tmp_path / "si.extxyz"
+    write(src, bulk("Si"))
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out.cif")]) == 2
+    err = capsys.readouterr().err
+    assert "contains Si, which the 'emt' calculator does not handle" in err
+    assert err.strip().endswith("choose another calculator with --calculator") and "env.calculator" not in err, err

@@ -497,7 +497,7 @@ def _answers(r) -> bool:
         return False
 
 
-def test_a_wrong_redis_password_is_one_clear_error_and_the_data_is_untouched(tmp_path, capsys):
+def test_a_wrong_redis_password_is_one_clear_error_and_the_data_is_untouched(tmp_path, capsys, monkeypatch):
     import redis
 
     from relaxrl.cli import main
@@ -512,8 +512,9 @@ def test_a_wrong_redis_password_is_one_clear_error_and_the_data_is_untouched(tmp
             with pytest.raises(ReplayConnectionError, match=says) as e:
                 ReplayClient(url, ReplayConfig(namespace="pw", connect_timeout=1.0)).sizes()
             assert "wrong-pw" not in str(e.value)
+        monkeypatch.setenv("RELAXRL_REDIS_PASSWORD", "wrong-pw")  # the way to give it (not in the URL: ps shows that)
         rc = main(["train", "--config", str(TINY), "--run-dir", str(tmp_path / "run"), "--no-progress",
-                   "--redis-url", f"redis://:wrong-pw@127.0.0.1:{port}/0"])
+                   "--redis-url", f"redis://127.0.0.1:{port}/0"])
         err = capsys.readouterr().err
         assert rc == 2 and "refused the password" in err and err.count("\n") == 1 and "wrong-pw" not in err
         assert [t.reward for t in ok.items("online", [0, 1])] == [1.0, 2.0]

@@ -341,3 +341,12 @@ def test_curriculum_sample_is_a_copy_and_state_round_trips():
 def test_curriculum_without_small_structures_is_an_error():
     with pytest.raises(StructureError, match="at most 8 atoms"):
         Curriculum([_sized(12)], CurriculumConfig())
+
+
+@pytest.mark.parametrize("option", ["env.calculator", "--calculator"])
+def test_unsupported_element_advice_names_the_option_the_user_sets(tmp_path, option):
+    """`relaxrl train` reads the config key, `relax`/`eval` their flag: the advice names the one in use."""
+    write(tmp_path / "si.extxyz", Atoms("Si2", positions=[[0, 0, 0], [2.35, 0, 0]]))
+    kwargs = {} if option == "env.calculator" else {"calculator_option": option}
+    with pytest.raises(StructureError, match=rf"contains Si, .* choose another calculator with {option}$"):
+        read_structure(tmp_path / "si.extxyz", **kwargs)

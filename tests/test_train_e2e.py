@@ -30,6 +30,19 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _check_live_eval(rows: list[dict], every: int) -> None:
+    """run.eval_every (tiny: 20): eval/* in the rows of those updates and no other, values in range."""
+    evals = [r for r in rows if "eval/success" in r]
+    assert [r["updates"] for r in evals] == [r["updates"] for r in rows if r["updates"] % every == 0] != []
+    assert all(not any(k.startswith("eval/") for k in r) for r in rows if r["updates"] % every)
+    for r in evals:
+        assert 0.0 <= r["eval/success"] <= 1.0
+        assert 0 <= r["eval/n_both_solved"] <= 4  # run.eval_sample = 4
+        ratio = r["eval/force_calls_vs_bfgs"]  # null while the actor solves none of the sample
+        assert (ratio is None) == (r["eval/n_both_solved"] == 0) and (ratio is None or ratio > 0)
+        assert 0.0 <= r["eval/time_s"] < 60.0
+
+
 @pytest.mark.slow
 def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     run_dir = tmp_path / "run"
@@ -37,6 +50,8 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     p = _train(["--config", cfg, "--run-dir", str(run_dir), "--set", "learner.max_updates=30"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "held-out success" in p.stdout
+    # a normal finish prints no Ray task-failure lines (actors stopped at the end are not errors)
+    assert not any(s in p.stderr for s in ("Unhandled error", "ActorDiedError", "RayTaskError", "Traceback"))
     ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))
     assert ckpts and ckpts[-1].name == "ckpt-00000030.pt"
     rows = _rows(run_dir)
@@ -46,7 +61,8 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     assert all("losses/critic" in r and "charts/q_value" in r for r in rows)
     if any("episodes/online_success" in r for r in rows):  # online episodes ended: their observed return is logged
         assert any(isinstance(r.get("actors/episode_return"), float) for r in rows)
-    for name in ("actual_move", "q_vs_reward", "action_scale", "fmax_success", "losses", "replay_sizes"):
+    _check_live_eval(rows, every=20)
+    for name in ("actual_move", "q_vs_reward", "action_scale", "fmax_success", "losses", "replay_sizes", "live_eval"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
     # the after-training evaluation is `relaxrl eval`'s: same report, same success definition
     ev = json.loads((run_dir / "eval.json").read_text())
@@ -65,6 +81,7 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     rows2 = _rows(run_dir)[len(rows):]
     assert [r["updates"] for r in rows2] == [35, 40, 45, 50]
+    _check_live_eval(rows2, every=20)  # a resumed run evaluates on the same schedule
     # t_total continues from the checkpoint, never restarts at 0; the rate limiter
     # (samples_per_insert) makes the resumed learner wait for new actor steps
     assert rows2[0]["t_total"] >= ts[-1]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from actors.loop import mean_return_to_go
-from relaxrl.training_report import PANELS, _env_input_dim, _q_ylim, plot_run
+from relaxrl.training_report import PANELS, _env_input_dim, _q_ylim, plot_run, points
 
 
 @pytest.mark.parametrize("rewards, gamma, expected", [
@@ -32,3 +32,19 @@ def test_q_panel_range_ignores_the_early_spike_and_gate_off_is_read_from_the_con
     paths = plot_run(tmp_path)
     assert [p.name for p in paths] == [f"{name}.png" for name, _, _ in PANELS]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_live_eval_panel_plots_the_eval_rows_only(tmp_path):
+    rows = [{"t_total": 100 * k, "updates": 5 * k, "losses/critic": 1.0} for k in range(1, 13)]
+    rows[3].update({"eval/success": 0.0, "eval/force_calls_vs_bfgs": None})  # nothing solved by both yet: null
+    rows[7].update({"eval/success": 0.5, "eval/force_calls_vs_bfgs": 1.25})
+    rows[11].update({"eval/success": 0.75, "eval/force_calls_vs_bfgs": 0.9})
+    assert points(rows, "eval/success") == [(400, 0.0), (800, 0.5), (1200, 0.75)]
+    assert points(rows, "eval/force_calls_vs_bfgs") == [(800, 1.25), (1200, 0.9)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with_data = plot_run(tmp_path)[-1]
+    assert with_data.name == "live_eval.png" and with_data.stat().st_size > 1000
+    drawn = with_data.read_bytes()
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if not k.startswith("eval/")})
+                                                      for r in rows) + "\n")
+    assert plot_run(tmp_path)[-1].read_bytes() != drawn  # without eval rows: the "no data yet" panel

@@ -143,6 +143,17 @@ def build() -> dict[str, Any]:
                 "90th percentile")],
         "none", min_=0)
 
+    g.row("Objective: live evaluation on held-out structures (run.eval_every)")
+    g.timeseries(
+        "Live eval: success and force calls vs BFGS",
+        ["relaxrl_eval_success_ratio", "relaxrl_eval_force_calls_vs_bfgs_ratio"],
+        [target("A", f"max({m('relaxrl_eval_force_calls_vs_bfgs_ratio')})",
+                "force calls / BFGS's on the structures both solved (1 = BFGS)"),
+         target("B", f"max({m('relaxrl_eval_success_ratio')})", "held-out success (right axis)")],
+        "none", overrides=[right_axis("B", "percentunit", 0, 1)], min_=0,
+        note="The real objective, measured by the learner every run.eval_every updates (no data when it is 0): "
+             "the current actor without exploration noise on a fixed held-out sample.")
+
     g.row("Throughput")
     g.timeseries(
         "Env steps/s and updates/s", ["relaxrl_env_steps_total", "relaxrl_learner_updates_total"],

@@ -1,0 +1,125 @@
+"""Live evaluation while training: the real objective (held-out success, force calls vs BFGS) as the run goes.
+
+    live = LiveEval.for_run(cfg, heldout)        # the fixed sample; BFGS relaxes it once (the reference)
+    row = live.maybe(updates, actor_weights)      # {} unless updates is a multiple of run.eval_every
+    # row: {"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1, "eval/n_both_solved": 3, "eval/time_s": 0.8}
+
+Every ``run.eval_every`` updates the current actor relaxes the run's sample greedily (the policy's
+own displacement, no exploration noise: :class:`~relaxrl.optimizer.RLOptimizer`) with at most
+``env.max_steps`` steps each. The sample is the first ``run.eval_sample`` held-out structures with
+at most ``run.eval_max_atoms`` atoms, the same for the whole run. Each relaxation is
+:func:`relaxrl.evaluate.run_one` and is judged as `relaxrl eval` judges it (converged, within
+1 meV/atom of the best minimum found, not fragmented), against BFGS's runs on the same structures,
+computed once when the run starts and reused. ``eval/force_calls_vs_bfgs`` is the mean force calls
+of the actor over those of BFGS on the structures both solved (NaN, written as null, when there
+are none), so the numbers are those :func:`relaxrl.evaluate.evaluate` would report for
+``["rl", "bfgs"]`` on the sample.
+
+It runs in the learner's process between two updates, and its wall time (``eval/time_s``) is time
+the learner does not update: keep the sample small.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from ase import Atoms
+
+from learner.policy import Policy
+from relaxrl.evaluate import ENERGY_TOL_EV_PER_ATOM, _judge, calculator_factory, run_one, summarize_by_kind
+
+log = logging.getLogger("relaxrl.train")
+
+KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/time_s")
+"""The metrics.jsonl keys of one live evaluation."""
+
+
+def eval_sample(heldout: Sequence[Atoms], n: int, max_atoms: int) -> list[Atoms]:
+    """The first ``n`` held-out structures with at most ``max_atoms`` atoms (0 = any size)."""
+    return [a for a in heldout if not max_atoms or len(a) <= max_atoms][:n]
+
+
+class LiveEval:
+    """Greedy evaluation of a run's current actor on a fixed sample, every ``every`` updates.
+
+    Args:
+        config: the run's ``RunConfig`` (the policy's networks and move correction; ``env.fmax``,
+            ``env.max_steps``, ``env.calculator``).
+        structures: the sample (see :func:`eval_sample`); BFGS relaxes each once, here.
+        every: evaluate at updates that are multiples of this (0 = never).
+    """
+
+    def __init__(self, config: Any, structures: Sequence[Atoms], every: int) -> None:
+        self.config, self.every = config, every
+        self.structures = [a.copy() for a in structures]
+        self.last: dict[str, float] = {}
+        """The newest evaluation's row (empty before the first)."""
+        if not (every and self.structures):
+            self.every = 0
+            return
+        env = config.env
+        self._calc = calculator_factory(env.calculator, env.calculator_kwargs)
+        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, env.max_steps) for a in self.structures]
+        """BFGS's run on each structure: the reference minimum and its force calls."""
+        with torch.random.fork_rng(devices=[]):  # building the network must not move the run's random stream
+            self.policy = Policy(config)
+
+    @classmethod
+    def for_run(cls, config: Any, heldout: Sequence[Atoms]) -> LiveEval:
+        """The live evaluation of a run (``run.eval_every``, ``run.eval_sample``, ``run.eval_max_atoms``).
+
+        Without a structure to evaluate it is off, with a warning: training goes on as it would without it."""
+        r = config.run
+        sample = eval_sample(heldout, r.eval_sample, r.eval_max_atoms) if r.eval_every else []
+        if r.eval_every and not sample:
+            log.warning("run.eval_every = %d but no held-out structure has at most run.eval_max_atoms = %d atoms: "
+                        "no live evaluation", r.eval_every, r.eval_max_atoms)
+        return cls(config, sample, r.eval_every)
+
+    def due(self, updates: int) -> bool:
+        return bool(self.every) and updates > 0 and updates % self.every == 0
+
+    def maybe(self, updates: int, weights: Callable[[], dict]) -> dict[str, float]:
+        """The evaluation's row when ``updates`` is due (``weights()`` gives the actor's state dict), else {}."""
+        if not self.due(updates):
+            return {}
+        self.policy.load_weights(weights(), version=updates)
+        return self.evaluate(self.policy)
+
+    def evaluate(self, policy: Any) -> dict[str, float]:
+        """Relax the sample with ``policy`` (greedy) and judge it against the cached BFGS runs."""
+        env = self.config.env
+        t0 = time.perf_counter()
+        records = []
+        for i, (atoms, bfgs) in enumerate(zip(self.structures, self.bfgs, strict=True)):
+            rl = run_one("rl", atoms, self._calc, env.fmax, env.max_steps, policy=policy)
+            records.append({"name": f"{i:03d}-{atoms.get_chemical_formula()}", "n_atoms": len(atoms),
+                            "runs": {"rl": rl, "bfgs": copy.deepcopy(bfgs)}})
+        _judge(records, ENERGY_TOL_EV_PER_ATOM)  # relaxrl eval's success definition
+        overall = summarize_by_kind(records, ("rl", "bfgs"))["overall"]
+        ratio = overall["rl_vs_bfgs_force_calls"]
+        self.last = {
+            "eval/success": float(overall["optimizers"]["rl"]["success_rate"]),
+            "eval/force_calls_vs_bfgs": math.nan if ratio["ratio"] is None else float(ratio["ratio"]),
+            "eval/n_both_solved": ratio["n_both_solved"],
+            "eval/time_s": round(time.perf_counter() - t0, 3),
+        }
+        self.records = records
+        """The newest evaluation's structure records, as in `relaxrl eval`'s report."""
+        return dict(self.last)
+
+
+def progress_field(row: dict[str, Any]) -> str | None:
+    """'eval 0.75 @1.1×BFGS' (success, force calls vs BFGS) for the progress line; None before the first evaluation."""
+    success = row.get("eval/success")
+    if not isinstance(success, (int, float)):
+        return None
+    ratio = row.get("eval/force_calls_vs_bfgs")
+    if isinstance(ratio, (int, float)) and math.isfinite(ratio):
+        return f"eval {success:.2f} @{ratio:.2g}×BFGS"
+    return f"eval {success:.2f}"

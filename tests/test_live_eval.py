@@ -1,0 +1,111 @@
+"""The live evaluation during training: same numbers as `relaxrl eval`, BFGS computed once, a fixed sample."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from ase.calculators.emt import EMT
+from ase.optimize import BFGS
+
+from common.config import ConfigError, load_config
+from helpers import cu_cluster
+from learner.policy import Policy
+from relaxrl.evaluate import evaluate
+from relaxrl.live_eval import KEYS, LiveEval, eval_sample, progress_field
+
+TINY = ["network.channels=8", "network.num_layers=2", "env.max_steps=40"]
+
+
+def two_structures():
+    """A rattled Cu5 cluster (the fresh policy will not relax it) and a Cu4 cluster BFGS already relaxed
+    (every optimizer converges at its first force call: both solve it, so the ratio exists)."""
+    relaxed = cu_cluster(4, seed=1)
+    relaxed.calc = EMT()
+    BFGS(relaxed, logfile=None).run(fmax=0.01, steps=200)
+    relaxed.calc = None
+    return [cu_cluster(5, seed=2), relaxed]
+
+
+def test_live_eval_equals_evaluate_on_two_emt_structures():
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    policy = Policy(cfg)  # freshly initialised
+    structures = two_structures()
+    live = LiveEval(cfg, structures, every=20)
+    assert [r["optimizer"] for r in live.bfgs] == ["bfgs", "bfgs"] and all(r["converged"] for r in live.bfgs)
+
+    assert live.maybe(19, policy.weights) == {} and live.last == {}
+    row = live.maybe(20, policy.weights)
+    assert set(row) == set(KEYS) and live.last == row and live.policy.version == 20
+
+    report = evaluate(structures, ["rl", "bfgs"], fmax=cfg.env.fmax, steps=cfg.env.max_steps,
+                      calculator=cfg.env.calculator, policy=policy, progress=False)
+    assert row["eval/success"] == report["optimizers"]["rl"]["success_rate"]
+    both = report["comparisons"]["rl_vs_bfgs_force_calls"]
+    assert row["eval/n_both_solved"] == both["n_both_solved"] >= 1  # the relaxed Cu4
+    assert row["eval/force_calls_vs_bfgs"] == pytest.approx(both["ratio"])
+    for mine, theirs in zip(live.records, report["structures"], strict=True):  # run by run, the same relaxations
+        for opt in ("rl", "bfgs"):
+            a, b = mine["runs"][opt], theirs["runs"][opt]
+            assert (a["force_calls"], a["steps"], a["converged"], a["success"], a["error"]) == \
+                   (b["force_calls"], b["steps"], b["converged"], b["success"], b["error"])
+            assert a["energy"] == pytest.approx(b["energy"], abs=1e-9, nan_ok=True)
+    assert 0.0 <= row["eval/success"] <= 1.0 and row["eval/time_s"] > 0.0
+
+    # BFGS is not run again: its cached runs are reused (and not changed by judging them)
+    cached = [dict(r) for r in live.bfgs]
+    live.maybe(40, policy.weights)
+    assert live.bfgs == cached
+
+
+def test_live_eval_ratio_is_nan_when_nothing_is_solved_by_both():
+    cfg = load_config(None, TINY + ["env.max_steps=3"])
+    torch.manual_seed(0)
+    live = LiveEval(cfg, [cu_cluster(5, seed=2)], every=5)
+    row = live.evaluate(Policy(cfg))
+    assert row["eval/success"] == 0.0 and row["eval/n_both_solved"] == 0
+    assert math.isnan(row["eval/force_calls_vs_bfgs"])
+    assert progress_field(row) == "eval 0.00"
+
+
+def test_sample_is_the_first_n_small_enough_heldout_structures():
+    heldout = [cu_cluster(n, seed=n) for n in (9, 4, 12, 5, 6, 7)]
+    assert [len(a) for a in eval_sample(heldout, 3, 8)] == [4, 5, 6]
+    assert [len(a) for a in eval_sample(heldout, 2, 0)] == [9, 4]
+
+
+def test_off_unless_eval_every_and_a_structure():
+    off = LiveEval.for_run(load_config(None, TINY), [cu_cluster(4, seed=1)])  # run.eval_every = 0 by default
+    assert off.every == 0 and not off.due(200) and off.maybe(200, dict) == {}
+    cfg = load_config(None, TINY + ["run.eval_every=20", "run.eval_max_atoms=3"])
+    assert LiveEval.for_run(cfg, [cu_cluster(4, seed=1)]).maybe(20, dict) == {}  # no structure of ≤ 3 atoms
+
+
+@pytest.mark.parametrize("row, field", [
+    ({}, None),
+    ({"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1}, "eval 0.75 @1.1×BFGS"),
+    ({"eval/success": 1.0, "eval/force_calls_vs_bfgs": 0.8421}, "eval 1.00 @0.84×BFGS"),
+])
+def test_progress_field(row, field):
+    assert progress_field(row) == field
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.eval_every=-1", "run.eval_every must be >= 0"),
+    ("run.eval_sample=0", "run.eval_sample must be >= 1"),
+    ("run.eval_every=15", "a multiple of learner.log_every (10)"),
+])
+def test_bad_live_eval_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_progress_line_shows_the_newest_live_evaluation():
+    from relaxrl.launcher import _progress_line
+
+    s = {"t_total": 1200, "episodes/online_success": 0.5}
+    assert "eval" not in _progress_line(s, {}, 200)
+    line = _progress_line(s, {"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1}, 200)
+    assert line.startswith("updates 200  t_total 1200  success 0.50  eval 0.75 @1.1×BFGS  Fmax")
