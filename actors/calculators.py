@@ -86,6 +86,7 @@ def clear_model_cache() -> None:
     """Forget the cached models (tests; freeing GPU memory)."""
     with _cache_lock:
         _cache.clear()
+        _cache_loads.clear()
 
 
 # ----------------------------------------------------------------------------- built-ins

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +42,7 @@ from common.errors import RelaxRLError
 from learner.policy import Policy, load_policy
 from relaxrl.cli import DEFAULT_CONFIG
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
+from relaxrl.outputs import probe_writable
 from relaxrl.reports import print_summary, write_report
 
 OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
@@ -161,7 +160,7 @@ def _stats(values: Iterable[float]) -> dict[str, float | None]:
             "p90": float(np.percentile(v, 90)), "min": float(v.min()), "max": float(v.max())}
 
 
-def _judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
+def judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
     """Per structure: best energy, energy above best (meV/atom), flags and success of each run (in place)."""
     for s in structures:
         runs = s["runs"]
@@ -323,7 +322,7 @@ def evaluate(
                                          hybrid_patience=hybrid_patience)
             records.append(s)
         advance(None)
-    _judge(records, energy_tol)
+    judge(records, energy_tol)
 
     comparisons: dict[str, Any] = {}
     if "rl" in names and "bfgs" in names:
@@ -452,9 +451,7 @@ def check_out_dir(out: str | Path) -> Path:
     if not existing.is_dir():
         raise EvalError(f"--out {p}: {existing} is a file, so the directory cannot be created; give another path")
     try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".relaxrl-write-check-")
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(existing, existing)
     except OSError as e:
         raise EvalError(f"--out {p} cannot be written ({existing}: {e.strerror or e}); choose a writable path") from None
     return p

@@ -31,7 +31,7 @@ import torch
 from ase import Atoms
 
 from learner.policy import Policy
-from relaxrl.evaluate import ENERGY_TOL_EV_PER_ATOM, _judge, calculator_factory, run_one, summarize_by_kind
+from relaxrl.evaluate import ENERGY_TOL_EV_PER_ATOM, calculator_factory, judge, run_one, summarize_by_kind
 
 log = logging.getLogger("relaxrl.train")
 
@@ -100,7 +100,7 @@ class LiveEval:
             rl = run_one("rl", atoms, self._calc, env.fmax, env.max_steps, policy=policy)
             records.append({"name": f"{i:03d}-{atoms.get_chemical_formula()}", "n_atoms": len(atoms),
                             "runs": {"rl": rl, "bfgs": copy.deepcopy(bfgs)}})
-        _judge(records, ENERGY_TOL_EV_PER_ATOM)  # relaxrl eval's success definition
+        judge(records, ENERGY_TOL_EV_PER_ATOM)  # relaxrl eval's success definition
         overall = summarize_by_kind(records, ("rl", "bfgs"))["overall"]
         ratio = overall["rl_vs_bfgs_force_calls"]
         self.last = {

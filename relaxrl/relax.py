@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from actors.structures import read_structure
 from common.errors import RelaxRLError
 from learner.policy import load_policy
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
+from relaxrl.outputs import probe_writable
 
 DEFAULT_OUT = "relaxed.cif"
 """Where `relaxrl relax` writes without --out (refused when it exists)."""
@@ -75,13 +74,7 @@ def check_writable_file(path: str | Path, flag: str, *, need_format: bool = True
                              f"{f' ({fmt})' if fmt else ''}; use a suffix such as .cif, .extxyz, .xyz, .traj or .vasp, "
                              "or a name like POSCAR / CONTCAR")
     try:
-        if p.exists():
-            with open(p, "ab"):
-                pass
-        else:
-            fd, probe = tempfile.mkstemp(dir=parent, prefix=".relaxrl-write-check-")
-            os.close(fd)
-            os.unlink(probe)
+        probe_writable(p, parent)
     except OSError as e:
         raise RelaxError(f"{flag} {p} cannot be written ({e.strerror or e}); choose a writable path") from None
     return p

@@ -314,15 +314,19 @@ def claim_namespace(client: ReplayClient, owner: str, resume: bool) -> None:
     """Mark ``client``'s namespace as the tables of run ``owner``, refusing another run's tables.
 
     A new run refuses a namespace that already holds tables of another run (training on them would
-    silently mix two runs' experience); a resumed run refuses tables marked as another run's. The
-    owner is one Redis key, ``<namespace>:owner``, written only after the checks pass.
+    silently mix two runs' experience); a resumed run refuses tables marked as another run's. Unowned
+    tables that never received an insert (made by the replay service ahead of the run) are claimed.
+    The owner is one Redis key, ``<namespace>:owner``, written only after the checks pass.
     """
     ns = client.cfg.namespace
     key = f"{ns}:owner"
     current = client._call("GET", key)
     current = current.decode() if isinstance(current, bytes) else current
     tables = [name for name, k in client.keys.items() if client._call("EXISTS", k.meta)]
-    if current == owner or (resume and current is None) or (not tables and current is None):
+    # Tables nobody ever inserted into (what `relaxrl replay serve` creates before the first run of
+    # a compose or cluster deployment) hold no experience to mix up: a run may claim them.
+    unused = not tables or current is None and all(s["inserts"] == 0 for n, s in client.stats().items() if n in tables)
+    if current == owner or (resume and current is None) or (unused and current is None):
         if current != owner:
             client._call("SET", key, owner)
         return

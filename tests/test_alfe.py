@@ -134,4 +134,7 @@ def test_train_with_chgnet_then_eval_on_alfe_cells(cache, tmp_path):
         for opt in ("bfgs", "fire"):  # downhill from the displaced minimum, every force call counted
             run = s["runs"][opt]
             assert run["error"] is None and run["force_calls"] > 1 and run["energy"] < run["energy_initial"]
-        assert s["runs"]["rl"]["error"] is None
+        rl = s["runs"]["rl"]  # 5 updates: the policy may still raise the energy; eval then records the guard's stop
+        assert rl["error"] is None or "PolicyDivergedError" in rl["error"], rl["error"]
+        if rl["error"] is not None:
+            assert rl["success"] is False

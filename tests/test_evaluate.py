@@ -17,7 +17,7 @@ from ase.optimize import BFGS, FIRE
 from common.config import load_config
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
-from relaxrl.evaluate import EvalError, _judge, evaluate, fragment_count, parse_optimizers
+from relaxrl.evaluate import EvalError, evaluate, fragment_count, judge, parse_optimizers
 from test_optimizer import ForcePolicy, ScatterPolicy
 
 
@@ -101,7 +101,7 @@ def test_judging_flags_higher_minima_and_fragmentation():
         "rl": _run(-5.0, frag=(1, 3)),       # lowest energy but fell apart: excluded from the best
         "gpmin": _run(-1.0, converged=False),
     }}
-    _judge([s], energy_tol=1e-3)
+    judge([s], energy_tol=1e-3)
     r = s["runs"]
     assert s["best_energy"] == pytest.approx(-1.0)
     assert r["bfgs"]["success"] and r["fire"]["success"]

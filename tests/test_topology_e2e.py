@@ -171,13 +171,16 @@ def test_train_on_the_native_compose_topology_reaches_prometheus(tmp_path: Path)
         # every metric a dashboard query names was exported by this run
         exported = _exported(prom)
         dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "relaxrl.json").read_text())
+        # except the live evaluation's force-call ratio: it is defined (and exported) only once the actor solved
+        # a sample structure BFGS solved too, which tiny's few updates do not promise
+        undefined = {"relaxrl_eval_force_calls_vs_bfgs_ratio"}
         missing = {}
         for expr in make_dashboard.promql_expressions(dashboard):
             for series in re.findall(r"\b(?:ray_)?relaxrl_[a-z0-9_]+\b", expr):
                 spec = spec_for_promql_name(series)
                 assert spec is not None, series
-                if series not in exported:
+                if series not in exported and spec.name not in undefined:
                     missing[series] = expr
         assert not missing, f"dashboard queries metrics this run did not export: {missing}; exported: {sorted(exported)}"
-        assert {spec_for_promql_name(s).name for s in exported if spec_for_promql_name(s)} == set(METRICS)
+        assert {spec_for_promql_name(s).name for s in exported if spec_for_promql_name(s)} | undefined == set(METRICS)
     assert topo.tmp is None  # everything the topology started is stopped

@@ -294,3 +294,21 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     from learner.checkpoint import list_checkpoints
 
     assert list_checkpoints(run)[-1].name != "ckpt-00000000.pt"
+
+
+def test_unowned_tables_are_claimed_only_while_nothing_was_ever_inserted(password_redis):
+    """`relaxrl replay serve` creates empty tables before the first run of a compose/cluster set-up:
+    that run claims them; unowned tables that already hold experience are refused."""
+    from replay_service.errors import ReplayConfigError
+    from tests.test_replay_codec import make_transition
+
+    url = f"redis://:s3cret-pw@127.0.0.1:{password_redis}/0"
+    fresh = ReplayClient(url, ReplayConfig(namespace="served"))
+    fresh.create_tables()  # what the replay service does at start
+    claim_namespace(fresh, "/runs/first", resume=False)
+    claim_namespace(fresh, "/runs/first", resume=True)  # its own tables on resume
+    used = ReplayClient(url, ReplayConfig(namespace="used"))
+    used.create_tables()
+    used.insert("online", [make_transition(3, expert=False)])
+    with pytest.raises(ReplayConfigError, match="namespace 'used'"):
+        claim_namespace(used, "/runs/second", resume=False)
