@@ -448,6 +448,9 @@ class RunSettings:
     eval_sample: int = 4
     """Structures of the live evaluation: the first N held-out ones with at most `eval_max_atoms` atoms,
     the same for the whole run."""
+    actor_stall_s: float = 300.0
+    """Training stops (final checkpoint, then one error line) when t_total has not grown for this many seconds while
+    the learner keeps updating: every actor has stopped and the learner would only replay old data (0 = never)."""
     num_cpus: int = 0
     """CPUs of a local Ray instance (0 = all of this machine's)."""
     learner_threads: int = 0
@@ -461,6 +464,7 @@ class RunSettings:
             (self.eval_max_atoms >= 0, "eval_max_atoms", self.eval_max_atoms, ">= 0 (0 = all)"),
             (self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0 = no live evaluation)"),
             (self.eval_sample >= 1, "eval_sample", self.eval_sample, ">= 1"),
+            (self.actor_stall_s >= 0, "actor_stall_s", self.actor_stall_s, ">= 0 seconds (0 = never)"),
             (self.num_cpus >= 0, "num_cpus", self.num_cpus, ">= 0 (0 = all of this machine's)"),
             (self.learner_threads >= 0, "learner_threads", self.learner_threads, ">= 0 (0 = automatic)"),
         ], self)

@@ -354,6 +354,27 @@ _BAR_WIDTH = 20
 _FIXED_WIDTH = _BAR_WIDTH + 30  # the bar, "N/M" updates (up to 17 characters), elapsed time, column gaps
 
 
+class ActorsStoppedError(RelaxRLError):
+    """Every actor stopped stepping during training (the run was checkpointed and can be resumed)."""
+
+
+class StallWatch:
+    """Says when ``t_total`` has not grown for ``limit_s`` wall seconds (0 = never): every actor has
+    stopped while the learner keeps updating on old replay content."""
+
+    def __init__(self, limit_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit_s, self.clock = float(limit_s), clock
+        self.t_total: int | None = None
+        self.since = clock()
+
+    def stalled(self, t_total: int) -> bool:
+        now = self.clock()
+        if t_total != self.t_total:
+            self.t_total, self.since = t_total, now
+            return False
+        return self.limit_s > 0 and now - self.since >= self.limit_s
+
+
 @contextmanager
 def _stop_on_sigint() -> Iterator[threading.Event]:
     """The first Ctrl-C sets the event (finish the update, checkpoint, plot, exit 130); the second aborts."""
@@ -415,12 +436,18 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
     run = Run(cfg, run_dir, resume, address, redis_url)
     with _stop_on_sigint() as stop:  # from here a first Ctrl-C finishes the update and checkpoints
         learner, metrics = run.learner, LearnerMetrics()
+        watch, stalled = StallWatch(cfg.run.actor_stall_s), []
         try:
             with _progress(progress, f"[bold]relaxrl train[/] run dir {run_dir}  ({metrics_at})",
                            total=cfg.learner.max_updates or None, completed=learner.counters.updates) as show:
 
                 def on_update(logs: dict[str, float]) -> None:
                     s = run.stats()
+                    if watch.stalled(int(s.get("t_total", 0))) and not stop.is_set():
+                        stalled.append(watch.limit_s)
+                        print(f"\nstopping: no environment step for {watch.limit_s:g} s (t_total {watch.t_total}): every "
+                              "actor has stopped; writing a final checkpoint", file=sys.stderr)
+                        stop.set()
                     logs = {**logs, **run.live_eval.last}  # the newest live evaluation, for Prometheus and the line
                     metrics.record(learner, logs, s)
                     show(learner.counters.updates, _progress_line(s, logs, learner.counters.updates, width))
@@ -429,6 +456,11 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
         finally:
             run.close()
     plot_run(run_dir)
+    if stalled:
+        raise ActorsStoppedError(
+            f"training stopped: no environment step for {stalled[0]:g} s, every actor has stopped (see the actors' "
+            f"errors above or Ray's logs); final checkpoint {list_checkpoints(run_dir)[-1]}; continue with "
+            f"`relaxrl train --resume {run_dir}` (run.actor_stall_s sets the limit)")
     if stop.is_set():
         return {"interrupted": True, "checkpoint": list_checkpoints(run_dir)[-1]}
 

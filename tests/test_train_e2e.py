@@ -132,3 +132,61 @@ def test_killed_actor_is_restarted_and_training_goes_on(tmp_path):
         assert len(batch) == 16
     finally:
         run.close()
+
+
+def test_stall_watch_says_stalled_only_after_the_limit_without_a_new_step():
+    from relaxrl.launcher import StallWatch
+
+    now = [0.0]
+    watch = StallWatch(30.0, clock=lambda: now[0])
+    assert not watch.stalled(100)
+    now[0] = 29.0
+    assert not watch.stalled(100)
+    now[0] = 31.0
+    assert watch.stalled(100)  # 31 s without a new environment step
+    assert not watch.stalled(101)  # a step resets the clock
+    now[0] = 60.0
+    assert not watch.stalled(101)
+    assert not StallWatch(0.0, clock=lambda: 1e9).stalled(5)  # 0 = never
+
+
+@pytest.mark.slow
+def test_training_stops_with_a_checkpoint_when_every_actor_has_died(tmp_path):
+    """Actors killed for good (no restarts left): the learner would go on replaying old data; instead the
+    run stops after run.actor_stall_s with a final checkpoint and one error naming --resume."""
+    import threading
+
+    import psutil
+
+    from common.config import load_config
+    from learner.checkpoint import list_checkpoints
+    from relaxrl.launcher import ActorsStoppedError, train
+
+    cfg = load_config(ROOT / "configs" / "tiny.toml", [
+        "actors.max_restarts=0", "run.actor_stall_s=15.0", "run.eval_every=0", "run.eval_episodes=0",
+        "replay.samples_per_insert=0.0", "learner.max_updates=0", "learner.time_limit_s=300.0"])
+    killed: list[int] = []
+
+    def kill_actors_once_training_runs() -> None:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline and not killed:
+            rows = (tmp_path / "metrics.jsonl").read_text().splitlines() if (tmp_path / "metrics.jsonl").exists() else []
+            if len(rows) >= 2:
+                for p in psutil.Process().children(recursive=True):
+                    try:
+                        if "ActorProcess" in " ".join(p.cmdline()):
+                            p.kill()
+                            killed.append(p.pid)
+                    except psutil.Error:
+                        pass
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_actors_once_training_runs, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    with pytest.raises(ActorsStoppedError, match=r"no environment step for 15 s.*--resume"):
+        train(cfg, tmp_path, progress=False)
+    assert killed, "the test never found the actor processes to kill"
+    assert time.monotonic() - t0 < 250  # stopped by the watch, not by the 300 s time limit
+    last = list_checkpoints(tmp_path)[-1]
+    assert int(last.stem.rpartition("-")[2]) > 0  # the final checkpoint holds the updates made
