@@ -220,19 +220,24 @@ def rattled_molecule(name: str, rng: np.random.Generator, rattle: float = 0.05) 
 
 
 def adsorbate_on_slab(metal: str, adsorbate: str, rng: np.random.Generator, facet: str = "111",
-                      layers: int = 4, fixed_layers: int = 2, rattle: float = 0.08) -> Atoms:
-    """A 2×2 fcc(111)/(100) slab of ``metal`` with ``adsorbate`` at a random site, rattled (Å);
-    the bottom ``fixed_layers`` layers are fixed by ``FixAtoms`` (kept by RelaxEnv)."""
+                      layers: int = 4, fixed_layers: int = 2, rattle: float = 0.08, site: str | None = None) -> Atoms:
+    """A 2×2 fcc(111)/(100) slab of ``metal`` with ``adsorbate`` at ``site`` (a random one when None),
+    rattled (Å); the bottom ``fixed_layers`` layers are fixed by ``FixAtoms`` (kept by RelaxEnv)."""
     from ase.build import add_adsorbate, fcc100, fcc111, molecule
     from ase.constraints import FixAtoms
 
     slab = {"111": fcc111, "100": fcc100}[facet](metal, size=(2, 2, layers), vacuum=7.0)
-    sites = ("ontop", "fcc", "hcp", "bridge") if facet == "111" else ("ontop", "hollow", "bridge")
-    ads = molecule(adsorbate) if len(adsorbate) > 1 and adsorbate != "OH" else Atoms(adsorbate)
+    if site is None:
+        sites = ("ontop", "fcc", "hcp", "bridge") if facet == "111" else ("ontop", "hollow", "bridge")
+        site = sites[int(rng.integers(len(sites)))]
     if adsorbate == "OH":
         ads = Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]])
+    elif len(adsorbate) > 1:
+        ads = molecule(adsorbate)
+    else:
+        ads = Atoms(adsorbate)
     height = 1.2 if adsorbate == "H" else 1.8
-    add_adsorbate(slab, ads, height=height, position=sites[int(rng.integers(len(sites)))])
+    add_adsorbate(slab, ads, height=height, position=site)
     slab.positions += rng.normal(scale=rattle, size=slab.positions.shape)
     slab.set_constraint(FixAtoms(indices=[a.index for a in slab if a.tag > layers - fixed_layers]))
     return slab

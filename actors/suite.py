@@ -27,10 +27,15 @@ from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
-from ase.build import add_adsorbate, fcc100, fcc111, molecule
-from ase.constraints import FixAtoms
 
-from actors.structures import random_cluster, rattled_bulk, rattled_slab, supported_elements
+from actors.structures import (
+    adsorbate_on_slab,
+    random_cluster,
+    rattled_bulk,
+    rattled_molecule,
+    rattled_slab,
+    supported_elements,
+)
 
 SUITE_SEED = 20261202
 """Seed of every suite structure (fixed; a different seed is a different suite)."""
@@ -75,28 +80,15 @@ def _large_clusters() -> list[Atoms]:
 
 
 def _molecules() -> list[Atoms]:
-    out = []
-    for k, name in enumerate(("CH4", "NH3", "H2O", "C2H4", "CH3OH")):
-        atoms = molecule(name)
-        atoms.positions += _rng("molecule", k).normal(scale=0.05, size=atoms.positions.shape)
-        out.append(atoms)
-    return out
+    return [rattled_molecule(name, _rng("molecule", k), rattle=0.05)
+            for k, name in enumerate(("CH4", "NH3", "H2O", "C2H4", "CH3OH"))]
 
 
 def _adsorbates() -> list[Atoms]:
-    recipes = (("Cu", fcc111, "O", "fcc"), ("Pt", fcc111, "CO", "ontop"), ("Ni", fcc100, "N", "hollow"),
-               ("Pd", fcc111, "H", "fcc"), ("Au", fcc100, "C", "hollow"))
-    out = []
-    for k, (metal, builder, ads, site) in enumerate(recipes):
-        slab = builder(metal, size=(2, 2, 4), vacuum=7.0)
-        adsorbate = molecule("CO") if ads == "CO" else Atoms(ads)
-        add_adsorbate(slab, adsorbate, height=1.8 if ads != "H" else 1.2, position=site)
-        rng = _rng("adsorbate", k)
-        slab.positions += rng.normal(scale=0.08, size=slab.positions.shape)
-        bottom = [a.index for a in slab if a.tag >= 3]  # layers 3 and 4 from the top (ASE tags)
-        slab.set_constraint(FixAtoms(indices=bottom))
-        out.append(slab)
-    return out
+    recipes = (("Cu", "111", "O", "fcc"), ("Pt", "111", "CO", "ontop"), ("Ni", "100", "N", "hollow"),
+               ("Pd", "111", "H", "fcc"), ("Au", "100", "C", "hollow"))
+    return [adsorbate_on_slab(metal, ads, _rng("adsorbate", k), facet=facet, site=site)
+            for k, (metal, facet, ads, site) in enumerate(recipes)]
 
 
 _BUILDERS: dict[str, Callable[[], list[Atoms]]] = {

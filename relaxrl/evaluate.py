@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from ase import Atoms
 
 from actors.alfe import ALFE_SETS, alfe_structure_set
@@ -553,6 +555,12 @@ AFTER_TRAINING_OPTIMIZERS = ("rl", "untrained", "bfgs")
 """What `relaxrl train` evaluates when it ends: the trained policy, the untrained one, BFGS (the reference minimum)."""
 
 
+def heldout_sample(heldout: Sequence[Atoms], n: int, max_atoms: int) -> list[Atoms]:
+    """The first ``n`` held-out structures with at most ``max_atoms`` atoms (0 = any size): what the
+    after-training evaluation (``run.eval_episodes``) and the live evaluation (``run.eval_sample``) take."""
+    return [a for a in heldout if not max_atoms or len(a) <= max_atoms][:n]
+
+
 def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Atoms],
                             untrained_weights: dict | None = None, progress: bool = False) -> dict[str, Any]:
     """`relaxrl eval`'s evaluation of a finished run: trained vs untrained policy, and BFGS, on held-out structures.
@@ -566,11 +574,8 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
     of the three reached, not fragmented). Writes eval.json and eval.md in ``run_dir`` (plots
     in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`; returns the report.
     """
-    import json
-
     run_dir = Path(run_dir)
-    structures = [a for a in heldout if not cfg.run.eval_max_atoms or len(a) <= cfg.run.eval_max_atoms]
-    structures = structures[: cfg.run.eval_episodes]
+    structures = heldout_sample(heldout, cfg.run.eval_episodes, cfg.run.eval_max_atoms)
     title = "Held-out evaluation after training"
     if not structures:  # nothing to compare: say so in the run directory rather than fail after training
         reason = (f"no held-out structure has at most run.eval_max_atoms = {cfg.run.eval_max_atoms} atoms"
@@ -582,8 +587,6 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
         return report
     trained = load_policy(run_dir)
     if untrained_weights is None:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
-        import torch
-
         torch.manual_seed(cfg.run.seed)
     untrained = Policy(cfg)
     if untrained_weights is not None:

@@ -31,17 +31,19 @@ import torch
 from ase import Atoms
 
 from learner.policy import Policy
-from relaxrl.evaluate import ENERGY_TOL_EV_PER_ATOM, calculator_factory, judge, run_one, summarize_by_kind
+from relaxrl.evaluate import (
+    ENERGY_TOL_EV_PER_ATOM,
+    calculator_factory,
+    heldout_sample,
+    judge,
+    run_one,
+    summarize_by_kind,
+)
 
 log = logging.getLogger("relaxrl.train")
 
 KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/time_s")
 """The metrics.jsonl keys of one live evaluation."""
-
-
-def eval_sample(heldout: Sequence[Atoms], n: int, max_atoms: int) -> list[Atoms]:
-    """The first ``n`` held-out structures with at most ``max_atoms`` atoms (0 = any size)."""
-    return [a for a in heldout if not max_atoms or len(a) <= max_atoms][:n]
 
 
 class LiveEval:
@@ -50,7 +52,7 @@ class LiveEval:
     Args:
         config: the run's ``RunConfig`` (the policy's networks and move correction; ``env.fmax``,
             ``env.max_steps``, ``env.calculator``).
-        structures: the sample (see :func:`eval_sample`); BFGS relaxes each once, here.
+        structures: the sample (see :func:`relaxrl.evaluate.heldout_sample`); BFGS relaxes each once, here.
         every: evaluate at updates that are multiples of this (0 = never).
     """
 
@@ -75,7 +77,7 @@ class LiveEval:
 
         Without a structure to evaluate it is off, with a warning: training goes on as it would without it."""
         r = config.run
-        sample = eval_sample(heldout, r.eval_sample, r.eval_max_atoms) if r.eval_every else []
+        sample = heldout_sample(heldout, r.eval_sample, r.eval_max_atoms) if r.eval_every else []
         if r.eval_every and not sample:
             log.warning("run.eval_every = %d but no held-out structure has at most run.eval_max_atoms = %d atoms: "
                         "no live evaluation", r.eval_every, r.eval_max_atoms)

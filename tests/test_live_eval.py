@@ -12,8 +12,8 @@ from ase.optimize import BFGS
 from common.config import ConfigError, load_config
 from helpers import cu_cluster
 from learner.policy import Policy
-from relaxrl.evaluate import evaluate
-from relaxrl.live_eval import KEYS, LiveEval, eval_sample, progress_field
+from relaxrl.evaluate import evaluate, heldout_sample
+from relaxrl.live_eval import KEYS, LiveEval, progress_field
 
 TINY = ["network.channels=8", "network.num_layers=2", "env.max_steps=40"]
 
@@ -72,8 +72,8 @@ def test_live_eval_ratio_is_nan_when_nothing_is_solved_by_both():
 
 def test_sample_is_the_first_n_small_enough_heldout_structures():
     heldout = [cu_cluster(n, seed=n) for n in (9, 4, 12, 5, 6, 7)]
-    assert [len(a) for a in eval_sample(heldout, 3, 8)] == [4, 5, 6]
-    assert [len(a) for a in eval_sample(heldout, 2, 0)] == [9, 4]
+    assert [len(a) for a in heldout_sample(heldout, 3, 8)] == [4, 5, 6]
+    assert [len(a) for a in heldout_sample(heldout, 2, 0)] == [9, 4]
 
 
 def test_off_unless_eval_every_and_a_structure():
