@@ -56,7 +56,6 @@ __all__ = [
     "read_structure_source",
     "split_structures",
     "structure_files",
-    "supported_elements",
 ]
 
 # File suffixes / name prefixes whose format the name tells (a directory contributes only these).
@@ -76,11 +75,6 @@ class StructureError(RelaxRLError, ValueError):
 # ----------------------------------------------------------------------------- validation
 
 
-def supported_elements(calculator: str) -> frozenset[str] | None:
-    """Element symbols a calculator handles, or None when unknown (any element accepted)."""
-    return calculator_elements(calculator)
-
-
 def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = "emt",
                     min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> None:
     """Raise :class:`StructureError` if ``atoms`` cannot be relaxed with ``calculator`` as given.
@@ -93,7 +87,7 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
         raise StructureError(f"structure {name!r} has no atoms; remove it from the structure source")
     if not np.isfinite(atoms.positions).all():
         raise StructureError(f"structure {name!r} has non-finite coordinates; fix or remove the file")
-    allowed = supported_elements(calculator)
+    allowed = calculator_elements(calculator)
     if allowed is not None:
         unknown = sorted(set(atoms.get_chemical_symbols()) - allowed)
         if unknown:
@@ -264,7 +258,7 @@ def _demo_recipes(n: int) -> list[tuple[str, Any]]:
 def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     """All generated structures for ``cfg`` and ``seed`` (before the split); deterministic."""
     elements = list(cfg.elements)
-    allowed = supported_elements("emt")
+    allowed = calculator_elements("emt")
     bad = [e for e in elements if e not in allowed or reference_states[atomic_numbers[e]].get("symmetry") != "fcc"]
     if bad:
         raise StructureError(

@@ -28,13 +28,13 @@ from collections.abc import Callable
 import numpy as np
 from ase import Atoms
 
+from actors.calculators import calculator_elements
 from actors.structures import (
     adsorbate_on_slab,
     random_cluster,
     rattled_bulk,
     rattled_molecule,
     rattled_slab,
-    supported_elements,
 )
 
 SUITE_SEED = 20261202
@@ -105,7 +105,7 @@ def generalisation_suite(kinds: tuple[str, ...] | list[str] = SUITE_KINDS, calcu
     unknown = [k for k in kinds if k not in _BUILDERS]
     if unknown:
         raise ValueError(f"unknown suite kind(s) {unknown}; the suite has {list(SUITE_KINDS)}")
-    allowed = supported_elements(calculator)
+    allowed = calculator_elements(calculator)
     out = []
     for kind in SUITE_KINDS:
         if kind not in kinds:

@@ -50,6 +50,7 @@ from common.config import RunConfig, dump_config, load_config
 from common.errors import RelaxRLError
 from learner.checkpoint import list_checkpoints
 from learner.learner import Learner
+from relaxrl.cli import DEFAULT_CONFIG
 from relaxrl.evaluate import after_training_line, evaluate_after_training
 from relaxrl.live_eval import LiveEval, progress_field
 from relaxrl.ray_runtime import RayRuntime, check_ray_address
@@ -67,9 +68,6 @@ from replay_service.server import (
 )
 
 log = logging.getLogger("relaxrl.train")
-
-
-DEFAULT_CONFIG = "configs/demo.toml"
 
 
 @dataclass(frozen=True)
