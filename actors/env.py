@@ -7,20 +7,11 @@ One episode relaxes one structure::
     step = env.step(displacement)       # [n_atoms, 3] Å
     step.obs, step.reward, step.terminated, step.truncated, step.info
 
-Action correction (:func:`correct_action`, a pure function that ``RLOptimizer`` reuses):
-
-1. every atom's proposed displacement longer than ``max_step`` Å is shortened to
-   ``max_step`` (direction kept);
-2. if the move would bring a pair (periodic images included) closer than
-   ``min_distance_factor × (r_cov,i + r_cov,j)``, both atoms' moves are scaled back to the
-   point where the pair touches that distance (analytic, per pair; repeated until no pair
-   is violated, which terminates because scales only shrink and a fully taken-back pair
-   is back at its valid starting distance).
-
-``a_back = 1 − ‖actual move‖ / ‖proposed move‖`` (Frobenius norms over all atoms, the
-proposed move *before* the ``max_step`` cap), so an oversized action is penalised too.
-``a_back`` is in [0, 1]; 0 means untouched. A non-finite action is applied as no move
-with ``a_back = 1`` and ``info["error"]``.
+Action correction (:func:`common.correction.correct_action`, a pure function that
+``RLOptimizer`` and the learner reuse): per-atom cap at ``max_step``, then moves that would
+bring a pair closer than ``min_distance_factor × (r_cov,i + r_cov,j)`` are scaled back;
+``a_back`` is the fraction of the proposed move taken back (``info["a_back"]``). A non-finite
+action is applied as no move with ``a_back = 1`` and ``info["error"]``.
 
 Reward (all weights in :class:`EnvConfig`; F in eV/Å over per-atom force norms)::
 
@@ -37,9 +28,9 @@ force and does not count in Fmax), and every applied move goes through the const
 ``adjust_positions`` after the correction above (so a fixed atom never moves; what a
 constraint removes is not counted in ``a_back``, which measures the correction only).
 
-Each observation carries the path history (``Observation.history``: the previous actual
-move and the force change it caused; zeros after ``reset``), the information a
-quasi-Newton method keeps; ``RLOptimizer`` builds the same.
+Each observation carries the path history (``Observation.history``: the last
+``env.history_steps`` actual moves and the force changes they caused, newest first; zeros
+after ``reset``), the information a quasi-Newton method keeps; ``RLOptimizer`` builds the same.
 """
 from __future__ import annotations
 
@@ -51,14 +42,13 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.data import covalent_radii
-from ase.neighborlist import neighbor_list
 
 from actors.calculators import CalculatorError, make_calculator
 from actors.structures import StructureError, check_structure
 from common.config import EnvConfig
+from common.correction import ActionError, PairList, correct_action
 from common.errors import RelaxRLError
-from common.observation import HISTORY_DIM, Observation, env_features, history_after
+from common.observation import Observation, empty_history, env_features, history_after
 
 __all__ = [
     "ActionError",
@@ -75,17 +65,6 @@ __all__ = [
     "make_calculator",
     "validate_env_config",
 ]
-
-# Relative tolerance on the max_step cap, so that a step that is exactly max_step long
-# (BFGS scales its largest atom move to exactly maxstep) is not rescaled by rounding.
-_CAP_RTOL = 1e-9
-# Relative tolerance on squared pair distances when testing for a violation.
-_DIST2_RTOL = 1e-9
-
-
-class ActionError(RelaxRLError, ValueError):
-    """An action of the wrong shape."""
-
 
 class EpisodeError(RelaxRLError, RuntimeError):
     """step() without an active episode (call reset(atoms) first)."""
@@ -112,132 +91,6 @@ def validate_env_config(cfg: EnvConfig) -> None:
 
 
 # make_calculator lives in actors.calculators (built-in names, MLIPs, the per-process model cache).
-
-
-# ----------------------------------------------------------------------------- correction
-
-
-class PairList:
-    """Atom pairs (with periodic images) that may come within the collision distance.
-
-    Built with ``cutoff = max collision distance + 2·max_step + skin`` at reference
-    positions; valid while no atom has drifted more than ``skin / 2`` from them (a Verlet
-    list), so one :func:`ase.neighborlist.neighbor_list` call serves many steps.
-    """
-
-    def __init__(self, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
-                 max_step: float, min_distance_factor: float, skin: float = 1.0):
-        self.ref_positions = np.array(positions, dtype=np.float64)  # [n_atoms, 3] Å
-        self.skin = float(skin)
-        radii = covalent_radii[numbers]  # [n_atoms] Å
-        cutoff = 2.0 * min_distance_factor * float(radii.max()) + 2.0 * max_step + self.skin
-        atoms = Atoms(numbers=numbers, positions=self.ref_positions, cell=cell, pbc=pbc)
-        i, j, shifts = neighbor_list("ijS", atoms, cutoff)
-        keep = i < j  # each pair once; self-images never change their distance
-        self.i = i[keep]  # [n_pairs]
-        self.j = j[keep]  # [n_pairs]
-        self.offset = shifts[keep] @ np.asarray(cell, dtype=np.float64)  # [n_pairs, 3] Å, image shift of j
-        self.dmin = min_distance_factor * (radii[self.i] + radii[self.j])  # [n_pairs] Å
-
-    def valid_for(self, positions: np.ndarray) -> bool:
-        """True while every atom is within skin/2 of the reference positions."""
-        drift2 = np.einsum("ij,ij->i", positions - self.ref_positions, positions - self.ref_positions)
-        return float(drift2.max(initial=0.0)) <= (0.5 * self.skin) ** 2
-
-    def vectors(self, positions: np.ndarray) -> np.ndarray:
-        """Pair vectors r_j + offset − r_i at ``positions``. # [n_pairs, 3] Å"""
-        return positions[self.j] - positions[self.i] + self.offset
-
-
-def _cap(displacement: np.ndarray, max_step: float) -> np.ndarray:
-    """Shorten per-atom displacements longer than max_step Å, keeping direction."""
-    norms = np.sqrt(np.einsum("ij,ij->i", displacement, displacement))  # [n_atoms] Å
-    over = norms > max_step * (1.0 + _CAP_RTOL)
-    if not over.any():
-        return displacement
-    capped = displacement.copy()
-    capped[over] *= (max_step / norms[over])[:, None]
-    return capped
-
-
-def _first_contact(r0: np.ndarray, v: np.ndarray, thr: np.ndarray) -> np.ndarray:
-    """Largest t in [0, 1] with |r0 + t·v| ≥ thr on the way, per pair (|r0| ≥ thr assumed).
-
-    r0, v: [p, 3] Å; thr: [p] Å. Smallest root of |r0 + t v|² = thr².
-    """
-    a = np.einsum("ij,ij->i", v, v)
-    b = 2.0 * np.einsum("ij,ij->i", r0, v)
-    c = np.maximum(np.einsum("ij,ij->i", r0, r0) - thr * thr, 0.0)
-    disc = np.maximum(b * b - 4.0 * a * c, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # Numerically stable form of (−b − √disc) / 2a for b < 0 (approaching pairs).
-        t = np.where(b < 0, 2.0 * c / (-b + np.sqrt(disc)), 0.0)
-    return np.clip(np.nan_to_num(t, nan=0.0), 0.0, 1.0)
-
-
-def correct_action(state: Any, displacement: np.ndarray, cfg: EnvConfig,
-                   pairs: PairList | None = None) -> tuple[np.ndarray, float]:
-    """The move the environment applies for a proposed displacement, and ``a_back``.
-
-    ``state`` is anything with ``positions``, ``numbers``, ``cell`` and ``pbc`` (an
-    ``ase.Atoms`` or an :class:`Observation`); ``displacement`` is [n_atoms, 3] Å.
-    ``pairs`` is an optional :class:`PairList` valid for these positions (built here
-    when omitted). Returns ``(actual_move [n_atoms, 3] Å, a_back in [0, 1])``. Pure: the
-    inputs are not modified. Non-finite displacements give no move and ``a_back = 1``.
-    """
-    positions = np.asarray(state.positions, dtype=np.float64)  # [n_atoms, 3] Å
-    proposed = np.asarray(displacement, dtype=np.float64)  # [n_atoms, 3] Å
-    if proposed.shape != positions.shape:
-        raise ActionError(f"displacement has shape {proposed.shape}, expected {positions.shape} (n_atoms, 3) in Å")
-    if not np.isfinite(proposed).all():
-        return np.zeros_like(positions), 1.0
-    proposed_norm = math.sqrt(float(np.einsum("ij,ij->", proposed, proposed)))
-    if proposed_norm == 0.0:
-        return np.zeros_like(positions), 0.0
-
-    move = _cap(proposed, cfg.max_step)
-    if cfg.min_distance_factor > 0 and len(positions) > 1:
-        if pairs is None:
-            pairs = PairList(positions, np.asarray(state.numbers), np.asarray(state.cell),
-                             np.asarray(state.pbc), cfg.max_step, cfg.min_distance_factor, skin=0.0)
-        move = _scale_back_collisions(positions, move, pairs)
-
-    if move is proposed:
-        return proposed.copy(), 0.0
-    actual_norm = math.sqrt(float(np.einsum("ij,ij->", move, move)))
-    a_back = min(max(1.0 - actual_norm / proposed_norm, 0.0), 1.0)
-    return move, a_back
-
-
-def _scale_back_collisions(positions: np.ndarray, move: np.ndarray, pairs: PairList) -> np.ndarray:
-    """Scale the moves of atoms in pairs that would come too close (see module docstring)."""
-    if len(pairs.i) == 0:
-        return move
-    i, j = pairs.i, pairs.j
-    r0 = pairs.vectors(positions)  # [p, 3] Å, pair vectors before the move
-    d0_2 = np.einsum("ij,ij->i", r0, r0)
-    # A pair already inside the collision distance may not get any closer.
-    thr = np.sqrt(np.minimum(pairs.dmin * pairs.dmin, d0_2))  # [p] Å
-    thr2 = thr * thr * (1.0 - _DIST2_RTOL)
-    n = len(positions)
-    scale = np.ones(n)  # [n_atoms] fraction of each atom's move kept
-    for it in range(4 * n + 8):
-        v = scale[j, None] * move[j] - scale[i, None] * move[i]  # [p, 3] relative move
-        r1 = r0 + v
-        bad = np.einsum("ij,ij->i", r1, r1) < thr2
-        if not bad.any():
-            break
-        if it < 2 * n:
-            t = _first_contact(r0[bad], v[bad], thr[bad])
-        else:  # give up refining: freeze every atom still in a violated pair
-            t = np.zeros(int(bad.sum()))
-        new_scale = scale.copy()
-        np.minimum.at(new_scale, i[bad], scale[i[bad]] * t)
-        np.minimum.at(new_scale, j[bad], scale[j[bad]] * t)
-        scale = new_scale
-    if (scale == 1.0).all():
-        return move
-    return move * scale[:, None]
 
 
 # ----------------------------------------------------------------------------- reward
@@ -345,7 +198,7 @@ class RelaxEnv:
                 "for the initial structure; check the structure (overlapping atoms?) and the calculator"
             )
         self._pairs = self._build_pairs(self._pos)
-        self._history = np.zeros((len(a), HISTORY_DIM))  # [n_atoms, 6] Å, eV/Å
+        self._history = empty_history(len(a), self.cfg.history_steps)  # [n_atoms, 6 K] Å, eV/Å
         self._forces, self._energy = forces, energy
         self._fmax, self._fmean = force_stats(forces)
         self._done = False
@@ -392,11 +245,12 @@ class RelaxEnv:
                 self._atoms.set_positions(self._pos, apply_constraint=False)
                 actual = np.zeros_like(self._pos)
             else:
-                self._history = history_after(actual, self._forces, forces)
+                self._history = history_after(actual, self._forces, forces, self._history)
                 self._pos, self._forces, self._energy = new_pos, forces, energy
                 self._fmax, self._fmean = force_stats(forces)
-        if not actual.any():
-            self._history = np.zeros_like(self._history)
+        if not actual.any():  # no move: a step of zeros (a quasi-Newton pair with s = 0 carries no curvature)
+            z = np.zeros_like(self._pos)
+            self._history = history_after(z, z, z, self._history)
 
         self._last_a_back = a_back
         converged = (not failed) and self._fmax < cfg.fmax

@@ -1,4 +1,5 @@
-"""The BFGS expert (one ``ase.optimize.BFGS`` iteration per call) and the nfake schedule.
+"""The experts' fake steps — one ``ase.optimize.BFGS`` iteration, or a Newton step on a
+finite-difference Hessian — and the nfake schedule.
 
 :class:`BFGSExpert` keeps the same state as ``ase.optimize.BFGS`` (Hessian, previous
 positions and forces) and returns the displacement BFGS would apply from the observed
@@ -7,17 +8,34 @@ state: the Hessian update from the previous step, the eigen-decomposition step
 ``maxstep`` Å (the actors pass ``env.max_step``). It never jumps to the minimum. Followed
 alone through :class:`RelaxEnv` (``maxstep ≤ env.max_step`` and no collision correction), it reproduces
 ``ase.optimize.BFGS`` step for step — ``tests/test_expert.py`` checks this.
+
+:class:`NewtonTeacher` (``expert.teacher = 'newton'``) is a better teacher for the expert
+table, for training only: at every step it takes the Hessian of the environment's current
+structure by central differences of the forces (6 force calls per free atom, on a calculator
+of its own, so the environment's force count is untouched) and returns the saddle-free
+Newton step ``dx = V (Vᵀ f / max(|λ|, λ_min))`` over the free coordinates (Dauphin et al.
+2014: negative curvature is followed downhill, not uphill), scaled like BFGS's so the
+longest atom move is at most ``maxstep``. With the exact Hessian such steps relax the
+generalisation suite in 3–17 force calls where BFGS needs 4–208 (``docs/RESULTS.md``), so
+imitating them lifts the ceiling that imitating BFGS sets. Structures above
+``expert.newton_max_atoms`` get BFGS steps instead.
 """
 from __future__ import annotations
 
 import numpy as np
+from ase import Atoms
 
-from common.config import ExpertConfig
+from actors.calculators import make_calculator
+from common.config import EnvConfig, ExpertConfig
 from common.errors import RelaxRLError
 from common.observation import Observation
 from common.schedules import SCHEDULES
 
-__all__ = ["BFGSExpert", "ExpertError", "fake_step_probability"]
+__all__ = ["BFGSExpert", "ExpertError", "NewtonTeacher", "fake_step_probability", "finite_difference_hessian",
+           "free_coordinates", "make_teacher", "saddle_free_newton_step"]
+
+FD_DELTA = 1e-3
+"""Displacement (Å) of the central differences of :func:`finite_difference_hessian`."""
 
 
 class ExpertError(RelaxRLError, ValueError):
@@ -61,10 +79,7 @@ class BFGSExpert:
 
         omega, vectors = np.linalg.eigh(self.hessian)
         dpos = -vectors @ (gradient @ vectors / np.fabs(omega))  # [3n] Å
-        longest = float(np.linalg.norm(dpos.reshape(-1, 3), axis=1).max())
-        if longest >= self.maxstep:
-            dpos *= self.maxstep / longest
-        return dpos.reshape(-1, 3)
+        return _bounded(dpos, self.maxstep)
 
     def _update(self, pos: np.ndarray, gradient: np.ndarray, pos0: np.ndarray, gradient0: np.ndarray) -> None:
         """BFGS Hessian update from the step pos0 → pos (skipped when the positions did not change)."""
@@ -76,6 +91,105 @@ class BFGSExpert:
         dg = self.hessian @ dpos
         b = dpos @ dg
         self.hessian += np.outer(dgradient, dgradient) / a - np.outer(dg, dg) / b
+
+
+def _bounded(dpos: np.ndarray, maxstep: float) -> np.ndarray:
+    """[3n] → [n, 3], scaled as a whole so that the longest atom move is at most ``maxstep`` (BFGS's rule)."""
+    steps = dpos.reshape(-1, 3)
+    longest = float(np.linalg.norm(steps, axis=1).max()) if len(steps) else 0.0
+    return steps * (maxstep / longest) if longest > maxstep else steps
+
+
+def free_coordinates(atoms: Atoms) -> np.ndarray:
+    """Boolean mask [3n] of the Cartesian coordinates the atoms' ASE constraints let move.
+
+    Found by moving each coordinate alone by 0.01 Å and letting every constraint adjust it:
+    a coordinate that does not move (FixAtoms, a fixed direction of selective dynamics) is fixed."""
+    pos = atoms.get_positions()
+    free = np.ones(pos.size, dtype=bool)
+    if not atoms.constraints:
+        return free
+    for k in range(pos.size):
+        target = pos.copy()
+        target.flat[k] += 0.01
+        for c in atoms.constraints:
+            c.adjust_positions(atoms, target)
+        free[k] = abs(target.flat[k] - pos.flat[k]) > 1e-6
+    return free
+
+
+def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
+    """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
+    symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
+    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    probe.calc = calculator
+    x0 = atoms.get_positions().ravel()
+    idx = np.flatnonzero(free)
+    hessian = np.empty((len(idx), len(idx)))
+    for col, k in enumerate(idx):
+        grads = []
+        for sign in (1.0, -1.0):
+            x = x0.copy()
+            x[k] += sign * delta
+            probe.set_positions(x.reshape(-1, 3))
+            grads.append(-probe.get_forces().ravel()[idx])
+        hessian[:, col] = (grads[0] - grads[1]) / (2.0 * delta)
+    return 0.5 * (hessian + hessian.T)
+
+
+def saddle_free_newton_step(hessian: np.ndarray, forces: np.ndarray, free: np.ndarray, maxstep: float,
+                            min_curvature: float) -> np.ndarray:
+    """``V (Vᵀ f / max(|λ|, min_curvature))`` on the free coordinates (zero elsewhere), bounded like BFGS. [n, 3] Å"""
+    omega, vectors = np.linalg.eigh(hessian)
+    f = np.asarray(forces, dtype=np.float64).ravel()
+    dpos = np.zeros_like(f)
+    dpos[free] = vectors @ ((vectors.T @ f[free]) / np.maximum(np.abs(omega), min_curvature))
+    return _bounded(dpos, maxstep)
+
+
+class NewtonTeacher:
+    """A saddle-free Newton step on the finite-difference Hessian of an environment's structure (module docstring).
+
+    ``env`` is the :class:`~actors.env.RelaxEnv` whose observations :meth:`action` is given; its
+    current structure (with constraints) is read from ``env.atoms``.
+    """
+
+    def __init__(self, env, maxstep: float, min_curvature: float = 0.5, max_atoms: int = 24,
+                 env_config: EnvConfig | None = None):
+        if not maxstep > 0:
+            raise ExpertError(f"NewtonTeacher maxstep must be > 0 Å, got {maxstep}")
+        self.env, self.maxstep, self.min_curvature, self.max_atoms = env, float(maxstep), float(min_curvature), int(max_atoms)
+        cfg = env_config or env.cfg
+        self.calculator = make_calculator(cfg.calculator, cfg.calculator_kwargs)
+        self.fallback = BFGSExpert(maxstep=maxstep)
+        self.force_calls = 0
+        """Force calls the teacher made for its Hessians (not counted by the environment)."""
+        self.reset()
+
+    def reset(self) -> None:
+        self.fallback.reset()
+        self._free: np.ndarray | None = None  # free coordinates of this episode's structure
+
+    def action(self, obs: Observation) -> np.ndarray:
+        """The teacher's displacement from ``obs`` (the env's current state), [n_atoms, 3] Å."""
+        if obs.n_atoms > self.max_atoms:
+            return self.fallback.action(obs)
+        atoms = self.env.atoms
+        if self._free is None or self._free.size != 3 * len(atoms):
+            self._free = free_coordinates(atoms)
+        if not self._free.any():
+            return np.zeros((obs.n_atoms, 3))
+        self.calculator.reset()
+        hessian = finite_difference_hessian(atoms, self.calculator, self._free)
+        self.force_calls += 2 * int(self._free.sum())
+        return saddle_free_newton_step(hessian, obs.forces, self._free, self.maxstep, self.min_curvature)
+
+
+def make_teacher(cfg: ExpertConfig, env, maxstep: float):
+    """The fake-step expert ``expert.teacher`` names for environment ``env``: ``reset()`` and ``action(obs)``."""
+    if cfg.teacher == "newton":
+        return NewtonTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
+    return BFGSExpert(maxstep=maxstep)
 
 
 def fake_step_probability(t_total: int, cfg: ExpertConfig) -> float:

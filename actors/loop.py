@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from actors.env import RelaxEnv
-from actors.expert import BFGSExpert, fake_step_probability
+from actors.expert import fake_step_probability, make_teacher
 from common.config import ActorConfig, ExpertConfig
 from common.observation import Observation
 from common.schedules import linear
@@ -142,12 +142,12 @@ class PolicyWithNoise:
 
 
 class BFGSOrPolicy:
-    """Per environment: a fake step (one BFGS iteration) with probability p(t_total), else the policy plus noise."""
+    """Per environment: a fake step (the ``expert.teacher``'s: one BFGS iteration by default) with probability
+    p(t_total), else the policy plus noise. ``experts`` holds one teacher per environment (``reset``, ``action``)."""
 
-    def __init__(self, policy: PolicyWithNoise, n_envs: int, cfg: ExpertConfig, max_step: float,
-                 rng: np.random.Generator):
+    def __init__(self, policy: PolicyWithNoise, experts: Sequence, cfg: ExpertConfig, rng: np.random.Generator):
         self.policy, self.cfg, self.rng = policy, cfg, rng
-        self.experts = [BFGSExpert(maxstep=max_step) for _ in range(n_envs)]
+        self.experts = list(experts)
 
     def reset(self, i: int) -> None:
         self.experts[i].reset()
@@ -199,7 +199,7 @@ class ActorLoop:
         self.policy = Policy(config, device="cpu")
         noisy = PolicyWithNoise(self.policy, config.actors, rng)
         self.source: ActionSource = noisy if kind == "online" else BFGSOrPolicy(
-            noisy, n, config.expert, config.env.max_step, rng)
+            noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
         self.adder = ReplayAdder(writer, config.actors.insert_batch)
         self.obs: list[Observation | None] = [None] * n
         self.t_total = 0

@@ -224,8 +224,10 @@ def adsorbate_on_slab(metal: str, adsorbate: str, rng: np.random.Generator, face
     if site is None:
         sites = ("ontop", "fcc", "hcp", "bridge") if facet == "111" else ("ontop", "hollow", "bridge")
         site = sites[int(rng.integers(len(sites)))]
-    if adsorbate == "OH":
+    if adsorbate == "OH":  # O down
         ads = Atoms("OH", positions=[[0, 0, 0], [0, 0, 0.97]])
+    elif adsorbate == "CO":  # C down (g2's CO lists O first: add_adsorbate would put C 0.6 Å above the metal)
+        ads = Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.15]])
     elif len(adsorbate) > 1:
         ads = molecule(adsorbate)
     else:

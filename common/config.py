@@ -60,6 +60,11 @@ REMOVED_KEYS = {
 }
 """Keys of earlier versions → the one key that holds the setting now (a user's file naming an old key is an error)."""
 
+DROPPED_KEYS = {
+    "network.per_atom_q": "the per-atom critic values were never used in the TD target; delete the key",
+}
+"""Settings of earlier versions that no longer exist → why (an error in a user's file; dropped from checkpoints)."""
+
 
 # ----------------------------------------------------------------- environment and actors
 
@@ -91,6 +96,9 @@ class EnvConfig:
     """Reward penalty per unit of a_back (fraction of the move taken back)."""
     converged_bonus: float = 10.0
     """Reward added on the step that reaches Fmax < fmax."""
+    history_steps: int = 1
+    """Steps of path history every observation carries (actual move and force change per atom, newest first): the
+    memory of the 'quasi-newton' actor head (its L-BFGS pairs); the other heads read the newest step only."""
 
     def __post_init__(self) -> None:
         _require("env", [
@@ -103,7 +111,12 @@ class EnvConfig:
             (0 <= self.env_input_dim <= 3, "env_input_dim", self.env_input_dim,
              "0..3 (log10 Fmax, step fraction, last a_back)"),
             (self.w_back >= 0, "w_back", self.w_back, "a penalty weight >= 0"),
+            (1 <= self.history_steps <= 16, "history_steps", self.history_steps, "1..16 remembered steps, e.g. 5"),
         ], self)
+
+
+TEACHERS = ("bfgs", "newton")
+"""Kinds of fake step of the expert actors (``expert.teacher``)."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +129,21 @@ class ExpertConfig:
     """t_total over which the fake-step probability moves from p_start to p_end."""
     schedule: str = "linear"
     """Shape of the decay: 'linear' or 'exponential' (common.schedules). The BFGS step is bounded by env.max_step."""
+    teacher: str = "bfgs"
+    """What a fake step is: 'bfgs' (one ase.optimize.BFGS iteration) or 'newton' (a saddle-free Newton step on a
+    finite-difference Hessian, 6 extra force calls per free atom, training only; structures above
+    newton_max_atoms get BFGS steps). Both are bounded by env.max_step (actors/expert.py)."""
+    newton_max_atoms: int = 24
+    """Largest structure (atoms) the 'newton' teacher takes Hessians of; larger ones get BFGS steps."""
+    newton_min_curvature: float = 0.5
+    """Smallest |eigenvalue| (eV/Å²) the 'newton' teacher divides by: softer or negative modes move as if this stiff."""
 
     def __post_init__(self) -> None:
         _require("expert", [
+            (self.teacher in TEACHERS, "teacher", self.teacher, " or ".join(map(repr, TEACHERS))),
+            (self.newton_max_atoms >= 1, "newton_max_atoms", self.newton_max_atoms, "at least 1 atom, e.g. 24"),
+            (self.newton_min_curvature > 0, "newton_min_curvature", self.newton_min_curvature,
+             "a positive curvature in eV/Å², e.g. 0.5"),
             (0.0 <= self.p_start <= 1.0, "p_start", self.p_start, "a probability in [0, 1]"),
             (0.0 <= self.p_end <= 1.0, "p_end", self.p_end, "a probability in [0, 1]"),
             (self.decay_steps >= 0, "decay_steps", self.decay_steps, ">= 0 (0 = p_end at once)"),
@@ -247,8 +272,6 @@ class NetworkConfig:
     """Messages summed at a receiver are divided by this (keeps feature scale independent of the radius)."""
     tail_hidden: int = 32
     """Hidden width of the small MLPs on env features (actor env gate, critic tail_mlp)."""
-    per_atom_q: bool = False
-    """Expose per-atom critic values whose sum is Q (per-atom credit assignment)."""
     dtype: str = "float32"
     """Torch dtype of the networks: 'float32' or 'float64'."""
     path_history: bool = False
@@ -258,9 +281,12 @@ class NetworkConfig:
     """'free': the displacement is the squashed 1o head output. 'preconditioned': d_i = α_i·F_i + β_i·m_i + c_i
     with learned per-atom invariants α_i > 0 (Å²/eV) and β_i ∈ (0, 0.95), m_i the previous move and c_i a 1o
     correction bounded by step_size·|F_i| (starts as heavy-ball steepest descent; displacements vanish with
-    the forces)."""
+    the forces). 'quasi-newton': d = H·F with H the L-BFGS inverse Hessian of the env.history_steps remembered
+    steps on a learned per-atom 3×3 compliance, scaled so the longest atom move is ≤ env.max_step (starts as
+    L-BFGS; learner/networks.py QuasiNewtonActor)."""
     step_size: float = 0.1
-    """α at initialisation of the 'preconditioned' head, Å²/eV (about 1/curvature of a metal bond)."""
+    """α at initialisation of the 'preconditioned' head, Å²/eV (about 1/curvature of a metal bond); the
+    'quasi-newton' head's inverse-Hessian scale before the first move."""
     momentum: float = 0.5
     """β at initialisation of the 'preconditioned' head (weight of the previous move)."""
 
@@ -270,7 +296,8 @@ class NetworkConfig:
             (1 <= self.lmax <= 3, "lmax", self.lmax, "1..3 (lmax 0 has no vectors, so no displacement)"),
             (self.channels >= 1, "channels", self.channels, "a positive multiplicity, e.g. 16"),
             (self.radius > 0, "radius", self.radius, "a positive cutoff in Å, e.g. 5.0"),
-            (self.actor_head in ("free", "preconditioned"), "actor_head", self.actor_head, "'free' or 'preconditioned'"),
+            (self.actor_head in ("free", "preconditioned", "quasi-newton"), "actor_head", self.actor_head,
+             "'free', 'preconditioned' or 'quasi-newton'"),
             (self.step_size > 0, "step_size", self.step_size, "a positive step in Å²/eV, e.g. 0.1"),
             (0.0 <= self.momentum < 0.95, "momentum", self.momentum, "a weight in [0, 0.95), e.g. 0.5"),
             (self.num_basis >= 1, "num_basis", self.num_basis, "a positive size"),
@@ -564,6 +591,8 @@ def _build_section(section: str, values: dict[str, Any]) -> Any:
     for k in values:
         if f"{section}.{k}" in REMOVED_KEYS:
             raise ConfigError(f"{section}.{k} was removed: set {REMOVED_KEYS[section + '.' + k]}")
+        if f"{section}.{k}" in DROPPED_KEYS:
+            raise ConfigError(f"{section}.{k} was removed: {DROPPED_KEYS[section + '.' + k]}")
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
     if unknown:

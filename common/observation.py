@@ -23,10 +23,11 @@ class Observation:
     # Optional precomputed neighbour list (see learner/graph.py); None when not built.
     edge_index: np.ndarray | None = None  # [2, n_edges] int64 (sender, receiver)
     edge_shift: np.ndarray | None = None  # [n_edges, 3] int64, integer cell shifts of the sender
-    # Path history (what a quasi-Newton method remembers), None when not recorded:
-    # columns 0:3 the previous step's actual move (Å), 3:6 the force change F_t − F_{t−1} (eV/Å);
-    # zeros at the start of an episode. See :func:`history_after`.
-    history: np.ndarray | None = None  # [n_atoms, 6] float64
+    # Path history (what a quasi-Newton method remembers), None when not recorded: K remembered
+    # steps of HISTORY_DIM columns each, newest first; columns 6k:6k+3 the actual move of step
+    # t−1−k (Å), 6k+3:6k+6 the force change it caused (eV/Å); zeros for steps not taken yet
+    # (the start of an episode). See :func:`history_after`.
+    history: np.ndarray | None = None  # [n_atoms, 6 K] float64
 
     @classmethod
     def from_atoms(cls, atoms, forces: np.ndarray | None = None, energy: float | None = None,
@@ -57,15 +58,27 @@ class Observation:
 
 
 HISTORY_DIM = 6
-"""Columns of :attr:`Observation.history`: previous actual move (3, Å), force change (3, eV/Å)."""
+"""Columns of one remembered step of :attr:`Observation.history`: actual move (3, Å), force change (3, eV/Å)."""
 
 
-def history_after(move: np.ndarray, forces_before: np.ndarray, forces_after: np.ndarray) -> np.ndarray:
-    """The history of the observation that follows an applied ``move`` ([n_atoms, 3] Å):
-    ``[move, forces_after − forces_before]`` as [n_atoms, 6]. Start an episode with zeros."""
-    return np.concatenate([np.asarray(move, dtype=np.float64),
-                           np.asarray(forces_after, dtype=np.float64) - np.asarray(forces_before, dtype=np.float64)],
-                          axis=1)
+def empty_history(n_atoms: int, steps: int = 1) -> np.ndarray:
+    """The history at the start of an episode: ``steps`` remembered steps of zeros, [n_atoms, 6·steps]."""
+    return np.zeros((n_atoms, HISTORY_DIM * steps))
+
+
+def history_after(move: np.ndarray, forces_before: np.ndarray, forces_after: np.ndarray,
+                  previous: np.ndarray | None = None) -> np.ndarray:
+    """The history of the observation that follows an applied ``move`` ([n_atoms, 3] Å).
+
+    The newest step ``[move, forces_after − forces_before]`` comes first, then ``previous``
+    (the history before the move, [n_atoms, 6 K]) without its oldest step, so the width stays
+    6 K; without ``previous`` the result is one step, [n_atoms, 6]."""
+    newest = np.concatenate([np.asarray(move, dtype=np.float64),
+                             np.asarray(forces_after, dtype=np.float64) - np.asarray(forces_before, dtype=np.float64)],
+                            axis=1)
+    if previous is None or previous.shape[1] <= HISTORY_DIM:
+        return newest
+    return np.concatenate([newest, previous[:, :-HISTORY_DIM]], axis=1)
 
 
 def env_features(fmax: float, step_fraction: float, last_a_back: float, dim: int) -> np.ndarray:

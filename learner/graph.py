@@ -140,7 +140,7 @@ class Graph:
     batch: torch.Tensor  # [n_atoms] int64 graph index of each atom
     num_atoms_per_graph: torch.Tensor  # [n_graphs] int64
     env_features: torch.Tensor  # [n_graphs, env_input_dim]
-    history: torch.Tensor  # [n_atoms, 6]: previous move (Å), force change (eV/Å); zeros when not recorded
+    history: torch.Tensor  # [n_atoms, 6 K]: K remembered moves (Å) and force changes (eV/Å), newest first; zeros when not recorded
 
     @property
     def n_graphs(self) -> int:
@@ -227,6 +227,11 @@ def batch_graphs(
     if len(observations) == 0:
         raise GraphError("batch_graphs needs at least one observation")
     dt = torch_dtype(dtype if dtype is not None else cfg.dtype)
+    widths = {np.shape(o.history)[1] for o in observations if o.history is not None}
+    if len(widths) > 1:
+        raise GraphError(f"observations carry path histories of different widths {sorted(widths)} (6 columns per "
+                         "remembered step); batch observations of one env.history_steps")
+    width = widths.pop() if widths else HISTORY_DIM
     pos, numbers, forces, cells, env, counts, history = [], [], [], [], [], [], []
     edges, shifts, offset = [], [], 0
     for k, obs in enumerate(observations):
@@ -241,7 +246,7 @@ def batch_graphs(
         forces.append(obs.forces)
         cells.append(np.asarray(obs.cell, dtype=np.float64).reshape(3, 3))
         env.append(np.asarray(obs.env_features, dtype=np.float64).reshape(-1))
-        history.append(obs.history if obs.history is not None else np.zeros((obs.n_atoms, HISTORY_DIM)))
+        history.append(obs.history if obs.history is not None else np.zeros((obs.n_atoms, width)))
         counts.append(obs.n_atoms)
         edges.append(ei + offset)
         shifts.append(es.reshape(-1, 3))
@@ -261,6 +266,6 @@ def batch_graphs(
         batch=torch.repeat_interleave(torch.arange(len(counts)), counts_t).to(device),
         num_atoms_per_graph=counts_t.to(device),
         env_features=f(np.stack(env)),
-        history=f(np.concatenate(history).reshape(-1, HISTORY_DIM)),
+        history=f(np.concatenate(history).reshape(-1, width)),
     )
 

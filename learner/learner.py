@@ -19,12 +19,24 @@ import numpy as np
 import torch
 
 from common.config import to_dict
+from common.correction import correct_on_pairs
 from common.errors import RelaxRLError
 from common.schedules import linear
 from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
 from learner.networks import TwinCritic, build_actor
+
+
+def corrected_moves(graph, proposed: torch.Tensor, env_cfg) -> torch.Tensor:
+    """The environment's correction (``common.correction``) of ``proposed`` [n_atoms, 3] Å for every graph of
+    a batch at once, with the graph edges as the candidate pairs (the neighbour radius covers the collision
+    distance); no gradient. [n_atoms, 3] on the proposal's device."""
+    receiver, sender = graph.edge_index[1].cpu().numpy(), graph.edge_index[0].cpu().numpy()
+    r0 = graph.edge_vectors().detach().cpu().double().numpy()  # [E, 3] Å, receiver → sender image
+    move = correct_on_pairs(proposed.detach().cpu().double().numpy(), receiver, sender, r0,
+                            graph.numbers.cpu().numpy(), env_cfg)
+    return torch.as_tensor(move, dtype=proposed.dtype, device=proposed.device)
 
 
 class TrainingDiverged(RelaxRLError):
@@ -88,6 +100,7 @@ class Learner:
                                   lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip,
                                   normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
+        self._correct = lambda graph, proposed: corrected_moves(graph, proposed, config.env)
         self.counters = Counters()
         self.last_logs: dict[str, float] = {}
         self._window: dict[str, list[float]] = {}
@@ -147,7 +160,7 @@ class Learner:
         update_actor = (c.updates + 1) % lc.policy_delay == 0
         logs, td_abs = td3.td3_update(batch, self.actor, self.critic, self.actor_target, self.critic_target,
                                       self.actor_opt, self.critic_opt, self.hyper, self.bc_weight(), update_actor,
-                                      self.generator)
+                                      self.generator, correct=self._correct)
         if logs.pop("nonfinite", 0.0):
             c.nonfinite_total += 1
             c.nonfinite_streak += 1

@@ -20,15 +20,13 @@ forces and displacements are all ``1o`` and flip under inversion; Q is ``0e``.
 
 Pooling: the critic *averages* per-atom values over the atoms of a graph. Rewards are
 intensive (max and mean force norms), so a mean keeps Q's scale independent of the system
-size across the curriculum. With ``per_atom_q`` the per-atom values returned are
-``u_i / n_atoms`` so that their per-graph **sum** is Q exactly.
+size across the curriculum.
 
 Environment features never enter the equivariant path. With ``env_input_dim = 0`` the actor
 has no gate module (its scale is exactly 1) and the critic has no ``tail_mlp`` (Q is the
 pooled scalar). With ``env_input_dim > 0`` the actor's displacements are multiplied by a
 per-graph gate ``sigmoid(mlp(env)) ∈ (0, 1)`` — the *action scale* — and the critic computes
-``tail_mlp([mean-pooled per-atom scalars, env]) → Q`` (per-atom variant: the tail is applied
-to each atom's scalars with its graph's env features, then averaged).
+``tail_mlp([mean-pooled per-atom scalars, env]) → Q``.
 """
 from __future__ import annotations
 
@@ -48,7 +46,10 @@ from learner.graph import Graph, torch_dtype
 __all__ = [
     "Actor",
     "PreconditionedActor",
+    "QuasiNewtonActor",
+    "ACTOR_HEADS",
     "build_actor",
+    "lbfgs_direction",
     "Critic",
     "TwinCritic",
     "NetworkConfig",
@@ -316,7 +317,7 @@ class NodeInput(nn.Module):
     def _history(self, graph: Graph) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(scalars [N, 1] x4, vectors [N, 3] x2) of the path history."""
         m = graph.history[:, :3]  # [N, 3] Å, previous move
-        df = graph.history[:, 3:]  # [N, 3] eV/Å, force change
+        df = graph.history[:, 3:6]  # [N, 3] eV/Å, force change (newest remembered step)
         m_norm, f_norm = safe_norm(m), safe_norm(graph.forces)  # [N, 1]
         df_mag, df_vec = log_scaled(df)
         cos = (m * graph.forces).sum(-1, keepdim=True) / (m_norm * f_norm)  # [N, 1]
@@ -437,9 +438,119 @@ class PreconditionedActor(Actor):
         return d * (self.max_step * torch.tanh(n / self.max_step) / n)  # [N, 3], |d| < max_step
 
 
+def graph_dot(a: torch.Tensor, b: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """Per-graph inner product Σ_i a_i·b_i of per-atom vectors [N, 3] → [n_graphs]."""
+    return scatter_sum((a * b).sum(-1), graph.batch, graph.n_graphs)
+
+
+def graph_max(v: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """Per-graph maximum of per-atom values [N] → [n_graphs] (0 for an empty graph)."""
+    return v.new_zeros(graph.n_graphs).scatter_reduce(0, graph.batch, v, reduce="amax", include_self=True)
+
+
+def lbfgs_direction(forces: torch.Tensor, history: torch.Tensor, graph: Graph, h0, curvature_eps: float = 1e-8
+                    ) -> torch.Tensor:
+    """L-BFGS two-loop recursion (Nocedal 1980) per graph: H·F for the inverse-Hessian estimate H
+    of the remembered steps on top of ``h0`` (a function applying the initial inverse Hessian to
+    per-atom vectors [N, 3] → [N, 3]).
+
+    ``history`` [N, 6 K] holds pairs newest first: s_k = move (Å), y_k = −ΔF_k (the gradient
+    change, eV/Å). Pairs without positive curvature (s·y ≤ ε·|s||y|, or s = 0) are left out
+    (ρ_k = 0), so H stays positive definite and F·(H F) > 0: the direction goes downhill.
+    """
+    k_steps = history.shape[1] // 6
+    s = [history[:, 6 * k:6 * k + 3] for k in range(k_steps)]  # [N, 3] Å each
+    y = [-history[:, 6 * k + 3:6 * k + 6] for k in range(k_steps)]  # [N, 3] eV/Å each
+    rho = []
+    for sk, yk in zip(s, y):
+        sy, ss, yy = graph_dot(sk, yk, graph), graph_dot(sk, sk, graph), graph_dot(yk, yk, graph)  # [G]
+        ok = (sy > curvature_eps * torch.sqrt(ss * yy)) & (ss > 0)
+        rho.append(torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy)))
+    q = forces
+    alpha = []
+    for sk, yk, rk in zip(s, y, rho):  # newest first
+        a = rk * graph_dot(sk, q, graph)  # [G]
+        alpha.append(a)
+        q = q - a[graph.batch].unsqueeze(-1) * yk
+    z = h0(q)
+    for sk, yk, rk, a in reversed(list(zip(s, y, rho, alpha))):  # oldest first
+        b = rk * graph_dot(yk, z, graph)
+        z = z + (a - b)[graph.batch].unsqueeze(-1) * sk
+    return z
+
+
+def secant_scale(history: torch.Tensor, graph: Graph, default: float) -> torch.Tensor:
+    """γ = s·y / y·y of the newest remembered pair with positive curvature, per graph (Å²/eV;
+    Nocedal & Wright eq. 7.20); ``default`` where no pair qualifies. [n_graphs]"""
+    gamma = torch.full((graph.n_graphs,), float(default), dtype=history.dtype, device=history.device)
+    for k in reversed(range(history.shape[1] // 6)):  # oldest first, so the newest valid pair wins
+        sk, yk = history[:, 6 * k:6 * k + 3], -history[:, 6 * k + 3:6 * k + 6]
+        sy, yy = graph_dot(sk, yk, graph), graph_dot(yk, yk, graph)
+        ok = (sy > 0) & (yy > 0)
+        gamma = torch.where(ok, sy / torch.where(ok, yy, torch.ones_like(yy)), gamma)
+    return gamma
+
+
+class QuasiNewtonActor(Actor):
+    """Policy as a learned, preconditioned quasi-Newton step (``network.actor_head = 'quasi-newton'``)::
+
+        d = H F,    then scaled as a whole so that the longest atom move is ≤ env.max_step
+
+    H is the L-BFGS inverse-Hessian estimate (:func:`lbfgs_direction`) of the K = ``env.history_steps``
+    remembered steps of the path history, built on a learned initial inverse Hessian that is
+    block-diagonal per atom::
+
+        H0_i = γ · exp(a_i) · expm(A_i),    A_i = Σ_c sym(v_ic ⊗ u_ic)
+
+    γ is the secant step scale s·y/y·y of the newest pair (``network.step_size`` before the first
+    move), a_i an invariant (``0e``) and v_ic, u_ic ``1o`` outputs of the trunk, so H0_i is a
+    symmetric positive-definite 3×3 compliance (Å²/eV) that turns with the structure: the
+    network tells how stiff each atom's surroundings are, and in which directions, relative
+    to what the last step measured. What the trunk sees of the path is the newest step
+    (``network.path_history``). The raw outputs are scaled by 0.1, so an untrained actor is
+    L-BFGS with Nocedal's scaling (H0 = γ I). H is positive definite, so F·d > 0: every
+    proposed move goes downhill, and it vanishes with the forces. An atom held by an ASE
+    constraint (zero force, never moves) gets no move: H0 is per atom and its s, y are zero.
+    """
+
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
+        super().__init__(cfg, env)
+        self.step_size = float(cfg.step_size)
+        self.irreps_head = o3.Irreps("1x0e + 4x1o")  # a_i; v_1, u_1, v_2, u_2
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 13]
+        self.to(torch_dtype(cfg.dtype))
+
+    def compliance(self, graph: Graph) -> torch.Tensor:
+        """The learned per-atom factor exp(a_i)·expm(A_i) of H0 (dimensionless, SPD), [N, 3, 3]."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        h = 0.1 * self.head(x)  # [N, 13]
+        a = h[:, 0].clamp(-5.0, 5.0)  # [N]
+        vecs = h[:, 1:].reshape(-1, 4, 3)  # [N, 4, 3]: v_1, u_1, v_2, u_2
+        outer = vecs[:, 0::2, :, None] * vecs[:, 1::2, None, :]  # [N, 2, 3, 3] v_c ⊗ u_c
+        sym = (outer + outer.transpose(-1, -2)).sum(1) * 0.5  # [N, 3, 3]
+        return torch.exp(a)[:, None, None] * torch.linalg.matrix_exp(sym)
+
+    def ungated(self, graph: Graph) -> torch.Tensor:
+        """The bounded quasi-Newton displacement before the env gate, [n_atoms, 3] Å."""
+        p = self.compliance(graph)  # [N, 3, 3]
+        gamma = secant_scale(graph.history, graph, self.step_size)[graph.batch]  # [N]
+
+        def h0(v: torch.Tensor) -> torch.Tensor:
+            return gamma.unsqueeze(-1) * torch.einsum("nij,nj->ni", p, v)
+
+        d = lbfgs_direction(graph.forces, graph.history, graph, h0)  # [N, 3] Å
+        longest = graph_max(safe_norm(d).squeeze(-1), graph)  # [G] Å
+        scale = torch.clamp(self.max_step / longest.clamp_min(1e-12), max=1.0)  # [G]
+        return d * scale[graph.batch].unsqueeze(-1)
+
+
+ACTOR_HEADS = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}
+"""The actor class of each ``network.actor_head``."""
+
+
 def build_actor(cfg: NetworkConfig, env: EnvConfig) -> Actor:
     """The actor class ``network.actor_head`` names."""
-    return PreconditionedActor(cfg, env) if cfg.actor_head == "preconditioned" else Actor(cfg, env)
+    return ACTOR_HEADS[cfg.actor_head](cfg, env)
 
 
 class Critic(nn.Module):
@@ -448,7 +559,6 @@ class Critic(nn.Module):
     def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.per_atom_q = bool(cfg.per_atom_q)
         self.node_input = NodeInput(cfg, env.max_step, with_action=True)
         self.trunk = EquivariantTrunk(cfg, self.node_input.irreps_out)
         check_irreps("node input", self.node_input.irreps_out, "trunk", self.trunk.irreps_in)
@@ -463,29 +573,14 @@ class Critic(nn.Module):
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, scalars]
         self.to(torch_dtype(cfg.dtype))
 
-    def forward(self, graph: Graph, action: torch.Tensor, return_per_atom: bool = False):
-        """action [n_atoms, 3] Å → Q [n_graphs]; with ``return_per_atom`` (needs per_atom_q) also
-        per-atom values [n_atoms] whose per-graph sum is Q."""
+    def forward(self, graph: Graph, action: torch.Tensor) -> torch.Tensor:
+        """action [n_atoms, 3] Å → Q [n_graphs]."""
         x = self.trunk(self.node_input(graph, action), graph)  # [N, hidden]
         s = self.head(x)  # [N, 1] or [N, channels]
-        counts = graph.num_atoms_per_graph
+        pooled = scatter_mean(s, graph.batch, graph.num_atoms_per_graph)  # [G, 1] or [G, channels]
         if self.tail_mlp is None:
-            u = s.squeeze(-1)  # [N]
-        elif self.per_atom_q:
-            u = self.tail_mlp(torch.cat([s, graph.env_features[graph.batch]], dim=-1)).squeeze(-1)  # [N]
-        else:
-            pooled = scatter_mean(s, graph.batch, counts)  # [G, channels]
-            q = self.tail_mlp(torch.cat([pooled, graph.env_features], dim=-1)).squeeze(-1)  # [G]
-            if return_per_atom:
-                raise ValueError("per-atom Q values need network.per_atom_q = true")
-            return q
-        per_atom = u / counts[graph.batch].to(u.dtype)  # [N], sums to Q per graph
-        q = scatter_sum(per_atom, graph.batch, graph.n_graphs)  # [G]
-        if return_per_atom:
-            if not self.per_atom_q:
-                raise ValueError("per-atom Q values need network.per_atom_q = true")
-            return q, per_atom
-        return q
+            return pooled.squeeze(-1)  # [G]
+        return self.tail_mlp(torch.cat([pooled, graph.env_features], dim=-1)).squeeze(-1)  # [G]
 
 
 class TwinCritic(nn.Module):

@@ -6,9 +6,14 @@ Read top to bottom (after CleanRL's ``td3_continuous_action.py``)::
     y  = r + γ·(1 − terminated)·min(Q1'(s', a'), Q2'(s', a'))  truncation is not termination
     L_Q = mean_i w_i·[(Q1(s,a) − y)² + (Q2(s,a) − y)²]           w = importance weights
     every ``policy_delay`` updates:
-    L_π = mean_g [ −Q1(s, π(s)) + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖²·[g ∈ expert] ]
+    L_π = mean_g [ −Q1(s, π(s)) + λ_dev·‖π(s) − c(π(s))‖² + λ_bc·‖π(s) − a_expert‖²·[g ∈ expert] ]
     θ' ← τ·θ + (1 − τ)·θ'                                      Polyak averaging
     priority_i = (|δ1_i| + |δ2_i|)/2 + ε
+
+c(·) is the environment's action correction (``common.correction``: per-atom cap, collisions
+scaled back) applied to the actor's own proposal, held constant: the penalty is the distance
+between what the actor proposes and what the environment would make of it, so the actor
+learns moves that need no correction (the design notes' action-deviation penalty).
 
 Actions are per-atom displacements [n_atoms, 3] (Å) of a batch of graphs; per-graph
 quantities ([n_graphs]) come from averaging over each graph's atoms, so a 4-atom and a
@@ -16,6 +21,7 @@ quantities ([n_graphs]) come from averaging over each graph's atoms, so a 4-atom
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +35,7 @@ class TD3Batch:
     graph: object  # learner.graph.Graph of s
     next_graph: object  # learner.graph.Graph of s'
     action: Tensor  # [n_atoms, 3] a_pred the actor proposed (what Q is learned for)
-    actual_move: Tensor  # [n_atoms, 3] a_actual the environment applied
+    actual_move: Tensor  # [n_atoms, 3] a_actual the environment applied (logged as charts/actual_move)
     expert_action: Tensor  # [n_atoms, 3] a_expert (zeros where none)
     is_expert: Tensor  # [n_graphs] bool, item came from the expert table
     reward: Tensor  # [n_graphs]
@@ -70,10 +76,12 @@ def critic_loss(q1: Tensor, q2: Tensor, target: Tensor, weight: Tensor) -> tuple
     return loss, 0.5 * (d1.abs() + d2.abs()).detach()
 
 
-def actor_loss(q1_pi: Tensor, pi: Tensor, actual_move: Tensor, expert_action: Tensor, is_expert: Tensor,
+def actor_loss(q1_pi: Tensor, pi: Tensor, corrected: Tensor, expert_action: Tensor, is_expert: Tensor,
                batch: Tensor, lambda_dev: float, lambda_bc: float, q_norm: float | Tensor = 1.0,
                length_unit: float = 1.0, relative_bc: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """−Q1(s, π(s))/q_norm + λ_dev·‖π(s) − a_actual‖² + λ_bc·‖π(s) − a_expert‖² on expert items only.
+    """−Q1(s, π(s))/q_norm + λ_dev·‖π(s) − corrected‖² + λ_bc·‖π(s) − a_expert‖² on expert items only.
+
+    ``corrected`` is c(π(s)), the environment's correction of the proposal (no gradient).
 
     Distances in the deviation penalty are measured in ``length_unit`` (Å by default). With
     ``q_norm = mean|Q1|`` and ``length_unit = max_step`` both terms are O(1), as in TD3+BC
@@ -85,7 +93,7 @@ def actor_loss(q1_pi: Tensor, pi: Tensor, actual_move: Tensor, expert_action: Te
     """
     n_graphs = q1_pi.shape[0]
     u2 = length_unit * length_unit
-    dev = per_graph_mean((pi - actual_move).pow(2).sum(-1), batch, n_graphs) / u2  # [n_graphs]
+    dev = per_graph_mean((pi - corrected.detach()).pow(2).sum(-1), batch, n_graphs) / u2  # [n_graphs]
     err = per_graph_mean((pi - expert_action).pow(2).sum(-1), batch, n_graphs)  # [n_graphs] Å²
     if relative_bc > 0:
         bc = err / (per_graph_mean(expert_action.pow(2).sum(-1), batch, n_graphs) + relative_bc**2)
@@ -126,8 +134,11 @@ class TD3Hyper:
 
 def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
                actor_opt: torch.optim.Optimizer, critic_opt: torch.optim.Optimizer, h: TD3Hyper, lambda_bc: float,
-               update_actor: bool, generator: torch.Generator | None = None) -> tuple[dict[str, float], Tensor]:
-    """One TD3 update. ``critic``/``critic_target`` return (Q1, Q2). Returns (scalars to log, new |δ| per item)."""
+               update_actor: bool, generator: torch.Generator | None = None,
+               correct: Callable[[object, Tensor], Tensor] | None = None) -> tuple[dict[str, float], Tensor]:
+    """One TD3 update. ``critic``/``critic_target`` return (Q1, Q2); ``correct(graph, proposal)`` is the
+    environment's action correction for the deviation penalty (None: no correction, so no penalty).
+    Returns (scalars to log, new |δ| per item)."""
     with torch.no_grad():
         a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator)
         q1_next, q2_next = critic_target(b.next_graph, a_next)
@@ -146,9 +157,10 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
             "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
     if update_actor:
         pi = actor(b.graph)
+        corrected = correct(b.graph, pi.detach()) if correct is not None else pi.detach()
         q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
         q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
-        loss_pi, parts = actor_loss(q1_pi, pi, b.actual_move, b.expert_action, b.is_expert, b.graph.batch,
+        loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, b.graph.batch,
                                     h.lambda_dev, lambda_bc, q_norm=q_norm,
                                     length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
         if torch.isfinite(loss_pi):

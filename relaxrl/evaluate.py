@@ -12,7 +12,7 @@ and the same step budget.
 A run is a *success* when it converged (Fmax < fmax within the budget), its final energy is
 at most ``energy_tol`` (1 meV/atom) above the lowest final energy any optimizer reached
 on that structure, and the structure did not fall apart (more connected fragments at the
-end than at the start, bonds judged at 1.3 × ASE's natural cutoffs). Runs that converge
+end than at the start, bonds judged at 1.5 × ASE's natural cutoffs). Runs that converge
 into a higher minimum or by fragmenting are flagged in the report.
 
 The evaluation `relaxrl train` runs when training ends is this same evaluation
@@ -51,7 +51,7 @@ OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
 """Optimizer names `relaxrl eval` knows; 'rl' needs a policy."""
 ENERGY_TOL_EV_PER_ATOM = 1e-3
 """A converged run more than this above the best final energy (eV/atom) is not a success."""
-FRAGMENT_CUTOFF_MULT = 1.3
+FRAGMENT_CUTOFF_MULT = 1.5
 """Bonds for the fragmentation check: distance < this × (natural cutoff i + natural cutoff j)."""
 
 

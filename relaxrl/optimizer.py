@@ -56,7 +56,7 @@ from ase.utils.abc import Optimizable
 
 from actors.env import correct_action
 from common.errors import RelaxRLError
-from common.observation import HISTORY_DIM, history_after
+from common.observation import empty_history, history_after
 from learner.policy import load_policy
 
 __all__ = ["RLOptimizer", "CountingCalculator", "PolicyDivergedError", "UnsupportedOptimizableError",
@@ -281,6 +281,7 @@ class RLOptimizer(Optimizer):
         """Set when the safety guard stopped the policy: step, energy rise (eV), limit (eV)."""
         self._prev_move: np.ndarray | None = None  # [n_atoms, 3] Å, the last applied move
         self._prev_forces: np.ndarray | None = None  # [n_atoms, 3] eV/Å, the forces it was decided on
+        self._history: np.ndarray | None = None  # [n_atoms, 6 K], the history of the last observation
 
     def todict(self) -> dict[str, Any]:
         d = super().todict()
@@ -300,8 +301,8 @@ class RLOptimizer(Optimizer):
         Env features: log10 Fmax, step fraction = policy steps taken / ``env.max_steps`` of the
         training config (capped at 1), last a_back. Forces are the optimizable's (so atoms fixed
         by ASE constraints show zero force, as in the training env). The path history is the
-        last applied move and the force change since (zeros before the first move), as
-        ``RelaxEnv`` records it.
+        last ``env.history_steps`` applied moves and the force changes they caused, newest first
+        (zeros before the first move), as ``RelaxEnv`` records it.
         """
         atoms = self._atoms_moved
         gradient = self.optimizable.get_gradient()  # [3 n_atoms], eV/Å, cached after the first call
@@ -310,10 +311,11 @@ class RLOptimizer(Optimizer):
         horizon = max(int(self.env_config.max_steps), 1)
         step_fraction = min(self.steps_rl / horizon, 1.0)
         obs = self.policy.observe(atoms, forces, energy, step_fraction, self.last_a_back)
-        if self._prev_move is None or self._prev_forces is None:
-            obs.history = np.zeros((len(atoms), HISTORY_DIM))
+        if self._prev_move is None or self._prev_forces is None or self._history is None:
+            obs.history = empty_history(len(atoms), self.env_config.history_steps)
         else:
-            obs.history = history_after(self._prev_move, self._prev_forces, forces)
+            obs.history = history_after(self._prev_move, self._prev_forces, forces, self._history)
+        self._history = obs.history
         return obs
 
     def policy_move(self) -> tuple[np.ndarray, float]:

@@ -8,7 +8,8 @@ Layout (little-endian), version 1::
                        obs: positions [n,3], cell [3,3], forces [n,3], env_features [d],
                        next_obs: the same four, action [n,3], actual_move [n,3],
                        expert_action [n,3] (flag HAS_EXPERT),
-                       obs.history [n,6], next_obs.history [n,6] (flag HAS_HISTORY)
+                       obs.history [n,6K], next_obs.history [n,6K] (flag HAS_HISTORY;
+                       K − 1 in flag bits 8–11, so K = 1..16 remembered steps)
     numbers  u8 x n    atomic numbers of obs; again for next_obs only with flag NEXT_NUMBERS
     pbc      u8 x 2    bit i = periodic along cell vector i (obs, next_obs)
     edges    per observation with an edge list: edge_index u32 [2,E], edge_shift i8 [E,3]
@@ -41,7 +42,11 @@ NEXT_EDGES = 16
 NEXT_NUMBERS = 32
 WIDE_SHIFTS = 64
 HAS_HISTORY = 128
-_KNOWN_FLAGS = TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | NEXT_NUMBERS | WIDE_SHIFTS | HAS_HISTORY
+HISTORY_STEPS_SHIFT = 8  # bits 8–11: remembered steps K − 1 of the history (0 in payloads written before K existed)
+HISTORY_STEPS_MASK = 0xF << HISTORY_STEPS_SHIFT
+MAX_HISTORY_STEPS = 16
+_KNOWN_FLAGS = (TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | NEXT_NUMBERS | WIDE_SHIFTS | HAS_HISTORY
+                | HISTORY_STEPS_MASK)
 
 _HEADER = struct.Struct("<4sHHIIII")
 _N_SCALARS = 4  # reward, a_back, energy, next_energy
@@ -65,6 +70,24 @@ def _floats(name: str, x: object, shape: tuple[int, ...]) -> np.ndarray:
     if a.shape != shape:
         raise CodecError(f"transition.{name} has shape {a.shape}, expected {shape}")
     return a.astype(np.float64, copy=False).ravel()
+
+
+def _history_steps(name: str, h: object, n: int) -> int:
+    """K of a history array [n, 6 K] (1 ≤ K ≤ 16); CodecError otherwise."""
+    shape = np.shape(h)
+    if len(shape) != 2 or shape[0] != n or shape[1] % 6 or not 1 <= shape[1] // 6 <= MAX_HISTORY_STEPS:
+        raise CodecError(f"transition.{name} has shape {shape}, expected ({n}, 6·K) with K = 1..{MAX_HISTORY_STEPS} "
+                         "remembered steps")
+    return shape[1] // 6
+
+
+def _history_flags(k: int) -> int:
+    return HAS_HISTORY | ((k - 1) << HISTORY_STEPS_SHIFT)
+
+
+def _flag_history_steps(flags: int) -> int:
+    """Remembered steps K of a payload's history (0 without HAS_HISTORY)."""
+    return (((flags & HISTORY_STEPS_MASK) >> HISTORY_STEPS_SHIFT) + 1) if flags & HAS_HISTORY else 0
 
 
 def _obs_parts(prefix: str, o: Observation, n: int, d: int) -> list[np.ndarray]:
@@ -149,9 +172,10 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
     if (o0.history is None) != (o1.history is None):
         raise CodecError("transition.obs.history and next_obs.history must be given together (or neither)")
     if o0.history is not None:
-        flags |= HAS_HISTORY
+        k = _history_steps("obs.history", o0.history, n)
+        flags |= _history_flags(k)
         values += [o0.history, o1.history]
-        shapes += [(n, 6), (n, 6)]
+        shapes += [(n, 6 * k), (n, 6 * k)]
         names += ["obs.history", "next_obs.history"]
     try:
         parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
@@ -223,9 +247,11 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
                   ([t.action for t in ts], vec), ([t.actual_move for t in ts], vec)]
         if expert:
             fields.append(([t.expert_action for t in ts], vec))
+        hk = 0
         if history:
-            fields += [([t.obs.history for t in ts], (n, 6)), ([t.next_obs.history for t in ts], (n, 6))]
-        base = (HAS_EXPERT if expert else 0) | (HAS_HISTORY if history else 0)
+            hk = _history_steps("obs.history", o.history, n)
+            fields += [([t.obs.history for t in ts], (n, 6 * hk)), ([t.next_obs.history for t in ts], (n, 6 * hk))]
+        base = (HAS_EXPERT if expert else 0) | (_history_flags(hk) if history else 0)
         n_float = _layout(base, n, d, 0, 0)[0]
         f = np.empty((m, n_float), dtype="<f8")
         f[:, :_N_SCALARS] = [(t.reward, t.a_back, t.obs.energy, t.next_obs.energy) for t in ts]
@@ -303,7 +329,7 @@ def encode(t: Transition) -> bytes:
 def _layout(flags: int, n: int, d: int, e0: int, e1: int) -> tuple[int, int]:
     """(number of floats, total payload length) implied by a header."""
     n_float = (_N_SCALARS + 2 * (3 * n + 9 + 3 * n + d) + 2 * 3 * n + (3 * n if flags & HAS_EXPERT else 0)
-               + (2 * 6 * n if flags & HAS_HISTORY else 0))
+               + 2 * 6 * n * _flag_history_steps(flags))
     shift_bytes = 12 if flags & WIDE_SHIFTS else 3
     length = _HEADER.size + 8 * n_float + n * (2 if flags & NEXT_NUMBERS else 1) + 2
     if flags & OBS_EDGES:
@@ -383,8 +409,10 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     actual = f[:, p + k:p + 2 * k].reshape(g, n, 3)
     expert = f[:, p + 2 * k:p + 3 * k].reshape(g, n, 3) if flags & HAS_EXPERT else None
     p += 3 * k if flags & HAS_EXPERT else 2 * k
-    hist0 = list(f[:, p:p + 2 * k].reshape(g, n, 6)) if flags & HAS_HISTORY else [None] * g
-    hist1 = list(f[:, p + 2 * k:p + 4 * k].reshape(g, n, 6)) if flags & HAS_HISTORY else [None] * g
+    width = 6 * _flag_history_steps(flags)  # history columns per atom
+    hw = n * width  # history floats per observation
+    hist0 = list(f[:, p:p + hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
+    hist1 = list(f[:, p + hw:p + 2 * hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
     scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
     none = [None] * g

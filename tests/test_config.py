@@ -75,6 +75,15 @@ def test_removed_key_names_its_new_home(tmp_path, old, new):
         load_config(p)
 
 
+def test_dropped_setting_is_an_error_in_a_file_and_dropped_from_checkpoints(tmp_path):
+    from learner.policy import upgrade_checkpoint_config
+
+    with pytest.raises(ConfigError, match="network.per_atom_q was removed: the per-atom critic values were never used"):
+        load_config(None, ["network.per_atom_q=true"])
+    old = {"network": {"per_atom_q": False, "channels": 4}}
+    assert upgrade_checkpoint_config(old) == {"network": {"channels": 4}}
+
+
 def test_old_checkpoint_config_still_loads(tmp_path):
     """A checkpoint saved before the keys moved stores them in its config dict: load_policy translates them."""
     import torch

@@ -6,8 +6,11 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
+from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
 from ase.data import covalent_radii
 
 from actors.env import (
@@ -24,6 +27,9 @@ from actors.expert import BFGSExpert
 from actors.structures import StructureError, generate_demo, random_cluster, rattled_bulk
 from common.config import CurriculumConfig
 from common.observation import Observation
+from learner.graph import batch_graphs
+from learner.learner import corrected_moves
+from learner.networks import NetworkConfig
 
 R_CU = covalent_radii[29]  # Å
 
@@ -363,6 +369,22 @@ def test_history_is_the_last_move_and_the_force_change():
     assert np.allclose(step.obs.history[:, 3:], step.obs.forces - obs.forces)
 
 
+def test_history_remembers_the_last_k_steps_newest_first():
+    atoms = Atoms("Cu4", positions=[[0, 0, 0], [2.4, 0, 0], [0, 2.5, 0], [0.1, 0.2, 2.3]])
+    env = RelaxEnv(EnvConfig(fmax=0.001, max_steps=10, history_steps=3))
+    obs = env.reset(atoms)
+    assert np.array_equal(obs.history, np.zeros((4, 18)))
+    seen = [obs]
+    for k in range(4):
+        step = env.step(0.02 * seen[-1].forces if k != 2 else np.zeros((4, 3)))  # step 3 does not move
+        seen.append(step.obs)
+    h = seen[-1].history
+    newest = np.concatenate([seen[4].positions - seen[3].positions, seen[4].forces - seen[3].forces], axis=1)
+    np.testing.assert_allclose(h[:, :6], newest, atol=1e-12)
+    assert np.array_equal(h[:, 6:12], np.zeros((4, 6)))  # the step without a move: zeros, no curvature
+    np.testing.assert_allclose(h[:, 12:18], seen[2].history[:, :6], atol=1e-12)  # shifted, oldest dropped
+
+
 @pytest.mark.parametrize("name, kwargs, missing", [
     ("ase.calculators.lj:LennardJones", {}, "sigma (default 1.0), epsilon (default 1.0)"),
     ("ase.calculators.morse:MorsePotential", {"epsilon": 0.3, "r0": 2.5}, "rho0 (default 6.0)"),
@@ -371,3 +393,23 @@ def test_a_pair_potential_with_placeholder_defaults_needs_its_parameters_in_the_
     """σ = 1 Å, ε = 1 eV fit no element: refused, naming the config key `relaxrl train` reads."""
     with pytest.raises(CalculatorError, match=rf"needs .* in env\.calculator_kwargs; missing {re.escape(missing)}"):
         RelaxEnv(EnvConfig(calculator=name, calculator_kwargs=kwargs))
+
+
+def test_the_learner_corrects_a_whole_batch_as_the_env_corrects_each_structure():
+    """learner.corrected_moves (graph edges as pairs, one call per batch) = correct_action per structure."""
+    cfg = EnvConfig(max_step=0.3, min_distance_factor=0.9)
+    rng = np.random.default_rng(7)
+    structures = [random_cluster(["Cu"] * 7, rng, min_distance=2.3),
+                  Atoms("Cu2", positions=[[1.0, 5, 5], [8.6, 5, 5]], cell=[10, 10, 10], pbc=True),
+                  bulk("Ni", cubic=True)]
+    proposals = [rng.normal(scale=0.4, size=(len(a), 3)) for a in structures]
+    proposals[1] = np.array([[-0.2, 0.0, 0.0], [0.2, 0.0, 0.0]])  # a collision across the periodic boundary
+    expected = [correct_action(a, p, cfg)[0] for a, p in zip(structures, proposals)]
+    obs = []
+    for a in structures:
+        a.calc = EMT()
+        obs.append(Observation.from_atoms(a))
+    graph = batch_graphs(obs, NetworkConfig(dtype="float64"))
+    got = corrected_moves(graph, torch.as_tensor(np.concatenate(proposals)), cfg).numpy()
+    np.testing.assert_allclose(got, np.concatenate(expected), atol=1e-10)
+    assert not np.allclose(got, np.concatenate(proposals))  # something was corrected

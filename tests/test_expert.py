@@ -7,7 +7,7 @@ from ase.calculators.emt import EMT
 from ase.optimize import BFGS
 
 from actors.env import RelaxEnv
-from actors.expert import BFGSExpert, ExpertError, fake_step_probability
+from actors.expert import BFGSExpert, ExpertError, NewtonTeacher, fake_step_probability, free_coordinates, make_teacher
 from actors.rollout import run_episode
 from actors.structures import random_cluster, rattled_bulk, rattled_slab
 from common.config import ConfigError, EnvConfig, ExpertConfig
@@ -132,3 +132,48 @@ def test_exponential_schedule_decays_early_and_hits_the_endpoints():
 def test_unknown_schedule_is_rejected():
     with pytest.raises(ConfigError, match="expert.schedule must be 'linear' or 'exponential'"):
         ExpertConfig(schedule="cosine")
+
+
+# ---- the Newton teacher -------------------------------------------------------------------------
+
+
+def _episode(env, teacher, atoms, max_steps=100):
+    obs = env.reset(atoms)
+    teacher.reset()
+    for _ in range(max_steps):
+        res = env.step(teacher.action(obs))
+        obs = res.obs
+        if res.terminated or res.truncated:
+            return res
+    return res
+
+
+@pytest.mark.parametrize("name", ["cluster-Cu5", "cluster-AuPt7", "bulk-Ni8", "slab-Pd12"])
+def test_newton_teacher_relaxes_in_fewer_steps_than_bfgs_and_its_hessians_are_not_counted(name):
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=100))
+    newton = _episode(env, NewtonTeacher(env, maxstep=0.2), STRUCTURES[name])
+    assert newton.terminated
+    assert env.force_calls == newton.info["steps"] + 1  # one per step + the start: the teacher's calls are its own
+    bfgs = _episode(RelaxEnv(EnvConfig(fmax=0.05, max_steps=100)), BFGSExpert(maxstep=0.2), STRUCTURES[name])
+    assert newton.info["steps"] < bfgs.info["steps"]
+
+
+def test_newton_teacher_keeps_fixed_atoms_and_falls_back_to_bfgs_on_large_structures():
+    from ase.constraints import FixAtoms, FixCartesian
+
+    slab = STRUCTURES["slab-Pd12"].copy()
+    slab.set_constraint([FixAtoms(indices=[0, 1, 2, 3]), FixCartesian(4, mask=(False, False, True))])
+    assert free_coordinates(slab).reshape(-1, 3)[:5].tolist() == [[False] * 3] * 4 + [[True, True, False]]
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=60))
+    teacher = NewtonTeacher(env, maxstep=0.2)
+    obs = env.reset(slab)
+    d = teacher.action(obs)
+    assert np.abs(d[:4]).max() == 0.0 and d[4, 2] == 0.0 and np.abs(d[5:]).max() > 0
+    assert teacher.force_calls == 2 * (3 * 7 + 2)  # central differences over the 23 free coordinates
+    assert make_teacher(ExpertConfig(teacher="newton", newton_max_atoms=4), env, 0.2).action(obs).shape == (12, 3)
+    small = make_teacher(ExpertConfig(teacher="newton", newton_max_atoms=4), env, 0.2)
+    small.action(obs)
+    assert small.force_calls == 0 and small.fallback.hessian is not None  # 12 atoms > 4: a BFGS step
+    assert isinstance(make_teacher(ExpertConfig(), env, 0.2), BFGSExpert)
+    with pytest.raises(ConfigError, match="expert.teacher"):
+        ExpertConfig(teacher="lbfgs")

@@ -175,19 +175,6 @@ def test_displacements_are_bounded_by_max_step() -> None:
 
 
 @pytest.mark.parametrize("env_dim", [0, 2])
-def test_per_atom_values_sum_to_q(env_dim: int) -> None:
-    cfg, env = NetworkConfig(per_atom_q=True, **SMALL), EnvConfig(env_input_dim=env_dim)
-    g = batch_graphs(clusters(env_dim), cfg)
-    critic = Critic(cfg, env)
-    a = 0.05 * torch.randn(g.n_atoms, 3, dtype=torch.float64)
-    q, per_atom = critic(g, a, return_per_atom=True)
-    assert per_atom.shape == (g.n_atoms,)
-    torch.testing.assert_close(torch.zeros(2, dtype=torch.float64).index_add_(0, g.batch, per_atom), q)
-    with pytest.raises(ValueError, match="per_atom_q"):
-        Critic(dataclasses.replace(cfg, per_atom_q=False), env)(g, a, return_per_atom=True)
-
-
-@pytest.mark.parametrize("env_dim", [0, 2])
 def test_gradients_reach_every_parameter(env_dim: int) -> None:
     cfg, env = NetworkConfig(**SMALL), EnvConfig(env_input_dim=env_dim)
     g = batch_graphs(clusters(env_dim), cfg)
@@ -244,25 +231,27 @@ def test_single_atom_without_edges() -> None:
 # ---- path history and the preconditioned head (issue 12) ---------------------------------------
 
 
-def _with_history(obs: list[Observation], seed: int = 0) -> list[Observation]:
+def _with_history(obs: list[Observation], seed: int = 0, steps: int = 1) -> list[Observation]:
     rng = np.random.default_rng(seed)
     for o in obs:
-        o.history = rng.normal(scale=0.05, size=(o.n_atoms, 6))
+        o.history = rng.normal(scale=0.05, size=(o.n_atoms, 6 * steps))
     return obs
 
 
 def _rotated(o: Observation, R: np.ndarray) -> Observation:
+    blocks = [o.history[:, 3 * k:3 * k + 3] @ R.T for k in range(o.history.shape[1] // 3)]
     return dataclasses.replace(o, positions=o.positions @ R.T, forces=o.forces @ R.T,
-                               history=np.concatenate([o.history[:, :3] @ R.T, o.history[:, 3:] @ R.T], axis=1),
-                               edge_index=None, edge_shift=None)
+                               history=np.concatenate(blocks, axis=1), edge_index=None, edge_shift=None)
 
 
-@pytest.mark.parametrize("head", ["free", "preconditioned"])
+@pytest.mark.parametrize("head", ["free", "preconditioned", "quasi-newton"])
 def test_history_inputs_keep_actor_equivariant_and_critic_invariant(head: str) -> None:
     cfg = NetworkConfig(**SMALL, path_history=True, actor_head=head)
-    env = EnvConfig()
+    env = EnvConfig(history_steps=3)
     actor, critic = build_actor(cfg, env), TwinCritic(cfg, env)
-    obs = _with_history(clusters(0, sizes=(6,)))
+    for p in actor.head.parameters():  # a head far from its start, so every term of it matters
+        torch.nn.init.normal_(p, std=1.0)
+    obs = _with_history(clusters(0, sizes=(6,)), steps=3)
     R = o3.rand_matrix(dtype=torch.float64).numpy()
     g0, g1 = batch_graphs(obs, cfg), batch_graphs([_rotated(o, R) for o in obs], cfg)
     d0, d1 = actor(g0), actor(g1)
@@ -322,3 +311,81 @@ def test_preconditioned_moves_always_point_downhill() -> None:
     g = batch_graphs(obs, cfg)
     d = actor(g)
     assert ((d * g.forces).sum(-1) > 0).all()
+
+
+# ---- the quasi-Newton head --------------------------------------------------------------------
+
+
+def _lbfgs_reference(f: np.ndarray, history: np.ndarray, gamma0: float) -> np.ndarray:
+    """Textbook L-BFGS two-loop (Nocedal & Wright alg. 7.4) with H0 = γ I, in numpy, on one structure."""
+    g = -f.ravel()
+    pairs = [(history[:, 6 * k:6 * k + 3].ravel(), -history[:, 6 * k + 3:6 * k + 6].ravel())
+             for k in range(history.shape[1] // 6)]
+    pairs = [(s, y) for s, y in pairs if s @ y > 1e-8 * np.linalg.norm(s) * np.linalg.norm(y) and s @ s > 0]
+    gamma = next((s @ y / (y @ y) for s, y in pairs), gamma0)  # newest valid pair
+    q, alphas = g.copy(), []
+    for s, y in pairs:
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    r = gamma * q
+    for (s, y), a in reversed(list(zip(pairs, alphas))):
+        r += s * (a - (y @ r) / (s @ y))
+    return -r.reshape(-1, 3)
+
+
+def _secant_history(atoms_list, steps: int) -> list[Observation]:
+    """Observations whose history is a real path: small steepest-descent moves under EMT."""
+    from ase.calculators.emt import EMT
+
+    out = []
+    for atoms in atoms_list:
+        a = atoms.copy()
+        a.calc = EMT()
+        hist = np.zeros((len(a), 6 * steps))
+        f = a.get_forces()
+        for _ in range(steps):
+            move = 0.01 * f
+            a.positions = a.positions + move
+            f_new = a.get_forces()
+            hist = np.concatenate([np.concatenate([move, f_new - f], axis=1), hist[:, :-6]], axis=1)
+            f = f_new
+        o = observe(a)
+        o.history = hist
+        out.append(o)
+    return out
+
+
+def test_quasi_newton_head_starts_as_lbfgs_and_goes_downhill() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="quasi-newton", step_size=0.02)
+    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4))
+    for p in actor.head.parameters():  # zero head: compliance exactly the identity, so H0 = γ I
+        torch.nn.init.zeros_(p)
+    obs = _secant_history([cu_cluster(6, seed=0), cu_cluster(9, seed=1)], steps=4)
+    obs.append(_secant_history([cu_cluster(5, seed=2)], steps=1)[0])
+    obs[-1].history = np.concatenate([obs[-1].history, np.zeros((5, 18))], axis=1)  # one step taken so far
+    d = actor(batch_graphs(obs, cfg)).detach().numpy()
+    parts = np.split(d, np.cumsum([o.n_atoms for o in obs])[:-1])
+    for o, got in zip(obs, parts):
+        np.testing.assert_allclose(got, _lbfgs_reference(o.forces, o.history, 0.02), rtol=1e-7, atol=1e-10)
+    # a trained-looking head: still a descent direction, bounded as a whole by max_step
+    bounded = build_actor(cfg, EnvConfig(max_step=0.1, history_steps=4))
+    for p in bounded.head.parameters():
+        torch.nn.init.normal_(p, std=3.0)
+    g = batch_graphs(obs, cfg)
+    d = bounded(g)
+    assert (torch.zeros(3, dtype=d.dtype).index_add_(0, g.batch, (d * g.forces).sum(-1)) > 0).all()
+    assert float(d.detach().norm(dim=-1).max()) <= 0.1 + 1e-12
+
+
+def test_quasi_newton_head_gives_no_move_to_atoms_without_force_and_history() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="quasi-newton")
+    actor = build_actor(cfg, EnvConfig(history_steps=3))
+    for p in actor.head.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    obs = _secant_history([cu_cluster(7, seed=4)], steps=3)
+    fixed = [0, 3]  # as under FixAtoms: zero force, never moved, so no force change either
+    obs[0].forces[fixed] = 0.0
+    obs[0].history[fixed] = 0.0
+    d = actor(batch_graphs(obs, cfg)).detach().numpy()
+    assert np.abs(d[fixed]).max() == 0.0 and np.abs(d).max() > 0

@@ -16,7 +16,7 @@ from ase.io import read
 from ase.optimize import BFGS
 
 from actors.env import RelaxEnv, correct_action
-from common.config import RunConfig, load_config
+from common.config import RunConfig, from_dict, load_config
 from common.errors import RelaxRLError
 from common.observation import Observation, env_features
 from learner.policy import Policy, load_policy, save_policy
@@ -236,8 +236,8 @@ def test_counting_calculator_counts_real_calculations_only():
 class HistoryPolicy(ForcePolicy):
     """Steepest descent plus the previous move: records every observation it is shown."""
 
-    def __init__(self) -> None:
-        super().__init__(step=0.04)
+    def __init__(self, config: RunConfig | None = None) -> None:
+        super().__init__(step=0.04, config=config)
         self.seen: list[Observation] = []
 
     def observe(self, atoms, forces, energy, step_fraction=0.0, last_a_back=0.0):
@@ -248,19 +248,22 @@ class HistoryPolicy(ForcePolicy):
         return self.step * obs.forces + 0.5 * obs.history[:, :3]
 
 
-def test_rl_optimizer_builds_the_same_path_history_as_the_env():
+@pytest.mark.parametrize("steps", [1, 3])
+def test_rl_optimizer_builds_the_same_path_history_as_the_env(steps):
+    config = from_dict({"env": {"history_steps": steps}})
     start = Atoms("Cu5", positions=[[0, 0, 0], [2.4, 0, 0], [0, 2.5, 0], [0.1, 0.2, 2.3], [1.3, 1.3, 1.2]])
-    env = RelaxEnv(RunConfig().env)
-    env_policy = HistoryPolicy()
+    env = RelaxEnv(config.env)
+    env_policy = HistoryPolicy(config)
     obs = env.reset(start)
     for _ in range(6):
         obs = env.step(env_policy.act(obs)).obs
     atoms = start.copy()
     atoms.calc = EMT()
-    opt_policy = HistoryPolicy()
+    opt_policy = HistoryPolicy(config)
     RLOptimizer(atoms, policy=opt_policy, logfile=None).run(fmax=1e-4, steps=6)
     assert len(opt_policy.seen) == 6
     for a, b in zip(env_policy.seen, opt_policy.seen):
+        assert a.history.shape == b.history.shape == (5, 6 * steps)
         assert np.allclose(a.history, b.history, atol=1e-10)
         assert np.allclose(a.positions, b.positions, atol=1e-10)
     assert np.abs(opt_policy.seen[-1].history).max() > 0

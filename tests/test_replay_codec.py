@@ -14,7 +14,7 @@ from replay_service.codec import VERSION, CodecError, decode, decode_many, encod
 
 
 def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: bool = True, d: int = 2,
-                    reward: float = 0.5, history: bool = False) -> Transition:
+                    reward: float = 0.5, history: bool = False, history_steps: int = 1) -> Transition:
     rng = np.random.default_rng(seed)
 
     def obs() -> Observation:
@@ -24,7 +24,7 @@ def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: b
             o.edge_index = rng.integers(0, n, size=(2, 7))
             o.edge_shift = rng.integers(-1, 2, size=(7, 3))
         if history:
-            o.history = rng.normal(size=(n, 6))
+            o.history = rng.normal(size=(n, 6 * history_steps))
         return o
 
     return Transition(obs(), rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), reward, True, False, obs(), 0.25,
@@ -53,11 +53,12 @@ def test_round_trip_is_exact(n, edges, expert, d):
     u.obs.positions[0:1] += 1.0 if n else 0.0  # decoded arrays are writable
 
 
-@pytest.mark.parametrize("edges,expert", [(False, False), (True, True), (False, True)])
-def test_path_history_round_trips_alone_and_in_uniform_batches(edges, expert):
-    ts = [make_transition(6, seed=s, edges=edges, expert=expert, history=True) for s in range(3)]
+@pytest.mark.parametrize("edges,expert,steps", [(False, False, 1), (True, True, 1), (False, True, 1), (False, True, 5),
+                                                (True, False, 16)])
+def test_path_history_round_trips_alone_and_in_uniform_batches(edges, expert, steps):
+    ts = [make_transition(6, seed=s, edges=edges, expert=expert, history=True, history_steps=steps) for s in range(3)]
     for t, u in zip(ts, decode_many(encode_many(ts))):
-        assert u.obs.history.shape == (6, 6)
+        assert u.obs.history.shape == (6, 6 * steps)
         assert_same(t, u)
     assert encode_many(ts) == [encode(t) for t in ts]  # the batched path writes the same bytes
     plain = make_transition(6, history=False)
@@ -73,6 +74,21 @@ def test_history_on_one_side_only_is_refused():
     t.obs.history = np.zeros((3, 5))
     with pytest.raises(CodecError, match=r"obs\.history has shape"):
         encode(t)
+    t = make_transition(3, history=True, history_steps=2)
+    t.next_obs.history = np.zeros((3, 6))  # one remembered step where obs has two
+    with pytest.raises(CodecError, match=r"next_obs\.history has shape"):
+        encode(t)
+    t = make_transition(3, history=True, history_steps=17)
+    with pytest.raises(CodecError, match=r"K = 1\.\.16"):
+        encode(t)
+
+
+def test_payloads_written_before_history_steps_existed_decode_as_one_step():
+    """Flag bits 8–11 (K − 1) were zero in payloads of one remembered step: the same bytes as before."""
+    t = make_transition(4, history=True)
+    b = encode(t)
+    assert struct.unpack_from("<H", b, 6)[0] & 0xF00 == 0
+    assert decode(b).obs.history.shape == (4, 6)
 
 
 def test_wide_cell_shifts_and_different_next_numbers_round_trip():

@@ -30,3 +30,31 @@ def test_adsorbates_keep_their_fixed_bottom_layers():
         assert set(atoms.get_tags()[idx]) == {3, 4}
         copy = atoms.copy()  # evaluate() relaxes copies: the constraint travels with them
         assert [list(c.get_indices()) for c in copy.constraints] == [list(idx)]
+
+
+def test_every_suite_structure_passes_the_environment_checks():
+    """No atoms overlap at the start (CO sat upside down, its C 0.6 Å above Pt, until the builder put C down)."""
+    from actors.structures import check_structure
+
+    for atoms in generalisation_suite():
+        check_structure(atoms, atoms.info["name"], calculator="emt", min_distance_factor=0.6)
+    co = next(a for a in generalisation_suite(kinds=["adsorbate"]) if "CO" in a.info["name"])
+    c, o = (i for i, s in enumerate(co.get_chemical_symbols()) if s in "CO")
+    assert co.positions[c, 2] < co.positions[o, 2]  # carbon binds to the metal
+
+
+def test_a_relaxed_adsorbate_is_not_counted_as_a_fragment():
+    """EMT relaxes H on Pd(111) 2.30 Å from the surface: bonded at 1.5 × ASE's natural cutoffs (2.55 Å),
+    'fragmented' at 1.3 × (2.21 Å), which made every optimizer fail that structure."""
+    from ase.calculators.emt import EMT
+    from ase.optimize import BFGS
+
+    from relaxrl.evaluate import fragment_count
+
+    hpd = next(a for a in generalisation_suite(kinds=["adsorbate"]) if "HPd" in a.info["name"])
+    a = hpd.copy()
+    a.calc = EMT()
+    BFGS(a, logfile=None).run(fmax=0.05, steps=100)
+    assert fragment_count(a) == fragment_count(hpd) == 1
+    a.positions[-1, 2] += 2.0  # the H 2 Å further off: it has left the surface
+    assert fragment_count(a) == 2

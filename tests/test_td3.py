@@ -120,6 +120,29 @@ def test_td3_update_changes_critic_always_and_actor_only_when_delayed():
     assert "losses/actor" in logs and not torch.equal(critic_t.w, w0)
 
 
+def test_deviation_penalty_is_the_distance_to_the_corrected_proposal():
+    """λ_dev·‖π(s) − c(π(s))‖²: zero for moves the environment keeps, the taken-back part otherwise;
+    the replayed (noisy or expert) move no longer enters it."""
+    h = td3.TD3Hyper(gamma=0.9, tau=0.5, target_noise=0.0, target_noise_clip=0.0, max_step=0.2, lambda_dev=1.0,
+                     grad_clip=0.0)
+
+    def run(correct):
+        torch.manual_seed(0)
+        actor, critic = _TinyActor(), _TinyTwin()
+        b = _batch()
+        b.actual_move = torch.randn(5, 3)  # whatever was applied to the replayed move: irrelevant now
+        opts = torch.optim.SGD(actor.parameters(), lr=0.0), torch.optim.SGD(critic.parameters(), lr=0.0)
+        logs, _ = td3.td3_update(b, actor, critic, copy.deepcopy(actor), copy.deepcopy(critic), *opts, h,
+                                 lambda_bc=0.0, update_actor=True, correct=correct)
+        return logs["losses/deviation"], 0.1 * b.graph.forces, b.graph.batch
+
+    assert run(None)[0] == 0.0
+    assert run(lambda graph, proposal: proposal.clone())[0] == 0.0
+    dev, pi, batch = run(lambda graph, proposal: 0.5 * proposal)  # half of every move taken back
+    expected = td3.per_graph_mean((0.5 * pi).pow(2).sum(-1), batch, 2).mean() / 0.2**2
+    assert dev == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_schedules():
     assert linear(1.0, 0.0, 10, 5) == pytest.approx(0.5)
     assert linear(1.0, 0.0, 10, 50) == 0.0
