@@ -23,16 +23,20 @@ imitating them lifts the ceiling that imitating BFGS sets. Structures above
 from __future__ import annotations
 
 import numpy as np
+import torch
 from ase import Atoms
 
 from actors.calculators import make_calculator
-from common.config import EnvConfig, ExpertConfig
+from common.config import EnvConfig, ExpertConfig, NetworkConfig
 from common.errors import RelaxRLError
 from common.observation import Observation
 from common.schedules import SCHEDULES
+from learner.graph import batch_graphs
+from learner.networks import quasi_newton_step
 
-__all__ = ["BFGSExpert", "ExpertError", "NewtonTeacher", "fake_step_probability", "finite_difference_hessian",
-           "free_coordinates", "make_teacher", "saddle_free_newton_step"]
+__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "NewtonTeacher", "exact_compliance",
+           "fake_step_probability", "finite_difference_hessian", "free_coordinates", "make_teacher",
+           "saddle_free_newton_step"]
 
 FD_DELTA = 1e-3
 """Displacement (Å) of the central differences of :func:`finite_difference_hessian`."""
@@ -182,13 +186,56 @@ class NewtonTeacher:
         self.calculator.reset()
         hessian = finite_difference_hessian(atoms, self.calculator, self._free)
         self.force_calls += 2 * int(self._free.sum())
+        return self.step(hessian, obs)
+
+    def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
+        """The move for the Hessian over the free coordinates at ``obs``: saddle-free Newton."""
         return saddle_free_newton_step(hessian, obs.forces, self._free, self.maxstep, self.min_curvature)
 
 
-def make_teacher(cfg: ExpertConfig, env, maxstep: float):
+def exact_compliance(hessian: np.ndarray, free: np.ndarray, min_curvature: float) -> np.ndarray:
+    """Per-atom compliance ``|H_ii|⁻¹`` (eigenvalues floored at ``min_curvature``) from the Hessian over the
+    ``free`` coordinates; a fixed coordinate gets 1/min_curvature (it has no force and never moves). [n, 3, 3] Å²/eV"""
+    full = np.zeros((free.size, free.size))
+    idx = np.flatnonzero(free)
+    full[np.ix_(idx, idx)] = hessian
+    full[~free, ~free] = min_curvature
+    n = free.size // 3
+    out = np.empty((n, 3, 3))
+    for i in range(n):
+        w, v = np.linalg.eigh(full[3 * i:3 * i + 3, 3 * i:3 * i + 3])
+        out[i] = (v / np.maximum(np.abs(w), min_curvature)) @ v.T
+    return out
+
+
+class ExactComplianceTeacher(NewtonTeacher):
+    """``expert.teacher = 'compliance'``: the quasi-Newton head's own move
+    (:func:`learner.networks.quasi_newton_step`, the same L-BFGS memory of the observation's path
+    history) with the exact per-atom compliance |H_ii|⁻¹ of the finite-difference Hessian in place
+    of the learned one. Its steps are ones the quasi-Newton head can make, so imitating them
+    teaches the network the atoms' stiffness; a saddle-free Newton step is not of that form
+    (the L-BFGS head cannot represent a dense inverse Hessian), and cloning it made that head
+    slower (docs/RESULTS.md)."""
+
+    def __init__(self, env, maxstep: float, min_curvature: float = 0.5, max_atoms: int = 24,
+                 network: NetworkConfig | None = None):
+        super().__init__(env, maxstep, min_curvature, max_atoms)
+        self.network = network or NetworkConfig()
+
+    def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
+        compliance = torch.as_tensor(exact_compliance(hessian, self._free, self.min_curvature))
+        graph = batch_graphs([obs], self.network, dtype=torch.float64)
+        d = quasi_newton_step(graph, compliance, self.maxstep).numpy()
+        d[~self._free.reshape(-1, 3)] = 0.0
+        return d
+
+
+def make_teacher(cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None):
     """The fake-step expert ``expert.teacher`` names for environment ``env``: ``reset()`` and ``action(obs)``."""
     if cfg.teacher == "newton":
         return NewtonTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
+    if cfg.teacher == "compliance":
+        return ExactComplianceTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms, network)
     return BFGSExpert(maxstep=maxstep)
 
 

@@ -115,7 +115,7 @@ class EnvConfig:
         ], self)
 
 
-TEACHERS = ("bfgs", "newton")
+TEACHERS = ("bfgs", "newton", "compliance")
 """Kinds of fake step of the expert actors (``expert.teacher``)."""
 
 
@@ -130,9 +130,11 @@ class ExpertConfig:
     schedule: str = "linear"
     """Shape of the decay: 'linear' or 'exponential' (common.schedules). The BFGS step is bounded by env.max_step."""
     teacher: str = "bfgs"
-    """What a fake step is: 'bfgs' (one ase.optimize.BFGS iteration) or 'newton' (a saddle-free Newton step on a
-    finite-difference Hessian, 6 extra force calls per free atom, training only; structures above
-    newton_max_atoms get BFGS steps). Both are bounded by env.max_step (actors/expert.py)."""
+    """What a fake step is: 'bfgs' (one ase.optimize.BFGS iteration), 'newton' (a saddle-free Newton step on a
+    finite-difference Hessian) or 'compliance' (the 'quasi-newton' head's own move with the exact per-atom
+    compliance of that Hessian: a step the head can learn to make). 'newton' and 'compliance' cost 6 extra force
+    calls per free atom, training only; structures above newton_max_atoms get BFGS steps. All are bounded by
+    env.max_step (actors/expert.py)."""
     newton_max_atoms: int = 24
     """Largest structure (atoms) the 'newton' teacher takes Hessians of; larger ones get BFGS steps."""
     newton_min_curvature: float = 0.5

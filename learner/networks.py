@@ -50,6 +50,7 @@ __all__ = [
     "ACTOR_HEADS",
     "build_actor",
     "lbfgs_direction",
+    "quasi_newton_step",
     "Critic",
     "TwinCritic",
     "NetworkConfig",
@@ -479,16 +480,48 @@ def lbfgs_direction(forces: torch.Tensor, history: torch.Tensor, graph: Graph, h
     return z
 
 
-def secant_scale(history: torch.Tensor, graph: Graph, default: float) -> torch.Tensor:
+def secant_scale(history: torch.Tensor, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
     """γ = s·y / y·y of the newest remembered pair with positive curvature, per graph (Å²/eV;
-    Nocedal & Wright eq. 7.20); ``default`` where no pair qualifies. [n_graphs]"""
-    gamma = torch.full((graph.n_graphs,), float(default), dtype=history.dtype, device=history.device)
+    Nocedal & Wright eq. 7.20), and whether such a pair exists. ([n_graphs], [n_graphs] bool)"""
+    gamma = history.new_zeros(graph.n_graphs)
+    found = torch.zeros(graph.n_graphs, dtype=torch.bool, device=history.device)
     for k in reversed(range(history.shape[1] // 6)):  # oldest first, so the newest valid pair wins
         sk, yk = history[:, 6 * k:6 * k + 3], -history[:, 6 * k + 3:6 * k + 6]
         sy, yy = graph_dot(sk, yk, graph), graph_dot(yk, yk, graph)
         ok = (sy > 0) & (yy > 0)
         gamma = torch.where(ok, sy / torch.where(ok, yy, torch.ones_like(yy)), gamma)
-    return gamma
+        found = found | ok
+    return gamma, found
+
+
+def quasi_newton_step(graph: Graph, compliance: torch.Tensor, max_step: float) -> torch.Tensor:
+    """The quasi-Newton move of every graph for a per-atom compliance ``C_i`` [N, 3, 3] (Å²/eV, SPD).
+
+    The initial inverse Hessian of the L-BFGS recursion (:func:`lbfgs_direction`) over the path
+    history is ``H0_i = s·C_i``: before the first remembered pair with positive curvature s = 1
+    (the compliance as it is), afterwards s = γ / c̄ with γ the secant scale of the newest pair
+    (:func:`secant_scale`) and c̄ = Σ_i |F_i|²·tr(C_i)/3 / Σ_i |F_i|² the compliance where the
+    forces are: the path sets the overall scale, the compliance how it is shared among the
+    atoms and directions. The move is then scaled as a whole so that the longest atom move is
+    at most ``max_step`` Å. [N, 3] Å. The quasi-Newton head (C from the network) and the
+    exact-compliance teacher (C from finite-difference Hessian blocks) both move this way.
+    """
+    gamma, found = secant_scale(graph.history, graph)  # [G]
+    f2 = (graph.forces * graph.forces).sum(-1)  # [N]
+    trace = torch.diagonal(compliance, dim1=-2, dim2=-1).sum(-1) / 3.0  # [N] Å²/eV
+    w = scatter_sum(f2, graph.batch, graph.n_graphs)  # [G]
+    c_forces = scatter_sum(f2 * trace, graph.batch, graph.n_graphs) / w.clamp_min(1e-30)
+    c_mean = scatter_mean(trace, graph.batch, graph.num_atoms_per_graph)
+    c_bar = torch.where(w > 0, c_forces, c_mean).clamp_min(1e-30)  # [G]
+    scale = torch.where(found, gamma / c_bar, torch.ones_like(gamma))[graph.batch]  # [N]
+
+    def h0(v: torch.Tensor) -> torch.Tensor:
+        return scale.unsqueeze(-1) * torch.einsum("nij,nj->ni", compliance, v)
+
+    d = lbfgs_direction(graph.forces, graph.history, graph, h0)  # [N, 3] Å
+    longest = graph_max(safe_norm(d).squeeze(-1), graph)  # [G] Å
+    bound = torch.clamp(max_step / longest.clamp_min(1e-12), max=1.0)  # [G]
+    return d * bound[graph.batch].unsqueeze(-1)
 
 
 class QuasiNewtonActor(Actor):
@@ -498,19 +531,20 @@ class QuasiNewtonActor(Actor):
 
     H is the L-BFGS inverse-Hessian estimate (:func:`lbfgs_direction`) of the K = ``env.history_steps``
     remembered steps of the path history, built on a learned initial inverse Hessian that is
-    block-diagonal per atom::
+    block-diagonal per atom (:func:`quasi_newton_step`): ``H0_i = s·C_i`` with the compliance::
 
-        H0_i = γ · exp(a_i) · expm(A_i),    A_i = Σ_c sym(v_ic ⊗ u_ic)
+        C_i = step_size · exp(a_i) · expm(A_i),    A_i = Σ_c sym(v_ic ⊗ u_ic)
 
-    γ is the secant step scale s·y/y·y of the newest pair (``network.step_size`` before the first
-    move), a_i an invariant (``0e``) and v_ic, u_ic ``1o`` outputs of the trunk, so H0_i is a
-    symmetric positive-definite 3×3 compliance (Å²/eV) that turns with the structure: the
-    network tells how stiff each atom's surroundings are, and in which directions, relative
-    to what the last step measured. What the trunk sees of the path is the newest step
-    (``network.path_history``). The raw outputs are scaled by 0.1, so an untrained actor is
-    L-BFGS with Nocedal's scaling (H0 = γ I). H is positive definite, so F·d > 0: every
-    proposed move goes downhill, and it vanishes with the forces. An atom held by an ASE
-    constraint (zero force, never moves) gets no move: H0 is per atom and its s, y are zero.
+    a_i an invariant (``0e``) and v_ic, u_ic ``1o`` outputs of the trunk, so C_i is a symmetric
+    positive-definite 3×3 compliance (Å²/eV, the inverse of the atom's Hessian block it stands
+    for) that turns with the structure: the network tells how stiff each atom's surroundings
+    are, and in which directions. s is 1 before the path has a pair with positive curvature,
+    then the secant scale over the compliance where the forces are. What the trunk sees of the
+    path is the newest step (``network.path_history``). The raw outputs are scaled by 0.1, so
+    an untrained actor is L-BFGS with Nocedal's scaling (H0 = γ I; the first step
+    ``step_size``·F). H is positive definite, so F·d > 0: every proposed move goes downhill, and
+    it vanishes with the forces. An atom held by an ASE constraint (zero force, never moves)
+    gets no move: H0 is per atom and its s, y are zero.
     """
 
     def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
@@ -521,27 +555,18 @@ class QuasiNewtonActor(Actor):
         self.to(torch_dtype(cfg.dtype))
 
     def compliance(self, graph: Graph) -> torch.Tensor:
-        """The learned per-atom factor exp(a_i)·expm(A_i) of H0 (dimensionless, SPD), [N, 3, 3]."""
+        """The learned per-atom compliance C_i (Å²/eV, SPD), [N, 3, 3]."""
         x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
         h = 0.1 * self.head(x)  # [N, 13]
         a = h[:, 0].clamp(-5.0, 5.0)  # [N]
         vecs = h[:, 1:].reshape(-1, 4, 3)  # [N, 4, 3]: v_1, u_1, v_2, u_2
         outer = vecs[:, 0::2, :, None] * vecs[:, 1::2, None, :]  # [N, 2, 3, 3] v_c ⊗ u_c
         sym = (outer + outer.transpose(-1, -2)).sum(1) * 0.5  # [N, 3, 3]
-        return torch.exp(a)[:, None, None] * torch.linalg.matrix_exp(sym)
+        return self.step_size * torch.exp(a)[:, None, None] * torch.linalg.matrix_exp(sym)
 
     def ungated(self, graph: Graph) -> torch.Tensor:
         """The bounded quasi-Newton displacement before the env gate, [n_atoms, 3] Å."""
-        p = self.compliance(graph)  # [N, 3, 3]
-        gamma = secant_scale(graph.history, graph, self.step_size)[graph.batch]  # [N]
-
-        def h0(v: torch.Tensor) -> torch.Tensor:
-            return gamma.unsqueeze(-1) * torch.einsum("nij,nj->ni", p, v)
-
-        d = lbfgs_direction(graph.forces, graph.history, graph, h0)  # [N, 3] Å
-        longest = graph_max(safe_norm(d).squeeze(-1), graph)  # [G] Å
-        scale = torch.clamp(self.max_step / longest.clamp_min(1e-12), max=1.0)  # [G]
-        return d * scale[graph.batch].unsqueeze(-1)
+        return quasi_newton_step(graph, self.compliance(graph), self.max_step)
 
 
 ACTOR_HEADS = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}

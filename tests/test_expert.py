@@ -7,7 +7,17 @@ from ase.calculators.emt import EMT
 from ase.optimize import BFGS
 
 from actors.env import RelaxEnv
-from actors.expert import BFGSExpert, ExpertError, NewtonTeacher, fake_step_probability, free_coordinates, make_teacher
+from actors.expert import (
+    BFGSExpert,
+    ExactComplianceTeacher,
+    ExpertError,
+    NewtonTeacher,
+    exact_compliance,
+    fake_step_probability,
+    finite_difference_hessian,
+    free_coordinates,
+    make_teacher,
+)
 from actors.rollout import run_episode
 from actors.structures import random_cluster, rattled_bulk, rattled_slab
 from common.config import ConfigError, EnvConfig, ExpertConfig
@@ -177,3 +187,35 @@ def test_newton_teacher_keeps_fixed_atoms_and_falls_back_to_bfgs_on_large_struct
     assert isinstance(make_teacher(ExpertConfig(), env, 0.2), BFGSExpert)
     with pytest.raises(ConfigError, match="expert.teacher"):
         ExpertConfig(teacher="lbfgs")
+
+
+def test_exact_compliance_teacher_moves_as_the_quasi_newton_head_would_with_the_exact_compliance():
+    """Its steps are ones the 'quasi-newton' head can make: with C_i = |H_ii|⁻¹ in place of the network's
+    compliance, the head's move is the teacher's, and both keep fixed atoms still."""
+    import torch
+    from ase.constraints import FixAtoms
+
+    from common.config import NetworkConfig
+    from learner.graph import batch_graphs
+    from learner.networks import QuasiNewtonActor
+
+    env_cfg = EnvConfig(fmax=0.01, max_steps=50, history_steps=3)
+    net = NetworkConfig(actor_head="quasi-newton", path_history=True, dtype="float64", channels=4, num_layers=2)
+    slab = STRUCTURES["slab-Pd12"].copy()
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    env = RelaxEnv(env_cfg)
+    teacher = ExactComplianceTeacher(env, maxstep=0.2, min_curvature=10.0, network=net)
+    obs = env.reset(slab)
+    for _ in range(2):  # a path with two remembered steps
+        obs = env.step(0.01 * obs.forces).obs
+    move = teacher.action(obs)
+    exact = torch.as_tensor(exact_compliance(
+        finite_difference_hessian(env.atoms, EMT(), free_coordinates(env.atoms)), free_coordinates(env.atoms), 10.0))
+
+    class Exact(QuasiNewtonActor):
+        def compliance(self, graph):
+            return exact
+
+    head = Exact(net, EnvConfig(max_step=0.2, history_steps=3)).ungated(batch_graphs([obs], net)).detach().numpy()
+    np.testing.assert_allclose(move, head, atol=1e-10)
+    assert np.abs(move[:4]).max() == 0.0 and np.abs(move).max() > 0
