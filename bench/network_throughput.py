@@ -8,7 +8,9 @@ Measured (EMT Cu, compact 8- and 32-atom clusters, 64 graphs per batch):
   ``td3_update_s_256x8``: one TD3-shaped update on 256 eight-atom graphs with the default
   config on CPU (torch threads = 2): target actor + twin target critics (3 forwards, no grad),
   twin critic forward+backward+Adam, actor forward + critic-1 forward + backward + Adam,
-  Polyak averaging. Target: < 0.5 s (``td3_target_s``), side by side with the light config.
+  Polyak averaging. Target: < 0.5 s (``td3_target_s``), side by side with the light config
+  and with the presets' agent (``td3_update_s_256x8_quasi_newton``: quasi-Newton head over 5
+  remembered steps of path history, element descriptors).
   ``neighbor_lists``: time to build neighbour lists for 256 observations (clusters and
   periodic bulk, 8 and 32 atoms) and of ``batch_graphs`` with precomputed edges, beside the
   update time: the numbers behind the placement decision in learner/graph.py.
@@ -38,9 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.config import EnvConfig  # noqa: E402
 from common.observation import Observation  # noqa: E402
 from learner.graph import Graph, batch_graphs, neighbor_list  # noqa: E402
-from learner.networks import Actor, Critic, NetworkConfig, TwinCritic, count_parameters  # noqa: E402
+from learner.networks import Actor, Critic, NetworkConfig, TwinCritic, build_actor, count_parameters  # noqa: E402
 
 ENV = EnvConfig()  # the networks' env.max_step and env.env_input_dim (0: no env features)
+PRESET = dict(actor_head="quasi-newton", path_history=True, species="descriptors", step_size=0.0143)
+PRESET_ENV = EnvConfig(history_steps=5)  # configs/demo.toml's agent
 LIGHT = dict(channels=8, num_layers=2, num_basis=6, radial_hidden=16, radius=4.5)
 
 
@@ -122,8 +126,8 @@ def throughput(cfg: NetworkConfig, obs: list[Observation], device: str, repeats:
 class TD3Shaped:
     """The tensor work of one TD3 update (no replay, no losses' bells and whistles)."""
 
-    def __init__(self, cfg: NetworkConfig, device: str) -> None:
-        self.actor, self.critic = Actor(cfg, ENV).to(device), TwinCritic(cfg, ENV).to(device)
+    def __init__(self, cfg: NetworkConfig, device: str, env: EnvConfig = ENV) -> None:
+        self.actor, self.critic = build_actor(cfg, env).to(device), TwinCritic(cfg, env).to(device)
         self.actor_t, self.critic_t = copy.deepcopy(self.actor), copy.deepcopy(self.critic)
         self.opt_a = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
@@ -149,12 +153,16 @@ class TD3Shaped:
                     p_t.lerp_(p, 0.005)
 
 
-def td3_update_s(cfg: NetworkConfig, obs: list[Observation], obs_next: list[Observation], device: str, repeats: int) -> float:
-    g, g_next = batch_graphs(obs, cfg, device=device), batch_graphs(obs_next, cfg, device=device)
+def td3_update_s(cfg: NetworkConfig, obs: list[Observation], obs_next: list[Observation], device: str, repeats: int,
+                 env: EnvConfig = ENV) -> float:
     rng = np.random.default_rng(0)
+    if cfg.path_history:  # a path of env.history_steps small moves and force changes
+        obs, obs_next = ([dataclasses.replace(o, history=0.01 * rng.normal(size=(o.n_atoms, 6 * env.history_steps)))
+                          for o in batch] for batch in (obs, obs_next))
+    g, g_next = batch_graphs(obs, cfg, device=device), batch_graphs(obs_next, cfg, device=device)
     action = torch.as_tensor(0.05 * rng.normal(size=(g.n_atoms, 3)), dtype=g.dtype, device=device)
     reward = torch.as_tensor(-rng.random(g.n_graphs), dtype=g.dtype, device=device)
-    td3 = TD3Shaped(cfg, device)
+    td3 = TD3Shaped(cfg, device, env)
     return timed(lambda: td3.update(g, g_next, action, reward), repeats, device)
 
 
@@ -220,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     obs8_next = [cu_cluster(8, 1000 + seed) for seed in range(256)]
     result["td3_update_s_256x8"] = round(td3_update_s(default, obs8, obs8_next, "cpu", repeats), 4)
     result["td3_update_s_256x8_light"] = round(td3_update_s(light, obs8, obs8_next, "cpu", repeats), 4)
+    result["td3_update_s_256x8_quasi_newton"] = round(
+        td3_update_s(NetworkConfig(**PRESET), obs8, obs8_next, "cpu", repeats, PRESET_ENV), 4)
     torch.set_num_threads(1)  # a learner sharing its cores with actors may prefer one thread
     result["td3_update_s_256x8_1thread"] = round(td3_update_s(default, obs8, obs8_next, "cpu", repeats), 4)
     torch.set_num_threads(2)

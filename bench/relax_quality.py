@@ -11,12 +11,17 @@ the success rate and median/mean force calls, and
 structures both solved (below 1 = the policy needs fewer calls); ``by_kind`` gives success
 per optimizer and those two ratios per structure kind and overall. Without ``--checkpoint`` the
 policy is freshly initialised (untrained), and the JSON says so: the numbers are then a floor,
-not a result. ``--quick`` keeps 6 structures: one per suite kind, or for held-out 6 spanning
+not a result. ``--teachers newton,compliance`` also runs the expert teachers of
+:mod:`actors.expert` alone through :class:`~actors.env.RelaxEnv` (their Hessians are not counted,
+so these are bounds a one-call-per-step optimizer could reach with an exact Hessian, not
+competitors): converged count and force calls relative to BFGS's where both converged.
+``--quick`` keeps 6 structures: one per suite kind, or for held-out 6 spanning
 the sizes (< 40 s on a laptop CPU for held-out).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -29,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from common.config import load_config  # noqa: E402
+from actors.env import RelaxEnv  # noqa: E402
+from actors.expert import make_teacher  # noqa: E402
+from common.config import ExpertConfig, load_config  # noqa: E402
 from learner.policy import Policy, load_policy  # noqa: E402
 from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures, suite_structures  # noqa: E402
 
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -110,12 +118,40 @@ def main(argv: list[str] | None = None) -> int:
         "reference_vs_bfgs_on_emt": REFERENCE_VS_BFGS,
         "wall_time_s": round(time.perf_counter() - t0, 2),
     }
+    if args.teachers:
+        out["teachers"] = {name: teacher_runs(name, structures, report, policy.config, steps)
+                           for name in args.teachers.split(",")}
     if args.hybrid and "rl" in report["optimizers"]:
         rl_runs = [s["runs"]["rl"].get("rl", {}) for s in report["structures"]]
         out["hybrid_handed_over"] = sum(r.get("finished_by") == "bfgs" for r in rl_runs)
         out["hybrid_rl_steps_mean"] = sum(r.get("steps_rl", 0) for r in rl_runs) / max(len(rl_runs), 1)
     print(json.dumps(out))
     return 0
+
+
+def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> dict:
+    """Expert teacher ``name`` alone through RelaxEnv on every structure: converged, force calls vs BFGS."""
+    env = RelaxEnv(dataclasses.replace(cfg.env, max_steps=steps))
+    teacher = make_teacher(ExpertConfig(teacher=name, newton_max_atoms=10_000, newton_min_curvature=
+                                        cfg.expert.newton_min_curvature if name == "compliance" else 0.5),
+                           env, cfg.env.max_step, cfg.network)
+    bfgs = {s["name"]: s["runs"].get("bfgs") for s in report["structures"]}
+    converged, pairs = 0, []
+    for sname, atoms in structures.items():
+        obs = env.reset(atoms)
+        teacher.reset()
+        for _ in range(steps):
+            res = env.step(teacher.action(obs))
+            obs = res.obs
+            if res.terminated or res.truncated:
+                break
+        converged += bool(res.terminated)
+        b = bfgs.get(sname)
+        if res.terminated and b is not None and b["converged"]:
+            pairs.append((env.force_calls, b["force_calls"]))
+    ratio = sum(p[0] for p in pairs) / sum(p[1] for p in pairs) if pairs else None
+    return {"converged": converged, "n_structures": len(structures), "force_calls_vs_bfgs": ratio,
+            "n_both_converged": len(pairs), "hessian_force_calls_not_counted": teacher.force_calls}
 
 
 def policy_path(text: str) -> str:
