@@ -143,7 +143,8 @@ class PolicyWithNoise:
 
 class BFGSOrPolicy:
     """Per environment: a fake step (the ``expert.teacher``'s: one BFGS iteration by default) with probability
-    p(t_total), else the policy plus noise. ``experts`` holds one teacher per environment (``reset``, ``action``)."""
+    p(t_total) where the teacher offers one, else the policy plus noise. ``experts`` holds one teacher per
+    environment (``reset``, ``offers``, ``action``)."""
 
     def __init__(self, policy: PolicyWithNoise, experts: Sequence, cfg: ExpertConfig, rng: np.random.Generator):
         self.policy, self.cfg, self.rng = policy, cfg, rng
@@ -154,7 +155,8 @@ class BFGSOrPolicy:
 
     def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
         p = fake_step_probability(t_total, self.cfg)
-        tables = ["expert" if self.rng.random() < p else "online" for _ in observations]
+        tables = ["expert" if self.rng.random() < p and self.experts[k].offers(o) else "online"
+                  for k, o in enumerate(observations)]
         online = [k for k, t in enumerate(tables) if t == "online"]
         noisy, scale = self.policy.noisy_moves([observations[k] for k in online], t_total)
         by_env = dict(zip(online, noisy))

@@ -133,12 +133,14 @@ class ExpertConfig:
     """What a fake step is: 'bfgs' (one ase.optimize.BFGS iteration), 'newton' (a saddle-free Newton step on a
     finite-difference Hessian) or 'compliance' (the 'quasi-newton' head's own move with the exact per-atom
     compliance of that Hessian: a step the head can learn to make). 'newton' and 'compliance' cost 6 extra force
-    calls per free atom, training only; structures above newton_max_atoms get BFGS steps. All are bounded by
+    calls per free atom, training only; structures above newton_max_atoms get no fake step. All are bounded by
     env.max_step (actors/expert.py)."""
     newton_max_atoms: int = 24
-    """Largest structure (atoms) the 'newton' teacher takes Hessians of; larger ones get BFGS steps."""
+    """Largest structure (atoms) the 'newton' and 'compliance' teachers take Hessians of; on larger ones the expert
+    actor's policy acts (into the online table)."""
     newton_min_curvature: float = 0.5
-    """Smallest |eigenvalue| (eV/Å²) the 'newton' teacher divides by: softer or negative modes move as if this stiff."""
+    """Smallest |eigenvalue| (eV/Å²) the 'newton' and 'compliance' teachers divide by: softer or negative modes move
+    as if this stiff."""
 
     def __post_init__(self) -> None:
         _require("expert", [
@@ -288,7 +290,7 @@ class NetworkConfig:
     L-BFGS; learner/networks.py QuasiNewtonActor)."""
     step_size: float = 0.1
     """α at initialisation of the 'preconditioned' head, Å²/eV (about 1/curvature of a metal bond); the
-    'quasi-newton' head's inverse-Hessian scale before the first move."""
+    'quasi-newton' head's compliance at initialisation (its first step is step_size·F)."""
     momentum: float = 0.5
     """β at initialisation of the 'preconditioned' head (weight of the previous move)."""
 

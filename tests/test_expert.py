@@ -168,7 +168,7 @@ def test_newton_teacher_relaxes_in_fewer_steps_than_bfgs_and_its_hessians_are_no
     assert newton.info["steps"] < bfgs.info["steps"]
 
 
-def test_newton_teacher_keeps_fixed_atoms_and_falls_back_to_bfgs_on_large_structures():
+def test_newton_teacher_keeps_fixed_atoms_and_offers_no_step_on_large_structures():
     from ase.constraints import FixAtoms, FixCartesian
 
     slab = STRUCTURES["slab-Pd12"].copy()
@@ -180,10 +180,11 @@ def test_newton_teacher_keeps_fixed_atoms_and_falls_back_to_bfgs_on_large_struct
     d = teacher.action(obs)
     assert np.abs(d[:4]).max() == 0.0 and d[4, 2] == 0.0 and np.abs(d[5:]).max() > 0
     assert teacher.force_calls == 2 * (3 * 7 + 2)  # central differences over the 23 free coordinates
-    assert make_teacher(ExpertConfig(teacher="newton", newton_max_atoms=4), env, 0.2).action(obs).shape == (12, 3)
     small = make_teacher(ExpertConfig(teacher="newton", newton_max_atoms=4), env, 0.2)
-    small.action(obs)
-    assert small.force_calls == 0 and small.fallback.hessian is not None  # 12 atoms > 4: a BFGS step
+    assert teacher.offers(obs) and not small.offers(obs)  # 12 atoms > 4
+    with pytest.raises(ExpertError, match="offers"):
+        small.action(obs)
+    assert small.force_calls == 0
     assert isinstance(make_teacher(ExpertConfig(), env, 0.2), BFGSExpert)
     with pytest.raises(ConfigError, match="expert.teacher"):
         ExpertConfig(teacher="lbfgs")
@@ -219,3 +220,19 @@ def test_exact_compliance_teacher_moves_as_the_quasi_newton_head_would_with_the_
     head = Exact(net, EnvConfig(max_step=0.2, history_steps=3)).ungated(batch_graphs([obs], net)).detach().numpy()
     np.testing.assert_allclose(move, head, atol=1e-10)
     assert np.abs(move[:4]).max() == 0.0 and np.abs(move).max() > 0
+
+
+def test_expert_actor_acts_with_its_policy_where_the_teacher_offers_no_step():
+    """Above expert.newton_max_atoms the expert actor's transition is a policy step into the online table."""
+    from actors.loop import BFGSOrPolicy
+
+    class Moves:
+        def noisy_moves(self, observations, t_total):
+            return [np.full((o.n_atoms, 3), 0.01) for o in observations], 1.0
+
+    envs = [RelaxEnv(EnvConfig()), RelaxEnv(EnvConfig())]
+    obs = [envs[0].reset(STRUCTURES["cluster-Cu5"]), envs[1].reset(STRUCTURES["slab-Pd12"])]
+    teachers = [NewtonTeacher(env, 0.2, max_atoms=8) for env in envs]
+    acts = BFGSOrPolicy(Moves(), teachers, ExpertConfig(p_start=1.0, p_end=1.0), np.random.default_rng(0)).act(obs, 0)
+    assert acts.tables == ["expert", "online"]
+    assert acts.expert_moves[1] is None and np.allclose(acts.moves[1], 0.01)
