@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from actors.env import RelaxEnv  # noqa: E402
 from actors.expert import make_teacher  # noqa: E402
+from actors.rollout import run_episode  # noqa: E402
 from common.config import ExpertConfig, load_config  # noqa: E402
 from learner.policy import Policy, load_policy  # noqa: E402
 from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures, suite_structures  # noqa: E402
@@ -138,17 +139,12 @@ def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> 
     bfgs = {s["name"]: s["runs"].get("bfgs") for s in report["structures"]}
     converged, pairs = 0, []
     for sname, atoms in structures.items():
-        obs = env.reset(atoms)
         teacher.reset()
-        for _ in range(steps):
-            res = env.step(teacher.action(obs))
-            obs = res.obs
-            if res.terminated or res.truncated:
-                break
-        converged += bool(res.terminated)
+        res = run_episode(env, teacher.action, atoms)  # env.max_steps = steps
+        converged += res["converged"]
         b = bfgs.get(sname)
-        if res.terminated and b is not None and b["converged"]:
-            pairs.append((env.force_calls, b["force_calls"]))
+        if res["converged"] and b is not None and b["converged"]:
+            pairs.append((res["force_calls"], b["force_calls"]))
     ratio = sum(p[0] for p in pairs) / sum(p[1] for p in pairs) if pairs else None
     return {"converged": converged, "n_structures": len(structures), "force_calls_vs_bfgs": ratio,
             "n_both_converged": len(pairs), "hessian_force_calls_not_counted": teacher.force_calls}
