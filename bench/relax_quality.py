@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ from actors.expert import make_teacher  # noqa: E402
 from actors.rollout import run_episode  # noqa: E402
 from common.config import ExpertConfig, load_config  # noqa: E402
 from learner.policy import Policy, load_policy  # noqa: E402
-from relaxrl.evaluate import OPTIMIZERS, evaluate, heldout_structures, suite_structures  # noqa: E402
+from relaxrl.evaluate import OPTIMIZERS, evaluate, fragment_count, heldout_structures, suite_structures  # noqa: E402
 
 # ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.
 REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43, 0.52]}
@@ -131,22 +132,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> dict:
-    """Expert teacher ``name`` alone through RelaxEnv on every structure: converged, force calls vs BFGS."""
+    """Expert teacher ``name`` alone through RelaxEnv on every structure: converged, force calls vs BFGS,
+    and success as ``relaxrl eval`` judges it (converged, not fragmented, within the energy tolerance of
+    the best minimum of the eval's optimizers and the teacher). The optimizers' own success is left as
+    the eval judged it; ``missed`` names the structures the teacher did not solve,
+    ``lower_than_every_optimizer`` those where it found a deeper minimum than every optimizer."""
     env = RelaxEnv(dataclasses.replace(cfg.env, max_steps=steps))
     teacher = make_teacher(ExpertConfig(teacher=name, newton_max_atoms=10_000, newton_min_curvature=
                                         cfg.expert.newton_min_curvature if name == "compliance" else 0.5),
                            env, cfg.env.max_step, cfg.network)
-    bfgs = {s["name"]: s["runs"].get("bfgs") for s in report["structures"]}
-    converged, pairs = 0, []
+    records = {s["name"]: s for s in report["structures"]}
+    tol = report["settings"]["energy_tol_ev_per_atom"]
+    converged, solved, deeper, missed, pairs = 0, 0, [], [], []
     for sname, atoms in structures.items():
         teacher.reset()
+        fragments0 = fragment_count(atoms)
         res = run_episode(env, teacher.action, atoms)  # env.max_steps = steps
         converged += res["converged"]
-        b = bfgs.get(sname)
+        s = records[sname]
+        b = s["runs"].get("bfgs")
+        best = s["best_energy"]
+        ok = res["converged"] and res["error"] is None and fragment_count(env.atoms) <= fragments0
+        above = (res["energy_final"] - best) / len(atoms)  # eV/atom; nan when no optimizer has a minimum
+        if ok and (not math.isfinite(above) or above <= tol):
+            solved += 1
+            if not math.isfinite(above) or above < -tol:
+                deeper.append(sname)
+        else:
+            missed.append(sname)
         if res["converged"] and b is not None and b["converged"]:
             pairs.append((res["force_calls"], b["force_calls"]))
     ratio = sum(p[0] for p in pairs) / sum(p[1] for p in pairs) if pairs else None
-    return {"converged": converged, "n_structures": len(structures), "force_calls_vs_bfgs": ratio,
+    return {"converged": converged, "success": solved, "n_structures": len(structures),
+            "missed": missed, "lower_than_every_optimizer": deeper, "force_calls_vs_bfgs": ratio,
             "n_both_converged": len(pairs), "hessian_force_calls_not_counted": teacher.force_calls}
 
 

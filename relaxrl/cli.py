@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its keyword arguments as a JSON object (default: the checkpoint's env.calculator_kwargs)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all; >= 0)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="'rl' hands over to BFGS after K steps without progress (0 = off)")
+    p.add_argument("--curvature-check", type=int, default=0, metavar="N",
+                   help="on structures of at most N free atoms, flag converged runs that ended on a saddle point "
+                        "(finite-difference Hessian, 6 uncounted force calls per free atom; 0 = off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True,
                    help="output directory for report.json, report.md and plots (created; not an existing file)")

@@ -15,6 +15,14 @@ on that structure, and the structure did not fall apart (more connected fragment
 end than at the start, bonds judged at 1.5 × ASE's natural cutoffs). Runs that converge
 into a higher minimum or by fragmenting are flagged in the report.
 
+Fmax < fmax holds at saddle points too. With ``curvature_max_atoms = N`` (``relaxrl eval
+--curvature-check N``) every converged run on a structure of at most N free atoms also gets the
+lowest eigenvalue of the finite-difference Hessian over its free coordinates
+(``lowest_curvature_ev_per_a2``; 6 force calls per free atom on a separate calculator, not
+counted); below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run is flagged ``saddle`` (it ended on a
+saddle point, not in a minimum) instead of ``higher_minimum``. Success is judged by energy as
+above either way.
+
 The evaluation `relaxrl train` runs when training ends is this same evaluation
 (:func:`evaluate_after_training`): the trained policy ('rl'), the run's untrained policy
 ('untrained') and BFGS (the reference minimum) on the held-out structures, written with the
@@ -37,6 +45,7 @@ from ase import Atoms
 
 from actors.alfe import ALFE_SETS, alfe_structure_set
 from actors.calculators import make_calculator, resolve_calculator
+from actors.expert import finite_difference_hessian, free_coordinates
 from actors.structures import load_structures, read_structure_source
 from actors.suite import generalisation_suite
 from common.config import from_dict, load_config, parse_override, to_dict
@@ -51,6 +60,9 @@ OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
 """Optimizer names `relaxrl eval` knows; 'rl' needs a policy."""
 ENERGY_TOL_EV_PER_ATOM = 1e-3
 """A converged run more than this above the best final energy (eV/atom) is not a success."""
+SADDLE_CURVATURE_EV_PER_A2 = 0.05
+"""A converged run whose lowest Hessian eigenvalue is below −this (eV/Å²) is flagged as ending on a saddle point:
+well beyond the finite-difference noise of the near-zero translation and rotation modes of free clusters."""
 FRAGMENT_CUTOFF_MULT = 1.5
 """Bonds for the fragmentation check: distance < this × (natural cutoff i + natural cutoff j)."""
 
@@ -107,9 +119,43 @@ def fragment_count(atoms: Atoms, mult: float = FRAGMENT_CUTOFF_MULT) -> int:
     return int(connected_components(graph, directed=False)[0])
 
 
+def rigid_body_modes(atoms: Atoms) -> np.ndarray:
+    """Orthonormal rigid-body displacement modes of ``atoms``, [3n, k]: the 3 translations when no
+    constraint holds an atom, and without periodicity also the 3 rotations about the centre (2 for a
+    line); k = 0 when a constraint holds atoms. At a converged, not exactly stationary point their
+    curvature is of the order of the residual forces over the size (~±0.05 eV/Å² for a molecule),
+    not a property of the minimum, so :func:`lowest_curvature` leaves them out."""
+    n = len(atoms)
+    if atoms.constraints or n < 2:
+        return np.zeros((3 * n, 0))
+    modes = [np.tile(np.eye(3)[d], n) for d in range(3)]
+    if not atoms.pbc.any():
+        r = atoms.positions - atoms.positions.mean(axis=0)
+        modes += [np.cross(np.eye(3)[d], r).ravel() for d in range(3)]
+    u, sv, _ = np.linalg.svd(np.stack(modes, axis=1), full_matrices=False)
+    return u[:, sv > 1e-6 * sv.max()]
+
+
+def lowest_curvature(atoms: Atoms, calculator: Any) -> float:
+    """Lowest eigenvalue (eV/Å²) of the finite-difference Hessian of ``atoms`` over the coordinates its
+    constraints leave free, by ``calculator`` (6 force calls per free atom), rigid-body modes left out
+    (:func:`rigid_body_modes`); nan when nothing else is free."""
+    free = free_coordinates(atoms)
+    hessian = finite_difference_hessian(atoms, calculator, free) if free.any() else np.zeros((0, 0))
+    rigid = rigid_body_modes(atoms)[free]
+    if rigid.shape[1]:  # the Hessian on the complement of the rigid-body modes
+        q, _ = np.linalg.qr(rigid, mode="complete")
+        rest = q[:, rigid.shape[1]:]
+        hessian = rest.T @ hessian @ rest
+    return float(np.linalg.eigvalsh(hessian)[0]) if hessian.size else math.nan
+
+
 def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float, steps: int,
-            policy: Any = None, hybrid_patience: int = 0) -> dict[str, Any]:
-    """Relax a copy of ``atoms`` with optimizer ``name``; counts, energies, timing and the Fmax trace."""
+            policy: Any = None, hybrid_patience: int = 0, curvature_max_atoms: int = 0) -> dict[str, Any]:
+    """Relax a copy of ``atoms`` with optimizer ``name``; counts, energies, timing and the Fmax trace.
+
+    With ``curvature_max_atoms`` > 0, a converged run on at most that many free atoms also gets
+    ``lowest_curvature_ev_per_a2`` (:func:`lowest_curvature`, a fresh calculator, not counted)."""
     a = atoms.copy()
     calc = CountingCalculator(calculator())
     a.calc = calc
@@ -148,6 +194,10 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
         record["converged"] = False
     record["wall_time_s"] = time.perf_counter() - t0
     record["force_calls"] = int(calc.calls)
+    record["lowest_curvature_ev_per_a2"] = None
+    if curvature_max_atoms > 0 and record["converged"] and free_coordinates(a).sum() <= 3 * curvature_max_atoms:
+        value = lowest_curvature(a, calculator())
+        record["lowest_curvature_ev_per_a2"] = value if math.isfinite(value) else None
     return record
 
 
@@ -175,7 +225,9 @@ def judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
             above = (r["energy"] - best) / s["n_atoms"] if math.isfinite(best) and math.isfinite(r["energy"]) else math.nan
             r["energy_above_best_mev_per_atom"] = 1e3 * above if math.isfinite(above) else None
             r["fragmented"] = bool(r.get("fragments_final", 1) > r.get("fragments_initial", 1))
-            r["higher_minimum"] = bool(r["converged"] and math.isfinite(above) and above > energy_tol)
+            curvature = r.get("lowest_curvature_ev_per_a2")
+            r["saddle"] = bool(r["converged"] and curvature is not None and curvature < -SADDLE_CURVATURE_EV_PER_A2)
+            r["higher_minimum"] = bool(r["converged"] and not r["saddle"] and math.isfinite(above) and above > energy_tol)
             r["success"] = bool(r["converged"] and r["error"] is None and not r["fragmented"]
                                 and math.isfinite(above) and above <= energy_tol)
         rl, bfgs = runs.get("rl"), runs.get("bfgs")
@@ -205,6 +257,8 @@ def summarize(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> di
             "success_rate": len(solved) / len(runs) if runs else None,
             "n_converged": sum(r["converged"] for r in runs),
             "n_higher_minimum": sum(r["higher_minimum"] for r in runs),
+            "n_saddle": sum(r["saddle"] for r in runs),
+            "n_curvature_checked": sum(r.get("lowest_curvature_ev_per_a2") is not None for r in runs),
             "n_fragmented": sum(r["fragmented"] for r in runs),
             "n_errors": sum(r["error"] is not None for r in runs),
             "force_calls": _stats(r["force_calls"] for r in runs),
@@ -285,11 +339,14 @@ def evaluate(
     energy_tol: float = ENERGY_TOL_EV_PER_ATOM,
     hybrid_patience: int = 0,
     policies: Mapping[str, Any] | None = None,
+    curvature_max_atoms: int = 0,
 ) -> dict[str, Any]:
     """Relax every structure with every optimizer and compare (see the module docstring).
 
     ``policy`` is the policy of optimizer 'rl'; ``policies`` names further policies that
     ``optimizers`` may list (e.g. ``{"untrained": p}``), each run as an RLOptimizer.
+    ``curvature_max_atoms`` > 0 checks converged runs on structures of at most that many free
+    atoms for saddle points (module docstring).
 
     Returns a JSON-able dict: ``settings``, ``optimizers`` (per-optimizer aggregates),
     ``structures`` (per-structure runs, with the Fmax trace of each run), ``comparisons``
@@ -321,7 +378,7 @@ def evaluate(
             for opt in names:
                 advance(f"{sname} · {opt}")
                 s["runs"][opt] = run_one(opt, atoms, make_calc, fmax, steps, policy=by_name.get(opt),
-                                         hybrid_patience=hybrid_patience)
+                                         hybrid_patience=hybrid_patience, curvature_max_atoms=curvature_max_atoms)
             records.append(s)
         advance(None)
     judge(records, energy_tol)
@@ -344,6 +401,7 @@ def evaluate(
             "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
             "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
             "optimizers": names, "n_structures": len(records), "hybrid_patience": hybrid_patience,
+            "curvature_max_atoms": curvature_max_atoms, "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
             "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
         },
         "optimizers": summarize(records, names),
@@ -516,6 +574,9 @@ def eval_command(args: argparse.Namespace) -> int:
     _check_limit(args.limit)
     if getattr(args, "hybrid", 0) < 0:
         raise EvalError(f"--hybrid must be >= 0 (0 = the policy alone), got {args.hybrid}")
+    if getattr(args, "curvature_check", 0) < 0:
+        raise EvalError(f"--curvature-check must be >= 0 (the most free atoms whose Hessian is checked; 0 = off), "
+                        f"got {args.curvature_check}")
     out = check_out_dir(args.out)
     check_overrides(args.overrides)
     policy = None
@@ -540,7 +601,7 @@ def eval_command(args: argparse.Namespace) -> int:
                                         min_distance_factor=cfg.env.min_distance_factor)
     report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=calc_name,
                       calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False),
-                      hybrid_patience=getattr(args, "hybrid", 0))
+                      hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=getattr(args, "curvature_check", 0))
     report["settings"]["structures"] = args.structures
     report["settings"]["checkpoint"] = args.checkpoint
     paths = write_report(report, out)

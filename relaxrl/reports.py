@@ -73,9 +73,15 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
         lines += [f"Hybrid mode: `rl` hands over to BFGS after {st['hybrid_patience']} policy steps without a new lowest "
                   f"Fmax; it did on {handed} of {len(report['structures'])} structures (marked `+bfgs`); its force "
                   "calls include the BFGS part.", ""]
+    if st.get("curvature_max_atoms"):
+        lines += [f"Curvature check: every converged run on a structure of at most {st['curvature_max_atoms']} free atoms "
+                  "got the lowest eigenvalue of its finite-difference Hessian (force calls not counted); below "
+                  f"−{st.get('saddle_curvature_ev_per_a2')} eV/Å² it ended on a saddle point (column `saddle`, mark ⋈), not in a "
+                  "minimum. Success is judged by energy either way.", ""]
     lines += [
-        "| optimizer | success | force calls median | mean | p90 | mean (solved) | higher minimum | fragmented | errors | wall time s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| optimizer | success | force calls median | mean | p90 | mean (solved) | higher minimum | saddle | fragmented | errors "
+        "| wall time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         o = report["optimizers"][n]
@@ -83,6 +89,7 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
         lines.append(
             f"| {n} | {o['n_success']}/{o['n_runs']} ({_fmt(100 * (o['success_rate'] or 0), 0)} %) | {_fmt(fc['median'])} | "
             f"{_fmt(fc['mean'])} | {_fmt(fc['p90'])} | {_fmt(fs['mean'])} | {o['n_higher_minimum']} | "
+            f"{o.get('n_saddle', 0) if o.get('n_curvature_checked') else '–'} | "
             f"{o['n_fragmented']} | {o['n_errors']} | {_fmt(o['wall_time_s']['total'], 2)} |")
     if report["comparisons"]:
         lines += ["", "Ratio of mean force calls on the structures both solved:", ""]
@@ -90,7 +97,8 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
             lines.append(f"- `{k}`: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures)")
     lines += by_kind_markdown(report)
     lines += ["", "## Per structure", "",
-              "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ✂ = fragmented).", ""]
+              "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ✂ = fragmented; "
+              "⋈ = converged on a saddle point, `--curvature-check`).", ""]
     header = "| structure | atoms | " + " | ".join(names) + (" | RL/BFGS |" if "rl" in names and "bfgs" in names else " |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for s in report["structures"]:
@@ -98,6 +106,8 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
         for n in names:
             r = s["runs"][n]
             mark = "" if r["success"] else (" ↑" if r["higher_minimum"] else " ✂" if r["fragmented"] else " ✗")
+            if r.get("saddle"):
+                mark += " ⋈"
             if (r.get("rl") or {}).get("finished_by") == "bfgs":
                 mark += " +bfgs"
             cells.append(f"{r['force_calls']}{mark}")

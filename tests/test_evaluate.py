@@ -173,6 +173,7 @@ def test_eval_command_held_out_and_errors(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--limit", "-1"], "--limit must be >= 0 (0 = every structure, N = the first N), got -1"),
     (["--limit", "-5"], "--limit must be >= 0 (0 = every structure, N = the first N), got -5"),
+    (["--curvature-check", "-1"], "--curvature-check must be >= 0"),
     (["--fmax", "inf"], "--fmax must be a finite force threshold > 0 eV/Å"),
     (["--fmax", "0"], "--fmax must be a finite force threshold > 0 eV/Å"),
     (["--steps", "0"], "--steps must be at least 1"),
@@ -349,3 +350,60 @@ def test_eval_calculator_problems_name_evals_flags_before_the_work(tmp_path, cap
     assert rc == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err, err
     assert "--calculator" in err and "env.calculator" not in err
     assert not out.exists()
+
+
+def _cu4(shape: str) -> Atoms:
+    d = 2.4
+    if shape == "square":  # relaxes as a square under BFGS (the forces keep it planar): a saddle point of EMT Cu4
+        return Atoms("Cu4", positions=[[0, 0, 0], [d, 0, 0], [d, d, 0], [0, d, 0]])
+    return Atoms("Cu4", positions=[[0, 0, 0], [d, 0, 0], [d / 2, 0.87 * d, 0], [d / 2, 0.29 * d, 0.82 * d]])
+
+
+def test_curvature_check_flags_runs_that_ended_on_a_saddle(tmp_path):
+    """A planar Cu4 square converges (Fmax < fmax) on a saddle point: its Hessian has a negative
+    eigenvalue (buckling towards the tetrahedron). The check flags it, not the tetrahedron, and
+    does not add its Hessian's force calls to the run's."""
+    structures = {"square": _cu4("square"), "tetrahedron": _cu4("tetrahedron")}
+    plain = evaluate(structures, ["bfgs"], steps=200, progress=False)
+    checked = evaluate(structures, ["bfgs"], steps=200, progress=False, curvature_max_atoms=8)
+    runs = {s["name"]: s["runs"]["bfgs"] for s in checked["structures"]}
+    assert all(r["converged"] for r in runs.values())
+    assert runs["square"]["lowest_curvature_ev_per_a2"] < -0.5
+    assert runs["square"]["saddle"] and not runs["square"]["higher_minimum"]
+    assert runs["tetrahedron"]["lowest_curvature_ev_per_a2"] > 1.0 and not runs["tetrahedron"]["saddle"]
+    assert checked["optimizers"]["bfgs"]["n_saddle"] == 1
+    assert checked["optimizers"]["bfgs"]["n_curvature_checked"] == 2
+    plain_runs = {s["name"]: s["runs"]["bfgs"] for s in plain["structures"]}
+    assert all(plain_runs[n]["force_calls"] == runs[n]["force_calls"] for n in runs)
+    assert all(r["lowest_curvature_ev_per_a2"] is None and not r["saddle"] for r in plain_runs.values())
+    # Above the size limit nothing is checked.
+    small = evaluate({"square": _cu4("square")}, ["bfgs"], steps=200, progress=False, curvature_max_atoms=3)
+    assert small["structures"][0]["runs"]["bfgs"]["lowest_curvature_ev_per_a2"] is None
+    # The CLI: the report says which run ended on a saddle.
+    for name, atoms in structures.items():
+        write(tmp_path / f"{name}.xyz", atoms)
+    out = tmp_path / "out"
+    assert main(["eval", "--structures", str(tmp_path), "--optimizers", "bfgs", "--curvature-check", "8",
+                 "--no-progress", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "Curvature check" in md and "⋈" in md
+    assert json.loads((out / "report.json").read_text())["optimizers"]["bfgs"]["n_saddle"] == 1
+
+
+def test_rigid_body_modes_are_left_out_of_the_curvature():
+    """Translations and rotations of a free cluster are not curvature: the lowest eigenvalue of a
+    relaxed tetrahedron is that of a vibration. A constrained structure keeps every mode."""
+    from ase.constraints import FixAtoms
+
+    from relaxrl.evaluate import lowest_curvature, rigid_body_modes
+
+    a = _cu4("tetrahedron")
+    a.calc = EMT()
+    BFGS(a, logfile=None).run(fmax=0.001, steps=200)
+    modes = rigid_body_modes(a)
+    assert modes.shape == (12, 6) and np.allclose(modes.T @ modes, np.eye(6), atol=1e-10)
+    assert lowest_curvature(a, EMT()) > 1.0
+    a.set_constraint(FixAtoms(indices=[0]))
+    assert rigid_body_modes(a).shape == (12, 0)
+    # One atom held: the rotations about it stay free and are kept, curvature ~0, not a saddle.
+    assert abs(lowest_curvature(a, EMT())) < 0.01
