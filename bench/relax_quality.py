@@ -15,6 +15,8 @@ not a result. ``--teachers newton,compliance`` also runs the expert teachers of
 :mod:`actors.expert` alone through :class:`~actors.env.RelaxEnv` (their Hessians are not counted,
 so these are bounds a one-call-per-step optimizer could reach with an exact Hessian, not
 competitors): converged count and force calls relative to BFGS's where both converged.
+``--curvature-check N`` counts, per optimizer, the converged runs on at most N free atoms that
+ended on a saddle point (``n_saddle``, as ``relaxrl eval --curvature-check``).
 ``--quick`` keeps 6 structures: one per suite kind, or for held-out 6 spanning
 the sizes (< 40 s on a laptop CPU for held-out).
 """
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance")
+    p.add_argument("--curvature-check", type=int, default=0, metavar="N",
+                   help="flag converged runs on at most N free atoms that ended on a saddle point (as relaxrl eval)")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = min(steps, 150)
     report = evaluate(structures, args.optimizers, fmax=args.fmax, steps=steps, calculator=cfg.env.calculator,
                       calculator_kwargs=cfg.env.calculator_kwargs, policy=policy, progress=False,
-                      hybrid_patience=args.hybrid)
+                      hybrid_patience=args.hybrid, curvature_max_atoms=args.curvature_check)
 
     comps = report["comparisons"]
     out = {
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "optimizers": {
             name: {"success_rate": o["success_rate"], "force_calls_median": o["force_calls"]["median"],
                    "force_calls_mean": o["force_calls"]["mean"], "force_calls_mean_solved": o["force_calls_solved"]["mean"],
+                   "n_higher_minimum": o["n_higher_minimum"], "n_saddle": o["n_saddle"],
+                   "n_curvature_checked": o["n_curvature_checked"],
                    "wall_time_s": round(o["wall_time_s"]["total"], 3)}
             for name, o in report["optimizers"].items()
         },
