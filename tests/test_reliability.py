@@ -130,6 +130,8 @@ def test_redis_sigkill_during_training_loses_no_acknowledged_item_and_training_c
 
     run = tiny_run
     run.learner.step()
+    wait_for(lambda: all(len(live_items(run.replay, t)[0]) for t in ("online", "expert")), 60,
+             "both tables to hold items")
     updates = run.learner.counters.updates
     # with the learner paused, what Redis acknowledged so far (and the priorities the learner set)
     snapshot = {t: dict(zip(*(a.tolist() for a in live_items(run.replay, t)[:2]))) for t in ("online", "expert")}
@@ -152,7 +154,8 @@ def test_redis_sigkill_during_training_loses_no_acknowledged_item_and_training_c
         run.learner.step()  # the learner's client reconnected too
     assert run.learner.counters.updates == updates + 3
     wait_for(lambda: run.replay.stats()["online"]["inserts"] > inserts["online"], 90, "actors to insert again")
-    assert run.hub.current_t_total() > t_total
+    # the actors report their steps to the coordinator after inserting them: t_total follows
+    wait_for(lambda: run.hub.current_t_total() > t_total, 60, "t_total to advance")
 
 
 def _metrics(run_dir: Path) -> list[dict]:
