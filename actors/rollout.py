@@ -13,12 +13,14 @@ from common.observation import Observation
 __all__ = ["run_episode"]
 
 
-def run_episode(env: RelaxEnv, act: Callable[[Observation], np.ndarray], atoms: Atoms) -> dict[str, Any]:
+def run_episode(env: RelaxEnv, act: Callable[[Observation], np.ndarray], atoms: Atoms,
+                trace: list | None = None) -> dict[str, Any]:
     """Relax ``atoms`` (a copy) with ``act``'s displacements until the episode ends; returns a summary.
 
     Keys: name, n_atoms, steps, force_calls, converged, truncated, fmax_initial and
     fmax_final (eV/Å), energy_initial, energy_final and energy_change (eV), return (sum of
-    rewards), mean_a_back, error (None or the env's message).
+    rewards), mean_a_back, error (None or the env's message). ``trace``, when given, gets one
+    ``(obs, action, reward)`` per step: the observation acted on, ``act``'s displacement, the reward.
     """
     obs = env.reset(atoms)
     summary: dict[str, Any] = {
@@ -28,7 +30,10 @@ def run_episode(env: RelaxEnv, act: Callable[[Observation], np.ndarray], atoms: 
     converged = obs.fmax < env.cfg.fmax
     truncated = False
     while not converged and not truncated:
-        step = env.step(act(obs))
+        action = act(obs)
+        step = env.step(action)
+        if trace is not None:
+            trace.append((obs, action, step.reward))
         obs = step.obs
         total_reward += step.reward
         backs.append(step.info["a_back"])

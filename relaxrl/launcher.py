@@ -284,7 +284,8 @@ class Run:
     def extra_metrics(self) -> dict[str, Any]:
         s = dict(self.stats(max_age_s=0.0))
         s.pop("t_total", None)
-        s.update(self.live_eval.maybe(self.learner.counters.updates, self.learner.actor_weights))  # eval/* rows
+        s.update(self.live_eval.maybe(self.learner.counters.updates, self.learner.actor_weights,  # eval/* rows
+                                      critic=self.learner.critic))
         return s
 
     def close(self, timeout_s: float = 10.0) -> None:

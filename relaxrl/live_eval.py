@@ -15,6 +15,13 @@ of the actor over those of BFGS on the structures both solved (NaN, written as n
 are none), so the numbers are those :func:`relaxrl.evaluate.evaluate` would report for
 ``["rl", "bfgs"]`` on the sample.
 
+With the learner's critic (``maybe(..., critic=...)``) the same actor also relaxes the sample
+through the training environment (:class:`~actors.env.RelaxEnv`, its rewards), and the row gets
+``eval/q``, the mean Q1(s_t, π(s_t)) of those steps, and ``eval/return``, the mean observed
+discounted return-to-go G_t = Σ_k γ^k r_{t+k} of the *same* steps (``learner.gamma``; pooled over
+the sample's steps): what the critic estimates next to what happened, for the policy it is the
+critic of. A truncated episode has no bootstrap tail, so its G_t is a lower estimate.
+
 It runs in the learner's process between two updates, and its wall time (``eval/time_s``) is time
 the learner does not update: keep the sample small.
 """
@@ -27,9 +34,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from ase import Atoms
 
+from actors.env import RelaxEnv
+from actors.rollout import run_episode
+from learner.graph import batch_graphs
 from learner.policy import Policy
 from relaxrl.evaluate import (
     ENERGY_TOL_EV_PER_ATOM,
@@ -44,6 +55,17 @@ log = logging.getLogger("relaxrl.train")
 
 KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/time_s")
 """The metrics.jsonl keys of one live evaluation."""
+CRITIC_KEYS = ("eval/q", "eval/return")
+"""The keys it adds when it is given the critic."""
+
+
+def returns_to_go(rewards: Sequence[float], gamma: float) -> list[float]:
+    """G_t = Σ_k γ^k r_{t+k} for every step t of an episode's rewards (no bootstrap after the last)."""
+    out, g = [], 0.0
+    for r in reversed(rewards):
+        g = r + gamma * g
+        out.append(g)
+    return out[::-1]
 
 
 class LiveEval:
@@ -86,15 +108,40 @@ class LiveEval:
     def due(self, updates: int) -> bool:
         return bool(self.every) and updates > 0 and updates % self.every == 0
 
-    def maybe(self, updates: int, weights: Callable[[], dict]) -> dict[str, float]:
-        """The evaluation's row when ``updates`` is due (``weights()`` gives the actor's state dict), else {}."""
+    def maybe(self, updates: int, weights: Callable[[], dict], critic: torch.nn.Module | None = None) -> dict[str, float]:
+        """The evaluation's row when ``updates`` is due (``weights()`` gives the actor's state dict), else {}.
+        With ``critic`` (the learner's) the row also compares Q with the observed return (module docstring)."""
         if not self.due(updates):
             return {}
         self.policy.load_weights(weights(), version=updates)
-        return self.evaluate(self.policy)
+        return self.evaluate(self.policy, critic)
 
-    def evaluate(self, policy: Any) -> dict[str, float]:
-        """Relax the sample with ``policy`` (greedy) and judge it against the cached BFGS runs."""
+    def q_and_return(self, policy: Any, critic: torch.nn.Module) -> dict[str, float]:
+        """``eval/q`` and ``eval/return`` of ``policy``'s greedy steps on the sample (module docstring)."""
+        cfg = self.config
+        env = RelaxEnv(cfg.env)
+        param = next(critic.parameters())
+        q1 = critic.q1 if hasattr(critic, "q1") else (lambda g, a: critic(g, a)[0])
+        qs: list[float] = []
+        gs: list[float] = []
+        for atoms in self.structures:
+            trace: list = []
+            run_episode(env, policy.act, atoms, trace)
+            if not trace:  # converged at the start: no step to judge
+                continue
+            graph = batch_graphs([o for o, _, _ in trace], cfg.network, device=param.device, dtype=param.dtype,
+                                 env_input_dim=cfg.env.env_input_dim)
+            action = torch.as_tensor(np.concatenate([a for _, a, _ in trace]), device=param.device, dtype=param.dtype)
+            with torch.no_grad():
+                qs += q1(graph, action).reshape(-1).double().cpu().tolist()
+            gs += returns_to_go([r for _, _, r in trace], cfg.learner.gamma)
+        if not qs:
+            return {k: math.nan for k in CRITIC_KEYS}
+        return {"eval/q": float(np.mean(qs)), "eval/return": float(np.mean(gs))}
+
+    def evaluate(self, policy: Any, critic: torch.nn.Module | None = None) -> dict[str, float]:
+        """Relax the sample with ``policy`` (greedy) and judge it against the cached BFGS runs;
+        with ``critic``, also Q against the observed return of the same steps."""
         env = self.config.env
         t0 = time.perf_counter()
         records = []
@@ -109,8 +156,15 @@ class LiveEval:
             "eval/success": float(overall["optimizers"]["rl"]["success_rate"]),
             "eval/force_calls_vs_bfgs": math.nan if ratio["ratio"] is None else float(ratio["ratio"]),
             "eval/n_both_solved": ratio["n_both_solved"],
-            "eval/time_s": round(time.perf_counter() - t0, 3),
         }
+        if critic is not None:
+            was_training = critic.training
+            critic.eval()
+            try:
+                self.last.update(self.q_and_return(policy, critic))
+            finally:
+                critic.train(was_training)
+        self.last["eval/time_s"] = round(time.perf_counter() - t0, 3)
         self.records = records
         """The newest evaluation's structure records, as in `relaxrl eval`'s report."""
         return dict(self.last)

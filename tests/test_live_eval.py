@@ -109,3 +109,49 @@ def test_progress_line_shows_the_newest_live_evaluation():
     assert "eval" not in _progress_line(s, {}, 200)
     line = _progress_line(s, {"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1}, 200)
     assert line.startswith("updates 200  t_total 1200  success 0.50  eval 0.75 @1.1×BFGS  Fmax")
+
+
+def test_with_the_critic_q_is_compared_with_the_return_of_the_same_steps():
+    """eval/q is the critic's Q1(s, π(s)) over the greedy steps through the training env, eval/return
+    the observed discounted return-to-go of exactly those steps (recomputed here independently)."""
+    import numpy as np
+
+    from actors.env import RelaxEnv
+    from learner.graph import batch_graphs
+    from learner.networks import TwinCritic
+    from relaxrl.live_eval import CRITIC_KEYS, returns_to_go
+
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    policy = Policy(cfg)
+    critic = TwinCritic(cfg.network, cfg.env)
+    critic.train()
+    structures = [cu_cluster(5, seed=2), cu_cluster(6, seed=3)]
+    live = LiveEval(cfg, structures, every=10)
+    row = live.maybe(10, policy.weights, critic=critic)
+    assert set(row) == set(KEYS) | set(CRITIC_KEYS)
+    assert critic.training  # left as the learner had it
+
+    env = RelaxEnv(cfg.env)
+    qs, gs = [], []
+    for atoms in structures:
+        obs = env.reset(atoms)
+        steps, rewards, done = [], [], False
+        while not done:
+            action = live.policy.act(obs)
+            step = env.step(action)
+            steps.append((obs, action))
+            rewards.append(step.reward)
+            obs, done = step.obs, step.terminated or step.truncated
+        graph = batch_graphs([o for o, _ in steps], cfg.network, env_input_dim=cfg.env.env_input_dim)
+        with torch.no_grad():
+            qs += critic.q1(graph, torch.as_tensor(np.concatenate([a for _, a in steps]),
+                                                   dtype=next(critic.parameters()).dtype)).tolist()
+        g, rtg = 0.0, []
+        for r in reversed(rewards):
+            g = r + cfg.learner.gamma * g
+            rtg.append(g)
+        gs += rtg
+    assert row["eval/q"] == pytest.approx(float(np.mean(qs)), rel=1e-6)
+    assert row["eval/return"] == pytest.approx(float(np.mean(gs)), rel=1e-9)
+    assert returns_to_go([1.0, 2.0, 3.0], 0.5) == [1.0 + 0.5 * 2.0 + 0.25 * 3.0, 2.0 + 0.5 * 3.0, 3.0]

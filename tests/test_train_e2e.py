@@ -7,6 +7,7 @@ SIGKILL is restarted by Ray and training goes on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -41,6 +42,8 @@ def _check_live_eval(rows: list[dict], every: int) -> None:
         ratio = r["eval/force_calls_vs_bfgs"]  # null while the actor solves none of the sample
         assert (ratio is None) == (r["eval/n_both_solved"] == 0) and (ratio is None or ratio > 0)
         assert 0.0 <= r["eval/time_s"] < 60.0
+        # the learner's critic on the same greedy steps, next to their observed return
+        assert all(isinstance(r[k], float) and math.isfinite(r[k]) for k in ("eval/q", "eval/return"))
 
 
 @pytest.mark.slow
