@@ -86,17 +86,22 @@ class StepRecord:
         return s
 
 
+def returns_to_go(rewards: Sequence[float], gamma: float) -> list[float]:
+    """G_t = Σ_k γ^k r_{t+k} for every step t of an episode's rewards (no bootstrap after the last)."""
+    out, g = [], 0.0
+    for r in reversed(rewards):
+        g = r + gamma * g
+        out.append(g)
+    return out[::-1]
+
+
 def mean_return_to_go(rewards: Sequence[float], gamma: float) -> float:
     """Mean over an episode's steps t of the observed discounted return G_t = Σ_k γ^k r_{t+k}.
 
     What Q(s_t, a_t) estimates, averaged over the states an episode visits (as a replay batch
     averages Q over stored transitions); a truncated episode has no bootstrap tail, so G_t is
     then a lower estimate for rewards ≤ 0."""
-    g, total = 0.0, 0.0
-    for r in reversed(rewards):
-        g = r + gamma * g
-        total += g
-    return total / len(rewards) if rewards else 0.0
+    return sum(returns_to_go(rewards, gamma)) / len(rewards) if rewards else 0.0
 
 
 # ----------------------------------------------------------------------------- action sources

@@ -136,11 +136,11 @@ def rigid_body_modes(atoms: Atoms) -> np.ndarray:
     return u[:, sv > 1e-6 * sv.max()]
 
 
-def lowest_curvature(atoms: Atoms, calculator: Any) -> float:
+def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None) -> float:
     """Lowest eigenvalue (eV/Å²) of the finite-difference Hessian of ``atoms`` over the coordinates its
-    constraints leave free, by ``calculator`` (6 force calls per free atom), rigid-body modes left out
-    (:func:`rigid_body_modes`); nan when nothing else is free."""
-    free = free_coordinates(atoms)
+    constraints leave free (``free``, [3n] bool, found here when not given), by ``calculator`` (6 force
+    calls per free atom), rigid-body modes left out (:func:`rigid_body_modes`); nan when nothing else is free."""
+    free = free_coordinates(atoms) if free is None else free
     hessian = finite_difference_hessian(atoms, calculator, free) if free.any() else np.zeros((0, 0))
     rigid = rigid_body_modes(atoms)[free]
     if rigid.shape[1]:  # the Hessian on the complement of the rigid-body modes
@@ -195,9 +195,11 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
     record["wall_time_s"] = time.perf_counter() - t0
     record["force_calls"] = int(calc.calls)
     record["lowest_curvature_ev_per_a2"] = None
-    if curvature_max_atoms > 0 and record["converged"] and free_coordinates(a).sum() <= 3 * curvature_max_atoms:
-        value = lowest_curvature(a, calculator())
-        record["lowest_curvature_ev_per_a2"] = value if math.isfinite(value) else None
+    if curvature_max_atoms > 0 and record["converged"]:
+        free = free_coordinates(a)
+        if free.sum() <= 3 * curvature_max_atoms:
+            value = lowest_curvature(a, calculator(), free)
+            record["lowest_curvature_ev_per_a2"] = value if math.isfinite(value) else None
     return record
 
 

@@ -39,6 +39,7 @@ import torch
 from ase import Atoms
 
 from actors.env import RelaxEnv
+from actors.loop import returns_to_go
 from actors.rollout import run_episode
 from learner.graph import batch_graphs
 from learner.policy import Policy
@@ -57,15 +58,6 @@ KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/
 """The metrics.jsonl keys of one live evaluation."""
 CRITIC_KEYS = ("eval/q", "eval/return")
 """The keys it adds when it is given the critic."""
-
-
-def returns_to_go(rewards: Sequence[float], gamma: float) -> list[float]:
-    """G_t = Σ_k γ^k r_{t+k} for every step t of an episode's rewards (no bootstrap after the last)."""
-    out, g = [], 0.0
-    for r in reversed(rewards):
-        g = r + gamma * g
-        out.append(g)
-    return out[::-1]
 
 
 class LiveEval:

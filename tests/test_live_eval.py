@@ -117,9 +117,10 @@ def test_with_the_critic_q_is_compared_with_the_return_of_the_same_steps():
     import numpy as np
 
     from actors.env import RelaxEnv
+    from actors.loop import returns_to_go
     from learner.graph import batch_graphs
     from learner.networks import TwinCritic
-    from relaxrl.live_eval import CRITIC_KEYS, returns_to_go
+    from relaxrl.live_eval import CRITIC_KEYS
 
     cfg = load_config(None, TINY)
     torch.manual_seed(0)
