@@ -16,7 +16,8 @@ action is applied as no move with ``a_back = 1`` and ``info["error"]``.
 Reward (all weights in :class:`EnvConfig`; F in eV/Å over per-atom force norms)::
 
     r = −w_fmax·Fmax − w_fmean·Fmean + w_delta·(Fmax_prev − Fmax)
-        + w_log·(−log10 max(Fmax, 1e-6)) − w_back·a_back  (+ converged_bonus if Fmax < fmax)
+        + w_log·(−log10 max(Fmax, 1e-6)) − w_back·a_back + w_energy·(E_prev − E)/n_atoms
+        (+ converged_bonus if Fmax < fmax)
 
 ``terminated`` on convergence; ``truncated`` at ``max_steps`` or when the calculator
 returns non-finite forces/energy or raises (then ``info["error"]`` says why, the atoms are
@@ -102,14 +103,17 @@ def force_stats(forces: np.ndarray) -> tuple[float, float]:
     return float(norms.max()), float(norms.mean())
 
 
-def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, cfg: EnvConfig) -> float:
-    """The step reward from the forces after the step (eV/Å) and a_back (module docstring)."""
+def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, cfg: EnvConfig,
+                   energy_drop: float = 0.0) -> float:
+    """The step reward from the forces after the step (eV/Å), a_back and the energy drop per atom since the
+    previous step (eV/atom; module docstring)."""
     r = (
         -cfg.w_fmax * fmax
         - cfg.w_fmean * fmean
         + cfg.w_delta * (fmax_prev - fmax)
         + cfg.w_log * (-math.log10(max(fmax, 1e-6)))
         - cfg.w_back * a_back
+        + cfg.w_energy * energy_drop
     )
     if fmax < cfg.fmax:
         r += cfg.converged_bonus
@@ -226,7 +230,7 @@ class RelaxEnv:
                     c.adjust_positions(self._atoms, target)
                 actual = target - self._pos
 
-        fmax_prev = self._fmax
+        fmax_prev, energy_prev = self._fmax, self._energy
         self.steps += 1
         failed = False
         if actual.any():
@@ -254,7 +258,8 @@ class RelaxEnv:
 
         self._last_a_back = a_back
         converged = (not failed) and self._fmax < cfg.fmax
-        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg)
+        energy_drop = (energy_prev - self._energy) / len(self._pos)  # eV/atom; 0 when nothing moved
+        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop)
         terminated = converged
         truncated = (not terminated) and (failed or self.steps >= cfg.max_steps)
         self._done = terminated or truncated

@@ -191,6 +191,48 @@ class ReplayAdder:
                 items.clear()
 
 
+class NStepWindow:
+    """One environment's last ``n`` steps, turned into n-step transitions (Ape-X's n-step returns).
+
+    ``push`` takes each one-step transition and returns what is ready to store: once the window holds n steps,
+    the oldest leaves as one transition from its state and move, with reward Σ_k γ^k r_k over the n steps,
+    ``next_obs`` the state after the n-th and ``n_steps`` = n; when an episode ends every step still in the window
+    leaves, each spanning the steps to the end (a terminated end is not bootstrapped; a truncated one is, from its
+    last state). A step whose move cannot be stored (``storable`` false: a non-finite proposal) still counts in
+    the others' returns. ``drain`` empties the window when the actor stops, so no step is lost. n = 1 returns
+    every transition as it came."""
+
+    def __init__(self, n: int, gamma: float):
+        self.n, self.gamma = n, gamma
+        self.pending: deque[tuple[str, Transition, bool]] = deque()
+
+    def push(self, table: str, t: Transition, storable: bool = True) -> list[tuple[str, Transition]]:
+        self.pending.append((table, t, storable))
+        out: list[tuple[str, Transition]] = []
+        while len(self.pending) >= self.n or (self.pending and (t.terminated or t.truncated)):
+            out += self._pop()
+        return out
+
+    def drain(self) -> list[tuple[str, Transition]]:
+        out: list[tuple[str, Transition]] = []
+        while self.pending:
+            out += self._pop()
+        return out
+
+    def _pop(self) -> list[tuple[str, Transition]]:
+        window = [t for _, t, _ in self.pending]
+        table, first, storable = self.pending.popleft()
+        if not storable:
+            return []
+        if len(window) == 1:
+            return [(table, first)]
+        last = window[-1]
+        reward = returns_to_go([t.reward for t in window], self.gamma)[0]
+        return [(table, Transition(obs=first.obs, action=first.action, actual_move=first.actual_move, reward=reward,
+                                   terminated=last.terminated, truncated=last.truncated, next_obs=last.next_obs,
+                                   a_back=first.a_back, expert_action=first.expert_action, n_steps=len(window)))]
+
+
 # ----------------------------------------------------------------------------- the loop
 
 class ActorLoop:
@@ -208,6 +250,7 @@ class ActorLoop:
         self.source: ActionSource = noisy if kind == "online" else BFGSOrPolicy(
             noisy, [make_teacher(config.expert, env, config.env.max_step, config.network) for env in self.envs], config.expert, rng)
         self.adder = ReplayAdder(writer, config.actors.insert_batch)
+        self.windows = [NStepWindow(config.learner.n_step, config.learner.gamma) for _ in range(n)]
         self.obs: list[Observation | None] = [None] * n
         self.t_total = 0
         self.steps = 0
@@ -253,13 +296,16 @@ class ActorLoop:
             info = res.info
             next_obs = with_neighbor_list(res.obs, self.config.network)
             action = np.asarray(actions.moves[i], dtype=np.float64)
-            if np.isfinite(action).all():
-                self.adder.add(table, Transition(
-                    obs=obs, action=action, actual_move=info["actual_move"],
+            storable = bool(np.isfinite(action).all())
+            # a diverged policy (non-finite move): the env applied no move; the step is not stored (the codec
+            # refuses NaN) but its reward counts in the n-step returns of the steps before it
+            nonfinite += not storable
+            for tbl, tr in self.windows[i].push(table, Transition(
+                    obs=obs, action=action if storable else np.zeros_like(action), actual_move=info["actual_move"],
                     reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
-                    next_obs=next_obs, a_back=float(info["a_back"]), expert_action=actions.expert_moves[i]))
-            else:  # a diverged policy: the env applied no move; the step is not stored (the codec refuses NaN)
-                nonfinite += 1
+                    next_obs=next_obs, a_back=float(info["a_back"]), expert_action=actions.expert_moves[i]),
+                    storable):
+                self.adder.add(tbl, tr)
             moves.append(info["actual_move_norm"]), backs.append(info["a_back"])
             rewards.append(res.reward), fmaxes.append(info["fmax"])
             self._rewards[i].append(float(res.reward))
@@ -296,5 +342,8 @@ class ActorLoop:
                 if on_step is not None:
                     on_step(record)
         finally:
+            for w in self.windows:
+                for tbl, tr in w.drain():
+                    self.adder.add(tbl, tr)
             self.adder.flush(force=True)
         return self.steps - start

@@ -96,6 +96,10 @@ class EnvConfig:
     """Reward penalty per unit of a_back (fraction of the move taken back)."""
     converged_bonus: float = 10.0
     """Reward added on the step that reaches Fmax < fmax."""
+    w_energy: float = 0.0
+    """Reward weight of the energy drop per atom since the previous step, (E_prev − E)/n_atoms in eV/atom. Over an
+    episode these terms sum to the whole drop, so a deeper end point earns more whatever the path (the suite judges
+    success by energy; the force terms alone pay as much for a saddle or a higher minimum). 0 = off."""
     history_steps: int = 1
     """Steps of path history every observation carries (actual move and force change per atom, newest first): the
     memory of the 'quasi-newton' actor head (its L-BFGS pairs); the other heads read the newest step only."""
@@ -111,6 +115,8 @@ class EnvConfig:
             (0 <= self.env_input_dim <= 3, "env_input_dim", self.env_input_dim,
              "0..3 (log10 Fmax, step fraction, last a_back)"),
             (self.w_back >= 0, "w_back", self.w_back, "a penalty weight >= 0"),
+            (self.w_energy >= 0 and math.isfinite(self.w_energy), "w_energy", self.w_energy,
+             "a finite weight >= 0 on the energy drop in eV/atom, e.g. 20 (0 = off)"),
             (1 <= self.history_steps <= 16, "history_steps", self.history_steps, "1..16 remembered steps, e.g. 5"),
         ], self)
 
@@ -321,6 +327,10 @@ class LearnerConfig:
     """Transitions per update."""
     gamma: float = 0.95
     """Discount factor."""
+    n_step: int = 1
+    """Environment steps per stored transition (Ape-X's n-step returns): the actors store Σ_k γ^k r_k over n steps
+    with the state after them, the TD target bootstraps with γ^n. Larger n carries the convergence bonus back to
+    earlier states in fewer updates; 1 = one-step TD3."""
     tau: float = 0.005
     """Polyak averaging rate of the target networks."""
     actor_lr: float = 3e-4
@@ -333,6 +343,10 @@ class LearnerConfig:
     """Std of the target-policy smoothing noise, Å."""
     target_noise_clip: float = 0.05
     """Clip of the target-policy smoothing noise, Å."""
+    target_noise_by_force: bool = True
+    """Scale each atom's target-policy smoothing noise by min(1, |F_i| / actors.noise_force_scale), as the actors
+    scale their exploration noise (false: the same noise on every atom, as before 2026-12-03; near a minimum that
+    kick alone exceeds fmax, and the TD target then values moves no actor makes there)."""
     lambda_dev: float = 1.0
     """Weight of the action-deviation penalty ‖π(s) − a_actual‖² in the actor loss."""
     bc_start: float = 1.0
@@ -381,6 +395,7 @@ class LearnerConfig:
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 transition per update, e.g. 256"),
             (0.0 <= self.gamma <= 1.0, "gamma", self.gamma, "a discount in [0, 1], e.g. 0.95"),
             (0.0 < self.tau <= 1.0, "tau", self.tau, "a Polyak rate in (0, 1], e.g. 0.005"),
+            (1 <= self.n_step <= 16, "n_step", self.n_step, "1..16 environment steps per transition, e.g. 3"),
             (self.actor_lr > 0, "actor_lr", self.actor_lr, "a positive learning rate, e.g. 3e-4"),
             (self.critic_lr > 0, "critic_lr", self.critic_lr, "a positive learning rate, e.g. 3e-4"),
             (self.policy_delay >= 1, "policy_delay", self.policy_delay, "at least 1, e.g. 2"),

@@ -213,6 +213,19 @@ METRICS: dict[str, MetricSpec] = _spec(
         "next to relaxrl_eval_success_ratio.",
         "ray", "learner",
     ),
+    MetricSpec(
+        "relaxrl_eval_q_value", "gauge", "1",
+        "Live evaluation: mean critic estimate Q1(s, π(s)) over the greedy actor's steps on the sample "
+        "(the same steps as relaxrl_eval_return). Read the two together: Q is an estimate of that return, "
+        "so a gap that grows means the critic is wrong about the policy it trains.",
+        "ray", "learner",
+    ),
+    MetricSpec(
+        "relaxrl_eval_return", "gauge", "1",
+        "Live evaluation: mean observed discounted return-to-go (learner.gamma) of the greedy actor's steps "
+        "on the sample, what relaxrl_eval_q_value estimates.",
+        "ray", "learner",
+    ),
     # ---- replay service ------------------------------------------------------------------
     MetricSpec(
         "relaxrl_replay_size", "gauge", "transitions",

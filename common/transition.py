@@ -21,3 +21,6 @@ class Transition:
     next_obs: Observation
     a_back: float = 0.0  # fraction of the move the environment took back (0..1)
     expert_action: np.ndarray | None = None  # [n, 3] float64, Å: a_expert (expert-table items)
+    n_steps: int = 1  # environment steps this transition spans (learner.n_step): reward = Σ_k γ^k r_k over them,
+    # next_obs is the state after the last one, terminated/truncated are the last step's; the TD target bootstraps
+    # with γ^n_steps

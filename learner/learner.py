@@ -98,7 +98,9 @@ class Learner:
         self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
                                   target_noise_clip=self.lc.target_noise_clip, max_step=config.env.max_step,
                                   lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip,
-                                  normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc)
+                                  normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc,
+                                  target_noise_force_scale=(config.actors.noise_force_scale
+                                                            if self.lc.target_noise_by_force else 0.0))
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self._correct = lambda graph, proposed: corrected_moves(graph, proposed, config.env)
         self.counters = Counters()
@@ -148,6 +150,7 @@ class Learner:
             reward=torch.as_tensor([t.reward for t in transitions], device=dev, dtype=dt),
             terminated=torch.as_tensor([float(t.terminated) for t in transitions], device=dev, dtype=dt),
             weight=torch.as_tensor(np.asarray(info.weight, dtype=np.float64), device=dev, dtype=dt),
+            n_steps=torch.as_tensor([float(t.n_steps) for t in transitions], device=dev, dtype=dt),
         )
 
     def step(self) -> dict[str, float]:

@@ -4,6 +4,7 @@ Read top to bottom (after CleanRL's ``td3_continuous_action.py``)::
 
     a' = bound(π'(s') + clip(ε, −c, c))                      target policy smoothing
     y  = r + γ·(1 − terminated)·min(Q1'(s', a'), Q2'(s', a'))  truncation is not termination
+                                                             n-step items: r = Σ_k γ^k r_k, γ → γ^n
     L_Q = mean_i w_i·[(Q1(s,a) − y)² + (Q2(s,a) − y)²]           w = importance weights
     every ``policy_delay`` updates:
     L_π = mean_g [ −Q1(s, π(s)) + λ_dev·‖π(s) − c(π(s))‖² + λ_bc·‖π(s) − a_expert‖²·[g ∈ expert] ]
@@ -41,6 +42,7 @@ class TD3Batch:
     reward: Tensor  # [n_graphs]
     terminated: Tensor  # [n_graphs] float 0/1
     weight: Tensor  # [n_graphs] importance weights
+    n_steps: Tensor | None = None  # [n_graphs] environment steps each item spans (None: 1); bootstraps with γ^n
 
 
 def per_graph_mean(values: Tensor, batch: Tensor, n_graphs: int) -> Tensor:
@@ -57,15 +59,24 @@ def bound_norm(displacement: Tensor, max_step: float) -> Tensor:
 
 
 def target_action(policy_next: Tensor, noise_std: float, noise_clip: float, max_step: float,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """Target policy smoothing: π'(s') plus clipped Gaussian noise, bounded like the actor's output."""
+                  generator: torch.Generator | None = None, forces: Tensor | None = None,
+                  force_scale: float = 0.0) -> Tensor:
+    """Target policy smoothing: π'(s') plus clipped Gaussian noise, bounded like the actor's output.
+
+    With ``forces`` ([n_atoms, 3] eV/Å of s') and ``force_scale`` > 0, each atom's noise is scaled by
+    min(1, |F_i| / force_scale), as the actors scale their exploration noise: near a minimum a kick of
+    ``noise_std`` alone would raise Fmax above the threshold, so unscaled noise would make the target value the
+    critic's guess for moves no actor ever makes there."""
     noise = torch.randn(policy_next.shape, generator=generator, dtype=policy_next.dtype, device="cpu").to(policy_next.device)
     noise = (noise * noise_std).clamp(-noise_clip, noise_clip)
+    if forces is not None and force_scale > 0:
+        noise = noise * (forces.norm(dim=-1, keepdim=True) / force_scale).clamp(max=1.0)  # [n_atoms, 1]
     return bound_norm(policy_next + noise, max_step)
 
 
-def td_target(reward: Tensor, terminated: Tensor, q1_next: Tensor, q2_next: Tensor, gamma: float) -> Tensor:
-    """y = r + γ·(1 − terminated)·min(Q1', Q2'); no gradient flows through it."""
+def td_target(reward: Tensor, terminated: Tensor, q1_next: Tensor, q2_next: Tensor, gamma: float | Tensor) -> Tensor:
+    """y = r + γ·(1 − terminated)·min(Q1', Q2'); no gradient flows through it. For n-step items ``reward`` is
+    Σ_k γ^k r_k and ``gamma`` is γ^n per item."""
     return (reward + gamma * (1.0 - terminated) * torch.minimum(q1_next, q2_next)).detach()
 
 
@@ -130,6 +141,7 @@ class TD3Hyper:
     grad_clip: float
     normalize: bool = True  # −Q scaled by mean|Q|, penalties in units of max_step (TD3+BC)
     relative_bc: float = 0.0  # δ (Å) of the relative BC error; 0 = absolute
+    target_noise_force_scale: float = 0.0  # eV/Å; > 0: target noise per atom × min(1, |F_i| / this)
 
 
 def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
@@ -140,9 +152,11 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     environment's action correction for the deviation penalty (None: no correction, so no penalty).
     Returns (scalars to log, new |δ| per item)."""
     with torch.no_grad():
-        a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator)
+        a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator,
+                               forces=b.next_graph.forces, force_scale=h.target_noise_force_scale)
         q1_next, q2_next = critic_target(b.next_graph, a_next)
-        y = td_target(b.reward, b.terminated, q1_next, q2_next, h.gamma)
+        discount = h.gamma if b.n_steps is None else torch.pow(torch.full_like(b.reward, h.gamma), b.n_steps)
+        y = td_target(b.reward, b.terminated, q1_next, q2_next, discount)
     q1, q2 = critic(b.graph, b.action)
     loss_q, td_abs = critic_loss(q1, q2, y, b.weight)
     if not torch.isfinite(loss_q):

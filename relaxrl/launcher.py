@@ -317,7 +317,8 @@ class LearnerMetrics:
         m.set("relaxrl_bc_weight", learner.bc_weight())
         for key, metric in (("charts/q_value", "relaxrl_q_value"), ("charts/batch_reward", "relaxrl_batch_reward"),
                             ("charts/td_error", "relaxrl_td_error"), ("eval/success", "relaxrl_eval_success_ratio"),
-                            ("eval/force_calls_vs_bfgs", "relaxrl_eval_force_calls_vs_bfgs_ratio")):
+                            ("eval/force_calls_vs_bfgs", "relaxrl_eval_force_calls_vs_bfgs_ratio"),
+                            ("eval/q", "relaxrl_eval_q_value"), ("eval/return", "relaxrl_eval_return")):
             if key in logs:
                 m.set(metric, logs[key])
         for key, name in _LOSS_NAMES.items():

@@ -10,6 +10,8 @@ Layout (little-endian), version 1::
                        expert_action [n,3] (flag HAS_EXPERT),
                        obs.history [n,6K], next_obs.history [n,6K] (flag HAS_HISTORY;
                        K − 1 in flag bits 8–11, so K = 1..16 remembered steps)
+                       environment steps n the transition spans (Transition.n_steps): n − 1 in flag
+                       bits 12–15, so n = 1..16 (0, n = 1, in payloads written before n-step returns)
     numbers  u8 x n    atomic numbers of obs; again for next_obs only with flag NEXT_NUMBERS
     pbc      u8 x 2    bit i = periodic along cell vector i (obs, next_obs)
     edges    per observation with an edge list: edge_index u32 [2,E], edge_shift i8 [E,3]
@@ -45,8 +47,11 @@ HAS_HISTORY = 128
 HISTORY_STEPS_SHIFT = 8  # bits 8–11: remembered steps K − 1 of the history (0 in payloads written before K existed)
 HISTORY_STEPS_MASK = 0xF << HISTORY_STEPS_SHIFT
 MAX_HISTORY_STEPS = 16
+N_STEPS_SHIFT = 12  # bits 12–15: environment steps n − 1 the transition spans
+N_STEPS_MASK = 0xF << N_STEPS_SHIFT
+MAX_N_STEPS = 16
 _KNOWN_FLAGS = (TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | NEXT_NUMBERS | WIDE_SHIFTS | HAS_HISTORY
-                | HISTORY_STEPS_MASK)
+                | HISTORY_STEPS_MASK | N_STEPS_MASK)
 
 _HEADER = struct.Struct("<4sHHIIII")
 _N_SCALARS = 4  # reward, a_back, energy, next_energy
@@ -83,6 +88,15 @@ def _history_steps(name: str, h: object, n: int) -> int:
 
 def _history_flags(k: int) -> int:
     return HAS_HISTORY | ((k - 1) << HISTORY_STEPS_SHIFT)
+
+
+def _n_step_flags(t: Transition) -> int:
+    """Flag bits of ``t.n_steps`` (1..16); CodecError otherwise."""
+    n = t.n_steps
+    if type(n) is not int or not 1 <= n <= MAX_N_STEPS:
+        raise CodecError(f"transition.n_steps is {n!r}, expected an int of 1..{MAX_N_STEPS} environment steps "
+                         "(learner.n_step)")
+    return (n - 1) << N_STEPS_SHIFT
 
 
 def _flag_history_steps(flags: int) -> int:
@@ -158,7 +172,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
         raise CodecError(f"transition.obs.numbers has shape {np.shape(nums)}, expected [n_atoms]")
     env0 = o0.env_features
     d = env0.size if isinstance(env0, np.ndarray) else int(np.size(env0))
-    flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0)
+    flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) | _n_step_flags(t)
     vec, dd = (n, 3), (d,)
     values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features,
               t.action, t.actual_move]
@@ -272,7 +286,8 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
             if t.next_obs.numbers is not t.obs.numbers and not np.array_equal(t.next_obs.numbers, t.obs.numbers):
                 return None
         pbc = [(_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)) for t in ts]
-        flags = [base | (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) for t in ts]
+        flags = [base | (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) | _n_step_flags(t)
+                 for t in ts]
     except (CodecError, TypeError, ValueError, AttributeError, IndexError):
         return None
     length = _HEADER.size + 8 * n_float + n + 2
@@ -415,6 +430,7 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     hist1 = list(f[:, p + hw:p + 2 * hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
     scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
+    n_steps = ((flags & N_STEPS_MASK) >> N_STEPS_SHIFT) + 1
     none = [None] * g
     # per-item views, made by iterating over the first axis (much cheaper than indexing item by item)
     (pos0, cell0, frc0, env0), (pos1, cell1, frc1, env1) = ([list(x) for x in v] for v in views)
@@ -431,7 +447,7 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
         r, a_back, en0, en1 = scalars[i]
         o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i], hist0[i])
         o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i], hist1[i])
-        out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i]))
+        out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i], n_steps))
     return out
 
 

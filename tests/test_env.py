@@ -105,6 +105,37 @@ def test_reward_weights_come_from_config():
     assert compute_reward(1.5, 9.0, 4.0, 0.5, cfg) == pytest.approx(-2.0 * 1.5 - 3.0 * 0.5)
 
 
+def test_energy_terms_of_an_episode_sum_to_its_energy_drop_per_atom():
+    # The same steps with and without w_energy: the reward differs by w_energy·(E_prev − E)/n_atoms on each step,
+    # and over the episode by w_energy·(E_0 − E_end)/n_atoms, what EMT itself says of the start and the end.
+    atoms = random_cluster(["Cu"] * 6, np.random.default_rng(3))
+    rewards = {}
+    for w in (0.0, 20.0):
+        env = RelaxEnv(EnvConfig(max_steps=8, w_energy=w))
+        obs = env.reset(atoms)
+        expert = BFGSExpert(maxstep=env.cfg.max_step)
+        rs = []
+        for _ in range(8):
+            step = env.step(expert.action(obs))
+            rs.append(step.reward)
+            obs = step.obs
+            if step.terminated or step.truncated:
+                break
+        rewards[w] = np.array(rs)
+        end = env.atoms
+    e0 = atoms.copy()
+    e0.calc = EMT()
+    end.calc = EMT()
+    drop = (e0.get_potential_energy() - end.get_potential_energy()) / len(atoms)  # eV/atom
+    assert drop > 0.01  # the steps went downhill, so the test can tell a sign error
+    assert float((rewards[20.0] - rewards[0.0]).sum()) == pytest.approx(20.0 * drop, rel=1e-9, abs=1e-9)
+
+
+def test_a_negative_energy_weight_is_a_clear_error():
+    with pytest.raises(Exception, match="w_energy"):
+        EnvConfig(w_energy=-1.0)
+
+
 def test_env_step_reward_from_known_forces():
     # Atom 0 feels a 3-4-0 force (norm 5), atom 1 (0, 0, 1) (norm 1): Fmax 5, Fmean 3 eV/Å.
     forces = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])

@@ -69,7 +69,8 @@ def test_spec_holds_the_issue_metrics() -> None:
     assert {n: METRICS[n].tag_keys for n in ISSUE_METRICS if n in METRICS} == ISSUE_METRICS
     # beyond the issue, only more replay-service metrics (what the replay service exports) and the live
     # evaluation's gauges (issue 12: the real objective while training), recorded by the learner
-    live_eval = {"relaxrl_eval_success_ratio", "relaxrl_eval_force_calls_vs_bfgs_ratio"}
+    live_eval = {"relaxrl_eval_success_ratio", "relaxrl_eval_force_calls_vs_bfgs_ratio",
+                 "relaxrl_eval_q_value", "relaxrl_eval_return"}
     assert all(METRICS[n].exporter == "ray" and METRICS[n].emitted_by == "learner" and not METRICS[n].tag_keys
                for n in live_eval)
     assert all(METRICS[n].exporter == "prometheus" for n in set(METRICS) - set(ISSUE_METRICS) - live_eval)
@@ -275,6 +276,8 @@ LEARNER_VALUES = {  # recorded in the driver, like a learner would
     "relaxrl_bc_weight": 0.125,
     "relaxrl_eval_success_ratio": 0.75,
     "relaxrl_eval_force_calls_vs_bfgs_ratio": 1.125,
+    "relaxrl_eval_q_value": 4.25,
+    "relaxrl_eval_return": 5.5,
 }
 
 

@@ -35,7 +35,8 @@ def assert_same(a: Transition, b: Transition) -> None:
     for name in ("action", "actual_move", "expert_action"):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None and y is None) or np.array_equal(x, y), name
-    assert (a.reward, a.terminated, a.truncated, a.a_back) == (b.reward, b.terminated, b.truncated, b.a_back)
+    assert (a.reward, a.terminated, a.truncated, a.a_back, a.n_steps) == (b.reward, b.terminated, b.truncated,
+                                                                         b.a_back, b.n_steps)
     for oa, ob in ((a.obs, b.obs), (a.next_obs, b.next_obs)):
         for f in ("positions", "numbers", "cell", "pbc", "forces", "env_features", "edge_index", "edge_shift",
                   "history"):
@@ -89,6 +90,32 @@ def test_payloads_written_before_history_steps_existed_decode_as_one_step():
     b = encode(t)
     assert struct.unpack_from("<H", b, 6)[0] & 0xF00 == 0
     assert decode(b).obs.history.shape == (4, 6)
+
+
+@pytest.mark.parametrize("n_steps", [1, 3, 16])
+def test_n_step_transitions_round_trip_alone_and_in_uniform_batches(n_steps):
+    ts = [make_transition(4, seed=s, history=True, history_steps=5) for s in range(3)]
+    for t in ts:
+        t.n_steps = n_steps
+    assert [u.n_steps for u in decode_many(encode_many(ts))] == [n_steps] * 3
+    assert encode_many(ts) == [encode(t) for t in ts]
+    mixed = [make_transition(4, seed=s) for s in range(3)]
+    mixed[1].n_steps = 2  # one item of another span in a batch: still exact
+    assert [u.n_steps for u in decode_many(encode_many(mixed))] == [1, 2, 1]
+
+
+def test_payloads_written_before_n_step_returns_decode_as_one_step():
+    b = encode(make_transition(4))
+    assert struct.unpack_from("<H", b, 6)[0] & 0xF000 == 0  # the same bytes as before n_steps existed
+    assert decode(b).n_steps == 1
+
+
+@pytest.mark.parametrize("bad", [0, 17, 2.0, None])
+def test_n_steps_outside_1_to_16_is_refused_naming_the_field(bad):
+    ts = [make_transition(4, seed=s) for s in range(2)]
+    ts[1].n_steps = bad
+    with pytest.raises(CodecError, match=r"n_steps .*1\.\.16"):
+        encode_many(ts)
 
 
 def test_wide_cell_shifts_and_different_next_numbers_round_trip():

@@ -63,6 +63,19 @@ def test_target_action_noise_is_clipped_and_bounded():
     assert torch.allclose(big.norm(dim=-1), torch.full((10,), 0.2, dtype=torch.float64))
 
 
+def test_target_noise_scales_with_each_atoms_force_like_the_exploration_noise():
+    pi = torch.zeros(3, 3, dtype=torch.float64)
+    forces = torch.tensor([[0.0, 0.0, 0.0], [0.3, 0.4, 0.0], [3.0, 0.0, 4.0]], dtype=torch.float64)  # |F| 0, 0.5, 5
+    unscaled = td3.target_action(pi, 0.02, 0.05, 0.2, torch.Generator().manual_seed(1))
+    scaled = td3.target_action(pi, 0.02, 0.05, 0.2, torch.Generator().manual_seed(1), forces=forces, force_scale=1.0)
+    assert unscaled.abs().min().item() > 0  # every atom got noise
+    assert torch.equal(scaled[0], torch.zeros(3, dtype=torch.float64))  # no force: no kick at a minimum
+    assert torch.allclose(scaled[1], 0.5 * unscaled[1])  # |F| / scale = 0.5
+    assert torch.allclose(scaled[2], unscaled[2])  # above the scale: the full noise
+    off = td3.target_action(pi, 0.02, 0.05, 0.2, torch.Generator().manual_seed(1), forces=forces, force_scale=0.0)
+    assert torch.equal(off, unscaled)
+
+
 def test_polyak_update():
     src, tgt = nn.Linear(2, 1), nn.Linear(2, 1)
     with torch.no_grad():

@@ -153,6 +153,14 @@ def build() -> dict[str, Any]:
         "none", overrides=[right_axis("B", "percentunit", 0, 1)], min_=0,
         note="The real objective, measured by the learner every run.eval_every updates (no data when it is 0): "
              "the current actor without exploration noise on a fixed held-out sample.")
+    g.timeseries(
+        "Live eval: Q(s, π(s)) vs observed return of the same steps",
+        ["relaxrl_eval_q_value", "relaxrl_eval_return"],
+        [target("A", f"avg({m('relaxrl_eval_q_value')})", "critic Q1(s, π(s))"),
+         target("B", f"avg({m('relaxrl_eval_return')})", "observed discounted return-to-go")],
+        "none",
+        note="Both on one axis: Q estimates that return. A gap that keeps growing means the critic "
+             "is wrong about the greedy policy (the batch Q panel above mixes noisy and expert moves).")
 
     g.row("Throughput")
     g.timeseries(

@@ -1,0 +1,87 @@
+"""n-step returns: what the actors store from an episode (actors.loop.NStepWindow), and the TD target's γ^n."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actors.env import RelaxEnv
+from actors.expert import BFGSExpert
+from actors.loop import NStepWindow, returns_to_go
+from actors.structures import random_cluster
+from common.config import EnvConfig
+from common.transition import Transition
+from learner import td3
+
+GAMMA = 0.9
+
+
+def episode(max_steps: int) -> list[Transition]:
+    """One-step transitions of BFGS steps on a real EMT cluster, as an actor would make them."""
+    env = RelaxEnv(EnvConfig(max_steps=max_steps))
+    obs = env.reset(random_cluster(["Cu"] * 5, np.random.default_rng(1)))
+    expert, out = BFGSExpert(maxstep=env.cfg.max_step), []
+    while True:
+        a = expert.action(obs)
+        step = env.step(a)
+        out.append(Transition(obs, a, step.info["actual_move"], step.reward, step.terminated, step.truncated,
+                              step.obs, step.info["a_back"]))
+        obs = step.obs
+        if step.terminated or step.truncated:
+            return out
+
+
+@pytest.mark.parametrize("end", ["terminated", "truncated"])
+def test_every_step_is_stored_once_with_its_discounted_return_over_the_next_n_steps(end):
+    steps = episode(max_steps=200 if end == "terminated" else 7)
+    assert getattr(steps[-1], end) and len(steps) >= 6
+    n = 3
+    w, stored = NStepWindow(n, GAMMA), []
+    for i, t in enumerate(steps):
+        ready = w.push("online", t)
+        # nothing leaves before the window is full; then one per step; the end flushes the rest
+        assert len(ready) == (0 if i < n - 1 else 1) + (n - 1 if i == len(steps) - 1 else 0)
+        stored += ready
+    assert [t.obs for _, t in stored] == [t.obs for t in steps]  # every state once, in order
+    rewards = [t.reward for t in steps]
+    for i, (table, t) in enumerate(stored):
+        k = min(n, len(steps) - i)
+        assert table == "online" and t.n_steps == k
+        assert t.reward == pytest.approx(returns_to_go(rewards[i:i + k], GAMMA)[0], rel=1e-12)
+        assert t.next_obs is steps[i + k - 1].next_obs
+        assert np.array_equal(t.action, steps[i].action) and t.a_back == steps[i].a_back
+        last = i + k == len(steps)  # only windows that reach the end carry its flag
+        assert (t.terminated, t.truncated) == ((steps[-1].terminated, steps[-1].truncated) if last else (False, False))
+    assert not w.pending
+
+
+def test_one_step_window_passes_transitions_through_and_drain_loses_nothing():
+    steps = episode(max_steps=200)
+    w1 = NStepWindow(1, GAMMA)
+    assert [w1.push("expert", t)[0][1] for t in steps] == steps
+    w = NStepWindow(4, GAMMA)
+    for t in steps[:2]:  # the actor stops mid-episode, before a window is full
+        assert w.push("online", t) == []
+    drained = w.drain()
+    assert [t.n_steps for _, t in drained] == [2, 1] and drained[0][1].next_obs is steps[1].next_obs
+    assert not drained[0][1].terminated and not drained[0][1].truncated  # bootstrapped by the learner
+
+
+def test_a_step_that_cannot_be_stored_still_counts_in_the_returns_before_it():
+    steps = episode(max_steps=200)[:4]
+    w = NStepWindow(2, GAMMA)
+    stored = []
+    for i, t in enumerate(steps):
+        stored += w.push("online", t, storable=(i != 1))
+    stored += w.drain()
+    assert [t.obs for _, t in stored] == [steps[0].obs, steps[2].obs, steps[3].obs]
+    assert stored[0][1].reward == pytest.approx(steps[0].reward + GAMMA * steps[1].reward)
+
+
+def test_td_target_bootstraps_n_step_items_with_gamma_to_the_n():
+    reward = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    terminated = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    q = torch.tensor([10.0, 10.0, 10.0], dtype=torch.float64)
+    n = torch.tensor([1.0, 3.0, 3.0], dtype=torch.float64)
+    y = td3.td_target(reward, terminated, q, q + 1, torch.pow(torch.full_like(reward, GAMMA), n))
+    assert torch.allclose(y, torch.tensor([1 + GAMMA * 10, 1 + GAMMA**3 * 10, 1.0], dtype=torch.float64))
