@@ -215,7 +215,7 @@ METRICS: dict[str, MetricSpec] = _spec(
     ),
     MetricSpec(
         "relaxrl_eval_q_value", "gauge", "1",
-        "Live evaluation: mean critic estimate Q1(s, π(s)) over the greedy actor's steps on the sample "
+        "Live evaluation: mean critic estimate Q1(s, pi(s)) over the greedy actor's steps on the sample "
         "(the same steps as relaxrl_eval_return). Read the two together: Q is an estimate of that return, "
         "so a gap that grows means the critic is wrong about the policy it trains.",
         "ray", "learner",

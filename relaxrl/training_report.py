@@ -16,7 +16,7 @@ from common.config import EnvConfig
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("actual_move", "actual move (Å, mean per atom)", [("actors/actual_move", "actors"), ("charts/actual_move", "replay batch")]),
     ("q_vs_reward", "Q(s,a) vs observed discounted return",
-     [("charts/q_value", "Q(s,a), replay batch mean"), ("charts/target", "TD target r + γQ'(s',a')"),
+     [("charts/q_value", "Q(s,a), replay batch mean"), ("charts/target", "TD target r + γⁿQ'(s',a')"),
       ("actors/episode_return", "observed Σ γ^k r, mean return-to-go of online episodes"),
       ("actors/reward", "actor step reward"),
       ("eval/q", "greedy eval: Q(s, π(s)) of its steps"),
