@@ -301,7 +301,7 @@ class ActorLoop:
             # refuses NaN) but its reward counts in the n-step returns of the steps before it
             nonfinite += not storable
             for tbl, tr in self.windows[i].push(table, Transition(
-                    obs=obs, action=action if storable else np.zeros_like(action), actual_move=info["actual_move"],
+                    obs=obs, action=action, actual_move=info["actual_move"],
                     reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
                     next_obs=next_obs, a_back=float(info["a_back"]), expert_action=actions.expert_moves[i]),
                     storable):

@@ -155,8 +155,7 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator,
                                forces=b.next_graph.forces, force_scale=h.target_noise_force_scale)
         q1_next, q2_next = critic_target(b.next_graph, a_next)
-        discount = h.gamma if b.n_steps is None else torch.pow(torch.full_like(b.reward, h.gamma), b.n_steps)
-        y = td_target(b.reward, b.terminated, q1_next, q2_next, discount)
+        y = td_target(b.reward, b.terminated, q1_next, q2_next, h.gamma if b.n_steps is None else h.gamma ** b.n_steps)
     q1, q2 = critic(b.graph, b.action)
     loss_q, td_abs = critic_loss(q1, q2, y, b.weight)
     if not torch.isfinite(loss_q):

@@ -90,13 +90,14 @@ def _history_flags(k: int) -> int:
     return HAS_HISTORY | ((k - 1) << HISTORY_STEPS_SHIFT)
 
 
-def _n_step_flags(t: Transition) -> int:
-    """Flag bits of ``t.n_steps`` (1..16); CodecError otherwise."""
+def _item_flags(t: Transition) -> int:
+    """The flag bits of one transition's own fields (terminated, truncated, ``n_steps`` 1..16); CodecError for a
+    bad ``n_steps``."""
     n = t.n_steps
     if type(n) is not int or not 1 <= n <= MAX_N_STEPS:
         raise CodecError(f"transition.n_steps is {n!r}, expected an int of 1..{MAX_N_STEPS} environment steps "
                          "(learner.n_step)")
-    return (n - 1) << N_STEPS_SHIFT
+    return (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) | ((n - 1) << N_STEPS_SHIFT)
 
 
 def _flag_history_steps(flags: int) -> int:
@@ -172,7 +173,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
         raise CodecError(f"transition.obs.numbers has shape {np.shape(nums)}, expected [n_atoms]")
     env0 = o0.env_features
     d = env0.size if isinstance(env0, np.ndarray) else int(np.size(env0))
-    flags = (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) | _n_step_flags(t)
+    flags = _item_flags(t)
     vec, dd = (n, 3), (d,)
     values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features,
               t.action, t.actual_move]
@@ -286,8 +287,7 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
             if t.next_obs.numbers is not t.obs.numbers and not np.array_equal(t.next_obs.numbers, t.obs.numbers):
                 return None
         pbc = [(_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)) for t in ts]
-        flags = [base | (TERMINATED if t.terminated else 0) | (TRUNCATED if t.truncated else 0) | _n_step_flags(t)
-                 for t in ts]
+        flags = [base | _item_flags(t) for t in ts]
     except (CodecError, TypeError, ValueError, AttributeError, IndexError):
         return None
     length = _HEADER.size + 8 * n_float + n + 2
