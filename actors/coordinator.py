@@ -91,7 +91,7 @@ class Coordinator:
                 out[f"episodes/{kind}_success"] = float(np.mean([e[1] for e in eps]))
                 out[f"episodes/{kind}_fmax"] = float(np.mean([e[4] for e in eps]))
                 out[f"episodes/{kind}_force_calls"] = float(np.mean([e[3] for e in eps]))
-        for key in ("actual_move", "a_back", "action_scale", "fmax", "reward", "episode_return"):
+        for key in ("actual_move", "a_back", "action_scale", "fmax", "reward", "episode_return", "saddle"):
             vals = [s[key] for s in self._steps if s.get("kind") == "online" and key in s]
             if vals:
                 out[f"actors/{key}"] = float(np.mean(vals))

@@ -17,7 +17,13 @@ Reward (all weights in :class:`EnvConfig`; F in eV/Å over per-atom force norms)
 
     r = −w_fmax·Fmax − w_fmean·Fmean + w_delta·(Fmax_prev − Fmax)
         + w_log·(−log10 max(Fmax, 1e-6)) − w_back·a_back + w_energy·(E_prev − E)/n_atoms
-        (+ converged_bonus if Fmax < fmax)
+        (+ converged_bonus if Fmax < fmax, unless the saddle check below finds a saddle point)
+
+With ``env.saddle_check_atoms`` N > 0 (training only), a converged step on at most N free atoms also
+gets the lowest eigenvalue of the finite-difference Hessian (:mod:`actors.hessian`, on a calculator
+of its own; ``info["lowest_curvature"]``, ``info["saddle"]``). Fmax < fmax holds on saddle points
+too; there the bonus is withheld, so the return tells a minimum from a saddle as the suite's
+success does. These force calls are not the episode's (``info["saddle_check_force_calls"]``).
 
 ``terminated`` on convergence; ``truncated`` at ``max_steps`` or when the calculator
 returns non-finite forces/energy or raises (then ``info["error"]`` says why, the atoms are
@@ -45,6 +51,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
+from actors.hessian import free_coordinates, is_saddle, lowest_curvature
 from actors.structures import StructureError, check_structure
 from common.config import EnvConfig
 from common.correction import ActionError, PairList, correct_action
@@ -104,9 +111,9 @@ def force_stats(forces: np.ndarray) -> tuple[float, float]:
 
 
 def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, cfg: EnvConfig,
-                   energy_drop: float = 0.0) -> float:
-    """The step reward from the forces after the step (eV/Å), a_back and the energy drop per atom since the
-    previous step (eV/atom; module docstring)."""
+                   energy_drop: float = 0.0, saddle: bool = False) -> float:
+    """The step reward from the forces after the step (eV/Å), a_back, the energy drop per atom since the
+    previous step (eV/atom) and whether a converged step ended on a saddle point (module docstring)."""
     r = (
         -cfg.w_fmax * fmax
         - cfg.w_fmean * fmean
@@ -115,7 +122,7 @@ def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, c
         - cfg.w_back * a_back
         + cfg.w_energy * energy_drop
     )
-    if fmax < cfg.fmax:
+    if fmax < cfg.fmax and not saddle:
         r += cfg.converged_bonus
     return float(r)
 
@@ -150,6 +157,9 @@ class RelaxEnv:
         else:
             self.calc = make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
             self._calc_name = self.cfg.calculator
+        self._own_calc = calculator is None
+        self._check_calc: Calculator | None = None  # the saddle check's own calculator, made when first needed
+        self._free: np.ndarray | None = None  # [3n] free coordinates of the episode, found when first needed
         self._atoms: Atoms | None = None
         self._done = True
         self.name = ""
@@ -183,6 +193,7 @@ class RelaxEnv:
         self.force_calls = 1  # the initial evaluation below
         self._last_a_back = 0.0
         self._atoms = a
+        self._free = None
         self._numbers = a.numbers.astype(np.int64)  # shared by every observation of the episode
         self._cell = np.array(a.cell[:], dtype=np.float64)
         self._pbc = np.array(a.pbc, dtype=bool)
@@ -259,7 +270,8 @@ class RelaxEnv:
         self._last_a_back = a_back
         converged = (not failed) and self._fmax < cfg.fmax
         energy_drop = (energy_prev - self._energy) / len(self._pos)  # eV/atom; 0 when nothing moved
-        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop)
+        saddle = converged and self._saddle_check(info)
+        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop, saddle)
         terminated = converged
         truncated = (not terminated) and (failed or self.steps >= cfg.max_steps)
         self._done = terminated or truncated
@@ -279,6 +291,22 @@ class RelaxEnv:
         return StepResult(self._observe(), reward, terminated, truncated, info)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _saddle_check(self, info: dict[str, Any]) -> bool:
+        """Whether the converged state is a saddle point (``env.saddle_check_atoms``; module docstring)."""
+        if self.cfg.saddle_check_atoms <= 0:
+            return False
+        if self._free is None:
+            self._free = free_coordinates(self._atoms)
+        if self._free.sum() > 3 * self.cfg.saddle_check_atoms:
+            return False
+        if self._check_calc is None:
+            self._check_calc = (make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
+                                if self._own_calc else copy.deepcopy(self.calc))
+        curvature = lowest_curvature(self._atoms, self._check_calc, self._free)
+        info.update(lowest_curvature=curvature, saddle=is_saddle(curvature),
+                    saddle_check_force_calls=2 * int(self._free.sum()))
+        return info["saddle"]
 
     # correct_action reads these, so the env itself can be passed as the state.
     @property

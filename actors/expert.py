@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ase import Atoms
 
 from actors.calculators import make_calculator
+from actors.hessian import finite_difference_hessian, free_coordinates
 from common.config import EnvConfig, ExpertConfig, NetworkConfig
 from common.errors import RelaxRLError
 from common.observation import Observation
@@ -40,8 +40,6 @@ __all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "NewtonTeacher
            "fake_step_probability", "finite_difference_hessian", "free_coordinates", "make_teacher",
            "saddle_free_newton_step"]
 
-FD_DELTA = 1e-3
-"""Displacement (Å) of the central differences of :func:`finite_difference_hessian`."""
 
 
 class ExpertError(RelaxRLError, ValueError):
@@ -108,43 +106,6 @@ def _bounded(dpos: np.ndarray, maxstep: float) -> np.ndarray:
     steps = dpos.reshape(-1, 3)
     longest = float(np.linalg.norm(steps, axis=1).max()) if len(steps) else 0.0
     return steps * (maxstep / longest) if longest > maxstep else steps
-
-
-def free_coordinates(atoms: Atoms) -> np.ndarray:
-    """Boolean mask [3n] of the Cartesian coordinates the atoms' ASE constraints let move.
-
-    Found by moving each coordinate alone by 0.01 Å and letting every constraint adjust it:
-    a coordinate that does not move (FixAtoms, a fixed direction of selective dynamics) is fixed."""
-    pos = atoms.get_positions()
-    free = np.ones(pos.size, dtype=bool)
-    if not atoms.constraints:
-        return free
-    for k in range(pos.size):
-        target = pos.copy()
-        target.flat[k] += 0.01
-        for c in atoms.constraints:
-            c.adjust_positions(atoms, target)
-        free[k] = abs(target.flat[k] - pos.flat[k]) > 1e-6
-    return free
-
-
-def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
-    """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
-    symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
-    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    probe.calc = calculator
-    x0 = atoms.get_positions().ravel()
-    idx = np.flatnonzero(free)
-    hessian = np.empty((len(idx), len(idx)))
-    for col, k in enumerate(idx):
-        grads = []
-        for sign in (1.0, -1.0):
-            x = x0.copy()
-            x[k] += sign * delta
-            probe.set_positions(x.reshape(-1, 3))
-            grads.append(-probe.get_forces().ravel()[idx])
-        hessian[:, col] = (grads[0] - grads[1]) / (2.0 * delta)
-    return 0.5 * (hessian + hessian.T)
 
 
 def saddle_free_newton_step(hessian: np.ndarray, forces: np.ndarray, free: np.ndarray, maxstep: float,

@@ -75,6 +75,7 @@ class StepRecord:
     success_rate: float  # share of this actor's last 50 episodes that converged
     nonfinite_actions: int  # moves that were NaN/inf: applied as no move, not stored
     episode_return: float | None = None  # mean_return_to_go of the episodes that ended (None: none ended)
+    saddle: float | None = None  # share of the ended episodes the saddle check found on a saddle (None: none checked)
 
     def stats(self) -> dict[str, float]:
         """The means the hub aggregates (``actors/...`` in metrics.jsonl)."""
@@ -83,6 +84,8 @@ class StepRecord:
             s["action_scale"] = self.action_scale
         if self.episode_return is not None:
             s["episode_return"] = self.episode_return
+        if self.saddle is not None:
+            s["saddle"] = self.saddle
         return s
 
 
@@ -290,6 +293,7 @@ class ActorLoop:
         actions = self.source.act(self.obs, self.t_total)
         moves, backs, rewards, fmaxes, episodes, nonfinite = [], [], [], [], [], 0
         returns: list[float] = []
+        saddles: list[float] = []  # 1.0 per ended episode the saddle check found on a saddle, 0.0 on a minimum
         for i, env in enumerate(self.envs):
             obs, table = self.obs[i], actions.tables[i]
             res = env.step(actions.moves[i])
@@ -314,6 +318,8 @@ class ActorLoop:
                 episodes.append(end)
                 self._recent.append(end.converged)
                 returns.append(mean_return_to_go(self._rewards[i], self.config.learner.gamma))
+                if "saddle" in info:
+                    saddles.append(float(info["saddle"]))
                 self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax)
                 self.obs[i] = None
             else:
@@ -325,7 +331,8 @@ class ActorLoop:
             kind=self.kind, n_envs=len(self.envs), actual_move=float(np.mean(moves)), a_back=float(np.mean(backs)),
             reward=float(np.mean(rewards)), fmax=float(np.mean(fmaxes)), action_scale=actions.action_scale,
             episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
-            episode_return=float(np.mean(returns)) if returns else None)
+            episode_return=float(np.mean(returns)) if returns else None,
+            saddle=float(np.mean(saddles)) if saddles else None)
         self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs),
                                                                                     record.stats())
         return record

@@ -40,6 +40,10 @@ from actors.structures import (
 SUITE_SEED = 20261202
 """Seed of every suite structure (fixed; a different seed is a different suite)."""
 
+VALIDATION_SEED = SUITE_SEED + 1
+"""Seed of the validation draw (``relaxrl eval --structures suite-val``): the same recipes with other
+random draws, for choosing settings without looking at the suite that judges them."""
+
 SUITE_KINDS = ("cluster", "bulk", "slab", "cluster-large", "molecule", "adsorbate")
 """The kinds, in report order."""
 
@@ -49,59 +53,61 @@ IN_TRAINING_KINDS = frozenset({"cluster", "bulk", "slab"})
 _METALS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
 
 
-def _rng(kind: str, k: int) -> np.random.Generator:
-    return np.random.default_rng([SUITE_SEED, SUITE_KINDS.index(kind), k])
+def _rng(kind: str, k: int, seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SUITE_KINDS.index(kind), k])
 
 
-def _clusters() -> list[Atoms]:
+def _clusters(seed: int) -> list[Atoms]:
     out = []
     for k, n in enumerate((5, 6, 7, 9, 11)):
-        rng = _rng("cluster", k)
+        rng = _rng("cluster", k, seed)
         a, b = rng.choice(_METALS, size=2)
         symbols = [a if (k % 2 == 0 or rng.random() < 0.5) else b for _ in range(n)]
         out.append(random_cluster(symbols, rng))
     return out
 
 
-def _bulk() -> list[Atoms]:
-    return [rattled_bulk(el, n, _rng("bulk", k), rattle=0.12)
+def _bulk(seed: int) -> list[Atoms]:
+    return [rattled_bulk(el, n, _rng("bulk", k, seed), rattle=0.12)
             for k, (el, n) in enumerate((("Cu", 4), ("Ni", 8), ("Pd", 8), ("Au", 4), ("Al", 8)))]
 
 
-def _slabs() -> list[Atoms]:
+def _slabs(seed: int) -> list[Atoms]:
     recipes = (("Pt", (2, 2, 3), "111"), ("Ag", (2, 2, 3), "100"), ("Ni", (2, 2, 4), "111"), ("Cu", (3, 3, 3), "111"))
-    return [rattled_slab(el, size, _rng("slab", k), rattle=0.1, facet=facet)
+    return [rattled_slab(el, size, _rng("slab", k, seed), rattle=0.1, facet=facet)
             for k, (el, size, facet) in enumerate(recipes)]
 
 
-def _large_clusters() -> list[Atoms]:
-    return [random_cluster([el] * n, _rng("cluster-large", k))
+def _large_clusters(seed: int) -> list[Atoms]:
+    return [random_cluster([el] * n, _rng("cluster-large", k, seed))
             for k, (el, n) in enumerate((("Cu", 32), ("Ag", 36), ("Pd", 40)))]
 
 
-def _molecules() -> list[Atoms]:
-    return [rattled_molecule(name, _rng("molecule", k), rattle=0.05)
+def _molecules(seed: int) -> list[Atoms]:
+    return [rattled_molecule(name, _rng("molecule", k, seed), rattle=0.05)
             for k, name in enumerate(("CH4", "NH3", "H2O", "C2H4", "CH3OH"))]
 
 
-def _adsorbates() -> list[Atoms]:
+def _adsorbates(seed: int) -> list[Atoms]:
     recipes = (("Cu", "111", "O", "fcc"), ("Pt", "111", "CO", "ontop"), ("Ni", "100", "N", "hollow"),
                ("Pd", "111", "H", "fcc"), ("Au", "100", "C", "hollow"))
-    return [adsorbate_on_slab(metal, ads, _rng("adsorbate", k), facet=facet, site=site)
+    return [adsorbate_on_slab(metal, ads, _rng("adsorbate", k, seed), facet=facet, site=site)
             for k, (metal, facet, ads, site) in enumerate(recipes)]
 
 
-_BUILDERS: dict[str, Callable[[], list[Atoms]]] = {
+_BUILDERS: dict[str, Callable[[int], list[Atoms]]] = {
     "cluster": _clusters, "bulk": _bulk, "slab": _slabs, "cluster-large": _large_clusters,
     "molecule": _molecules, "adsorbate": _adsorbates,
 }
 
 
-def generalisation_suite(kinds: tuple[str, ...] | list[str] = SUITE_KINDS, calculator: str = "emt") -> list[Atoms]:
+def generalisation_suite(kinds: tuple[str, ...] | list[str] = SUITE_KINDS, calculator: str = "emt",
+                         seed: int = SUITE_SEED) -> list[Atoms]:
     """The suite's structures of ``kinds`` (in :data:`SUITE_KINDS` order), named ``<kind>-<formula>-<k>``.
 
     Each keeps its ASE constraints; ``info["kind"]`` is its kind. Structures with elements
-    that ``calculator`` does not support are left out (none for EMT)."""
+    that ``calculator`` does not support are left out (none for EMT). ``seed`` :data:`VALIDATION_SEED`
+    gives the validation draw; the default is the suite."""
     unknown = [k for k in kinds if k not in _BUILDERS]
     if unknown:
         raise ValueError(f"unknown suite kind(s) {unknown}; the suite has {list(SUITE_KINDS)}")
@@ -110,7 +116,7 @@ def generalisation_suite(kinds: tuple[str, ...] | list[str] = SUITE_KINDS, calcu
     for kind in SUITE_KINDS:
         if kind not in kinds:
             continue
-        for k, atoms in enumerate(_BUILDERS[kind]()):
+        for k, atoms in enumerate(_BUILDERS[kind](seed)):
             if allowed is not None and not set(atoms.get_chemical_symbols()) <= allowed:
                 continue
             atoms.info["kind"] = kind

@@ -1,6 +1,6 @@
 """How the RL policy relaxes the generalisation suite compared with ASE's optimizers; prints one JSON object.
 
-    python bench/relax_quality.py [--structures suite|held-out] [--quick] [--checkpoint CKPT] [--hybrid K]
+    python bench/relax_quality.py [--structures suite|suite-val|held-out] [--quick] [--checkpoint CKPT] [--hybrid K]
                                   [--config configs/demo.toml]
 
 Runs :func:`relaxrl.evaluate.evaluate` on the generalisation suite (:mod:`actors.suite`, the
@@ -42,7 +42,7 @@ from actors.expert import make_teacher  # noqa: E402
 from actors.rollout import run_episode  # noqa: E402
 from common.config import ExpertConfig, load_config  # noqa: E402
 from learner.policy import Policy, load_policy  # noqa: E402
-from relaxrl.evaluate import OPTIMIZERS, evaluate, fragment_count, heldout_structures, judge, suite_structures  # noqa: E402
+from relaxrl.evaluate import OPTIMIZERS, SUITE_SETS, evaluate, fragment_count, heldout_structures, judge, suite_structures  # noqa: E402
 
 # ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.
 REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43, 0.52]}
@@ -51,8 +51,9 @@ TEACHER_RUN = "teacher"  # the teacher's run among the optimizers' when it is ju
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--structures", choices=("suite", "held-out"), default="suite",
-                   help="the generalisation suite (27 structures of 6 kinds; default) or the config's held-out split")
+    p.add_argument("--structures", choices=("suite", "suite-val", "held-out"), default="suite",
+                   help="the generalisation suite (27 structures of 6 kinds; default), its validation draw "
+                        "(same recipes, other random draws) or the config's held-out split")
     p.add_argument("--quick", action="store_true",
                    help="6 structures (one per suite kind, or held-out ones spanning the sizes), at most 150 steps")
     p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (default: untrained policy)")
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         policy_note = "freshly initialised policy (no --checkpoint): untrained, so rl numbers are a floor, not a result"
     cfg = load_config(args.config) if args.config else policy.config
     steps = args.steps
-    if args.structures == "suite":
-        structures = suite_structures(6 if args.quick else 0, cfg.env.calculator)
+    if args.structures in SUITE_SETS:
+        structures = suite_structures(6 if args.quick else 0, cfg.env.calculator, SUITE_SETS[args.structures])
         steps = min(steps, 150) if args.quick else steps
-        source = "generalisation suite (actors/suite.py)"
+        source = f"generalisation suite (actors/suite.py, seed {SUITE_SETS[args.structures]})"
     else:
         structures = heldout_structures(cfg)
         source = f"held-out split of config '{cfg.run.name}' (source {cfg.curriculum.source!r})"

@@ -100,6 +100,11 @@ class EnvConfig:
     """Reward weight of the energy drop per atom since the previous step, (E_prev − E)/n_atoms in eV/atom. Over an
     episode these terms sum to the whole drop, so a deeper end point earns more whatever the path (the suite judges
     success by energy; the force terms alone pay as much for a saddle or a higher minimum). 0 = off."""
+    saddle_check_atoms: int = 0
+    """Training only: on a converged step of a structure with at most this many free atoms the environment finds the
+    lowest Hessian eigenvalue (finite differences on its own calculator, 6 force calls per free atom, never counted
+    as the episode's) and on a saddle point (below −0.05 eV/Å², as ``relaxrl eval --curvature-check``) withholds
+    ``converged_bonus``: the episode still ends, but a saddle pays no more than any other step. 0 = off."""
     history_steps: int = 1
     """Steps of path history every observation carries (actual move and force change per atom, newest first): the
     memory of the 'quasi-newton' actor head (its L-BFGS pairs); the other heads read the newest step only."""
@@ -117,6 +122,8 @@ class EnvConfig:
             (self.w_back >= 0, "w_back", self.w_back, "a penalty weight >= 0"),
             (self.w_energy >= 0 and math.isfinite(self.w_energy), "w_energy", self.w_energy,
              "a finite weight >= 0 on the energy drop in eV/atom, e.g. 20 (0 = off)"),
+            (self.saddle_check_atoms >= 0, "saddle_check_atoms", self.saddle_check_atoms,
+             "the most free atoms whose Hessian is checked at convergence, e.g. 24 (0 = off)"),
             (1 <= self.history_steps <= 16, "history_steps", self.history_steps, "1..16 remembered steps, e.g. 5"),
         ], self)
 

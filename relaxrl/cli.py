@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "env.max_step; other keys are refused")
     p.add_argument("--structures", default="held-out",
                    help="directory of structure files, 'held-out' (the config's split), 'suite' (the generalisation "
-                        "suite, 27 structures of 6 kinds, reported per kind), or an Al–Fe set: "
+                        "suite, 27 structures of 6 kinds, reported per kind), 'suite-val' (its validation draw: the same "
+                        "recipes, other random draws, for choosing settings), or an Al–Fe set: "
                         "'alfe-heldout' (2–8 atoms, 16 cells), 'alfe-large' (12–20 atoms, 8 cells)")
     p.add_argument("--optimizers", default="rl,bfgs,bfgsls,lbfgs,fire,gpmin")
     p.add_argument("--fmax", type=float, default=0.05)

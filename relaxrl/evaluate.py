@@ -45,9 +45,9 @@ from ase import Atoms
 
 from actors.alfe import ALFE_SETS, alfe_structure_set
 from actors.calculators import make_calculator, resolve_calculator
-from actors.expert import finite_difference_hessian, free_coordinates
+from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, free_coordinates, is_saddle, lowest_curvature
 from actors.structures import load_structures, read_structure_source
-from actors.suite import generalisation_suite
+from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite
 from common.config import from_dict, load_config, parse_override, to_dict
 from common.errors import RelaxRLError
 from learner.policy import Policy, load_policy
@@ -58,11 +58,11 @@ from relaxrl.reports import print_summary, write_report
 
 OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
 """Optimizer names `relaxrl eval` knows; 'rl' needs a policy."""
+SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED}
+"""``--structures`` names of the generalisation suite and of its validation draw (same recipes, other random
+draws: for choosing settings without looking at the suite that judges them), with their seeds."""
 ENERGY_TOL_EV_PER_ATOM = 1e-3
 """A converged run more than this above the best final energy (eV/atom) is not a success."""
-SADDLE_CURVATURE_EV_PER_A2 = 0.05
-"""A converged run whose lowest Hessian eigenvalue is below −this (eV/Å²) is flagged as ending on a saddle point:
-well beyond the finite-difference noise of the near-zero translation and rotation modes of free clusters."""
 FRAGMENT_CUTOFF_MULT = 1.5
 """Bonds for the fragmentation check: distance < this × (natural cutoff i + natural cutoff j)."""
 
@@ -117,37 +117,6 @@ def fragment_count(atoms: Atoms, mult: float = FRAGMENT_CUTOFF_MULT) -> int:
     i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=mult))
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     return int(connected_components(graph, directed=False)[0])
-
-
-def rigid_body_modes(atoms: Atoms) -> np.ndarray:
-    """Orthonormal rigid-body displacement modes of ``atoms``, [3n, k]: the 3 translations when no
-    constraint holds an atom, and without periodicity also the 3 rotations about the centre (2 for a
-    line); k = 0 when a constraint holds atoms. At a converged, not exactly stationary point their
-    curvature is of the order of the residual forces over the size (~±0.05 eV/Å² for a molecule),
-    not a property of the minimum, so :func:`lowest_curvature` leaves them out."""
-    n = len(atoms)
-    if atoms.constraints or n < 2:
-        return np.zeros((3 * n, 0))
-    modes = [np.tile(np.eye(3)[d], n) for d in range(3)]
-    if not atoms.pbc.any():
-        r = atoms.positions - atoms.positions.mean(axis=0)
-        modes += [np.cross(np.eye(3)[d], r).ravel() for d in range(3)]
-    u, sv, _ = np.linalg.svd(np.stack(modes, axis=1), full_matrices=False)
-    return u[:, sv > 1e-6 * sv.max()]
-
-
-def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None) -> float:
-    """Lowest eigenvalue (eV/Å²) of the finite-difference Hessian of ``atoms`` over the coordinates its
-    constraints leave free (``free``, [3n] bool, found here when not given), by ``calculator`` (6 force
-    calls per free atom), rigid-body modes left out (:func:`rigid_body_modes`); nan when nothing else is free."""
-    free = free_coordinates(atoms) if free is None else free
-    hessian = finite_difference_hessian(atoms, calculator, free) if free.any() else np.zeros((0, 0))
-    rigid = rigid_body_modes(atoms)[free]
-    if rigid.shape[1]:  # the Hessian on the complement of the rigid-body modes
-        q, _ = np.linalg.qr(rigid, mode="complete")
-        rest = q[:, rigid.shape[1]:]
-        hessian = rest.T @ hessian @ rest
-    return float(np.linalg.eigvalsh(hessian)[0]) if hessian.size else math.nan
 
 
 def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float, steps: int,
@@ -228,7 +197,7 @@ def judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
             r["energy_above_best_mev_per_atom"] = 1e3 * above if math.isfinite(above) else None
             r["fragmented"] = bool(r.get("fragments_final", 1) > r.get("fragments_initial", 1))
             curvature = r.get("lowest_curvature_ev_per_a2")
-            r["saddle"] = bool(r["converged"] and curvature is not None and curvature < -SADDLE_CURVATURE_EV_PER_A2)
+            r["saddle"] = bool(r["converged"] and is_saddle(curvature))
             r["higher_minimum"] = bool(r["converged"] and not r["saddle"] and math.isfinite(above) and above > energy_tol)
             r["success"] = bool(r["converged"] and r["error"] is None and not r["fragmented"]
                                 and math.isfinite(above) and above <= energy_tol)
@@ -480,13 +449,14 @@ def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
     return dict(_named(held))
 
 
-def suite_structures(limit: int = 0, calculator: str = "emt") -> dict[str, Atoms]:
-    """The generalisation suite (:mod:`actors.suite`); with ``limit`` N, N structures spread over the kinds.
+def suite_structures(limit: int = 0, calculator: str = "emt", seed: int = SUITE_SEED) -> dict[str, Atoms]:
+    """The generalisation suite (:mod:`actors.suite`; ``seed`` :data:`~actors.suite.VALIDATION_SEED`: its
+    validation draw); with ``limit`` N, N structures spread over the kinds.
 
     The N are taken round-robin over the kinds (the first of each kind, then the second, …)
     and kept in suite order, so ``--limit 6`` tries every kind once."""
     _check_limit(limit)
-    suite = generalisation_suite(calculator=calculator)
+    suite = generalisation_suite(calculator=calculator, seed=seed)
     if limit:
         rank: dict[str, int] = {}
         keyed = []
@@ -593,8 +563,8 @@ def eval_command(args: argparse.Namespace) -> int:
     make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
     if args.structures == "held-out":
         structures = heldout_structures(cfg, args.limit)
-    elif args.structures == "suite":  # the fixed generalisation suite (actors/suite.py), reported per kind
-        structures = suite_structures(args.limit, calc_name)
+    elif args.structures in SUITE_SETS:  # the fixed generalisation suite (actors/suite.py), reported per kind
+        structures = suite_structures(args.limit, calc_name, SUITE_SETS[args.structures])
     elif args.structures in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
         structures = dict(_named(alfe_structure_set(args.structures, args.limit, cfg.run.seed, calc_name, kwargs,
                                                     cfg.env.min_distance_factor)))

@@ -24,7 +24,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("action_scale", "action scale (env gate)", [("actors/action_scale", "online actors")]),
     ("a_back", "a_back (fraction taken back)", [("actors/a_back", "online actors")]),
     ("fmax_success", "Fmax (eV/Å, log) and success (right axis)",
-     [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success")]),
+     [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success"),
+      ("actors/saddle", "online episodes ending on a saddle (env.saddle_check_atoms)")]),
     ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
     ("replay_sizes", "replay table sizes", [("replay/expert_size", "expert"), ("replay/online_size", "online")]),
     ("live_eval", "live evaluation: greedy actor on the held-out sample (run.eval_every)",
@@ -119,7 +120,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             if pts:
                 x, y = zip(*pts)
                 target = ax
-                if key.endswith("success"):  # rates on their own 0..1 axis
+                if key.endswith(("success", "saddle")):  # rates on their own 0..1 axis
                     twin = twin or ax.twinx()
                     twin.set_ylim(-0.02, 1.02)
                     twin.set_ylabel("success rate")

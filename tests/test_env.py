@@ -444,3 +444,59 @@ def test_the_learner_corrects_a_whole_batch_as_the_env_corrects_each_structure()
     got = corrected_moves(graph, torch.as_tensor(np.concatenate(proposals)), cfg).numpy()
     np.testing.assert_allclose(got, np.concatenate(expected), atol=1e-10)
     assert not np.allclose(got, np.concatenate(proposals))  # something was corrected
+
+
+def _relax_by_descent(env: RelaxEnv, atoms: Atoms, step: float = 0.02):
+    """Steepest descent through the env until the episode ends; the last StepResult."""
+    obs = env.reset(atoms)
+    while True:
+        res = env.step(step * obs.forces)
+        if res.terminated or res.truncated:
+            return res
+        obs = res.obs
+
+
+def test_saddle_check_withholds_the_convergence_bonus_on_a_saddle_point():
+    """A planar Cu4 square converges under steepest descent (the forces keep it planar) on a saddle
+    point of EMT. With env.saddle_check_atoms the env finds the negative curvature at convergence and
+    pays no convergence bonus; the episode's own force calls are the same as without the check."""
+    d = 2.4
+    square = Atoms("Cu4", positions=[[0, 0, 0], [d, 0, 0], [d, d, 0], [0, d, 0]])
+    plain = RelaxEnv(EnvConfig(max_steps=300))
+    checked = RelaxEnv(EnvConfig(max_steps=300, saddle_check_atoms=8))
+    a, b = _relax_by_descent(plain, square), _relax_by_descent(checked, square)
+    assert a.terminated and b.terminated and a.info["converged"] and b.info["converged"]
+    assert "saddle" not in a.info
+    assert b.info["saddle"] and b.info["lowest_curvature"] < -0.5
+    assert b.info["saddle_check_force_calls"] == 24  # 2 per free coordinate, on the check's own calculator
+    assert a.reward - b.reward == pytest.approx(EnvConfig().converged_bonus)
+    assert checked.force_calls == plain.force_calls
+    # Above the size limit nothing is checked and the bonus is paid.
+    small = RelaxEnv(EnvConfig(max_steps=300, saddle_check_atoms=3))
+    c = _relax_by_descent(small, square)
+    assert "saddle" not in c.info and c.reward == pytest.approx(a.reward)
+
+
+def test_saddle_check_keeps_the_bonus_in_a_minimum_and_respects_fixed_atoms():
+    """A rattled cluster relaxes into a minimum: checked, not a saddle, full bonus. On a slab with
+    FixAtoms only the free atoms count against the size limit and enter the Hessian."""
+    cluster = random_cluster(["Cu"] * 5, np.random.default_rng(4))
+    res = _relax_by_descent(RelaxEnv(EnvConfig(max_steps=400, saddle_check_atoms=8)), cluster)
+    assert res.info["converged"] and res.info["saddle"] is False and res.info["lowest_curvature"] > 0.05
+    assert res.reward > EnvConfig().converged_bonus - 1.0
+
+    from ase.build import fcc111
+    from ase.constraints import FixAtoms
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0)
+    slab.set_constraint(FixAtoms(mask=slab.positions[:, 2] < slab.positions[:, 2].min() + 1.0))  # bottom layer
+    slab.rattle(0.05, seed=1)
+    env = RelaxEnv(EnvConfig(max_steps=400, saddle_check_atoms=8))  # 8 free atoms of 12
+    res = _relax_by_descent(env, slab)
+    assert res.info["converged"] and res.info["saddle_check_force_calls"] == 2 * 3 * 8
+    assert res.info["saddle"] is False
+
+
+def test_a_negative_saddle_check_size_is_a_clear_error():
+    with pytest.raises(Exception, match="saddle_check_atoms"):
+        RelaxEnv(EnvConfig(saddle_check_atoms=-1))

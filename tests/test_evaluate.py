@@ -315,6 +315,20 @@ def test_eval_suite_reports_per_kind(tmp_path, checkpoint, capsys):
     assert "overall: success rl" in capsys.readouterr().out
 
 
+def test_eval_suite_val_is_the_validation_draw(tmp_path):
+    """--structures suite-val relaxes the suite's validation draw: the same kinds, other structures."""
+    from actors.suite import VALIDATION_SEED, generalisation_suite
+
+    out = tmp_path / "val"
+    assert main(["eval", "--structures", "suite-val", "--limit", "2", "--optimizers", "bfgs", "--steps", "60",
+                 "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    val = {a.info["name"]: a for a in generalisation_suite(kinds=["cluster", "bulk"], seed=VALIDATION_SEED)}
+    assert report["settings"]["structures"] == "suite-val"
+    assert [s["kind"] for s in report["structures"]] == ["cluster", "bulk"]
+    assert all(s["name"] in val and s["n_atoms"] == len(val[s["name"]]) for s in report["structures"])
+
+
 def test_plain_structures_are_one_kind_file():
     report = evaluate(structures(), ["bfgs"], steps=60, progress=False)
     assert {s["kind"] for s in report["structures"]} == {"file"}
@@ -395,7 +409,7 @@ def test_rigid_body_modes_are_left_out_of_the_curvature():
     relaxed tetrahedron is that of a vibration. A constrained structure keeps every mode."""
     from ase.constraints import FixAtoms
 
-    from relaxrl.evaluate import lowest_curvature, rigid_body_modes
+    from actors.hessian import lowest_curvature, rigid_body_modes
 
     a = _cu4("tetrahedron")
     a.calc = EMT()

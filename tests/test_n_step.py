@@ -1,6 +1,8 @@
 """n-step returns: what the actors store from an episode (actors.loop.NStepWindow), and the TD target's γ^n."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -85,3 +87,38 @@ def test_td_target_bootstraps_n_step_items_with_gamma_to_the_n():
     n = torch.tensor([1.0, 3.0, 3.0], dtype=torch.float64)
     y = td3.td_target(reward, terminated, q, q + 1, torch.pow(torch.full_like(reward, GAMMA), n))
     assert torch.allclose(y, torch.tensor([1 + GAMMA * 10, 1 + GAMMA**3 * 10, 1.0], dtype=torch.float64))
+
+
+def test_online_actors_report_the_share_of_episodes_that_ended_on_a_saddle(redis_server):
+    """With env.saddle_check_atoms, the episodes an online actor ends by converging carry the check's verdict
+    (the demo's untrained quasi-Newton head converges small clusters); the hub reports their mean as
+    actors/saddle. Without the check there is no such key."""
+    import dataclasses
+    import uuid
+
+    from actors.coordinator import Coordinator
+    from actors.loop import ActorLoop
+    from actors.structures import Curriculum, load_structures
+    from common.config import load_config
+    from replay_service.client import ReplayClient
+
+    for check in (0, 16):
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml",
+                          ["actors.insert_batch=1", "replay.samples_per_insert=0.0", f"env.saddle_check_atoms={check}",
+                           "env.max_steps=60"])
+        cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
+                                                                  namespace=f"sad{uuid.uuid4().hex[:6]}"))
+        replay = ReplayClient(cfg.replay.url, cfg.replay)
+        replay.create_tables()
+        train, _ = load_structures("demo", cfg.curriculum, 0)
+        hub = Coordinator(Curriculum(train, cfg.curriculum))
+        actor = ActorLoop("online", cfg, replay, hub)
+        records = [actor.step() for _ in range(40)]
+        assert any(r.episodes for r in records)
+        stats = hub.stats()
+        if check:
+            assert 0.0 <= stats["actors/saddle"] <= 1.0
+            assert all(r.saddle is None or 0.0 <= r.saddle <= 1.0 for r in records)
+            assert any(r.saddle is not None for r in records if any(e.converged for e in r.episodes))
+        else:
+            assert "actors/saddle" not in stats and all(r.saddle is None for r in records)

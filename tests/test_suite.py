@@ -58,3 +58,16 @@ def test_a_relaxed_adsorbate_is_not_counted_as_a_fragment():
     assert fragment_count(a) == fragment_count(hpd) == 1
     a.positions[-1, 2] += 2.0  # the H 2 Å further off: it has left the surface
     assert fragment_count(a) == 2
+
+
+def test_the_validation_draw_has_the_suites_recipes_but_other_structures():
+    """suite-val: the suite's kinds and sizes, different structures, and as fixed as the suite."""
+    from actors.suite import VALIDATION_SEED
+
+    suite, val = generalisation_suite(), generalisation_suite(seed=VALIDATION_SEED)
+    again = generalisation_suite(seed=VALIDATION_SEED)
+    assert [x.info["kind"] for x in val] == [x.info["kind"] for x in suite]
+    assert [len(x) for x in val] == [len(x) for x in suite]
+    for x, y, z in zip(suite, val, again):
+        np.testing.assert_array_equal(y.positions, z.positions)
+        assert not np.allclose(x.positions, y.positions)
