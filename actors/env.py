@@ -51,7 +51,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
-from actors.hessian import free_coordinates, is_saddle, lowest_curvature
+from actors.hessian import curvature_if_small, free_coordinates, is_saddle
 from actors.structures import StructureError, check_structure
 from common.config import EnvConfig
 from common.correction import ActionError, PairList, correct_action
@@ -298,15 +298,19 @@ class RelaxEnv:
             return False
         if self._free is None:
             self._free = free_coordinates(self._atoms)
-        if self._free.sum() > 3 * self.cfg.saddle_check_atoms:
+        curvature = curvature_if_small(self._atoms, self._check_calculator, self.cfg.saddle_check_atoms, self._free)
+        if curvature is None:
             return False
-        if self._check_calc is None:
-            self._check_calc = (make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
-                                if self._own_calc else copy.deepcopy(self.calc))
-        curvature = lowest_curvature(self._atoms, self._check_calc, self._free)
         info.update(lowest_curvature=curvature, saddle=is_saddle(curvature),
                     saddle_check_force_calls=2 * int(self._free.sum()))
         return info["saddle"]
+
+    def _check_calculator(self) -> Calculator:
+        """The saddle check's own calculator (made once): the env's is never moved by the check."""
+        if self._check_calc is None:
+            self._check_calc = (make_calculator(self.cfg.calculator, self.cfg.calculator_kwargs)
+                                if self._own_calc else copy.deepcopy(self.calc))
+        return self._check_calc
 
     # correct_action reads these, so the env itself can be passed as the state.
     @property

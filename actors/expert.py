@@ -41,7 +41,6 @@ __all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "NewtonTeacher
            "saddle_free_newton_step"]
 
 
-
 class ExpertError(RelaxRLError, ValueError):
     """An invalid expert setting."""
 

@@ -3,6 +3,7 @@
     free = free_coordinates(atoms)                      # [3n] bool
     hessian = finite_difference_hessian(atoms, EMT(), free)   # [m, m] eV/Å², 2m force calls
     lowest_curvature(atoms, EMT())                      # eV/Å², rigid-body modes left out
+    curvature_if_small(atoms, EMT, max_atoms=24)        # the same, None above 24 free atoms
     is_saddle(curvature)                                # below −SADDLE_CURVATURE_EV_PER_A2
 
 Training-time and evaluation tools only: the expert teachers (:mod:`actors.expert`), the environment's
@@ -12,6 +13,7 @@ calculator, so the force calls they make are never counted as an optimizer's. ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,6 @@ def free_coordinates(atoms: Atoms) -> np.ndarray:
     return free
 
 
-
 def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
     """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
     symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
@@ -63,7 +64,6 @@ def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta:
     return 0.5 * (hessian + hessian.T)
 
 
-
 def rigid_body_modes(atoms: Atoms) -> np.ndarray:
     """Orthonormal rigid-body displacement modes of ``atoms``, [3n, k]: the 3 translations when no
     constraint holds an atom, and without periodicity also the 3 rotations about the centre (2 for a
@@ -81,7 +81,6 @@ def rigid_body_modes(atoms: Atoms) -> np.ndarray:
     return u[:, sv > 1e-6 * sv.max()]
 
 
-
 def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None) -> float:
     """Lowest eigenvalue (eV/Å²) of the finite-difference Hessian of ``atoms`` over the coordinates its
     constraints leave free (``free``, [3n] bool, found here when not given), by ``calculator`` (6 force
@@ -94,6 +93,16 @@ def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = No
         rest = q[:, rigid.shape[1]:]
         hessian = rest.T @ hessian @ rest
     return float(np.linalg.eigvalsh(hessian)[0]) if hessian.size else math.nan
+
+
+def curvature_if_small(atoms: Atoms, calculator: Callable[[], Any], max_atoms: int,
+                       free: np.ndarray | None = None) -> float | None:
+    """:func:`lowest_curvature` of ``atoms`` when at most ``max_atoms`` of its atoms are free (``free`` as there),
+    on the calculator ``calculator()`` makes (called only then); None when more are free."""
+    free = free_coordinates(atoms) if free is None else free
+    if free.sum() > 3 * max_atoms:
+        return None
+    return lowest_curvature(atoms, calculator(), free)
 
 
 def is_saddle(curvature: float | None) -> bool:

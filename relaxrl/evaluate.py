@@ -45,7 +45,7 @@ from ase import Atoms
 
 from actors.alfe import ALFE_SETS, alfe_structure_set
 from actors.calculators import make_calculator, resolve_calculator
-from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, free_coordinates, is_saddle, lowest_curvature
+from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_saddle
 from actors.structures import load_structures, read_structure_source
 from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite
 from common.config import from_dict, load_config, parse_override, to_dict
@@ -165,10 +165,8 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
     record["force_calls"] = int(calc.calls)
     record["lowest_curvature_ev_per_a2"] = None
     if curvature_max_atoms > 0 and record["converged"]:
-        free = free_coordinates(a)
-        if free.sum() <= 3 * curvature_max_atoms:
-            value = lowest_curvature(a, calculator(), free)
-            record["lowest_curvature_ev_per_a2"] = value if math.isfinite(value) else None
+        value = curvature_if_small(a, calculator, curvature_max_atoms)
+        record["lowest_curvature_ev_per_a2"] = value if value is not None and math.isfinite(value) else None
     return record
 
 
