@@ -27,6 +27,7 @@ import numpy as np
 from actors.env import RelaxEnv
 from actors.expert import fake_step_probability, make_teacher
 from common.config import ActorConfig, ExpertConfig
+from common.noise import force_noise_factor
 from common.observation import Observation
 from common.schedules import linear
 from common.transition import Transition
@@ -138,8 +139,7 @@ class PolicyWithNoise:
         sigma, f_ref = self.sigma(t_total), self.cfg.noise_force_scale
         moves = []
         for obs, a in zip(observations, acts):
-            f = np.linalg.norm(obs.forces, axis=1, keepdims=True)  # [n_atoms, 1] eV/Å
-            scale = sigma * np.minimum(1.0, f / f_ref) if f_ref > 0 else sigma
+            scale = sigma * force_noise_factor(obs.forces, f_ref) if f_ref > 0 else sigma  # [n_atoms, 1] or scalar
             moves.append(a + self.rng.normal(0.0, 1.0, size=a.shape) * scale)
         return moves, float(np.mean(scales))
 

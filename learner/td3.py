@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from common.noise import force_noise_factor
+
 
 @dataclass
 class TD3Batch:
@@ -70,7 +72,7 @@ def target_action(policy_next: Tensor, noise_std: float, noise_clip: float, max_
     noise = torch.randn(policy_next.shape, generator=generator, dtype=policy_next.dtype, device="cpu").to(policy_next.device)
     noise = (noise * noise_std).clamp(-noise_clip, noise_clip)
     if forces is not None and force_scale > 0:
-        noise = noise * (forces.norm(dim=-1, keepdim=True) / force_scale).clamp(max=1.0)  # [n_atoms, 1]
+        noise = noise * force_noise_factor(forces, force_scale)  # [n_atoms, 1]
     return bound_norm(policy_next + noise, max_step)
 
 

@@ -122,3 +122,30 @@ def test_online_actors_report_the_share_of_episodes_that_ended_on_a_saddle(redis
             assert any(r.saddle is not None for r in records if any(e.converged for e in r.episodes))
         else:
             assert "actors/saddle" not in stats and all(r.saddle is None for r in records)
+
+
+def test_exploration_noise_shrinks_with_each_atoms_force():
+    """The online actors' noise is σ·min(1, |F_i| / actors.noise_force_scale) per atom: an atom without force
+    gets no kick, one at half the scale half of it, the same Gaussian draws otherwise."""
+    import dataclasses
+
+    from actors.loop import PolicyWithNoise
+    from common.config import load_config
+    from learner.policy import Policy
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml",
+                      ["actors.sigma_start=0.03", "actors.sigma_end=0.03", "actors.noise_force_scale=1.0"])
+    env = RelaxEnv(cfg.env)
+    obs = env.reset(random_cluster(["Cu"] * 5, np.random.default_rng(3)))
+    forces = np.zeros((5, 3))
+    forces[1] = [0.3, 0.4, 0.0]  # |F| 0.5
+    forces[2:] = [[3.0, 0.0, 4.0]] * 3  # |F| 5, above the scale
+    obs = dataclasses.replace(obs, forces=forces)
+    policy = Policy(cfg)
+    greedy = policy.act_batch([obs])[0]
+    moves, _ = PolicyWithNoise(policy, cfg.actors, np.random.default_rng(7)).noisy_moves([obs], t_total=0)
+    draws = np.random.default_rng(7).normal(0.0, 1.0, size=(5, 3)) * 0.03
+    noise = moves[0] - greedy
+    np.testing.assert_allclose(noise[0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(noise[1], 0.5 * draws[1], atol=1e-12)
+    np.testing.assert_allclose(noise[2:], draws[2:], atol=1e-12)

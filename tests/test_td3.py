@@ -4,10 +4,12 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from common.noise import force_noise_factor
 from common.schedules import exponential, linear
 from learner import td3
 
@@ -75,6 +77,17 @@ def test_target_noise_scales_with_each_atoms_force_like_the_exploration_noise():
     off = td3.target_action(pi, 0.02, 0.05, 0.2, torch.Generator().manual_seed(1), forces=forces, force_scale=0.0)
     assert torch.equal(off, unscaled)
 
+
+
+def test_force_noise_factor_is_the_same_rule_for_numpy_actors_and_torch_learner():
+    forces = np.array([[0.0, 0.0, 0.0], [0.3, 0.4, 0.0], [3.0, 0.0, 4.0]])  # |F| 0, 0.5, 5 eV/Å
+    on_numpy = force_noise_factor(forces, 1.0)
+    on_torch = force_noise_factor(torch.as_tensor(forces), 1.0)
+    assert isinstance(on_numpy, np.ndarray) and isinstance(on_torch, torch.Tensor)
+    assert on_numpy.shape == (3, 1) and tuple(on_torch.shape) == (3, 1)
+    np.testing.assert_allclose(on_numpy[:, 0], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(on_torch.numpy(), on_numpy)
+    np.testing.assert_allclose(force_noise_factor(forces, 2.0)[:, 0], [0.0, 0.25, 1.0])
 
 def test_polyak_update():
     src, tgt = nn.Linear(2, 1), nn.Linear(2, 1)
