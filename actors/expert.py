@@ -21,11 +21,22 @@ lifts the ceiling that imitating BFGS sets. Structures above ``expert.newton_max
 fake step (:meth:`NewtonTeacher.offers` is False; the expert actor's policy acts and the
 transition goes to the online table): BFGS steps in their place taught the quality preset's
 policy BFGS's short steps on the 27–64-atom cells and made it slower (docs/RESULTS.md).
+
+:class:`LineSearchTeacher` (``expert.teacher = 'bfgsls'``) takes one ``ase.optimize.BFGSLineSearch``
+iteration from the environment's current structure on a copy with a calculator of its own: the
+line search's trial points are the teacher's force calls, never the environment's, and the fake
+step is the accepted point minus the current one. Of ASE's optimizers BFGSLineSearch is the one
+whose minima are lowest most often on the generalisation suite, so its steps teach where a
+relaxation should go as well as how far.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import torch
+from ase.optimize import BFGSLineSearch
 
 from actors.calculators import make_calculator
 from actors.hessian import finite_difference_hessian, free_coordinates
@@ -36,7 +47,7 @@ from common.schedules import SCHEDULES
 from learner.graph import batch_graphs
 from learner.networks import quasi_newton_step
 
-__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "NewtonTeacher", "exact_compliance",
+__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "NewtonTeacher", "exact_compliance",
            "fake_step_probability", "finite_difference_hessian", "free_coordinates", "make_teacher",
            "saddle_free_newton_step"]
 
@@ -199,8 +210,59 @@ class ExactComplianceTeacher(NewtonTeacher):
         return d
 
 
+class LineSearchTeacher:
+    """``expert.teacher = 'bfgsls'``: one ``ase.optimize.BFGSLineSearch`` iteration per :meth:`action`
+    from the current structure of ``env`` (a :class:`~actors.env.RelaxEnv`), on a copy with a
+    calculator of its own (module docstring). The optimizer's state (inverse Hessian, previous
+    point and gradient, previous energy) lives for the episode; when the policy moved the
+    structure between two fake steps, the next update spans those moves, as :class:`BFGSExpert`'s
+    does. A failed line search restarts the state and returns BFGS's first step, F/70 bounded."""
+
+    def __init__(self, env, maxstep: float, env_config: EnvConfig | None = None):
+        if not maxstep > 0:
+            raise ExpertError(f"LineSearchTeacher maxstep must be > 0 Å, got {maxstep}")
+        self.env, self.maxstep = env, float(maxstep)
+        cfg = env_config or env.cfg
+        self.calculator = make_calculator(cfg.calculator, cfg.calculator_kwargs)
+        self.force_calls = 0
+        """Force calls the teacher made on its copy (the gradient and the line search's trial points)."""
+        self.reset()
+
+    def reset(self) -> None:
+        self._atoms = None  # the teacher's copy of this episode's structure
+        self._opt: BFGSLineSearch | None = None
+
+    def offers(self, obs: Observation) -> bool:
+        """Whether this teacher takes a fake step from ``obs`` (it always does)."""
+        return True
+
+    def action(self, obs: Observation) -> np.ndarray:
+        """The accepted point of one line-search BFGS iteration minus the current positions, [n_atoms, 3] Å."""
+        atoms = self.env.atoms
+        if self._opt is None or len(self._atoms) != len(atoms):
+            self._atoms = atoms.copy()
+            self._atoms.calc = self.calculator
+            self._opt = BFGSLineSearch(self._atoms, logfile=None, maxstep=self.maxstep)
+        else:
+            self._atoms.set_positions(atoms.get_positions(), apply_constraint=False)
+        start = self._atoms.get_positions()
+        calls = self._opt.force_calls
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # ASE prints 'skip update' on some steps
+                self._opt.step()
+        except RuntimeError:  # "LineSearch failed!": start over from this point
+            self._opt.reset()
+            self._atoms.set_positions(start, apply_constraint=False)
+            return _bounded(np.asarray(obs.forces, dtype=np.float64).ravel() / 70.0, self.maxstep)
+        finally:
+            self.force_calls += 1 + self._opt.force_calls - calls
+        return _bounded((self._atoms.get_positions() - start).ravel(), self.maxstep)
+
+
 def make_teacher(cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None):
     """The fake-step expert ``expert.teacher`` names for environment ``env``: ``reset()`` and ``action(obs)``."""
+    if cfg.teacher == "bfgsls":
+        return LineSearchTeacher(env, maxstep)
     if cfg.teacher == "newton":
         return NewtonTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
     if cfg.teacher == "compliance":

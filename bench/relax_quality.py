@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
-    p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance")
+    p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance, bfgsls")
     p.add_argument("--curvature-check", type=int, default=0, metavar="N",
                    help="flag converged runs on at most N free atoms that ended on a saddle point (as relaxrl eval)")
     args = p.parse_args(argv)
@@ -175,7 +175,7 @@ def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> 
     ratio = sum(p[0] for p in pairs) / sum(p[1] for p in pairs) if pairs else None
     return {"converged": converged, "success": solved, "n_structures": len(structures),
             "missed": missed, "lower_than_every_optimizer": deeper, "force_calls_vs_bfgs": ratio,
-            "n_both_converged": len(pairs), "hessian_force_calls_not_counted": teacher.force_calls}
+            "n_both_converged": len(pairs), "teacher_force_calls_not_counted": teacher.force_calls}
 
 
 def policy_path(text: str) -> str:

@@ -128,7 +128,7 @@ class EnvConfig:
         ], self)
 
 
-TEACHERS = ("bfgs", "newton", "compliance")
+TEACHERS = ("bfgs", "newton", "compliance", "bfgsls")
 """Kinds of fake step of the expert actors (``expert.teacher``)."""
 
 
@@ -145,9 +145,10 @@ class ExpertConfig:
     teacher: str = "bfgs"
     """What a fake step is: 'bfgs' (one ase.optimize.BFGS iteration), 'newton' (a saddle-free Newton step on a
     finite-difference Hessian) or 'compliance' (the 'quasi-newton' head's own move with the exact per-atom
-    compliance of that Hessian: a step the head can learn to make). 'newton' and 'compliance' cost 6 extra force
-    calls per free atom, training only; structures above newton_max_atoms get no fake step. All are bounded by
-    env.max_step (actors/expert.py)."""
+    compliance of that Hessian: a step the head can learn to make) or 'bfgsls' (one ase.optimize.BFGSLineSearch
+    iteration; its line search's trial points are the teacher's force calls). 'newton' and 'compliance' cost 6
+    extra force calls per free atom, training only; structures above newton_max_atoms get no fake step. All are
+    bounded by env.max_step (actors/expert.py)."""
     newton_max_atoms: int = 24
     """Largest structure (atoms) the 'newton' and 'compliance' teachers take Hessians of; on larger ones the expert
     actor's policy acts (into the online table)."""

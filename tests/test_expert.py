@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
-from ase.optimize import BFGS
+from ase.optimize import BFGS, BFGSLineSearch
 
 from actors.env import RelaxEnv
 from actors.expert import (
     BFGSExpert,
     ExactComplianceTeacher,
     ExpertError,
+    LineSearchTeacher,
     NewtonTeacher,
     exact_compliance,
     fake_step_probability,
@@ -230,3 +231,60 @@ def test_expert_actor_acts_with_its_policy_where_the_teacher_offers_no_step():
     acts = BFGSOrPolicy(Moves(), teachers, ExpertConfig(p_start=1.0, p_end=1.0), np.random.default_rng(0)).act(obs, 0)
     assert acts.tables == ["expert", "online"]
     assert acts.expert_moves[1] is None and np.allclose(acts.moves[1], 0.01)
+
+
+# ---- the line-search BFGS teacher ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_line_search_teacher_takes_ase_bfgslinesearch_steps_bounded_by_max_step(name):
+    """Step for step, the teacher's move through RelaxEnv is the one ase.optimize.BFGSLineSearch takes from the
+    same point, until ASE moves an atom further than max_step: there the teacher's is the same move scaled to it."""
+    atoms = STRUCTURES[name]
+    ref = atoms.copy()
+    ref.calc = EMT()
+    opt = BFGSLineSearch(ref, logfile=None, maxstep=0.2)
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=150, max_step=0.2))
+    teacher = make_teacher(ExpertConfig(teacher="bfgsls"), env, 0.2)
+    assert isinstance(teacher, LineSearchTeacher) and teacher.offers(env.reset(atoms))
+    obs = env.reset(atoms)
+    terminated = False
+    while not terminated:
+        start = ref.get_positions()
+        opt.step()
+        theirs = ref.get_positions() - start
+        mine = teacher.action(obs)
+        longest = np.linalg.norm(theirs, axis=1).max()
+        if longest > 0.2:  # bounded like every fake step; ASE's own maxstep does not bound each atom
+            np.testing.assert_allclose(mine, theirs * (0.2 / longest), rtol=0, atol=1e-10)
+            break
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-10)
+        step = env.step(mine)
+        obs, terminated = step.obs, step.terminated
+        assert not step.truncated
+    assert env.force_calls == env.steps + 1  # the line search's trial points are the teacher's own calls
+    assert teacher.force_calls > env.steps
+
+
+def test_line_search_teacher_relaxes_keeps_fixed_atoms_and_follows_moves_made_between_its_steps():
+    from ase.constraints import FixAtoms
+
+    slab = STRUCTURES["slab-Pd12"].copy()
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=100))
+    teacher = LineSearchTeacher(env, maxstep=0.2)
+    summary = _episode(env, teacher, slab)
+    assert summary["converged"] and summary["force_calls"] == summary["steps"] + 1
+    assert np.abs(env.atoms.get_positions()[:4] - slab.get_positions()[:4]).max() == 0.0
+    # a policy step between two fake steps: the teacher starts its next step from where the structure is now
+    cluster = STRUCTURES["cluster-AuPt7"]
+    teacher.reset()
+    obs = env.reset(cluster)
+    obs = env.step(teacher.action(obs)).obs
+    obs = env.step(0.02 * obs.forces).obs  # not the teacher's move
+    here = env.atoms.get_positions()
+    move = teacher.action(obs)
+    accepted = teacher._atoms.get_positions() - here  # the line search's step from the current point
+    np.testing.assert_allclose(move, accepted * min(1.0, 0.2 / np.linalg.norm(accepted, axis=1).max()), atol=1e-12)
+    after = env.step(move).obs
+    assert after.energy < obs.energy  # a line-search step goes downhill from the current point
