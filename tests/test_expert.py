@@ -246,8 +246,8 @@ def test_line_search_teacher_takes_ase_bfgslinesearch_steps_bounded_by_max_step(
     opt = BFGSLineSearch(ref, logfile=None, maxstep=0.2)
     env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=150, max_step=0.2))
     teacher = make_teacher(ExpertConfig(teacher="bfgsls"), env, 0.2)
-    assert isinstance(teacher, LineSearchTeacher) and teacher.offers(env.reset(atoms))
     obs = env.reset(atoms)
+    assert isinstance(teacher, LineSearchTeacher) and teacher.offers(obs)
     terminated = False
     while not terminated:
         start = ref.get_positions()
