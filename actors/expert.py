@@ -40,12 +40,11 @@ from ase.optimize import BFGSLineSearch
 
 from actors.calculators import make_calculator
 from actors.hessian import finite_difference_hessian, free_coordinates
-from common.config import EnvConfig, ExpertConfig, NetworkConfig
+from common.config import EnvConfig, ExpertConfig
 from common.errors import RelaxRLError
-from common.observation import Observation
+from common.observation import HISTORY_DIM, Observation
 from common.schedules import SCHEDULES
-from learner.graph import batch_graphs
-from learner.networks import quasi_newton_step
+from learner.quasi_newton import quasi_newton_step
 
 __all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "NewtonTeacher", "exact_compliance",
            "fake_step_probability", "finite_difference_hessian", "free_coordinates", "make_teacher",
@@ -190,22 +189,18 @@ def exact_compliance(hessian: np.ndarray, free: np.ndarray, min_curvature: float
 
 class ExactComplianceTeacher(NewtonTeacher):
     """``expert.teacher = 'compliance'``: the quasi-Newton head's own move
-    (:func:`learner.networks.quasi_newton_step`, the same L-BFGS memory of the observation's path
+    (:func:`learner.quasi_newton.quasi_newton_step`, the same L-BFGS memory of the observation's path
     history) with the exact per-atom compliance |H_ii|⁻¹ of the finite-difference Hessian in place
     of the learned one. Its steps are ones the quasi-Newton head can make, so imitating them
     teaches the network the atoms' stiffness; a saddle-free Newton step is not of that form
     (the L-BFGS head cannot represent a dense inverse Hessian), and cloning it made that head
     slower (docs/RESULTS.md)."""
 
-    def __init__(self, env, maxstep: float, min_curvature: float = 0.5, max_atoms: int = 24,
-                 network: NetworkConfig | None = None):
-        super().__init__(env, maxstep, min_curvature, max_atoms)
-        self.network = network or NetworkConfig()
-
     def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
-        compliance = torch.as_tensor(exact_compliance(hessian, self._free, self.min_curvature))
-        graph = batch_graphs([obs], self.network, dtype=torch.float64)
-        d = quasi_newton_step(graph, compliance, self.maxstep).numpy()
+        compliance = torch.as_tensor(exact_compliance(hessian, self._free, self.min_curvature))  # [n, 3, 3] Å²/eV
+        history = obs.history if obs.history is not None else np.zeros((obs.n_atoms, HISTORY_DIM))
+        d = quasi_newton_step(torch.as_tensor(obs.forces, dtype=torch.float64), torch.as_tensor(history, dtype=torch.float64),
+                              compliance, torch.zeros(obs.n_atoms, dtype=torch.int64), 1, self.maxstep).numpy()
         d[~self._free.reshape(-1, 3)] = 0.0
         return d
 
@@ -259,14 +254,14 @@ class LineSearchTeacher:
         return _bounded((self._atoms.get_positions() - start).ravel(), self.maxstep)
 
 
-def make_teacher(cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None):
+def make_teacher(cfg: ExpertConfig, env, maxstep: float):
     """The fake-step expert ``expert.teacher`` names for environment ``env``: ``reset()`` and ``action(obs)``."""
     if cfg.teacher == "bfgsls":
         return LineSearchTeacher(env, maxstep)
     if cfg.teacher == "newton":
         return NewtonTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
     if cfg.teacher == "compliance":
-        return ExactComplianceTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms, network)
+        return ExactComplianceTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
     return BFGSExpert(maxstep=maxstep)
 
 

@@ -251,7 +251,7 @@ class ActorLoop:
         self.policy = Policy(config, device="cpu")
         noisy = PolicyWithNoise(self.policy, config.actors, rng)
         self.source: ActionSource = noisy if kind == "online" else BFGSOrPolicy(
-            noisy, [make_teacher(config.expert, env, config.env.max_step, config.network) for env in self.envs], config.expert, rng)
+            noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
         self.adder = ReplayAdder(writer, config.actors.insert_batch)
         self.windows = [NStepWindow(config.learner.n_step, config.learner.gamma) for _ in range(n)]
         self.obs: list[Observation | None] = [None] * n

@@ -42,6 +42,7 @@ from torch import nn
 from common.config import EnvConfig, NetworkConfig
 from common.errors import RelaxRLError
 from learner.graph import Graph, torch_dtype
+from learner.quasi_newton import quasi_newton_step
 
 __all__ = [
     "Actor",
@@ -49,8 +50,6 @@ __all__ = [
     "QuasiNewtonActor",
     "ACTOR_HEADS",
     "build_actor",
-    "lbfgs_direction",
-    "quasi_newton_step",
     "Critic",
     "TwinCritic",
     "NetworkConfig",
@@ -439,99 +438,14 @@ class PreconditionedActor(Actor):
         return d * (self.max_step * torch.tanh(n / self.max_step) / n)  # [N, 3], |d| < max_step
 
 
-def graph_dot(a: torch.Tensor, b: torch.Tensor, graph: Graph) -> torch.Tensor:
-    """Per-graph inner product Σ_i a_i·b_i of per-atom vectors [N, 3] → [n_graphs]."""
-    return scatter_sum((a * b).sum(-1), graph.batch, graph.n_graphs)
-
-
-def graph_max(v: torch.Tensor, graph: Graph) -> torch.Tensor:
-    """Per-graph maximum of per-atom values [N] → [n_graphs] (0 for an empty graph)."""
-    return v.new_zeros(graph.n_graphs).scatter_reduce(0, graph.batch, v, reduce="amax", include_self=True)
-
-
-def lbfgs_direction(forces: torch.Tensor, history: torch.Tensor, graph: Graph, h0, curvature_eps: float = 1e-8
-                    ) -> torch.Tensor:
-    """L-BFGS two-loop recursion (Nocedal 1980) per graph: H·F for the inverse-Hessian estimate H
-    of the remembered steps on top of ``h0`` (a function applying the initial inverse Hessian to
-    per-atom vectors [N, 3] → [N, 3]).
-
-    ``history`` [N, 6 K] holds pairs newest first: s_k = move (Å), y_k = −ΔF_k (the gradient
-    change, eV/Å). Pairs without positive curvature (s·y ≤ ε·|s||y|, or s = 0) are left out
-    (ρ_k = 0), so H stays positive definite and F·(H F) > 0: the direction goes downhill.
-    """
-    k_steps = history.shape[1] // 6
-    s = [history[:, 6 * k:6 * k + 3] for k in range(k_steps)]  # [N, 3] Å each
-    y = [-history[:, 6 * k + 3:6 * k + 6] for k in range(k_steps)]  # [N, 3] eV/Å each
-    rho = []
-    for sk, yk in zip(s, y):
-        sy, ss, yy = graph_dot(sk, yk, graph), graph_dot(sk, sk, graph), graph_dot(yk, yk, graph)  # [G]
-        ok = (sy > curvature_eps * torch.sqrt(ss * yy)) & (ss > 0)
-        rho.append(torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy)))
-    q = forces
-    alpha = []
-    for sk, yk, rk in zip(s, y, rho):  # newest first
-        a = rk * graph_dot(sk, q, graph)  # [G]
-        alpha.append(a)
-        q = q - a[graph.batch].unsqueeze(-1) * yk
-    z = h0(q)
-    for sk, yk, rk, a in reversed(list(zip(s, y, rho, alpha))):  # oldest first
-        b = rk * graph_dot(yk, z, graph)
-        z = z + (a - b)[graph.batch].unsqueeze(-1) * sk
-    return z
-
-
-def secant_scale(history: torch.Tensor, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
-    """γ = s·y / y·y of the newest remembered pair with positive curvature, per graph (Å²/eV;
-    Nocedal & Wright eq. 7.20), and whether such a pair exists. ([n_graphs], [n_graphs] bool)"""
-    gamma = history.new_zeros(graph.n_graphs)
-    found = torch.zeros(graph.n_graphs, dtype=torch.bool, device=history.device)
-    for k in reversed(range(history.shape[1] // 6)):  # oldest first, so the newest valid pair wins
-        sk, yk = history[:, 6 * k:6 * k + 3], -history[:, 6 * k + 3:6 * k + 6]
-        sy, yy = graph_dot(sk, yk, graph), graph_dot(yk, yk, graph)
-        ok = (sy > 0) & (yy > 0)
-        gamma = torch.where(ok, sy / torch.where(ok, yy, torch.ones_like(yy)), gamma)
-        found = found | ok
-    return gamma, found
-
-
-def quasi_newton_step(graph: Graph, compliance: torch.Tensor, max_step: float) -> torch.Tensor:
-    """The quasi-Newton move of every graph for a per-atom compliance ``C_i`` [N, 3, 3] (Å²/eV, SPD).
-
-    The initial inverse Hessian of the L-BFGS recursion (:func:`lbfgs_direction`) over the path
-    history is ``H0_i = s·C_i``: before the first remembered pair with positive curvature s = 1
-    (the compliance as it is), afterwards s = γ / c̄ with γ the secant scale of the newest pair
-    (:func:`secant_scale`) and c̄ = Σ_i |F_i|²·tr(C_i)/3 / Σ_i |F_i|² the compliance where the
-    forces are: the path sets the overall scale, the compliance how it is shared among the
-    atoms and directions. The move is then scaled as a whole so that the longest atom move is
-    at most ``max_step`` Å. [N, 3] Å. The quasi-Newton head (C from the network) and the
-    exact-compliance teacher (C from finite-difference Hessian blocks) both move this way.
-    """
-    gamma, found = secant_scale(graph.history, graph)  # [G]
-    f2 = (graph.forces * graph.forces).sum(-1)  # [N]
-    trace = torch.diagonal(compliance, dim1=-2, dim2=-1).sum(-1) / 3.0  # [N] Å²/eV
-    w = scatter_sum(f2, graph.batch, graph.n_graphs)  # [G]
-    c_forces = scatter_sum(f2 * trace, graph.batch, graph.n_graphs) / w.clamp_min(1e-30)
-    c_mean = scatter_mean(trace, graph.batch, graph.num_atoms_per_graph)
-    c_bar = torch.where(w > 0, c_forces, c_mean).clamp_min(1e-30)  # [G]
-    scale = torch.where(found, gamma / c_bar, torch.ones_like(gamma))[graph.batch]  # [N]
-
-    def h0(v: torch.Tensor) -> torch.Tensor:
-        return scale.unsqueeze(-1) * torch.einsum("nij,nj->ni", compliance, v)
-
-    d = lbfgs_direction(graph.forces, graph.history, graph, h0)  # [N, 3] Å
-    longest = graph_max(safe_norm(d).squeeze(-1), graph)  # [G] Å
-    bound = torch.clamp(max_step / longest.clamp_min(1e-12), max=1.0)  # [G]
-    return d * bound[graph.batch].unsqueeze(-1)
-
-
 class QuasiNewtonActor(Actor):
     """Policy as a learned, preconditioned quasi-Newton step (``network.actor_head = 'quasi-newton'``)::
 
         d = H F,    then scaled as a whole so that the longest atom move is ≤ env.max_step
 
-    H is the L-BFGS inverse-Hessian estimate (:func:`lbfgs_direction`) of the K = ``env.history_steps``
-    remembered steps of the path history, built on a learned initial inverse Hessian that is
-    block-diagonal per atom (:func:`quasi_newton_step`): ``H0_i = s·C_i`` with the compliance::
+    H is the L-BFGS inverse-Hessian estimate of the K = ``env.history_steps`` remembered steps
+    of the path history, built on a learned initial inverse Hessian that is block-diagonal per
+    atom (:func:`learner.quasi_newton.quasi_newton_step`): ``H0_i = s·C_i`` with the compliance::
 
         C_i = step_size · exp(a_i) · expm(A_i),    A_i = Σ_c sym(v_ic ⊗ u_ic)
 
@@ -566,7 +480,8 @@ class QuasiNewtonActor(Actor):
 
     def ungated(self, graph: Graph) -> torch.Tensor:
         """The bounded quasi-Newton displacement before the env gate, [n_atoms, 3] Å."""
-        return quasi_newton_step(graph, self.compliance(graph), self.max_step)
+        return quasi_newton_step(graph.forces, graph.history, self.compliance(graph), graph.batch, graph.n_graphs,
+                                 self.max_step)
 
 
 ACTOR_HEADS = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}

@@ -42,3 +42,21 @@ def cu_cluster(n: int, seed: int, with_ni: bool = False) -> Atoms:
         atoms.numbers[0] = 28
     atoms.rattle(0.1, seed=seed)
     return atoms
+
+
+def lbfgs_reference(f: np.ndarray, history: np.ndarray, gamma0: float) -> np.ndarray:
+    """Textbook L-BFGS two-loop (Nocedal & Wright alg. 7.4) with H0 = γ I, in numpy, on one structure."""
+    g = -f.ravel()
+    pairs = [(history[:, 6 * k:6 * k + 3].ravel(), -history[:, 6 * k + 3:6 * k + 6].ravel())
+             for k in range(history.shape[1] // 6)]
+    pairs = [(s, y) for s, y in pairs if s @ y > 1e-8 * np.linalg.norm(s) * np.linalg.norm(y) and s @ s > 0]
+    gamma = next((s @ y / (y @ y) for s, y in pairs), gamma0)  # newest valid pair
+    q, alphas = g.copy(), []
+    for s, y in pairs:
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    r = gamma * q
+    for (s, y), a in reversed(list(zip(pairs, alphas))):
+        r += s * (a - (y @ r) / (s @ y))
+    return -r.reshape(-1, 3)

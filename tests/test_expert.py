@@ -200,7 +200,7 @@ def test_exact_compliance_teacher_moves_as_the_quasi_newton_head_would_with_the_
     slab = STRUCTURES["slab-Pd12"].copy()
     slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
     env = RelaxEnv(env_cfg)
-    teacher = ExactComplianceTeacher(env, maxstep=0.2, min_curvature=10.0, network=net)
+    teacher = ExactComplianceTeacher(env, maxstep=0.2, min_curvature=10.0)
     obs = env.reset(slab)
     for _ in range(2):  # a path with two remembered steps
         obs = env.step(0.01 * obs.forces).obs

@@ -14,7 +14,7 @@ from e3nn.util.test import assert_equivariant
 from common.config import ConfigError, EnvConfig
 from common.observation import Observation
 from helpers import cu_cluster as _cu_cluster
-from helpers import observe
+from helpers import lbfgs_reference, observe
 from learner.graph import Graph, batch_graphs
 from learner.networks import (
     Actor,
@@ -316,24 +316,6 @@ def test_preconditioned_moves_always_point_downhill() -> None:
 # ---- the quasi-Newton head --------------------------------------------------------------------
 
 
-def _lbfgs_reference(f: np.ndarray, history: np.ndarray, gamma0: float) -> np.ndarray:
-    """Textbook L-BFGS two-loop (Nocedal & Wright alg. 7.4) with H0 = γ I, in numpy, on one structure."""
-    g = -f.ravel()
-    pairs = [(history[:, 6 * k:6 * k + 3].ravel(), -history[:, 6 * k + 3:6 * k + 6].ravel())
-             for k in range(history.shape[1] // 6)]
-    pairs = [(s, y) for s, y in pairs if s @ y > 1e-8 * np.linalg.norm(s) * np.linalg.norm(y) and s @ s > 0]
-    gamma = next((s @ y / (y @ y) for s, y in pairs), gamma0)  # newest valid pair
-    q, alphas = g.copy(), []
-    for s, y in pairs:
-        a = (s @ q) / (s @ y)
-        alphas.append(a)
-        q -= a * y
-    r = gamma * q
-    for (s, y), a in reversed(list(zip(pairs, alphas))):
-        r += s * (a - (y @ r) / (s @ y))
-    return -r.reshape(-1, 3)
-
-
 def _secant_history(atoms_list, steps: int) -> list[Observation]:
     """Observations whose history is a real path: small steepest-descent moves under EMT."""
     from ase.calculators.emt import EMT
@@ -367,7 +349,7 @@ def test_quasi_newton_head_starts_as_lbfgs_and_goes_downhill() -> None:
     d = actor(batch_graphs(obs, cfg)).detach().numpy()
     parts = np.split(d, np.cumsum([o.n_atoms for o in obs])[:-1])
     for o, got in zip(obs, parts):
-        np.testing.assert_allclose(got, _lbfgs_reference(o.forces, o.history, 0.02), rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(got, lbfgs_reference(o.forces, o.history, 0.02), rtol=1e-7, atol=1e-10)
     # a trained-looking head: still a descent direction, bounded as a whole by max_step
     bounded = build_actor(cfg, EnvConfig(max_step=0.1, history_steps=4))
     for p in bounded.head.parameters():
