@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.structures import Curriculum
+from actors.curriculum import Curriculum
 
 
 class Coordinator:

@@ -52,7 +52,7 @@ from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
 from actors.hessian import curvature_if_small, free_coordinates, is_saddle
-from actors.structures import StructureError, check_structure
+from actors.structure_check import StructureError, check_structure
 from common.config import EnvConfig
 from common.correction import ActionError, PairList, correct_action
 from common.errors import RelaxRLError

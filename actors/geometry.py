@@ -1,5 +1,6 @@
-"""Geometry helpers on ASE structures shared by the structure sources (actors/structures.py,
-actors/alfe.py): overlapping pairs and random displacements. Units: Å."""
+"""Geometry helpers on ASE structures shared by the structure check (actors/structure_check.py), the
+curriculum (actors/curriculum.py) and the Al–Fe cells (actors/alfe.py): overlapping pairs and random
+displacements. Units: Å."""
 from __future__ import annotations
 
 import numpy as np

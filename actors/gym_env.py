@@ -22,8 +22,9 @@ import numpy as np
 from ase import Atoms
 from gymnasium import spaces
 
+from actors.curriculum import Curriculum
 from actors.env import RelaxEnv
-from actors.structures import Curriculum, generate_demo
+from actors.generate import generate_demo
 from common.config import CurriculumConfig, EnvConfig
 
 __all__ = ["FixedRelaxGymEnv", "RelaxGymEnv", "default_fixed_structure"]

@@ -29,13 +29,7 @@ import numpy as np
 from ase import Atoms
 
 from actors.calculators import calculator_elements
-from actors.structures import (
-    adsorbate_on_slab,
-    random_cluster,
-    rattled_bulk,
-    rattled_molecule,
-    rattled_slab,
-)
+from actors.generate import adsorbate_on_slab, random_cluster, rattled_bulk, rattled_molecule, rattled_slab
 
 SUITE_SEED = 20261202
 """Seed of every suite structure (fixed; a different seed is a different suite)."""

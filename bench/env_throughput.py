@@ -28,7 +28,7 @@ from ase.optimize import BFGS  # noqa: E402
 
 from actors.env import RelaxEnv  # noqa: E402
 from actors.expert import BFGSExpert  # noqa: E402
-from actors.structures import generate_demo  # noqa: E402
+from actors.generate import generate_demo  # noqa: E402
 from common.config import CurriculumConfig, EnvConfig  # noqa: E402
 
 FMAX = 0.05

@@ -37,10 +37,15 @@ from ase.calculators.emt import EMT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.config import EnvConfig  # noqa: E402
+from common.config import (
+    EnvConfig,  # noqa: E402
+    NetworkConfig,  # noqa: E402
+)
 from common.observation import Observation  # noqa: E402
+from learner.blocks import count_parameters  # noqa: E402
+from learner.critic import Critic, TwinCritic  # noqa: E402
 from learner.graph import Graph, batch_graphs, neighbor_list  # noqa: E402
-from learner.networks import Actor, Critic, NetworkConfig, TwinCritic, build_actor, count_parameters  # noqa: E402
+from learner.heads import Actor, build_actor  # noqa: E402
 
 ENV = EnvConfig()  # the networks' env.max_step and env.env_input_dim (0: no env features)
 PRESET = dict(actor_head="quasi-newton", path_history=True, species="descriptors", step_size=0.0143)

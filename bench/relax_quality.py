@@ -42,7 +42,8 @@ from actors.expert import make_teacher  # noqa: E402
 from actors.rollout import run_episode  # noqa: E402
 from common.config import ExpertConfig, load_config  # noqa: E402
 from learner.policy import Policy, load_policy  # noqa: E402
-from relaxrl.evaluate import OPTIMIZERS, SUITE_SETS, evaluate, fragment_count, heldout_structures, judge, suite_structures  # noqa: E402
+from relaxrl.eval_cli import SUITE_SETS, heldout_structures, suite_structures  # noqa: E402
+from relaxrl.evaluate import OPTIMIZERS, evaluate, fragment_count, judge  # noqa: E402
 
 # ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.
 REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43, 0.52]}

@@ -89,8 +89,8 @@ def main() -> None:
 
         # one online ActorLoop in this process (policy forward + env, no Ray, transitions kept in a list)
         from actors.coordinator import Coordinator
+        from actors.curriculum import Curriculum
         from actors.loop import ActorLoop
-        from actors.structures import Curriculum
 
         class ListWriter:
             def __init__(self):

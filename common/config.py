@@ -178,7 +178,7 @@ class CurriculumConfig:
     n_structures: int = 64
     """Number of generated structures (source='demo')."""
     n_molecules: int = 0
-    """Generated rattled H/C/N/O molecules added to them (source='demo'; actors.structures.TRAINING_MOLECULES)."""
+    """Generated rattled H/C/N/O molecules added to them (source='demo'; actors.generate.TRAINING_MOLECULES)."""
     n_adsorbates: int = 0
     """Generated adsorbates on slabs with the two bottom layers fixed (source='demo')."""
     heldout_fraction: float = 0.25
@@ -301,7 +301,7 @@ class NetworkConfig:
     correction bounded by step_size·|F_i| (starts as heavy-ball steepest descent; displacements vanish with
     the forces). 'quasi-newton': d = H·F with H the L-BFGS inverse Hessian of the env.history_steps remembered
     steps on a learned per-atom 3×3 compliance, scaled so the longest atom move is ≤ env.max_step (starts as
-    L-BFGS; learner/networks.py QuasiNewtonActor)."""
+    L-BFGS; learner/heads.py QuasiNewtonActor)."""
     step_size: float = 0.1
     """α at initialisation of the 'preconditioned' head, Å²/eV (about 1/curvature of a metal bond); the
     'quasi-newton' head's compliance at initialisation (its first step is step_size·F)."""

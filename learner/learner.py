@@ -24,8 +24,9 @@ from common.errors import RelaxRLError
 from common.schedules import linear
 from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from learner.critic import TwinCritic
 from learner.graph import batch_graphs, torch_dtype
-from learner.networks import TwinCritic, build_actor
+from learner.heads import build_actor
 
 
 def corrected_moves(graph, proposed: torch.Tensor, env_cfg) -> torch.Tensor:

@@ -20,7 +20,7 @@ from common.config import DROPPED_KEYS, REMOVED_KEYS, ConfigError, from_dict, to
 from common.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
-from learner.networks import Actor, build_actor
+from learner.heads import Actor, build_actor
 
 
 class Policy:

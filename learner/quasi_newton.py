@@ -15,7 +15,7 @@ one 3n-dimensional problem. A remembered pair (s, y) enters the inverse-Hessian 
 when it passes :func:`positive_curvature`, the one curvature test of this module: the two-loop
 recursion skips the other pairs and the secant scale is that of the newest pair that passes.
 
-The quasi-Newton actor head (:class:`~learner.networks.QuasiNewtonActor`, the compliance from the
+The quasi-Newton actor head (:class:`~learner.heads.QuasiNewtonActor`, the compliance from the
 network) and the exact-compliance teacher (:class:`~actors.expert.ExactComplianceTeacher`, the
 compliance from finite-difference Hessian blocks) both move by :func:`quasi_newton_step`. The
 initial inverse Hessian of :func:`lbfgs_direction` is any function ``h0(v)`` of per-atom vectors

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True,
                    help="output directory for report.json, report.md and plots (created; not an existing file)")
-    p.set_defaults(func=_lazy("relaxrl.evaluate", "eval_command"))
+    p.set_defaults(func=_lazy("relaxrl.eval_cli", "eval_command"))
 
     p = sub.add_parser("config", help="configuration")
     csub = p.add_subparsers(dest="config_command", required=True)

@@ -1,4 +1,4 @@
-"""`relaxrl eval`: the trained policy against ASE's optimizers on the same structures.
+"""The evaluation behind `relaxrl eval`: the trained policy against ASE's optimizers on the same structures.
 
     report = evaluate(structures, ["rl", "bfgs", "fire"], fmax=0.05, steps=200,
                       calculator="emt", policy=policy)
@@ -23,44 +23,26 @@ counted); below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run is flagged ``saddl
 saddle point, not in a minimum) instead of ``higher_minimum``. Success is judged by energy as
 above either way.
 
-The evaluation `relaxrl train` runs when training ends is this same evaluation
-(:func:`evaluate_after_training`): the trained policy ('rl'), the run's untrained policy
-('untrained') and BFGS (the reference minimum) on the held-out structures, written with the
-same report writer as ``eval.json`` / ``eval.md`` in the run directory.
+The command line (`relaxrl eval`: which structures ``--structures`` names, ``--set``, ``--out``)
+is :mod:`relaxrl.eval_cli`; the evaluation that ends `relaxrl train` is :mod:`relaxrl.after_training`.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from ase import Atoms
 
-from actors.alfe import ALFE_SETS, alfe_structure_set
-from actors.calculators import make_calculator, resolve_calculator
+from actors.calculators import make_calculator
 from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_saddle
-from actors.structures import load_structures, read_structure_source
-from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite
-from common.config import from_dict, load_config, parse_override, to_dict
 from common.errors import RelaxRLError
-from learner.policy import Policy, load_policy
-from relaxrl.cli import DEFAULT_CONFIG
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
-from relaxrl.outputs import probe_writable
-from relaxrl.reports import print_summary, write_report
 
 OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
 """Optimizer names `relaxrl eval` knows; 'rl' needs a policy."""
-SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED}
-"""``--structures`` names of the generalisation suite and of its validation draw (same recipes, other random
-draws: for choosing settings without looking at the suite that judges them), with their seeds."""
 ENERGY_TOL_EV_PER_ATOM = 1e-3
 """A converged run more than this above the best final energy (eV/atom) is not a success."""
 FRAGMENT_CUTOFF_MULT = 1.5
@@ -266,7 +248,9 @@ def summarize_by_kind(structures: list[dict[str, Any]], optimizers: Sequence[str
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _named(structures: Sequence[Atoms] | Mapping[str, Atoms]) -> list[tuple[str, Atoms]]:
+def named_structures(structures: Sequence[Atoms] | Mapping[str, Atoms]) -> list[tuple[str, Atoms]]:
+    """(name, atoms) pairs with unique names: a mapping's keys, else ``atoms.info["name"]`` (or index and formula);
+    a repeated name gets ``#2``, ``#3``, ... (names key the report)."""
     if isinstance(structures, Mapping):
         items = list(structures.items())
     else:
@@ -332,7 +316,7 @@ def evaluate(
     missing = [n for n in names if n not in by_name and not (n in OPTIMIZERS and n != "rl")]
     if missing:
         raise EvalError(f"optimizer {missing[0]!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
-    named = _named(structures)
+    named = named_structures(structures)
     if not named:
         raise EvalError("no structures to evaluate")
     make_calc = calculator_factory(calculator, calculator_kwargs)
@@ -409,241 +393,3 @@ class _progress:
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-# ----------------------------------------------------------------------------- structures and CLI
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 0:
-        raise EvalError(f"--limit must be >= 0 (0 = every structure, N = the first N), got {limit}")
-
-
-def read_structure_dir(path: str | Path, limit: int = 0, calculator: str = "emt",
-                       min_distance_factor: float = 0.6, calculator_option: str = "--calculator") -> dict[str, Atoms]:
-    """Every structure of a directory's structure files (sorted by name; every frame of multi-frame files).
-
-    Read by :func:`actors.structures.read_structure_source`, the reader `relaxrl train` uses;
-    errors advise ``calculator_option`` (eval's ``--calculator``) for another calculator.
-    """
-    _check_limit(limit)
-    d = Path(path)
-    if not d.is_dir():
-        raise EvalError(f"--structures {d}: not a directory; pass a directory of structure files or 'held-out'")
-    return dict(_named(read_structure_source(d, calculator=calculator, min_distance_factor=min_distance_factor,
-                                             limit=limit, calculator_option=calculator_option)))
-
-
-def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
-    """The held-out split of the config's structure source (``curriculum.source``, 'demo' by default)."""
-    _check_limit(limit)
-    _, held = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
-                              min_distance_factor=cfg.env.min_distance_factor,
-                              calculator_kwargs=cfg.env.calculator_kwargs)
-    if limit:
-        held = held[:limit]
-    if not held:
-        raise EvalError(f"the held-out split of {cfg.curriculum.source!r} is empty; raise curriculum.heldout_fraction")
-    return dict(_named(held))
-
-
-def suite_structures(limit: int = 0, calculator: str = "emt", seed: int = SUITE_SEED) -> dict[str, Atoms]:
-    """The generalisation suite (:mod:`actors.suite`; ``seed`` :data:`~actors.suite.VALIDATION_SEED`: its
-    validation draw); with ``limit`` N, N structures spread over the kinds.
-
-    The N are taken round-robin over the kinds (the first of each kind, then the second, …)
-    and kept in suite order, so ``--limit 6`` tries every kind once."""
-    _check_limit(limit)
-    suite = generalisation_suite(calculator=calculator, seed=seed)
-    if limit:
-        rank: dict[str, int] = {}
-        keyed = []
-        for i, a in enumerate(suite):
-            k = a.info["kind"]
-            rank[k] = rank.get(k, 0) + 1
-            keyed.append((rank[k], i))
-        keep = sorted(i for _, i in sorted(keyed)[:limit])
-        suite = [suite[i] for i in keep]
-    if not suite:
-        raise EvalError(f"no suite structure has only elements calculator {calculator!r} supports")
-    return dict(_named(suite))
-
-
-def check_out_dir(out: str | Path) -> Path:
-    """Raise :class:`EvalError` unless ``out`` is (or can be created as) a writable directory; creates nothing."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise EvalError(f"--out {p} is an existing file; eval writes a directory (report.json, report.md, plots): "
-                        "give a directory path")
-    existing = p
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise EvalError(f"--out {p}: {existing} is a file, so the directory cannot be created; give another path")
-    try:
-        probe_writable(existing, existing)
-    except OSError as e:
-        raise EvalError(f"--out {p} cannot be written ({existing}: {e.strerror or e}); choose a writable path") from None
-    return p
-
-
-EVAL_OVERRIDES: dict[str, tuple[str, ...] | None] = {
-    "curriculum": None,  # every key: which structures are held out
-    "run": ("seed",),
-    "env": ("calculator", "calculator_kwargs", "min_distance_factor", "max_step"),
-}
-"""The config keys `relaxrl eval` uses, so the ones ``--set`` may change (None = the whole section)."""
-POLICY_ENV_OVERRIDES = ("min_distance_factor", "max_step")
-"""``env`` keys a ``--set`` also applies to the checkpoint's policy (its move correction)."""
-
-
-def check_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any]]:
-    """Parse ``--set`` overrides, refusing the keys eval does not use (they would be silently ignored)."""
-    parsed = []
-    for text in overrides:
-        section, key, value = parse_override(text)
-        allowed = EVAL_OVERRIDES.get(section, ())
-        if allowed is not None and key not in allowed:
-            hint = {"env.fmax": " (use --fmax)", "env.max_steps": " (use --steps)"}.get(f"{section}.{key}", "")
-            raise EvalError(
-                f"--set {text}: `relaxrl eval` does not use {section}.{key}{hint}, so the override would be ignored. "
-                "eval applies curriculum.* and run.seed (which structures are held out), env.calculator and "
-                "env.calculator_kwargs, and env.min_distance_factor and env.max_step (also to the policy's moves)"
-            )
-        parsed.append((section, key, value))
-    return parsed
-
-
-def eval_config(args: argparse.Namespace, policy: Any) -> Any:
-    """The config eval runs under: --config, else the checkpoint's, else the default preset; ``--set`` applied.
-
-    ``env.min_distance_factor`` / ``env.max_step`` overrides also go into ``policy.config`` (in place).
-    """
-    parsed = check_overrides(args.overrides)
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    elif policy is not None:
-        data = to_dict(policy.config)
-        for section, key, value in parsed:
-            data.setdefault(section, {})[key] = value
-        cfg = from_dict(data)
-    else:
-        cfg = load_config(DEFAULT_CONFIG, args.overrides)
-    changed = {key: getattr(cfg.env, key) for section, key, _ in parsed
-               if section == "env" and key in POLICY_ENV_OVERRIDES}
-    if policy is not None and changed:
-        policy.config = dataclasses.replace(policy.config, env=dataclasses.replace(policy.config.env, **changed))
-    return cfg
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    """`relaxrl eval`: see the module docstring; writes report.json, report.md and plots to --out."""
-    # Everything that can fail is checked before the work, cheapest first.
-    names = parse_optimizers(args.optimizers)
-    check_budget(args.fmax, args.steps)
-    _check_limit(args.limit)
-    if getattr(args, "hybrid", 0) < 0:
-        raise EvalError(f"--hybrid must be >= 0 (0 = the policy alone), got {args.hybrid}")
-    if getattr(args, "curvature_check", 0) < 0:
-        raise EvalError(f"--curvature-check must be >= 0 (the most free atoms whose Hessian is checked; 0 = off), "
-                        f"got {args.curvature_check}")
-    out = check_out_dir(args.out)
-    check_overrides(args.overrides)
-    policy = None
-    if args.checkpoint:
-        policy = load_policy(args.checkpoint)
-    elif "rl" in names:
-        raise EvalError("optimizer 'rl' needs --checkpoint CKPT (a checkpoint file or run directory); "
-                        "or leave 'rl' out of --optimizers")
-    cfg = eval_config(args, policy)
-
-    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
-    make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
-    if args.structures == "held-out":
-        structures = heldout_structures(cfg, args.limit)
-    elif args.structures in SUITE_SETS:  # the fixed generalisation suite (actors/suite.py), reported per kind
-        structures = suite_structures(args.limit, calc_name, SUITE_SETS[args.structures])
-    elif args.structures in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
-        structures = dict(_named(alfe_structure_set(args.structures, args.limit, cfg.run.seed, calc_name, kwargs,
-                                                    cfg.env.min_distance_factor)))
-    else:
-        structures = read_structure_dir(args.structures, args.limit, calculator=calc_name,
-                                        min_distance_factor=cfg.env.min_distance_factor)
-    report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=calc_name,
-                      calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False),
-                      hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=getattr(args, "curvature_check", 0))
-    report["settings"]["structures"] = args.structures
-    report["settings"]["checkpoint"] = args.checkpoint
-    paths = write_report(report, out)
-    print_summary(report)
-    print(f"wrote {', '.join(str(p) for p in paths)}")
-    return 0
-
-
-# ----------------------------------------------------------------------------- after training
-
-AFTER_TRAINING_OPTIMIZERS = ("rl", "untrained", "bfgs")
-"""What `relaxrl train` evaluates when it ends: the trained policy, the untrained one, BFGS (the reference minimum)."""
-
-
-def heldout_sample(heldout: Sequence[Atoms], n: int, max_atoms: int) -> list[Atoms]:
-    """The first ``n`` held-out structures with at most ``max_atoms`` atoms (0 = any size): what the
-    after-training evaluation (``run.eval_episodes``) and the live evaluation (``run.eval_sample``) take."""
-    return [a for a in heldout if not max_atoms or len(a) <= max_atoms][:n]
-
-
-def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Atoms],
-                            untrained_weights: dict | None = None, progress: bool = False) -> dict[str, Any]:
-    """`relaxrl eval`'s evaluation of a finished run: trained vs untrained policy, and BFGS, on held-out structures.
-
-    Structures: the first ``run.eval_episodes`` held-out structures with at most
-    ``run.eval_max_atoms`` atoms (0 = any size). Budget ``env.fmax`` (eV/Å) and
-    ``env.max_steps``; calculator ``env.calculator`` with ``env.calculator_kwargs``.
-    'rl' is the run's newest checkpoint; 'untrained' the weights the run started from
-    (``untrained_weights``) or, for a resumed run, a fresh initialisation with the run's seed.
-    A run succeeds as in `relaxrl eval` (converged, within 1 meV/atom of the best minimum any
-    of the three reached, not fragmented). Writes eval.json and eval.md in ``run_dir`` (plots
-    in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`; returns the report.
-    """
-    run_dir = Path(run_dir)
-    structures = heldout_sample(heldout, cfg.run.eval_episodes, cfg.run.eval_max_atoms)
-    title = "Held-out evaluation after training"
-    if not structures:  # nothing to compare: say so in the run directory rather than fail after training
-        reason = (f"no held-out structure has at most run.eval_max_atoms = {cfg.run.eval_max_atoms} atoms"
-                  if heldout else "the held-out split is empty (curriculum.heldout_fraction)")
-        report = {"settings": {"title": title, "n_structures": 0, "skipped": reason}, "optimizers": {},
-                  "comparisons": {}, "structures": []}
-        (run_dir / "eval.json").write_text(json.dumps(report, indent=1))
-        (run_dir / "eval.md").write_text(f"# {title}\n\nNothing evaluated: {reason}.\n")
-        return report
-    trained = load_policy(run_dir)
-    if untrained_weights is None:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
-        torch.manual_seed(cfg.run.seed)
-    untrained = Policy(cfg)
-    if untrained_weights is not None:
-        untrained.load_weights(untrained_weights)
-    report = evaluate(structures, AFTER_TRAINING_OPTIMIZERS, fmax=cfg.env.fmax, steps=cfg.env.max_steps,
-                      calculator=cfg.env.calculator, calculator_kwargs=cfg.env.calculator_kwargs,
-                      policies={"rl": trained, "untrained": untrained}, progress=progress)
-    report["settings"].update(
-        title=title, structures="held-out", checkpoint=str(run_dir),
-        policy_notes={"rl": "trained, the run's newest checkpoint",
-                      "untrained": "the weights the run started from" if untrained_weights is not None
-                      else "a fresh initialisation with run.seed (resumed run)"})
-    write_report(report, run_dir, stem="eval", plot_dir=run_dir / "plots")
-    return report
-
-
-def after_training_line(report: dict[str, Any]) -> str:
-    """One line for the end of `relaxrl train`: held-out success of the trained vs the untrained policy."""
-    st = report["settings"]
-    if not st.get("n_structures"):
-        return f"no held-out evaluation ({st.get('skipped', 'no structures')})"
-    opts = report["optimizers"]
-
-    def rate(name: str) -> str:
-        r = opts.get(name, {}).get("success_rate")
-        return "–" if r is None else f"{r:.2f}"
-
-    return (f"held-out success trained {rate('rl')} vs untrained {rate('untrained')} (BFGS {rate('bfgs')}) on "
-            f"{st['n_structures']} structures")

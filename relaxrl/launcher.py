@@ -44,14 +44,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from actors.curriculum import Curriculum, load_structures
 from actors.ray_metrics import RayMetrics
-from actors.structures import Curriculum, load_structures
 from common.config import RunConfig, dump_config, load_config
 from common.errors import RelaxRLError
 from learner.checkpoint import list_checkpoints
 from learner.learner import Learner
+from relaxrl.after_training import after_training_line, evaluate_after_training
 from relaxrl.cli import DEFAULT_CONFIG
-from relaxrl.evaluate import after_training_line, evaluate_after_training
 from relaxrl.live_eval import LiveEval, progress_field
 from relaxrl.ray_runtime import RayRuntime, check_ray_address
 from relaxrl.training_report import plot_run

@@ -43,14 +43,8 @@ from actors.loop import returns_to_go
 from actors.rollout import run_episode
 from learner.graph import batch_graphs
 from learner.policy import Policy
-from relaxrl.evaluate import (
-    ENERGY_TOL_EV_PER_ATOM,
-    calculator_factory,
-    heldout_sample,
-    judge,
-    run_one,
-    summarize_by_kind,
-)
+from relaxrl.after_training import heldout_sample
+from relaxrl.evaluate import ENERGY_TOL_EV_PER_ATOM, calculator_factory, judge, run_one, summarize_by_kind
 
 log = logging.getLogger("relaxrl.train")
 
@@ -66,7 +60,7 @@ class LiveEval:
     Args:
         config: the run's ``RunConfig`` (the policy's networks and move correction; ``env.fmax``,
             ``env.max_steps``, ``env.calculator``).
-        structures: the sample (see :func:`relaxrl.evaluate.heldout_sample`); BFGS relaxes each once, here.
+        structures: the sample (see :func:`relaxrl.after_training.heldout_sample`); BFGS relaxes each once, here.
         every: evaluate at updates that are multiples of this (0 = never).
     """
 

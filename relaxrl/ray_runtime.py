@@ -19,8 +19,8 @@ from typing import Any
 import ray
 from ray._private import ray_constants, services
 
+from actors.curriculum import Curriculum
 from actors.ray_actors import HubClient, RemoteCoordinator, make_actor
-from actors.structures import Curriculum
 from common.config import RunConfig
 from common.errors import RelaxRLError
 

@@ -3,7 +3,7 @@
     relaxrl relax POSCAR --checkpoint runs/demo-.../ --fmax 0.05 --steps 200 --out CONTCAR \
         [--index N] [--trajectory relax.traj] [--hybrid 10]
 
-Reads the structure with :func:`actors.structures.read_structure` (CIF, POSCAR/CONTCAR,
+Reads the structure with :func:`actors.structure_files.read_structure` (CIF, POSCAR/CONTCAR,
 extxyz, ASE trajectories, anything else ASE or pymatgen reads), checks it (elements the
 calculator handles, no overlapping atoms, no partial occupancies), relaxes it with
 :class:`~relaxrl.optimizer.RLOptimizer`, prints one summary line and writes the relaxed
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.calculators import make_calculator, resolve_calculator
-from actors.structures import read_structure
+from actors.structure_files import read_structure
 from common.errors import RelaxRLError
 from learner.policy import load_policy
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer

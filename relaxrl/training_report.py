@@ -3,7 +3,7 @@
     plot_run(run_dir)                           # run_dir/plots/*.png from metrics.jsonl
 
 The held-out evaluation after training is `relaxrl eval`'s
-(:func:`relaxrl.evaluate.evaluate_after_training`).
+(:func:`relaxrl.after_training.evaluate_after_training`).
 """
 from __future__ import annotations
 

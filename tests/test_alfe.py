@@ -23,7 +23,8 @@ from actors.alfe import (  # noqa: E402
     random_alfe_cell,
 )
 from actors.calculators import make_calculator  # noqa: E402
-from actors.structures import Curriculum, find_overlaps  # noqa: E402
+from actors.curriculum import Curriculum  # noqa: E402
+from actors.geometry import find_overlaps  # noqa: E402
 from common.config import CurriculumConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

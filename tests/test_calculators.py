@@ -19,8 +19,9 @@ from actors.calculators import (
     model_cache_info,
     resolve_calculator,
 )
+from actors.curriculum import load_structures
 from actors.env import RelaxEnv, compute_reward, force_stats
-from actors.structures import StructureError, check_structure, load_structures
+from actors.structure_check import StructureError, check_structure
 from common.config import CurriculumConfig, EnvConfig
 
 pytest.importorskip("chgnet", reason='CHGNet tests need the mlip extra: pip install -e ".[mlip]" -c constraints.txt')

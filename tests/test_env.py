@@ -24,12 +24,12 @@ from actors.env import (
     force_stats,
 )
 from actors.expert import BFGSExpert
-from actors.structures import StructureError, generate_demo, random_cluster, rattled_bulk
-from common.config import CurriculumConfig
+from actors.generate import generate_demo, random_cluster, rattled_bulk
+from actors.structure_check import StructureError
+from common.config import CurriculumConfig, NetworkConfig
 from common.observation import Observation
 from learner.graph import batch_graphs
 from learner.learner import corrected_moves
-from learner.networks import NetworkConfig
 
 R_CU = covalent_radii[29]  # Å
 

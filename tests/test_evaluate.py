@@ -215,7 +215,7 @@ def test_eval_set_overrides_with_a_checkpoint_are_applied(tmp_path, checkpoint):
     policy = json.loads((out / "report.json").read_text())["settings"]["policy"]
     assert policy["max_step"] == 0.05 and policy["min_distance_factor"] == 0.5  # the policy moved under them
     # the held-out selection follows curriculum.* overrides (the checkpoint's config holds 64 structures, 0.25 held out)
-    from actors.structures import demo_structures
+    from actors.generate import demo_structures
     from common.config import CurriculumConfig
 
     rc = main(["eval", "--checkpoint", str(checkpoint), "--optimizers", "bfgs", "--no-progress", "--set",
@@ -242,7 +242,7 @@ def test_eval_directory_reads_like_training_every_frame_is_a_structure(tmp_path,
 
 def test_after_training_evaluation_is_relaxrl_eval(tmp_path):
     from helpers import cu_cluster
-    from relaxrl.evaluate import after_training_line, evaluate_after_training
+    from relaxrl.after_training import after_training_line, evaluate_after_training
 
     cfg = load_config(None, ["network.channels=8", "network.num_layers=2", "env.max_steps=100",
                              "run.eval_episodes=2", "run.eval_max_atoms=8"])

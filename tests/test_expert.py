@@ -19,8 +19,8 @@ from actors.expert import (
     free_coordinates,
     make_teacher,
 )
+from actors.generate import random_cluster, rattled_bulk, rattled_slab
 from actors.rollout import run_episode
-from actors.structures import random_cluster, rattled_bulk, rattled_slab
 from common.config import ConfigError, EnvConfig, ExpertConfig
 
 
@@ -193,7 +193,7 @@ def test_exact_compliance_teacher_moves_as_the_quasi_newton_head_would_with_the_
 
     from common.config import NetworkConfig
     from learner.graph import batch_graphs
-    from learner.networks import QuasiNewtonActor
+    from learner.heads import QuasiNewtonActor
 
     env_cfg = EnvConfig(fmax=0.01, max_steps=50, history_steps=3)
     net = NetworkConfig(actor_head="quasi-newton", path_history=True, dtype="float64", channels=4, num_layers=2)

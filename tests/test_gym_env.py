@@ -10,8 +10,8 @@ from gymnasium.utils.env_checker import check_env
 
 import actors  # noqa: F401  (registers the ids)
 from actors.env import EnvConfig, RelaxEnv
+from actors.generate import random_cluster
 from actors.gym_env import FixedRelaxGymEnv, RelaxGymEnv, default_fixed_structure
-from actors.structures import random_cluster
 
 
 def test_ids_are_registered():

@@ -12,7 +12,8 @@ from ase.optimize import BFGS
 from common.config import ConfigError, load_config
 from helpers import cu_cluster
 from learner.policy import Policy
-from relaxrl.evaluate import evaluate, heldout_sample
+from relaxrl.after_training import heldout_sample
+from relaxrl.evaluate import evaluate
 from relaxrl.live_eval import KEYS, LiveEval, progress_field
 
 TINY = ["network.channels=8", "network.num_layers=2", "env.max_steps=40"]
@@ -118,8 +119,8 @@ def test_with_the_critic_q_is_compared_with_the_return_of_the_same_steps():
 
     from actors.env import RelaxEnv
     from actors.loop import returns_to_go
+    from learner.critic import TwinCritic
     from learner.graph import batch_graphs
-    from learner.networks import TwinCritic
     from relaxrl.live_eval import CRITIC_KEYS
 
     cfg = load_config(None, TINY)

@@ -9,8 +9,8 @@ import torch
 
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert
+from actors.generate import random_cluster
 from actors.loop import NStepWindow, returns_to_go
-from actors.structures import random_cluster
 from common.config import EnvConfig
 from common.transition import Transition
 from learner import td3
@@ -97,8 +97,8 @@ def test_online_actors_report_the_share_of_episodes_that_ended_on_a_saddle(redis
     import uuid
 
     from actors.coordinator import Coordinator
+    from actors.curriculum import Curriculum, load_structures
     from actors.loop import ActorLoop
-    from actors.structures import Curriculum, load_structures
     from common.config import load_config
     from replay_service.client import ReplayClient
 

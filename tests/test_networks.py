@@ -1,4 +1,4 @@
-"""E(3) equivariance and structure of the e3nn actor and critic (learner/networks.py), float64."""
+"""E(3) equivariance and structure of the e3nn networks (learner/blocks.py, heads.py, critic.py), float64."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,22 +11,14 @@ from ase.build import bulk
 from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
-from common.config import ConfigError, EnvConfig
+from common.config import ConfigError, EnvConfig, NetworkConfig
 from common.observation import Observation
 from helpers import cu_cluster as _cu_cluster
 from helpers import lbfgs_reference, observe
+from learner.blocks import InteractionBlock, IrrepsMismatchError, check_irreps, scatter_mean
+from learner.critic import Critic, TwinCritic
 from learner.graph import Graph, batch_graphs
-from learner.networks import (
-    Actor,
-    Critic,
-    InteractionBlock,
-    IrrepsMismatchError,
-    NetworkConfig,
-    TwinCritic,
-    build_actor,
-    check_irreps,
-    scatter_mean,
-)
+from learner.heads import Actor, build_actor
 
 # Small but complete networks: every code path of the default, at a fraction of its cost.
 SMALL = dict(channels=6, num_layers=2, num_basis=4, radial_hidden=8, tail_hidden=8, dtype="float64")
@@ -286,7 +278,7 @@ def test_actor_head_and_momentum_ranges_are_checked() -> None:
 
 
 def test_descriptor_species_give_unseen_elements_features_between_seen_ones() -> None:
-    from learner.networks import SpeciesEmbedding, element_descriptors
+    from learner.blocks import SpeciesEmbedding, element_descriptors
 
     table = element_descriptors(100)
     assert table[29].tolist()[:3] == pytest.approx([1.32, 4 / 7, 11 / 18])  # Cu: period 4, group 11

@@ -437,8 +437,8 @@ def test_nan_actions_from_a_diverged_policy_are_applied_as_no_move_and_not_store
     import torch
 
     from actors.coordinator import Coordinator
+    from actors.curriculum import Curriculum, load_structures
     from actors.loop import ActorLoop
-    from actors.structures import Curriculum, load_structures
     from common.config import load_config
 
     cfg = load_config(TINY, ["actors.insert_batch=1"])

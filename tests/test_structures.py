@@ -10,18 +10,11 @@ from ase.build import bulk, fcc111
 from ase.constraints import FixAtoms, FixScaled
 from ase.io import write
 
+from actors.curriculum import Curriculum, load_structures
 from actors.env import EnvConfig, RelaxEnv
-from actors.structures import (
-    Curriculum,
-    StructureError,
-    check_structure,
-    demo_structures,
-    generate_demo,
-    load_structures,
-    read_structure,
-    read_structure_file,
-    split_structures,
-)
+from actors.generate import demo_structures, generate_demo, split_structures
+from actors.structure_check import StructureError, check_structure
+from actors.structure_files import read_structure, read_structure_file
 from common.config import CurriculumConfig
 
 CFG = CurriculumConfig()

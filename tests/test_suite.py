@@ -34,7 +34,7 @@ def test_adsorbates_keep_their_fixed_bottom_layers():
 
 def test_every_suite_structure_passes_the_environment_checks():
     """No atoms overlap at the start (CO sat upside down, its C 0.6 Å above Pt, until the builder put C down)."""
-    from actors.structures import check_structure
+    from actors.structure_check import check_structure
 
     for atoms in generalisation_suite():
         check_structure(atoms, atoms.info["name"], calculator="emt", min_distance_factor=0.6)

@@ -1,32 +1,24 @@
-"""E(3)-equivariant actor and critic (e3nn) with late fusion of environment features.
+"""E(3)-equivariant building blocks (e3nn) shared by the actor heads (learner/heads.py) and the
+critic (learner/critic.py).
 
-    cfg, env = NetworkConfig(), EnvConfig(env_input_dim=0)   # env: max_step and env_input_dim
-    graph = batch_graphs([obs1, obs2], cfg)
-    actor = Actor(cfg, env);        displacement = actor(graph)            # [n_atoms, 3] Å
-    critic = TwinCritic(cfg, env);  q1, q2 = critic(graph, displacement)   # [n_graphs] each
+Shape of every network (NequIP/MACE pattern, one :class:`InteractionBlock` per layer)::
 
-Shape of every network (NequIP/MACE pattern, one :class:`InteractionBlock` per layer):
-
-    node input  species embedding (0e) ⊕ log1p|F| (0e) ⊕ F·log1p|F|/|F| (1o) [⊕ action terms]
+    node input  species embedding (0e) ⊕ log1p|F| (0e) ⊕ F·log1p|F|/|F| (1o) [⊕ path history]
+                [⊕ action terms]                                            (:class:`NodeInput`)
     edges       Y^l(r̂_ij) for l ≤ lmax, Bessel basis of |r_ij| × smooth polynomial cutoff
     layer       o3.Linear → depthwise 'uvu' TensorProduct with per-edge weights from a radial
                 MLP → scatter-sum to receivers / avg_num_neighbors → o3.Linear → Gate, plus
-                an o3.Linear self-connection
-    heads       actor: o3.Linear → 1x1o per atom, norm squashed to env.max_step Å, × env gate
-                critic: o3.Linear → 0e per atom, mean-pooled per graph (→ tail_mlp with env)
+                an o3.Linear self-connection                        (:class:`EquivariantTrunk`)
+    heads       actor: o3.Linear → 1o per atom (learner/heads.py)
+                critic: o3.Linear → 0e per atom, mean-pooled per graph (learner/critic.py)
 
 Hidden irreps are ``channels × l(−1)^l`` for l ≤ lmax (0e + 1o at lmax 1), so positions,
-forces and displacements are all ``1o`` and flip under inversion; Q is ``0e``.
+forces and displacements are all ``1o`` and flip under inversion; Q is ``0e``. Consecutive
+blocks are checked to fit when a network is built (:func:`check_irreps`), not in ``forward``.
 
-Pooling: the critic *averages* per-atom values over the atoms of a graph. Rewards are
-intensive (max and mean force norms), so a mean keeps Q's scale independent of the system
-size across the curriculum.
-
-Environment features never enter the equivariant path. With ``env_input_dim = 0`` the actor
-has no gate module (its scale is exactly 1) and the critic has no ``tail_mlp`` (Q is the
-pooled scalar). With ``env_input_dim > 0`` the actor's displacements are multiplied by a
-per-graph gate ``sigmoid(mlp(env)) ∈ (0, 1)`` — the *action scale* — and the critic computes
-``tail_mlp([mean-pooled per-atom scalars, env]) → Q``.
+Environment features never enter the equivariant path: they reach the actor through the
+:class:`EnvGate` and the critic through its ``tail_mlp``, and are absent with
+``env_input_dim = 0``.
 """
 from __future__ import annotations
 
@@ -39,25 +31,26 @@ from e3nn import o3
 from e3nn.nn import Gate
 from torch import nn
 
-from common.config import EnvConfig, NetworkConfig
+from common.config import NetworkConfig
 from common.errors import RelaxRLError
-from learner.graph import Graph, torch_dtype
-from learner.quasi_newton import quasi_newton_step
+from learner.graph import Graph
 
 __all__ = [
-    "Actor",
-    "PreconditionedActor",
-    "QuasiNewtonActor",
-    "ACTOR_HEADS",
-    "build_actor",
-    "Critic",
-    "TwinCritic",
-    "NetworkConfig",
-    "InteractionBlock",
+    "EdgeEmbedding",
+    "EnvGate",
     "EquivariantTrunk",
+    "InteractionBlock",
     "IrrepsMismatchError",
+    "NodeInput",
+    "SpeciesEmbedding",
     "check_irreps",
+    "count_parameters",
+    "element_descriptors",
     "hidden_irreps",
+    "log_scaled",
+    "safe_norm",
+    "scatter_mean",
+    "scatter_sum",
 ]
 
 _EPS = 1e-12
@@ -354,189 +347,6 @@ class EnvGate(nn.Module):
     def forward(self, env: torch.Tensor) -> torch.Tensor:
         """env [G, env_input_dim] → scale [G]."""
         return torch.sigmoid(self.mlp(env)).squeeze(-1)
-
-
-class Actor(nn.Module):
-    """Policy: per-atom displacement (1o, Å), |d| < env.max_step, times the env gate."""
-
-    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.max_step = float(env.max_step)
-        self.node_input = NodeInput(cfg, env.max_step, with_action=False)
-        self.trunk = EquivariantTrunk(cfg, self.node_input.irreps_out)
-        check_irreps("node input", self.node_input.irreps_out, "trunk", self.trunk.irreps_in)
-        self.irreps_out = o3.Irreps("1x1o")
-        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, 3]
-        self.env_gate = EnvGate(env.env_input_dim, cfg.tail_hidden) if env.env_input_dim > 0 else None
-        self.to(torch_dtype(cfg.dtype))
-
-    def ungated(self, graph: Graph) -> torch.Tensor:
-        """Squashed displacement before the env gate, [n_atoms, 3] Å."""
-        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
-        v = self.head(x)  # [N, 3]
-        n = safe_norm(v)  # [N, 1]
-        return v * (self.max_step * torch.tanh(n) / n)  # [N, 3], |d| < max_step
-
-    def action_scale(self, graph: Graph) -> torch.Tensor:
-        """The env gate per graph, [n_graphs] (exactly ones without env features)."""
-        if self.env_gate is None:
-            return graph.pos.new_ones(graph.n_graphs)
-        return self.env_gate(graph.env_features)
-
-    def forward(self, graph: Graph, return_scale: bool = False):
-        """→ displacement [n_atoms, 3] Å, or (displacement, scale [n_graphs]) with ``return_scale``."""
-        d = self.ungated(graph)
-        scale = self.action_scale(graph)  # [G]
-        if self.env_gate is not None:
-            d = d * scale[graph.batch].unsqueeze(-1)
-        return (d, scale) if return_scale else d
-
-
-class PreconditionedActor(Actor):
-    """Policy as a learned, per-atom preconditioned heavy-ball step that always points downhill
-    (``network.actor_head = 'preconditioned'``)::
-
-        d_i = α_i·F_i + g_i·β_i·m_i + c_i,    |d_i| squashed below env.max_step, × env gate
-
-    α_i = step_size·exp(s_α) > 0 (Å²/eV) and β_i = 0.95·sigmoid(s_β + b) ∈ (0, 0.95) are
-    invariants (``0e`` outputs) of the trunk, m_i the previous actual move (the path history;
-    zeros without it) and c_i = ½·α_i·|F_i|·v/(1 + |v|) a ``1o`` correction shorter than half of
-    α_i·|F_i|. The momentum gate g_i is 1 while the previous move still goes along the force
-    (m_i·F_i > 0) and 0 once it overshot (FIRE's velocity reset, per atom). So every proposed
-    move is a descent direction for its atom, d_i·F_i ≥ ½·α_i·|F_i|² > 0: the network chooses
-    how far and how much to bend and to carry on, never to go uphill. Every term vanishes with
-    the forces and the last move, so near a minimum the step is as precise as the forces, and a
-    fixed atom (zero force under its constraint) proposes no move. The raw scalars are scaled by
-    0.1, so an untrained actor is heavy-ball steepest descent with α ≈ step_size, β ≈ momentum.
-    """
-
-    _BETA_MAX = 0.95
-
-    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
-        super().__init__(cfg, env)
-        self.step_size = float(cfg.step_size)
-        self.beta_bias = math.log(cfg.momentum / (self._BETA_MAX - cfg.momentum)) if cfg.momentum > 0 else -10.0
-        self.irreps_head = o3.Irreps("2x0e + 1x1o")
-        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 5]: s_α, s_β, v
-        self.to(torch_dtype(cfg.dtype))
-
-    def ungated(self, graph: Graph) -> torch.Tensor:
-        """Squashed displacement before the env gate, [n_atoms, 3] Å."""
-        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
-        h = self.head(x)  # [N, 5]
-        s = 0.1 * h[:, :2]  # [N, 2] invariants
-        alpha = self.step_size * torch.exp(s[:, :1].clamp(-5.0, 5.0))  # [N, 1] Å²/eV
-        beta = self._BETA_MAX * torch.sigmoid(s[:, 1:2] + self.beta_bias)  # [N, 1]
-        v = h[:, 2:5]  # [N, 3] 1o
-        f = graph.forces  # [N, 3] eV/Å
-        m = graph.history[:, :3]  # [N, 3] Å, previous move
-        c = 0.5 * alpha * safe_norm(f) * v / (1.0 + safe_norm(v))  # [N, 3] Å, |c| < ½ α |F|
-        gate = ((m * f).sum(-1, keepdim=True) > 0).to(f.dtype)  # [N, 1]: momentum only while m·F > 0
-        d = alpha * f + gate * beta * m + c  # [N, 3] Å, d·F ≥ ½ α |F|²
-        n = safe_norm(d)
-        return d * (self.max_step * torch.tanh(n / self.max_step) / n)  # [N, 3], |d| < max_step
-
-
-class QuasiNewtonActor(Actor):
-    """Policy as a learned, preconditioned quasi-Newton step (``network.actor_head = 'quasi-newton'``)::
-
-        d = H F,    then scaled as a whole so that the longest atom move is ≤ env.max_step
-
-    H is the L-BFGS inverse-Hessian estimate of the K = ``env.history_steps`` remembered steps
-    of the path history, built on a learned initial inverse Hessian that is block-diagonal per
-    atom (:func:`learner.quasi_newton.quasi_newton_step`): ``H0_i = s·C_i`` with the compliance::
-
-        C_i = step_size · exp(a_i) · expm(A_i),    A_i = Σ_c sym(v_ic ⊗ u_ic)
-
-    a_i an invariant (``0e``) and v_ic, u_ic ``1o`` outputs of the trunk, so C_i is a symmetric
-    positive-definite 3×3 compliance (Å²/eV, the inverse of the atom's Hessian block it stands
-    for) that turns with the structure: the network tells how stiff each atom's surroundings
-    are, and in which directions. s is 1 before the path has a pair with positive curvature,
-    then the secant scale over the compliance where the forces are. What the trunk sees of the
-    path is the newest step (``network.path_history``). The raw outputs are scaled by 0.1, so
-    an untrained actor is L-BFGS with Nocedal's scaling (H0 = γ I; the first step
-    ``step_size``·F). H is positive definite, so F·d > 0: every proposed move goes downhill, and
-    it vanishes with the forces. An atom held by an ASE constraint (zero force, never moves)
-    gets no move: H0 is per atom and its s, y are zero.
-    """
-
-    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
-        super().__init__(cfg, env)
-        self.step_size = float(cfg.step_size)
-        self.irreps_head = o3.Irreps("1x0e + 4x1o")  # a_i; v_1, u_1, v_2, u_2
-        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 13]
-        self.to(torch_dtype(cfg.dtype))
-
-    def compliance(self, graph: Graph) -> torch.Tensor:
-        """The learned per-atom compliance C_i (Å²/eV, SPD), [N, 3, 3]."""
-        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
-        h = 0.1 * self.head(x)  # [N, 13]
-        a = h[:, 0].clamp(-5.0, 5.0)  # [N]
-        vecs = h[:, 1:].reshape(-1, 4, 3)  # [N, 4, 3]: v_1, u_1, v_2, u_2
-        outer = vecs[:, 0::2, :, None] * vecs[:, 1::2, None, :]  # [N, 2, 3, 3] v_c ⊗ u_c
-        sym = (outer + outer.transpose(-1, -2)).sum(1) * 0.5  # [N, 3, 3]
-        return self.step_size * torch.exp(a)[:, None, None] * torch.linalg.matrix_exp(sym)
-
-    def ungated(self, graph: Graph) -> torch.Tensor:
-        """The bounded quasi-Newton displacement before the env gate, [n_atoms, 3] Å."""
-        return quasi_newton_step(graph.forces, graph.history, self.compliance(graph), graph.batch, graph.n_graphs,
-                                 self.max_step)
-
-
-ACTOR_HEADS = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}
-"""The actor class of each ``network.actor_head``."""
-
-
-def build_actor(cfg: NetworkConfig, env: EnvConfig) -> Actor:
-    """The actor class ``network.actor_head`` names."""
-    return ACTOR_HEADS[cfg.actor_head](cfg, env)
-
-
-class Critic(nn.Module):
-    """Q(s, a): action as a 1o node feature, per-atom 0e values mean-pooled (late env fusion)."""
-
-    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.node_input = NodeInput(cfg, env.max_step, with_action=True)
-        self.trunk = EquivariantTrunk(cfg, self.node_input.irreps_out)
-        check_irreps("node input", self.node_input.irreps_out, "trunk", self.trunk.irreps_in)
-        if env.env_input_dim > 0:
-            self.irreps_out = o3.Irreps(f"{cfg.channels}x0e")
-            self.tail_mlp = nn.Sequential(
-                nn.Linear(cfg.channels + env.env_input_dim, cfg.tail_hidden), nn.SiLU(), nn.Linear(cfg.tail_hidden, 1)
-            )
-        else:
-            self.irreps_out = o3.Irreps("1x0e")
-            self.tail_mlp = None
-        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, scalars]
-        self.to(torch_dtype(cfg.dtype))
-
-    def forward(self, graph: Graph, action: torch.Tensor) -> torch.Tensor:
-        """action [n_atoms, 3] Å → Q [n_graphs]."""
-        x = self.trunk(self.node_input(graph, action), graph)  # [N, hidden]
-        s = self.head(x)  # [N, 1] or [N, channels]
-        pooled = scatter_mean(s, graph.batch, graph.num_atoms_per_graph)  # [G, 1] or [G, channels]
-        if self.tail_mlp is None:
-            return pooled.squeeze(-1)  # [G]
-        return self.tail_mlp(torch.cat([pooled, graph.env_features], dim=-1)).squeeze(-1)  # [G]
-
-
-class TwinCritic(nn.Module):
-    """Two independent critics (TD3); ``forward`` → (q1, q2), each [n_graphs]."""
-
-    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
-        super().__init__()
-        self.critic1 = Critic(cfg, env)
-        self.critic2 = Critic(cfg, env)
-
-    def forward(self, graph: Graph, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.critic1(graph, action), self.critic2(graph, action)
-
-    def q1(self, graph: Graph, action: torch.Tensor) -> torch.Tensor:
-        """Q of the first critic only (the actor loss uses it), [n_graphs]."""
-        return self.critic1(graph, action)
 
 
 def count_parameters(modules: Sequence[nn.Module] | nn.Module) -> int:

@@ -1,0 +1,122 @@
+"""The training structures and their curriculum.
+
+:func:`load_structures` gives (train, held-out) from ``curriculum.source``: ``'demo'``
+(generated, actors/generate.py), ``'alfe'`` (actors/alfe.py), a directory of structure files
+or one file (actors/structure_files.py). :class:`Curriculum` serves the training structures
+by stages of atom count (actors/coordinator.py asks it for each episode's structure).
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from actors.alfe import alfe_structures
+from actors.generate import demo_structures, split_structures
+from actors.geometry import perturb
+from actors.structure_check import StructureError
+from actors.structure_files import read_structure_source
+from common.config import CurriculumConfig
+
+__all__ = ["Curriculum", "load_structures"]
+
+
+def load_structures(source: str | Path, cfg: CurriculumConfig, seed: int, *, calculator: str = "emt",
+                    min_distance_factor: float = 0.6, calculator_kwargs: dict | None = None) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, held-out) from ``'demo'``, ``'alfe'`` (actors/alfe.py), a directory of structure files, or one file."""
+    if str(source) == "demo":
+        return demo_structures(cfg, seed)
+    if str(source) == "alfe":  # Al–Fe minima relaxed under the configured calculator (cached on disk)
+        return alfe_structures(cfg, seed, calculator, calculator_kwargs, min_distance_factor)
+    if not Path(source).exists():
+        raise StructureError(f"structure source {str(source)!r} is neither 'demo', 'alfe' nor an existing directory or file")
+    structures = read_structure_source(source, calculator=calculator, min_distance_factor=min_distance_factor)
+    return split_structures(structures, cfg.heldout_fraction, seed)
+
+
+class Curriculum:
+    """Stages by atom count, unlocked by t_total or by the recent success rate.
+
+    Stage ``k`` samples uniformly from every training structure with at most
+    ``stages[k]`` atoms (so small structures keep coming). The next stage unlocks when
+    ``unlock_t_total`` environment steps have passed since the current stage began
+    (``unlock_t_total = 0`` disables this) or when the success rate over the last
+    ``success_window`` episodes of the current stage reaches ``unlock_success``.
+    Structures larger than the last stage are never sampled (see ``excluded``).
+    """
+
+    def __init__(self, structures: Sequence[Atoms], cfg: CurriculumConfig, t_total: int = 0):
+        if not structures:
+            raise StructureError("the curriculum got no training structures; check curriculum.source")
+        stages = tuple(int(s) for s in cfg.stages)
+        if not stages or list(stages) != sorted(stages):
+            raise StructureError(f"curriculum.stages must be a non-empty increasing list of atom counts, got {list(stages)}")
+        self.cfg = cfg
+        self.stages = stages
+        self._pools = [[a for a in structures if len(a) <= m] for m in stages]
+        if not self._pools[0]:
+            smallest = min(len(a) for a in structures)
+            raise StructureError(
+                f"no training structure has at most {stages[0]} atoms (the smallest has {smallest}); lower "
+                "the first entry of curriculum.stages or add smaller structures"
+            )
+        self.excluded = [str(a.info.get("name", "")) for a in structures if len(a) > stages[-1]]
+        self.stage = 0
+        self._stage_start = int(t_total)
+        self._window: deque[bool] = deque(maxlen=max(1, cfg.success_window))
+
+    @property
+    def max_atoms(self) -> int:
+        """Largest atom count of the active stage."""
+        return self.stages[self.stage]
+
+    @property
+    def pool(self) -> list[Atoms]:
+        """Structures the active stage samples from (do not modify them)."""
+        return self._pools[self.stage]
+
+    @property
+    def success_rate(self) -> float:
+        """Success rate over the current stage's recent episodes (0 when none)."""
+        return sum(self._window) / len(self._window) if self._window else 0.0
+
+    def sample(self, rng: np.random.Generator) -> Atoms:
+        """A copy of a random structure of the active stage."""
+        atoms = self.pool[int(rng.integers(len(self.pool)))]
+        if atoms.info.get("perturb"):  # a minimum (source 'alfe'): displaced anew for every episode
+            return perturb(atoms, float(atoms.info["perturb"]), rng)
+        return atoms.copy()
+
+    def report(self, t_total: int, success: bool | None) -> bool:
+        """Record one finished episode at ``t_total``; returns True when a new stage unlocked.
+
+        ``success=None`` (e.g. an expert episode) only advances the t_total clock and does
+        not enter the success window.
+        """
+        if success is not None:
+            self._window.append(bool(success))
+        if self.stage + 1 >= len(self.stages):
+            return False
+        by_steps = self.cfg.unlock_t_total > 0 and t_total - self._stage_start >= self.cfg.unlock_t_total
+        by_success = (len(self._window) == self._window.maxlen and self.success_rate >= self.cfg.unlock_success)
+        if by_steps or by_success:
+            self.stage += 1
+            self._stage_start = int(t_total)
+            self._window.clear()
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Progress to store in a checkpoint."""
+        return {"stage": self.stage, "stage_start": self._stage_start, "window": list(self._window)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`."""
+        self.stage = min(int(state["stage"]), len(self.stages) - 1)
+        self._stage_start = int(state["stage_start"])
+        self._window.clear()
+        self._window.extend(bool(x) for x in state["window"])

@@ -1,0 +1,170 @@
+"""The actor heads: the policy networks ``network.actor_head`` chooses among (:data:`ACTOR_HEADS`).
+
+    cfg, env = NetworkConfig(), EnvConfig(env_input_dim=0)   # env: max_step and env_input_dim
+    actor = build_actor(cfg, env);  displacement = actor(batch_graphs([obs1, obs2], cfg))   # [n_atoms, 3] Å
+
+Each head is a subclass of :class:`Actor` on the shared equivariant trunk (learner/blocks.py)
+that overrides ``ungated`` (the displacement before the env gate, bounded by env.max_step):
+
+    'free'            :class:`Actor`: o3.Linear → 1x1o per atom, norm squashed below env.max_step
+    'preconditioned'  :class:`PreconditionedActor`: a learned per-atom heavy-ball step, always downhill
+    'quasi-newton'    :class:`QuasiNewtonActor`: L-BFGS over the path history on a learned per-atom
+                      compliance (the maths: learner/quasi_newton.py)
+
+Environment features never enter the equivariant path. With ``env_input_dim = 0`` the actor
+has no gate module (its scale is exactly 1); with ``env_input_dim > 0`` its displacements are
+multiplied by a per-graph gate ``sigmoid(mlp(env)) ∈ (0, 1)``, the *action scale*.
+
+A new head is a new subclass here and an entry in :data:`ACTOR_HEADS`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from common.config import EnvConfig, NetworkConfig
+from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, safe_norm
+from learner.graph import Graph, torch_dtype
+from learner.quasi_newton import quasi_newton_step
+
+__all__ = ["ACTOR_HEADS", "Actor", "PreconditionedActor", "QuasiNewtonActor", "build_actor"]
+
+
+class Actor(nn.Module):
+    """Policy: per-atom displacement (1o, Å), |d| < env.max_step, times the env gate."""
+
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.max_step = float(env.max_step)
+        self.node_input = NodeInput(cfg, env.max_step, with_action=False)
+        self.trunk = EquivariantTrunk(cfg, self.node_input.irreps_out)
+        check_irreps("node input", self.node_input.irreps_out, "trunk", self.trunk.irreps_in)
+        self.irreps_out = o3.Irreps("1x1o")
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_out)  # [N, hidden] → [N, 3]
+        self.env_gate = EnvGate(env.env_input_dim, cfg.tail_hidden) if env.env_input_dim > 0 else None
+        self.to(torch_dtype(cfg.dtype))
+
+    def ungated(self, graph: Graph) -> torch.Tensor:
+        """Squashed displacement before the env gate, [n_atoms, 3] Å."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        v = self.head(x)  # [N, 3]
+        n = safe_norm(v)  # [N, 1]
+        return v * (self.max_step * torch.tanh(n) / n)  # [N, 3], |d| < max_step
+
+    def action_scale(self, graph: Graph) -> torch.Tensor:
+        """The env gate per graph, [n_graphs] (exactly ones without env features)."""
+        if self.env_gate is None:
+            return graph.pos.new_ones(graph.n_graphs)
+        return self.env_gate(graph.env_features)
+
+    def forward(self, graph: Graph, return_scale: bool = False):
+        """→ displacement [n_atoms, 3] Å, or (displacement, scale [n_graphs]) with ``return_scale``."""
+        d = self.ungated(graph)
+        scale = self.action_scale(graph)  # [G]
+        if self.env_gate is not None:
+            d = d * scale[graph.batch].unsqueeze(-1)
+        return (d, scale) if return_scale else d
+
+
+class PreconditionedActor(Actor):
+    """Policy as a learned, per-atom preconditioned heavy-ball step that always points downhill
+    (``network.actor_head = 'preconditioned'``)::
+
+        d_i = α_i·F_i + g_i·β_i·m_i + c_i,    |d_i| squashed below env.max_step, × env gate
+
+    α_i = step_size·exp(s_α) > 0 (Å²/eV) and β_i = 0.95·sigmoid(s_β + b) ∈ (0, 0.95) are
+    invariants (``0e`` outputs) of the trunk, m_i the previous actual move (the path history;
+    zeros without it) and c_i = ½·α_i·|F_i|·v/(1 + |v|) a ``1o`` correction shorter than half of
+    α_i·|F_i|. The momentum gate g_i is 1 while the previous move still goes along the force
+    (m_i·F_i > 0) and 0 once it overshot (FIRE's velocity reset, per atom). So every proposed
+    move is a descent direction for its atom, d_i·F_i ≥ ½·α_i·|F_i|² > 0: the network chooses
+    how far and how much to bend and to carry on, never to go uphill. Every term vanishes with
+    the forces and the last move, so near a minimum the step is as precise as the forces, and a
+    fixed atom (zero force under its constraint) proposes no move. The raw scalars are scaled by
+    0.1, so an untrained actor is heavy-ball steepest descent with α ≈ step_size, β ≈ momentum.
+    """
+
+    _BETA_MAX = 0.95
+
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
+        super().__init__(cfg, env)
+        self.step_size = float(cfg.step_size)
+        self.beta_bias = math.log(cfg.momentum / (self._BETA_MAX - cfg.momentum)) if cfg.momentum > 0 else -10.0
+        self.irreps_head = o3.Irreps("2x0e + 1x1o")
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 5]: s_α, s_β, v
+        self.to(torch_dtype(cfg.dtype))
+
+    def ungated(self, graph: Graph) -> torch.Tensor:
+        """Squashed displacement before the env gate, [n_atoms, 3] Å."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        h = self.head(x)  # [N, 5]
+        s = 0.1 * h[:, :2]  # [N, 2] invariants
+        alpha = self.step_size * torch.exp(s[:, :1].clamp(-5.0, 5.0))  # [N, 1] Å²/eV
+        beta = self._BETA_MAX * torch.sigmoid(s[:, 1:2] + self.beta_bias)  # [N, 1]
+        v = h[:, 2:5]  # [N, 3] 1o
+        f = graph.forces  # [N, 3] eV/Å
+        m = graph.history[:, :3]  # [N, 3] Å, previous move
+        c = 0.5 * alpha * safe_norm(f) * v / (1.0 + safe_norm(v))  # [N, 3] Å, |c| < ½ α |F|
+        gate = ((m * f).sum(-1, keepdim=True) > 0).to(f.dtype)  # [N, 1]: momentum only while m·F > 0
+        d = alpha * f + gate * beta * m + c  # [N, 3] Å, d·F ≥ ½ α |F|²
+        n = safe_norm(d)
+        return d * (self.max_step * torch.tanh(n / self.max_step) / n)  # [N, 3], |d| < max_step
+
+
+class QuasiNewtonActor(Actor):
+    """Policy as a learned, preconditioned quasi-Newton step (``network.actor_head = 'quasi-newton'``)::
+
+        d = H F,    then scaled as a whole so that the longest atom move is ≤ env.max_step
+
+    H is the L-BFGS inverse-Hessian estimate of the K = ``env.history_steps`` remembered steps
+    of the path history, built on a learned initial inverse Hessian that is block-diagonal per
+    atom (:func:`learner.quasi_newton.quasi_newton_step`): ``H0_i = s·C_i`` with the compliance::
+
+        C_i = step_size · exp(a_i) · expm(A_i),    A_i = Σ_c sym(v_ic ⊗ u_ic)
+
+    a_i an invariant (``0e``) and v_ic, u_ic ``1o`` outputs of the trunk, so C_i is a symmetric
+    positive-definite 3×3 compliance (Å²/eV, the inverse of the atom's Hessian block it stands
+    for) that turns with the structure: the network tells how stiff each atom's surroundings
+    are, and in which directions. s is 1 before the path has a pair with positive curvature,
+    then the secant scale over the compliance where the forces are. What the trunk sees of the
+    path is the newest step (``network.path_history``). The raw outputs are scaled by 0.1, so
+    an untrained actor is L-BFGS with Nocedal's scaling (H0 = γ I; the first step
+    ``step_size``·F). H is positive definite, so F·d > 0: every proposed move goes downhill, and
+    it vanishes with the forces. An atom held by an ASE constraint (zero force, never moves)
+    gets no move: H0 is per atom and its s, y are zero.
+    """
+
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
+        super().__init__(cfg, env)
+        self.step_size = float(cfg.step_size)
+        self.irreps_head = o3.Irreps("1x0e + 4x1o")  # a_i; v_1, u_1, v_2, u_2
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 13]
+        self.to(torch_dtype(cfg.dtype))
+
+    def compliance(self, graph: Graph) -> torch.Tensor:
+        """The learned per-atom compliance C_i (Å²/eV, SPD), [N, 3, 3]."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        h = 0.1 * self.head(x)  # [N, 13]
+        a = h[:, 0].clamp(-5.0, 5.0)  # [N]
+        vecs = h[:, 1:].reshape(-1, 4, 3)  # [N, 4, 3]: v_1, u_1, v_2, u_2
+        outer = vecs[:, 0::2, :, None] * vecs[:, 1::2, None, :]  # [N, 2, 3, 3] v_c ⊗ u_c
+        sym = (outer + outer.transpose(-1, -2)).sum(1) * 0.5  # [N, 3, 3]
+        return self.step_size * torch.exp(a)[:, None, None] * torch.linalg.matrix_exp(sym)
+
+    def ungated(self, graph: Graph) -> torch.Tensor:
+        """The bounded quasi-Newton displacement before the env gate, [n_atoms, 3] Å."""
+        return quasi_newton_step(graph.forces, graph.history, self.compliance(graph), graph.batch, graph.n_graphs,
+                                 self.max_step)
+
+
+ACTOR_HEADS = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}
+"""The actor class of each ``network.actor_head``."""
+
+
+def build_actor(cfg: NetworkConfig, env: EnvConfig) -> Actor:
+    """The actor class ``network.actor_head`` names."""
+    return ACTOR_HEADS[cfg.actor_head](cfg, env)

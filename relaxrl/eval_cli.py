@@ -1,0 +1,202 @@
+"""`relaxrl eval` on the command line: the structure sets ``--structures`` names, the ``--set``
+overrides eval honours, the output directory, and the command itself.
+
+``--structures`` takes ``held-out`` (the held-out split of the config's ``curriculum.source``),
+``suite`` / ``suite-val`` (the generalisation suite and its validation draw, actors/suite.py),
+an Al–Fe set (actors/alfe.py) or a directory of structure files. Every argument is checked
+before any relaxation, cheapest first; bad ones are one :class:`~relaxrl.evaluate.EvalError`
+line. The comparison itself is :func:`relaxrl.evaluate.evaluate`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from actors.alfe import ALFE_SETS, alfe_structure_set
+from actors.calculators import make_calculator, resolve_calculator
+from actors.curriculum import load_structures
+from actors.structure_files import read_structure_source
+from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite
+from common.config import from_dict, load_config, parse_override, to_dict
+from learner.policy import load_policy
+from relaxrl.cli import DEFAULT_CONFIG
+from relaxrl.evaluate import EvalError, check_budget, evaluate, named_structures, parse_optimizers
+from relaxrl.outputs import probe_writable
+from relaxrl.reports import print_summary, write_report
+
+SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED}
+"""``--structures`` names of the generalisation suite and of its validation draw (same recipes, other random
+draws: for choosing settings without looking at the suite that judges them), with their seeds."""
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise EvalError(f"--limit must be >= 0 (0 = every structure, N = the first N), got {limit}")
+
+
+def read_structure_dir(path: str | Path, limit: int = 0, calculator: str = "emt",
+                       min_distance_factor: float = 0.6, calculator_option: str = "--calculator") -> dict[str, Atoms]:
+    """Every structure of a directory's structure files (sorted by name; every frame of multi-frame files).
+
+    Read by :func:`actors.structure_files.read_structure_source`, the reader `relaxrl train` uses;
+    errors advise ``calculator_option`` (eval's ``--calculator``) for another calculator.
+    """
+    _check_limit(limit)
+    d = Path(path)
+    if not d.is_dir():
+        raise EvalError(f"--structures {d}: not a directory; pass a directory of structure files or 'held-out'")
+    structures = read_structure_source(d, calculator=calculator, min_distance_factor=min_distance_factor, limit=limit,
+                                       calculator_option=calculator_option)
+    return dict(named_structures(structures))
+
+
+def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
+    """The held-out split of the config's structure source (``curriculum.source``, 'demo' by default)."""
+    _check_limit(limit)
+    _, held = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
+                              min_distance_factor=cfg.env.min_distance_factor,
+                              calculator_kwargs=cfg.env.calculator_kwargs)
+    if limit:
+        held = held[:limit]
+    if not held:
+        raise EvalError(f"the held-out split of {cfg.curriculum.source!r} is empty; raise curriculum.heldout_fraction")
+    return dict(named_structures(held))
+
+
+def suite_structures(limit: int = 0, calculator: str = "emt", seed: int = SUITE_SEED) -> dict[str, Atoms]:
+    """The generalisation suite (:mod:`actors.suite`; ``seed`` :data:`~actors.suite.VALIDATION_SEED`: its
+    validation draw); with ``limit`` N, N structures spread over the kinds.
+
+    The N are taken round-robin over the kinds (the first of each kind, then the second, …)
+    and kept in suite order, so ``--limit 6`` tries every kind once."""
+    _check_limit(limit)
+    suite = generalisation_suite(calculator=calculator, seed=seed)
+    if limit:
+        rank: dict[str, int] = {}
+        keyed = []
+        for i, a in enumerate(suite):
+            k = a.info["kind"]
+            rank[k] = rank.get(k, 0) + 1
+            keyed.append((rank[k], i))
+        keep = sorted(i for _, i in sorted(keyed)[:limit])
+        suite = [suite[i] for i in keep]
+    if not suite:
+        raise EvalError(f"no suite structure has only elements calculator {calculator!r} supports")
+    return dict(named_structures(suite))
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Raise :class:`EvalError` unless ``out`` is (or can be created as) a writable directory; creates nothing."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise EvalError(f"--out {p} is an existing file; eval writes a directory (report.json, report.md, plots): "
+                        "give a directory path")
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EvalError(f"--out {p}: {existing} is a file, so the directory cannot be created; give another path")
+    try:
+        probe_writable(existing, existing)
+    except OSError as e:
+        raise EvalError(f"--out {p} cannot be written ({existing}: {e.strerror or e}); choose a writable path") from None
+    return p
+
+
+EVAL_OVERRIDES: dict[str, tuple[str, ...] | None] = {
+    "curriculum": None,  # every key: which structures are held out
+    "run": ("seed",),
+    "env": ("calculator", "calculator_kwargs", "min_distance_factor", "max_step"),
+}
+"""The config keys `relaxrl eval` uses, so the ones ``--set`` may change (None = the whole section)."""
+POLICY_ENV_OVERRIDES = ("min_distance_factor", "max_step")
+"""``env`` keys a ``--set`` also applies to the checkpoint's policy (its move correction)."""
+
+
+def check_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """Parse ``--set`` overrides, refusing the keys eval does not use (they would be silently ignored)."""
+    parsed = []
+    for text in overrides:
+        section, key, value = parse_override(text)
+        allowed = EVAL_OVERRIDES.get(section, ())
+        if allowed is not None and key not in allowed:
+            hint = {"env.fmax": " (use --fmax)", "env.max_steps": " (use --steps)"}.get(f"{section}.{key}", "")
+            raise EvalError(
+                f"--set {text}: `relaxrl eval` does not use {section}.{key}{hint}, so the override would be ignored. "
+                "eval applies curriculum.* and run.seed (which structures are held out), env.calculator and "
+                "env.calculator_kwargs, and env.min_distance_factor and env.max_step (also to the policy's moves)"
+            )
+        parsed.append((section, key, value))
+    return parsed
+
+
+def eval_config(args: argparse.Namespace, policy: Any) -> Any:
+    """The config eval runs under: --config, else the checkpoint's, else the default preset; ``--set`` applied.
+
+    ``env.min_distance_factor`` / ``env.max_step`` overrides also go into ``policy.config`` (in place).
+    """
+    parsed = check_overrides(args.overrides)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    elif policy is not None:
+        data = to_dict(policy.config)
+        for section, key, value in parsed:
+            data.setdefault(section, {})[key] = value
+        cfg = from_dict(data)
+    else:
+        cfg = load_config(DEFAULT_CONFIG, args.overrides)
+    changed = {key: getattr(cfg.env, key) for section, key, _ in parsed
+               if section == "env" and key in POLICY_ENV_OVERRIDES}
+    if policy is not None and changed:
+        policy.config = dataclasses.replace(policy.config, env=dataclasses.replace(policy.config.env, **changed))
+    return cfg
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """`relaxrl eval`: :func:`relaxrl.evaluate.evaluate` on the structures --structures names; writes report.json,
+    report.md and plots to --out."""
+    # Everything that can fail is checked before the work, cheapest first.
+    names = parse_optimizers(args.optimizers)
+    check_budget(args.fmax, args.steps)
+    _check_limit(args.limit)
+    if getattr(args, "hybrid", 0) < 0:
+        raise EvalError(f"--hybrid must be >= 0 (0 = the policy alone), got {args.hybrid}")
+    if getattr(args, "curvature_check", 0) < 0:
+        raise EvalError(f"--curvature-check must be >= 0 (the most free atoms whose Hessian is checked; 0 = off), "
+                        f"got {args.curvature_check}")
+    out = check_out_dir(args.out)
+    check_overrides(args.overrides)
+    policy = None
+    if args.checkpoint:
+        policy = load_policy(args.checkpoint)
+    elif "rl" in names:
+        raise EvalError("optimizer 'rl' needs --checkpoint CKPT (a checkpoint file or run directory); "
+                        "or leave 'rl' out of --optimizers")
+    cfg = eval_config(args, policy)
+
+    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
+    make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
+    if args.structures == "held-out":
+        structures = heldout_structures(cfg, args.limit)
+    elif args.structures in SUITE_SETS:  # the fixed generalisation suite (actors/suite.py), reported per kind
+        structures = suite_structures(args.limit, calc_name, SUITE_SETS[args.structures])
+    elif args.structures in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
+        structures = dict(named_structures(alfe_structure_set(args.structures, args.limit, cfg.run.seed, calc_name,
+                                                              kwargs, cfg.env.min_distance_factor)))
+    else:
+        structures = read_structure_dir(args.structures, args.limit, calculator=calc_name,
+                                        min_distance_factor=cfg.env.min_distance_factor)
+    report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=calc_name,
+                      calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False),
+                      hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=getattr(args, "curvature_check", 0))
+    report["settings"]["structures"] = args.structures
+    report["settings"]["checkpoint"] = args.checkpoint
+    paths = write_report(report, out)
+    print_summary(report)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
