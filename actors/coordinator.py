@@ -23,6 +23,7 @@ class Coordinator:
         self.t_total = int(t_total)
         self.t_start = int(t_total)
         self.steps_by_kind: dict[str, int] = {"online": 0, "expert": 0}
+        self.teacher_force_calls = 0  # the teachers' training-only force calls, summed over every actor's steps
         self.version = -1
         self.weights: Any = None
         self._stop = False
@@ -44,6 +45,7 @@ class Coordinator:
         self.t_total += int(n)
         self.steps_by_kind[kind] = self.steps_by_kind.get(kind, 0) + int(n)
         if stats:
+            self.teacher_force_calls += int(stats.get("teacher_force_calls", 0))
             self._steps.append(dict(stats, kind=kind))
         return self.t_total, self._stop, self.version
 
@@ -81,7 +83,8 @@ class Coordinator:
         out: dict[str, float] = {"t_total": self.t_total, "episodes": self.episodes,
                                  "curriculum/stage": self.curriculum.stage,
                                  "curriculum/max_atoms": self.curriculum.max_atoms,
-                                 "weights_version": self.version}
+                                 "weights_version": self.version,
+                                 "actors/teacher_force_calls": self.teacher_force_calls}
         elapsed = max(time.monotonic() - self._started, 1e-9)
         out["env_steps_per_s"] = (self.t_total - self.t_start) / elapsed
         for kind in ("online", "expert"):

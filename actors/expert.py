@@ -1,5 +1,13 @@
-"""The experts' fake steps — one ``ase.optimize.BFGS`` iteration, or a Newton step on a
-finite-difference Hessian — and the nfake schedule.
+"""The teachers — what an expert actor's fake step is — their registry by name, and the nfake schedule.
+
+Every teacher has the shape of :class:`Teacher`: ``reset()`` at each new episode, ``offers(obs)``
+(whether it takes a fake step from this observation), ``action(obs)`` (the fake step, [n_atoms, 3] Å,
+bounded by ``maxstep``) and ``force_calls`` (the force calls it spent beyond the environment's, for
+training only; the expert actors report their sum as ``actors/teacher_force_calls``). They are
+registered by ``expert.teacher`` name in :data:`TEACHERS` (:func:`register_teacher`), and
+:func:`make_teacher` builds the one a config names. A new teacher is one class with a
+``from_config(cfg, env, maxstep)`` constructor, registered under a name listed in
+:data:`common.names.TEACHER_NAMES`.
 
 :class:`BFGSExpert` keeps the same state as ``ase.optimize.BFGS`` (Hessian, previous
 positions and forces) and returns the displacement BFGS would apply from the observed
@@ -17,7 +25,7 @@ Newton step ``dx = V (Vᵀ f / max(|λ|, λ_min))`` over the free coordinates (D
 2014: negative curvature is followed downhill, not uphill), scaled like BFGS's so the
 longest atom move is at most ``maxstep``. With the exact Hessian such steps relax the
 generalisation suite at 0.22× BFGS's force calls (``docs/RESULTS.md``), so imitating them
-lifts the ceiling that imitating BFGS sets. Structures above ``expert.newton_max_atoms`` get no
+lifts the ceiling that imitating BFGS sets. Structures above ``expert.teacher_max_atoms`` get no
 fake step (:meth:`NewtonTeacher.offers` is False; the expert actor's policy acts and the
 transition goes to the online table): BFGS steps in their place taught the quality preset's
 policy BFGS's short steps on the 27–64-atom cells and made it slower (docs/RESULTS.md).
@@ -33,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -42,21 +52,69 @@ from actors.calculators import make_calculator
 from actors.hessian import finite_difference_hessian, free_coordinates
 from common.config import EnvConfig, ExpertConfig
 from common.errors import RelaxRLError
+from common.names import TEACHER_NAMES
 from common.observation import HISTORY_DIM, Observation
 from common.schedules import SCHEDULES
 from learner.quasi_newton import quasi_newton_step
 
-__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "NewtonTeacher", "exact_compliance",
-           "fake_step_probability", "finite_difference_hessian", "free_coordinates", "make_teacher",
-           "saddle_free_newton_step"]
+__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "NewtonTeacher", "TEACHERS",
+           "Teacher", "exact_compliance", "fake_step_probability", "finite_difference_hessian", "free_coordinates",
+           "make_teacher", "register_teacher", "saddle_free_newton_step"]
 
 
 class ExpertError(RelaxRLError, ValueError):
     """An invalid expert setting."""
 
 
+@runtime_checkable
+class Teacher(Protocol):
+    """What an expert actor asks of a teacher, one per environment (module docstring)."""
+
+    force_calls: int
+    """Force calls the teacher made on calculators of its own (Hessians, line-search trial points), never counted
+    as the environment's: the training-only cost of its fake steps. 0 for a teacher that needs none."""
+
+    def reset(self) -> None:
+        """A new episode (a new structure) starts: forget what the teacher remembers of the last one."""
+
+    def offers(self, obs: Observation) -> bool:
+        """Whether the teacher takes a fake step from ``obs``; where it does not, the expert actor's policy acts."""
+
+    def action(self, obs: Observation) -> np.ndarray:
+        """The fake step from ``obs`` (the environment's current state), [n_atoms, 3] Å; only where :meth:`offers`."""
+
+
+TEACHERS: dict[str, type] = {}
+"""The teacher class of each ``expert.teacher`` name (filled by :func:`register_teacher`; the names are
+:data:`common.names.TEACHER_NAMES`). Each class builds its teacher for an environment ``env`` (a
+:class:`~actors.env.RelaxEnv`) with ``from_config(cfg: ExpertConfig, env, maxstep: float)``."""
+
+
+def register_teacher(name: str) -> Callable[[type], type]:
+    """Class decorator: register a teacher class (with a ``from_config`` classmethod) under ``name``."""
+    if name not in TEACHER_NAMES:
+        raise ExpertError(f"teacher name {name!r} is not in common.names.TEACHER_NAMES {TEACHER_NAMES}; add it there "
+                          "so that the config accepts it")
+
+    def register(cls):
+        if name in TEACHERS:
+            raise ExpertError(f"teacher name {name!r} is registered twice ({TEACHERS[name].__name__} and {cls.__name__})")
+        TEACHERS[name] = cls
+        return cls
+
+    return register
+
+
+@register_teacher("bfgs")
 class BFGSExpert:
-    """One BFGS iteration per :meth:`action`; :meth:`reset` at each new episode."""
+    """One BFGS iteration per :meth:`action`; :meth:`reset` at each new episode (``expert.teacher = 'bfgs'``)."""
+
+    force_calls = 0
+    """BFGS steps from the forces the environment already computed: no force calls of its own."""
+
+    @classmethod
+    def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> BFGSExpert:
+        return cls(maxstep=maxstep)
 
     def __init__(self, maxstep: float = 0.2, alpha: float = 70.0):
         if not maxstep > 0:
@@ -127,12 +185,17 @@ def saddle_free_newton_step(hessian: np.ndarray, forces: np.ndarray, free: np.nd
     return _bounded(dpos, maxstep)
 
 
+@register_teacher("newton")
 class NewtonTeacher:
     """A saddle-free Newton step on the finite-difference Hessian of an environment's structure (module docstring).
 
     ``env`` is the :class:`~actors.env.RelaxEnv` whose observations :meth:`action` is given; its
     current structure (with constraints) is read from ``env.atoms``.
     """
+
+    @classmethod
+    def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> NewtonTeacher:
+        return cls(env, maxstep, cfg.teacher_min_curvature, cfg.teacher_max_atoms)
 
     def __init__(self, env, maxstep: float, min_curvature: float = 0.5, max_atoms: int = 24,
                  env_config: EnvConfig | None = None):
@@ -156,7 +219,7 @@ class NewtonTeacher:
         """The teacher's displacement from ``obs`` (the env's current state), [n_atoms, 3] Å."""
         if not self.offers(obs):
             raise ExpertError(f"the {type(self).__name__} takes no step on {obs.n_atoms} atoms (more than "
-                              f"expert.newton_max_atoms = {self.max_atoms}); ask offers(obs) first")
+                              f"expert.teacher_max_atoms = {self.max_atoms}); ask offers(obs) first")
         atoms = self.env.atoms
         if self._free is None or self._free.size != 3 * len(atoms):
             self._free = free_coordinates(atoms)
@@ -187,6 +250,7 @@ def exact_compliance(hessian: np.ndarray, free: np.ndarray, min_curvature: float
     return out
 
 
+@register_teacher("compliance")
 class ExactComplianceTeacher(NewtonTeacher):
     """``expert.teacher = 'compliance'``: the quasi-Newton head's own move
     (:func:`learner.quasi_newton.quasi_newton_step`, the same L-BFGS memory of the observation's path
@@ -205,6 +269,7 @@ class ExactComplianceTeacher(NewtonTeacher):
         return d
 
 
+@register_teacher("bfgsls")
 class LineSearchTeacher:
     """``expert.teacher = 'bfgsls'``: one ``ase.optimize.BFGSLineSearch`` iteration per :meth:`action`
     from the current structure of ``env`` (a :class:`~actors.env.RelaxEnv`), on a copy with a
@@ -222,6 +287,10 @@ class LineSearchTeacher:
         self.force_calls = 0
         """Force calls the teacher made on its copy (the gradient and the line search's trial points)."""
         self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> LineSearchTeacher:
+        return cls(env, maxstep)
 
     def reset(self) -> None:
         self._atoms = None  # the teacher's copy of this episode's structure
@@ -254,19 +323,13 @@ class LineSearchTeacher:
         return _bounded((self._atoms.get_positions() - start).ravel(), self.maxstep)
 
 
-def make_teacher(cfg: ExpertConfig, env, maxstep: float):
-    """The fake-step expert ``expert.teacher`` names for environment ``env``: ``reset()`` and ``action(obs)``."""
-    if cfg.teacher == "bfgsls":
-        return LineSearchTeacher(env, maxstep)
-    if cfg.teacher == "newton":
-        return NewtonTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
-    if cfg.teacher == "compliance":
-        return ExactComplianceTeacher(env, maxstep, cfg.newton_min_curvature, cfg.newton_max_atoms)
-    return BFGSExpert(maxstep=maxstep)
+def make_teacher(cfg: ExpertConfig, env, maxstep: float) -> Teacher:
+    """The teacher ``expert.teacher`` names (:data:`TEACHERS`) for the environment ``env``, bounded by ``maxstep`` Å."""
+    return TEACHERS[cfg.teacher].from_config(cfg, env, maxstep)
 
 
 def fake_step_probability(t_total: int, cfg: ExpertConfig) -> float:
-    """Probability that an expert actor's step is a fake (BFGS) step at ``t_total`` (nfake).
+    """Probability that an expert actor's step is a fake (teacher's) step at ``t_total`` (nfake).
 
     Moves from ``p_start`` at t_total = 0 to ``p_end`` at ``decay_steps`` and stays there,
     along the ``expert.schedule`` shape of :mod:`common.schedules`.

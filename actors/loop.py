@@ -4,9 +4,10 @@ An :class:`ActorLoop` is three small parts around a list of :class:`RelaxEnv` (A
 
 - an *action source* chooses every environment's move and the table its transition goes to:
   :class:`PolicyWithNoise` (online actors: the current policy plus Gaussian exploration noise
-  whose σ decays with t_total) or :class:`BFGSOrPolicy` (expert actors: one BFGS iteration,
-  ``fake_step``, with the probability p(t_total) of the ``nfake`` schedule, into ``expert``
-  with ``a_expert`` filled; the policy plus noise otherwise, into ``online``);
+  whose σ decays with t_total) or :class:`TeacherOrPolicy` (expert actors: the ``expert.teacher``'s
+  fake step, one BFGS iteration by default, with the probability p(t_total) of the ``nfake``
+  schedule where the teacher offers one, into ``expert`` with ``a_expert`` filled; the policy
+  plus noise otherwise, into ``online``);
 - one *adder* (:class:`ReplayAdder`) that buffers transitions and inserts them in batches
   through a writer with ``insert(table, transitions, priorities)`` (the replay client);
 - a *hub* (``actors.coordinator.Coordinator`` or the Ray adapter of it): structures,
@@ -25,8 +26,9 @@ from typing import Protocol
 import numpy as np
 
 from actors.env import RelaxEnv
-from actors.expert import fake_step_probability, make_teacher
+from actors.expert import Teacher, fake_step_probability, make_teacher
 from common.config import ActorConfig, ExpertConfig
+from common.names import ACTOR_KINDS, TABLE_NAMES
 from common.noise import force_noise_factor
 from common.observation import Observation
 from common.schedules import linear
@@ -34,9 +36,7 @@ from common.transition import Transition
 from learner.graph import with_neighbor_list
 from learner.policy import Policy
 
-__all__ = ["ActorLoop", "Actions", "BFGSOrPolicy", "EpisodeEnd", "PolicyWithNoise", "ReplayAdder", "StepRecord"]
-
-TABLES = ("online", "expert")
+__all__ = ["ActorLoop", "Actions", "EpisodeEnd", "PolicyWithNoise", "ReplayAdder", "StepRecord", "TeacherOrPolicy"]
 
 
 # ----------------------------------------------------------------------------- what a step produces
@@ -47,7 +47,7 @@ class Actions:
 
     moves: list[np.ndarray]  # [n_i, 3] Å per environment (may be non-finite if the policy diverged)
     tables: list[str]  # replay table of each environment's transition
-    expert_moves: list[np.ndarray | None]  # a_expert (one BFGS step) where the move is a fake step
+    expert_moves: list[np.ndarray | None]  # a_expert (the teacher's step) where the move is a fake step
     action_scale: float | None  # mean env gate of the policy forward (None: no policy move this step)
 
 
@@ -77,10 +77,12 @@ class StepRecord:
     nonfinite_actions: int  # moves that were NaN/inf: applied as no move, not stored
     episode_return: float | None = None  # mean_return_to_go of the episodes that ended (None: none ended)
     saddle: float | None = None  # share of the ended episodes the saddle check found on a saddle (None: none checked)
+    teacher_force_calls: int = 0  # force calls the teachers made during this step, beyond the environments'
 
     def stats(self) -> dict[str, float]:
-        """The means the hub aggregates (``actors/...`` in metrics.jsonl)."""
-        s = {"actual_move": self.actual_move, "a_back": self.a_back, "reward": self.reward, "fmax": self.fmax}
+        """The means the hub aggregates (``actors/...`` in metrics.jsonl), and the teachers' force calls it sums."""
+        s = {"actual_move": self.actual_move, "a_back": self.a_back, "reward": self.reward, "fmax": self.fmax,
+             "teacher_force_calls": self.teacher_force_calls}
         if self.action_scale is not None:
             s["action_scale"] = self.action_scale
         if self.episode_return is not None:
@@ -111,6 +113,10 @@ def mean_return_to_go(rewards: Sequence[float], gamma: float) -> float:
 # ----------------------------------------------------------------------------- action sources
 
 class ActionSource(Protocol):
+    @property
+    def force_calls(self) -> int:
+        """Force calls the source made so far beyond the environments' (a teacher's), for training only."""
+
     def reset(self, i: int) -> None:
         """Environment ``i`` starts a new episode."""
 
@@ -120,6 +126,9 @@ class ActionSource(Protocol):
 
 class PolicyWithNoise:
     """The policy's displacement plus noise σ(t_total)·min(1, |F_i| / noise_force_scale) per atom."""
+
+    force_calls = 0
+    """The policy's moves cost no force calls beyond the environments'."""
 
     def __init__(self, policy: Policy, cfg: ActorConfig, rng: np.random.Generator):
         self.policy, self.cfg, self.rng = policy, cfg, rng
@@ -149,26 +158,32 @@ class PolicyWithNoise:
         return Actions(moves, ["online"] * n, [None] * n, scale)
 
 
-class BFGSOrPolicy:
+class TeacherOrPolicy:
     """Per environment: a fake step (the ``expert.teacher``'s: one BFGS iteration by default) with probability
-    p(t_total) where the teacher offers one, else the policy plus noise. ``experts`` holds one teacher per
-    environment (``reset``, ``offers``, ``action``)."""
+    p(t_total) where the teacher offers one, else the policy plus noise. ``teachers`` holds one
+    :class:`~actors.expert.Teacher` per environment."""
 
-    def __init__(self, policy: PolicyWithNoise, experts: Sequence, cfg: ExpertConfig, rng: np.random.Generator):
+    def __init__(self, policy: PolicyWithNoise, teachers: Sequence[Teacher], cfg: ExpertConfig,
+                 rng: np.random.Generator):
         self.policy, self.cfg, self.rng = policy, cfg, rng
-        self.experts = list(experts)
+        self.teachers = list(teachers)
+
+    @property
+    def force_calls(self) -> int:
+        """The teachers' force calls so far (their training-only cost), summed over the environments."""
+        return sum(int(t.force_calls) for t in self.teachers)
 
     def reset(self, i: int) -> None:
-        self.experts[i].reset()
+        self.teachers[i].reset()
 
     def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
         p = fake_step_probability(t_total, self.cfg)
-        tables = ["expert" if self.rng.random() < p and self.experts[k].offers(o) else "online"
+        tables = ["expert" if self.rng.random() < p and self.teachers[k].offers(o) else "online"
                   for k, o in enumerate(observations)]
         online = [k for k, t in enumerate(tables) if t == "online"]
         noisy, scale = self.policy.noisy_moves([observations[k] for k in online], t_total)
         by_env = dict(zip(online, noisy))
-        expert_moves = [self.experts[k].action(o) if t == "expert" else None
+        expert_moves = [self.teachers[k].action(o) if t == "expert" else None
                         for k, (o, t) in enumerate(zip(observations, tables))]
         moves = [by_env[k] if t == "online" else expert_moves[k] for k, t in enumerate(tables)]
         return Actions(moves, tables, expert_moves, scale)
@@ -181,7 +196,7 @@ class ReplayAdder:
 
     def __init__(self, writer, insert_batch: int):
         self.writer, self.insert_batch = writer, insert_batch
-        self.pending: dict[str, list[Transition]] = {t: [] for t in TABLES}
+        self.pending: dict[str, list[Transition]] = {t: [] for t in TABLE_NAMES}
 
     def add(self, table: str, transition: Transition) -> None:
         self.pending[table].append(transition)
@@ -239,18 +254,19 @@ class NStepWindow:
 # ----------------------------------------------------------------------------- the loop
 
 class ActorLoop:
-    """``kind`` 'online' (policy + noise) or 'expert' (BFGS with probability p(t_total), else policy + noise)."""
+    """``kind`` 'online' (policy + noise) or 'expert' (the teacher's fake step with probability p(t_total), else
+    policy + noise)."""
 
     def __init__(self, kind: str, config, writer, hub, actor_id: int = 0, seed: int = 0):
-        if kind not in TABLES:
-            raise ValueError(f"actor kind must be 'online' or 'expert', got {kind!r}")
+        if kind not in ACTOR_KINDS:
+            raise ValueError(f"actor kind must be one of {', '.join(map(repr, ACTOR_KINDS))}, got {kind!r}")
         self.kind, self.config, self.hub, self.actor_id = kind, config, hub, actor_id
         rng = np.random.default_rng([seed, actor_id, 7919])
         n = config.actors.envs_per_actor
         self.envs = [RelaxEnv(config.env) for _ in range(n)]
         self.policy = Policy(config, device="cpu")
         noisy = PolicyWithNoise(self.policy, config.actors, rng)
-        self.source: ActionSource = noisy if kind == "online" else BFGSOrPolicy(
+        self.source: ActionSource = noisy if kind == "online" else TeacherOrPolicy(
             noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
         self.adder = ReplayAdder(writer, config.actors.insert_batch)
         self.windows = [NStepWindow(config.learner.n_step, config.learner.gamma) for _ in range(n)]
@@ -290,7 +306,9 @@ class ActorLoop:
         for i, o in enumerate(self.obs):
             if o is None:
                 self._reset(i)
+        calls_before = self.source.force_calls
         actions = self.source.act(self.obs, self.t_total)
+        teacher_calls = self.source.force_calls - calls_before
         moves, backs, rewards, fmaxes, episodes, nonfinite = [], [], [], [], [], 0
         returns: list[float] = []
         saddles: list[float] = []  # 1.0 per ended episode the saddle check found on a saddle, 0.0 on a minimum
@@ -332,7 +350,7 @@ class ActorLoop:
             reward=float(np.mean(rewards)), fmax=float(np.mean(fmaxes)), action_scale=actions.action_scale,
             episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
             episode_return=float(np.mean(returns)) if returns else None,
-            saddle=float(np.mean(saddles)) if saddles else None)
+            saddle=float(np.mean(saddles)) if saddles else None, teacher_force_calls=teacher_calls)
         self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs),
                                                                                     record.stats())
         return record

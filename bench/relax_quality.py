@@ -147,9 +147,9 @@ def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> 
     the eval judged it; ``missed`` names the structures the teacher did not solve,
     ``lower_than_every_optimizer`` those where it found a deeper minimum than every optimizer."""
     env = RelaxEnv(dataclasses.replace(cfg.env, max_steps=steps))
-    teacher = make_teacher(ExpertConfig(teacher=name, newton_max_atoms=10_000, newton_min_curvature=
-                                        cfg.expert.newton_min_curvature if name == "compliance" else 0.5),
-                           env, cfg.env.max_step, cfg.network)
+    teacher = make_teacher(ExpertConfig(teacher=name, teacher_max_atoms=10_000, teacher_min_curvature=
+                                        cfg.expert.teacher_min_curvature if name == "compliance" else 0.5),
+                           env, cfg.env.max_step)
     records = {s["name"]: s for s in report["structures"]}
     tol = report["settings"]["energy_tol_ev_per_atom"]
     converged, solved, deeper, missed, pairs = 0, 0, [], [], []

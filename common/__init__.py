@@ -2,6 +2,7 @@
 
 ``common.observation`` (what an actor sees), ``common.transition`` (what the replay stores),
 ``common.errors`` (the base of expected failures), ``common.config`` (every setting, one home
-each), ``common.schedules`` (coefficients as functions of a counter) and ``common.metrics``
-(metric names, units and help text). See docs/ARCHITECTURE.md.
+each), ``common.names`` (the teacher, actor-head and table names the settings choose among),
+``common.schedules`` (coefficients as functions of a counter) and ``common.metrics`` (metric
+names, units and help text). See docs/ARCHITECTURE.md.
 """

@@ -7,8 +7,9 @@ curriculum, network, replay, learner, actors, run) with a docstring under each f
 their validation (one range per field, in each dataclass's ``__post_init__``, so no
 invalid config object exists), and TOML loading. Each setting has one key: the per-atom
 step bound is ``env.max_step`` and the feature count ``env.env_input_dim`` (the networks
-and the BFGS expert read them there); keys of earlier versions (:data:`REMOVED_KEYS`) are
-errors that name the new key. Unknown
+and the teachers read them there); keys of earlier versions (:data:`REMOVED_KEYS`) are
+errors that name the new key, renamed keys (:data:`RENAMED_KEYS`) are read under their new
+name with a warning. Unknown
 sections or keys and values of the wrong type are :class:`ConfigError`s that name the key
 and list the valid ones with their documentation.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import logging
 import math
 import textwrap
 import typing
@@ -29,7 +31,10 @@ import tomli_w
 import tomllib
 
 from common.errors import RelaxRLError
+from common.names import ACTOR_HEAD_NAMES, TEACHER_NAMES
 from common.schedules import SCHEDULES
+
+log = logging.getLogger("relaxrl.config")
 
 
 class ConfigError(RelaxRLError, ValueError):
@@ -59,6 +64,13 @@ REMOVED_KEYS = {
     "network.env_input_dim": "env.env_input_dim",
 }
 """Keys of earlier versions → the one key that holds the setting now (a user's file naming an old key is an error)."""
+
+RENAMED_KEYS = {
+    "expert.newton_max_atoms": "expert.teacher_max_atoms",
+    "expert.newton_min_curvature": "expert.teacher_min_curvature",
+}
+"""Keys of earlier versions → their new name, same meaning: still read (a warning names the new key), in a user's
+file, an override and a checkpoint alike."""
 
 DROPPED_KEYS = {
     "network.per_atom_q": "the per-atom critic values were never used in the TD target; delete the key",
@@ -128,10 +140,6 @@ class EnvConfig:
         ], self)
 
 
-TEACHERS = ("bfgs", "newton", "compliance", "bfgsls")
-"""Kinds of fake step of the expert actors (``expert.teacher``)."""
-
-
 @dataclass(frozen=True)
 class ExpertConfig:
     p_start: float = 1.0
@@ -147,20 +155,21 @@ class ExpertConfig:
     finite-difference Hessian) or 'compliance' (the 'quasi-newton' head's own move with the exact per-atom
     compliance of that Hessian: a step the head can learn to make) or 'bfgsls' (one ase.optimize.BFGSLineSearch
     iteration; its line search's trial points are the teacher's force calls). 'newton' and 'compliance' cost 6
-    extra force calls per free atom, training only; structures above newton_max_atoms get no fake step. All are
-    bounded by env.max_step (actors/expert.py)."""
-    newton_max_atoms: int = 24
-    """Largest structure (atoms) the 'newton' and 'compliance' teachers take Hessians of; on larger ones the expert
-    actor's policy acts (into the online table)."""
-    newton_min_curvature: float = 0.5
-    """Smallest |eigenvalue| (eV/Å²) the 'newton' and 'compliance' teachers divide by: softer or negative modes move
-    as if this stiff."""
+    extra force calls per free atom, training only; structures above teacher_max_atoms get no fake step. All are
+    bounded by env.max_step (actors/expert.py); the teachers' training-only force calls are reported as
+    actors/teacher_force_calls."""
+    teacher_max_atoms: int = 24
+    """Largest structure (atoms) the Hessian teachers ('newton', 'compliance') take a fake step on; on larger ones
+    the expert actor's policy acts (into the online table). The other teachers step on any size."""
+    teacher_min_curvature: float = 0.5
+    """Smallest |eigenvalue| (eV/Å²) the Hessian teachers ('newton', 'compliance') divide by: softer or negative
+    modes move as if this stiff."""
 
     def __post_init__(self) -> None:
         _require("expert", [
-            (self.teacher in TEACHERS, "teacher", self.teacher, " or ".join(map(repr, TEACHERS))),
-            (self.newton_max_atoms >= 1, "newton_max_atoms", self.newton_max_atoms, "at least 1 atom, e.g. 24"),
-            (self.newton_min_curvature > 0, "newton_min_curvature", self.newton_min_curvature,
+            (self.teacher in TEACHER_NAMES, "teacher", self.teacher, " or ".join(map(repr, TEACHER_NAMES))),
+            (self.teacher_max_atoms >= 1, "teacher_max_atoms", self.teacher_max_atoms, "at least 1 atom, e.g. 24"),
+            (self.teacher_min_curvature > 0, "teacher_min_curvature", self.teacher_min_curvature,
              "a positive curvature in eV/Å², e.g. 0.5"),
             (0.0 <= self.p_start <= 1.0, "p_start", self.p_start, "a probability in [0, 1]"),
             (0.0 <= self.p_end <= 1.0, "p_end", self.p_end, "a probability in [0, 1]"),
@@ -314,8 +323,7 @@ class NetworkConfig:
             (1 <= self.lmax <= 3, "lmax", self.lmax, "1..3 (lmax 0 has no vectors, so no displacement)"),
             (self.channels >= 1, "channels", self.channels, "a positive multiplicity, e.g. 16"),
             (self.radius > 0, "radius", self.radius, "a positive cutoff in Å, e.g. 5.0"),
-            (self.actor_head in ("free", "preconditioned", "quasi-newton"), "actor_head", self.actor_head,
-             "'free', 'preconditioned' or 'quasi-newton'"),
+            (self.actor_head in ACTOR_HEAD_NAMES, "actor_head", self.actor_head, " or ".join(map(repr, ACTOR_HEAD_NAMES))),
             (self.step_size > 0, "step_size", self.step_size, "a positive step in Å²/eV, e.g. 0.1"),
             (0.0 <= self.momentum < 0.95, "momentum", self.momentum, "a weight in [0, 0.95), e.g. 0.5"),
             (self.num_basis >= 1, "num_basis", self.num_basis, "a positive size"),
@@ -612,6 +620,24 @@ def _coerce(section: str, key: str, value: Any, tp: Any) -> Any:
     )
 
 
+def rename_old_keys(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """A config's sections (nested dicts) with the keys of :data:`RENAMED_KEYS` under their new names, a warning
+    for each with ``warn``; setting both the old and the new name is a :class:`ConfigError`."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in RENAMED_KEYS.items():
+        (section, key), new_key = old.split("."), new.split(".")[1]
+        values = out.get(section)
+        if not isinstance(values, dict) or key not in values:
+            continue
+        if new_key in values:
+            raise ConfigError(f"{old} and {new} are both set; {old} is the old name of {new}: keep only {new}")
+        values[new_key] = values.pop(key)
+        if warn:
+            log.warning("config: %s is now called %s; its value is used as %s (rename the key to silence this)",
+                        old, new, new)
+    return out
+
+
 def _build_section(section: str, values: dict[str, Any]) -> Any:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
@@ -634,6 +660,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     """Build a :class:`RunConfig` from nested dicts (TOML tables), validating every key."""
     if not isinstance(data, dict):
         raise ConfigError("a run configuration must be a table of sections")
+    data = rename_old_keys(data)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}. Valid sections: {', '.join(SECTIONS)}")

@@ -26,17 +26,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from common.names import ACTOR_KINDS, TABLE_NAMES
+
 MetricKind = Literal["gauge", "counter", "histogram"]
 Exporter = Literal["ray", "prometheus"]
 
 RAY_PREFIX = "ray_"
 """Prefix Ray puts in front of every ``ray.util.metrics`` name when it exports it."""
 
-TABLES = ("expert", "online")
-"""Replay table names (the ``table`` tag)."""
-
-ACTOR_KINDS = ("online", "expert")
-"""Actor kinds (the ``kind`` tag of env steps)."""
 
 
 @dataclass(frozen=True)
@@ -232,14 +229,14 @@ METRICS: dict[str, MetricSpec] = _spec(
         "Transitions held in each replay table. Stuck below min_size_to_sample keeps the "
         "learner waiting; at capacity, FIFO eviction is on (expected).",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_inserts_total", "counter", "transitions",
         "Transitions inserted into each replay table. Its rate is the data the actors "
         "produce; the expert table's rate should fall as nfake decays.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_samples_total", "counter", "transitions",
@@ -247,7 +244,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "each transition is replayed many times (overfitting risk); the expert share of "
         "samples should stay near expert_fraction.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_capacity", "gauge", "transitions",
@@ -255,7 +252,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "reaches it. Small systems want small tables (1k-5k): larger ones keep stale transitions "
         "whose Bellman targets no longer match the policy.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_up", "gauge", "1",
@@ -267,28 +264,28 @@ METRICS: dict[str, MetricSpec] = _spec(
         "relaxrl_replay_priority_min", "gauge", "priority",
         "Smallest sampling priority in each table (priorities follow |TD error|^α).",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_priority_mean", "gauge", "priority",
         "Mean sampling priority in each table. Rising with relaxrl_td_error means the critic "
         "fits worse; falling towards the minimum means prioritization no longer selects anything.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_priority_max", "gauge", "priority",
         "Largest sampling priority in each table. Far above the mean means a few transitions "
         "dominate every batch (their importance weights are small).",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_priority_updates_total", "counter", "transitions",
         "Priority updates the learner sent back, per table. Its rate should follow "
         "relaxrl_replay_samples_total; a lag means updates are lost or late.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_stale_updates_total", "counter", "transitions",
@@ -296,7 +293,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "large share of all updates means the table turns over faster than the learner "
         "answers: sample less far ahead or enlarge the table.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_decode_errors_total", "counter", "transitions",
@@ -304,7 +301,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "kept under the table's quarantine hash). Any value above 0 means something wrote bad "
         "bytes into the table or a writer runs another codec version: inspect client.quarantined().",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLES},
+        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
     ),
     MetricSpec(
         "relaxrl_replay_rate_limiter_waits_total", "counter", "calls",
@@ -312,7 +309,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "the learner is starved (too few actors or min_size_to_sample not reached); insert "
         "waits: actors are throttled because the learner falls behind samples_per_insert.",
         "prometheus", "replay service",
-        tag_keys=("table", "op"), tag_values={"table": TABLES, "op": ("insert", "sample")},
+        tag_keys=("table", "op"), tag_values={"table": TABLE_NAMES, "op": ("insert", "sample")},
     ),
 )
 """Every metric relaxrl exports, by Prometheus name."""

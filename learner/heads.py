@@ -1,4 +1,4 @@
-"""The actor heads: the policy networks ``network.actor_head`` chooses among (:data:`ACTOR_HEADS`).
+"""The actor heads: the policy networks ``network.actor_head`` chooses among (:data:`HEAD_CLASSES`).
 
     cfg, env = NetworkConfig(), EnvConfig(env_input_dim=0)   # env: max_step and env_input_dim
     actor = build_actor(cfg, env);  displacement = actor(batch_graphs([obs1, obs2], cfg))   # [n_atoms, 3] Å
@@ -15,7 +15,8 @@ Environment features never enter the equivariant path. With ``env_input_dim = 0`
 has no gate module (its scale is exactly 1); with ``env_input_dim > 0`` its displacements are
 multiplied by a per-graph gate ``sigmoid(mlp(env)) ∈ (0, 1)``, the *action scale*.
 
-A new head is a new subclass here and an entry in :data:`ACTOR_HEADS`.
+A new head is a new subclass here, an entry in :data:`HEAD_CLASSES` and its name in
+:data:`common.names.ACTOR_HEAD_NAMES`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, s
 from learner.graph import Graph, torch_dtype
 from learner.quasi_newton import quasi_newton_step
 
-__all__ = ["ACTOR_HEADS", "Actor", "PreconditionedActor", "QuasiNewtonActor", "build_actor"]
+__all__ = ["HEAD_CLASSES", "Actor", "PreconditionedActor", "QuasiNewtonActor", "build_actor"]
 
 
 class Actor(nn.Module):
@@ -161,10 +162,10 @@ class QuasiNewtonActor(Actor):
                                  self.max_step)
 
 
-ACTOR_HEADS = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}
+HEAD_CLASSES = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}
 """The actor class of each ``network.actor_head``."""
 
 
 def build_actor(cfg: NetworkConfig, env: EnvConfig) -> Actor:
     """The actor class ``network.actor_head`` names."""
-    return ACTOR_HEADS[cfg.actor_head](cfg, env)
+    return HEAD_CLASSES[cfg.actor_head](cfg, env)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import DROPPED_KEYS, REMOVED_KEYS, ConfigError, from_dict, to_dict
+from common.config import DROPPED_KEYS, REMOVED_KEYS, ConfigError, from_dict, rename_old_keys, to_dict
 from common.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
@@ -100,13 +100,14 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
 def upgrade_checkpoint_config(data: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's config dict with the keys of earlier versions (``common.config.REMOVED_KEYS``) translated.
 
-    Only checkpoints are translated: a user's TOML or ``--set`` naming an old key is an error.
+    Only checkpoints are translated: a user's TOML or ``--set`` naming a removed key is an error.
     ``network.max_step`` (the actor's output bound, which its weights were trained with) becomes
     ``env.max_step``; ``expert.maxstep`` and ``network.env_input_dim`` had to equal the env's
     values (``env.env_input_dim`` was checked against it) and are dropped, as are the settings of
-    :data:`~common.config.DROPPED_KEYS` (nothing read them).
+    :data:`~common.config.DROPPED_KEYS` (nothing read them). Renamed keys
+    (:data:`~common.config.RENAMED_KEYS`) take their new name, without the warning a user's file gets.
     """
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = rename_old_keys(data, warn=False)
     for old in DROPPED_KEYS:
         section, key = old.split(".")
         if isinstance(data.get(section), dict):

@@ -36,10 +36,11 @@ import numpy as np
 import redis
 
 from common.config import ReplayConfig
+from common.names import TABLE_NAMES
 from common.transition import Transition
 from replay_service.codec import CodecError, decode_many, encode_many
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
-from replay_service.table import LAYOUT_VERSION, SCRIPTS, TABLES, TableSpec
+from replay_service.table import LAYOUT_VERSION, SCRIPTS, TableSpec
 
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
 _BIG = 4096  # arguments longer than this are sent as their own buffer, uncopied
@@ -269,7 +270,7 @@ class ReplayClient:
 
     def _spec(self, table: str) -> TableSpec:
         if table not in self.specs:
-            raise ReplayError(f"unknown replay table {table!r}; the tables are {', '.join(TABLES)}")
+            raise ReplayError(f"unknown replay table {table!r}; the tables are {', '.join(TABLE_NAMES)}")
         return self.specs[table]
 
     # ------------------------------------------------------------------ insert
@@ -476,7 +477,7 @@ class ReplayClient:
     def sizes(self) -> dict[str, int]:
         """Items held per table."""
         out = {}
-        for name in TABLES:
+        for name in TABLE_NAMES:
             m = self._meta(name)
             out[name] = int(min(m["cursor"], m["capacity"]))
         return out
@@ -527,7 +528,7 @@ class ReplayClient:
         stale_updates, insert_waits, sample_waits, decode_errors (items quarantined), and
         priority_min / _mean / _max over the items that can be sampled (priority > 0)."""
         out: dict[str, dict[str, float]] = {}
-        for name in TABLES:
+        for name in TABLE_NAMES:
             m = self._meta(name)
             _, p = self.priorities(name)
             p = p[p > 0]

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from replay_service.errors import ReplayConfigError
 
 LAYOUT_VERSION = 2  # 2: one Redis string per item (NS:T:it:KEY), reserve/commit inserts
-TABLES = ("expert", "online")
 
 
 def block_size(capacity: int) -> int:

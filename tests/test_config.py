@@ -75,6 +75,35 @@ def test_removed_key_names_its_new_home(tmp_path, old, new):
         load_config(p)
 
 
+@pytest.mark.parametrize("old,new,value", [("expert.newton_max_atoms", "expert.teacher_max_atoms", 7),
+                                           ("expert.newton_min_curvature", "expert.teacher_min_curvature", 3.5)])
+def test_renamed_key_keeps_working_under_its_new_name_with_a_warning(tmp_path, caplog, old, new, value):
+    """Teacher-neutral names: the expert.newton_* keys of earlier files, overrides and checkpoints still set the
+    teacher_* keys; a file or override gets one warning naming the new key, a checkpoint none."""
+    from learner.policy import upgrade_checkpoint_config
+
+    section, key = old.split(".")
+    new_key = new.split(".")[1]
+    p = tmp_path / "old.toml"
+    p.write_text(f"[{section}]\n{key} = {value}\n")
+    for cfg in (load_config(p), load_config(None, [f"{old}={value}"])):
+        assert getattr(cfg.expert, new_key) == value
+    warnings = [r.getMessage() for r in caplog.records if r.name == "relaxrl.config"]
+    assert len(warnings) == 2 and all(f"{old} is now called {new}" in w for w in warnings)
+    with pytest.raises(ConfigError, match=f"{old} and {new} are both set"):
+        load_config(p, [f"{new}={value}"])
+    caplog.clear()
+    assert upgrade_checkpoint_config({section: {key: value}}) == {section: {new_key: value}}
+    assert not caplog.records
+
+
+def test_every_preset_uses_the_current_key_names(caplog):
+    """The presets in configs/ load without a renamed-key warning."""
+    for preset in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        load_config(preset)
+    assert not [r for r in caplog.records if r.name == "relaxrl.config"]
+
+
 def test_dropped_setting_is_an_error_in_a_file_and_dropped_from_checkpoints(tmp_path):
     from learner.policy import upgrade_checkpoint_config
 

@@ -175,7 +175,7 @@ def test_newton_teacher_keeps_fixed_atoms_and_offers_no_step_on_large_structures
     d = teacher.action(obs)
     assert np.abs(d[:4]).max() == 0.0 and d[4, 2] == 0.0 and np.abs(d[5:]).max() > 0
     assert teacher.force_calls == 2 * (3 * 7 + 2)  # central differences over the 23 free coordinates
-    small = make_teacher(ExpertConfig(teacher="newton", newton_max_atoms=4), env, 0.2)
+    small = make_teacher(ExpertConfig(teacher="newton", teacher_max_atoms=4), env, 0.2)
     assert teacher.offers(obs) and not small.offers(obs)  # 12 atoms > 4
     with pytest.raises(ExpertError, match="offers"):
         small.action(obs)
@@ -218,8 +218,8 @@ def test_exact_compliance_teacher_moves_as_the_quasi_newton_head_would_with_the_
 
 
 def test_expert_actor_acts_with_its_policy_where_the_teacher_offers_no_step():
-    """Above expert.newton_max_atoms the expert actor's transition is a policy step into the online table."""
-    from actors.loop import BFGSOrPolicy
+    """Above expert.teacher_max_atoms the expert actor's transition is a policy step into the online table."""
+    from actors.loop import TeacherOrPolicy
 
     class Moves:
         def noisy_moves(self, observations, t_total):
@@ -228,7 +228,7 @@ def test_expert_actor_acts_with_its_policy_where_the_teacher_offers_no_step():
     envs = [RelaxEnv(EnvConfig()), RelaxEnv(EnvConfig())]
     obs = [envs[0].reset(STRUCTURES["cluster-Cu5"]), envs[1].reset(STRUCTURES["slab-Pd12"])]
     teachers = [NewtonTeacher(env, 0.2, max_atoms=8) for env in envs]
-    acts = BFGSOrPolicy(Moves(), teachers, ExpertConfig(p_start=1.0, p_end=1.0), np.random.default_rng(0)).act(obs, 0)
+    acts = TeacherOrPolicy(Moves(), teachers, ExpertConfig(p_start=1.0, p_end=1.0), np.random.default_rng(0)).act(obs, 0)
     assert acts.tables == ["expert", "online"]
     assert acts.expert_moves[1] is None and np.allclose(acts.moves[1], 0.01)
 
@@ -288,3 +288,58 @@ def test_line_search_teacher_relaxes_keeps_fixed_atoms_and_follows_moves_made_be
     np.testing.assert_allclose(move, accepted * min(1.0, 0.2 / np.linalg.norm(accepted, axis=1).max()), atol=1e-12)
     after = env.step(move).obs
     assert after.energy < obs.energy  # a line-search step goes downhill from the current point
+
+
+# ---- the teacher contract ------------------------------------------------------------------------
+
+
+def test_every_teacher_name_has_one_registered_teacher_that_keeps_the_contract():
+    """common.names.TEACHER_NAMES (what the config accepts) and the registry hold the same names; each name builds
+    a Teacher (reset, offers, action, force_calls) of its class, and a name outside the list cannot register."""
+    from actors.expert import TEACHERS, Teacher, register_teacher
+    from common.names import TEACHER_NAMES
+
+    assert sorted(TEACHERS) == sorted(TEACHER_NAMES)
+    env = RelaxEnv(EnvConfig())
+    obs = env.reset(STRUCTURES["cluster-Cu5"])
+    for name in TEACHER_NAMES:
+        teacher = make_teacher(ExpertConfig(teacher=name), env, 0.2)
+        assert type(teacher) is TEACHERS[name] and isinstance(teacher, Teacher)
+        teacher.reset()
+        assert teacher.offers(obs) and teacher.force_calls == 0
+        assert teacher.action(obs).shape == (5, 3)
+        assert (teacher.force_calls == 0) == (name == "bfgs")  # BFGS reuses the episode's forces
+    assert not isinstance(object(), Teacher)
+    with pytest.raises(ExpertError, match="TEACHER_NAMES"):
+        register_teacher("lbfgs")
+
+
+@pytest.mark.parametrize("teacher", ["bfgs", "newton"])
+def test_expert_actors_report_their_teachers_force_calls(redis_server, teacher):
+    """An expert actor sums its teachers' training-only force calls into each StepRecord; the hub totals them as
+    actors/teacher_force_calls (the metrics.jsonl key): the Hessian teacher's calls, none for BFGS."""
+    import dataclasses
+    import uuid
+    from pathlib import Path
+
+    from actors.coordinator import Coordinator
+    from actors.curriculum import Curriculum, load_structures
+    from actors.loop import ActorLoop
+    from common.config import load_config
+    from replay_service.client import ReplayClient
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml",
+                      ["actors.insert_batch=1", "actors.envs_per_actor=2", f"expert.teacher='{teacher}'",
+                       "expert.p_start=1.0", "expert.p_end=1.0", "expert.teacher_max_atoms=8"])
+    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
+                                                              namespace=f"tfc{uuid.uuid4().hex[:6]}"))
+    replay = ReplayClient(cfg.replay.url, cfg.replay)
+    replay.create_tables()
+    train, _ = load_structures("demo", cfg.curriculum, 0)
+    hub = Coordinator(Curriculum(train, cfg.curriculum))
+    actor = ActorLoop("expert", cfg, replay, hub)
+    records = [actor.step() for _ in range(6)]
+    spent = sum(t.force_calls for t in actor.source.teachers)
+    assert sum(r.teacher_force_calls for r in records) == spent == hub.stats()["actors/teacher_force_calls"]
+    assert (spent > 0) == (teacher == "newton")
+    assert replay.sizes()["expert"] > 0

@@ -12,13 +12,14 @@ from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
 from common.config import ConfigError, EnvConfig, NetworkConfig
+from common.names import ACTOR_HEAD_NAMES
 from common.observation import Observation
 from helpers import cu_cluster as _cu_cluster
 from helpers import lbfgs_reference, observe
 from learner.blocks import InteractionBlock, IrrepsMismatchError, check_irreps, scatter_mean
 from learner.critic import Critic, TwinCritic
 from learner.graph import Graph, batch_graphs
-from learner.heads import Actor, build_actor
+from learner.heads import HEAD_CLASSES, Actor, build_actor
 
 # Small but complete networks: every code path of the default, at a fraction of its cost.
 SMALL = dict(channels=6, num_layers=2, num_basis=4, radial_hidden=8, tail_hidden=8, dtype="float64")
@@ -236,7 +237,7 @@ def _rotated(o: Observation, R: np.ndarray) -> Observation:
                                history=np.concatenate(blocks, axis=1), edge_index=None, edge_shift=None)
 
 
-@pytest.mark.parametrize("head", ["free", "preconditioned", "quasi-newton"])
+@pytest.mark.parametrize("head", ACTOR_HEAD_NAMES)
 def test_history_inputs_keep_actor_equivariant_and_critic_invariant(head: str) -> None:
     cfg = NetworkConfig(**SMALL, path_history=True, actor_head=head)
     env = EnvConfig(history_steps=3)
@@ -268,6 +269,14 @@ def test_preconditioned_head_starts_as_heavy_ball_and_vanishes_with_the_forces()
     assert np.linalg.norm(d, axis=1).max() < 0.2
     obs[0].forces = np.zeros_like(f)  # no force and no previous move: no step (a fixed atom stays)
     assert np.abs(actor(batch_graphs(obs, cfg)).detach().numpy()).max() < 1e-6
+
+
+def test_every_actor_head_name_builds_its_class_and_no_other_is_accepted() -> None:
+    """common.names.ACTOR_HEAD_NAMES (what the config accepts) and learner.heads.HEAD_CLASSES hold the same names."""
+    assert sorted(HEAD_CLASSES) == sorted(ACTOR_HEAD_NAMES)
+    for name in ACTOR_HEAD_NAMES:
+        actor = build_actor(NetworkConfig(**SMALL, actor_head=name), EnvConfig())
+        assert type(actor) is HEAD_CLASSES[name] and isinstance(actor, Actor)
 
 
 def test_actor_head_and_momentum_ranges_are_checked() -> None:
