@@ -28,6 +28,13 @@ class Observation:
     # t−1−k (Å), 6k+3:6k+6 the force change it caused (eV/Å); zeros for steps not taken yet
     # (the start of an episode). See :func:`history_after`.
     history: np.ndarray | None = None  # [n_atoms, 6 K] float64
+    # Cell rows, present only when the cell relaxes too (a cell filter, env.relax_cell): the generalised force
+    # on the filter's 3 cell rows (ASE's FrechetCellFilter: dE/d(log deformation) / exp_cell_factor, in the units
+    # of a force, eV/Å) and the cell rows of the path history (moves and force changes of those rows). With them,
+    # ``forces`` and ``history`` are the filter's atom rows (forces mapped by the deformation gradient, moves in
+    # the filter's coordinates), and an action has n_atoms + 3 rows: atoms first, then the cell (see CELL_ROWS).
+    cell_forces: np.ndarray | None = None  # [3, 3] float64, eV/Å
+    cell_history: np.ndarray | None = None  # [3, 6 K] float64
 
     @classmethod
     def from_atoms(cls, atoms, forces: np.ndarray | None = None, energy: float | None = None,
@@ -52,10 +59,37 @@ class Observation:
         return int(self.numbers.shape[0])
 
     @property
-    def fmax(self) -> float:
-        """Largest per-atom force norm, eV/Å."""
-        return float(np.linalg.norm(self.forces, axis=1).max()) if self.n_atoms else 0.0
+    def has_cell_rows(self) -> bool:
+        """Whether the cell relaxes too (the observation carries the filter's 3 cell rows)."""
+        return self.cell_forces is not None
 
+    @property
+    def n_rows(self) -> int:
+        """Rows of a move from this observation: n_atoms, plus :data:`CELL_ROWS` when the cell relaxes."""
+        return self.n_atoms + (CELL_ROWS if self.has_cell_rows else 0)
+
+    def row_forces(self) -> np.ndarray:
+        """The generalised forces of every row, atoms then cell, [n_rows, 3] eV/Å."""
+        if self.cell_forces is None:
+            return self.forces
+        return np.concatenate([self.forces, np.asarray(self.cell_forces, dtype=np.float64).reshape(CELL_ROWS, 3)])
+
+    def row_history(self) -> np.ndarray | None:
+        """The path history of every row, atoms then cell, [n_rows, 6 K] (None when not recorded)."""
+        if self.history is None or self.cell_history is None:
+            return self.history
+        return np.concatenate([self.history, self.cell_history])
+
+    @property
+    def fmax(self) -> float:
+        """Largest row norm of the (generalised) forces, eV/Å: the atoms' and, when the cell relaxes, the cell rows'
+        (ASE's convergence test on a cell filter)."""
+        rows = self.row_forces()
+        return float(np.linalg.norm(rows, axis=1).max()) if len(rows) else 0.0
+
+
+CELL_ROWS = 3
+"""Rows the cell adds to a move, a force or a history when it relaxes (a cell filter's 3 extra "atoms")."""
 
 HISTORY_DIM = 6
 """Columns of one remembered step of :attr:`Observation.history`: actual move (3, Å), force change (3, eV/Å)."""
@@ -79,6 +113,17 @@ def history_after(move: np.ndarray, forces_before: np.ndarray, forces_after: np.
     if previous is None or previous.shape[1] <= HISTORY_DIM:
         return newest
     return np.concatenate([newest, previous[:, :-HISTORY_DIM]], axis=1)
+
+
+def split_rows(rows: np.ndarray, n_atoms: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(atom rows [n_atoms, ...], cell rows [3, ...] or None) of a per-row array of n_atoms (+ 3) rows."""
+    rows = np.asarray(rows)
+    if rows.shape[0] == n_atoms:
+        return rows, None
+    if rows.shape[0] != n_atoms + CELL_ROWS:
+        raise ValueError(f"array of {rows.shape[0]} rows for {n_atoms} atoms: expected {n_atoms} (atoms) or "
+                         f"{n_atoms + CELL_ROWS} (atoms and the cell's {CELL_ROWS} rows)")
+    return rows[:n_atoms], rows[n_atoms:]
 
 
 def env_features(fmax: float, step_fraction: float, last_a_back: float, dim: int) -> np.ndarray:

@@ -12,6 +12,12 @@ vector (receiver → sender image) is ``pos[j] + S @ cell − pos[i]`` (Å). It 
 torch (:meth:`Graph.edge_vectors`) from positions and cell, never stored, so gradients and
 rotations act on it correctly.
 
+Cell rows (``env.relax_cell``; a cell filter's 3 extra "atoms" per structure): when the observations
+carry them, the graph holds their generalised forces and path history per graph, and every per-row
+tensor of a batch (a move, a force, a history) lists all atom rows first, then the 3 cell rows of
+each graph in graph order (:meth:`Graph.row_batch` is the row → graph index). Positions, cell and
+edges stay the real geometry: the networks see the structure as it is.
+
 Actors build the neighbour lists (:func:`with_neighbor_list` attaches them to an
 observation, using the same ``NetworkConfig`` as the learner) and ``batch_graphs`` uses
 ``obs.edge_index`` when present; it builds missing lists itself, so observations without
@@ -28,7 +34,7 @@ import torch
 
 from common.config import NetworkConfig
 from common.errors import RelaxRLError
-from common.observation import HISTORY_DIM, Observation
+from common.observation import CELL_ROWS, HISTORY_DIM, Observation
 
 __all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "torch_dtype", "with_neighbor_list"]
 
@@ -141,6 +147,8 @@ class Graph:
     num_atoms_per_graph: torch.Tensor  # [n_graphs] int64
     env_features: torch.Tensor  # [n_graphs, env_input_dim]
     history: torch.Tensor  # [n_atoms, 6 K]: K remembered moves (Å) and force changes (eV/Å), newest first; zeros when not recorded
+    cell_forces: torch.Tensor | None = None  # [n_graphs, 3, 3] generalised cell force (eV/Å), None: the cell is fixed
+    cell_history: torch.Tensor | None = None  # [n_graphs, 3, 6 K] the cell rows of the path history (with cell_forces)
 
     @property
     def n_graphs(self) -> int:
@@ -162,12 +170,52 @@ class Graph:
     def dtype(self) -> torch.dtype:
         return self.pos.dtype
 
+    @property
+    def has_cell_rows(self) -> bool:
+        """Whether the cell relaxes too: every graph has 3 cell rows after its atoms' rows."""
+        return self.cell_forces is not None
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of a move of the whole batch: the atoms, plus 3 per graph when the cell relaxes."""
+        return self.n_atoms + (CELL_ROWS * self.n_graphs if self.has_cell_rows else 0)
+
+    def row_batch(self) -> torch.Tensor:
+        """The graph of every row, atoms first, then 3 cell rows per graph. [n_rows] int64"""
+        if not self.has_cell_rows:
+            return self.batch
+        cells = torch.arange(self.n_graphs, device=self.batch.device).repeat_interleave(CELL_ROWS)
+        return torch.cat([self.batch, cells])
+
+    def row_forces(self) -> torch.Tensor:
+        """The generalised force of every row, [n_rows, 3] eV/Å."""
+        if self.cell_forces is None:
+            return self.forces
+        return torch.cat([self.forces, self.cell_forces.reshape(-1, 3)])
+
+    def row_history(self) -> torch.Tensor:
+        """The path history of every row, [n_rows, 6 K]."""
+        if self.cell_history is None:
+            return self.history
+        return torch.cat([self.history, self.cell_history.reshape(-1, self.history.shape[1])])
+
+    def split_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(atom rows [n_atoms, ...], cell rows [n_graphs, 3, ...] or None) of a per-row tensor [n_rows, ...]."""
+        if rows.shape[0] != self.n_rows:
+            raise GraphError(f"a per-row tensor of {rows.shape[0]} rows for a batch of {self.n_rows} rows "
+                             f"({self.n_atoms} atoms{' + 3 cell rows per graph' if self.has_cell_rows else ''})")
+        if not self.has_cell_rows:
+            return rows, None
+        return rows[:self.n_atoms], rows[self.n_atoms:].reshape(self.n_graphs, CELL_ROWS, *rows.shape[1:])
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Graph:
         """A copy on ``device``; floating tensors also cast to ``dtype`` when given."""
         out = {}
         for f in fields(self):
             t = getattr(self, f.name)
-            if dtype is not None and t.is_floating_point():
+            if t is None:
+                out[f.name] = None
+            elif dtype is not None and t.is_floating_point():
                 out[f.name] = t.to(device=device, dtype=dtype)
             else:
                 out[f.name] = t.to(device=device)
@@ -198,6 +246,12 @@ def _check(obs: Observation, k: int, cfg: NetworkConfig, env_input_dim: int | No
             f"observation {k}: positions {obs.positions.shape} and forces {obs.forces.shape} must both be [{n}, 3] "
             f"for {n} atomic numbers"
         )
+    if obs.cell_forces is not None and np.shape(obs.cell_forces) != (CELL_ROWS, 3):
+        raise GraphError(f"observation {k}: cell_forces has shape {np.shape(obs.cell_forces)}, expected (3, 3)")
+    if obs.cell_history is not None and (obs.history is None
+                                         or np.shape(obs.cell_history) != (CELL_ROWS, np.shape(obs.history)[1])):
+        raise GraphError(f"observation {k}: cell_history has shape {np.shape(obs.cell_history)}, expected (3, 6 K) "
+                         "with the K remembered steps of its history (and a history)")
     if env_input_dim is not None and np.asarray(obs.env_features).size != env_input_dim:
         raise GraphError(
             f"observation {k}: {np.asarray(obs.env_features).size} env features but the networks expect "
@@ -232,6 +286,12 @@ def batch_graphs(
         raise GraphError(f"observations carry path histories of different widths {sorted(widths)} (6 columns per "
                          "remembered step); batch observations of one env.history_steps")
     width = widths.pop() if widths else HISTORY_DIM
+    cells = {o.cell_forces is not None for o in observations}
+    if len(cells) > 1:
+        raise GraphError("some observations carry cell rows (the cell relaxes) and some do not; batch observations "
+                         "of one env.relax_cell")
+    with_cell = cells.pop()
+    cell_forces, cell_history = [], []
     pos, numbers, forces, cells, env, counts, history = [], [], [], [], [], [], []
     edges, shifts, offset = [], [], 0
     for k, obs in enumerate(observations):
@@ -247,6 +307,9 @@ def batch_graphs(
         cells.append(np.asarray(obs.cell, dtype=np.float64).reshape(3, 3))
         env.append(np.asarray(obs.env_features, dtype=np.float64).reshape(-1))
         history.append(obs.history if obs.history is not None else np.zeros((obs.n_atoms, width)))
+        if with_cell:
+            cell_forces.append(np.asarray(obs.cell_forces, dtype=np.float64).reshape(CELL_ROWS, 3))
+            cell_history.append(obs.cell_history if obs.cell_history is not None else np.zeros((CELL_ROWS, width)))
         counts.append(obs.n_atoms)
         edges.append(ei + offset)
         shifts.append(es.reshape(-1, 3))
@@ -267,5 +330,7 @@ def batch_graphs(
         num_atoms_per_graph=counts_t.to(device),
         env_features=f(np.stack(env)),
         history=f(np.concatenate(history).reshape(-1, width)),
+        cell_forces=f(np.stack(cell_forces)) if with_cell else None,
+        cell_history=f(np.stack(cell_history).reshape(-1, CELL_ROWS, width)) if with_cell else None,
     )
 

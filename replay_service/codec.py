@@ -1,6 +1,6 @@
 """Versioned binary encoding of one transition. No pickle: bytes read from Redis are untrusted.
 
-Layout (little-endian), version 1::
+Layout (little-endian), version 1 (version 2 below)::
 
     header   24 bytes  magic b"RXRL", version u16, flags u16, n_atoms u32, env_dim u32,
                        n_edges u32 (obs), n_edges u32 (next_obs)
@@ -16,6 +16,17 @@ Layout (little-endian), version 1::
     pbc      u8 x 2    bit i = periodic along cell vector i (obs, next_obs)
     edges    per observation with an edge list: edge_index u32 [2,E], edge_shift i8 [E,3]
                        (i32 with flag WIDE_SHIFTS)
+
+Version 2 is version 1 with 8 more header bytes, extension flags u32 and a reserved u32 (0), and
+one more block of floats after the others for each extension flag set. It is written only for
+transitions that need an extension, so everything else stays byte for byte version 1, and
+version-1 payloads decode as before. The one extension::
+
+    CELL_ROWS (ext bit 0)  the cell relaxes too (Observation.cell_forces): action, actual_move and
+                       expert_action have n + 3 rows, of which the version-1 layout holds the first n;
+                       this block holds obs.cell_forces [3,3], next_obs.cell_forces [3,3], the cell rows
+                       of action, actual_move and expert_action [3,3] each (expert with HAS_EXPERT),
+                       obs.cell_history [3,6K], next_obs.cell_history [3,6K] (with HAS_HISTORY)
 
 Decoding checks the magic, the version, the flags, that the length is exactly what the
 header implies, that every float is finite and that edge indices point at atoms; any
@@ -34,6 +45,9 @@ from common.transition import Transition
 
 MAGIC = b"RXRL"
 VERSION = 1
+"""The version written for transitions without extensions (every one of a run that does not relax cells)."""
+VERSION_EXT = 2
+"""The version written for transitions with an extension (module docstring); both are read."""
 
 # flag bits
 TERMINATED = 1
@@ -54,6 +68,10 @@ _KNOWN_FLAGS = (TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | N
                 | HISTORY_STEPS_MASK | N_STEPS_MASK)
 
 _HEADER = struct.Struct("<4sHHIIII")
+_EXT = struct.Struct("<II")  # version 2: extension flags, reserved (0); keeps the floats 8-byte aligned
+EXT_CELL_ROWS = 1
+_KNOWN_EXT = EXT_CELL_ROWS
+_CELL = 3  # rows the cell adds (common.observation.CELL_ROWS)
 _N_SCALARS = 4  # reward, a_back, energy, next_energy
 _MAX_ATOMS = 1 << 24  # a sanity bound for encode; decode is bounded by the payload length
 
@@ -160,7 +178,8 @@ _FLOAT_NAMES = ("obs.positions", "obs.cell", "obs.forces", "obs.env_features", "
 
 
 def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray], list[bytes], list]:
-    """Validate one transition: (flags, n, d, n_edges, float parts in layout order, tail bytes, fields)."""
+    """Validate one transition: (flags | ext flags << 16, n, d, n_edges, float parts in layout order, tail bytes,
+    fields)."""
     if not isinstance(t, Transition):
         raise CodecError(f"expected a Transition, got {type(t).__name__}")
     o0, o1 = t.obs, t.next_obs
@@ -174,24 +193,49 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
     env0 = o0.env_features
     d = env0.size if isinstance(env0, np.ndarray) else int(np.size(env0))
     flags = _item_flags(t)
-    vec, dd = (n, 3), (d,)
-    values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features,
-              t.action, t.actual_move]
-    shapes = [vec, (3, 3), vec, dd, vec, (3, 3), vec, dd, vec, vec]
-    names = list(_FLOAT_NAMES[:10])
+    if (o0.cell_forces is None) != (o1.cell_forces is None):
+        raise CodecError("transition.obs.cell_forces and next_obs.cell_forces must be given together (or neither)")
+    ext = EXT_CELL_ROWS if o0.cell_forces is not None else 0
+    rows = n + _CELL if ext else n  # rows of an action
+    vec, dd, act = (n, 3), (d,), (rows, 3)
+    moves = [t.action, t.actual_move]
+    move_names = ["action", "actual_move"]
     if t.expert_action is not None:
         flags |= HAS_EXPERT
-        values.append(t.expert_action)
-        shapes.append(vec)
-        names.append("expert_action")
+        moves.append(t.expert_action)
+        move_names.append("expert_action")
+    for name, x in zip(move_names, moves):
+        if np.shape(x) != act:
+            _floats(name, x, act)  # raises the precise error
+    values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features]
+    shapes = [vec, (3, 3), vec, dd, vec, (3, 3), vec, dd]
+    names = list(_FLOAT_NAMES[:8])
+    values += [np.asarray(x)[:n] for x in moves]
+    shapes += [vec] * len(moves)
+    names += move_names
     if (o0.history is None) != (o1.history is None):
         raise CodecError("transition.obs.history and next_obs.history must be given together (or neither)")
+    k = 0
     if o0.history is not None:
         k = _history_steps("obs.history", o0.history, n)
         flags |= _history_flags(k)
         values += [o0.history, o1.history]
         shapes += [(n, 6 * k), (n, 6 * k)]
         names += ["obs.history", "next_obs.history"]
+    if ext:  # the cell block, after everything version 1 holds
+        values += [o0.cell_forces, o1.cell_forces] + [np.asarray(x)[n:] for x in moves]
+        shapes += [(_CELL, 3)] * (2 + len(moves))
+        names += ["obs.cell_forces", "next_obs.cell_forces"] + [f"{m} (cell rows)" for m in move_names]
+        for name, o in (("obs", o0), ("next_obs", o1)):
+            if (o.cell_history is None) != (o.history is None):
+                raise CodecError(f"transition.{name}.cell_history must be given exactly when its history is "
+                                 "(the cell rows of the path history)")
+        if k:
+            values += [o0.cell_history, o1.cell_history]
+            shapes += [(_CELL, 6 * k), (_CELL, 6 * k)]
+            names += ["obs.cell_history", "next_obs.cell_history"]
+    elif o0.cell_history is not None or o1.cell_history is not None:
+        raise CodecError("transition has a cell_history without cell_forces; give both (the cell relaxes) or neither")
     try:
         parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
     except (TypeError, ValueError):
@@ -223,7 +267,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
                 n_edges[i] = e[0]
                 tail.append(e[1].tobytes())
                 tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
-    return flags, n, d, n_edges, parts, tail, list(zip(names, values))
+    return flags | (ext << 16), n, d, n_edges, parts, tail, list(zip(names, values))
 
 
 def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
@@ -250,7 +294,8 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
         d = o.env_features.shape[0]
         expert = ts[0].expert_action is not None
         history = o.history is not None
-        if any(t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
+        if any(t.obs.cell_forces is not None or t.next_obs.cell_forces is not None
+               or t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
                or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert
                or (t.obs.history is not None) != history or (t.next_obs.history is not None) != history for t in ts):
             return None
@@ -325,9 +370,11 @@ def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
     raw = memoryview(buf).cast("B")
     out = []
     pos = 0
-    for flags, n, d, n_edges, _parts, tail, _ in prepared:
-        size = 8 * _layout(flags, n, d, 0, 0)[0]
-        header = _HEADER.pack(MAGIC, VERSION, flags, n, d, n_edges[0], n_edges[1])
+    for both, n, d, n_edges, _parts, tail, _ in prepared:
+        flags, ext = both & 0xFFFF, both >> 16
+        size = 8 * _layout(flags, n, d, 0, 0, ext)[0]
+        header = (_HEADER.pack(MAGIC, VERSION_EXT if ext else VERSION, flags, n, d, n_edges[0], n_edges[1])
+                  + (_EXT.pack(ext, 0) if ext else b""))
         out.append(b"".join([header, raw[pos:pos + size], *tail]))
         pos += size
     return out
@@ -341,12 +388,25 @@ def encode(t: Transition) -> bytes:
 # ----------------------------------------------------------------------------- decode
 
 
-def _layout(flags: int, n: int, d: int, e0: int, e1: int) -> tuple[int, int]:
+def _header_size(ext: int) -> int:
+    """Bytes of the header: version 1's, plus the extension fields when there are extensions."""
+    return _HEADER.size + (_EXT.size if ext else 0)
+
+
+def _cell_floats(flags: int, ext: int) -> int:
+    """Floats of the cell block (0 without EXT_CELL_ROWS)."""
+    if not ext & EXT_CELL_ROWS:
+        return 0
+    moves = 3 if flags & HAS_EXPERT else 2
+    return 9 * (2 + moves) + 2 * _CELL * 6 * _flag_history_steps(flags)
+
+
+def _layout(flags: int, n: int, d: int, e0: int, e1: int, ext: int = 0) -> tuple[int, int]:
     """(number of floats, total payload length) implied by a header."""
     n_float = (_N_SCALARS + 2 * (3 * n + 9 + 3 * n + d) + 2 * 3 * n + (3 * n if flags & HAS_EXPERT else 0)
-               + 2 * 6 * n * _flag_history_steps(flags))
+               + 2 * 6 * n * _flag_history_steps(flags)) + _cell_floats(flags, ext)
     shift_bytes = 12 if flags & WIDE_SHIFTS else 3
-    length = _HEADER.size + 8 * n_float + n * (2 if flags & NEXT_NUMBERS else 1) + 2
+    length = _header_size(ext) + 8 * n_float + n * (2 if flags & NEXT_NUMBERS else 1) + 2
     if flags & OBS_EDGES:
         length += e0 * (8 + shift_bytes)
     if flags & NEXT_EDGES:
@@ -354,32 +414,50 @@ def _layout(flags: int, n: int, d: int, e0: int, e1: int) -> tuple[int, int]:
     return n_float, length
 
 
-def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int]:
-    """(flags, n, d, e0, e1, n_float) of a payload of ``size`` bytes starting with ``head``; CodecError if invalid."""
+def _group_key(b: bytes | bytearray | memoryview) -> bytes:
+    """The header bytes of a payload (version 1's 24, or 32 for version 2): payloads with equal keys and sizes
+    share one layout and are decoded together."""
+    head = bytes(b[:_HEADER.size])
+    if len(head) == _HEADER.size and head[:4] == MAGIC and struct.unpack_from("<H", head, 4)[0] == VERSION_EXT:
+        return bytes(b[:_HEADER.size + _EXT.size])
+    return head
+
+
+def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int, int]:
+    """(flags, n, d, e0, e1, n_float, ext) of a payload of ``size`` bytes starting with ``head``; CodecError if
+    invalid."""
     if size < _HEADER.size:
         raise CodecError(f"payload of {size} bytes is shorter than the {_HEADER.size}-byte header (truncated)")
     magic, version, flags, n, d, e0, e1 = _HEADER.unpack_from(head, 0)
     if magic != MAGIC:
         raise CodecError(f"payload does not start with {MAGIC!r} (got {bytes(magic)!r}): not a relaxrl transition")
-    if version != VERSION:
-        raise CodecError(f"payload has codec version {version}, this build reads version {VERSION}; "
+    if version not in (VERSION, VERSION_EXT):
+        raise CodecError(f"payload has codec version {version}, this build reads versions {VERSION} and {VERSION_EXT}; "
                          "clear the replay tables (or use a new namespace) after upgrading relaxrl")
+    ext = 0
+    if version == VERSION_EXT:
+        if size < _header_size(1) or len(head) < _header_size(1):
+            raise CodecError(f"payload of {size} bytes is shorter than the {_header_size(1)}-byte version-2 header "
+                             "(truncated)")
+        ext, reserved = _EXT.unpack_from(head, _HEADER.size)
+        if ext & ~_KNOWN_EXT or not ext or reserved:
+            raise CodecError(f"payload has unknown extension flags {ext:#x} (reserved {reserved:#x})")
     if flags & ~_KNOWN_FLAGS:
         raise CodecError(f"payload has unknown flag bits {flags & ~_KNOWN_FLAGS:#x}")
     if (e0 and not flags & OBS_EDGES) or (e1 and not flags & NEXT_EDGES):
         raise CodecError("payload header lists edges without the edge flag")
-    n_float, length = _layout(flags, n, d, e0, e1)
+    n_float, length = _layout(flags, n, d, e0, e1, ext)
     if size != length:
         kind = "truncated" if size < length else "has trailing bytes"
         raise CodecError(f"payload of {size} bytes {kind}: header implies {length} bytes")
-    return flags, n, d, e0, e1, n_float
+    return flags, n, d, e0, e1, n_float, ext
 
 
-def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int, n_float: int
+def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int, n_float: int, ext: int = 0
                  ) -> list[Transition | CodecError]:
     """Decode g payloads with one header, given as the rows of a [g, length] uint8 array."""
     g = rows.shape[0]
-    off = _HEADER.size
+    off = _header_size(ext)
     f = rows[:, off:off + 8 * n_float].view("<f8")  # [g, n_float] float64, a view (rows are 8-byte aligned)
     off += 8 * n_float
     bad = ~np.isfinite(f).all(axis=1)  # [g]
@@ -428,6 +506,20 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
     hw = n * width  # history floats per observation
     hist0 = list(f[:, p:p + hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
     hist1 = list(f[:, p + hw:p + 2 * hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
+    p += 2 * hw if flags & HAS_HISTORY else 0
+    cell_f0 = cell_f1 = cell_h0 = cell_h1 = [None] * g
+    if ext & EXT_CELL_ROWS:  # the cell block: forces of both observations, cell rows of the moves, histories
+        blocks = [f[:, p + 9 * b:p + 9 * (b + 1)].reshape(g, _CELL, 3) for b in range(5 if expert is not None else 4)]
+        p += 9 * len(blocks)
+        cell_f0, cell_f1 = list(blocks[0]), list(blocks[1])
+        action = np.concatenate([action, blocks[2]], axis=1)  # [g, n + 3, 3]
+        actual = np.concatenate([actual, blocks[3]], axis=1)
+        if expert is not None:
+            expert = np.concatenate([expert, blocks[4]], axis=1)
+        if flags & HAS_HISTORY:
+            cw = _CELL * width
+            cell_h0 = list(f[:, p:p + cw].reshape(g, _CELL, width))
+            cell_h1 = list(f[:, p + cw:p + 2 * cw].reshape(g, _CELL, width))
     scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
     n_steps = ((flags & N_STEPS_MASK) >> N_STEPS_SHIFT) + 1
@@ -445,8 +537,10 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
             out.append(CodecError(why[i]))
             continue
         r, a_back, en0, en1 = scalars[i]
-        o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i], hist0[i])
-        o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i], hist1[i])
+        o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i], hist0[i],
+                         cell_f0[i], cell_h0[i])
+        o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i], hist1[i],
+                         cell_f1[i], cell_h1[i])
         out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i], n_steps))
     return out
 
@@ -479,7 +573,7 @@ def decode_many(payloads: Sequence[bytes | bytearray | memoryview | None]) -> li
             out[i] = CodecError(f"expected bytes, got {type(b).__name__}")
             continue
         size = b.nbytes if isinstance(b, memoryview) else len(b)
-        groups.setdefault((bytes(b[:_HEADER.size]), size), []).append(i)
+        groups.setdefault((_group_key(b), size), []).append(i)
     for (head, size), idx in groups.items():
         try:
             layout = _parse_header(head, size)

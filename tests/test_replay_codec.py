@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 
 from common.observation import Observation
 from common.transition import Transition
-from replay_service.codec import VERSION, CodecError, decode, decode_many, encode, encode_many
+from replay_service.codec import VERSION, VERSION_EXT, CodecError, decode, decode_many, encode, encode_many
 
 
 def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: bool = True, d: int = 2,
-                    reward: float = 0.5, history: bool = False, history_steps: int = 1) -> Transition:
+                    reward: float = 0.5, history: bool = False, history_steps: int = 1, cell: bool = False) -> Transition:
+    """A random transition; ``cell``: the cell relaxes too (cell rows in observations, n + 3 rows per move)."""
     rng = np.random.default_rng(seed)
+    rows = n + 3 if cell else n
 
     def obs() -> Observation:
         o = Observation(rng.normal(size=(n, 3)), rng.integers(1, 90, size=n), np.eye(3) * 4.0,
@@ -25,10 +27,13 @@ def make_transition(n: int = 5, seed: int = 0, *, edges: bool = False, expert: b
             o.edge_shift = rng.integers(-1, 2, size=(7, 3))
         if history:
             o.history = rng.normal(size=(n, 6 * history_steps))
+        if cell:
+            o.cell_forces = rng.normal(size=(3, 3))
+            o.cell_history = rng.normal(size=(3, 6 * history_steps)) if history else None
         return o
 
-    return Transition(obs(), rng.normal(size=(n, 3)), rng.normal(size=(n, 3)), reward, True, False, obs(), 0.25,
-                      rng.normal(size=(n, 3)) if expert else None)
+    return Transition(obs(), rng.normal(size=(rows, 3)), rng.normal(size=(rows, 3)), reward, True, False, obs(), 0.25,
+                      rng.normal(size=(rows, 3)) if expert else None)
 
 
 def assert_same(a: Transition, b: Transition) -> None:
@@ -39,7 +44,7 @@ def assert_same(a: Transition, b: Transition) -> None:
                                                                          b.a_back, b.n_steps)
     for oa, ob in ((a.obs, b.obs), (a.next_obs, b.next_obs)):
         for f in ("positions", "numbers", "cell", "pbc", "forces", "env_features", "edge_index", "edge_shift",
-                  "history"):
+                  "history", "cell_forces", "cell_history"):
             x, y = getattr(oa, f), getattr(ob, f)
             assert (x is None and y is None) or (np.array_equal(x, y) and np.asarray(x).shape == np.asarray(y).shape), f
         assert oa.energy == ob.energy
@@ -150,8 +155,8 @@ def test_decode_rejects_truncated_trailing_and_wrong_version():
         decode(b[:10])
     with pytest.raises(CodecError, match="trailing"):
         decode(b + b"\0")
-    wrong = b[:4] + struct.pack("<H", VERSION + 1) + b[6:]
-    with pytest.raises(CodecError, match=f"codec version {VERSION + 1}.*reads version {VERSION}"):
+    wrong = b[:4] + struct.pack("<H", VERSION_EXT + 1) + b[6:]
+    with pytest.raises(CodecError, match=f"codec version {VERSION_EXT + 1}.*reads versions {VERSION} and {VERSION_EXT}"):
         decode(wrong)
     with pytest.raises(CodecError, match="not a relaxrl transition"):
         decode(b"PK\x03\x04" + b[4:])
@@ -242,3 +247,92 @@ def test_batched_encode_names_the_bad_item_and_field():
     ts[2].action = np.zeros((4, 3))
     with pytest.raises(CodecError, match=r"transition\.action has shape \(4, 3\).*item 2 of 5"):
         encode_many(ts)
+
+
+# ---- cell rows (env.relax_cell): the version-2 extension ---------------------------------------------------
+
+
+@pytest.mark.parametrize("n,edges,expert,history,steps", [(1, False, False, False, 1), (5, True, True, True, 1),
+                                                          (8, False, True, True, 5), (0, False, False, True, 2)])
+def test_cell_rows_round_trip_exactly_as_version_2(n, edges, expert, history, steps):
+    t = make_transition(n, edges=edges, expert=expert, history=history, history_steps=steps, cell=True)
+    b = encode(t)
+    assert struct.unpack_from("<H", b, 4)[0] == VERSION_EXT
+    u = decode(b)
+    assert_same(t, u)
+    assert u.action.shape == (n + 3, 3) and u.obs.cell_forces.shape == (3, 3)
+    assert (u.obs.cell_history is None) == (not history)
+    u.action[-1] += 1.0  # writable, and no item shares memory with another
+    u.obs.cell_forces[0, 0] += 1.0
+
+
+def test_transitions_without_cell_rows_stay_version_1_byte_for_byte():
+    """A run that does not relax cells writes what it wrote before the extension existed."""
+    t = make_transition(5, history=True, history_steps=3)
+    b = encode(t)
+    assert struct.unpack_from("<H", b, 4)[0] == VERSION
+    assert decode(b).obs.cell_forces is None and decode(b).action.shape == (5, 3)
+    with_cell = make_transition(5, history=True, history_steps=3, cell=True)
+    assert len(encode(with_cell)) == len(b) + 8 + 8 * (9 * 5 + 2 * 3 * 18)  # ext header + the cell block only
+
+
+def test_batches_mixing_cell_rows_and_plain_transitions_decode_in_place():
+    ts = [make_transition(4, seed=s, history=True, cell=s % 2 == 1) for s in range(5)]
+    for t, u in zip(ts, decode_many(encode_many(ts))):
+        assert_same(t, u)
+    same = [make_transition(4, seed=s, history=True, expert=True, cell=True) for s in range(4)]
+    decoded = decode_many(encode_many(same))
+    for t, u in zip(same, decoded):
+        assert_same(t, u)
+    assert not np.shares_memory(decoded[0].action, decoded[1].action)
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda t: setattr(t.next_obs, "cell_forces", None), r"cell_forces must be given together"),
+    (lambda t: setattr(t, "action", np.zeros((4, 3))), r"transition\.action has shape \(4, 3\), expected \(7, 3\)"),
+    (lambda t: setattr(t, "expert_action", np.zeros((4, 3))), r"expert_action has shape \(4, 3\), expected \(7, 3\)"),
+    (lambda t: setattr(t.obs, "cell_history", None), r"obs\.cell_history must be given exactly when"),
+    (lambda t: setattr(t.obs, "cell_forces", np.zeros((3, 2))), r"obs\.cell_forces has shape"),
+    (lambda t: t.next_obs.cell_history.__setitem__((0, 0), np.inf), r"non-finite.*next_obs\.cell_history"),
+    (lambda t: t.action.__setitem__((5, 1), np.nan), r"non-finite.*action \(cell rows\)"),
+])
+def test_bad_cell_rows_are_refused_naming_the_field(mutate, match):
+    t = make_transition(4, history=True, cell=True)
+    mutate(t)
+    with pytest.raises(CodecError, match=match):
+        encode(t)
+
+
+def test_cell_history_without_cell_forces_is_refused():
+    t = make_transition(4, history=True)
+    t.obs.cell_history = np.zeros((3, 6))
+    with pytest.raises(CodecError, match="cell_history without cell_forces"):
+        encode(t)
+
+
+def test_version_2_headers_with_unknown_extensions_or_truncation_are_refused():
+    b = encode(make_transition(4, history=True, cell=True))
+    with pytest.raises(CodecError, match="unknown extension flags 0x2"):
+        decode(b[:24] + struct.pack("<II", 2, 0) + b[32:])
+    with pytest.raises(CodecError, match="unknown extension flags"):
+        decode(b[:24] + struct.pack("<II", 1, 7) + b[32:])
+    with pytest.raises(CodecError, match="version-2 header"):
+        decode(b[:28])
+    with pytest.raises(CodecError, match="truncated"):
+        decode(b[:-1])
+    plain = encode(make_transition(4, history=True))  # a version-1 payload claiming version 2
+    with pytest.raises(CodecError):
+        decode(plain[:4] + struct.pack("<H", VERSION_EXT) + plain[6:])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=8))
+def test_decode_of_corrupted_cell_payload_raises_only_codec_error(flips):
+    b = bytearray(encode(make_transition(3, history=True, expert=True, cell=True)))
+    for pos, val in flips:
+        b[pos % len(b)] = val
+    try:
+        u = decode(bytes(b))
+    except CodecError:
+        return
+    assert u.action.shape[0] in (3, 6)
