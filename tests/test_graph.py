@@ -139,3 +139,47 @@ def test_bad_observations_are_named() -> None:
         batch_graphs([o], NetworkConfig())
     with pytest.raises(GraphError, match="at least one"):
         batch_graphs([], NetworkConfig())
+
+
+def _with_cell_rows(atoms: Atoms, k: int, seed: int):
+    """The observation of a periodic cell whose cell relaxes too: FrechetCellFilter rows under EMT."""
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+
+    rng = np.random.default_rng(seed)
+    a = atoms.copy()
+    a.calc = EMT()
+    rows = FrechetCellFilter(a).get_forces()  # [n + 3, 3]
+    o = observe(a)
+    o.forces, o.cell_forces = rows[:len(a)], rows[len(a):]
+    o.history, o.cell_history = rng.normal(size=(len(a), 6 * k)), rng.normal(size=(3, 6 * k))
+    return o
+
+
+def test_cell_rows_follow_the_atoms_graph_by_graph() -> None:
+    cfg = NetworkConfig(radius=4.0)
+    obs = [_with_cell_rows(bulk("Cu", "fcc", a=3.7, cubic=True), 2, 0),
+           _with_cell_rows(bulk("Cu", "fcc", a=3.5) * (2, 1, 1), 2, 1)]
+    g = batch_graphs(obs, cfg, dtype="float64")
+    assert g.has_cell_rows and g.n_rows == 6 + 6
+    assert g.row_batch().tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 1]
+    forces = g.row_forces().numpy()
+    np.testing.assert_array_equal(forces[:6], np.concatenate([o.forces for o in obs]))
+    np.testing.assert_array_equal(forces[6:], np.concatenate([o.cell_forces for o in obs]))
+    np.testing.assert_array_equal(g.row_history().numpy()[9:], obs[1].cell_history)
+    atoms_part, cell_part = g.split_rows(g.row_forces())
+    assert atoms_part.shape == (6, 3) and cell_part.shape == (2, 3, 3)
+    np.testing.assert_array_equal(cell_part[1].numpy(), obs[1].cell_forces)
+    assert obs[0].fmax == pytest.approx(np.linalg.norm(np.concatenate([obs[0].forces, obs[0].cell_forces]), axis=1).max())
+    g32 = g.to(dtype=torch.float32)
+    assert g32.cell_forces.dtype == torch.float32 and g32.cell_history.shape == (2, 3, 12)
+    plain = batch_graphs([observe(bulk("Cu", "fcc", a=3.6))], cfg)
+    assert not plain.has_cell_rows and plain.cell_forces is None and plain.to(dtype=torch.float64).cell_forces is None
+    assert torch.equal(plain.row_batch(), plain.batch)
+    with pytest.raises(GraphError, match="one env.relax_cell"):
+        batch_graphs([obs[0], observe(bulk("Cu", "fcc", a=3.6))], cfg)
+    with pytest.raises(GraphError, match="per-row tensor of 6 rows"):
+        g.split_rows(g.forces)
+    obs[0].cell_history = np.zeros((3, 6))
+    with pytest.raises(GraphError, match=r"observation 0: cell_history has shape \(3, 6\)"):
+        batch_graphs(obs, cfg)
