@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from actors.curriculum import Curriculum
+from common.names import ACTOR_KINDS
 
 
 class Coordinator:
@@ -22,7 +23,7 @@ class Coordinator:
         self.rng = np.random.default_rng(seed)
         self.t_total = int(t_total)
         self.t_start = int(t_total)
-        self.steps_by_kind: dict[str, int] = {"online": 0, "expert": 0}
+        self.steps_by_kind: dict[str, int] = dict.fromkeys(ACTOR_KINDS, 0)
         self.teacher_force_calls = 0  # the teachers' training-only force calls, summed over every actor's steps
         self.version = -1
         self.weights: Any = None
@@ -87,7 +88,7 @@ class Coordinator:
                                  "actors/teacher_force_calls": self.teacher_force_calls}
         elapsed = max(time.monotonic() - self._started, 1e-9)
         out["env_steps_per_s"] = (self.t_total - self.t_start) / elapsed
-        for kind in ("online", "expert"):
+        for kind in ACTOR_KINDS:
             eps = [e for e in self._episodes if e[0] == kind]
             out[f"env_steps/{kind}"] = self.steps_by_kind.get(kind, 0)
             if eps:

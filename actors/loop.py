@@ -1,15 +1,16 @@
-"""The actor loop: environments stepped together, transitions written to the replay in batches.
+"""The actor loop: environments stepped together, their transitions handed to the adder.
 
-An :class:`ActorLoop` is three small parts around a list of :class:`RelaxEnv` (Acme's shape):
+An :class:`ActorLoop` is three small parts around a list of :class:`RelaxEnv` (Acme's shape);
+``step()`` reads act → step → add → record:
 
-- an *action source* chooses every environment's move and the table its transition goes to:
-  :class:`PolicyWithNoise` (online actors: the current policy plus Gaussian exploration noise
-  whose σ decays with t_total) or :class:`TeacherOrPolicy` (expert actors: the ``expert.teacher``'s
-  fake step, one BFGS iteration by default, with the probability p(t_total) of the ``nfake``
-  schedule where the teacher offers one, into ``expert`` with ``a_expert`` filled; the policy
-  plus noise otherwise, into ``online``);
-- one *adder* (:class:`ReplayAdder`) that buffers transitions and inserts them in batches
-  through a writer with ``insert(table, transitions, priorities)`` (the replay client);
+- an *action source* chooses every environment's move and its source (``teacher`` or
+  ``policy``): :class:`PolicyWithNoise` (online actors: the current policy plus Gaussian
+  exploration noise whose σ decays with t_total) or :class:`TeacherOrPolicy` (expert actors: the
+  ``expert.teacher``'s fake step, one BFGS iteration by default, with the probability p(t_total)
+  of the ``nfake`` schedule where the teacher offers one, with ``a_expert`` filled; the policy
+  plus noise otherwise);
+- one *adder* (:class:`actors.adder.ReplayAdder`): the n-step windows, and the tables each
+  source goes to (``replay.tables``' ``source``), inserted in batches through the replay client;
 - a *hub* (``actors.coordinator.Coordinator`` or the Ray adapter of it): structures,
   weights, counters.
 
@@ -25,10 +26,11 @@ from typing import Protocol
 
 import numpy as np
 
-from actors.env import RelaxEnv
+from actors.adder import ReplayAdder, returns_to_go
+from actors.env import RelaxEnv, StepResult
 from actors.expert import Teacher, fake_step_probability, make_teacher
 from common.config import ActorConfig, ExpertConfig
-from common.names import ACTOR_KINDS, TABLE_NAMES
+from common.names import ACTOR_KINDS, POLICY, TEACHER
 from common.noise import force_noise_factor
 from common.observation import Observation
 from common.schedules import linear
@@ -36,7 +38,7 @@ from common.transition import Transition
 from learner.graph import with_neighbor_list
 from learner.policy import Policy
 
-__all__ = ["ActorLoop", "Actions", "EpisodeEnd", "PolicyWithNoise", "ReplayAdder", "StepRecord", "TeacherOrPolicy"]
+__all__ = ["ActorLoop", "Actions", "EpisodeEnd", "PolicyWithNoise", "StepRecord", "TeacherOrPolicy"]
 
 
 # ----------------------------------------------------------------------------- what a step produces
@@ -46,7 +48,7 @@ class Actions:
     """One move per environment, from an action source."""
 
     moves: list[np.ndarray]  # [n_i, 3] Å per environment (may be non-finite if the policy diverged)
-    tables: list[str]  # replay table of each environment's transition
+    sources: list[str]  # 'teacher' (a fake step) or 'policy', per environment: where the adder sends its transition
     expert_moves: list[np.ndarray | None]  # a_expert (the teacher's step) where the move is a fake step
     action_scale: float | None  # mean env gate of the policy forward (None: no policy move this step)
 
@@ -65,7 +67,7 @@ class EpisodeEnd:
 class StepRecord:
     """One step of all of an actor's environments: per-step means over them and the episodes that ended."""
 
-    kind: str  # 'online' or 'expert' (the actor, not the table)
+    kind: str  # 'online' or 'expert' (the actor's kind)
     n_envs: int
     actual_move: float  # Å, mean per-atom norm of the applied move
     a_back: float  # mean fraction of the move taken back
@@ -90,15 +92,6 @@ class StepRecord:
         if self.saddle is not None:
             s["saddle"] = self.saddle
         return s
-
-
-def returns_to_go(rewards: Sequence[float], gamma: float) -> list[float]:
-    """G_t = Σ_k γ^k r_{t+k} for every step t of an episode's rewards (no bootstrap after the last)."""
-    out, g = [], 0.0
-    for r in reversed(rewards):
-        g = r + gamma * g
-        out.append(g)
-    return out[::-1]
 
 
 def mean_return_to_go(rewards: Sequence[float], gamma: float) -> float:
@@ -155,7 +148,7 @@ class PolicyWithNoise:
     def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
         moves, scale = self.noisy_moves(observations, t_total)
         n = len(observations)
-        return Actions(moves, ["online"] * n, [None] * n, scale)
+        return Actions(moves, [POLICY] * n, [None] * n, scale)
 
 
 class TeacherOrPolicy:
@@ -178,77 +171,15 @@ class TeacherOrPolicy:
 
     def act(self, observations: Sequence[Observation], t_total: int) -> Actions:
         p = fake_step_probability(t_total, self.cfg)
-        tables = ["expert" if self.rng.random() < p and self.teachers[k].offers(o) else "online"
-                  for k, o in enumerate(observations)]
-        online = [k for k, t in enumerate(tables) if t == "online"]
-        noisy, scale = self.policy.noisy_moves([observations[k] for k in online], t_total)
-        by_env = dict(zip(online, noisy))
-        expert_moves = [self.teachers[k].action(o) if t == "expert" else None
-                        for k, (o, t) in enumerate(zip(observations, tables))]
-        moves = [by_env[k] if t == "online" else expert_moves[k] for k, t in enumerate(tables)]
-        return Actions(moves, tables, expert_moves, scale)
-
-
-# ----------------------------------------------------------------------------- the adder
-
-class ReplayAdder:
-    """Buffers transitions per table; ``flush`` inserts a table's buffer once it holds ``insert_batch``."""
-
-    def __init__(self, writer, insert_batch: int):
-        self.writer, self.insert_batch = writer, insert_batch
-        self.pending: dict[str, list[Transition]] = {t: [] for t in TABLE_NAMES}
-
-    def add(self, table: str, transition: Transition) -> None:
-        self.pending[table].append(transition)
-
-    def flush(self, force: bool = False) -> None:
-        """One ``insert`` per table whose buffer is full (``force``: every non-empty buffer)."""
-        for table, items in self.pending.items():
-            if items and (force or len(items) >= self.insert_batch):
-                self.writer.insert(table, items, None)
-                items.clear()
-
-
-class NStepWindow:
-    """One environment's last ``n`` steps, turned into n-step transitions (Ape-X's n-step returns).
-
-    ``push`` takes each one-step transition and returns what is ready to store: once the window holds n steps,
-    the oldest leaves as one transition from its state and move, with reward Σ_k γ^k r_k over the n steps,
-    ``next_obs`` the state after the n-th and ``n_steps`` = n; when an episode ends every step still in the window
-    leaves, each spanning the steps to the end (a terminated end is not bootstrapped; a truncated one is, from its
-    last state). A step whose move cannot be stored (``storable`` false: a non-finite proposal) still counts in
-    the others' returns. ``drain`` empties the window when the actor stops, so no step is lost. n = 1 returns
-    every transition as it came."""
-
-    def __init__(self, n: int, gamma: float):
-        self.n, self.gamma = n, gamma
-        self.pending: deque[tuple[str, Transition, bool]] = deque()
-
-    def push(self, table: str, t: Transition, storable: bool = True) -> list[tuple[str, Transition]]:
-        self.pending.append((table, t, storable))
-        out: list[tuple[str, Transition]] = []
-        while len(self.pending) >= self.n or (self.pending and (t.terminated or t.truncated)):
-            out += self._pop()
-        return out
-
-    def drain(self) -> list[tuple[str, Transition]]:
-        out: list[tuple[str, Transition]] = []
-        while self.pending:
-            out += self._pop()
-        return out
-
-    def _pop(self) -> list[tuple[str, Transition]]:
-        window = [t for _, t, _ in self.pending]
-        table, first, storable = self.pending.popleft()
-        if not storable:
-            return []
-        if len(window) == 1:
-            return [(table, first)]
-        last = window[-1]
-        reward = returns_to_go([t.reward for t in window], self.gamma)[0]
-        return [(table, Transition(obs=first.obs, action=first.action, actual_move=first.actual_move, reward=reward,
-                                   terminated=last.terminated, truncated=last.truncated, next_obs=last.next_obs,
-                                   a_back=first.a_back, expert_action=first.expert_action, n_steps=len(window)))]
+        sources = [TEACHER if self.rng.random() < p and self.teachers[k].offers(o) else POLICY
+                   for k, o in enumerate(observations)]
+        policy = [k for k, s in enumerate(sources) if s == POLICY]
+        noisy, scale = self.policy.noisy_moves([observations[k] for k in policy], t_total)
+        by_env = dict(zip(policy, noisy))
+        expert_moves = [self.teachers[k].action(o) if s == TEACHER else None
+                        for k, (o, s) in enumerate(zip(observations, sources))]
+        moves = [by_env[k] if s == POLICY else expert_moves[k] for k, s in enumerate(sources)]
+        return Actions(moves, sources, expert_moves, scale)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -268,8 +199,8 @@ class ActorLoop:
         noisy = PolicyWithNoise(self.policy, config.actors, rng)
         self.source: ActionSource = noisy if kind == "online" else TeacherOrPolicy(
             noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
-        self.adder = ReplayAdder(writer, config.actors.insert_batch)
-        self.windows = [NStepWindow(config.learner.n_step, config.learner.gamma) for _ in range(n)]
+        self.adder = ReplayAdder(writer, config.replay.tables, n, config.learner.n_step, config.learner.gamma,
+                                 config.actors.insert_batch)
         self.obs: list[Observation | None] = [None] * n
         self.t_total = 0
         self.steps = 0
@@ -302,58 +233,58 @@ class ActorLoop:
         return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
     def step(self) -> StepRecord:
-        """Step every environment once (one batched policy forward); transitions go to the adder."""
+        """Every environment once: act (one batched policy forward), step, add to the replay, record."""
         for i, o in enumerate(self.obs):
             if o is None:
                 self._reset(i)
         calls_before = self.source.force_calls
         actions = self.source.act(self.obs, self.t_total)
         teacher_calls = self.source.force_calls - calls_before
-        moves, backs, rewards, fmaxes, episodes, nonfinite = [], [], [], [], [], 0
-        returns: list[float] = []
-        saddles: list[float] = []  # 1.0 per ended episode the saddle check found on a saddle, 0.0 on a minimum
-        for i, env in enumerate(self.envs):
-            obs, table = self.obs[i], actions.tables[i]
-            res = env.step(actions.moves[i])
-            info = res.info
-            next_obs = with_neighbor_list(res.obs, self.config.network)
-            action = np.asarray(actions.moves[i], dtype=np.float64)
-            storable = bool(np.isfinite(action).all())
-            # a diverged policy (non-finite move): the env applied no move; the step is not stored (the codec
-            # refuses NaN) but its reward counts in the n-step returns of the steps before it
-            nonfinite += not storable
-            for tbl, tr in self.windows[i].push(table, Transition(
-                    obs=obs, action=action, actual_move=info["actual_move"],
-                    reward=float(res.reward), terminated=bool(res.terminated), truncated=bool(res.truncated),
-                    next_obs=next_obs, a_back=float(info["a_back"]), expert_action=actions.expert_moves[i]),
-                    storable):
-                self.adder.add(tbl, tr)
-            moves.append(info["actual_move_norm"]), backs.append(info["a_back"])
-            rewards.append(res.reward), fmaxes.append(info["fmax"])
-            self._rewards[i].append(float(res.reward))
-            if res.terminated or res.truncated:
-                end = EpisodeEnd(bool(info["converged"]), int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
-                episodes.append(end)
-                self._recent.append(end.converged)
-                returns.append(mean_return_to_go(self._rewards[i], self.config.learner.gamma))
-                if "saddle" in info:
-                    saddles.append(float(info["saddle"]))
-                self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax)
-                self.obs[i] = None
-            else:
-                self.obs[i] = next_obs
-        self.adder.flush()
+        results = [self._step_and_add(i, actions) for i in range(len(self.envs))]
+        return self._record(actions, results, teacher_calls)
+
+    def _step_and_add(self, i: int, actions: Actions) -> StepResult:
+        """Environment ``i`` takes its move; the transition goes to the adder under the move's source."""
+        obs, res = self.obs[i], self.envs[i].step(actions.moves[i])
+        next_obs = with_neighbor_list(res.obs, self.config.network)
+        action = np.asarray(actions.moves[i], dtype=np.float64)
+        # a diverged policy (non-finite move): the env applied no move; the step is not stored (the codec refuses
+        # NaN) but its reward counts in the n-step returns of the steps before it
+        self.adder.add(i, actions.sources[i], Transition(
+            obs=obs, action=action, actual_move=res.info["actual_move"], reward=float(res.reward),
+            terminated=bool(res.terminated), truncated=bool(res.truncated), next_obs=next_obs,
+            a_back=float(res.info["a_back"]), expert_action=actions.expert_moves[i]), storable=bool(np.isfinite(action).all()))
+        self._rewards[i].append(float(res.reward))
+        self.obs[i] = None if res.terminated or res.truncated else next_obs
+        return res
+
+    def _record(self, actions: Actions, results: list[StepResult], teacher_calls: int) -> StepRecord:
+        """The step's means, ended episodes and teacher force calls, reported to the hub (which answers t_total,
+        stop, newest version)."""
+        infos = [r.info for r in results]
+        ended = [i for i, r in enumerate(results) if r.terminated or r.truncated]
+        episodes = [self._end_episode(infos[i]) for i in ended]
+        returns = [mean_return_to_go(self._rewards[i], self.config.learner.gamma) for i in ended]
+        saddles = [float(infos[i]["saddle"]) for i in ended if "saddle" in infos[i]]  # 1.0 on a saddle, 0.0 on a minimum
+        nonfinite = sum(not np.isfinite(np.asarray(m, dtype=np.float64)).all() for m in actions.moves)
         self.steps += len(self.envs)
         self.nonfinite_actions += nonfinite
         record = StepRecord(
-            kind=self.kind, n_envs=len(self.envs), actual_move=float(np.mean(moves)), a_back=float(np.mean(backs)),
-            reward=float(np.mean(rewards)), fmax=float(np.mean(fmaxes)), action_scale=actions.action_scale,
+            kind=self.kind, n_envs=len(self.envs), actual_move=float(np.mean([x["actual_move_norm"] for x in infos])),
+            a_back=float(np.mean([x["a_back"] for x in infos])), reward=float(np.mean([r.reward for r in results])),
+            fmax=float(np.mean([x["fmax"] for x in infos])), action_scale=actions.action_scale,
             episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
             episode_return=float(np.mean(returns)) if returns else None,
             saddle=float(np.mean(saddles)) if saddles else None, teacher_force_calls=teacher_calls)
         self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs),
                                                                                     record.stats())
         return record
+
+    def _end_episode(self, info: dict) -> EpisodeEnd:
+        end = EpisodeEnd(bool(info["converged"]), int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
+        self._recent.append(end.converged)
+        self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax)
+        return end
 
     def run(self, max_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None) -> int:
         """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken."""
@@ -367,8 +298,5 @@ class ActorLoop:
                 if on_step is not None:
                     on_step(record)
         finally:
-            for w in self.windows:
-                for tbl, tr in w.drain():
-                    self.adder.add(tbl, tr)
-            self.adder.flush(force=True)
+            self.adder.close()
         return self.steps - start

@@ -37,11 +37,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import ReplayConfig  # noqa: E402
+from common.names import TABLE_NAMES  # noqa: E402
 from common.observation import Observation  # noqa: E402
+from common.replay_tables import MinSize, default_tables  # noqa: E402
 from common.transition import Transition  # noqa: E402
 from replay_service.client import ReplayClient  # noqa: E402
 from replay_service.codec import CodecError  # noqa: E402
 from replay_service.server import start_embedded  # noqa: E402
+
+EXPERT, ONLINE = TABLE_NAMES  # the default pair: writers fill both, the sampler draws 0.25 of each batch from EXPERT
 
 ID_STRIDE = 10**9  # identity = writer * ID_STRIDE + sequence, exact in float64
 
@@ -73,11 +77,11 @@ def writer(url: str, cfg: ReplayConfig, wid: int, stop_at: float, batch: int, n_
             items = [pool[(seq + i) % len(pool)] for i in range(batch)]
             for t, r in zip(items, ident):
                 t.reward = float(r)
-            table = "expert" if (seq // batch) % 4 == 3 else "online"
+            table = EXPERT if (seq // batch) % 4 == 3 else ONLINE
             t0 = time.perf_counter()
             got = client.insert(table, items, timeout=None)
             lat.append(time.perf_counter() - t0)
-            tables.append(np.full(batch, table == "expert"))
+            tables.append(np.full(batch, table == EXPERT))
             keys.append(got)
             idents.append(ident)
             seq += batch
@@ -150,7 +154,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="replay-soak-"))
     srv = None if args.redis_url else start_embedded(tmp / "redis", appendfsync=args.appendfsync)
     url = args.redis_url or srv.url
-    cfg = ReplayConfig(online_max_size=args.capacity, expert_max_size=args.capacity, min_size_to_sample=args.sample_batch,
+    cfg = ReplayConfig(tables=default_tables(args.capacity, args.capacity, online_limiter=MinSize(args.sample_batch)),
                        namespace=f"soak{os.getpid()}", connect_timeout=120.0)
     client = ReplayClient(url, cfg, seed=0)
     client.create_tables()
@@ -181,7 +185,7 @@ def main() -> None:
             except TimeoutError:  # not enough items yet
                 continue
             t1 = time.perf_counter()
-            for table in ("expert", "online"):
+            for table in TABLE_NAMES:
                 sel = info.table == table
                 if sel.any():
                     client.update_priorities(table, info.key[sel], rng.uniform(0.1, 2.0, int(sel.sum())))
@@ -193,7 +197,7 @@ def main() -> None:
             p.join(60)
         elapsed = time.time() - t_start
         acked = {}
-        for code, table in ((True, "expert"), (False, "online")):
+        for code, table in ((True, EXPERT), (False, ONLINE)):
             acked[table] = (np.concatenate([r[2][r[1] == code] for r in results]),
                             np.concatenate([r[3][r[1] == code] for r in results]))
         report = audit(client, acked)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import ReplayConfig  # noqa: E402
 from common.observation import Observation  # noqa: E402
+from common.replay_tables import MinSize, default_tables  # noqa: E402
 from common.transition import Transition  # noqa: E402
 from replay_service.client import ReplayClient  # noqa: E402
 from replay_service.codec import encode  # noqa: E402
@@ -161,7 +162,7 @@ def main() -> int:
     try:
         for n_atoms in args.atoms:
             items = make_transitions(n_atoms, 1024, rng)
-            cfg = ReplayConfig(expert_max_size=CAPACITY, online_max_size=CAPACITY, min_size_to_sample=BATCH,
+            cfg = ReplayConfig(tables=default_tables(CAPACITY, CAPACITY, online_limiter=MinSize(BATCH)),
                                namespace=f"bench{n_atoms}")
             client = ReplayClient(srv.url, cfg, seed=0)
             client.create_tables()

@@ -30,15 +30,12 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from common.errors import RelaxRLError
-from common.names import ACTOR_HEAD_NAMES, TEACHER_NAMES
+from common.errors import ConfigError
+from common.names import ACTOR_HEAD_NAMES, TEACHER, TEACHER_NAMES
+from common.replay_tables import DEFAULT_TABLES, check_tables, read_replay_values, table_from_dict
 from common.schedules import SCHEDULES
 
 log = logging.getLogger("relaxrl.config")
-
-
-class ConfigError(RelaxRLError, ValueError):
-    """A configuration file or override is invalid; the message says which key and how to fix it."""
 
 
 def _require(section: str, checks: list[tuple[bool, str, Any, str]], obj: Any = None) -> None:
@@ -445,18 +442,13 @@ class LearnerConfig:
 class ReplayConfig:
     url: str = ""
     """Redis URL (redis://, rediss://, unix://); empty = embedded redis-server in the run directory."""
-    expert_max_size: int = 2000
-    """Capacity of the expert table (FIFO eviction)."""
-    online_max_size: int = 5000
-    """Capacity of the online table (FIFO eviction)."""
-    alpha: float = 0.6
-    """Priority exponent α of proportional prioritized sampling."""
-    min_size_to_sample: int = 64
-    """Items a table must hold before the learner may sample (Reverb's MinSize)."""
-    samples_per_insert: float = 0.0
-    """Target sampled/inserted ratio (0 = no ratio limit, only min_size_to_sample)."""
-    error_buffer: float = 0.0
-    """Allowed deviation from samples_per_insert, in samples (Reverb's SampleToInsertRatio)."""
+    tables: tuple = DEFAULT_TABLES
+    """The replay tables, a list of specs (TOML: one [[replay.tables]] block each): name, max_size, share of each
+    batch, priority_exponent α, source ('teacher' or 'policy': which actor steps go in) and rate_limiter
+    ({kind = 'none' | 'min_size' | 'sample_to_insert_ratio', ...}); common/replay_tables.py. Default: 'expert'
+    (2000, share 0.25, teacher steps, kind 'none') and 'online' (5000, share 0.75, policy steps, min_size 64).
+    The two-table keys (expert_max_size, online_max_size, alpha, min_size_to_sample, samples_per_insert,
+    error_buffer, expert_rate_limited) still set the tables they named; --set replay.tables.NAME.FIELD=V edits one."""
     namespace: str = "relaxrl"
     """Prefix of every Redis key, so several runs can share one server."""
     appendfsync: str = "everysec"
@@ -465,9 +457,6 @@ class ReplayConfig:
     """Port of the replay service's Prometheus endpoint (0 = off)."""
     connect_timeout: float = 10.0
     """Seconds a client keeps retrying (exponential backoff) an unreachable Redis before it fails."""
-    expert_rate_limited: bool = False
-    """Apply min_size_to_sample / samples_per_insert to the expert table too (default: only `online`; the expert
-    table then supplies min(round(B·f), size) items and never blocks)."""
     insert_chunk: int = 512
     """Most transitions reserved, stored and published in one step of an insert (larger inserts are split)."""
     password_file: str = ""
@@ -475,8 +464,9 @@ class ReplayConfig:
     the URL; the RELAXRL_REDIS_PASSWORD environment variable is the other way. Run files store URLs without it."""
 
     def __post_init__(self) -> None:
-        # capacities, alpha and the rate limiter are checked together by replay_service.table.TableSpec.build
-        # (ReplayConfigError: the rule and the value that works); `relaxrl train` builds them before it starts
+        # each table checks itself when built (TableSpec, its rate limiter); the list's rules here
+        object.__setattr__(self, "tables", tuple(table_from_dict(t, f"replay.tables[{i}]") for i, t in enumerate(self.tables)))
+        check_tables(self.tables)
         _require("replay", [
             (bool(self.namespace) and not any(c.isspace() for c in self.namespace), "namespace", self.namespace,
              "a non-empty prefix without spaces"),
@@ -545,10 +535,17 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         """Checks that need two sections (each section checks its own fields when built)."""
+        capacity = sum(t.max_size for t in self.replay.tables)
         _require("learner", [
-            (self.learner.batch_size <= self.replay.expert_max_size + self.replay.online_max_size, "batch_size",
-             self.learner.batch_size, f"at most replay.expert_max_size + replay.online_max_size "
-             f"({self.replay.expert_max_size + self.replay.online_max_size}): a batch is drawn from the two tables"),
+            (self.learner.batch_size <= capacity, "batch_size", self.learner.batch_size,
+             f"at most the replay tables' total max_size ({capacity}): a batch is drawn from them"),
+        ])
+        for t in self.replay.tables:  # rate-limiter rules that would deadlock the learner
+            t.rate_limiter.check_batch(t.name, self.learner.batch_size)
+        _require("actors", [
+            (self.actors.num_expert == 0 or any(t.source == TEACHER for t in self.replay.tables), "num_expert",
+             self.actors.num_expert, "0 when no replay table has source = 'teacher' (the expert actors' teacher "
+             "steps go there); add such a table to replay.tables"),
         ])
         _require("run", [
             (self.run.eval_every % self.learner.log_every == 0, "eval_every", self.run.eval_every,
@@ -641,6 +638,8 @@ def rename_old_keys(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
 def _build_section(section: str, values: dict[str, Any]) -> Any:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
+    if section == "replay":  # the table list, the two-table keys that edit it, tables.NAME.FIELD edits
+        values = read_replay_values(values)
     for k in values:
         if f"{section}.{k}" in REMOVED_KEYS:
             raise ConfigError(f"{section}.{k} was removed: set {REMOVED_KEYS[section + '.' + k]}")
@@ -677,13 +676,16 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Nested plain dicts (tuples as lists), suitable for TOML and checkpoints."""
 
     def plain(v: Any) -> Any:
+        if hasattr(v, "to_dict"):  # a replay table spec
+            return plain(v.to_dict())
         if isinstance(v, tuple):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return {name: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, name)).items()} for name in SECTIONS}
+    return {name: {f.name: plain(getattr(getattr(cfg, name), f.name)) for f in dataclasses.fields(getattr(cfg, name))}
+            for name in SECTIONS}
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

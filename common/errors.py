@@ -8,3 +8,7 @@ from __future__ import annotations
 
 class RelaxRLError(Exception):
     """Base of errors caused by input or environment (bad file, bad config, unreachable service)."""
+
+
+class ConfigError(RelaxRLError, ValueError):
+    """A configuration file or override is invalid; the message says which key and how to fix it."""

@@ -34,6 +34,9 @@ Exporter = Literal["ray", "prometheus"]
 RAY_PREFIX = "ray_"
 """Prefix Ray puts in front of every ``ray.util.metrics`` name when it exports it."""
 
+TABLE_TAG = "table"
+"""The label naming a replay table: any name of the run's ``replay.tables`` (an open set; the replay service
+exports one series per table of its list)."""
 
 
 @dataclass(frozen=True)
@@ -229,14 +232,14 @@ METRICS: dict[str, MetricSpec] = _spec(
         "Transitions held in each replay table. Stuck below min_size_to_sample keeps the "
         "learner waiting; at capacity, FIFO eviction is on (expected).",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_inserts_total", "counter", "transitions",
         "Transitions inserted into each replay table. Its rate is the data the actors "
         "produce; the expert table's rate should fall as nfake decays.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_samples_total", "counter", "transitions",
@@ -244,7 +247,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "each transition is replayed many times (overfitting risk); the expert share of "
         "samples should stay near expert_fraction.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_capacity", "gauge", "transitions",
@@ -252,7 +255,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "reaches it. Small systems want small tables (1k-5k): larger ones keep stale transitions "
         "whose Bellman targets no longer match the policy.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_up", "gauge", "1",
@@ -264,28 +267,28 @@ METRICS: dict[str, MetricSpec] = _spec(
         "relaxrl_replay_priority_min", "gauge", "priority",
         "Smallest sampling priority in each table (priorities follow |TD error|^α).",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_priority_mean", "gauge", "priority",
         "Mean sampling priority in each table. Rising with relaxrl_td_error means the critic "
         "fits worse; falling towards the minimum means prioritization no longer selects anything.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_priority_max", "gauge", "priority",
         "Largest sampling priority in each table. Far above the mean means a few transitions "
         "dominate every batch (their importance weights are small).",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_priority_updates_total", "counter", "transitions",
         "Priority updates the learner sent back, per table. Its rate should follow "
         "relaxrl_replay_samples_total; a lag means updates are lost or late.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_stale_updates_total", "counter", "transitions",
@@ -293,7 +296,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "large share of all updates means the table turns over faster than the learner "
         "answers: sample less far ahead or enlarge the table.",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_decode_errors_total", "counter", "transitions",
@@ -301,7 +304,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "kept under the table's quarantine hash). Any value above 0 means something wrote bad "
         "bytes into the table or a writer runs another codec version: inspect client.quarantined().",
         "prometheus", "replay service",
-        tag_keys=("table",), tag_values={"table": TABLE_NAMES},
+        tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_rate_limiter_waits_total", "counter", "calls",
@@ -309,7 +312,7 @@ METRICS: dict[str, MetricSpec] = _spec(
         "the learner is starved (too few actors or min_size_to_sample not reached); insert "
         "waits: actors are throttled because the learner falls behind samples_per_insert.",
         "prometheus", "replay service",
-        tag_keys=("table", "op"), tag_values={"table": TABLE_NAMES, "op": ("insert", "sample")},
+        tag_keys=(TABLE_TAG, "op"), tag_values={"op": ("insert", "sample")},
     ),
 )
 """Every metric relaxrl exports, by Prometheus name."""
@@ -405,7 +408,8 @@ class PrometheusMetrics(_Recorder):
     HTTP endpoint Prometheus scrapes (``deploy/prometheus.yml``, job ``relaxrl-replay``).
     """
 
-    def __init__(self, names: tuple[str, ...] = REPLAY_METRIC_NAMES, registry: Any | None = None) -> None:
+    def __init__(self, names: tuple[str, ...] = REPLAY_METRIC_NAMES, registry: Any | None = None,
+                 tables: tuple[str, ...] = TABLE_NAMES) -> None:
         import prometheus_client as pc
 
         super().__init__()
@@ -427,8 +431,8 @@ class PrometheusMetrics(_Recorder):
                 c = pc.Histogram(spec.name, spec.description, labels, registry=self.registry,
                                  buckets=list(spec.boundaries) + [float("inf")])
             self._collectors[name] = c
-            # Closed label sets start at 0, so rates and sizes exist before the first event.
-            for values in _label_product(spec):
+            # Closed label sets (and the given tables) start at 0, so rates and sizes exist before the first event.
+            for values in _label_product(spec, {TABLE_TAG: tables}):
                 child = c.labels(**values) if labels else c
                 if spec.kind == "gauge":
                     child.set(0)
@@ -468,15 +472,14 @@ class PrometheusMetrics(_Recorder):
         return pc.start_http_server(port, addr=host, registry=self.registry)
 
 
-def _label_product(spec: MetricSpec) -> list[dict[str, str]]:
-    """Every label combination of ``spec`` when all its labels have closed value sets."""
-    if not spec.tag_keys:
-        return [{}]
-    if any(k not in spec.tag_values for k in spec.tag_keys):
+def _label_product(spec: MetricSpec, open_values: Mapping[str, tuple[str, ...]]) -> list[dict[str, str]]:
+    """Every label combination of ``spec`` when each of its labels has a closed value set or values in ``open_values``."""
+    values = {**open_values, **spec.tag_values}
+    if any(k not in values for k in spec.tag_keys):
         return []
     combos: list[dict[str, str]] = [{}]
     for k in spec.tag_keys:
-        combos = [{**c, k: v} for c in combos for v in spec.tag_values[k]]
+        combos = [{**c, k: v} for c in combos for v in values[k]]
     return combos
 
 
@@ -501,10 +504,10 @@ def prometheus_family(name: str, labels: list[str] | None = None) -> Any:
     return cls(spec.name, spec.description, labels=list(spec.tag_keys))
 
 
-def replay_prometheus_registry() -> PrometheusMetrics:
+def replay_prometheus_registry(tables: tuple[str, ...] = TABLE_NAMES) -> PrometheusMetrics:
     """A fresh :class:`PrometheusMetrics` with every replay-service metric of the spec
-    (``relaxrl_replay_size``, ``relaxrl_replay_inserts_total``, ... by ``table``), for code that
-    pushes values as events happen; ``.registry`` is the prometheus-client registry and
-    ``.serve(port, host)`` exposes it. A collector that reads Redis at scrape time uses
-    :func:`prometheus_family` instead."""
-    return PrometheusMetrics(REPLAY_METRIC_NAMES)
+    (``relaxrl_replay_size``, ``relaxrl_replay_inserts_total``, ... by ``table``, the series of
+    ``tables`` at 0 from the start), for code that pushes values as events happen; ``.registry`` is
+    the prometheus-client registry and ``.serve(port, host)`` exposes it. A collector that reads
+    Redis at scrape time uses :func:`prometheus_family` instead."""
+    return PrometheusMetrics(REPLAY_METRIC_NAMES, tables=tuple(tables))

@@ -1,15 +1,16 @@
 """The names a run chooses among, each list written once.
 
 The config validates against these lists (``expert.teacher``, ``network.actor_head``), and the
-packages that implement the names register one class or table per name: the teacher registry
-(actors/expert.py ``TEACHERS``) and the actor heads (learner/heads.py ``HEAD_CLASSES``); the replay
-client creates one table per name (replay_service/client.py) and the metrics tag by them. Tests check
+packages that implement the names register one class per name: the teacher registry
+(actors/expert.py ``TEACHERS``) and the actor heads (learner/heads.py ``HEAD_CLASSES``). Tests check
 that each registry holds exactly the names listed here, so a new teacher or head is one class, one
-registration and one name here.
+registration and one name here. A replay table is named by its spec (``replay.tables``,
+common/replay_tables.py), not by a literal: ``TABLE_NAMES`` are the default tables' names, ``SOURCES``
+the words a spec uses for which actor steps it receives.
 """
 from __future__ import annotations
 
-__all__ = ["ACTOR_HEAD_NAMES", "ACTOR_KINDS", "TABLE_NAMES", "TEACHER_NAMES"]
+__all__ = ["ACTOR_HEAD_NAMES", "ACTOR_KINDS", "POLICY", "SOURCES", "TABLE_NAMES", "TEACHER", "TEACHER_NAMES"]
 
 TEACHER_NAMES = ("bfgs", "newton", "compliance", "bfgsls")
 """What a fake step of an expert actor is (``expert.teacher``)."""
@@ -18,8 +19,15 @@ ACTOR_HEAD_NAMES = ("free", "preconditioned", "quasi-newton")
 """The policy's output head (``network.actor_head``)."""
 
 TABLE_NAMES = ("expert", "online")
-"""The replay tables: fake (teacher) steps go to ``expert``, the policy's own steps to ``online``."""
+"""The default replay tables, in the order a batch lists them: ``expert`` holds the teachers' fake steps,
+``online`` the policy's own (``common.replay_tables.DEFAULT_TABLES``; a config may list others)."""
+
+TEACHER, POLICY = "teacher", "policy"
+SOURCES = (TEACHER, POLICY)
+"""What a table receives (``TableSpec.source``): ``teacher``, the expert actors' fake steps (with a_expert, the
+demonstrations behaviour cloning learns from); ``policy``, every move the policy makes (online actors, and expert
+actors between fake steps)."""
 
 ACTOR_KINDS = ("online", "expert")
 """Kinds of actor process: ``online`` (the policy plus exploration noise) or ``expert`` (a teacher's fake
-steps with the probability of the nfake schedule, else the policy plus noise)."""
+steps with the probability of the nfake schedule, else the policy plus noise). Not table names."""

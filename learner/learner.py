@@ -21,6 +21,8 @@ import torch
 from common.config import to_dict
 from common.correction import correct_on_pairs
 from common.errors import RelaxRLError
+from common.names import TEACHER
+from common.replay_tables import batch_shares, tables_of
 from common.schedules import linear
 from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
@@ -104,6 +106,7 @@ class Learner:
                                                             if self.lc.target_noise_by_force else 0.0))
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self._correct = lambda graph, proposed: corrected_moves(graph, proposed, config.env)
+        self.teacher_tables = tables_of(config.replay.tables, TEACHER)  # their items with a_expert are cloned
         self.counters = Counters()
         self.last_logs: dict[str, float] = {}
         self._window: dict[str, list[float]] = {}
@@ -113,8 +116,14 @@ class Learner:
 
     # -- schedules ---------------------------------------------------------------------------
     def expert_fraction(self) -> float:
+        """The teacher tables' combined share of the next batch (learner.expert_fraction_*)."""
         lc = self.lc
         return linear(lc.expert_fraction_start, lc.expert_fraction_end, lc.expert_fraction_decay_updates, self.counters.updates)
+
+    def batch_shares(self) -> dict[str, float]:
+        """Each replay table's share of the next batch: the specs' shares, the teacher tables' set by
+        :meth:`expert_fraction` (``common.replay_tables.batch_shares``)."""
+        return batch_shares(self.config.replay.tables, self.expert_fraction())
 
     def bc_weight(self) -> float:
         return linear(self.lc.bc_start, self.lc.bc_end, self.lc.bc_decay_updates, self.counters.updates)
@@ -141,7 +150,7 @@ class Learner:
             return torch.as_tensor(np.concatenate(arrays, axis=0), device=dev, dtype=dt)
 
         expert = [t.expert_action if t.expert_action is not None else np.zeros_like(t.action) for t in transitions]
-        is_expert = np.array([t.expert_action is not None for t in transitions]) & (np.asarray(info.table) == "expert")
+        is_expert = np.array([t.expert_action is not None for t in transitions]) & np.isin(info.table, self.teacher_tables)
         return td3.TD3Batch(
             graph=graph, next_graph=next_graph,
             action=cat([t.action for t in transitions]),
@@ -158,7 +167,7 @@ class Learner:
         """Exactly one update: sample, TD3 step, new priorities; publish/checkpoint/log on schedule."""
         c, lc = self.counters, self.lc
         t0 = time.monotonic()
-        info, transitions = self.sampler.sample(lc.batch_size, self.expert_fraction(), beta=self.beta(), timeout=300.0)
+        info, transitions = self.sampler.sample(lc.batch_size, self.batch_shares(), beta=self.beta(), timeout=300.0)
         t1 = time.monotonic()
         batch = self._to_batch(info, transitions)
         update_actor = (c.updates + 1) % lc.policy_delay == 0
@@ -186,7 +195,7 @@ class Learner:
         c.update_s += t2 - t1
         logs["charts/actual_move"] = float(batch.actual_move.norm(dim=-1).mean())
         logs["charts/bc_weight"] = self.bc_weight()
-        logs["charts/expert_fraction"] = float((tables == "expert").mean())
+        logs["charts/expert_fraction"] = float(np.isin(tables, self.teacher_tables).mean())
         logs["charts/beta"] = self.beta()
         for k, v in logs.items():
             self._window.setdefault(k, []).append(v)

@@ -125,8 +125,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         check_url_security(url)
     stored = replace(cfg, replay=replace(cfg.replay, url=url_without_password(url or ""),
                                          password_file=str(password_file or "")))
-    for spec in ReplayClient(url or "redis://127.0.0.1:0/0", cfg.replay).specs.values():  # no connection made
-        spec.check_batch(cfg.learner.batch_size)  # rate-limiter rules that would deadlock the learner
     if args.address:
         check_ray_address(args.address)
     return RunPlan(stored, run_dir, bool(args.resume), args.address, url)

@@ -27,11 +27,17 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
      [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success"),
       ("actors/saddle", "online episodes ending on a saddle (env.saddle_check_atoms)")]),
     ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
-    ("replay_sizes", "replay table sizes", [("replay/expert_size", "expert"), ("replay/online_size", "online")]),
+    ("replay_sizes", "replay table sizes", []),  # one series per table of the run: replay_size_series
     ("live_eval", "live evaluation: greedy actor on the held-out sample (run.eval_every)",
      [("eval/force_calls_vs_bfgs", "force calls / BFGS's (both solved)"),
       ("eval/success", "success (right axis)")]),
 ]
+
+
+def replay_size_series(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(key, table name) of every ``replay/<table>_size`` in the rows, in the order the tables first appear."""
+    keys = dict.fromkeys(k for r in rows for k in r if k.startswith("replay/") and k.endswith("_size"))
+    return [(k, k[len("replay/"):-len("_size")]) for k in keys]
 
 
 def points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
@@ -107,6 +113,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, title, series in PANELS:
+        series = replay_size_series(rows) if name == "replay_sizes" else series
         fig, ax = plt.subplots(figsize=(6, 3.6))
         drawn = 0
         twin = None

@@ -1,9 +1,11 @@
 """The replay client: what actors (insert) and the learner (sample, update_priorities) call.
 
-    client = ReplayClient("redis://127.0.0.1:6379/0", cfg)
+    client = ReplayClient("redis://127.0.0.1:6379/0", cfg)      # cfg.tables: the list of table specs
     client.create_tables()
     keys = client.insert("online", transitions, priorities=None)
-    info, batch = client.sample(256, expert_fraction=0.25, beta=0.4)
+    info, batch = client.sample(256, beta=0.4)                  # each table gives its share of the batch
+    info, batch = client.sample(256, {"expert": 0.2, "online": 0.8})   # or the shares given here,
+    info, batch = client.sample(256, 0.2)                       # or the teacher tables' share alone
     client.update_priorities(info.table[i], info.key[i], new_priorities)   # per table
 
 The client holds no replay state: every item, priority, aggregate, cursor and counter is
@@ -27,7 +29,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -36,11 +38,11 @@ import numpy as np
 import redis
 
 from common.config import ReplayConfig
-from common.names import TABLE_NAMES
+from common.replay_tables import TableSpec, apportion, batch_shares
 from common.transition import Transition
 from replay_service.codec import CodecError, decode_many, encode_many
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
-from replay_service.table import LAYOUT_VERSION, SCRIPTS, TableSpec
+from replay_service.table import LAYOUT_VERSION, SCRIPTS, TableKeys, block_size, create_args
 
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
 _BIG = 4096  # arguments longer than this are sent as their own buffer, uncopied
@@ -101,7 +103,7 @@ def _frame(args: Sequence[Any]) -> list[bytes]:
 class SampleInfo:
     """Per-item facts of a sampled batch (arrays of length batch_size)."""
 
-    table: np.ndarray  # [B] str: 'expert' or 'online'
+    table: np.ndarray  # [B] str: the table of each item (the tables in list order, each one's items together)
     key: np.ndarray  # [B] int64: item key, for update_priorities
     probability: np.ndarray  # [B] float64: P(i) = p_i^α / Σ_j p_j^α within its table
     table_size: np.ndarray  # [B] int64: N, items in the table when sampled
@@ -109,7 +111,7 @@ class SampleInfo:
 
 
 class ReplayClient:
-    """Client of the Redis-backed `expert` and `online` tables (see module docstring)."""
+    """Client of the Redis-backed tables of ``cfg.tables`` (see module docstring)."""
 
     def __init__(self, url: str = "", cfg: ReplayConfig | None = None, seed: int | None = None):
         self.cfg = cfg or ReplayConfig()
@@ -125,14 +127,8 @@ class ReplayClient:
         self._token_base = uuid.uuid4().hex
         self._n_tokens = 0
         self._warned: set[str] = set()  # tables whose decode errors were already logged
-        c = self.cfg
-        self.specs = {
-            "expert": TableSpec.build("expert", c.expert_max_size, c.alpha, c.min_size_to_sample,
-                                      c.samples_per_insert, c.error_buffer, c.expert_rate_limited),
-            "online": TableSpec.build("online", c.online_max_size, c.alpha, c.min_size_to_sample,
-                                      c.samples_per_insert, c.error_buffer, True),
-        }
-        self.keys = {name: spec.keys(c.namespace) for name, spec in self.specs.items()}
+        self.specs: dict[str, TableSpec] = {t.name: t for t in self.cfg.tables}
+        self.keys = {name: TableKeys.of(self.cfg.namespace, name) for name in self.specs}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -245,7 +241,8 @@ class ReplayClient:
     # ------------------------------------------------------------------ tables
 
     def create_tables(self, batch_size: int | None = None) -> dict[str, str]:
-        """Create both tables if absent, or check that the existing ones match the config (idempotent).
+        """Create every table of the list if absent, or check that the existing ones match the config (idempotent;
+        a table's rate limiter is set anew). Tables in Redis that the list does not name are left alone.
 
         With ``batch_size`` the learner's batch is checked against the rate limiter too.
         Returns {table: 'created' | 'exists'}.
@@ -253,24 +250,23 @@ class ReplayClient:
         out = {}
         for name, spec in self.specs.items():
             if batch_size is not None:
-                spec.check_batch(batch_size)
+                spec.rate_limiter.check_batch(name, batch_size)
             k = self.keys[name]
-            args = [LAYOUT_VERSION, spec.max_size, repr(spec.alpha), spec.block, spec.min_size_to_sample,
-                    repr(spec.samples_per_insert), repr(spec.error_buffer), repr(spec.min_diff), repr(spec.max_diff),
-                    int(spec.rate_limited)]
-            status, layout, cap, alpha, block = (x.decode() for x in self._script("create", [k.meta, k.leaf, k.agg], args))
-            if (int(layout), int(cap), float(alpha), int(block)) != (LAYOUT_VERSION, spec.max_size, spec.alpha, spec.block):
+            status, layout, cap, alpha, block = (x.decode() for x in self._script("create", [k.meta, k.leaf, k.agg],
+                                                                                   create_args(spec)))
+            want = (LAYOUT_VERSION, spec.max_size, float(spec.priority_exponent), block_size(spec.max_size))
+            if (int(layout), int(cap), float(alpha), int(block)) != want:
                 raise ReplayConfigError(
                     f"replay table '{name}' in namespace '{self.cfg.namespace}' at {self.safe_url} was built with "
-                    f"layout {layout}, max_size {cap}, alpha {alpha}; the config asks layout {LAYOUT_VERSION}, "
-                    f"max_size {spec.max_size}, alpha {spec.alpha}. Use another replay.namespace, or delete the "
-                    "old tables to start afresh")
+                    f"layout {layout}, max_size {cap}, priority_exponent {alpha}; the config asks layout "
+                    f"{LAYOUT_VERSION}, max_size {spec.max_size}, priority_exponent {spec.priority_exponent}. Use "
+                    "another replay.namespace, or delete the old tables to start afresh")
             out[name] = status
         return out
 
     def _spec(self, table: str) -> TableSpec:
         if table not in self.specs:
-            raise ReplayError(f"unknown replay table {table!r}; the tables are {', '.join(TABLE_NAMES)}")
+            raise ReplayError(f"unknown replay table {table!r}; the tables are {', '.join(self.specs)}")
         return self.specs[table]
 
     # ------------------------------------------------------------------ insert
@@ -323,9 +319,8 @@ class ReplayClient:
                 self._call("HINCRBY", k.meta, "insert_waits", 1)
             if timeout is not None and time.monotonic() - start > timeout:
                 err = RateLimiterTimeout(
-                    f"insert into '{table}' waited {timeout:g} s for the rate limiter (samples_per_insert="
-                    f"{spec.samples_per_insert}, error_buffer={spec.error_buffer}) with {done} of {n} items "
-                    "inserted: is the learner sampling?")
+                    f"insert into '{table}' waited {timeout:g} s for the rate limiter ({spec.rate_limiter}) with "
+                    f"{done} of {n} items inserted: is the learner sampling?")
                 err.inserted_keys = keys[:done].copy()  # type: ignore[attr-defined]
                 raise err
             time.sleep(delay)
@@ -339,24 +334,35 @@ class ReplayClient:
 
     # ------------------------------------------------------------------ sample
 
-    def sample(self, batch_size: int, expert_fraction: float, beta: float = 0.4,
+    def sample(self, batch_size: int, shares: Mapping[str, float] | float | None = None, beta: float = 0.4,
                timeout: float | None = 30.0) -> tuple[SampleInfo, list[Transition]]:
-        """A prioritized batch: round(B·f) items from `expert` (fewer only while it holds fewer), the rest from `online`.
+        """A prioritized batch with each table's share: ``shares`` by table name, or a number, the teacher tables'
+        combined share (the learner's expert fraction; the others split the rest by their spec shares), or None,
+        the specs' ``share``.
 
-        Blocks while the rate limiter refuses, up to ``timeout`` seconds, then raises
-        :class:`RateLimiterTimeout` saying which table and why.
+        The batch is split by largest remainder; a table without a rate limiter gives at most what it holds and
+        the rate-limited tables give the rest (``common.replay_tables``). Blocks while a rate limiter refuses,
+        up to ``timeout`` seconds, then raises :class:`RateLimiterTimeout` saying which table and why.
         """
         B = int(batch_size)
         if B < 1:
             raise ReplayError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0.0 <= expert_fraction <= 1.0:
-            raise ReplayError(f"expert_fraction must be in [0, 1], got {expert_fraction}")
-        want = int(math.floor(B * expert_fraction + 0.5))
-        for name in ("expert", "online"):
-            self.specs[name].check_batch(B)
-        parts = self._draw(B, want, beta, timeout, refill=False)
+        if shares is None or isinstance(shares, (int, float)):
+            if shares is not None and not 0.0 <= shares <= 1.0:
+                raise ReplayError(f"sample: the teacher tables' share must be in [0, 1], got {shares}")
+            shares = batch_shares(list(self.specs.values()), None if shares is None else float(shares))
+        given = dict(shares)
+        unknown = sorted(set(given) - set(self.specs))
+        if unknown:
+            raise ReplayError(f"sample: unknown table(s) {', '.join(unknown)}; the tables are {', '.join(self.specs)}")
+        weights = [float(given.get(name, 0.0)) for name in self.specs]
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ReplayError(f"sample: shares must be finite, >= 0 and not all 0, got {given}")
+        for name, spec in self.specs.items():
+            spec.rate_limiter.check_batch(name, B)
+        parts = self._draw(apportion(B, weights), weights, beta, timeout, refill=False)
         got: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[Transition]]]] = {
-            "expert": [], "online": []}
+            name: [] for name in self.specs}
         for _ in range(_MAX_REFILLS + 1):
             item_keys = [self.keys[name].item(kk) for name, key, *_ in parts for kk in key.tolist()]
             # payloads in pieces: each is decoded while Redis serves the next
@@ -375,31 +381,34 @@ class ReplayClient:
                     missing[name] = missing.get(name, 0) + int((~ok).sum())
             if not missing:
                 break
-            # replacements for the items that did not decode or were evicted since the draw
+            # replacements for the items that did not decode or were evicted since the draw, from the same table
             parts = []
             for name, m in missing.items():
-                parts += self._draw(m, m if name == "expert" else 0, beta, timeout, refill=True)
+                only = [m if other == name else 0 for other in self.specs]
+                parts += self._draw(only, weights, beta, timeout, refill=True)
         else:
             raise ReplayError(f"sample of {B}: after {_MAX_REFILLS} rounds of replacements some items still do not "
                               "decode; see stats()[table]['decode_errors'] and quarantined(table)")
-        chunks = [c for name in ("expert", "online") for c in got[name]]
-        info = SampleInfo(np.concatenate([np.full(c[0].size, name) for name in ("expert", "online") for c in got[name]]),
-                          np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]),
-                          np.concatenate([c[2] for c in chunks]), np.concatenate([c[3] for c in chunks]))
-        return info, [t for c in chunks for t in c[4]]
+        chunks = [(name, c) for name in self.specs for c in got[name]]
+        info = SampleInfo(np.concatenate([np.full(c[0].size, name) for name, c in chunks]),
+                          *(np.concatenate([c[j] for _, c in chunks]) for j in range(4)))
+        return info, [t for _, c in chunks for t in c[4]]
 
-    def _draw(self, n: int, want: int, beta: float, timeout: float | None, refill: bool
+    def _draw(self, counts: Sequence[int], shares: Sequence[float], beta: float, timeout: float | None, refill: bool
               ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Run the sample script (waiting for the rate limiter unless ``refill``); per table drawn from:
-        (name, keys [m] int64, probabilities [m], table sizes [m], importance weights [m])."""
-        ke, ko = self.keys["expert"], self.keys["online"]
-        keys_ = [ke.meta, ke.leaf, ke.agg, ko.meta, ko.leaf, ko.agg]
+        """Run the sample script for ``counts`` items per table (list order; waiting for the rate limiters unless
+        ``refill``); per table drawn from: (name, keys [m] int64, probabilities [m], table sizes [m], importance
+        weights [m])."""
+        names = list(self.specs)
+        n = int(sum(counts))
+        keys_ = [key for name in names for key in (self.keys[name].meta, self.keys[name].leaf, self.keys[name].agg)]
         start = time.monotonic()
         waited = False
         delay = 0.001
         while True:
             us = self._rng.random(n).astype("<f8").tobytes()
-            res = self._script("sample", keys_, [n, want, us, "1" if refill else "0"])
+            res = self._script("sample", keys_, [n, "1" if refill else "0", us, *names, *map(int, counts),
+                                                 *(repr(float(x)) for x in shares)])
             if int(res[0]) == 1:
                 break
             reason = res[1].decode()
@@ -407,13 +416,15 @@ class ReplayClient:
                 raise ReplayError(f"cannot draw replacements for undecodable items: {reason}")
             if not waited:
                 waited = True
-                self._call("HINCRBY", self.keys[reason.split()[0]].meta, "sample_waits", 1)
+                blocked = reason.split()[0]
+                if blocked in self.keys:
+                    self._call("HINCRBY", self.keys[blocked].meta, "sample_waits", 1)
             if timeout is not None and time.monotonic() - start > timeout:
                 raise RateLimiterTimeout(f"sample of {n} waited {timeout:g} s: {reason}")
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         out = []
-        for name, part in zip(("expert", "online"), res[1:]):
+        for name, part in zip(names, res[1:]):
             m = int(part[0])
             if m == 0:
                 continue
@@ -477,7 +488,7 @@ class ReplayClient:
     def sizes(self) -> dict[str, int]:
         """Items held per table."""
         out = {}
-        for name in TABLE_NAMES:
+        for name in self.specs:
             m = self._meta(name)
             out[name] = int(min(m["cursor"], m["capacity"]))
         return out
@@ -528,7 +539,7 @@ class ReplayClient:
         stale_updates, insert_waits, sample_waits, decode_errors (items quarantined), and
         priority_min / _mean / _max over the items that can be sampled (priority > 0)."""
         out: dict[str, dict[str, float]] = {}
-        for name in TABLE_NAMES:
+        for name in self.specs:
             m = self._meta(name)
             _, p = self.priorities(name)
             p = p[p > 0]

@@ -1,7 +1,7 @@
 """Expected failures of the replay service (all :class:`common.errors.RelaxRLError`)."""
 from __future__ import annotations
 
-from common.errors import RelaxRLError
+from common.errors import ConfigError, RelaxRLError
 
 
 class ReplayError(RelaxRLError):
@@ -12,8 +12,9 @@ class ReplayConnectionError(ReplayError, ConnectionError):
     """Redis could not be reached (after retrying with backoff); the message holds the URL, password hidden."""
 
 
-class ReplayConfigError(ReplayError, ValueError):
-    """Table settings are invalid or would deadlock, or disagree with the tables already in Redis."""
+class ReplayConfigError(ReplayError, ConfigError):
+    """The replay's settings disagree with the tables already in Redis, or a Redis URL or directory is unusable.
+    (Table settings that are invalid or would deadlock are :class:`ConfigError`s of the table specs.)"""
 
 
 class RateLimiterTimeout(ReplayError, TimeoutError):

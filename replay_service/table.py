@@ -1,8 +1,9 @@
-"""Tables kept in Redis: their settings, key layout and the Lua scripts that change them.
+"""Tables kept in Redis: their key layout and the Lua scripts that change them.
 
-Vocabulary after Reverb: a table has a name, a ``max_size`` with FIFO removal, a
-proportional prioritized sampler (exponent α) and a rate limiter (``min_size_to_sample``,
-``samples_per_insert`` with ``error_buffer``).
+What a table is (name, ``max_size`` with FIFO removal, a proportional prioritized sampler with
+exponent α, a share of each batch, a source, a rate limiter) is its spec,
+:class:`common.replay_tables.TableSpec`, after Reverb's ``Table``; the service takes a list of
+them. Here is how a table lives in Redis.
 
 Redis layout of table ``T`` under namespace ``NS`` (all state lives here, so a restarted
 client or server continues where it was)::
@@ -38,13 +39,22 @@ with one MGET after the ``sample`` script, and a payload evicted in between read
 (the client draws a replacement). A writer that dies between the steps leaves slots of
 priority 0, which FIFO removal reclaims. The scripts touch payload keys they build from
 the prefix they are given, so tables need a single Redis server (not Redis Cluster).
+
+A sample draws from every table of the list in one ``sample`` script, so the rate limiters
+of all tables are checked and their counters move together: each table gives its count (the
+client splits the batch by share), a table without a rate limiter (``limited`` 0) at most
+what it holds, and the shortfall goes to the rate-limited tables in the ratio of their shares.
+
+Tables written before the table list (two fixed tables, the same layout 2) load as they are:
+key names, meta fields and encoding did not change, and ``create`` rewrites the rate-limiter
+fields of a table whose layout, capacity, α and block match (tests/test_replay_layout.py).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from replay_service.errors import ReplayConfigError
+from common.replay_tables import TableSpec
 
 LAYOUT_VERSION = 2  # 2: one Redis string per item (NS:T:it:KEY), reserve/commit inserts
 
@@ -60,69 +70,13 @@ def block_size(capacity: int) -> int:
     return int(min(256, max(16, 2 ** round(math.log2(target)))))
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """Settings of one table; built through :meth:`build`, which rejects settings that cannot work."""
-
-    name: str
-    max_size: int
-    alpha: float
-    min_size_to_sample: int
-    samples_per_insert: float
-    error_buffer: float
-    rate_limited: bool
-
-    @property
-    def block(self) -> int:
-        return block_size(self.max_size)
-
-    @property
-    def n_blocks(self) -> int:
-        return -(-self.max_size // self.block)
-
-    @property
-    def min_diff(self) -> float:
-        return self.samples_per_insert * self.min_size_to_sample - self.error_buffer
-
-    @property
-    def max_diff(self) -> float:
-        return self.samples_per_insert * self.min_size_to_sample + self.error_buffer
-
-    @classmethod
-    def build(cls, name: str, max_size: int, alpha: float, min_size_to_sample: int, samples_per_insert: float,
-              error_buffer: float, rate_limited: bool = True) -> TableSpec:
-        where = f"replay table '{name}'"
-        if int(max_size) < 1:
-            raise ReplayConfigError(f"{where}: max_size={max_size}; it must be at least 1")
-        if not (math.isfinite(alpha) and alpha >= 0):
-            raise ReplayConfigError(f"{where}: alpha={alpha}; the priority exponent must be finite and >= 0")
-        if min_size_to_sample < 0 or samples_per_insert < 0 or error_buffer < 0:
-            raise ReplayConfigError(f"{where}: min_size_to_sample, samples_per_insert and error_buffer must be >= 0")
-        if rate_limited and min_size_to_sample > max_size:
-            raise ReplayConfigError(
-                f"{where}: min_size_to_sample={min_size_to_sample} > max_size={max_size}: the table can never hold "
-                "enough items, so sampling would block forever; lower replay.min_size_to_sample or raise the size")
-        if rate_limited and samples_per_insert > 0 and 2 * error_buffer < 2 * max(1.0, samples_per_insert):
-            raise ReplayConfigError(
-                f"{where}: samples_per_insert={samples_per_insert} with error_buffer={error_buffer} would deadlock: "
-                "writers wait for samples and the sampler waits for inserts with nothing between them; "
-                f"error_buffer must be at least max(1, samples_per_insert) = {max(1.0, samples_per_insert)} "
-                "(Reverb's SampleToInsertRatio rule), and at least (batch_size + samples_per_insert)/2 for batched sampling")
-        return cls(name, int(max_size), float(alpha), int(min_size_to_sample), float(samples_per_insert),
-                   float(error_buffer), bool(rate_limited))
-
-    def check_batch(self, batch_size: int) -> None:
-        """Reject a sample batch that the ratio limiter could never grant in one piece."""
-        if self.rate_limited and self.samples_per_insert > 0 and 2 * self.error_buffer < batch_size + self.samples_per_insert:
-            need = (batch_size + self.samples_per_insert) / 2
-            raise ReplayConfigError(
-                f"replay table '{self.name}': a batch of {batch_size} can never be granted with "
-                f"samples_per_insert={self.samples_per_insert}, error_buffer={self.error_buffer} (writers would block "
-                f"before the sampler may take a whole batch); set replay.error_buffer >= {need:g}")
-
-    def keys(self, namespace: str) -> TableKeys:
-        p = f"{namespace}:{self.name}"
-        return TableKeys(f"{p}:meta", f"{p}:leaf", f"{p}:agg", f"{p}:it:", f"{p}:quarantine", f"{p}:tok:")
+def create_args(spec: TableSpec) -> list:
+    """ARGV of the CREATE script for ``spec``: its layout, and its rate limiter as Reverb represents one
+    (min_size_to_sample, samples_per_insert, min_diff, max_diff; ``limited`` 0 for a table without one)."""
+    min_size, spi, min_diff, max_diff = spec.rate_limiter.bounds
+    eb = getattr(spec.rate_limiter, "error_buffer", 0.0)
+    return [LAYOUT_VERSION, spec.max_size, repr(float(spec.priority_exponent)), block_size(spec.max_size), min_size,
+            repr(float(spi)), repr(float(eb)), repr(float(min_diff)), repr(float(max_diff)), int(spec.rate_limiter.blocks)]
 
 
 @dataclass(frozen=True)
@@ -135,6 +89,11 @@ class TableKeys:
     item_prefix: str  # + str(key): the item's payload
     quarantine: str
     token_prefix: str
+
+    @classmethod
+    def of(cls, namespace: str, table: str) -> TableKeys:
+        p = f"{namespace}:{table}"
+        return cls(f"{p}:meta", f"{p}:leaf", f"{p}:agg", f"{p}:it:", f"{p}:quarantine", f"{p}:tok:")
 
     def item(self, key: int) -> str:
         """Redis key of the payload of item ``key``."""
@@ -288,7 +247,7 @@ if not t then return redis.error_reply('RELAXRL_NO_TABLE') end
 local n = tonumber(ARGV[1])
 local cap, cursor = t.cap, t.cursor
 local k = n
-if t.limited == 1 and t.spi > 0 then
+if t.limited == 1 then
   k = 0
   while k < n do
     local ins = cursor + k + 1
@@ -342,24 +301,50 @@ for _, b in ipairs(list) do recompute_block(KEYS[2], KEYS[3], b, t.block, size) 
 return live
 """
 
-# KEYS: meta_1 leaf_1 agg_1 meta_2 leaf_2 agg_2 (expert, online)
-# ARGV: batch_size, expert_wanted, packed uniforms [batch_size], refill ('1': replacements for
-# items of a batch already granted: no rate-limiter check, not counted as samples)
-# Expert supplies min(expert_wanted, its size), online the rest; a rate-limited table must
-# grant its whole share or nothing is sampled. Returns {0, reason} when blocked, else
-# {1, part_1, part_2} with part = {n, size, cursor, capacity, packed(total, wmin), packed keys, packed w}.
+# KEYS: meta leaf agg of each of the T tables (3·T keys), in the order of the table list
+# ARGV: batch_size, refill ('1': replacements for items of a batch already granted: no rate-limiter check, not
+# counted as samples), packed uniforms [batch_size], then T names, T counts (summing to batch_size), T shares.
+# A table without a rate limiter gives min(count, size); the shortfall goes to the rate-limited tables in the
+# ratio of their shares (equally when those are all 0; largest remainder, ties to the earlier table). A
+# rate-limited table must grant its whole count or nothing is sampled. Returns {0, reason} when blocked, else
+# {1, part_1 .. part_T} with part = {n, size, cursor, capacity, packed(total, wmin), packed keys, packed w} or {0}.
 # The payloads are fetched by the client (MGET of the item keys) after this call.
 SAMPLE = _PRELUDE + r"""
-local B, want = tonumber(ARGV[1]), tonumber(ARGV[2])
+local T = #KEYS / 3
+local B = tonumber(ARGV[1])
+local refill = ARGV[2] == '1'
 local us = read_doubles(ARGV[3], B)
-local refill = ARGV[4] == '1'
-local te, to = meta(KEYS[1]), meta(KEYS[4])
-if not te or not to then return redis.error_reply('RELAXRL_NO_TABLE') end
-local se, so = math.min(te.cursor, te.cap), math.min(to.cursor, to.cap)
-local ne = math.min(want, se)
-local counts = {ne, B - ne}
-local tabs, sizes, names = {te, to}, {se, so}, {'expert', 'online'}
-for i = 1, 2 do
+local tabs, sizes, names, counts, shares = {}, {}, {}, {}, {}
+local short = 0
+for i = 1, T do
+  local t = meta(KEYS[3 * i - 2])
+  if not t then return redis.error_reply('RELAXRL_NO_TABLE') end
+  tabs[i], sizes[i], names[i] = t, math.min(t.cursor, t.cap), ARGV[3 + i]
+  counts[i], shares[i] = tonumber(ARGV[3 + T + i]), tonumber(ARGV[3 + 2 * T + i])
+  if t.limited == 0 and counts[i] > sizes[i] then
+    short = short + counts[i] - sizes[i]
+    counts[i] = sizes[i]
+  end
+end
+if short > 0 then
+  local lim, wsum = {}, 0
+  for i = 1, T do
+    if tabs[i].limited == 1 then lim[#lim + 1] = i; wsum = wsum + shares[i] end
+  end
+  if #lim == 0 then return {0, 'the tables without a rate limiter hold too few items and no table has one'} end
+  local given, rest = 0, {}
+  for _, i in ipairs(lim) do
+    local x = short / #lim
+    if wsum > 0 then x = short * shares[i] / wsum end
+    local f = math.floor(x + 1e-9)
+    counts[i] = counts[i] + f
+    given = given + f
+    rest[#rest + 1] = {i, x - f}
+  end
+  table.sort(rest, function(a, b) if a[2] ~= b[2] then return a[2] > b[2] end return a[1] < b[1] end)
+  for j = 1, short - given do counts[rest[j][1]] = counts[rest[j][1]] + 1 end
+end
+for i = 1, T do
   local t, n, size = tabs[i], counts[i], sizes[i]
   if n > 0 then
     if size == 0 then return {0, names[i] .. ' table is empty'} end
@@ -367,7 +352,7 @@ for i = 1, 2 do
       if size < t.min_size then
         return {0, names[i] .. ' holds ' .. num(size) .. ' items, min_size_to_sample is ' .. num(t.min_size)}
       end
-      if t.spi > 0 and t.cursor * t.spi - t.samples - n < t.min_diff then
+      if t.cursor * t.spi - t.samples - n < t.min_diff then
         return {0, names[i] .. ' sample/insert ratio: ' .. num(t.samples) .. ' samples after ' .. num(t.cursor) ..
                    ' inserts, samples_per_insert ' .. tostring(t.spi)}
       end
@@ -388,9 +373,9 @@ end
 -- every table that supplies items must have something to sample before any is sampled (no
 -- counter moves on a refusal); a total of 0 also covers items reserved but not yet published
 local aggs = {}
-for i = 1, 2 do
+for i = 1, T do
   if counts[i] > 0 then
-    local a, nb, total, wmin = read_agg(tabs[i], KEYS[3 * (i - 1) + 3], sizes[i])
+    local a, nb, total, wmin = read_agg(tabs[i], KEYS[3 * i], sizes[i])
     if not (total > 0) then
       return {0, names[i] .. ' has no item with priority > 0 (items still being written, all quarantined, '
                  .. 'or priorities set to 0; priorities must be |delta| + eps with eps > 0)'}
@@ -439,7 +424,7 @@ local function sample_table(t, metakey, leaf, ag, n, size, uoff)
 end
 local out = {1}
 local uoff = 0
-for i = 1, 2 do
+for i = 1, T do
   local n = counts[i]
   if n > 0 then
     local k = 3 * (i - 1)

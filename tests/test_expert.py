@@ -218,7 +218,7 @@ def test_exact_compliance_teacher_moves_as_the_quasi_newton_head_would_with_the_
 
 
 def test_expert_actor_acts_with_its_policy_where_the_teacher_offers_no_step():
-    """Above expert.teacher_max_atoms the expert actor's transition is a policy step into the online table."""
+    """Above expert.teacher_max_atoms the expert actor's transition is a policy step (into the policy tables)."""
     from actors.loop import TeacherOrPolicy
 
     class Moves:
@@ -229,7 +229,7 @@ def test_expert_actor_acts_with_its_policy_where_the_teacher_offers_no_step():
     obs = [envs[0].reset(STRUCTURES["cluster-Cu5"]), envs[1].reset(STRUCTURES["slab-Pd12"])]
     teachers = [NewtonTeacher(env, 0.2, max_atoms=8) for env in envs]
     acts = TeacherOrPolicy(Moves(), teachers, ExpertConfig(p_start=1.0, p_end=1.0), np.random.default_rng(0)).act(obs, 0)
-    assert acts.tables == ["expert", "online"]
+    assert acts.sources == ["teacher", "policy"]
     assert acts.expert_moves[1] is None and np.allclose(acts.moves[1], 0.01)
 
 

@@ -1,4 +1,4 @@
-"""n-step returns: what the actors store from an episode (actors.loop.NStepWindow), and the TD target's γ^n."""
+"""n-step returns: what the actors store from an episode (the adder's NStepWindow), and the TD target's γ^n."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from actors.adder import NStepWindow, returns_to_go
 from actors.env import RelaxEnv
 from actors.expert import BFGSExpert
 from actors.generate import random_cluster
-from actors.loop import NStepWindow, returns_to_go
 from common.config import EnvConfig
 from common.transition import Transition
 from learner import td3
@@ -40,15 +40,15 @@ def test_every_step_is_stored_once_with_its_discounted_return_over_the_next_n_st
     n = 3
     w, stored = NStepWindow(n, GAMMA), []
     for i, t in enumerate(steps):
-        ready = w.push("online", t)
+        ready = w.push("policy", t)
         # nothing leaves before the window is full; then one per step; the end flushes the rest
         assert len(ready) == (0 if i < n - 1 else 1) + (n - 1 if i == len(steps) - 1 else 0)
         stored += ready
     assert [t.obs for _, t in stored] == [t.obs for t in steps]  # every state once, in order
     rewards = [t.reward for t in steps]
-    for i, (table, t) in enumerate(stored):
+    for i, (source, t) in enumerate(stored):
         k = min(n, len(steps) - i)
-        assert table == "online" and t.n_steps == k
+        assert source == "policy" and t.n_steps == k
         assert t.reward == pytest.approx(returns_to_go(rewards[i:i + k], GAMMA)[0], rel=1e-12)
         assert t.next_obs is steps[i + k - 1].next_obs
         assert np.array_equal(t.action, steps[i].action) and t.a_back == steps[i].a_back
@@ -60,10 +60,10 @@ def test_every_step_is_stored_once_with_its_discounted_return_over_the_next_n_st
 def test_one_step_window_passes_transitions_through_and_drain_loses_nothing():
     steps = episode(max_steps=200)
     w1 = NStepWindow(1, GAMMA)
-    assert [w1.push("expert", t)[0][1] for t in steps] == steps
+    assert [w1.push("teacher", t)[0][1] for t in steps] == steps
     w = NStepWindow(4, GAMMA)
     for t in steps[:2]:  # the actor stops mid-episode, before a window is full
-        assert w.push("online", t) == []
+        assert w.push("policy", t) == []
     drained = w.drain()
     assert [t.n_steps for _, t in drained] == [2, 1] and drained[0][1].next_obs is steps[1].next_obs
     assert not drained[0][1].terminated and not drained[0][1].truncated  # bootstrapped by the learner
@@ -74,7 +74,7 @@ def test_a_step_that_cannot_be_stored_still_counts_in_the_returns_before_it():
     w = NStepWindow(2, GAMMA)
     stored = []
     for i, t in enumerate(steps):
-        stored += w.push("online", t, storable=(i != 1))
+        stored += w.push("policy", t, storable=(i != 1))
     stored += w.drain()
     assert [t.obs for _, t in stored] == [steps[0].obs, steps[2].obs, steps[3].obs]
     assert stored[0][1].reward == pytest.approx(steps[0].reward + GAMMA * steps[1].reward)

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.config import ReplayConfig
+from common.replay_tables import default_tables
 from common.transition import Transition
 from replay_service.client import ReplayClient
 from replay_service.codec import VERSION, CodecError, encode
@@ -304,7 +305,7 @@ def _writer(url: str, cfg: ReplayConfig, wid: int, stop_at: float, q) -> None:
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_replay_service_restarted_while_writers_write_loses_nothing_silently(tmp_path, how):
     srv = start_embedded(tmp_path / "redis", appendfsync="always")
-    cfg = ReplayConfig(online_max_size=200_000, namespace="restart", connect_timeout=60.0)
+    cfg = ReplayConfig(tables=default_tables(online_max_size=200_000), namespace="restart", connect_timeout=60.0)
     client = ReplayClient(srv.url, cfg)
     client.create_tables()
     ctx = mp.get_context("fork")
@@ -362,7 +363,7 @@ def _check_corrupt_item_handling(client: ReplayClient, key: int, data: bytes, n:
 @given(data=st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda b: b"RXRL\x01\x00" + b)),
        key=st.integers(0, 5))
 def test_random_bytes_in_a_table_are_refused_or_quarantined_and_the_rest_is_intact(redis_server, data, key):
-    c = client_for(redis_server, online_max_size=16)
+    c = client_for(redis_server, online=16)
     try:
         c.insert("online", transitions(range(6)))
         _check_corrupt_item_handling(c, key, data, 6)

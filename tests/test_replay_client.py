@@ -14,6 +14,8 @@ import pytest
 from scipy import stats
 
 from common.config import ReplayConfig
+from common.errors import ConfigError
+from common.replay_tables import MinSize, NoLimit, SampleToInsertRatio, TableSpec, default_tables
 from replay_service.client import ReplayClient
 from replay_service.codec import CodecError, encode
 from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
@@ -32,16 +34,18 @@ def transitions(rewards) -> list:
     return out
 
 
-def client_for(redis_server, seed: int = 0, **kw) -> ReplayClient:
-    cfg = ReplayConfig(**{"expert_max_size": 100, "online_max_size": 100, "min_size_to_sample": 1,
-                          "namespace": f"t{uuid.uuid4().hex[:8]}", "connect_timeout": 5.0, **kw})
+def client_for(redis_server, seed: int = 0, expert: int = 100, online: int = 100, alpha: float = 0.6,
+               limiter=None, tables=None, **kw) -> ReplayClient:
+    """A client of fresh tables: by default the two of today ('online' with ``limiter``, else MinSize(1)), or ``tables``."""
+    tables = tables or default_tables(expert, online, alpha, online_limiter=limiter or MinSize(1))
+    cfg = ReplayConfig(tables=tables, **{"namespace": f"t{uuid.uuid4().hex[:8]}", "connect_timeout": 5.0, **kw})
     c = ReplayClient(redis_server.url, cfg, seed=seed)
     c.create_tables()
     return c
 
 
 def test_sampling_frequencies_follow_priority_to_the_alpha(redis_server):
-    c = client_for(redis_server, alpha=0.6, online_max_size=64)
+    c = client_for(redis_server, alpha=0.6, online=64)
     pr = np.arange(1, 41, dtype=float)
     keys = c.insert("online", transitions(range(40)), priorities=pr)
     counts = np.zeros(40)
@@ -76,7 +80,7 @@ def test_importance_weights_match_the_formula(redis_server):
 
 
 def test_fifo_eviction_keeps_the_newest_items(redis_server):
-    c = client_for(redis_server, online_max_size=16)
+    c = client_for(redis_server, online=16)
     keys = c.insert("online", transitions(range(40)), priorities=np.arange(1, 41.0))
     assert keys.tolist() == list(range(40))
     assert c.sizes()["online"] == 16
@@ -102,7 +106,7 @@ def test_new_items_get_the_current_max_priority(redis_server):
 
 
 def test_stale_priority_updates_are_ignored(redis_server):
-    c = client_for(redis_server, online_max_size=8)
+    c = client_for(redis_server, online=8)
     c.insert("online", transitions(range(8)), priorities=np.ones(8))
     info, _ = c.sample(4, 0.0)
     c.insert("online", transitions(range(8, 16)), priorities=np.full(8, 2.0))  # laps every slot
@@ -136,7 +140,7 @@ def test_expert_share_is_exactly_round_B_f(redis_server, expert_items, B, f, n_e
 
 
 def test_rate_limiter_min_size_blocks_and_releases(redis_server):
-    c = client_for(redis_server, min_size_to_sample=10)
+    c = client_for(redis_server, limiter=MinSize(10))
     c.insert("online", transitions(range(5)))
     with pytest.raises(RateLimiterTimeout, match="online holds 5 items, min_size_to_sample is 10"):
         c.sample(4, 0.0, timeout=0.2)
@@ -147,7 +151,7 @@ def test_rate_limiter_min_size_blocks_and_releases(redis_server):
 
 
 def test_rate_limiter_samples_per_insert_blocks_writers_until_sampled(redis_server):
-    c = client_for(redis_server, min_size_to_sample=4, samples_per_insert=1.0, error_buffer=8.0)
+    c = client_for(redis_server, limiter=SampleToInsertRatio(1.0, 4, 8.0))
     # max_diff = 1*4 + 8 = 12 inserts ahead of samples
     with pytest.raises(RateLimiterTimeout, match="12 of 20 items inserted") as e:
         c.insert("online", transitions(range(20)), timeout=0.2)
@@ -161,30 +165,36 @@ def test_rate_limiter_samples_per_insert_blocks_writers_until_sampled(redis_serv
     assert s["inserts"] == 20 and s["samples"] == 12 and s["insert_waits"] >= 1
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"samples_per_insert": 2.0, "error_buffer": 1.0}, "would deadlock"),
-    ({"min_size_to_sample": 200, "online_max_size": 100}, "can never hold"),
-    ({"alpha": -1.0}, "alpha"),
+@pytest.mark.parametrize("build,match", [
+    (lambda: SampleToInsertRatio(2.0, 64, 1.0), "would deadlock"),
+    (lambda: SampleToInsertRatio(0.0, 64, 1.0), "for no ratio use MinSize"),
+    (lambda: MinSize(0), "an empty table cannot be sampled"),
+    (lambda: TableSpec("online", 100, 1.0, rate_limiter=MinSize(200)), "can never hold"),
+    (lambda: TableSpec("online", 100, 1.0, priority_exponent=-1.0), "priority_exponent"),
+    (lambda: TableSpec("on:line", 100, 1.0), "a name is"),
+    (lambda: ReplayConfig(tables=default_tables(expert_limiter=NoLimit(), online_limiter=NoLimit())), "every table has"),
+    (lambda: ReplayConfig(tables=(TableSpec("online", 100, 0.5),)), "shares sum to 0.5"),
+    (lambda: ReplayConfig(tables=(TableSpec("a", 100, 0.5), TableSpec("a", 100, 0.5))), "more than once"),
 ])
-def test_settings_that_cannot_work_are_rejected_at_build(kw, match):
-    with pytest.raises(ReplayConfigError, match=match):
-        ReplayClient("redis://127.0.0.1:1/0", ReplayConfig(**kw))
+def test_settings_that_cannot_work_are_rejected_at_build(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()
 
 
 def test_batch_too_large_for_the_error_buffer_is_rejected(redis_server):
-    c = client_for(redis_server, samples_per_insert=1.0, error_buffer=4.0)
-    with pytest.raises(ReplayConfigError, match="error_buffer >= 32.5"):
+    c = client_for(redis_server, limiter=SampleToInsertRatio(1.0, 4, 4.0))
+    with pytest.raises(ConfigError, match="error_buffer >= 32.5"):
         c.create_tables(batch_size=64)
-    with pytest.raises(ReplayConfigError, match="can never be granted"):
+    with pytest.raises(ConfigError, match="can never be granted"):
         c.sample(64, 0.0)
 
 
 def test_create_tables_is_idempotent_and_checks_settings(redis_server):
-    c = client_for(redis_server, online_max_size=32)
+    c = client_for(redis_server, online=32)
     c.insert("online", transitions(range(3)))
     assert c.create_tables() == {"expert": "exists", "online": "exists"}
     assert c.sizes() == {"expert": 0, "online": 3}
-    other = ReplayClient(redis_server.url, ReplayConfig(namespace=c.cfg.namespace, expert_max_size=100, online_max_size=64))
+    other = ReplayClient(redis_server.url, ReplayConfig(namespace=c.cfg.namespace, tables=default_tables(100, 64)))
     with pytest.raises(ReplayConfigError, match="max_size 32.*max_size 64"):
         other.create_tables()
     fresh = ReplayClient(redis_server.url, ReplayConfig(namespace=f"t{uuid.uuid4().hex[:8]}"))
@@ -195,7 +205,7 @@ def test_create_tables_is_idempotent_and_checks_settings(redis_server):
 
 
 def test_an_undecodable_item_is_quarantined_and_sampling_goes_on(redis_server, caplog):
-    c = client_for(redis_server, online_max_size=16)
+    c = client_for(redis_server, online=16)
     c.insert("online", transitions(range(10)), priorities=np.ones(10))
     garbage = np.random.default_rng(5).bytes(300)
     c._call("SET", c.item_key("online", 3), garbage)  # corrupt item 3 in Redis, behind the client's back

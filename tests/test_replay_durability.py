@@ -9,6 +9,7 @@ import uuid
 import numpy as np
 
 from common.config import ReplayConfig
+from common.replay_tables import MinSize, default_tables
 from replay_service.client import ReplayClient
 from replay_service.errors import ReplayConnectionError
 from replay_service.server import start_embedded
@@ -17,7 +18,7 @@ from tests.test_replay_client import transitions
 
 def test_sigkill_mid_insert_loses_no_acknowledged_item(tmp_path):
     srv = start_embedded(tmp_path / "redis", appendfsync="always")
-    cfg = ReplayConfig(online_max_size=100_000, namespace="crash", connect_timeout=0.5)
+    cfg = ReplayConfig(tables=default_tables(online_max_size=100_000), namespace="crash", connect_timeout=0.5)
     client = ReplayClient(srv.url, cfg, seed=0)
     client.create_tables()
     acked: dict[int, float] = {}
@@ -67,7 +68,8 @@ def _writer(url: str, cfg: ReplayConfig, wid: int, seconds: float, q) -> None:
 
 
 def test_four_writers_and_a_sampler_lose_and_duplicate_nothing(redis_server):
-    cfg = ReplayConfig(online_max_size=200_000, min_size_to_sample=8, namespace=f"soak{uuid.uuid4().hex[:6]}")
+    cfg = ReplayConfig(tables=default_tables(online_max_size=200_000, online_limiter=MinSize(8)),
+                       namespace=f"soak{uuid.uuid4().hex[:6]}")
     client = ReplayClient(redis_server.url, cfg, seed=0)
     client.create_tables()
     ctx = mp.get_context("fork")

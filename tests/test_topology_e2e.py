@@ -68,9 +68,9 @@ def test_cluster_preset_validates() -> None:
     assert cfg.run.name == "cluster"
     assert cfg.learner.batch_size == 256
     assert cfg.actors.num_online + cfg.actors.num_expert >= 16
-    for size in (cfg.replay.online_max_size, cfg.replay.expert_max_size):
-        assert 1000 <= size <= 5000  # freshness: small systems want 1k-5k transitions, not 100k
-    assert cfg.replay.min_size_to_sample >= cfg.learner.batch_size
+    for table in cfg.replay.tables:
+        assert 1000 <= table.max_size <= 5000  # freshness: small systems want 1k-5k transitions, not 100k
+        assert not table.rate_limiter.blocks or table.rate_limiter.min_size_to_sample >= cfg.learner.batch_size
     assert cfg.replay.metrics_port and cfg.run.metrics_port
 
 
@@ -87,8 +87,8 @@ def test_replay_metrics_server_serves_the_collector_and_closes(redis_server: Any
     try:
         samples = _scrape(srv.url)
         assert samples is not None and samples["relaxrl_replay_up"] == [({}, 1.0)]
-        assert sorted(samples["relaxrl_replay_capacity"], key=str) == [
-            ({"table": "expert"}, float(client.cfg.expert_max_size)), ({"table": "online"}, float(client.cfg.online_max_size))]
+        assert sorted(samples["relaxrl_replay_capacity"], key=str) == [  # one series per table of the list
+            ({"table": t.name}, float(t.max_size)) for t in client.cfg.tables]
         with pytest.raises(ReplayConfigError, match="replay.metrics_port"):  # the port is taken: a clear error
             ReplayMetricsServer(client, srv.port)
     finally:
@@ -105,7 +105,8 @@ def test_train_on_the_native_compose_topology_reaches_prometheus(tmp_path: Path)
     promlocal = _load(DEPLOY / "promlocal.py", "relaxrl_promlocal")
     make_dashboard = _load(DEPLOY / "grafana" / "make_dashboard.py", "relaxrl_make_dashboard")
     tiny = load_config(TINY)
-    assert tiny.replay.min_size_to_sample > EPISODE_STEPS * tiny.actors.envs_per_actor  # see env.max_steps below
+    online = next(t for t in tiny.replay.tables if t.name == "online")
+    assert online.rate_limiter.min_size_to_sample > EPISODE_STEPS * tiny.actors.envs_per_actor  # see env.max_steps below
     run_dir = tmp_path / "run"
     run_replay_port = promlocal.free_port()
 

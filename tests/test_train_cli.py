@@ -79,9 +79,13 @@ def test_resume_with_run_dir_or_config_is_refused_and_nothing_changes(tmp_path, 
     (["learner.tau=0"], "learner.tau must be"),
     (["learner.policy_delay=0"], "learner.policy_delay must be at least 1"),
     (["learner.max_updates=0", "learner.time_limit_s=0"], "training never ends"),
-    (["learner.batch_size=5000"], "at most replay.expert_max_size + replay.online_max_size"),
+    (["learner.batch_size=5000"], "at most the replay tables' total max_size (2000)"),
     (["replay.connect_timeout=inf"], "replay.connect_timeout must be a finite number"),
-    (["replay.min_size_to_sample=5000"], "can never hold"),  # the replay's own rules, before anything starts
+    (["replay.tables.online.rate_limiter.min_size_to_sample=5000"], "can never hold"),  # the replay's own rules
+    (["replay.min_size_to_sample=5000"], "can never hold"),  # the same through a key of the two-table form
+    (["replay.tables.online.rate_limiter.error_buffer=8.0"], "error_buffer >= 18"),  # tiny's batch of 32
+    (["replay.tables.online.share=0.5"], "the shares sum to 0.75"),
+    (["replay.tables.offline.max_size=10"], "NAME one of expert, online"),
     (["env.fmax=-0.05"], "env.fmax must be a positive"),
     (["curriculum.heldout_fraction=1.0"], "curriculum.heldout_fraction must be"),
 ])
