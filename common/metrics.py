@@ -236,16 +236,16 @@ METRICS: dict[str, MetricSpec] = _spec(
     ),
     MetricSpec(
         "relaxrl_replay_inserts_total", "counter", "transitions",
-        "Transitions inserted into each replay table. Its rate is the data the actors "
-        "produce; the expert table's rate should fall as nfake decays.",
+        "Transitions inserted into each replay table (the tables of replay.tables). Its rate is the data the "
+        "actors produce; a teacher table's rate (expert) should fall as nfake decays.",
         "prometheus", "replay service",
         tag_keys=(TABLE_TAG,),
     ),
     MetricSpec(
         "relaxrl_replay_samples_total", "counter", "transitions",
         "Transitions sampled from each replay table. samples/inserts much above 1 means "
-        "each transition is replayed many times (overfitting risk); the expert share of "
-        "samples should stay near expert_fraction.",
+        "each transition is replayed many times (overfitting risk); each table's share of "
+        "samples should stay near its share of a batch (the teacher tables': learner.expert_fraction).",
         "prometheus", "replay service",
         tag_keys=(TABLE_TAG,),
     ),

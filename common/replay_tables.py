@@ -339,88 +339,93 @@ def read_replay_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
     ``tables`` (a list of TOML tables) replaces the default list; then the keys of the two-table form
     (:data:`LEGACY_KEYS`) edit the tables they always meant, and ``tables.NAME.FIELD`` (or
-    ``tables.NAME.rate_limiter.FIELD``) keys edit one field of one table."""
+    ``tables.NAME.rate_limiter.FIELD``) keys edit one field of one table. Each table is built once, after
+    every edit, so edits that only work together (a smaller max_size and a smaller min size) do."""
     values = dict(values)
     given = values.pop("tables", None)
     if given is None:
-        tables = list(DEFAULT_TABLES)
-    elif isinstance(given, (list, tuple)):
-        tables = [table_from_dict(v, f"replay.tables[{i}]") for i, v in enumerate(given)]
-    else:
+        given = DEFAULT_TABLES
+    elif not isinstance(given, (list, tuple)):
         raise ConfigError(f"replay.tables must be a list of tables ({NEW_FORM}); got {given!r}")
-    legacy = {k: values.pop(k) for k in list(values) if k in LEGACY_KEYS}
-    if legacy:
-        tables = _apply_legacy(tables, legacy)
-    for key in [k for k in values if k.startswith("tables.")]:
-        tables = _apply_edit(tables, key, values.pop(key))
-    values["tables"] = tuple(tables)
+    specs = [t.to_dict() if isinstance(t, TableSpec) else t for t in given]
+    if all(isinstance(t, Mapping) for t in specs):  # anything else is reported by table_from_dict below
+        specs = [dict(t) for t in specs]
+        legacy = {k: values.pop(k) for k in list(values) if k in LEGACY_KEYS}
+        if legacy:
+            _apply_legacy(specs, legacy)
+        for key in [k for k in values if k.startswith("tables.")]:
+            _apply_edit(specs, key, values.pop(key))
+    values["tables"] = tuple(table_from_dict(t, f"replay.tables[{i}]") for i, t in enumerate(specs))
     return values
 
 
-def _apply_legacy(tables: list[TableSpec], legacy: dict[str, Any]) -> list[TableSpec]:
-    by_name = {t.name: t for t in tables}
+def _apply_legacy(specs: list[dict[str, Any]], legacy: dict[str, Any]) -> None:
+    """Edit ``specs`` (dicts, in place) as the two-table keys ``legacy`` say."""
+    by_name = {t.get("name"): t for t in specs}
 
-    def table(name: str, key: str) -> TableSpec:
+    def table(name: str, key: str) -> dict[str, Any]:
         if name not in by_name:
             raise ConfigError(f"replay.{key} sets table {name!r}, which replay.tables does not have "
-                              f"({', '.join(by_name)}); write the setting in the table list: {NEW_FORM}")
+                              f"({', '.join(map(str, by_name))}); write the setting in the table list: {NEW_FORM}")
         return by_name[name]
 
     def number(key: str, integer: bool = False) -> Any:
         v = legacy[key]
-        ok = _is_int(v) if integer else _is_number(v)
-        if not ok or not math.isfinite(v):
+        if not (_is_int(v) if integer else _is_number(v)) or not math.isfinite(v):
             raise ConfigError(f"replay.{key} must be a finite {'integer' if integer else 'number'}, got {v!r}")
         return v
 
     for key, name in (("expert_max_size", TABLE_NAMES[0]), ("online_max_size", TABLE_NAMES[1])):
         if key in legacy:
-            by_name[name] = dataclasses.replace(table(name, key), max_size=number(key, integer=True))
+            table(name, key)["max_size"] = number(key, integer=True)
     if "alpha" in legacy:
-        by_name = {n: dataclasses.replace(t, priority_exponent=float(number("alpha"))) for n, t in by_name.items()}
+        for t in specs:
+            t["priority_exponent"] = float(number("alpha"))
     ratio_keys = [k for k in ("min_size_to_sample", "samples_per_insert", "error_buffer") if k in legacy]
-    if ratio_keys or "expert_rate_limited" in legacy:
-        online = table(TABLE_NAMES[1], (ratio_keys or ["expert_rate_limited"])[0])
-        now = _legacy_view(online.rate_limiter)
-        n = number("min_size_to_sample", integer=True) if "min_size_to_sample" in legacy else now[0]
-        spi = number("samples_per_insert") if "samples_per_insert" in legacy else now[1]
-        eb = number("error_buffer") if "error_buffer" in legacy else now[2]
-        if spi < 0:
-            raise ConfigError(f"replay.samples_per_insert must be >= 0 (0 = no ratio), got {spi!r}")
-        # 0 was 'no minimum'; an empty table could not be sampled either way
-        limiter = SampleToInsertRatio(float(spi), max(1, n), float(eb)) if spi > 0 else MinSize(max(1, n))
-        by_name[online.name] = dataclasses.replace(online, rate_limiter=limiter)
-        flag = legacy.get("expert_rate_limited")
-        if flag is not None and not isinstance(flag, bool):
-            raise ConfigError(f"replay.expert_rate_limited must be true or false, got {flag!r}")
-        if flag is not None:
-            expert = table(TABLE_NAMES[0], "expert_rate_limited")
-            by_name[expert.name] = dataclasses.replace(expert, rate_limiter=limiter if flag else NoLimit())
-    return [by_name[t.name] for t in tables]
+    flag = legacy.get("expert_rate_limited")
+    if flag is not None and not isinstance(flag, bool):
+        raise ConfigError(f"replay.expert_rate_limited must be true or false, got {flag!r}")
+    if not ratio_keys and flag is None:
+        return
+    online = table(TABLE_NAMES[1], (ratio_keys or ["expert_rate_limited"])[0])
+    n, spi, eb = _legacy_view(online.get("rate_limiter"))
+    n = number("min_size_to_sample", integer=True) if "min_size_to_sample" in legacy else n
+    spi = number("samples_per_insert") if "samples_per_insert" in legacy else spi
+    eb = number("error_buffer") if "error_buffer" in legacy else eb
+    if spi < 0:
+        raise ConfigError(f"replay.samples_per_insert must be >= 0 (0 = no ratio), got {spi!r}")
+    # 0 was 'no minimum'; an empty table could not be sampled either way
+    limiter = (SampleToInsertRatio(float(spi), max(1, n), float(eb)) if spi > 0 else MinSize(max(1, n))).to_dict()
+    online["rate_limiter"] = limiter
+    if flag is not None:
+        table(TABLE_NAMES[0], "expert_rate_limited")["rate_limiter"] = limiter if flag else NoLimit().to_dict()
 
 
-def _legacy_view(limiter: RateLimiter) -> tuple[int, float, float]:
-    """(min_size_to_sample, samples_per_insert, error_buffer) as the two-table form wrote them (0 = no ratio)."""
-    if isinstance(limiter, SampleToInsertRatio):
-        return limiter.min_size_to_sample, limiter.samples_per_insert, limiter.error_buffer
-    if isinstance(limiter, MinSize):
-        return limiter.min_size_to_sample, 0.0, 0.0
-    return 64, 0.0, 0.0  # the old default of a limiter-less table
+def _legacy_view(limiter: Any) -> tuple[int, float, float]:
+    """(min_size_to_sample, samples_per_insert, error_buffer) of a limiter (or its dict) as the two-table form wrote
+    them (0 = no ratio; a table without a limiter had the old default 64)."""
+    d = limiter.to_dict() if isinstance(limiter, RateLimiter) else limiter or MinSize(64).to_dict()
+    if not isinstance(d, Mapping) or d.get("kind") == NoLimit.kind:
+        return 64, 0.0, 0.0
+    ratio = d.get("kind") == SampleToInsertRatio.kind
+    return (d.get("min_size_to_sample", 64), d.get("samples_per_insert", 0.0) if ratio else 0.0,
+            d.get("error_buffer", 0.0) if ratio else 0.0)
 
 
-def _apply_edit(tables: list[TableSpec], key: str, value: Any) -> list[TableSpec]:
+def _apply_edit(specs: list[dict[str, Any]], key: str, value: Any) -> None:
+    """Edit one field of one table of ``specs`` (dicts, in place): ``key`` is tables.NAME.FIELD or
+    tables.NAME.rate_limiter.FIELD."""
     parts = key.split(".")
-    names = [t.name for t in tables]
+    names = [t.get("name") for t in specs]
     if len(parts) < 3 or parts[1] not in names:
-        raise ConfigError(f"replay.{key}: give replay.tables.NAME.FIELD with NAME one of {', '.join(names)} "
+        raise ConfigError(f"replay.{key}: give replay.tables.NAME.FIELD with NAME one of {', '.join(map(str, names))} "
                           "(to add a table, write the whole list: replay.tables = [...])")
-    i = names.index(parts[1])
-    spec = tables[i].to_dict()
+    spec = specs[names.index(parts[1])]
     if parts[2] == "rate_limiter" and len(parts) == 4:
-        spec["rate_limiter"] = {**spec["rate_limiter"], parts[3]: value}
+        old = spec.get("rate_limiter", MinSize(64))
+        spec["rate_limiter"] = {**(old.to_dict() if isinstance(old, RateLimiter) else old), parts[3]: value}
     elif len(parts) == 3 and parts[2] in TABLE_FIELDS:
         spec[parts[2]] = value
     else:
         raise ConfigError(f"replay.{key}: a table has {', '.join(TABLE_FIELDS)} (rate_limiter.FIELD for one field "
                           "of its rate limiter)")
-    return [*tables[:i], table_from_dict(spec, f"replay.{key}"), *tables[i + 1:]]

@@ -94,6 +94,28 @@ def _q_ylim(rows: list[dict[str, Any]], keys: list[str]) -> tuple[float, float] 
     return float(lo - pad), float(hi + pad)
 
 
+def _draw_series(ax: Any, rows: list[dict[str, Any]], series: list[tuple[str, str]]) -> tuple[int, Any]:
+    """Draw each (key, label) that has points on ``ax``, rates on a twin 0..1 axis; (lines drawn, the twin or None)."""
+    drawn, twin = 0, None
+    for key, label in series:
+        pts = points(rows, key)
+        if pts:
+            x, y = zip(*pts)
+            target = ax
+            if key.endswith(("success", "saddle")):  # rates on their own 0..1 axis
+                twin = twin or ax.twinx()
+                twin.set_ylim(-0.02, 1.02)
+                twin.set_ylabel("success rate")
+                target = twin
+            style = {"ls": ":", "lw": 1.0} if key == "actors/reward" else {"lw": 1.4}
+            if key.startswith("eval/"):  # one point every run.eval_every updates: show each
+                style["marker"] = "o"
+                style["ms"] = 4
+            target.plot(x, y, label=label, color=f"C{drawn}", **style)
+            drawn += 1
+    return drawn, twin
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """One PNG per panel, x-axis t_total; returns the files written.
 
@@ -115,29 +137,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     for name, title, series in PANELS:
         series = replay_size_series(rows) if name == "replay_sizes" else series
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        drawn = 0
-        twin = None
         if name == "action_scale" and gate_off:
             series = []
             title = "action scale: off (env.env_input_dim = 0)"
             ax.text(0.5, 0.5, "env gate off: the policy's moves are not rescaled\n(action scale is 1 by construction)",
                     ha="center", va="center", transform=ax.transAxes, fontsize=9)
-        for key, label in series:
-            pts = points(rows, key)
-            if pts:
-                x, y = zip(*pts)
-                target = ax
-                if key.endswith(("success", "saddle")):  # rates on their own 0..1 axis
-                    twin = twin or ax.twinx()
-                    twin.set_ylim(-0.02, 1.02)
-                    twin.set_ylabel("success rate")
-                    target = twin
-                style = {"ls": ":", "lw": 1.0} if key == "actors/reward" else {"lw": 1.4}
-                if key.startswith("eval/"):  # one point every run.eval_every updates: show each
-                    style["marker"] = "o"
-                    style["ms"] = 4
-                target.plot(x, y, label=label, color=f"C{drawn}", **style)
-                drawn += 1
+        drawn, twin = _draw_series(ax, rows, series)
         if name == "fmax_success" and drawn:
             ax.set_yscale("log")
         if name == "live_eval" and points(rows, "eval/force_calls_vs_bfgs"):

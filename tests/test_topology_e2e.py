@@ -112,28 +112,12 @@ def test_train_on_the_native_compose_topology_reaches_prometheus(tmp_path: Path)
 
     with nt.NativeTopology(replay_config=TINY) as topo:
         prom = topo.prometheus
-        cmd = [sys.executable, "-m", "relaxrl.cli", "train", "--address", topo.ray_address,
-               "--redis-url", topo.redis_url, "--config", str(TINY), "--run-dir", str(run_dir), "--no-progress",
-               # one CPU per actor on one-CPU nodes: the online actor and the expert actor land on different nodes
-               "--set", "actors.num_cpus=1",
-               # Fmax, success and force calls are recorded when an episode ends. With 10-step episodes
-               # the online actor (2 envs) ends its first ones before its table holds min_size_to_sample
-               # (32) transitions, so before the learner's first update: every dashboard metric exists.
-               "--set", f"env.max_steps={EPISODE_STEPS}",
-               # this run also serves the replay metrics itself (what a cluster head does without `replay serve`)
-               "--set", f"replay.metrics_port={run_replay_port}"]
         log = (tmp_path / "train.log").open("w")
-        train = subprocess.Popen(cmd, cwd=tmp_path, env={**topo.env, "OMP_NUM_THREADS": "1"},
-                                 stdout=log, stderr=subprocess.STDOUT, text=True)
+        train = subprocess.Popen(_train_command(topo, run_dir, run_replay_port), cwd=tmp_path,
+                                 env={**topo.env, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
             # while training runs: the launcher's replay endpoint serves what the replay service serves
-            run_replay: dict[str, list[tuple[dict[str, str], float]]] | None = None
-            deadline = time.monotonic() + 180
-            while train.poll() is None and time.monotonic() < deadline:
-                run_replay = _scrape(f"http://127.0.0.1:{run_replay_port}/metrics")
-                if run_replay and any(v > 0 for _, v in run_replay.get("relaxrl_replay_size", [])):
-                    break
-                time.sleep(0.5)
+            run_replay = _scrape_while_filling(train, run_replay_port, timeout=180)
             assert run_replay, f"relaxrl train served no replay metrics on replay.metrics_port {run_replay_port}"
             assert {lab["table"] for lab, _ in run_replay["relaxrl_replay_size"]} == {"expert", "online"}
             assert run_replay["relaxrl_replay_up"] == [({}, 1.0)]
@@ -169,19 +153,50 @@ def test_train_on_the_native_compose_topology_reaches_prometheus(tmp_path: Path)
                              timeout=30)
         assert {r["metric"]["table"] for r in size} == {"expert", "online"}
 
-        # every metric a dashboard query names was exported by this run
-        exported = _exported(prom)
-        dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "relaxrl.json").read_text())
-        # except the live evaluation's force-call ratio: it is defined (and exported) only once the actor solved
-        # a sample structure BFGS solved too, which tiny's few updates do not promise
-        undefined = {"relaxrl_eval_force_calls_vs_bfgs_ratio"}
-        missing = {}
-        for expr in make_dashboard.promql_expressions(dashboard):
-            for series in re.findall(r"\b(?:ray_)?relaxrl_[a-z0-9_]+\b", expr):
-                spec = spec_for_promql_name(series)
-                assert spec is not None, series
-                if series not in exported and spec.name not in undefined:
-                    missing[series] = expr
-        assert not missing, f"dashboard queries metrics this run did not export: {missing}; exported: {sorted(exported)}"
-        assert {spec_for_promql_name(s).name for s in exported if spec_for_promql_name(s)} | undefined == set(METRICS)
+        _assert_every_dashboard_metric_was_exported(prom, make_dashboard)
     assert topo.tmp is None  # everything the topology started is stopped
+
+
+def _train_command(topo: Any, run_dir: Path, run_replay_port: int) -> list[str]:
+    """`relaxrl train` of configs/tiny.toml on the topology."""
+    return [sys.executable, "-m", "relaxrl.cli", "train", "--address", topo.ray_address,
+            "--redis-url", topo.redis_url, "--config", str(TINY), "--run-dir", str(run_dir), "--no-progress",
+            # one CPU per actor on one-CPU nodes: the online actor and the expert actor land on different nodes
+            "--set", "actors.num_cpus=1",
+            # Fmax, success and force calls are recorded when an episode ends. With 10-step episodes
+            # the online actor (2 envs) ends its first ones before its table holds min_size_to_sample
+            # (32) transitions, so before the learner's first update: every dashboard metric exists.
+            "--set", f"env.max_steps={EPISODE_STEPS}",
+            # this run also serves the replay metrics itself (what a cluster head does without `replay serve`)
+            "--set", f"replay.metrics_port={run_replay_port}"]
+
+
+def _scrape_while_filling(train: subprocess.Popen, port: int, timeout: float
+                          ) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    """The run's replay endpoint, scraped until a table holds something (or the run ends, or ``timeout``)."""
+    scraped = None
+    deadline = time.monotonic() + timeout
+    while train.poll() is None and time.monotonic() < deadline:
+        scraped = _scrape(f"http://127.0.0.1:{port}/metrics")
+        if scraped and any(v > 0 for _, v in scraped.get("relaxrl_replay_size", [])):
+            break
+        time.sleep(0.5)
+    return scraped
+
+
+def _assert_every_dashboard_metric_was_exported(prom: Any, make_dashboard: Any) -> None:
+    """Every metric a dashboard query names was exported by the run Prometheus scraped."""
+    exported = _exported(prom)
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "relaxrl.json").read_text())
+    # except the live evaluation's force-call ratio: it is defined (and exported) only once the actor solved
+    # a sample structure BFGS solved too, which tiny's few updates do not promise
+    undefined = {"relaxrl_eval_force_calls_vs_bfgs_ratio"}
+    missing = {}
+    for expr in make_dashboard.promql_expressions(dashboard):
+        for series in re.findall(r"\b(?:ray_)?relaxrl_[a-z0-9_]+\b", expr):
+            spec = spec_for_promql_name(series)
+            assert spec is not None, series
+            if series not in exported and spec.name not in undefined:
+                missing[series] = expr
+    assert not missing, f"dashboard queries metrics this run did not export: {missing}; exported: {sorted(exported)}"
+    assert {spec_for_promql_name(s).name for s in exported if spec_for_promql_name(s)} | undefined == set(METRICS)
