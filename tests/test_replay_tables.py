@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import tomllib
 
+from actors.coordinator import Coordinator
+from actors.curriculum import Curriculum, load_structures
+from actors.loop import ActorLoop
 from common.config import ConfigError, ReplayConfig, dump_config, from_dict, load_config
 from common.replay_tables import (
     DEFAULT_TABLES,
@@ -21,7 +24,9 @@ from common.replay_tables import (
     batch_shares,
     default_tables,
 )
+from learner.learner import Learner
 from replay_service.client import ReplayClient
+from tests.test_replay_client import transitions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.toml"
@@ -161,8 +166,6 @@ def test_a_table_without_limiter_gives_what_it_holds_and_the_limited_tables_the_
               TableSpec("online", 50, 0.4, rate_limiter=MinSize(1)), TableSpec("recent", 50, 0.2, rate_limiter=MinSize(1)))
     c = ReplayClient(redis_server.url, ReplayConfig(tables=tables, namespace=f"t{uuid.uuid4().hex[:8]}"), seed=0)
     c.create_tables()
-    from tests.test_replay_client import transitions
-
     for name in ("online", "recent"):
         c.insert(name, transitions(range(30)))
     c.insert("expert", transitions(range(5)))
@@ -182,11 +185,6 @@ def test_a_third_table_added_through_config_alone_is_filled_by_the_actors_and_sa
     'recent', an expert actor its teacher steps into 'expert' only, and one real learner update draws the
     schedule's expert share from 'expert' (what it holds of it) and the rest from 'online' and 'recent' in the
     ratio 2:1, and sends back the priorities of what it drew from each."""
-    from actors.coordinator import Coordinator
-    from actors.loop import ActorLoop
-    from actors.structures import Curriculum, load_structures
-    from learner.learner import Learner
-
     cfg = load_config(tiny_with(tmp_path, THREE_TABLES), ["actors.insert_batch=1", "expert.p_start=1.0",
                                                           "expert.p_end=1.0"])
     cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
