@@ -9,7 +9,8 @@ invalid config object exists), and TOML loading. Each setting has one key: the p
 step bound is ``env.max_step`` and the feature count ``env.env_input_dim`` (the networks
 and the teachers read them there); keys of earlier versions (:data:`REMOVED_KEYS`) are
 errors that name the new key, renamed keys (:data:`RENAMED_KEYS`) are read under their new
-name with a warning. Unknown
+name with a warning, and the replay's two-table keys (``replay.expert_max_size`` ...) still set
+the tables they named (``common.replay_tables.read_replay_values``). Unknown
 sections or keys and values of the wrong type are :class:`ConfigError`s that name the key
 and list the valid ones with their documentation.
 """
