@@ -21,7 +21,7 @@ import torch
 from common.config import to_dict
 from common.correction import correct_on_pairs
 from common.errors import RelaxRLError
-from common.names import TEACHER
+from common.names import SOURCES, TEACHER
 from common.replay_tables import batch_shares, tables_of
 from common.schedules import linear
 from learner import td3
@@ -132,10 +132,13 @@ class Learner:
         return linear(self.lc.beta_start, 1.0, self.lc.beta_anneal_updates, self.counters.updates)
 
     def t_total(self) -> int:
+        """Environment steps so far: the ``t_total`` callable's, else the replay's inserts (every step goes to each
+        table of its source, so one table per source counts)."""
         if self._t_total_fn is not None:
             return int(self._t_total_fn())
         stats = self.sampler.stats()
-        return int(sum(t.get("inserts", 0) for t in stats.values()))
+        firsts = [names[0] for names in (tables_of(self.config.replay.tables, s) for s in SOURCES) if names]
+        return int(sum(stats.get(name, {}).get("inserts", 0) for name in firsts))
 
     # -- one update ----------------------------------------------------------------------------
     def _to_batch(self, info, transitions) -> td3.TD3Batch:

@@ -207,6 +207,7 @@ def test_a_third_table_added_through_config_alone_is_filled_by_the_actors_and_sa
     assert all(t.expert_action is None for t in replay.items("online", range(steps)))
 
     learner = Learner(cfg, replay, tmp_path / "run")
+    assert learner.t_total() == steps + sizes["expert"]  # each step once, though 'recent' holds copies
     assert learner.batch_shares() == pytest.approx({"expert": 0.25, "online": 0.5, "recent": 0.25})
     logs = learner.step()
     assert apportion(cfg.learner.batch_size, [0.25, 0.5, 0.25]) == [8, 16, 8]
