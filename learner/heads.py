@@ -26,7 +26,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from common.config import EnvConfig, NetworkConfig
+from common.config import EnvConfig, NetworkConfig, RunConfig
 from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, safe_norm
 from learner.graph import Graph, torch_dtype
 from learner.quasi_newton import quasi_newton_step
@@ -169,3 +169,11 @@ HEAD_CLASSES = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-new
 def build_actor(cfg: NetworkConfig, env: EnvConfig) -> Actor:
     """The actor class ``network.actor_head`` names."""
     return HEAD_CLASSES[cfg.actor_head](cfg, env)
+
+
+def initial_actor(config: RunConfig) -> Actor:
+    """The actor every run of ``config`` (a ``RunConfig``) starts from: torch's global generator seeded with
+    ``run.seed``, then :func:`build_actor`. The learner builds its actor this way first and its critic from the
+    same stream next; :func:`learner.policy.untrained_policy` builds the same weights without moving that stream."""
+    torch.manual_seed(config.run.seed)
+    return build_actor(config.network, config.env)

@@ -28,7 +28,7 @@ from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from learner.critic import TwinCritic
 from learner.graph import batch_graphs, torch_dtype
-from learner.heads import build_actor
+from learner.heads import initial_actor
 
 
 def corrected_moves(graph, proposed: torch.Tensor, env_cfg) -> torch.Tensor:
@@ -89,8 +89,7 @@ class Learner:
         self.device = pick_device(device or self.lc.device)
         dtype = torch_dtype(config.network.dtype)
         self.dtype = dtype
-        torch.manual_seed(config.run.seed)
-        self.actor = build_actor(config.network, config.env).to(self.device, dtype)
+        self.actor = initial_actor(config).to(self.device, dtype)  # seeds torch: the critic comes from the same stream
         self.critic = TwinCritic(config.network, config.env).to(self.device, dtype)
         self.actor_target = copy.deepcopy(self.actor)
         self.critic_target = copy.deepcopy(self.critic)

@@ -20,7 +20,7 @@ from common.config import DROPPED_KEYS, REMOVED_KEYS, ConfigError, from_dict, re
 from common.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype
-from learner.heads import Actor, build_actor
+from learner.heads import Actor, build_actor, initial_actor
 
 
 class Policy:
@@ -64,6 +64,14 @@ class Policy:
         fmax = float(np.linalg.norm(forces, axis=1).max()) if len(atoms) else 0.0
         feats = env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim)
         return Observation.from_atoms(atoms, forces=forces, energy=energy, env_features=feats)
+
+
+def untrained_policy(config, device: str | torch.device = "cpu") -> Policy:
+    """The policy a run of ``config`` starts from: the learner's initial actor (:func:`learner.heads.initial_actor`,
+    seeded with ``run.seed``), weights version 0. Torch's global random stream is left where it was."""
+    with torch.random.fork_rng(devices=[]):
+        actor = initial_actor(config)
+    return Policy(config, device, actor=actor.to(torch.device(device), torch_dtype(config.network.dtype)))
 
 
 def save_policy(run_dir: str | Path, config, actor: torch.nn.Module, updates: int = 0, **extra) -> Path:
