@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from ase.constraints import FixAtoms
 
 from actors.suite import SUITE_KINDS, generalisation_suite
@@ -71,3 +72,33 @@ def test_the_validation_draw_has_the_suites_recipes_but_other_structures():
     for x, y, z in zip(suite, val, again):
         np.testing.assert_array_equal(y.positions, z.positions)
         assert not np.allclose(x.positions, y.positions)
+
+
+def test_the_large_suite_is_fixed_large_and_runs_under_emt():
+    """suite-large: at least 8 seeded structures of 100–500 atoms, EMT elements, slabs with fixed bottom layers,
+    every start passing the environment's checks, and streams apart from the suite's."""
+    from actors.calculators import calculator_elements
+    from actors.structure_check import check_structure
+    from actors.suite import LARGE_KINDS, large_sample, large_suite
+
+    a, b = large_suite(), large_suite()
+    assert len(a) >= 8 and len({x.info["name"] for x in a}) == len(a)
+    assert [k for k in LARGE_KINDS if any(x.info["kind"] == k for x in a)] == list(LARGE_KINDS)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.positions, y.positions)
+        assert x.get_chemical_symbols() == y.get_chemical_symbols()
+        assert 100 <= len(x) <= 500, x.info["name"]
+        assert set(x.get_chemical_symbols()) <= calculator_elements("emt")
+        check_structure(x, x.info["name"], calculator="emt", min_distance_factor=0.6)
+    names = [x.info["name"] for x in a]
+    assert "bulk-defect-Cu255-0" in names  # issue 24's example: 4×4×4 Cu (a = 3.6 Å), one vacancy, rattled
+    for x in a:
+        if x.info["kind"] in ("slab-large", "adsorbate-layer"):
+            fixed = [c for c in x.constraints if isinstance(c, FixAtoms)]
+            assert len(fixed) == 1 and set(x.get_tags()[fixed[0].get_indices()]) == {3, 4}
+    cu = next(x for x in a if x.info["name"] == "bulk-defect-Cu255-0")
+    ideal = np.linalg.norm(cu.cell[0]) / 4
+    assert ideal == pytest.approx(3.6)
+    assert 0.1 < np.std(cu.positions - np.round(cu.positions / (ideal / 2)) * (ideal / 2)) < 0.2  # rattled ~0.15 Å
+    assert [x.info["name"] for x in large_sample(3)] == [next(y.info["name"] for y in a if y.info["kind"] == k)
+                                                         for k in ("bulk-defect", "alloy", "nanoparticle")]
