@@ -1,22 +1,24 @@
 """How the RL policy relaxes the generalisation suite compared with ASE's optimizers; prints one JSON object.
 
-    python bench/relax_quality.py [--structures suite|suite-val|held-out] [--quick] [--checkpoint CKPT] [--hybrid K]
-                                  [--config configs/demo.toml]
+    python bench/relax_quality.py [--structures suite|suite-val|suite-large|held-out] [--quick] [--checkpoint CKPT]
+                                  [--hybrid K] [--config configs/demo.toml]
 
 Runs :func:`relaxrl.evaluate.evaluate` on the generalisation suite (:mod:`actors.suite`, the
-default) or on the held-out split of the demo config (or of the checkpoint's config) with rl, bfgs,
-bfgsls, lbfgs, fire and gpmin, same calculator, fmax and step budget for all. Prints per optimizer
-the success rate and median/mean force calls, and
+default), its validation draw, the large suite or the held-out split of the demo config (or of the
+checkpoint's config) with rl and ASE's optimizers (bfgs, bfgsls, lbfgs, fire, precon, goqn; gpmin on
+request, at most 64 atoms), same calculator, fmax and step budget for all (the set's budget of
+`relaxrl eval` unless ``--steps``), judged by `relaxrl eval`'s rule (the classical optimizers' minima
+are the reference; eval's default saddle check). Prints per optimizer the success rate and
+median/mean force calls, and
 ``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls``: the ratio of mean force calls on the
 structures both solved (below 1 = the policy needs fewer calls); ``by_kind`` gives success
 per optimizer and those two ratios per structure kind and overall. Without ``--checkpoint`` the
-policy is freshly initialised (untrained), and the JSON says so: the numbers are then a floor,
-not a result. ``--teachers newton,compliance`` also runs the expert teachers of
-:mod:`actors.expert` alone through :class:`~actors.env.RelaxEnv` (their Hessians are not counted,
+policy is the untrained one of the config (:func:`learner.policy.untrained_policy`: the weights a
+run of it starts from), and the JSON says so. ``--teachers newton,compliance`` also runs the expert
+teachers of :mod:`actors.expert` alone through :class:`~actors.env.RelaxEnv` (their Hessians are not counted,
 so these are bounds a one-call-per-step optimizer could reach with an exact Hessian, not
-competitors): converged count and force calls relative to BFGS's where both converged.
-``--curvature-check N`` counts, per optimizer, the converged runs on at most N free atoms that
-ended on a saddle point (``n_saddle``, as ``relaxrl eval --curvature-check``).
+competitors), judged by the same rule: converged count, success, and force calls relative to BFGS's
+where both converged. ``--curvature-check N`` sets the saddle check's size limit (0 = off).
 ``--quick`` keeps 6 structures: one per suite kind, or for held-out 6 spanning
 the sizes (< 40 s on a laptop CPU for held-out).
 """
@@ -35,15 +37,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 
 from actors.env import RelaxEnv  # noqa: E402
 from actors.expert import make_teacher  # noqa: E402
+from actors.hessian import curvature_if_small  # noqa: E402
 from actors.rollout import run_episode  # noqa: E402
 from common.config import ExpertConfig, load_config  # noqa: E402
-from learner.policy import Policy, load_policy  # noqa: E402
-from relaxrl.eval_cli import SUITE_SETS, heldout_structures, suite_structures  # noqa: E402
-from relaxrl.evaluate import OPTIMIZERS, evaluate, fragment_count, judge  # noqa: E402
+from learner.policy import load_policy, untrained_policy  # noqa: E402
+from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, SUITE_SETS, set_structures  # noqa: E402
+from relaxrl.evaluate import (  # noqa: E402
+    CURVATURE_MAX_ATOMS,
+    calculator_factory,
+    evaluate,
+    fragment_count,
+    judge,
+)
 
 # ASE's optimizers on EMT systems relative to BFGS, from the issue: for orientation only.
 REFERENCE_VS_BFGS = {"fire": [2.1, 2.5], "bfgsls": [0.45, 0.59], "gpmin": [0.43, 0.52]}
@@ -52,20 +60,21 @@ TEACHER_RUN = "teacher"  # the teacher's run among the optimizers' when it is ju
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--structures", choices=("suite", "suite-val", "held-out"), default="suite",
+    p.add_argument("--structures", choices=(*SUITE_SETS, "held-out"), default="suite",
                    help="the generalisation suite (27 structures of 6 kinds; default), its validation draw "
-                        "(same recipes, other random draws) or the config's held-out split")
+                        "(same recipes, other random draws), the large suite or the config's held-out split")
     p.add_argument("--quick", action="store_true",
                    help="6 structures (one per suite kind, or held-out ones spanning the sizes), at most 150 steps")
     p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (default: untrained policy)")
     p.add_argument("--config", default=None, help="structure source (default: the checkpoint's config, else configs/demo.toml)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="rl hands over to BFGS after K steps without progress")
     p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    p.add_argument("--steps", type=int, default=None, help="default: the set's budget in relaxrl eval (300, 600, 200)")
+    p.add_argument("--optimizers", default="rl,bfgs,bfgsls,lbfgs,fire,precon,goqn")
     p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance, bfgsls")
-    p.add_argument("--curvature-check", type=int, default=0, metavar="N",
-                   help="flag converged runs on at most N free atoms that ended on a saddle point (as relaxrl eval)")
+    p.add_argument("--curvature-check", type=int, default=CURVATURE_MAX_ATOMS, metavar="N",
+                   help="a converged run on at most N free atoms that ended on a saddle point is no success "
+                        "(as relaxrl eval; 0 = off)")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -74,25 +83,26 @@ def main(argv: list[str] | None = None) -> int:
         policy_note = f"trained checkpoint {policy_path(args.checkpoint)} (weights version {policy.version})"
     else:
         cfg = load_config(args.config or ROOT / "configs" / "demo.toml")
-        torch.manual_seed(cfg.run.seed)
-        policy = Policy(cfg)
-        policy_note = "freshly initialised policy (no --checkpoint): untrained, so rl numbers are a floor, not a result"
+        policy = untrained_policy(cfg)
+        policy_note = (f"untrained policy of config '{cfg.run.name}' (no --checkpoint: the weights a run of it starts "
+                       "from), so rl numbers are the prior training has to beat, not a result")
     cfg = load_config(args.config) if args.config else policy.config
-    steps = args.steps
+    steps = args.steps or SET_STEPS.get(args.structures, DEFAULT_STEPS)
+    quick = 6 if args.quick and args.structures in SUITE_SETS else 0
+    structures = set_structures(args.structures, cfg, quick, cfg.env.calculator, cfg.env.calculator_kwargs)
     if args.structures in SUITE_SETS:
-        structures = suite_structures(6 if args.quick else 0, cfg.env.calculator, SUITE_SETS[args.structures])
         steps = min(steps, 150) if args.quick else steps
-        source = f"generalisation suite (actors/suite.py, seed {SUITE_SETS[args.structures]})"
+        source = f"{args.structures} (actors/suite.py, seed {SUITE_SETS[args.structures]})"
     else:
-        structures = heldout_structures(cfg)
         source = f"held-out split of config '{cfg.run.name}' (source {cfg.curriculum.source!r})"
     if args.quick and args.structures == "held-out":
         by_size = sorted(structures.items(), key=lambda kv: (len(kv[1]), kv[0]))
         picks = sorted({round(k * (len(by_size) - 1) / 5) for k in range(6)})  # 6 structures spanning the sizes
         structures = dict(by_size[k] for k in picks)
         steps = min(steps, 150)
+    extra = {"untrained": untrained_policy(policy.config)} if "untrained" in args.optimizers.split(",") else {}
     report = evaluate(structures, args.optimizers, fmax=args.fmax, steps=steps, calculator=cfg.env.calculator,
-                      calculator_kwargs=cfg.env.calculator_kwargs, policy=policy, progress=False,
+                      calculator_kwargs=cfg.env.calculator_kwargs, policy=policy, policies=extra, progress=False,
                       hybrid_patience=args.hybrid, curvature_max_atoms=args.curvature_check)
 
     comps = report["comparisons"]
@@ -142,16 +152,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> dict:
     """Expert teacher ``name`` alone through RelaxEnv on every structure: converged, force calls vs BFGS,
-    and success as ``relaxrl eval`` judges it (converged, not fragmented, within the energy tolerance of
-    the best minimum of the eval's optimizers and the teacher). The optimizers' own success is left as
-    the eval judged it; ``missed`` names the structures the teacher did not solve,
-    ``lower_than_every_optimizer`` those where it found a deeper minimum than every optimizer."""
+    and success by ``relaxrl eval``'s rule (converged, not fragmented, not on a saddle point where the
+    eval's curvature check reaches, within the energy tolerance of the classical optimizers' reference
+    minimum, which the teacher, like a policy, does not move). ``missed`` names the structures the teacher did
+    not solve, ``lower_than_every_optimizer`` those where it found a minimum below the reference."""
     env = RelaxEnv(dataclasses.replace(cfg.env, max_steps=steps))
     teacher = make_teacher(ExpertConfig(teacher=name, teacher_max_atoms=10_000, teacher_min_curvature=
                                         cfg.expert.teacher_min_curvature if name == "compliance" else 0.5),
                            env, cfg.env.max_step)
+    calc = calculator_factory(cfg.env.calculator, cfg.env.calculator_kwargs)
     records = {s["name"]: s for s in report["structures"]}
     tol = report["settings"]["energy_tol_ev_per_atom"]
+    max_atoms = report["settings"]["curvature_max_atoms"]
     converged, solved, deeper, missed, pairs = 0, 0, [], [], []
     for sname, atoms in structures.items():
         teacher.reset()
@@ -160,14 +172,17 @@ def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> 
         converged += res["converged"]
         s = records[sname]
         b = s["runs"].get("bfgs")
+        curvature = curvature_if_small(env.atoms, calc, max_atoms) if res["converged"] and max_atoms else None
         # judged by relaxrl eval's own rule, beside copies of the optimizers' runs (theirs stay as judged)
         beside = {**s, "runs": {**copy.deepcopy(s["runs"]), TEACHER_RUN: {
             "converged": res["converged"], "error": res["error"], "energy": res["energy_final"],
-            "fragments_initial": fragments0, "fragments_final": fragment_count(env.atoms)}}}
+            "fragments_initial": fragments0, "fragments_final": fragment_count(env.atoms),
+            "lowest_curvature_ev_per_a2": curvature}}}
         judge([beside], tol)
-        if beside["runs"][TEACHER_RUN]["success"]:
+        run = beside["runs"][TEACHER_RUN]
+        if run["success"]:
             solved += 1
-            if not s["best_energy"] - res["energy_final"] <= tol * len(atoms):  # nan: no optimizer had a minimum
+            if run["below_reference"]:
                 deeper.append(sname)
         else:
             missed.append(sname)

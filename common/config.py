@@ -494,6 +494,10 @@ class RunSettings:
     """Held-out structures evaluated after training (trained vs untrained policy)."""
     eval_max_atoms: int = 8
     """Only held-out structures with at most this many atoms enter the after-training evaluation (0 = all)."""
+    eval_large: int = 0
+    """Structures of the large suite (100–256 atoms, `relaxrl eval --structures suite-large`) the after-training
+    evaluation adds to the held-out ones, 600 steps each: the first of each kind, in the order of
+    actors/suite.py LARGE_SAMPLE_KINDS (0 = none)."""
     eval_every: int = 0
     """Live evaluation every this many learner updates (0 = off): the current actor, greedy, on `eval_sample`
     held-out structures; success and force calls vs BFGS go into that update's metrics.jsonl row (`eval/*`).
@@ -515,6 +519,7 @@ class RunSettings:
             (0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "a port 1..65535 (0 = Ray picks)"),
             (self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, ">= 0"),
             (self.eval_max_atoms >= 0, "eval_max_atoms", self.eval_max_atoms, ">= 0 (0 = all)"),
+            (self.eval_large >= 0, "eval_large", self.eval_large, ">= 0 (0 = no large-suite structures)"),
             (self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0 = no live evaluation)"),
             (self.eval_sample >= 1, "eval_sample", self.eval_sample, ">= 1"),
             (self.actor_stall_s >= 0, "actor_stall_s", self.actor_stall_s, ">= 0 seconds (0 = never)"),

@@ -1,5 +1,6 @@
 """The evaluation that ends `relaxrl train`: the trained policy ('rl'), the run's untrained
-policy ('untrained') and BFGS (the reference minimum) on the held-out structures, judged as
+policy ('untrained') and BFGS (the reference minimum) on the held-out structures and on
+``run.eval_large`` structures of the large suite (so a regression on larger cells shows), judged as
 `relaxrl eval` judges (:func:`relaxrl.evaluate.evaluate`) and written with the same report
 writer as ``eval.json`` / ``eval.md`` in the run directory.
 """
@@ -10,11 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from ase import Atoms
 
-from learner.policy import Policy, load_policy
-from relaxrl.evaluate import evaluate
+from actors.suite import large_sample
+from learner.policy import load_policy, untrained_policy
+from relaxrl.eval_cli import SET_STEPS
+from relaxrl.evaluate import POOLED, evaluate, pool_reports
 from relaxrl.reports import write_report
 
 AFTER_TRAINING_OPTIMIZERS = ("rl", "untrained", "bfgs")
@@ -28,22 +30,25 @@ def heldout_sample(heldout: Sequence[Atoms], n: int, max_atoms: int) -> list[Ato
 
 
 def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Atoms],
-                            untrained_weights: dict | None = None, progress: bool = False) -> dict[str, Any]:
-    """`relaxrl eval`'s evaluation of a finished run: trained vs untrained policy, and BFGS, on held-out structures.
+                            progress: bool = False) -> dict[str, Any]:
+    """`relaxrl eval`'s evaluation of a finished run: trained vs untrained policy, and BFGS, on held-out structures
+    and, with ``run.eval_large`` > 0, that many structures of the large suite.
 
-    Structures: the first ``run.eval_episodes`` held-out structures with at most
-    ``run.eval_max_atoms`` atoms (0 = any size). Budget ``env.fmax`` (eV/Å) and
-    ``env.max_steps``; calculator ``env.calculator`` with ``env.calculator_kwargs``.
-    'rl' is the run's newest checkpoint; 'untrained' the weights the run started from
-    (``untrained_weights``) or, for a resumed run, a fresh initialisation with the run's seed.
-    A run succeeds as in `relaxrl eval` (converged, within 1 meV/atom of the best minimum any
-    of the three reached, not fragmented). Writes eval.json and eval.md in ``run_dir`` (plots
-    in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`; returns the report.
+    Held-out structures: the first ``run.eval_episodes`` with at most ``run.eval_max_atoms`` atoms
+    (0 = any size), budget ``env.max_steps``; large-suite structures (:func:`actors.suite.large_sample`):
+    600 steps, as ``relaxrl eval --structures suite-large``. Fmax ``env.fmax`` (eV/Å); calculator
+    ``env.calculator`` with ``env.calculator_kwargs``. 'rl' is the run's newest checkpoint; 'untrained' the
+    weights the run started from (:func:`learner.policy.untrained_policy`, the learner's own initialisation).
+    Judged by `relaxrl eval`'s rule against BFGS's minima, with its default saddle check. With large-suite
+    structures the report is per set and pooled (:func:`relaxrl.evaluate.pool_reports`). Writes eval.json and
+    eval.md in ``run_dir`` (plots in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`;
+    returns the report.
     """
     run_dir = Path(run_dir)
     structures = heldout_sample(heldout, cfg.run.eval_episodes, cfg.run.eval_max_atoms)
-    title = "Held-out evaluation after training"
-    if not structures:  # nothing to compare: say so in the run directory rather than fail after training
+    large = large_sample(cfg.run.eval_large, calculator=cfg.env.calculator)
+    title = "Evaluation after training"
+    if not structures and not large:  # nothing to compare: say so in the run directory rather than fail after training
         reason = (f"no held-out structure has at most run.eval_max_atoms = {cfg.run.eval_max_atoms} atoms"
                   if heldout else "the held-out split is empty (curriculum.heldout_fraction)")
         report = {"settings": {"title": title, "n_structures": 0, "skipped": reason}, "optimizers": {},
@@ -51,34 +56,33 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
         (run_dir / "eval.json").write_text(json.dumps(report, indent=1))
         (run_dir / "eval.md").write_text(f"# {title}\n\nNothing evaluated: {reason}.\n")
         return report
-    trained = load_policy(run_dir)
-    if untrained_weights is None:  # a resumed run: the untrained policy is a fresh initialisation with the run's seed
-        torch.manual_seed(cfg.run.seed)
-    untrained = Policy(cfg)
-    if untrained_weights is not None:
-        untrained.load_weights(untrained_weights)
-    report = evaluate(structures, AFTER_TRAINING_OPTIMIZERS, fmax=cfg.env.fmax, steps=cfg.env.max_steps,
-                      calculator=cfg.env.calculator, calculator_kwargs=cfg.env.calculator_kwargs,
-                      policies={"rl": trained, "untrained": untrained}, progress=progress)
+    policies = {"rl": load_policy(run_dir), "untrained": untrained_policy(cfg)}
+    sets = {"held-out": (structures, cfg.env.max_steps), "suite-large": (large, SET_STEPS["suite-large"])}
+    reports = {name: evaluate(group, AFTER_TRAINING_OPTIMIZERS, fmax=cfg.env.fmax, steps=steps,
+                              calculator=cfg.env.calculator, calculator_kwargs=cfg.env.calculator_kwargs,
+                              policies=policies, progress=progress)
+               for name, (group, steps) in sets.items() if group}
+    report = next(iter(reports.values())) if len(reports) == 1 else pool_reports(reports)
     report["settings"].update(
-        title=title, structures="held-out", checkpoint=str(run_dir),
-        policy_notes={"rl": "trained, the run's newest checkpoint",
-                      "untrained": "the weights the run started from" if untrained_weights is not None
-                      else "a fresh initialisation with run.seed (resumed run)"})
+        title=title, structures="+".join(reports), checkpoint=str(run_dir),
+        policy_notes={"rl": "trained, the run's newest checkpoint", "untrained": "the weights the run started from"})
     write_report(report, run_dir, stem="eval", plot_dir=run_dir / "plots")
     return report
 
 
 def after_training_line(report: dict[str, Any]) -> str:
-    """One line for the end of `relaxrl train`: held-out success of the trained vs the untrained policy."""
+    """One line for the end of `relaxrl train`: success of the trained vs the untrained policy (and BFGS) per set."""
     st = report["settings"]
     if not st.get("n_structures"):
         return f"no held-out evaluation ({st.get('skipped', 'no structures')})"
-    opts = report["optimizers"]
+    by_set = report.get("by_set") or {st.get("structures", "held-out"): {"n_structures": st["n_structures"],
+                                                                           "optimizers": report["optimizers"]}}
 
-    def rate(name: str) -> str:
+    def rate(opts: dict[str, Any], name: str) -> str:
         r = opts.get(name, {}).get("success_rate")
         return "–" if r is None else f"{r:.2f}"
 
-    return (f"held-out success trained {rate('rl')} vs untrained {rate('untrained')} (BFGS {rate('bfgs')}) on "
-            f"{st['n_structures']} structures")
+    return "; ".join(f"{name} success trained {rate(e['optimizers'], 'rl')} vs untrained "
+                     f"{rate(e['optimizers'], 'untrained')} (BFGS {rate(e['optimizers'], 'bfgs')}) on "
+                     f"{e['n_structures']} structures"
+                     for name, e in by_set.items() if name != POOLED)

@@ -117,20 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structures", default="held-out",
                    help="directory of structure files, 'held-out' (the config's split), 'suite' (the generalisation "
                         "suite, 27 structures of 6 kinds, reported per kind), 'suite-val' (its validation draw: the same "
-                        "recipes, other random draws, for choosing settings), or an Al–Fe set: "
-                        "'alfe-heldout' (2–8 atoms, 16 cells), 'alfe-large' (12–20 atoms, 8 cells)")
-    p.add_argument("--optimizers", default="rl,bfgs,bfgsls,lbfgs,fire,gpmin")
+                        "recipes, other random draws, for choosing settings), 'suite-large' (9 structures of 100-256 "
+                        "atoms), or an Al–Fe set: 'alfe-heldout' (2–8 atoms, 16 cells), 'alfe-large' (12–20 atoms, "
+                        "8 cells); several separated by commas are reported per set and pooled")
+    p.add_argument("--optimizers", default="rl,untrained,bfgs,bfgsls,lbfgs,fire,precon,goqn",
+                   help="policies: 'rl' (the checkpoint's), 'untrained' (the weights its run started from; without "
+                        "--checkpoint those of --config's); ASE's: bfgs, bfgsls (BFGSLineSearch), lbfgs, fire, "
+                        "precon (PreconLBFGS with Exp(A=3)), goqn (GoodOldQuasiNewton), gpmin (at most 64 atoms). "
+                        "At least one of ASE's: their minima are the reference")
     p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=None,
+                   help="at most this many steps per run (default: 300 for suite and suite-val, 600 for suite-large, "
+                        "200 otherwise)")
     p.add_argument("--calculator", default=None,
                    help="ASE calculator ('emt', 'chgnet', 'module:Class'; default: the checkpoint's env.calculator)")
     p.add_argument("--calculator-kwargs", default=None, metavar="JSON",
                    help="its keyword arguments as a JSON object (default: the checkpoint's env.calculator_kwargs)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all; >= 0)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="'rl' hands over to BFGS after K steps without progress (0 = off)")
-    p.add_argument("--curvature-check", type=int, default=0, metavar="N",
-                   help="on structures of at most N free atoms, flag converged runs that ended on a saddle point "
-                        "(finite-difference Hessian, 6 uncounted force calls per free atom; 0 = off)")
+    p.add_argument("--curvature-check", type=int, default=None, metavar="N",
+                   help="on structures of at most N free atoms (default 40), a converged run that ended on a saddle "
+                        "point is no success (finite-difference Hessian, 6 uncounted force calls per free atom; 0 = off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True,
                    help="output directory for report.json, report.md and plots (created; not an existing file)")

@@ -3,7 +3,10 @@ overrides eval honours, the output directory, and the command itself.
 
 ``--structures`` takes ``held-out`` (the held-out split of the config's ``curriculum.source``),
 ``suite`` / ``suite-val`` (the generalisation suite and its validation draw, actors/suite.py),
-an Al–Fe set (actors/alfe.py) or a directory of structure files. Every argument is checked
+``suite-large`` (100–256-atom structures, :func:`actors.suite.large_suite`), an Al–Fe set
+(actors/alfe.py) or a directory of structure files; or several of them separated by commas
+(``suite,suite-val,suite-large``), each relaxed with its own step budget (:data:`SET_STEPS`) and
+reported per set and pooled (:func:`relaxrl.evaluate.pool_reports`). Every argument is checked
 before any relaxation, cheapest first; bad ones are one :class:`~relaxrl.evaluate.EvalError`
 line. The comparison itself is :func:`relaxrl.evaluate.evaluate`.
 """
@@ -21,17 +24,31 @@ from actors.alfe import ALFE_SETS, alfe_structure_set
 from actors.calculators import make_calculator, resolve_calculator
 from actors.curriculum import load_structures
 from actors.structure_files import read_structure_source
-from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite
+from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite, large_suite
 from common.config import from_dict, load_config, parse_override, to_dict
-from learner.policy import load_policy
+from learner.policy import load_policy, untrained_policy
 from relaxrl.cli import DEFAULT_CONFIG
-from relaxrl.evaluate import EvalError, check_budget, evaluate, named_structures, parse_optimizers
+from relaxrl.evaluate import (
+    CURVATURE_MAX_ATOMS,
+    EvalError,
+    check_budget,
+    check_classical,
+    check_gpmin_size,
+    evaluate,
+    named_structures,
+    parse_optimizers,
+    pool_reports,
+)
 from relaxrl.outputs import probe_writable
 from relaxrl.reports import print_summary, write_report
 
-SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED}
-"""``--structures`` names of the generalisation suite and of its validation draw (same recipes, other random
-draws: for choosing settings without looking at the suite that judges them), with their seeds."""
+SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED, "suite-large": SUITE_SEED}
+"""``--structures`` names of the generalisation suite, of its validation draw (same recipes, other random
+draws: for choosing settings without looking at the suite that judges them) and of the large suite, with their seeds."""
+SET_STEPS = {"suite": 300, "suite-val": 300, "suite-large": 600}
+"""Each set's step budget when ``--steps`` is not given (the budgets issue 24's targets are read at)."""
+DEFAULT_STEPS = 200
+"""The step budget of every other set when ``--steps`` is not given."""
 
 
 def _check_limit(limit: int) -> None:
@@ -68,14 +85,15 @@ def heldout_structures(cfg: Any, limit: int = 0) -> dict[str, Atoms]:
     return dict(named_structures(held))
 
 
-def suite_structures(limit: int = 0, calculator: str = "emt", seed: int = SUITE_SEED) -> dict[str, Atoms]:
+def suite_structures(limit: int = 0, calculator: str = "emt", seed: int = SUITE_SEED,
+                     large: bool = False) -> dict[str, Atoms]:
     """The generalisation suite (:mod:`actors.suite`; ``seed`` :data:`~actors.suite.VALIDATION_SEED`: its
-    validation draw); with ``limit`` N, N structures spread over the kinds.
+    validation draw; ``large``: the large suite); with ``limit`` N, N structures spread over the kinds.
 
     The N are taken round-robin over the kinds (the first of each kind, then the second, …)
     and kept in suite order, so ``--limit 6`` tries every kind once."""
     _check_limit(limit)
-    suite = generalisation_suite(calculator=calculator, seed=seed)
+    suite = (large_suite if large else generalisation_suite)(calculator=calculator, seed=seed)
     if limit:
         rank: dict[str, int] = {}
         keyed = []
@@ -88,6 +106,27 @@ def suite_structures(limit: int = 0, calculator: str = "emt", seed: int = SUITE_
     if not suite:
         raise EvalError(f"no suite structure has only elements calculator {calculator!r} supports")
     return dict(named_structures(suite))
+
+
+def set_structures(name: str, cfg: Any, limit: int, calculator: str, kwargs: dict | None) -> dict[str, Atoms]:
+    """The structures one ``--structures`` item names (module docstring)."""
+    if name == "held-out":
+        return heldout_structures(cfg, limit)
+    if name in SUITE_SETS:  # the fixed generalisation suites (actors/suite.py), reported per kind
+        return suite_structures(limit, calculator, SUITE_SETS[name], large=name == "suite-large")
+    if name in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
+        return dict(named_structures(alfe_structure_set(name, limit, cfg.run.seed, calculator, kwargs,
+                                                        cfg.env.min_distance_factor)))
+    return read_structure_dir(name, limit, calculator=calculator, min_distance_factor=cfg.env.min_distance_factor)
+
+
+def set_names(text: str) -> list[str]:
+    """'suite,suite-val' → ['suite', 'suite-val'] (a name given twice once)."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise EvalError("--structures is empty; name a set ('held-out', 'suite', 'suite-val', 'suite-large', ...) "
+                        "or a directory of structure files")
+    return names
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -157,18 +196,38 @@ def eval_config(args: argparse.Namespace, policy: Any) -> Any:
     return cfg
 
 
+def eval_policies(names: Sequence[str], policy: Any, cfg: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The policies ``names`` list and a note on each: 'rl' the checkpoint's, 'untrained' the one a run of the
+    checkpoint's config (else of the eval's config: ``--config`` or the default preset) starts from."""
+    policies: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    if policy is not None:
+        policies["rl"] = policy
+        notes["rl"] = "the checkpoint's"
+    if "untrained" in names:
+        base = policy.config if policy is not None else cfg
+        policies["untrained"] = untrained_policy(base)
+        notes["untrained"] = (f"untrained: the initial weights of a run of config `{base.run.name}` "
+                              f"(run.seed {base.run.seed})")
+    return policies, notes
+
+
 def eval_command(args: argparse.Namespace) -> int:
-    """`relaxrl eval`: :func:`relaxrl.evaluate.evaluate` on the structures --structures names; writes report.json,
-    report.md and plots to --out."""
+    """`relaxrl eval`: :func:`relaxrl.evaluate.evaluate` on the structures --structures names (per set, pooled when
+    several); writes report.json, report.md and plots to --out."""
     # Everything that can fail is checked before the work, cheapest first.
     names = parse_optimizers(args.optimizers)
-    check_budget(args.fmax, args.steps)
+    check_classical(names)
+    check_budget(args.fmax, DEFAULT_STEPS if args.steps is None else args.steps)
     _check_limit(args.limit)
     if getattr(args, "hybrid", 0) < 0:
         raise EvalError(f"--hybrid must be >= 0 (0 = the policy alone), got {args.hybrid}")
-    if getattr(args, "curvature_check", 0) < 0:
+    curvature = getattr(args, "curvature_check", None)
+    curvature = CURVATURE_MAX_ATOMS if curvature is None else curvature
+    if curvature < 0:
         raise EvalError(f"--curvature-check must be >= 0 (the most free atoms whose Hessian is checked; 0 = off), "
-                        f"got {args.curvature_check}")
+                        f"got {curvature}")
+    sets = set_names(args.structures)
     out = check_out_dir(args.out)
     check_overrides(args.overrides)
     policy = None
@@ -176,26 +235,25 @@ def eval_command(args: argparse.Namespace) -> int:
         policy = load_policy(args.checkpoint)
     elif "rl" in names:
         raise EvalError("optimizer 'rl' needs --checkpoint CKPT (a checkpoint file or run directory); "
-                        "or leave 'rl' out of --optimizers")
+                        "or leave 'rl' out of --optimizers ('untrained' is the untrained policy of --config)")
     cfg = eval_config(args, policy)
 
     calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
     make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
-    if args.structures == "held-out":
-        structures = heldout_structures(cfg, args.limit)
-    elif args.structures in SUITE_SETS:  # the fixed generalisation suite (actors/suite.py), reported per kind
-        structures = suite_structures(args.limit, calc_name, SUITE_SETS[args.structures])
-    elif args.structures in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
-        structures = dict(named_structures(alfe_structure_set(args.structures, args.limit, cfg.run.seed, calc_name,
-                                                              kwargs, cfg.env.min_distance_factor)))
-    else:
-        structures = read_structure_dir(args.structures, args.limit, calculator=calc_name,
-                                        min_distance_factor=cfg.env.min_distance_factor)
-    report = evaluate(structures, names, fmax=args.fmax, steps=args.steps, calculator=calc_name,
-                      calculator_kwargs=kwargs, policy=policy, progress=not getattr(args, "no_progress", False),
-                      hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=getattr(args, "curvature_check", 0))
-    report["settings"]["structures"] = args.structures
-    report["settings"]["checkpoint"] = args.checkpoint
+    structures = {name: set_structures(name, cfg, args.limit, calc_name, kwargs) for name in sets}
+    for group in structures.values():
+        check_gpmin_size(names, group.items())
+    policies, notes = eval_policies(names, policy, cfg)
+    reports = {}
+    for name, group in structures.items():
+        steps = args.steps if args.steps is not None else SET_STEPS.get(name, DEFAULT_STEPS)
+        reports[name] = evaluate(group, names, fmax=args.fmax, steps=steps, calculator=calc_name,
+                                 calculator_kwargs=kwargs, policies=policies,
+                                 progress=not getattr(args, "no_progress", False),
+                                 hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=curvature)
+    report = reports[sets[0]] if len(sets) == 1 else pool_reports(reports)
+    report["settings"].update(structures=args.structures, checkpoint=args.checkpoint,
+                              policy_notes={k: v for k, v in notes.items() if k in names})
     paths = write_report(report, out)
     print_summary(report)
     print(f"wrote {', '.join(str(p) for p in paths)}")

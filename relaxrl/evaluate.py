@@ -9,19 +9,26 @@ instance per run, wrapped in :class:`~relaxrl.optimizer.CountingCalculator` so t
 real calculation is counted once and cached repeats are not), the same ``fmax`` (eV/Å)
 and the same step budget.
 
-A run is a *success* when it converged (Fmax < fmax within the budget), its final energy is
-at most ``energy_tol`` (1 meV/atom) above the lowest final energy any optimizer reached
-on that structure, and the structure did not fall apart (more connected fragments at the
-end than at the start, bonds judged at 1.5 × ASE's natural cutoffs). Runs that converge
-into a higher minimum or by fragmenting are flagged in the report.
+Every run is judged by one rule (:func:`judge`). A structure's *reference minimum* is the
+lowest final energy of the *classical* optimizers' runs on it (:data:`CLASSICAL_OPTIMIZERS`: ASE's) that
+converged, did not fall apart and did not end on a saddle point; a policy's runs ('rl', 'untrained', any
+other policy) never move it, so a policy is judged against the same bar whatever it finds. A run is a
+*success* when it converged (Fmax < fmax within the budget), did not fall apart (no more connected
+fragments at the end than at the start, bonds judged at 1.5 × ASE's natural cutoffs), did not end on a
+saddle point, and its final energy is at most ``energy_tol`` (1 meV/atom) above the reference. A run
+below the reference by more than that is a success too, flagged ``below_reference``; runs that
+converge into a higher minimum are flagged ``higher_minimum``. A structure on which no classical
+optimizer reached a minimum has no reference: it is *unjudged*, none of its runs is a success, and
+success rates count judged structures only (``n_judged``; ``n_unjudged`` says how many were left out).
+An evaluation needs at least one classical optimizer.
 
-Fmax < fmax holds at saddle points too. With ``curvature_max_atoms = N`` (``relaxrl eval
---curvature-check N``) every converged run on a structure of at most N free atoms also gets the
-lowest eigenvalue of the finite-difference Hessian over its free coordinates
-(``lowest_curvature_ev_per_a2``; 6 force calls per free atom on a separate calculator, not
-counted); below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run is flagged ``saddle`` (it ended on a
-saddle point, not in a minimum) instead of ``higher_minimum``. Success is judged by energy as
-above either way.
+Fmax < fmax holds at saddle points too. Every converged run on a structure of at most
+``curvature_max_atoms`` free atoms (:data:`CURVATURE_MAX_ATOMS` = 40 by default; ``relaxrl eval
+--curvature-check N``, 0 = off) gets the lowest eigenvalue of the finite-difference Hessian over its
+free coordinates (``lowest_curvature_ev_per_a2``; 6 force calls per free atom on a separate
+calculator, never counted as the optimizer's); below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run
+ended on a saddle point (``saddle``): not a success, and not a reference. Larger structures are not
+checked, so there a saddle counts as a minimum.
 
 The command line (`relaxrl eval`: which structures ``--structures`` names, ``--set``, ``--out``)
 is :mod:`relaxrl.eval_cli`; the evaluation that ends `relaxrl train` is :mod:`relaxrl.after_training`.
@@ -41,12 +48,21 @@ from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_sa
 from common.errors import RelaxRLError
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
 
-OPTIMIZERS = ("rl", "bfgs", "bfgsls", "lbfgs", "fire", "gpmin")
-"""Optimizer names `relaxrl eval` knows; 'rl' needs a policy."""
+POLICY_OPTIMIZERS = ("rl", "untrained")
+"""Policy optimizers `relaxrl eval` knows: 'rl' the checkpoint's policy, 'untrained' the policy its run started from."""
+CLASSICAL_OPTIMIZERS = ("bfgs", "bfgsls", "lbfgs", "fire", "gpmin", "precon", "goqn")
+"""ASE's optimizers: their converged minima are the reference every run is judged against (:func:`judge`)."""
+OPTIMIZERS = POLICY_OPTIMIZERS + CLASSICAL_OPTIMIZERS
+"""Optimizer names `relaxrl eval` knows; the policies need one (a checkpoint or a config)."""
 ENERGY_TOL_EV_PER_ATOM = 1e-3
-"""A converged run more than this above the best final energy (eV/atom) is not a success."""
+"""A converged run more than this above the reference minimum (eV/atom) is not a success."""
 FRAGMENT_CUTOFF_MULT = 1.5
 """Bonds for the fragmentation check: distance < this × (natural cutoff i + natural cutoff j)."""
+CURVATURE_MAX_ATOMS = 40
+"""Default size limit (free atoms) of the saddle check: every structure of the suite and its validation draw."""
+GPMIN_MAX_ATOMS = 64
+"""GPMin keeps every geometry's energy and forces in one Gaussian-process matrix of ((3N + 1) × steps)² numbers:
+above this many atoms it is refused rather than run out of memory."""
 
 
 class EvalError(RelaxRLError):
@@ -56,16 +72,53 @@ class EvalError(RelaxRLError):
 # ----------------------------------------------------------------------------- optimizers
 
 
-def _ase_optimizer(name: str) -> type:
-    from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, GPMin
+def nearest_neighbour_distance(atoms: Atoms) -> float:
+    """r_NN of ASE's preconditioners: the largest of the atoms' nearest-neighbour distances (Å).
 
-    return {"bfgs": BFGS, "bfgsls": BFGSLineSearch, "lbfgs": LBFGS, "fire": FIRE, "gpmin": GPMin}[name]
+    ASE's own estimate grows its cutoff only up to twice the cell's extent, so on a free cluster or
+    molecule (no cell) it raises "increased r_cut to twice system extent"; then the same quantity is
+    found with the positions' extent as the bound."""
+    from ase.neighborlist import neighbor_list
+    from ase.optimize.precon.neighbors import estimate_nearest_neighbour_distance
+
+    try:
+        return float(estimate_nearest_neighbour_distance(atoms))
+    except RuntimeError:
+        pass
+    n = len(atoms)
+    extent = float(np.ptp(atoms.positions, axis=0).max()) if n else 0.0
+    cutoff = 1.0
+    while cutoff < 2.0 * extent + 2.0:
+        i, d = neighbor_list("id", atoms, cutoff)
+        if len(i) and (np.bincount(i, minlength=n) > 0).all():
+            return float(max(d[i == k].min() for k in range(n)))
+        cutoff *= (1.0 + math.sqrt(5.0)) / 2.0
+    return 1.0  # a single atom, or atoms too far apart to have neighbours: nothing for the preconditioner to couple
+
+
+def exp_preconditioner(atoms: Atoms) -> Any:
+    """A fresh ``Exp(A=3)`` for ``atoms`` with r_NN from :func:`nearest_neighbour_distance` (r_cut = 2 r_NN, ASE's
+    default). One per run: an Exp keeps the r_NN, r_cut and μ it found on its first structure."""
+    from ase.optimize.precon import Exp
+
+    return Exp(A=3.0, r_NN=nearest_neighbour_distance(atoms))
+
+
+def _ase_optimizer(name: str, atoms: Atoms) -> Any:
+    from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, GoodOldQuasiNewton, GPMin
+    from ase.optimize.precon import PreconLBFGS
+
+    if name == "precon":
+        return PreconLBFGS(atoms, precon=exp_preconditioner(atoms), logfile=None)
+    cls = {"bfgs": BFGS, "bfgsls": BFGSLineSearch, "lbfgs": LBFGS, "fire": FIRE, "gpmin": GPMin,
+           "goqn": GoodOldQuasiNewton}[name]
+    return cls(atoms, logfile=None)
 
 
 def parse_optimizers(text: str | Sequence[str], policies: Iterable[str] = ()) -> list[str]:
     """'rl,bfgs,fire' → ['rl', 'bfgs', 'fire'], rejecting unknown names with the list of valid ones.
 
-    ``policies``: further names that are policies (e.g. 'untrained'), valid besides :data:`OPTIMIZERS`.
+    ``policies``: further names that are policies, valid besides :data:`OPTIMIZERS`.
     """
     valid = list(OPTIMIZERS) + [p for p in policies if p not in OPTIMIZERS]
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
@@ -75,10 +128,33 @@ def parse_optimizers(text: str | Sequence[str], policies: Iterable[str] = ()) ->
     return list(dict.fromkeys(names))
 
 
+def is_classical(name: str) -> bool:
+    """Whether optimizer ``name`` is one of ASE's (:data:`CLASSICAL_OPTIMIZERS`), not a policy."""
+    return name in CLASSICAL_OPTIMIZERS
+
+
+def check_classical(names: Sequence[str]) -> None:
+    """Raise :class:`EvalError` unless ``names`` hold a classical optimizer (the reference minimum comes from them)."""
+    if not any(is_classical(n) for n in names):
+        raise EvalError(f"--optimizers {','.join(names)} has no classical optimizer, and the reference minimum every run "
+                        f"is judged against comes from theirs: add one of {', '.join(CLASSICAL_OPTIMIZERS)} (e.g. bfgs)")
+
+
+def check_gpmin_size(names: Sequence[str], structures: Iterable[tuple[str, Atoms]]) -> None:
+    """Raise :class:`EvalError` when 'gpmin' would run on a structure of more than :data:`GPMIN_MAX_ATOMS` atoms."""
+    if "gpmin" not in names:
+        return
+    big = [(name, len(a)) for name, a in structures if len(a) > GPMIN_MAX_ATOMS]
+    if big:
+        raise EvalError(f"gpmin keeps every step's forces in one Gaussian-process matrix and runs out of memory on "
+                        f"large cells ({big[0][0]}: {big[0][1]} atoms; at most {GPMIN_MAX_ATOMS}): leave gpmin out "
+                        "of --optimizers for these structures")
+
+
 def make_optimizer(name: str, atoms: Atoms, policy: Any = None, hybrid_patience: int = 0):
     """An optimizer of this name on ``atoms``, with no logfile: one of ASE's, or an RLOptimizer of ``policy``."""
-    if name in OPTIMIZERS and name != "rl":
-        return _ase_optimizer(name)(atoms, logfile=None)
+    if is_classical(name):
+        return _ase_optimizer(name, atoms)
     if policy is None:
         raise EvalError(f"optimizer {name!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
     return RLOptimizer(atoms, policy=policy, logfile=None, hybrid_patience=hybrid_patience)
@@ -163,24 +239,33 @@ def _stats(values: Iterable[float]) -> dict[str, float | None]:
             "p90": float(np.percentile(v, 90)), "min": float(v.min()), "max": float(v.max())}
 
 
+def _reaches_a_minimum(r: dict[str, Any]) -> bool:
+    """A converged, error-free run that neither fell apart nor ended on a saddle point (as far as checked)."""
+    return bool(r["converged"] and r["error"] is None and math.isfinite(r["energy"])
+                and r.get("fragments_final", 1) <= r.get("fragments_initial", 1)
+                and not is_saddle(r.get("lowest_curvature_ev_per_a2")))
+
+
 def judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
-    """Per structure: best energy, energy above best (meV/atom), flags and success of each run (in place)."""
+    """The success rule (module docstring), in place. Per structure: ``reference_energy`` (eV; nan when no
+    classical optimizer reached a minimum), ``reference_optimizer``, ``judged``. Per run:
+    ``energy_above_reference_mev_per_atom``, ``fragmented``, ``saddle``, ``higher_minimum``,
+    ``below_reference``, ``success``."""
     for s in structures:
         runs = s["runs"]
-        ok_energies = [r["energy"] for r in runs.values()
-                       if r["error"] is None and math.isfinite(r["energy"])
-                       and r.get("fragments_final", 1) <= r.get("fragments_initial", 1)]
-        best = min(ok_energies) if ok_energies else math.nan
-        s["best_energy"] = best
+        minima = {name: r["energy"] for name, r in runs.items() if is_classical(name) and _reaches_a_minimum(r)}
+        reference_by = min(minima, key=minima.__getitem__) if minima else None
+        reference = minima[reference_by] if reference_by is not None else math.nan
+        s.update(reference_energy=reference, reference_optimizer=reference_by, judged=reference_by is not None)
         for r in runs.values():
-            above = (r["energy"] - best) / s["n_atoms"] if math.isfinite(best) and math.isfinite(r["energy"]) else math.nan
-            r["energy_above_best_mev_per_atom"] = 1e3 * above if math.isfinite(above) else None
+            above = (r["energy"] - reference) / s["n_atoms"] if s["judged"] and math.isfinite(r["energy"]) else math.nan
+            r["energy_above_reference_mev_per_atom"] = 1e3 * above if math.isfinite(above) else None
             r["fragmented"] = bool(r.get("fragments_final", 1) > r.get("fragments_initial", 1))
-            curvature = r.get("lowest_curvature_ev_per_a2")
-            r["saddle"] = bool(r["converged"] and is_saddle(curvature))
-            r["higher_minimum"] = bool(r["converged"] and not r["saddle"] and math.isfinite(above) and above > energy_tol)
-            r["success"] = bool(r["converged"] and r["error"] is None and not r["fragmented"]
-                                and math.isfinite(above) and above <= energy_tol)
+            r["saddle"] = bool(r["converged"] and is_saddle(r.get("lowest_curvature_ev_per_a2")))
+            minimum = _reaches_a_minimum(r) and math.isfinite(above)
+            r["higher_minimum"] = bool(minimum and above > energy_tol)
+            r["below_reference"] = bool(minimum and above < -energy_tol)
+            r["success"] = bool(minimum and above <= energy_tol)
         rl, bfgs = runs.get("rl"), runs.get("bfgs")
         s["rl_over_bfgs_force_calls"] = (rl["force_calls"] / bfgs["force_calls"]
                                          if rl is not None and bfgs is not None and bfgs["force_calls"] else None)
@@ -201,13 +286,17 @@ def summarize(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> di
     out: dict[str, Any] = {}
     for name in optimizers:
         runs = [s["runs"][name] for s in structures if name in s["runs"]]
+        n_judged = sum(bool(s.get("judged", True)) for s in structures if name in s["runs"])
         solved = [r for r in runs if r["success"]]
         out[name] = {
             "n_runs": len(runs),
+            "n_judged": n_judged,
+            "n_unjudged": len(runs) - n_judged,
             "n_success": len(solved),
-            "success_rate": len(solved) / len(runs) if runs else None,
+            "success_rate": len(solved) / n_judged if n_judged else None,
             "n_converged": sum(r["converged"] for r in runs),
             "n_higher_minimum": sum(r["higher_minimum"] for r in runs),
+            "n_below_reference": sum(r["below_reference"] for r in runs),
             "n_saddle": sum(r["saddle"] for r in runs),
             "n_curvature_checked": sum(r.get("lowest_curvature_ev_per_a2") is not None for r in runs),
             "n_fragmented": sum(r["fragmented"] for r in runs),
@@ -215,7 +304,7 @@ def summarize(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> di
             "force_calls": _stats(r["force_calls"] for r in runs),
             "force_calls_solved": _stats(r["force_calls"] for r in solved),
             "steps": _stats(r["steps"] for r in runs),
-            "energy_above_best_mev_per_atom": _stats(r["energy_above_best_mev_per_atom"] for r in runs),
+            "energy_above_reference_mev_per_atom": _stats(r["energy_above_reference_mev_per_atom"] for r in runs),
             "wall_time_s": {"total": float(sum(r["wall_time_s"] for r in runs)),
                             "mean": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None},
         }
@@ -225,7 +314,7 @@ def summarize(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> di
 def summarize_by_kind(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> dict[str, Any]:
     """Success and force-call ratios per structure kind (``record["kind"]``) and ``"overall"``.
 
-    Each entry: ``n_structures``; per optimizer ``n_runs``, ``n_success``, ``success_rate``; and
+    Each entry: ``n_structures``; per optimizer ``n_runs``, ``n_judged``, ``n_success``, ``success_rate``; and
     ``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls`` (:func:`_ratio_on_both_solved`) where
     both optimizers ran. Kinds keep their first-seen order; ``"overall"`` comes last.
     """
@@ -237,7 +326,7 @@ def summarize_by_kind(structures: list[dict[str, Any]], optimizers: Sequence[str
     for kind, group in groups.items():
         entry: dict[str, Any] = {"n_structures": len(group), "optimizers": {}}
         for name, agg in summarize(group, optimizers).items():
-            entry["optimizers"][name] = {k: agg[k] for k in ("n_runs", "n_success", "success_rate")}
+            entry["optimizers"][name] = {k: agg[k] for k in ("n_runs", "n_judged", "n_success", "success_rate")}
         for other in ("bfgs", "fire"):
             if "rl" in optimizers and other in optimizers:
                 entry[f"rl_vs_{other}_force_calls"] = _ratio_on_both_solved(group, "rl", other)
@@ -282,7 +371,7 @@ def calculator_factory(calculator: str | Callable[[], Any], kwargs: dict | None 
 
 def evaluate(
     structures: Sequence[Atoms] | Mapping[str, Atoms],
-    optimizers: Sequence[str] | str = OPTIMIZERS,
+    optimizers: Sequence[str] | str = ("rl",) + CLASSICAL_OPTIMIZERS,
     fmax: float = 0.05,
     steps: int = 200,
     calculator: str | Callable[[], Any] = "emt",
@@ -292,19 +381,19 @@ def evaluate(
     energy_tol: float = ENERGY_TOL_EV_PER_ATOM,
     hybrid_patience: int = 0,
     policies: Mapping[str, Any] | None = None,
-    curvature_max_atoms: int = 0,
+    curvature_max_atoms: int = CURVATURE_MAX_ATOMS,
 ) -> dict[str, Any]:
     """Relax every structure with every optimizer and compare (see the module docstring).
 
     ``policy`` is the policy of optimizer 'rl'; ``policies`` names further policies that
     ``optimizers`` may list (e.g. ``{"untrained": p}``), each run as an RLOptimizer.
-    ``curvature_max_atoms`` > 0 checks converged runs on structures of at most that many free
-    atoms for saddle points (module docstring).
+    ``optimizers`` must hold a classical one (the reference minimum). ``curvature_max_atoms``: the
+    saddle check's size limit in free atoms (0 = off; module docstring).
 
-    Returns a JSON-able dict: ``settings``, ``optimizers`` (per-optimizer aggregates),
+    Returns a JSON-able dict (:func:`build_report`): ``settings``, ``optimizers`` (per-optimizer aggregates),
     ``structures`` (per-structure runs, with the Fmax trace of each run), ``comparisons``
-    (``rl_vs_bfgs_force_calls``, ``rl_vs_fire_force_calls`` and every optimizer vs BFGS: ratio of
-    mean force calls on the structures both solved),
+    (``rl_vs_bfgs_force_calls``, ``rl_vs_fire_force_calls``, ``rl_vs_untrained_force_calls`` and every
+    optimizer vs BFGS: ratio of mean force calls on the structures both solved),
     ``by_kind`` (:func:`summarize_by_kind`: success and rl/bfgs, rl/fire ratios per
     ``atoms.info["kind"]``, 'file' where unset, and overall).
     """
@@ -312,13 +401,15 @@ def evaluate(
     if policy is not None:
         by_name["rl"] = policy
     names = parse_optimizers(optimizers, by_name)
+    check_classical(names)
     check_budget(fmax, steps)
-    missing = [n for n in names if n not in by_name and not (n in OPTIMIZERS and n != "rl")]
+    missing = [n for n in names if n not in by_name and not is_classical(n)]
     if missing:
         raise EvalError(f"optimizer {missing[0]!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
     named = named_structures(structures)
     if not named:
         raise EvalError("no structures to evaluate")
+    check_gpmin_size(names, named)
     make_calc = calculator_factory(calculator, calculator_kwargs)
 
     records: list[dict[str, Any]] = []
@@ -336,32 +427,72 @@ def evaluate(
         advance(None)
     judge(records, energy_tol)
 
+    policy_info = {n: {"version": getattr(p, "version", None), "config_name": p.config.run.name,
+                       "seed": p.config.run.seed, "max_step": p.config.env.max_step,
+                       "min_distance_factor": p.config.env.min_distance_factor}
+                   for n, p in by_name.items() if n in names}
+    settings = {
+        "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
+        "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
+        "hybrid_patience": hybrid_patience, "curvature_max_atoms": curvature_max_atoms,
+        "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
+        "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
+    }
+    return build_report(records, names, settings)
+
+
+def build_report(records: list[dict[str, Any]], names: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """The report of judged structure records: ``settings``, ``optimizers``, ``comparisons``, ``by_kind``,
+    ``structures`` (:func:`evaluate`)."""
     comparisons: dict[str, Any] = {}
-    if "rl" in names and "bfgs" in names:
-        comparisons["rl_vs_bfgs_force_calls"] = _ratio_on_both_solved(records, "rl", "bfgs")
-    if "rl" in names and "fire" in names:
-        comparisons["rl_vs_fire_force_calls"] = _ratio_on_both_solved(records, "rl", "fire")
+    for other in ("bfgs", "fire", "untrained"):
+        if "rl" in names and other in names:
+            comparisons[f"rl_vs_{other}_force_calls"] = _ratio_on_both_solved(records, "rl", other)
     if "bfgs" in names:
         for opt in names:
             if opt not in ("bfgs", "rl"):
                 comparisons[f"{opt}_vs_bfgs_force_calls"] = _ratio_on_both_solved(records, opt, "bfgs")
-
-    policy_info = {n: {"version": getattr(p, "version", None), "config_name": p.config.run.name,
-                       "max_step": p.config.env.max_step, "min_distance_factor": p.config.env.min_distance_factor}
-                   for n, p in by_name.items() if n in names}
     return {
-        "settings": {
-            "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
-            "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
-            "optimizers": names, "n_structures": len(records), "hybrid_patience": hybrid_patience,
-            "curvature_max_atoms": curvature_max_atoms, "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
-            "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
-        },
+        "settings": {**settings, "optimizers": list(names), "n_structures": len(records),
+                     "n_judged": sum(bool(s.get("judged", True)) for s in records)},
         "optimizers": summarize(records, names),
         "comparisons": comparisons,
         "by_kind": summarize_by_kind(records, names),
         "structures": records,
     }
+
+
+POOLED = "pooled"
+"""The ``by_set`` entry over every set of a pooled report."""
+
+
+def pool_reports(reports: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """One report over several sets' reports (``{set name: report}``, each from :func:`evaluate` with the same
+    optimizers): their structures together (each record gets ``set``), aggregates over all of them, and
+    ``by_set``: per set and :data:`POOLED`, per optimizer ``n_runs``, ``n_judged``, ``n_success``,
+    ``success_rate``, ``force_calls_mean`` (over every run) and ``force_calls_mean_solved``. ``settings.steps``
+    is then a dict per set (each set keeps its own budget)."""
+    if not reports:
+        raise EvalError("no structure sets to pool")
+    first = next(iter(reports.values()))["settings"]
+    names = first["optimizers"]
+    if any(r["settings"]["optimizers"] != names for r in reports.values()):
+        raise EvalError("pooled reports must compare the same optimizers")
+    records = []
+    for set_name, report in reports.items():
+        for s in report["structures"]:
+            records.append({**s, "set": set_name})
+    settings = {**first, "steps": {k: r["settings"]["steps"] for k, r in reports.items()},
+                "sets": list(reports), "wall_time_s": sum(r["settings"]["wall_time_s"] for r in reports.values())}
+    pooled = build_report(records, names, settings)
+    groups = {k: [s for s in records if s["set"] == k] for k in reports}
+    groups[POOLED] = records
+    pooled["by_set"] = {k: {"n_structures": len(group), "optimizers": {
+        name: {"n_runs": agg["n_runs"], "n_judged": agg["n_judged"], "n_success": agg["n_success"],
+               "success_rate": agg["success_rate"], "force_calls_mean": agg["force_calls"]["mean"],
+               "force_calls_mean_solved": agg["force_calls_solved"]["mean"]}
+        for name, agg in summarize(group, names).items()}} for k, group in groups.items()}
+    return pooled
 
 
 class _progress:

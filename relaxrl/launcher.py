@@ -253,7 +253,6 @@ class Run:
         if resume:
             self.hub.continue_from(self.learner.counters.t_total)
         self.hub.publish(self.learner.counters.updates, self.learner.actor_weights())
-        self.untrained_weights = None if resume else self.learner.actor_weights()
         seed = cfg.run.seed + 1000 * self.learner.counters.updates  # a resumed run explores anew
         self.cluster.start_actors(cfg, self.replay, self.hub, seed)
 
@@ -462,7 +461,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
     if stop.is_set():
         return {"interrupted": True, "checkpoint": list_checkpoints(run_dir)[-1]}
 
-    return evaluate_after_training(cfg, run_dir, run.heldout, run.untrained_weights)
+    return evaluate_after_training(cfg, run_dir, run.heldout)
 
 
 def train_command(args: argparse.Namespace) -> int:

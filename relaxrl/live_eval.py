@@ -8,12 +8,14 @@ Every ``run.eval_every`` updates the current actor relaxes the run's sample gree
 own displacement, no exploration noise: :class:`~relaxrl.optimizer.RLOptimizer`) with at most
 ``env.max_steps`` steps each. The sample is the first ``run.eval_sample`` held-out structures with
 at most ``run.eval_max_atoms`` atoms, the same for the whole run. Each relaxation is
-:func:`relaxrl.evaluate.run_one` and is judged as `relaxrl eval` judges it (converged, within
-1 meV/atom of the best minimum found, not fragmented), against BFGS's runs on the same structures,
-computed once when the run starts and reused. ``eval/force_calls_vs_bfgs`` is the mean force calls
-of the actor over those of BFGS on the structures both solved (NaN, written as null, when there
-are none), so the numbers are those :func:`relaxrl.evaluate.evaluate` would report for
-``["rl", "bfgs"]`` on the sample.
+:func:`relaxrl.evaluate.run_one` (with eval's default saddle check) and is judged by `relaxrl eval`'s
+rule (:func:`relaxrl.evaluate.judge`: converged, not fragmented, not on a saddle point, within
+1 meV/atom of the reference minimum), BFGS being the classical optimizer whose minima are the
+reference; its runs are computed once when the run starts and reused. ``eval/success`` is the share
+of the judged structures solved (those where BFGS reached a minimum; NaN when there are none).
+``eval/force_calls_vs_bfgs`` is the mean force calls of the actor over those of BFGS on the
+structures both solved (NaN, written as null, when there are none), so the numbers are those
+:func:`relaxrl.evaluate.evaluate` would report for ``["rl", "bfgs"]`` on the sample.
 
 With the learner's critic (``maybe(..., critic=...)``) the same actor also relaxes the sample
 through the training environment (:class:`~actors.env.RelaxEnv`, its rewards), and the row gets
@@ -44,7 +46,14 @@ from actors.rollout import run_episode
 from learner.graph import batch_graphs
 from learner.policy import Policy
 from relaxrl.after_training import heldout_sample
-from relaxrl.evaluate import ENERGY_TOL_EV_PER_ATOM, calculator_factory, judge, run_one, summarize_by_kind
+from relaxrl.evaluate import (
+    CURVATURE_MAX_ATOMS,
+    ENERGY_TOL_EV_PER_ATOM,
+    calculator_factory,
+    judge,
+    run_one,
+    summarize_by_kind,
+)
 
 log = logging.getLogger("relaxrl.train")
 
@@ -74,7 +83,8 @@ class LiveEval:
             return
         env = config.env
         self._calc = calculator_factory(env.calculator, env.calculator_kwargs)
-        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, env.max_steps) for a in self.structures]
+        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, env.max_steps, curvature_max_atoms=CURVATURE_MAX_ATOMS)
+                     for a in self.structures]
         """BFGS's run on each structure: the reference minimum and its force calls."""
         with torch.random.fork_rng(devices=[]):  # building the network must not move the run's random stream
             self.policy = Policy(config)
@@ -132,15 +142,16 @@ class LiveEval:
         t0 = time.perf_counter()
         records = []
         for i, (atoms, bfgs) in enumerate(zip(self.structures, self.bfgs, strict=True)):
-            rl = run_one("rl", atoms, self._calc, env.fmax, env.max_steps, policy=policy)
+            rl = run_one("rl", atoms, self._calc, env.fmax, env.max_steps, policy=policy,
+                         curvature_max_atoms=CURVATURE_MAX_ATOMS)
             records.append({"name": f"{i:03d}-{atoms.get_chemical_formula()}", "n_atoms": len(atoms),
                             "runs": {"rl": rl, "bfgs": copy.deepcopy(bfgs)}})
         judge(records, ENERGY_TOL_EV_PER_ATOM)  # relaxrl eval's success definition
         overall = summarize_by_kind(records, ("rl", "bfgs"))["overall"]
         ratio = overall["rl_vs_bfgs_force_calls"]
         self.last = {
-            "eval/success": float(overall["optimizers"]["rl"]["success_rate"]),
-            "eval/force_calls_vs_bfgs": math.nan if ratio["ratio"] is None else float(ratio["ratio"]),
+            "eval/success": _nan_if_none(overall["optimizers"]["rl"]["success_rate"]),
+            "eval/force_calls_vs_bfgs": _nan_if_none(ratio["ratio"]),
             "eval/n_both_solved": ratio["n_both_solved"],
         }
         if critic is not None:
@@ -156,11 +167,17 @@ class LiveEval:
         return dict(self.last)
 
 
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def progress_field(row: dict[str, Any]) -> str | None:
     """'eval 0.75 @1.1×BFGS' (success, force calls vs BFGS) for the progress line; None before the first evaluation."""
     success = row.get("eval/success")
     if not isinstance(success, (int, float)):
         return None
+    if not math.isfinite(success):  # no structure of the sample judged (BFGS reached no minimum)
+        return "eval –"
     ratio = row.get("eval/force_calls_vs_bfgs")
     if isinstance(ratio, (int, float)) and math.isfinite(ratio):
         return f"eval {success:.2f} @{ratio:.2g}×BFGS"

@@ -54,15 +54,22 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
     """
     st = report["settings"]
     names = st["optimizers"]
+    steps = st["steps"]
+    budget = (", ".join(f"{k} {v}" for k, v in steps.items()) if isinstance(steps, dict) else str(steps))
     lines = [
         f"# {st.get('title') or 'relaxrl eval'}",
         "",
         f"{st['n_structures']} structures, calculator `{st['calculator']}`, fmax {st['fmax']} eV/Å, "
-        f"at most {st['steps']} steps. A success converged, ended within "
-        f"{1e3 * st['energy_tol_ev_per_atom']:.1f} meV/atom of the best energy any optimizer found, "
-        "and did not fall apart. Force calls count every calculator evaluation.",
+        f"at most {budget} steps. A success converged, did not fall apart, did not end on a saddle point "
+        f"(where checked) and ended at most {1e3 * st['energy_tol_ev_per_atom']:.1f} meV/atom above the structure's "
+        "reference minimum: the lowest minimum a classical optimizer of this eval reached (the policies' runs do not "
+        "move it). Force calls count every calculator evaluation.",
         "",
     ]
+    unjudged = [s["name"] for s in report["structures"] if not s.get("judged", True)]
+    if unjudged:
+        lines += [f"Unjudged (no classical optimizer reached a minimum, so no reference; left out of every success "
+                  f"rate): {', '.join(unjudged)}.", ""]
     policies = st.get("policies") or ({"rl": st["policy"]} if st.get("policy") else {})
     for name, info in policies.items():
         note = (st.get("policy_notes") or {}).get(name, "")
@@ -76,36 +83,41 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
     if st.get("curvature_max_atoms"):
         lines += [f"Curvature check: every converged run on a structure of at most {st['curvature_max_atoms']} free atoms "
                   "got the lowest eigenvalue of its finite-difference Hessian (force calls not counted); below "
-                  f"−{st.get('saddle_curvature_ev_per_a2')} eV/Å² it ended on a saddle point (column `saddle`, mark ⋈), not in a "
-                  "minimum. Success is judged by energy either way.", ""]
+                  f"−{st.get('saddle_curvature_ev_per_a2')} eV/Å² it ended on a saddle point (column `saddle`, mark ⋈): "
+                  "not a success and not a reference. Larger structures are not checked.", ""]
+    else:
+        lines += ["No curvature check (`--curvature-check 0`): a run that ended on a saddle point counts as a minimum.", ""]
     lines += [
-        "| optimizer | success | force calls median | mean | p90 | mean (solved) | higher minimum | saddle | fragmented | errors "
-        "| wall time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| optimizer | success (of judged) | force calls median | mean | p90 | mean (solved) | higher minimum "
+        "| below reference | saddle | fragmented | errors | wall time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         o = report["optimizers"][n]
         fc, fs = o["force_calls"], o["force_calls_solved"]
         lines.append(
-            f"| {n} | {o['n_success']}/{o['n_runs']} ({_fmt(100 * (o['success_rate'] or 0), 0)} %) | {_fmt(fc['median'])} | "
+            f"| {n} | {_success(o)} | {_fmt(fc['median'])} | "
             f"{_fmt(fc['mean'])} | {_fmt(fc['p90'])} | {_fmt(fs['mean'])} | {o['n_higher_minimum']} | "
+            f"{o.get('n_below_reference', 0)} | "
             f"{o.get('n_saddle', 0) if o.get('n_curvature_checked') else '–'} | "
             f"{o['n_fragmented']} | {o['n_errors']} | {_fmt(o['wall_time_s']['total'], 2)} |")
     if report["comparisons"]:
         lines += ["", "Ratio of mean force calls on the structures both solved:", ""]
         for k, v in report["comparisons"].items():
             lines.append(f"- `{k}`: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures)")
+    lines += by_set_markdown(report)
     lines += by_kind_markdown(report)
     lines += ["", "## Per structure", "",
-              "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ✂ = fragmented; "
-              "⋈ = converged on a saddle point, `--curvature-check`).", ""]
+              "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ↓ = a minimum below the reference; "
+              "✂ = fragmented; ⋈ = converged on a saddle point; ? = unjudged structure).", ""]
     header = "| structure | atoms | " + " | ".join(names) + (" | RL/BFGS |" if "rl" in names and "bfgs" in names else " |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for s in report["structures"]:
         cells = []
         for n in names:
             r = s["runs"][n]
-            mark = "" if r["success"] else (" ↑" if r["higher_minimum"] else " ✂" if r["fragmented"] else " ✗")
+            mark = (" ?" if not s.get("judged", True) else " ↓" if r.get("below_reference") else "" if r["success"]
+                    else " ↑" if r["higher_minimum"] else " ✂" if r["fragmented"] else " ✗")
             if r.get("saddle"):
                 mark += " ⋈"
             if (r.get("rl") or {}).get("finished_by") == "bfgs":
@@ -116,6 +128,31 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
         lines.append(row)
     lines += ["", f"Plots: `{plots[0]}` (distribution per optimizer), `{plots[1]}` (a few structures).", ""]
     return "\n".join(lines)
+
+
+def _success(o: dict[str, Any]) -> str:
+    """'25/27 (93 %)': successes of the judged structures (and how many runs were unjudged)."""
+    judged = o.get("n_judged", o["n_runs"])
+    text = f"{o['n_success']}/{judged} ({_fmt(100 * (o['success_rate'] or 0), 0)} %)"
+    return text + (f", {o['n_runs'] - judged} unjudged" if judged != o["n_runs"] else "")
+
+
+def by_set_markdown(report: dict[str, Any]) -> list[str]:
+    """The per-set table of a pooled report (:func:`relaxrl.evaluate.pool_reports`): success and mean force calls
+    per optimizer in each set and pooled, or nothing."""
+    by_set = report.get("by_set") or {}
+    if not by_set:
+        return []
+    names = report["settings"]["optimizers"]
+    header = "| optimizer | " + " | ".join(f"{k} ({e['n_structures']})" for k, e in by_set.items()) + " |"
+    lines = ["", "## Per set", "",
+             "Success of the judged structures, then mean force calls over every run · over the solved ones.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    for n in names:
+        cells = [f"{_success(o)}; {_fmt(o['force_calls_mean'])} · {_fmt(o['force_calls_mean_solved'])}"
+                 for o in (e["optimizers"][n] for e in by_set.values())]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def by_kind_markdown(report: dict[str, Any]) -> list[str]:
@@ -133,7 +170,7 @@ def by_kind_markdown(report: dict[str, Any]) -> list[str]:
              "Success per optimizer; force-call ratio = mean force calls on the structures both solved "
              "(in how many).", "", header, "|" + "---|" * (header.count("|") - 1)]
     for kind, e in by_kind.items():
-        cells = [f"{o['n_success']}/{o['n_runs']}" for o in (e["optimizers"][n] for n in names)]
+        cells = [f"{o['n_success']}/{o.get('n_judged', o['n_runs'])}" for o in (e["optimizers"][n] for n in names)]
         cells += [f"{_fmt(e[k]['ratio'], 2)} ({e[k]['n_both_solved']})" for k in ratios]
         label = f"**{kind}**" if kind == "overall" else kind
         lines.append(f"| {label} | {e['n_structures']} | " + " | ".join(cells) + " |")
@@ -231,7 +268,7 @@ def print_summary(report: dict[str, Any]) -> None:
         t.add_column(col, justify="right" if col != "optimizer" else "left")
     for n, o in report["optimizers"].items():
         fc = o["force_calls"]
-        t.add_row(n, f"{o['n_success']}/{o['n_runs']}", _fmt(fc["median"]), _fmt(fc["mean"]), _fmt(fc["p90"]),
+        t.add_row(n, _success(o), _fmt(fc["median"]), _fmt(fc["mean"]), _fmt(fc["p90"]),
                   _fmt(o["wall_time_s"]["total"], 2))
     Console().print(t)
     for k, v in report["comparisons"].items():
@@ -239,7 +276,10 @@ def print_summary(report: dict[str, Any]) -> None:
     by_kind = report.get("by_kind") or {}
     if len(by_kind) > 2:
         for kind, e in by_kind.items():
-            succ = ", ".join(f"{n} {o['n_success']}/{o['n_runs']}" for n, o in e["optimizers"].items())
+            succ = ", ".join(f"{n} {o['n_success']}/{o.get('n_judged', o['n_runs'])}" for n, o in e["optimizers"].items())
             rat = "".join(f"; {k.removesuffix('_force_calls')} {_fmt(e[k]['ratio'], 2)}"
                           for k in ("rl_vs_bfgs_force_calls", "rl_vs_fire_force_calls") if k in e)
             print(f"{kind}: success {succ}{rat}")
+    for name, e in (report.get("by_set") or {}).items():
+        print(f"{name}: " + "; ".join(f"{n} {_success(o)} at {_fmt(o['force_calls_mean'])} calls"
+                                     for n, o in e["optimizers"].items()))

@@ -17,7 +17,7 @@ from ase.optimize import BFGS, FIRE
 from common.config import load_config
 from learner.policy import Policy, save_policy
 from relaxrl.cli import main
-from relaxrl.evaluate import EvalError, evaluate, fragment_count, judge, parse_optimizers
+from relaxrl.evaluate import EvalError, build_report, evaluate, fragment_count, judge, parse_optimizers, summarize
 from test_optimizer import ForcePolicy, ScatterPolicy
 
 
@@ -71,7 +71,8 @@ def test_evaluate_compares_rl_with_ase_optimizers(tmp_path):
         fc = o["force_calls"]
         assert fc["min"] <= fc["median"] <= fc["p90"] <= fc["max"]
     for s in report["structures"]:
-        assert min(r["energy_above_best_mev_per_atom"] for r in s["runs"].values()) == pytest.approx(0.0)
+        classical = [r["energy_above_reference_mev_per_atom"] for n, r in s["runs"].items() if n != "rl" and r["success"]]
+        assert min(classical) == pytest.approx(0.0)  # the reference is a classical optimizer's minimum
         assert s["rl_over_bfgs_force_calls"] == pytest.approx(s["runs"]["rl"]["force_calls"] / s["runs"]["bfgs"]["force_calls"])
         assert s["runs"]["rl"]["rl"]["mode"] == "rl"  # the optimizer's own summary rides along
     both = [s for s in report["structures"] if s["runs"]["rl"]["success"] and s["runs"]["bfgs"]["success"]]
@@ -88,28 +89,99 @@ def test_evaluate_compares_rl_with_ase_optimizers(tmp_path):
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _run(energy: float, converged: bool = True, frag: tuple[int, int] = (1, 1)) -> dict:
-    return {"energy": energy, "converged": converged, "error": None, "force_calls": 10,
-            "fragments_initial": frag[0], "fragments_final": frag[1]}
+def _run(energy: float, converged: bool = True, frag: tuple[int, int] = (1, 1), curvature: float | None = None) -> dict:
+    return {"energy": energy, "converged": converged, "error": None, "force_calls": 10, "steps": 9, "wall_time_s": 0.1,
+            "fragments_initial": frag[0], "fragments_final": frag[1], "lowest_curvature_ev_per_a2": curvature}
 
 
 def test_judging_flags_higher_minima_and_fragmentation():
     s = {"name": "x", "n_atoms": 4, "runs": {
         "bfgs": _run(-1.000),
-        "fire": _run(-1.000 + 4 * 0.0009),   # 0.9 meV/atom above the best: still a success
+        "fire": _run(-1.000 + 4 * 0.0009),   # 0.9 meV/atom above the reference: still a success
         "lbfgs": _run(-1.000 + 4 * 0.0011),  # 1.1 meV/atom above: higher minimum
-        "rl": _run(-5.0, frag=(1, 3)),       # lowest energy but fell apart: excluded from the best
-        "gpmin": _run(-1.0, converged=False),
+        "bfgsls": _run(-5.0, frag=(1, 3)),   # lowest energy but fell apart: not the reference
+        "gpmin": _run(-1.2, converged=False),  # lower but not converged: not the reference
+        "rl": _run(-1.0, frag=(1, 2)),
     }}
     judge([s], energy_tol=1e-3)
     r = s["runs"]
-    assert s["best_energy"] == pytest.approx(-1.0)
+    assert s["reference_energy"] == pytest.approx(-1.0) and s["reference_optimizer"] == "bfgs" and s["judged"]
     assert r["bfgs"]["success"] and r["fire"]["success"]
     assert r["lbfgs"]["higher_minimum"] and not r["lbfgs"]["success"]
-    assert r["lbfgs"]["energy_above_best_mev_per_atom"] == pytest.approx(1.1)
-    assert r["rl"]["fragmented"] and not r["rl"]["success"]
+    assert r["lbfgs"]["energy_above_reference_mev_per_atom"] == pytest.approx(1.1)
+    assert r["bfgsls"]["fragmented"] and not r["bfgsls"]["success"]
+    assert r["rl"]["fragmented"] and not r["rl"]["success"] and not r["rl"]["higher_minimum"]
     assert not r["gpmin"]["success"] and not r["gpmin"]["higher_minimum"]
     assert s["rl_over_bfgs_force_calls"] == 1.0
+
+
+def test_a_policy_below_every_classical_minimum_does_not_move_the_reference():
+    """Issue 24's rule: the reference is the classical optimizers' lowest minimum. A policy that finds a deeper one
+    succeeds (flagged below_reference) and the classical runs stay successes; under the old rule ("the best any
+    optimizer found") BFGS would have failed here."""
+    s = {"name": "x", "n_atoms": 10, "runs": {
+        "bfgs": _run(-1.00), "fire": _run(-0.995),
+        "rl": _run(-1.50), "untrained": _run(-1.20), "some-policy": _run(-0.95),
+    }}
+    judge([s], energy_tol=1e-3)
+    r = s["runs"]
+    assert s["reference_energy"] == pytest.approx(-1.00) and s["reference_optimizer"] == "bfgs"
+    assert r["bfgs"]["success"] and r["fire"]["success"] and not r["bfgs"]["below_reference"]
+    assert r["rl"]["success"] and r["rl"]["below_reference"] and r["untrained"]["below_reference"]
+    assert r["rl"]["energy_above_reference_mev_per_atom"] == pytest.approx(-50.0)
+    assert r["some-policy"]["higher_minimum"] and not r["some-policy"]["success"]
+
+
+def test_a_saddle_end_is_a_failure_and_no_reference():
+    """A converged run on a saddle point (curvature below −0.05 eV/Å²) is no success, whatever its energy, and a
+    classical run there is not the reference; an unchecked run (curvature None) counts as a minimum."""
+    s = {"name": "x", "n_atoms": 5, "runs": {
+        "bfgs": _run(-1.10, curvature=-0.3),     # lower, but a saddle: not the reference
+        "fire": _run(-1.00, curvature=0.4),
+        "lbfgs": _run(-1.00, curvature=None),    # not checked: a minimum
+        "rl": _run(-1.00, curvature=-0.2),       # the reference's energy, on a saddle
+    }}
+    judge([s], energy_tol=1e-3)
+    r = s["runs"]
+    assert s["reference_energy"] == pytest.approx(-1.00) and s["reference_optimizer"] == "fire"
+    assert r["bfgs"]["saddle"] and not r["bfgs"]["success"] and not r["bfgs"]["below_reference"]
+    assert r["rl"]["saddle"] and not r["rl"]["success"] and not r["rl"]["higher_minimum"]
+    assert r["fire"]["success"] and r["lbfgs"]["success"]
+
+
+def test_a_structure_no_classical_optimizer_solved_is_unjudged():
+    """No classical run reached a minimum: no reference, no success for anyone (a converged policy included), and
+    the structure is left out of every success rate (n_judged)."""
+    unjudged = {"name": "u", "n_atoms": 3, "runs": {
+        "bfgs": _run(-1.0, converged=False), "fire": _run(-1.2, curvature=-0.5), "rl": _run(-1.3)}}
+    judged = {"name": "j", "n_atoms": 3, "runs": {"bfgs": _run(-1.0), "fire": _run(-1.0), "rl": _run(-0.5)}}
+    judge([unjudged, judged], energy_tol=1e-3)
+    assert not unjudged["judged"] and unjudged["reference_optimizer"] is None and math.isnan(unjudged["reference_energy"])
+    assert not any(r["success"] for r in unjudged["runs"].values())
+    assert unjudged["runs"]["rl"]["energy_above_reference_mev_per_atom"] is None
+    stats = summarize([unjudged, judged], ["rl", "bfgs", "fire"])
+    assert (stats["bfgs"]["n_runs"], stats["bfgs"]["n_judged"], stats["bfgs"]["n_unjudged"]) == (2, 1, 1)
+    assert stats["bfgs"]["success_rate"] == 1.0 and stats["rl"]["success_rate"] == 0.0
+    only = summarize([unjudged], ["rl"])["rl"]
+    assert only["n_judged"] == 0 and only["success_rate"] is None
+    from relaxrl.reports import markdown
+
+    report = build_report([unjudged, judged], ["rl", "bfgs", "fire"], {
+        "fmax": 0.05, "steps": 10, "energy_tol_ev_per_atom": 1e-3, "calculator": "emt", "curvature_max_atoms": 40})
+    assert report["settings"]["n_judged"] == 1
+    md = markdown(report)
+    assert "Unjudged (no classical optimizer reached a minimum" in md and "| u | 3 |" in md
+    assert "| bfgs | 1/1 (100 %), 1 unjudged |" in md
+
+
+def test_an_eval_without_a_classical_optimizer_is_refused(capsys, tmp_path):
+    with pytest.raises(EvalError, match="no classical optimizer.*add one of bfgs"):
+        evaluate(structures(), ["rl"], policy=ForcePolicy(0.05), progress=False)
+    out = tmp_path / "out"
+    assert main(["eval", "--optimizers", "untrained", "--structures", "suite", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no classical optimizer" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_fragment_count():
@@ -124,7 +196,7 @@ def test_bad_arguments_are_eval_errors():
     with pytest.raises(EvalError, match="unknown optimizer.*choose from"):
         parse_optimizers("bfgs,newton")
     with pytest.raises(EvalError, match="needs a policy"):
-        evaluate(structures(), ["rl"], progress=False)
+        evaluate(structures(), ["rl", "bfgs"], progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +281,7 @@ def test_eval_set_overrides_with_a_checkpoint_are_applied(tmp_path, checkpoint):
     d.mkdir()
     write(d / "cluster.extxyz", structures()["cluster-Ag6"])
     out = tmp_path / "out"
-    rc = main(["eval", "--checkpoint", str(checkpoint), "--structures", str(d), "--optimizers", "rl", "--steps", "3",
+    rc = main(["eval", "--checkpoint", str(checkpoint), "--structures", str(d), "--optimizers", "rl,bfgs", "--steps", "3",
                "--no-progress", "--set", "env.max_step=0.05", "--set", "env.min_distance_factor=0.5", "--out", str(out)])
     assert rc == 0
     policy = json.loads((out / "report.json").read_text())["settings"]["policy"]
@@ -242,32 +314,39 @@ def test_eval_directory_reads_like_training_every_frame_is_a_structure(tmp_path,
 
 def test_after_training_evaluation_is_relaxrl_eval(tmp_path):
     from helpers import cu_cluster
+    from learner.policy import untrained_policy
     from relaxrl.after_training import after_training_line, evaluate_after_training
 
     cfg = load_config(None, ["network.channels=8", "network.num_layers=2", "env.max_steps=100",
                              "run.eval_episodes=2", "run.eval_max_atoms=8"])
     torch.manual_seed(0)
-    start = Policy(cfg)
     trained = Policy(cfg)  # stands in for the trained weights: different from the start
     save_policy(tmp_path, cfg, trained.actor, updates=30)
     heldout = [bulk("Cu", cubic=True) * (2, 2, 2), cu_cluster(4, seed=1), cu_cluster(5, seed=2), cu_cluster(6, seed=3)]
     for k, a in enumerate(heldout):
         a.info["name"] = f"held-{k}"
-    report = evaluate_after_training(cfg, tmp_path, heldout, start.weights())
+    report = evaluate_after_training(cfg, tmp_path, heldout)
 
     ev = json.loads((tmp_path / "eval.json").read_text())
     st = ev["settings"]
     assert st["optimizers"] == ["rl", "untrained", "bfgs"]
     assert (st["fmax"], st["steps"], st["energy_tol_ev_per_atom"]) == (cfg.env.fmax, 100, 1e-3)
+    assert st["curvature_max_atoms"] == 40  # eval's default saddle check
     assert [s["name"] for s in ev["structures"]] == ["held-1", "held-2"]  # ≤ 8 atoms, at most 2
     assert st["policies"]["rl"]["version"] == 30 and st["policies"]["untrained"]["version"] == 0
-    for s in ev["structures"]:  # success as `relaxrl eval` defines it
+    for s in ev["structures"]:  # success as `relaxrl eval` defines it, BFGS's minimum the reference
+        assert s["reference_optimizer"] == "bfgs"
         for r in s["runs"].values():
-            assert r["success"] == (r["converged"] and not r["fragmented"] and r["error"] is None
-                                    and r["energy_above_best_mev_per_atom"] <= 1.0)
+            assert r["success"] == (r["converged"] and not r["fragmented"] and r["error"] is None and not r["saddle"]
+                                    and r["energy_above_reference_mev_per_atom"] <= 1.0)
         assert s["runs"]["bfgs"]["success"]
+    # 'untrained' is the run's initial actor: the same moves as untrained_policy(cfg) (learner.heads.initial_actor)
+    again = evaluate({s["name"]: a for s, a in zip(ev["structures"], heldout[1:3])}, ["untrained", "bfgs"],
+                     fmax=cfg.env.fmax, steps=100, policies={"untrained": untrained_policy(cfg)}, progress=False)
+    for mine, theirs in zip(ev["structures"], again["structures"], strict=True):
+        assert mine["runs"]["untrained"]["force_calls"] == theirs["runs"]["untrained"]["force_calls"]
     md = (tmp_path / "eval.md").read_text()
-    assert md.startswith("# Held-out evaluation after training")
+    assert md.startswith("# Evaluation after training")
     assert "| untrained |" in md and "Policy `rl`: config `demo`, weights version 30 (trained" in md
     assert "`plots/eval_force_calls.png`" in md
     for png in ("eval_force_calls.png", "eval_fmax_vs_step.png"):
@@ -277,10 +356,57 @@ def test_after_training_evaluation_is_relaxrl_eval(tmp_path):
     assert line == (f"held-out success trained {o['rl']['success_rate']:.2f} vs untrained "
                     f"{o['untrained']['success_rate']:.2f} (BFGS 1.00) on 2 structures")
 
-    empty = evaluate_after_training(cfg, tmp_path, heldout[:1], None)  # only a 32-atom structure: nothing to do
+    empty = evaluate_after_training(cfg, tmp_path, heldout[:1])  # only a 32-atom structure: nothing to do
     assert after_training_line(empty) == ("no held-out evaluation (no held-out structure has at most "
                                           "run.eval_max_atoms = 8 atoms)")
     assert "Nothing evaluated" in (tmp_path / "eval.md").read_text()
+
+
+def test_the_untrained_policy_is_the_learners_initial_actor(tmp_path):
+    """`untrained` (eval, after training, bench) and the learner start from one initialisation: the same weights,
+    and building it leaves torch's global random stream where it was."""
+    from learner.learner import Learner
+    from learner.policy import untrained_policy
+
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2", "run.seed=7"])
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    policy = untrained_policy(cfg)
+    assert torch.equal(torch.rand(3), before)  # the global stream did not move
+    learner = Learner(cfg, sampler=None, run_dir=tmp_path, t_total=lambda: 0, device="cpu")
+    mine, theirs = policy.weights(), learner.actor_weights()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    other = untrained_policy(load_config(None, ["network.channels=8", "network.num_layers=2", "run.seed=8"]))
+    assert not all(torch.equal(v, other.weights()[k]) for k, v in mine.items())  # another seed, other weights
+
+
+def test_after_training_adds_large_suite_structures(tmp_path):
+    """run.eval_large = N adds the first N large-suite structures at 600 steps, reported per set and pooled."""
+    from actors.suite import large_sample
+    from relaxrl.after_training import after_training_line, evaluate_after_training
+    from relaxrl.reports import markdown
+
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2", "env.max_steps=30",
+                             "run.eval_episodes=1", "run.eval_large=1"])
+    save_policy(tmp_path, cfg, Policy(cfg).actor, updates=5)
+    from helpers import cu_cluster
+
+    held = cu_cluster(4, seed=1)
+    held.info["name"] = "held-0"
+    report = evaluate_after_training(cfg, tmp_path, [held])
+    large = large_sample(1)
+    assert [a.info["name"] for a in large] == ["bulk-defect-Cu255-0"]
+    assert [(s["set"], s["name"]) for s in report["structures"]] == [("held-out", "held-0"),
+                                                                     ("suite-large", "bulk-defect-Cu255-0")]
+    assert report["settings"]["steps"] == {"held-out": 30, "suite-large": 600}
+    assert list(report["by_set"]) == ["held-out", "suite-large", "pooled"]
+    big = report["structures"][1]["runs"]
+    assert big["bfgs"]["success"] and big["bfgs"]["lowest_curvature_ev_per_a2"] is None  # 255 atoms: not checked
+    line = after_training_line(report)
+    assert line.startswith("held-out success trained ") and "; suite-large success trained " in line
+    assert "pooled" not in line
+    assert "## Per set" in markdown(report)
 
 
 def test_eval_suite_reports_per_kind(tmp_path, checkpoint, capsys):
@@ -297,8 +423,9 @@ def test_eval_suite_reports_per_kind(tmp_path, checkpoint, capsys):
         assert entry["n_structures"] == len(group)
         for opt in ("rl", "bfgs", "fire"):
             n_success = sum(s["runs"][opt]["success"] for s in group)
-            assert entry["optimizers"][opt] == {"n_runs": len(group), "n_success": n_success,
-                                                "success_rate": n_success / len(group)}
+            n_judged = sum(s["judged"] for s in group)
+            assert entry["optimizers"][opt] == {"n_runs": len(group), "n_judged": n_judged, "n_success": n_success,
+                                                "success_rate": n_success / n_judged if n_judged else None}
         for other in ("bfgs", "fire"):
             both = [s for s in group if s["runs"]["rl"]["success"] and s["runs"][other]["success"]]
             ratio = entry[f"rl_vs_{other}_force_calls"]
@@ -378,12 +505,15 @@ def test_curvature_check_flags_runs_that_ended_on_a_saddle(tmp_path):
     eigenvalue (buckling towards the tetrahedron). The check flags it, not the tetrahedron, and
     does not add its Hessian's force calls to the run's."""
     structures = {"square": _cu4("square"), "tetrahedron": _cu4("tetrahedron")}
-    plain = evaluate(structures, ["bfgs"], steps=200, progress=False)
+    plain = evaluate(structures, ["bfgs"], steps=200, progress=False, curvature_max_atoms=0)
     checked = evaluate(structures, ["bfgs"], steps=200, progress=False, curvature_max_atoms=8)
     runs = {s["name"]: s["runs"]["bfgs"] for s in checked["structures"]}
     assert all(r["converged"] for r in runs.values())
     assert runs["square"]["lowest_curvature_ev_per_a2"] < -0.5
-    assert runs["square"]["saddle"] and not runs["square"]["higher_minimum"]
+    assert runs["square"]["saddle"] and not runs["square"]["higher_minimum"] and not runs["square"]["success"]
+    # BFGS, the only classical optimizer, ended on a saddle: the square has no reference and is unjudged
+    assert [s["judged"] for s in checked["structures"]] == [False, True]
+    assert checked["optimizers"]["bfgs"]["n_judged"] == 1 and checked["optimizers"]["bfgs"]["success_rate"] == 1.0
     assert runs["tetrahedron"]["lowest_curvature_ev_per_a2"] > 1.0 and not runs["tetrahedron"]["saddle"]
     assert checked["optimizers"]["bfgs"]["n_saddle"] == 1
     assert checked["optimizers"]["bfgs"]["n_curvature_checked"] == 2
@@ -421,3 +551,106 @@ def test_rigid_body_modes_are_left_out_of_the_curvature():
     assert rigid_body_modes(a).shape == (12, 0)
     # One atom held: the rotations about it stay free and are kept, curvature ~0, not a saddle.
     assert abs(lowest_curvature(a, EMT())) < 0.01
+
+
+# ----------------------------------------------------------------------------- issue 24: strong references, pooled sets
+
+
+def test_precon_counts_its_line_search_and_mu_fit_at_the_calculator():
+    """PreconLBFGS's Armijo line search and Exp's μ fit (a force call at a displaced copy) go through the run's
+    calculator: the report's count is the inner calculator's own count, and that of a direct ASE run."""
+    from ase.optimize.precon import Exp, PreconLBFGS
+
+    atoms = bulk("Cu", cubic=True) * (2, 2, 2)
+    atoms.rattle(0.15, seed=3)
+    CountedEMT.calls = 0
+    report = evaluate({"Cu32": atoms}, ["precon"], steps=100, calculator=CountedEMT, progress=False,
+                      curvature_max_atoms=0)
+    run = report["structures"][0]["runs"]["precon"]
+    assert run["converged"] and run["force_calls"] == CountedEMT.calls
+    assert run["force_calls"] > run["steps"] + 1  # more calls than steps: the fit and line-search trials count
+    direct = atoms.copy()
+    CountedEMT.calls = 0
+    direct.calc = CountedEMT()
+    PreconLBFGS(direct, precon=Exp(A=3), logfile=None).run(fmax=0.05, steps=100)
+    assert run["force_calls"] == CountedEMT.calls
+    assert run["energy"] == pytest.approx(direct.get_potential_energy(), abs=1e-8)
+
+
+def test_precon_and_goqn_run_on_free_clusters_and_molecules():
+    """ASE's own r_NN estimate raises on structures without a cell; eval gives Exp the structure's r_NN
+    (a fresh preconditioner per run), so precon relaxes clusters, molecules and periodic cells in one eval."""
+    from ase.build import molecule
+    from ase.optimize.precon import Exp, PreconLBFGS
+    from ase.optimize.precon.neighbors import estimate_nearest_neighbour_distance
+
+    from relaxrl.evaluate import nearest_neighbour_distance
+
+    ch4 = molecule("CH4")
+    ch4.rattle(0.05, seed=1)
+    cases = {"cluster-Ag6": structures()["cluster-Ag6"], "CH4": ch4, "bulk-Cu8": structures()["bulk-Cu8"]}
+    with pytest.raises(RuntimeError, match="increased r_cut"):
+        ch4.calc = EMT()
+        PreconLBFGS(ch4, precon=Exp(A=3), logfile=None).run(fmax=0.05, steps=5)  # ASE alone
+    assert nearest_neighbour_distance(ch4) == pytest.approx(
+        max(np.sort(ch4.get_all_distances(), axis=1)[:, 1]))  # each atom's nearest neighbour, the largest of them
+    cu = cases["bulk-Cu8"]
+    assert nearest_neighbour_distance(cu) == pytest.approx(estimate_nearest_neighbour_distance(cu))  # ASE's own
+    report = evaluate(cases, ["precon", "goqn", "bfgs"], steps=200, progress=False)
+    for s in report["structures"]:
+        for name in ("precon", "goqn"):
+            assert s["runs"][name]["error"] is None and s["runs"][name]["converged"], (s["name"], name)
+
+
+def test_eval_untrained_from_a_checkpoint_and_from_a_config(tmp_path, checkpoint):
+    from learner.policy import load_policy, untrained_policy
+    from relaxrl.eval_cli import eval_policies
+
+    out = tmp_path / "ckpt"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--structures", "suite", "--limit", "1", "--optimizers",
+                 "rl,untrained,bfgs", "--steps", "40", "--no-progress", "--out", str(out)]) == 0
+    st = json.loads((out / "report.json").read_text())["settings"]
+    assert st["policies"]["untrained"]["version"] == 0 and st["policies"]["untrained"]["config_name"] == "demo"
+    assert "initial weights of a run of config `demo` (run.seed 0)" in st["policy_notes"]["untrained"]
+    assert "rl_vs_untrained_force_calls" in json.loads((out / "report.json").read_text())["comparisons"]
+    trained = load_policy(checkpoint)
+    policies, _ = eval_policies(["rl", "untrained"], trained, None)
+    expected = untrained_policy(trained.config).weights()
+    assert all(torch.equal(v, expected[k]) for k, v in policies["untrained"].weights().items())
+
+    out = tmp_path / "cfg"  # no checkpoint: the untrained policy of --config
+    assert main(["eval", "--config", "configs/quality.toml", "--structures", "suite", "--limit", "1", "--optimizers",
+                 "untrained,bfgs", "--steps", "40", "--no-progress", "--out", str(out)]) == 0
+    st = json.loads((out / "report.json").read_text())["settings"]
+    assert st["policies"]["untrained"]["config_name"] == "quality" and st["policy"] is None
+
+
+def test_eval_pools_several_sets_each_at_its_own_budget(tmp_path, capsys):
+    out = tmp_path / "pooled"
+    assert main(["eval", "--structures", "suite,suite-val", "--limit", "2", "--optimizers", "bfgs,fire",
+                 "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    st = report["settings"]
+    assert st["steps"] == {"suite": 300, "suite-val": 300} and st["sets"] == ["suite", "suite-val"]
+    assert [s["set"] for s in report["structures"]] == ["suite", "suite", "suite-val", "suite-val"]
+    assert list(report["by_set"]) == ["suite", "suite-val", "pooled"]
+    for name, entry in report["by_set"].items():
+        group = [s for s in report["structures"] if name == "pooled" or s["set"] == name]
+        for opt in ("bfgs", "fire"):
+            runs = [s["runs"][opt] for s in group]
+            o = entry["optimizers"][opt]
+            assert o["n_success"] == sum(r["success"] for r in runs)
+            assert o["force_calls_mean"] == pytest.approx(np.mean([r["force_calls"] for r in runs]))
+    assert report["optimizers"]["bfgs"]["n_runs"] == 4 and report["settings"]["n_structures"] == 4
+    md = (out / "report.md").read_text()
+    assert "## Per set" in md and "| bfgs |" in md and "at most suite 300, suite-val 300 steps" in md
+    assert "pooled: bfgs " in capsys.readouterr().out
+
+
+def test_gpmin_is_refused_on_large_cells_before_the_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["eval", "--structures", "suite,suite-large", "--optimizers", "bfgs,gpmin", "--no-progress",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "gpmin keeps every step's forces" in err and "bulk-defect-Cu255-0: 255 atoms" in err and "Traceback" not in err
+    assert not out.exists()

@@ -62,13 +62,26 @@ def test_live_eval_equals_evaluate_on_two_emt_structures():
 
 
 def test_live_eval_ratio_is_nan_when_nothing_is_solved_by_both():
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    live = LiveEval(cfg, [cu_cluster(5, seed=2)], every=5)  # BFGS relaxes it, the fresh policy does not
+    row = live.evaluate(Policy(cfg))
+    assert live.bfgs[0]["converged"] and live.bfgs[0]["lowest_curvature_ev_per_a2"] is not None  # checked, a minimum
+    assert row["eval/success"] == 0.0 and row["eval/n_both_solved"] == 0
+    assert math.isnan(row["eval/force_calls_vs_bfgs"])
+    assert progress_field(row) == "eval 0.00"
+
+
+def test_live_eval_success_is_nan_when_bfgs_gives_no_reference():
+    """eval's rule: a structure where BFGS (the live evaluation's classical optimizer) reached no minimum is
+    unjudged, so with only such structures there is no success rate to report."""
     cfg = load_config(None, TINY + ["env.max_steps=3"])
     torch.manual_seed(0)
     live = LiveEval(cfg, [cu_cluster(5, seed=2)], every=5)
     row = live.evaluate(Policy(cfg))
-    assert row["eval/success"] == 0.0 and row["eval/n_both_solved"] == 0
-    assert math.isnan(row["eval/force_calls_vs_bfgs"])
-    assert progress_field(row) == "eval 0.00"
+    assert not live.bfgs[0]["converged"] and not live.records[0]["judged"]
+    assert math.isnan(row["eval/success"]) and row["eval/n_both_solved"] == 0
+    assert progress_field(row) == "eval –"
 
 
 def test_sample_is_the_first_n_small_enough_heldout_structures():
@@ -88,6 +101,7 @@ def test_off_unless_eval_every_and_a_structure():
     ({}, None),
     ({"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1}, "eval 0.75 @1.1×BFGS"),
     ({"eval/success": 1.0, "eval/force_calls_vs_bfgs": 0.8421}, "eval 1.00 @0.84×BFGS"),
+    ({"eval/success": math.nan, "eval/force_calls_vs_bfgs": math.nan}, "eval –"),
 ])
 def test_progress_field(row, field):
     assert progress_field(row) == field

@@ -72,7 +72,7 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     assert ev["settings"]["optimizers"] == ["rl", "untrained", "bfgs"] and ev["settings"]["n_structures"] >= 1
     assert ev["settings"]["policies"]["rl"]["version"] == 30
     assert all({"success", "higher_minimum", "fragmented"} <= set(r) for s in ev["structures"] for r in s["runs"].values())
-    assert (run_dir / "eval.md").read_text().startswith("# Held-out evaluation after training")
+    assert (run_dir / "eval.md").read_text().startswith("# Evaluation after training")
     assert (run_dir / "plots" / "eval_force_calls.png").stat().st_size > 1000
     size_before = rows[-1]["replay/online_size"] + rows[-1]["replay/expert_size"]
 
