@@ -45,10 +45,10 @@ from ase.build import bulk
 from ase.spacegroup import crystal
 
 from actors.calculators import calculator_elements
+from actors.geometry import random_strain
 from common.errors import RelaxRLError
 
-__all__ = ["CRYSTAL_SEED", "PROTOTYPES", "RATTLE", "STRAIN", "CrystalsError", "check_calculator", "crystal_set",
-           "random_strain"]
+__all__ = ["CRYSTAL_SEED", "PROTOTYPES", "RATTLE", "STRAIN", "CrystalsError", "check_calculator", "crystal_set"]
 
 CRYSTAL_SEED = 20261205
 """Seed of the set (fixed; another seed is another set)."""
@@ -81,7 +81,7 @@ PROTOTYPES: dict[str, Callable[[], Atoms]] = {
                                          spacegroup=221, cellpar=[3.905, 3.905, 3.905, 90, 90, 90]),
     "LiCoO2-layered": lambda: crystal(["Li", "Co", "O"], [(0, 0, 0.5), (0, 0, 0), (0, 0, 0.2396)], spacegroup=166,
                                       cellpar=[2.816, 2.816, 14.05, 90, 90, 120]),
-    "SiO2-quartz": lambda: crystal(["Si", "O"], [(0.4697, 0, 0), (0.4135, 0.2669, 0.1191)], spacegroup=152,
+    "SiO2-quartz": lambda: crystal(["Si", "O"], [(0.4697, 0, 1 / 3), (0.4135, 0.2669, 0.7858)], spacegroup=152,
                                    cellpar=[4.916, 4.916, 5.405, 90, 90, 120]),
     "Fe-bcc-vacancy": _fe_vacancy,
     "Cu3Au-L12": lambda: crystal(["Au", "Cu"], [(0, 0, 0), (0, 0.5, 0.5)], spacegroup=221,
@@ -95,19 +95,6 @@ PROTOTYPES: dict[str, Callable[[], Atoms]] = {
                                      cellpar=[5.624, 5.624, 5.624, 90, 90, 90]),
 }
 """Name → builder of the unperturbed prototype, in set order."""
-
-
-def random_strain(atoms: Atoms, max_strain: float, rng: np.random.Generator) -> Atoms:
-    """A copy of a periodic ``atoms`` with the cell strained by a random symmetric ε (each component uniform in
-    ±``max_strain``, the two halves of an off-diagonal pair averaged) and the atoms following the cell; a
-    structure that is not periodic in all three directions is copied unchanged. Info and constraints are kept."""
-    out = atoms.copy()
-    if max_strain <= 0 or not atoms.pbc.all():
-        return out
-    eps = rng.uniform(-max_strain, max_strain, size=(3, 3))
-    eps = 0.5 * (eps + eps.T)
-    out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
-    return out
 
 
 def crystal_set(seed: int = CRYSTAL_SEED, limit: int = 0) -> list[Atoms]:

@@ -17,7 +17,7 @@ from ase import Atoms
 
 from actors.alfe import alfe_structures
 from actors.generate import demo_structures, split_structures
-from actors.geometry import perturb
+from actors.geometry import perturb, random_strain
 from actors.structure_check import StructureError
 from actors.structure_files import read_structure_source
 from common.config import CurriculumConfig
@@ -26,16 +26,29 @@ __all__ = ["Curriculum", "load_structures"]
 
 
 def load_structures(source: str | Path, cfg: CurriculumConfig, seed: int, *, calculator: str = "emt",
-                    min_distance_factor: float = 0.6, calculator_kwargs: dict | None = None) -> tuple[list[Atoms], list[Atoms]]:
-    """(train, held-out) from ``'demo'``, ``'alfe'`` (actors/alfe.py), a directory of structure files, or one file."""
+                    min_distance_factor: float = 0.6, calculator_kwargs: dict | None = None,
+                    relax_cell: bool = False) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, held-out) from ``'demo'``, ``'alfe'`` (actors/alfe.py), a directory of structure files, or one file.
+
+    ``relax_cell`` (``env.relax_cell``): every structure must be periodic in all three directions, or this
+    refuses the source naming the first that is not."""
     if str(source) == "demo":
-        return demo_structures(cfg, seed)
-    if str(source) == "alfe":  # Al–Fe minima relaxed under the configured calculator (cached on disk)
-        return alfe_structures(cfg, seed, calculator, calculator_kwargs, min_distance_factor)
-    if not Path(source).exists():
+        train, held = demo_structures(cfg, seed)
+    elif str(source) == "alfe":  # Al–Fe minima relaxed under the configured calculator (cached on disk)
+        train, held = alfe_structures(cfg, seed, calculator, calculator_kwargs, min_distance_factor)
+    elif not Path(source).exists():
         raise StructureError(f"structure source {str(source)!r} is neither 'demo', 'alfe' nor an existing directory or file")
-    structures = read_structure_source(source, calculator=calculator, min_distance_factor=min_distance_factor)
-    return split_structures(structures, cfg.heldout_fraction, seed)
+    else:
+        structures = read_structure_source(source, calculator=calculator, min_distance_factor=min_distance_factor)
+        train, held = split_structures(structures, cfg.heldout_fraction, seed)
+    if relax_cell:
+        flat = [a for a in list(train) + list(held) if not a.pbc.all()]
+        if flat:
+            raise StructureError(
+                f"env.relax_cell relaxes cells, but {len(flat)} structure(s) of curriculum.source {str(source)!r} are not "
+                f"periodic in all three directions (e.g. {flat[0].info.get('name', flat[0].get_chemical_formula())!r}, "
+                f"pbc {flat[0].pbc.tolist()}); use crystals only ('alfe' or your files) or set env.relax_cell = false")
+    return train, held
 
 
 class Curriculum:
@@ -85,10 +98,13 @@ class Curriculum:
         return sum(self._window) / len(self._window) if self._window else 0.0
 
     def sample(self, rng: np.random.Generator) -> Atoms:
-        """A copy of a random structure of the active stage."""
+        """A copy of a random structure of the active stage; with ``curriculum.strain`` its cell (periodic ones)
+        strained anew."""
         atoms = self.pool[int(rng.integers(len(self.pool)))]
         if atoms.info.get("perturb"):  # a minimum (source 'alfe'): displaced anew for every episode
-            return perturb(atoms, float(atoms.info["perturb"]), rng)
+            atoms = perturb(atoms, float(atoms.info["perturb"]), rng)
+        if self.cfg.strain > 0:
+            return random_strain(atoms, self.cfg.strain, rng)
         return atoms.copy()
 
     def report(self, t_total: int, success: bool | None) -> bool:

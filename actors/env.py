@@ -35,6 +35,15 @@ force and does not count in Fmax), and every applied move goes through the const
 ``adjust_positions`` after the correction above (so a fixed atom never moves; what a
 constraint removes is not counted in ``a_back``, which measures the correction only).
 
+With ``env.relax_cell`` the cell relaxes too, as ASE's optimizers on ``FrechetCellFilter(atoms)``
+relax it (:mod:`actors.cell_filter`): the environment moves the filter's n + 3 generalised rows (the
+atoms in the filter's starting frame, then 3 cell rows, exp_cell_factor·log of the deformation),
+an action is [n_atoms + 3, 3], the forces are the filter's (the stress gives the cell rows'), and
+Fmax, Fmean and the convergence test run over all rows (ASE's fmax on a filter). The observation
+keeps the real positions and cell for the networks and carries the filter's atom-row forces in
+``forces`` and its cell rows in ``cell_forces`` (histories alike). The action correction caps every
+row at ``max_step`` and checks collisions on the atom rows in the filter's starting frame.
+
 Each observation carries the path history (``Observation.history``: the last
 ``env.history_steps`` actual moves and the force changes they caused, newest first; zeros
 after ``reset``), the information a quasi-Newton method keeps; ``RLOptimizer`` builds the same.
@@ -51,6 +60,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
+from actors.cell_filter import AtomRows, FilterRows, check_cell_relaxable, coordinates
 from actors.hessian import curvature_if_small, free_coordinates, is_saddle
 from actors.structure_check import StructureError, check_structure
 from common.config import EnvConfig
@@ -105,8 +115,8 @@ def validate_env_config(cfg: EnvConfig) -> None:
 
 
 def force_stats(forces: np.ndarray) -> tuple[float, float]:
-    """(Fmax, Fmean) over per-atom force norms, eV/Å."""
-    norms = np.sqrt(np.einsum("ij,ij->i", forces, forces))  # [n_atoms] eV/Å
+    """(Fmax, Fmean) over per-row force norms (the atoms', and a cell filter's cell rows), eV/Å."""
+    norms = np.sqrt(np.einsum("ij,ij->i", forces, forces))  # [n_rows] eV/Å
     return float(norms.max()), float(norms.mean())
 
 
@@ -161,6 +171,7 @@ class RelaxEnv:
         self._check_calc: Calculator | None = None  # the saddle check's own calculator, made when first needed
         self._free: np.ndarray | None = None  # [3n] free coordinates of the episode, found when first needed
         self._atoms: Atoms | None = None
+        self._rows: AtomRows | FilterRows | None = None  # the coordinates the episode moves
         self._done = True
         self.name = ""
         self.steps = 0
@@ -186,6 +197,8 @@ class RelaxEnv:
         if atoms.constraints:
             a.set_constraint(copy.deepcopy(atoms.constraints))
         a.info["name"] = name
+        if self.cfg.relax_cell:
+            check_cell_relaxable(a, self.calc, name)
         self.calc.reset()
         a.calc = self.calc
         self.name = name
@@ -195,9 +208,10 @@ class RelaxEnv:
         self._atoms = a
         self._free = None
         self._numbers = a.numbers.astype(np.int64)  # shared by every observation of the episode
-        self._cell = np.array(a.cell[:], dtype=np.float64)
         self._pbc = np.array(a.pbc, dtype=bool)
-        self._pos = np.array(a.positions, dtype=np.float64)  # [n_atoms, 3] Å
+        self._rows = coordinates(a, self.cfg.relax_cell)
+        self._x = self._rows.get()  # [n_rows, 3]: atom rows (Å), then the cell rows of a filter
+        self._pos, self._cell = self._rows.frame(self._x)  # the atom rows and the cell they are positions in
         try:
             forces, energy = self._evaluate()
         except Exception as e:
@@ -213,40 +227,39 @@ class RelaxEnv:
                 "for the initial structure; check the structure (overlapping atoms?) and the calculator"
             )
         self._pairs = self._build_pairs(self._pos)
-        self._history = empty_history(len(a), self.cfg.history_steps)  # [n_atoms, 6 K] Å, eV/Å
+        self._history = empty_history(len(self._x), self.cfg.history_steps)  # [n_rows, 6 K] Å, eV/Å
         self._forces, self._energy = forces, energy
         self._fmax, self._fmean = force_stats(forces)
         self._done = False
         return self._observe()
 
     def step(self, displacement: np.ndarray) -> StepResult:
-        """Apply one corrected displacement ([n_atoms, 3] Å); see the module docstring."""
+        """Apply one corrected displacement ([n_atoms, 3] Å; [n_atoms + 3, 3] rows with ``env.relax_cell``); see the
+        module docstring."""
         if self._done:
             raise EpisodeError("the episode has ended (or never started): call reset(atoms) before step()")
         cfg = self.cfg
         info: dict[str, Any] = {}
         proposed = np.asarray(displacement, dtype=np.float64)
-        if proposed.shape != self._pos.shape:
-            raise ActionError(f"displacement has shape {proposed.shape}, expected {self._pos.shape} (n_atoms, 3) in Å")
+        if proposed.shape != self._x.shape:
+            what = "(n_atoms + 3 cell rows, 3) with env.relax_cell" if cfg.relax_cell else "(n_atoms, 3) in Å"
+            raise ActionError(f"displacement has shape {proposed.shape}, expected {self._x.shape} {what}")
         if not np.isfinite(proposed).all():
-            actual, a_back = np.zeros_like(self._pos), 1.0
+            actual, a_back = np.zeros_like(self._x), 1.0
             info["error"] = "non-finite action (NaN or inf): applied as no move with a_back = 1"
         else:
             if not self._pairs.valid_for(self._pos):
                 self._pairs = self._build_pairs(self._pos)
-            actual, a_back = correct_action(self, proposed, cfg, pairs=self._pairs)
-            if self._atoms.constraints and actual.any():
-                target = self._pos + actual  # [n_atoms, 3] Å
-                for c in self._atoms.constraints:
-                    c.adjust_positions(self._atoms, target)
-                actual = target - self._pos
+            actual, a_back = correct_action(self, proposed, cfg, pairs=self._pairs, cell_rows=cfg.relax_cell)
 
         fmax_prev, energy_prev = self._fmax, self._energy
         self.steps += 1
         failed = False
         if actual.any():
-            new_pos = self._pos + actual
-            self._atoms.set_positions(new_pos, apply_constraint=False)
+            old_x = self._x
+            new_x = self._rows.set(old_x + actual)  # through the ASE constraints: what a constraint removes is not a_back
+            actual = new_x - old_x
+        if actual.any():
             self.force_calls += 1
             try:
                 forces, energy = self._evaluate()
@@ -257,26 +270,27 @@ class RelaxEnv:
                 failed = True
                 info["error"] = f"calculator {self._calc_name!r} raised {type(e).__name__}: {e}; episode truncated"
             if failed:
-                self._atoms.set_positions(self._pos, apply_constraint=False)
-                actual = np.zeros_like(self._pos)
+                self._rows.restore(old_x)
+                actual = np.zeros_like(self._x)
             else:
                 self._history = history_after(actual, self._forces, forces, self._history)
-                self._pos, self._forces, self._energy = new_pos, forces, energy
+                self._x, self._forces, self._energy = new_x, forces, energy
+                self._pos = self._rows.frame(new_x)[0]
                 self._fmax, self._fmean = force_stats(forces)
         if not actual.any():  # no move: a step of zeros (a quasi-Newton pair with s = 0 carries no curvature)
-            z = np.zeros_like(self._pos)
+            z = np.zeros_like(self._x)
             self._history = history_after(z, z, z, self._history)
 
         self._last_a_back = a_back
         converged = (not failed) and self._fmax < cfg.fmax
-        energy_drop = (energy_prev - self._energy) / len(self._pos)  # eV/atom; 0 when nothing moved
+        energy_drop = (energy_prev - self._energy) / len(self._numbers)  # eV/atom; 0 when nothing moved
         saddle = converged and self._saddle_check(info)
         reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop, saddle)
         terminated = converged
         truncated = (not terminated) and (failed or self.steps >= cfg.max_steps)
         self._done = terminated or truncated
 
-        norms = np.sqrt(np.einsum("ij,ij->i", actual, actual))  # [n_atoms] Å
+        norms = np.sqrt(np.einsum("ij,ij->i", actual, actual))  # [n_rows]
         info.update(
             actual_move=actual,
             actual_move_norm=float(norms.mean()),
@@ -312,7 +326,15 @@ class RelaxEnv:
                                 if self._own_calc else copy.deepcopy(self.calc))
         return self._check_calc
 
-    # correct_action reads these, so the env itself can be passed as the state.
+    def coordinates(self) -> np.ndarray:
+        """The generalised coordinates of the current state, [n_rows, 3]: the positions (Å), or with
+        ``env.relax_cell`` the cell filter's rows (what a teacher's BFGS on the filter moves)."""
+        if self._rows is None:
+            raise EpisodeError("no structure yet: call reset(atoms) first")
+        return self._x.copy()
+
+    # correct_action reads these, so the env itself can be passed as the state: the atom rows and the cell they
+    # are positions in (the current cell, or a cell filter's starting cell)
     @property
     def positions(self) -> np.ndarray:
         return self._pos
@@ -330,8 +352,9 @@ class RelaxEnv:
         return self._pbc
 
     def _evaluate(self) -> tuple[np.ndarray, float]:
-        """Forces (eV/Å) and energy (eV) at the current positions (one calculator call)."""
-        forces = np.asarray(self._atoms.get_forces(apply_constraint=True), dtype=np.float64)
+        """Generalised forces of every row (eV/Å, constraints applied) and energy (eV) at the current state (one
+        calculator call)."""
+        forces = self._rows.forces()
         energy = float(self._atoms.get_potential_energy())
         return forces, energy
 
@@ -343,13 +366,17 @@ class RelaxEnv:
         return env_features(self._fmax, self.steps / self.cfg.max_steps, self._last_a_back, self.cfg.env_input_dim)
 
     def _observe(self) -> Observation:
+        n = len(self._numbers)
+        cell = self.cfg.relax_cell
         return Observation(
-            positions=self._pos.copy(),
+            positions=np.array(self._atoms.positions, dtype=np.float64),
             numbers=self._numbers,
-            cell=self._cell,
+            cell=np.array(self._atoms.cell[:], dtype=np.float64) if cell else self._cell,
             pbc=self._pbc,
-            forces=self._forces.copy(),
+            forces=self._forces[:n].copy(),
             energy=self._energy,
             env_features=self._env_features(),
-            history=self._history.copy(),
+            history=self._history[:n].copy(),
+            cell_forces=self._forces[n:].copy() if cell else None,
+            cell_history=self._history[n:].copy() if cell else None,
         )

@@ -81,7 +81,8 @@ class Teacher(Protocol):
         """Whether the teacher takes a fake step from ``obs``; where it does not, the expert actor's policy acts."""
 
     def action(self, obs: Observation) -> np.ndarray:
-        """The fake step from ``obs`` (the environment's current state), [n_atoms, 3] Å; only where :meth:`offers`."""
+        """The fake step from ``obs`` (the environment's current state), [n_rows, 3]: one per atom (Å), and with
+        ``env.relax_cell`` the 3 cell rows after them; only where :meth:`offers`."""
 
 
 TEACHERS: dict[str, type] = {}
@@ -114,15 +115,19 @@ class BFGSExpert:
 
     @classmethod
     def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> BFGSExpert:
-        return cls(maxstep=maxstep)
+        """With ``env.relax_cell`` BFGS moves the environment's cell-filter rows (:meth:`RelaxEnv.coordinates`)."""
+        return cls(maxstep=maxstep, coordinates=env.coordinates if env.cfg.relax_cell else None)
 
-    def __init__(self, maxstep: float = 0.2, alpha: float = 70.0):
+    def __init__(self, maxstep: float = 0.2, alpha: float = 70.0, coordinates: Callable[[], np.ndarray] | None = None):
         if not maxstep > 0:
             raise ExpertError(f"BFGSExpert maxstep must be > 0 Å, got {maxstep}")
         self.maxstep = float(maxstep)
-        """Largest atom move of one step, Å."""
+        """Largest row move of one step, Å."""
         self.alpha = float(alpha)
         """Initial Hessian guess alpha·I, eV/Å²."""
+        self.coordinates = coordinates
+        """The generalised coordinates of the observed state, [n_rows, 3] (a cell filter's rows, as ASE's BFGS on
+        the filter moves them); None: the observation's positions."""
         self.reset()
 
     def offers(self, obs: Observation) -> bool:
@@ -136,14 +141,16 @@ class BFGSExpert:
         self.forces0: np.ndarray | None = None  # [3n] eV/Å, forces of the previous call
 
     def action(self, obs: Observation) -> np.ndarray:
-        """The BFGS displacement from ``obs`` ([n_atoms, 3] Å), updating the Hessian history.
+        """The BFGS displacement from ``obs`` ([n_rows, 3]: the atoms' Å, then a cell filter's 3 rows when the cell
+        relaxes), updating the Hessian history.
 
         Call it once per environment step with the observation that step produced: the
         Hessian update uses the change since the previous call (as BFGS does between
         iterations), so calling it twice on the same state only repeats the step.
         """
-        pos = np.asarray(obs.positions, dtype=np.float64).ravel()  # [3n] Å
-        forces = np.asarray(obs.forces, dtype=np.float64).ravel()  # [3n] eV/Å
+        x = obs.positions if self.coordinates is None else self.coordinates()
+        pos = np.asarray(x, dtype=np.float64).ravel()  # [3 n_rows] Å
+        forces = np.asarray(obs.row_forces(), dtype=np.float64).ravel()  # [3 n_rows] eV/Å
         gradient = -forces
         if self.hessian is None or self.hessian.shape[0] != pos.shape[0]:
             self.hessian = np.eye(pos.shape[0]) * self.alpha

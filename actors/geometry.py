@@ -1,6 +1,6 @@
 """Geometry helpers on ASE structures shared by the structure check (actors/structure_check.py), the
-curriculum (actors/curriculum.py) and the Al–Fe cells (actors/alfe.py): overlapping pairs and random
-displacements. Units: Å."""
+curriculum (actors/curriculum.py), the Al–Fe cells (actors/alfe.py) and the crystals (actors/crystals.py):
+overlapping pairs, random displacements and random cell strains. Units: Å."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,4 +36,17 @@ def perturb(atoms: Atoms, max_disp: float, rng: np.random.Generator, min_distanc
         if not find_overlaps(out, min_distance_factor):
             return out
     out.positions = atoms.positions.copy()
+    return out
+
+
+def random_strain(atoms: Atoms, max_strain: float, rng: np.random.Generator) -> Atoms:
+    """A copy of a periodic ``atoms`` with the cell strained by a random symmetric ε (each component uniform in
+    ±``max_strain``, the two halves of an off-diagonal pair averaged) and the atoms following the cell; a
+    structure that is not periodic in all three directions is copied unchanged. Info and constraints are kept."""
+    out = atoms.copy()
+    if max_strain <= 0 or not atoms.pbc.all():
+        return out
+    eps = rng.uniform(-max_strain, max_strain, size=(3, 3))
+    eps = 0.5 * (eps + eps.T)
+    out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
     return out

@@ -141,7 +141,7 @@ class PolicyWithNoise:
         sigma, f_ref = self.sigma(t_total), self.cfg.noise_force_scale
         moves = []
         for obs, a in zip(observations, acts):
-            scale = sigma * force_noise_factor(obs.forces, f_ref) if f_ref > 0 else sigma  # [n_atoms, 1] or scalar
+            scale = sigma * force_noise_factor(obs.row_forces(), f_ref) if f_ref > 0 else sigma  # [n_rows, 1] or scalar
             moves.append(a + self.rng.normal(0.0, 1.0, size=a.shape) * scale)
         return moves, float(np.mean(scales))
 

@@ -32,7 +32,7 @@ import tomli_w
 import tomllib
 
 from common.errors import ConfigError
-from common.names import ACTOR_HEAD_NAMES, TEACHER, TEACHER_NAMES
+from common.names import ACTOR_HEAD_NAMES, CELL_HEAD_NAMES, CELL_TEACHER_NAMES, TEACHER, TEACHER_NAMES
 from common.replay_tables import DEFAULT_TABLES, check_tables, read_replay_values, table_from_dict
 from common.schedules import SCHEDULES
 
@@ -118,6 +118,12 @@ class EnvConfig:
     history_steps: int = 1
     """Steps of path history every observation carries (actual move and force change per atom, newest first): the
     memory of the 'quasi-newton' actor head (its L-BFGS pairs); the other heads read the newest step only."""
+    relax_cell: bool = False
+    """Relax the cell too, as ASE's optimizers on FrechetCellFilter(atoms) do: the environment moves the filter's
+    generalised rows (n atom rows + 3 cell rows, exp_cell_factor·log of the deformation) with the calculator's
+    stress; fmax, the reward's Fmax and Fmean run over all rows (the filter's generalised forces); a move has n + 3
+    rows. Needs periodic structures, a calculator with stress, network.actor_head 'quasi-newton' and expert.teacher
+    'bfgs' (actors/cell_filter.py)."""
 
     def __post_init__(self) -> None:
         _require("env", [
@@ -204,6 +210,10 @@ class CurriculumConfig:
     """Standard deviation (Å) of the rattle applied to generated bulk and slabs."""
     min_distance: float = 2.0
     """Minimum interatomic distance (Å) in generated clusters."""
+    strain: float = 0.0
+    """Episodes on periodic structures start from a randomly strained cell: a symmetric strain whose components are
+    uniform in ±this (e.g. 0.05), drawn anew per episode with the atoms following the cell, besides any atom
+    displacement. 0 = off. Meant for env.relax_cell."""
 
     def __post_init__(self) -> None:
         stages = list(self.stages)
@@ -218,6 +228,7 @@ class CurriculumConfig:
             (self.success_window >= 1, "success_window", self.success_window, "at least 1 episode"),
             (self.rattle >= 0, "rattle", self.rattle, "a standard deviation >= 0 in Å"),
             (self.min_distance > 0, "min_distance", self.min_distance, "a positive distance in Å, e.g. 2.0"),
+            (0.0 <= self.strain < 0.5, "strain", self.strain, "a strain in [0, 0.5), e.g. 0.05 (0 = off)"),
         ], self)
 
 
@@ -553,6 +564,15 @@ class RunConfig:
              self.actors.num_expert, "0 when no replay table has source = 'teacher' (the expert actors' teacher "
              "steps go there); add such a table to replay.tables"),
         ])
+        if self.env.relax_cell:
+            _require("env", [
+                (self.network.actor_head in CELL_HEAD_NAMES, "relax_cell", self.env.relax_cell,
+                 f"false with network.actor_head = {self.network.actor_head!r}, which has no cell action; relaxing the "
+                 f"cell needs network.actor_head = {' or '.join(map(repr, CELL_HEAD_NAMES))}"),
+                (self.expert.teacher in CELL_TEACHER_NAMES, "relax_cell", self.env.relax_cell,
+                 f"false with expert.teacher = {self.expert.teacher!r}, whose fake steps move atoms only; relaxing the "
+                 f"cell needs expert.teacher = {' or '.join(map(repr, CELL_TEACHER_NAMES))} (BFGS on the cell filter)"),
+            ])
         _require("run", [
             (self.run.eval_every % self.learner.log_every == 0, "eval_every", self.run.eval_every,
              f"a multiple of learner.log_every ({self.learner.log_every}): the live evaluation goes into the "

@@ -12,6 +12,11 @@ with what this correction makes of it):
    is violated, which terminates because scales only shrink and a fully taken-back pair
    is back at its valid starting distance).
 
+When the cell relaxes too (a cell filter's rows, ``cell_rows=True``), a move has 3 more rows after
+the atoms': each is capped at ``max_step`` like an atom's, and the collision test runs on the atom
+rows in the frame the state gives (for a cell filter: the atom rows in the filter's starting cell,
+where the cell change of one step, at most ``max_step / n_atoms`` in log strain, is not seen).
+
 ``a_back = 1 − ‖actual move‖ / ‖proposed move‖`` (Frobenius norms over all atoms, the
 proposed move *before* the ``max_step`` cap), so an oversized action is penalised too.
 ``a_back`` is in [0, 1]; 0 means untouched. A non-finite action is applied as no move
@@ -32,6 +37,7 @@ from ase.neighborlist import neighbor_list
 
 from common.config import EnvConfig
 from common.errors import RelaxRLError
+from common.observation import CELL_ROWS
 
 __all__ = ["ActionError", "PairList", "correct_action", "correct_on_pairs", "scale_back"]
 
@@ -106,31 +112,38 @@ def _first_contact(r0: np.ndarray, v: np.ndarray, thr: np.ndarray) -> np.ndarray
 
 
 def correct_action(state: Any, displacement: np.ndarray, cfg: EnvConfig,
-                   pairs: PairList | None = None) -> tuple[np.ndarray, float]:
+                   pairs: PairList | None = None, cell_rows: bool = False) -> tuple[np.ndarray, float]:
     """The move the environment applies for a proposed displacement, and ``a_back``.
 
     ``state`` is anything with ``positions``, ``numbers``, ``cell`` and ``pbc`` (an
-    ``ase.Atoms`` or an :class:`Observation`); ``displacement`` is [n_atoms, 3] Å.
+    ``ase.Atoms`` or an :class:`Observation`); ``displacement`` is [n_atoms, 3] Å, or with
+    ``cell_rows`` [n_atoms + 3, 3], the atom rows then the cell rows of a cell filter (module docstring).
     ``pairs`` is an optional :class:`PairList` valid for these positions (built here
-    when omitted). Returns ``(actual_move [n_atoms, 3] Å, a_back in [0, 1])``. Pure: the
-    inputs are not modified. Non-finite displacements give no move and ``a_back = 1``.
+    when omitted). Returns ``(actual_move, a_back in [0, 1])``, the move of the displacement's shape. Pure:
+    the inputs are not modified. Non-finite displacements give no move and ``a_back = 1``.
     """
     positions = np.asarray(state.positions, dtype=np.float64)  # [n_atoms, 3] Å
-    proposed = np.asarray(displacement, dtype=np.float64)  # [n_atoms, 3] Å
-    if proposed.shape != positions.shape:
-        raise ActionError(f"displacement has shape {proposed.shape}, expected {positions.shape} (n_atoms, 3) in Å")
+    proposed = np.asarray(displacement, dtype=np.float64)  # [n_rows, 3]
+    n = positions.shape[0]
+    rows = (n + CELL_ROWS, 3) if cell_rows else positions.shape
+    if proposed.shape != rows:
+        what = "(n_atoms + 3 cell rows, 3)" if cell_rows else "(n_atoms, 3) in Å"
+        raise ActionError(f"displacement has shape {proposed.shape}, expected {rows} {what}")
     if not np.isfinite(proposed).all():
-        return np.zeros_like(positions), 1.0
+        return np.zeros_like(proposed), 1.0
     proposed_norm = math.sqrt(float(np.einsum("ij,ij->", proposed, proposed)))
     if proposed_norm == 0.0:
-        return np.zeros_like(positions), 0.0
+        return np.zeros_like(proposed), 0.0
 
-    move = _cap(proposed, cfg.max_step)
-    if cfg.min_distance_factor > 0 and len(positions) > 1:
+    move = _cap(proposed, cfg.max_step)  # every row, the cell's too
+    if cfg.min_distance_factor > 0 and n > 1:
         if pairs is None:
             pairs = PairList(positions, np.asarray(state.numbers), np.asarray(state.cell),
                              np.asarray(state.pbc), cfg.max_step, cfg.min_distance_factor, skin=0.0)
-        move = _scale_back_collisions(positions, move, pairs)
+        head = move[:n]
+        atoms_move = _scale_back_collisions(positions, head, pairs)
+        if atoms_move is not head:  # some pair was scaled back
+            move = np.concatenate([atoms_move, move[n:]]) if cell_rows else atoms_move
 
     if move is proposed:
         return proposed.copy(), 0.0
@@ -179,12 +192,13 @@ def scale_back(move: np.ndarray, i: np.ndarray, j: np.ndarray, r0: np.ndarray, d
 
 def correct_on_pairs(proposed: np.ndarray, i: np.ndarray, j: np.ndarray, r0: np.ndarray, numbers: np.ndarray,
                      cfg: EnvConfig) -> np.ndarray:
-    """The corrected move of ``proposed`` [n, 3] Å (cap, then collisions) for given candidate pairs.
+    """The corrected move of ``proposed`` [n_rows, 3] (cap, then collisions) for given candidate pairs.
 
     ``i``, ``j`` [p] index the atoms of each pair once (e.g. the edges of a batch of graphs with
     i < j; they must include every pair that may come within the collision distance), ``r0``
     [p, 3] Å their vectors r_j − r_i now. Atoms of different structures never share a pair, so
-    one call corrects a whole batch. Non-finite proposals give no move.
+    one call corrects a whole batch. Rows after the ``len(numbers)`` atoms' (the cell rows of a batch
+    whose cells relax) are capped only. Non-finite proposals give no move.
     """
     proposed = np.asarray(proposed, dtype=np.float64)
     if not np.isfinite(proposed).all():
@@ -192,7 +206,9 @@ def correct_on_pairs(proposed: np.ndarray, i: np.ndarray, j: np.ndarray, r0: np.
         out[~np.isfinite(proposed).all(axis=1)] = 0.0
         proposed = out
     move = _cap(proposed, cfg.max_step)
+    n = len(numbers)
     if cfg.min_distance_factor > 0 and len(i):
         radii = covalent_radii[np.asarray(numbers)]
-        move = scale_back(move, i, j, r0, cfg.min_distance_factor * (radii[i] + radii[j]))
+        atoms_move = scale_back(move[:n], i, j, r0, cfg.min_distance_factor * (radii[i] + radii[j]))
+        move = atoms_move if len(move) == n else np.concatenate([atoms_move, move[n:]])
     return move

@@ -10,13 +10,21 @@ the words a spec uses for which actor steps it receives.
 """
 from __future__ import annotations
 
-__all__ = ["ACTOR_HEAD_NAMES", "ACTOR_KINDS", "POLICY", "SOURCES", "TABLE_NAMES", "TEACHER", "TEACHER_NAMES"]
+__all__ = ["ACTOR_HEAD_NAMES", "ACTOR_KINDS", "CELL_HEAD_NAMES", "CELL_TEACHER_NAMES", "POLICY", "SOURCES", "TABLE_NAMES",
+           "TEACHER", "TEACHER_NAMES"]
 
 TEACHER_NAMES = ("bfgs", "newton", "compliance", "bfgsls")
 """What a fake step of an expert actor is (``expert.teacher``)."""
 
 ACTOR_HEAD_NAMES = ("free", "preconditioned", "quasi-newton")
 """The policy's output head (``network.actor_head``)."""
+
+CELL_HEAD_NAMES = ("quasi-newton",)
+"""The heads that move the cell too (``env.relax_cell``): their initial inverse Hessian covers a cell filter's
+generalised rows (learner/heads.py ``moves_cell``)."""
+
+CELL_TEACHER_NAMES = ("bfgs",)
+"""The teachers whose fake steps move the cell too (BFGS on the cell filter's rows)."""
 
 TABLE_NAMES = ("expert", "online")
 """The default replay tables, in the order a batch lists them: ``expert`` holds the teachers' fake steps,

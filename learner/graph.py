@@ -36,7 +36,8 @@ from common.config import NetworkConfig
 from common.errors import RelaxRLError
 from common.observation import CELL_ROWS, HISTORY_DIM, Observation
 
-__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "torch_dtype", "with_neighbor_list"]
+__all__ = ["Graph", "GraphError", "batch_graphs", "neighbor_list", "stack_rows", "torch_dtype", "unstack_rows",
+           "with_neighbor_list"]
 
 
 class GraphError(RelaxRLError, ValueError):
@@ -227,6 +228,25 @@ class Graph:
         cell = self.cell[self.batch[sender]]  # [n_edges, 3, 3]
         offset = torch.einsum("ek,ekl->el", self.edge_shift, cell)  # [n_edges, 3]
         return self.pos[sender] + offset - self.pos[receiver]
+
+
+def stack_rows(per_obs: Sequence[np.ndarray], n_atoms: Sequence[int]) -> np.ndarray:
+    """Per-observation row arrays ([n_i, ...], or [n_i + 3, ...] when the cell relaxes) in a batch's row order:
+    every observation's atom rows in list order, then every observation's cell rows (:class:`Graph`). [n_rows, ...]"""
+    atoms = [np.asarray(a)[:n] for a, n in zip(per_obs, n_atoms)]
+    cells = [np.asarray(a)[n:] for a, n in zip(per_obs, n_atoms)]
+    return np.concatenate(atoms + cells, axis=0)
+
+
+def unstack_rows(rows: np.ndarray, n_atoms: Sequence[int], cell: bool) -> list[np.ndarray]:
+    """The inverse of :func:`stack_rows`: a batch's rows [n_rows, ...] → per-observation arrays [n_i (+ 3), ...]."""
+    rows = np.asarray(rows)
+    total = int(sum(n_atoms))
+    atoms = np.split(rows[:total], np.cumsum(n_atoms)[:-1])
+    if not cell:
+        return atoms
+    cells = rows[total:].reshape(len(n_atoms), CELL_ROWS, *rows.shape[1:])
+    return [np.concatenate([a, c]) for a, c in zip(atoms, cells)]
 
 
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:

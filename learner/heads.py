@@ -15,6 +15,16 @@ Environment features never enter the equivariant path. With ``env_input_dim = 0`
 has no gate module (its scale is exactly 1); with ``env_input_dim > 0`` its displacements are
 multiplied by a per-graph gate ``sigmoid(mlp(env)) ∈ (0, 1)``, the *action scale*.
 
+Generalised rows (``env.relax_cell``): when the graph carries cell rows (a cell filter's 3 rows per
+structure after its atoms, :class:`~learner.graph.Graph`), a head's move has ``graph.n_rows`` rows,
+atom rows first, then 3 cell rows per graph, and ``graph.row_batch()`` says which graph each row
+belongs to. A head that moves the cell sets ``moves_cell = True`` and is listed in
+:data:`common.names.CELL_HEAD_NAMES`; the others refuse such a graph. The quasi-Newton head runs
+its L-BFGS recursion over all rows with one initial inverse Hessian over them
+(:meth:`QuasiNewtonActor.row_compliance`: the atoms' learned 3×3 blocks and a learned cell block
+c_cell·I, SPD); another preconditioner (a model Hessian solved by CG, say) plugs in the same way,
+as a function of per-row vectors with a cell block of its own.
+
 A new head is a new subclass here, an entry in :data:`HEAD_CLASSES` and its name in
 :data:`common.names.ACTOR_HEAD_NAMES`.
 """
@@ -27,7 +37,8 @@ from e3nn import o3
 from torch import nn
 
 from common.config import EnvConfig, NetworkConfig, RunConfig
-from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, safe_norm
+from common.errors import RelaxRLError
+from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, safe_norm, scatter_mean
 from learner.graph import Graph, torch_dtype
 from learner.quasi_newton import quasi_newton_step
 
@@ -36,6 +47,9 @@ __all__ = ["HEAD_CLASSES", "Actor", "PreconditionedActor", "QuasiNewtonActor", "
 
 class Actor(nn.Module):
     """Policy: per-atom displacement (1o, Å), |d| < env.max_step, times the env gate."""
+
+    moves_cell = False
+    """Whether the head has a cell action (rows for a cell filter's cell, module docstring)."""
 
     def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__()
@@ -63,11 +77,15 @@ class Actor(nn.Module):
         return self.env_gate(graph.env_features)
 
     def forward(self, graph: Graph, return_scale: bool = False):
-        """→ displacement [n_atoms, 3] Å, or (displacement, scale [n_graphs]) with ``return_scale``."""
+        """→ displacement [n_rows, 3] (the atoms' in Å, then a cell filter's cell rows when the graph has them), or
+        (displacement, scale [n_graphs]) with ``return_scale``."""
+        if graph.has_cell_rows and not self.moves_cell:
+            raise RelaxRLError(f"actor head {type(self).__name__} has no cell action, but the observations carry cell "
+                               "rows (the cell relaxes); use network.actor_head 'quasi-newton' for env.relax_cell")
         d = self.ungated(graph)
         scale = self.action_scale(graph)  # [G]
         if self.env_gate is not None:
-            d = d * scale[graph.batch].unsqueeze(-1)
+            d = d * scale[graph.row_batch()].unsqueeze(-1)
         return (d, scale) if return_scale else d
 
 
@@ -137,18 +155,33 @@ class QuasiNewtonActor(Actor):
     ``step_size``·F). H is positive definite, so F·d > 0: every proposed move goes downhill, and
     it vanishes with the forces. An atom held by an ASE constraint (zero force, never moves)
     gets no move: H0 is per atom and its s, y are zero.
+
+    With the cell (``env.relax_cell``; the graph's cell rows) the recursion runs over all
+    generalised rows of each graph, atoms and the cell filter's 3 cell rows, and H0 gets a cell
+    block ``c_cell·I`` (one per graph, on the cell rows' 9 numbers)::
+
+        c_cell = step_size · exp(b),    b = 0.1 · mean over the graph's atoms of a 0e output
+
+    an invariant, so rotating the structure rotates the cell move (R X Rᵀ) and H0 stays SPD. With
+    every output 0 (the documented start) the move is L-BFGS with Nocedal's scaling over the
+    filter's rows, H0 = γ I for atoms and cell alike. A checkpoint trained without the cell has no
+    cell readout; on cell rows it uses the mean of its atoms' tr(C_i)/3 as c_cell.
     """
+
+    moves_cell = True
 
     def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__(cfg, env)
         self.step_size = float(cfg.step_size)
         self.irreps_head = o3.Irreps("1x0e + 4x1o")  # a_i; v_1, u_1, v_2, u_2
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 13]
+        # the cell's compliance: a per-atom invariant, mean-pooled per graph (built only when the cell relaxes,
+        # so a checkpoint of a run without it keeps its parameter names)
+        self.cell_head = o3.Linear(self.trunk.irreps_out, o3.Irreps("1x0e")) if env.relax_cell else None
         self.to(torch_dtype(cfg.dtype))
 
-    def compliance(self, graph: Graph) -> torch.Tensor:
-        """The learned per-atom compliance C_i (Å²/eV, SPD), [N, 3, 3]."""
-        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+    def _compliance(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-atom compliance C_i (Å²/eV, SPD) from the trunk's features x [N, hidden]. [N, 3, 3]"""
         h = 0.1 * self.head(x)  # [N, 13]
         a = h[:, 0].clamp(-5.0, 5.0)  # [N]
         vecs = h[:, 1:].reshape(-1, 4, 3)  # [N, 4, 3]: v_1, u_1, v_2, u_2
@@ -156,10 +189,34 @@ class QuasiNewtonActor(Actor):
         sym = (outer + outer.transpose(-1, -2)).sum(1) * 0.5  # [N, 3, 3]
         return self.step_size * torch.exp(a)[:, None, None] * torch.linalg.matrix_exp(sym)
 
+    def compliance(self, graph: Graph) -> torch.Tensor:
+        """The learned per-atom compliance C_i (Å²/eV, SPD), [N, 3, 3]."""
+        return self._compliance(self.trunk(self.node_input(graph), graph))
+
+    def _cell_compliance(self, x: torch.Tensor, atoms: torch.Tensor, graph: Graph) -> torch.Tensor:
+        """c_cell per graph (> 0, in the cell rows' units), [G]: the cell readout, or without one the graph's mean
+        atom compliance tr(C_i)/3."""
+        if self.cell_head is None:
+            trace = torch.diagonal(atoms, dim1=-2, dim2=-1).sum(-1, keepdim=True) / 3.0  # [N, 1]
+            return scatter_mean(trace, graph.batch, graph.num_atoms_per_graph).squeeze(-1)
+        b = 0.1 * scatter_mean(self.cell_head(x), graph.batch, graph.num_atoms_per_graph).squeeze(-1)  # [G]
+        return self.step_size * torch.exp(b.clamp(-5.0, 5.0))
+
+    def row_compliance(self, graph: Graph) -> torch.Tensor:
+        """The initial inverse Hessian's blocks over the graph's rows (SPD, [n_rows, 3, 3]): C_i for atom rows, then
+        c_cell·I for each graph's 3 cell rows when the cell relaxes."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        atoms = self._compliance(x)  # [N, 3, 3]
+        if not graph.has_cell_rows:
+            return atoms
+        c_cell = self._cell_compliance(x, atoms, graph).repeat_interleave(3)  # [3G]
+        eye = torch.eye(3, dtype=atoms.dtype, device=atoms.device)
+        return torch.cat([atoms, c_cell[:, None, None] * eye])
+
     def ungated(self, graph: Graph) -> torch.Tensor:
-        """The bounded quasi-Newton displacement before the env gate, [n_atoms, 3] Å."""
-        return quasi_newton_step(graph.forces, graph.history, self.compliance(graph), graph.batch, graph.n_graphs,
-                                 self.max_step)
+        """The bounded quasi-Newton displacement before the env gate, [n_rows, 3] (atoms Å, then cell rows)."""
+        return quasi_newton_step(graph.row_forces(), graph.row_history(), self.row_compliance(graph),
+                                 graph.row_batch(), graph.n_graphs, self.max_step)
 
 
 HEAD_CLASSES = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}

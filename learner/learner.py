@@ -27,14 +27,15 @@ from common.schedules import linear
 from learner import td3
 from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
 from learner.critic import TwinCritic
-from learner.graph import batch_graphs, torch_dtype
+from learner.graph import batch_graphs, stack_rows, torch_dtype
 from learner.heads import initial_actor
 
 
 def corrected_moves(graph, proposed: torch.Tensor, env_cfg) -> torch.Tensor:
-    """The environment's correction (``common.correction``) of ``proposed`` [n_atoms, 3] Å for every graph of
+    """The environment's correction (``common.correction``) of ``proposed`` [n_rows, 3] for every graph of
     a batch at once, with the graph edges as the candidate pairs (the neighbour radius covers the collision
-    distance); no gradient. [n_atoms, 3] on the proposal's device."""
+    distance; cell rows, when the cells relax, are capped only); no gradient. [n_rows, 3] on the proposal's
+    device."""
     receiver, sender = graph.edge_index[1].cpu().numpy(), graph.edge_index[0].cpu().numpy()
     r0 = graph.edge_vectors().detach().cpu().double().numpy()  # [E, 3] Å, receiver → sender image
     move = correct_on_pairs(proposed.detach().cpu().double().numpy(), receiver, sender, r0,
@@ -148,8 +149,10 @@ class Learner:
         graph = batch_graphs(obs, self.config.network, device=dev, dtype=dt, env_input_dim=n_env)
         next_graph = batch_graphs(nxt, self.config.network, device=dev, dtype=dt, env_input_dim=n_env)
 
-        def cat(arrays):
-            return torch.as_tensor(np.concatenate(arrays, axis=0), device=dev, dtype=dt)
+        counts = [o.n_atoms for o in obs]
+
+        def cat(arrays):  # per-transition rows → the batch's row order (atoms, then cell rows; learner/graph.py)
+            return torch.as_tensor(stack_rows(arrays, counts), device=dev, dtype=dt)
 
         expert = [t.expert_action if t.expert_action is not None else np.zeros_like(t.action) for t in transitions]
         is_expert = np.array([t.expert_action is not None for t in transitions]) & np.isin(info.table, self.teacher_tables)

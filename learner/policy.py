@@ -19,7 +19,7 @@ import torch
 from common.config import DROPPED_KEYS, REMOVED_KEYS, ConfigError, from_dict, rename_old_keys, to_dict
 from common.observation import Observation, env_features
 from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from learner.graph import batch_graphs, torch_dtype
+from learner.graph import batch_graphs, torch_dtype, unstack_rows
 from learner.heads import Actor, build_actor, initial_actor
 
 
@@ -44,13 +44,12 @@ class Policy:
 
     @torch.no_grad()
     def act_batch(self, observations: Sequence[Observation], return_scale: bool = False):
-        """Displacements [n_i, 3] (Å) for each observation; with ``return_scale`` also the env gate per observation."""
+        """Displacements [n_i, 3] (Å) for each observation ([n_i + 3, 3] with the cell rows of an observation that has
+        them); with ``return_scale`` also the env gate per observation."""
         graph = batch_graphs(list(observations), self.config.network, device=self.device, dtype=self.dtype,
                              env_input_dim=self.config.env.env_input_dim)
-        disp, scale = self.actor(graph, return_scale=True)  # [n_atoms, 3], [n_graphs]
-        disp = disp.cpu().double().numpy()
-        counts = [o.n_atoms for o in observations]
-        parts = np.split(disp, np.cumsum(counts)[:-1])
+        disp, scale = self.actor(graph, return_scale=True)  # [n_rows, 3], [n_graphs]
+        parts = unstack_rows(disp.cpu().double().numpy(), [o.n_atoms for o in observations], graph.has_cell_rows)
         if return_scale:
             return parts, scale.cpu().double().numpy()
         return parts
@@ -59,11 +58,14 @@ class Policy:
         return self.act_batch([obs])[0]
 
     def observe(self, atoms, forces: np.ndarray, energy: float, step_fraction: float = 0.0,
-                last_a_back: float = 0.0) -> Observation:
-        """The observation this policy expects for ``atoms`` with the given forces (eV/Å) and energy (eV)."""
-        fmax = float(np.linalg.norm(forces, axis=1).max()) if len(atoms) else 0.0
-        feats = env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim)
-        return Observation.from_atoms(atoms, forces=forces, energy=energy, env_features=feats)
+                last_a_back: float = 0.0, cell_forces: np.ndarray | None = None) -> Observation:
+        """The observation this policy expects for ``atoms`` with the given forces (eV/Å) and energy (eV); with
+        ``cell_forces`` [3, 3] (a cell filter's cell rows) the cell relaxes too, ``forces`` are the filter's atom rows
+        and Fmax runs over all rows."""
+        obs = Observation.from_atoms(atoms, forces=forces, energy=energy)
+        obs.cell_forces = None if cell_forces is None else np.asarray(cell_forces, dtype=np.float64)
+        obs.env_features = env_features(obs.fmax, step_fraction, last_a_back, self.config.env.env_input_dim)
+        return obs
 
 
 def untrained_policy(config, device: str | torch.device = "cpu") -> Policy:

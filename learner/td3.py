@@ -16,9 +16,10 @@ scaled back) applied to the actor's own proposal, held constant: the penalty is 
 between what the actor proposes and what the environment would make of it, so the actor
 learns moves that need no correction (the design notes' action-deviation penalty).
 
-Actions are per-atom displacements [n_atoms, 3] (Å) of a batch of graphs; per-graph
-quantities ([n_graphs]) come from averaging over each graph's atoms, so a 4-atom and a
-64-atom structure weigh the same in a batch.
+Actions are per-atom displacements [n_atoms, 3] (Å) of a batch of graphs, and when the cells
+relax the generalised rows [n_rows, 3] (atom rows, then 3 cell rows per graph; the row → graph
+index is ``graph.row_batch()``); per-graph quantities ([n_graphs]) come from averaging over each
+graph's rows, so a 4-atom and a 64-atom structure weigh the same in a batch.
 """
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ class TD3Batch:
 
     graph: object  # learner.graph.Graph of s
     next_graph: object  # learner.graph.Graph of s'
-    action: Tensor  # [n_atoms, 3] a_pred the actor proposed (what Q is learned for)
-    actual_move: Tensor  # [n_atoms, 3] a_actual the environment applied (logged as charts/actual_move)
-    expert_action: Tensor  # [n_atoms, 3] a_expert (zeros where none)
+    action: Tensor  # [n_rows, 3] a_pred the actor proposed (what Q is learned for); rows as in graph.row_batch()
+    actual_move: Tensor  # [n_rows, 3] a_actual the environment applied (logged as charts/actual_move)
+    expert_action: Tensor  # [n_rows, 3] a_expert (zeros where none)
     is_expert: Tensor  # [n_graphs] bool, item came from the expert table
     reward: Tensor  # [n_graphs]
     terminated: Tensor  # [n_graphs] float 0/1
@@ -155,7 +156,7 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     Returns (scalars to log, new |δ| per item)."""
     with torch.no_grad():
         a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator,
-                               forces=b.next_graph.forces, force_scale=h.target_noise_force_scale)
+                               forces=b.next_graph.row_forces(), force_scale=h.target_noise_force_scale)
         q1_next, q2_next = critic_target(b.next_graph, a_next)
         y = td_target(b.reward, b.terminated, q1_next, q2_next, h.gamma if b.n_steps is None else h.gamma ** b.n_steps)
     q1, q2 = critic(b.graph, b.action)
@@ -175,7 +176,7 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         corrected = correct(b.graph, pi.detach()) if correct is not None else pi.detach()
         q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
         q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
-        loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, b.graph.batch,
+        loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, b.graph.row_batch(),
                                     h.lambda_dev, lambda_bc, q_norm=q_norm,
                                     length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
         if torch.isfinite(loss_pi):

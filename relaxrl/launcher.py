@@ -245,7 +245,8 @@ class Run:
         self.cluster = RayRuntime(address, num_cpus=cfg.run.num_cpus, metrics_port=cfg.run.metrics_port)
         self.train_structures, self.heldout = load_structures(
             cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
-            calculator_kwargs=cfg.env.calculator_kwargs, min_distance_factor=cfg.env.min_distance_factor)
+            calculator_kwargs=cfg.env.calculator_kwargs, min_distance_factor=cfg.env.min_distance_factor,
+            relax_cell=cfg.env.relax_cell)
         self.hub = self.cluster.start_hub(Curriculum(self.train_structures, cfg.curriculum), cfg.run.seed)
         self.live_eval = LiveEval.for_run(cfg, self.heldout)  # its sample's BFGS reference is computed here, once
         self.learner = Learner(cfg, self.replay, run_dir, resume=resume, publish=self.hub.publish,

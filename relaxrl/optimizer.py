@@ -13,11 +13,18 @@ move is applied through the optimizable. ``run()``, ``irun()``, ``attach()``, lo
 trajectory are ASE's own.
 
 What it optimizes: the Cartesian positions of all atoms of an :class:`ase.Atoms` (ASE
-constraints such as ``FixAtoms`` apply as usual, since moves go through ``set_positions``).
-The policy has no cell action, so cell filters (``FrechetCellFilter``, ``UnitCellFilter``,
-``StrainFilter``) and subset filters are refused with :class:`UnsupportedOptimizableError`;
-relax positions with ``RLOptimizer(atoms)`` and then the cell with
-``BFGS(FrechetCellFilter(atoms))``.
+constraints such as ``FixAtoms`` apply as usual, since moves go through ``set_positions``),
+or atoms and cell together through a cell filter, as with ASE's optimizers::
+
+    RLOptimizer(FrechetCellFilter(atoms), checkpoint=...).run(fmax=0.05)   # or UnitCellFilter(atoms)
+    RLOptimizer(atoms, checkpoint=..., relax_cell=True).run(fmax=0.05)     # the same, FrechetCellFilter inside
+
+On a filter the policy moves the filter's generalised rows (n atom rows and 3 cell rows;
+``actors/cell_filter.py``), exactly as the training environment with ``env.relax_cell`` does,
+and ``fmax`` is the filter's generalised force, as for ASE's optimizers on it. A checkpoint
+trained without the cell moves the cell rows with its atoms' mean compliance (learner/heads.py).
+``StrainFilter`` (no atom rows) and subset filters are refused with
+:class:`UnsupportedOptimizableError`.
 
 Hybrid mode (``hybrid_patience=k > 0``): when the largest force has not improved for ``k``
 consecutive policy steps, the optimizer hands over to ASE's BFGS for the rest of the run
@@ -44,6 +51,7 @@ number of real calculator calls for calculators that compute energy and forces t
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +62,7 @@ from ase.optimize import BFGS
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.utils.abc import Optimizable
 
+from actors.cell_filter import CELL_FILTER_TYPES
 from actors.env import correct_action
 from common.errors import RelaxRLError
 from common.observation import empty_history, history_after
@@ -90,36 +99,46 @@ class PolicyDivergedError(RelaxRLError):
 
 
 class CountingCalculator(Calculator):
-    """Delegates to ``inner`` and counts the calculations that really ran.
+    """Delegates to ``inner``, counts the calculations that really ran and times them.
 
     ASE's caching is kept: a property asked for again at the same geometry is served from
     ``results`` and is not counted. Every calculation asks the inner calculator for energy
-    and forces together (when it implements both), so one geometry costs one call whatever
-    order an optimizer asks for them in.
+    and forces together (when it implements both), and with ``stress=True`` for the stress too
+    (a cell filter reads it at every geometry), so one geometry costs one call whatever
+    order an optimizer asks for them in. ``seconds`` is the wall time spent in the inner
+    calculator: an optimizer's own time is its wall time minus this.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, stress: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self.implemented_properties = list(inner.implemented_properties)
+        self.with_properties = ("energy", "forces") + (("stress",) if stress else ())
         self.calls = 0
         """Calculations run by the inner calculator (force calls), since construction or reset_count()."""
+        self.seconds = 0.0
+        """Wall time (s) of those calculations, since construction or reset_count()."""
 
     def reset_count(self) -> None:
         self.calls = 0
+        self.seconds = 0.0
 
     def calculate(self, atoms: Atoms | None = None, properties: list[str] | None = None,
                   system_changes: list[str] = all_changes) -> None:
+        t0 = time.perf_counter()
         properties = list(properties or ["energy"])
-        for name in ("energy", "forces"):
+        for name in self.with_properties:
             if name in self.implemented_properties and name not in properties:
                 properties.append(name)
         Calculator.calculate(self, atoms, properties, system_changes)
         self.calls += 1
         self.inner.results = {}
-        for name in properties:
-            self.inner.get_property(name, self.atoms)
-        self.results = dict(self.inner.results)
+        try:
+            for name in properties:
+                self.inner.get_property(name, self.atoms)
+            self.results = dict(self.inner.results)
+        finally:
+            self.seconds += time.perf_counter() - t0
 
     def __repr__(self) -> str:
         return f"CountingCalculator({self.inner!r}, calls={self.calls})"
@@ -166,19 +185,30 @@ class _CountingOptimizable(Optimizable):
         return self.inner.gradient_norm(gradient)
 
 
-def _check_supported(atoms: Any) -> Atoms:
-    """Return the Atoms the policy acts on, or raise when the optimizable's coordinates are not their positions."""
+def _check_supported(atoms: Any) -> tuple[Atoms, Any]:
+    """(the Atoms the policy acts on, the cell filter or None), or raise when the optimizable's coordinates are
+    neither their positions nor a cell filter's rows."""
     if isinstance(atoms, Atoms):
-        return atoms
-    name = type(atoms).__name__
+        return atoms, None
     inner = getattr(atoms, "atoms", None)
+    if isinstance(atoms, CELL_FILTER_TYPES) and isinstance(inner, Atoms):
+        return inner, atoms
+    name = type(atoms).__name__
     if "Cell" in name or "Strain" in name:
-        hint = ("the policy predicts atomic displacements only and has no cell action. Relax the positions with "
-                "RLOptimizer(atoms) and then the cell with ase.optimize.BFGS(FrechetCellFilter(atoms)).")
+        hint = ("the policy moves atoms, or atoms and cell through FrechetCellFilter(atoms) or UnitCellFilter(atoms) "
+                "(or RLOptimizer(atoms, relax_cell=True)); a cell alone has no atom rows to move.")
     else:
-        hint = "it moves the Cartesian positions of all atoms of an ase.Atoms (ASE constraints such as FixAtoms apply)."
+        hint = ("it moves the Cartesian positions of all atoms of an ase.Atoms (ASE constraints such as FixAtoms apply), "
+                "or atoms and cell through FrechetCellFilter(atoms).")
     where = f" of {len(inner)} atoms" if isinstance(inner, Atoms) else ""
     raise UnsupportedOptimizableError(f"RLOptimizer cannot optimize a {name}{where}: {hint}")
+
+
+class _FilterFrame:
+    """The atom rows of a cell filter as the action correction's state: positions in the filter's starting cell."""
+
+    def __init__(self, rows: np.ndarray, atoms: Atoms, cell: np.ndarray):
+        self.positions, self.numbers, self.cell, self.pbc = rows, atoms.numbers, cell, atoms.pbc
 
 
 class RLOptimizer(Optimizer):
@@ -187,7 +217,8 @@ class RLOptimizer(Optimizer):
     Parameters
     ----------
     atoms:
-        The :class:`ase.Atoms` to relax, with a calculator attached.
+        The :class:`ase.Atoms` to relax, with a calculator attached, or a ``FrechetCellFilter`` /
+        ``UnitCellFilter`` of it to relax the cell too.
     checkpoint:
         Checkpoint file or run directory (its latest checkpoint); loaded with
         ``learner.policy.load_policy``. Give this or ``policy``.
@@ -210,6 +241,9 @@ class RLOptimizer(Optimizer):
         count, ``math.inf`` = no guard.
     device:
         Torch device the checkpoint is loaded on.
+    relax_cell:
+        Relax the cell too: the optimizer wraps ``atoms`` in ``FrechetCellFilter(atoms)`` itself (give plain
+        atoms then, not a filter).
     """
 
     def __init__(
@@ -227,9 +261,17 @@ class RLOptimizer(Optimizer):
         bfgs_alpha: float = 70.0,
         device: str = "cpu",
         max_energy_rise: float | None = None,
+        relax_cell: bool = False,
         **kwargs: Any,
     ) -> None:
-        self._atoms_moved = _check_supported(atoms)
+        if relax_cell:
+            if not isinstance(atoms, Atoms):
+                raise RelaxRLError(f"RLOptimizer(relax_cell=True) wraps plain atoms in FrechetCellFilter itself; got a "
+                                   f"{type(atoms).__name__}: pass the atoms, or the filter without relax_cell")
+            from ase.filters import FrechetCellFilter
+
+            atoms = FrechetCellFilter(atoms)
+        self._atoms_moved, self.cell_filter = _check_supported(atoms)
         if (checkpoint is None) == (policy is None):
             raise RelaxRLError("RLOptimizer needs exactly one of checkpoint=PATH or policy=POLICY")
         if policy is None:
@@ -254,10 +296,11 @@ class RLOptimizer(Optimizer):
         super().__init__(atoms=atoms, restart=None, logfile=logfile, trajectory=trajectory,
                          append_trajectory=append_trajectory, **kwargs)
         self.optimizable = _CountingOptimizable(self.optimizable)
-        if self.optimizable.ndofs() != 3 * len(self._atoms_moved):
+        self._n_cell_rows = 3 if self.cell_filter is not None else 0
+        if self.optimizable.ndofs() != 3 * (len(self._atoms_moved) + self._n_cell_rows):
             raise UnsupportedOptimizableError(
                 f"RLOptimizer: optimizable has {self.optimizable.ndofs()} degrees of freedom, expected "
-                f"3 × {len(self._atoms_moved)} atomic coordinates")
+                f"3 × ({len(self._atoms_moved)} atoms + {self._n_cell_rows} cell rows)")
 
     # -- state -------------------------------------------------------------------------------
 
@@ -279,9 +322,9 @@ class RLOptimizer(Optimizer):
         self._x0: np.ndarray | None = None  # the starting coordinates, put back when the guard trips
         self.guard_tripped: dict[str, Any] | None = None
         """Set when the safety guard stopped the policy: step, energy rise (eV), limit (eV)."""
-        self._prev_move: np.ndarray | None = None  # [n_atoms, 3] Å, the last applied move
-        self._prev_forces: np.ndarray | None = None  # [n_atoms, 3] eV/Å, the forces it was decided on
-        self._history: np.ndarray | None = None  # [n_atoms, 6 K], the history of the last observation
+        self._prev_move: np.ndarray | None = None  # [n_rows, 3], the last applied move (atoms Å, then cell rows)
+        self._prev_forces: np.ndarray | None = None  # [n_rows, 3] eV/Å, the (generalised) forces it was decided on
+        self._history: np.ndarray | None = None  # [n_rows, 6 K], the history of the last observation
 
     def todict(self) -> dict[str, Any]:
         d = super().todict()
@@ -302,34 +345,46 @@ class RLOptimizer(Optimizer):
         training config (capped at 1), last a_back. Forces are the optimizable's (so atoms fixed
         by ASE constraints show zero force, as in the training env). The path history is the
         last ``env.history_steps`` applied moves and the force changes they caused, newest first
-        (zeros before the first move), as ``RelaxEnv`` records it.
+        (zeros before the first move), as ``RelaxEnv`` records it. On a cell filter all of it runs over the
+        filter's rows: the observation gets the atom rows in ``forces``/``history`` and the cell rows in
+        ``cell_forces``/``cell_history``.
         """
         atoms = self._atoms_moved
-        gradient = self.optimizable.get_gradient()  # [3 n_atoms], eV/Å, cached after the first call
-        forces = -gradient.reshape(-1, 3)  # [n_atoms, 3] eV/Å
+        n = len(atoms)
+        gradient = self.optimizable.get_gradient()  # [3 n_rows], eV/Å, cached after the first call
+        forces = -gradient.reshape(-1, 3)  # [n_rows, 3] eV/Å
         energy = float(atoms.get_potential_energy())
         horizon = max(int(self.env_config.max_steps), 1)
         step_fraction = min(self.steps_rl / horizon, 1.0)
-        obs = self.policy.observe(atoms, forces, energy, step_fraction, self.last_a_back)
+        cell = {"cell_forces": forces[n:]} if self._n_cell_rows else {}  # the cell rows, only for a filter
+        obs = self.policy.observe(atoms, forces[:n], energy, step_fraction, self.last_a_back, **cell)
         if self._prev_move is None or self._prev_forces is None or self._history is None:
-            obs.history = empty_history(len(atoms), self.env_config.history_steps)
+            history = empty_history(len(forces), self.env_config.history_steps)
         else:
-            obs.history = history_after(self._prev_move, self._prev_forces, forces, self._history)
-        self._history = obs.history
+            history = history_after(self._prev_move, self._prev_forces, forces, self._history)
+        obs.history = history[:n]
+        obs.cell_history = history[n:] if self._n_cell_rows else None
         return obs
 
     def policy_move(self) -> tuple[np.ndarray, float]:
-        """The corrected move (``[n_atoms, 3]`` Å) the policy makes from the current state, and its a_back."""
+        """The corrected move (``[n_rows, 3]``: the atoms' Å, then a cell filter's 3 cell rows) the policy makes
+        from the current state, and its a_back."""
         obs = self._observe()
-        self._prev_forces = obs.forces
-        a_pred = np.asarray(self.policy.act(obs), dtype=np.float64)  # [n_atoms, 3] Å
+        self._history, self._prev_forces = obs.row_history(), obs.row_forces()  # what the next observation builds on
+        a_pred = np.asarray(self.policy.act(obs), dtype=np.float64)  # [n_rows, 3]
         n = len(self._atoms_moved)
-        if a_pred.shape != (n, 3) or not np.all(np.isfinite(a_pred)):
+        rows = n + self._n_cell_rows
+        if a_pred.shape != (rows, 3) or not np.all(np.isfinite(a_pred)):
             raise PolicyOutputError(
                 f"policy returned a displacement of shape {a_pred.shape} "
                 f"{'with non-finite values ' if a_pred.size and not np.all(np.isfinite(a_pred)) else ''}"
-                f"for {n} atoms; expected finite [{n}, 3] Å. Check that the checkpoint matches this structure.")
-        actual, a_back = correct_action(self._atoms_moved, a_pred, self.env_config)
+                f"for {n} atoms; expected finite [{rows}, 3]. Check that the checkpoint matches this structure.")
+        if self.cell_filter is None:
+            actual, a_back = correct_action(self._atoms_moved, a_pred, self.env_config)
+        else:  # the atom rows in the filter's starting cell, as the training environment corrects them
+            x = self.optimizable.get_x().reshape(-1, 3)
+            frame = _FilterFrame(x[:n], self._atoms_moved, np.asarray(self.cell_filter.orig_cell, dtype=np.float64))
+            actual, a_back = correct_action(frame, a_pred, self.env_config, cell_rows=True)
         return np.asarray(actual, dtype=np.float64), float(a_back)
 
     def _remember_start(self) -> None:

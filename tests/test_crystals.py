@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.crystals import PROTOTYPES, RATTLE, STRAIN, CrystalsError, check_calculator, crystal_set, random_strain
-from actors.geometry import find_overlaps
+from actors.crystals import PROTOTYPES, RATTLE, STRAIN, CrystalsError, check_calculator, crystal_set
+from actors.geometry import find_overlaps, random_strain
 
 
 def test_the_set_holds_at_least_twelve_seeded_crystals_across_chemistry():

@@ -343,3 +343,58 @@ def test_expert_actors_report_their_teachers_force_calls(redis_server, teacher):
     assert sum(r.teacher_force_calls for r in records) == spent == hub.stats()["actors/teacher_force_calls"]
     assert (spent > 0) == (teacher == "newton")
     assert replay.sizes()["expert"] > 0
+
+
+def _strained(atoms, seed: int):
+    from actors.geometry import random_strain
+
+    return random_strain(atoms, 0.04, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("name", ["bulk-Ni8", "bulk-Cu32", "slab-Pd12-fixed"])
+def test_expert_on_the_cell_filter_reproduces_ase_bfgs_on_frechet_cell_filter(name):
+    """env.relax_cell: the BFGS teacher moves the filter's rows (atoms and cell) as ase.optimize.BFGS does on
+    FrechetCellFilter(atoms), step for step, fixed atoms included; fmax is the filter's generalised force."""
+    from ase.constraints import FixAtoms
+    from ase.filters import FrechetCellFilter
+
+    if name == "slab-Pd12-fixed":
+        atoms = STRUCTURES["slab-Pd12"].copy()
+        atoms.pbc = True  # a periodic slab (vacuum in the cell), its bottom layer held
+        atoms.set_constraint(FixAtoms(indices=range(4)))
+    else:
+        atoms = _strained(STRUCTURES[name], seed=1)
+    fmax, max_steps = 0.05, 120
+    ref = atoms.copy()
+    ref.calc = CountingEMT()
+    filt = FrechetCellFilter(ref)
+    opt = BFGS(filt, logfile=None, maxstep=0.2)
+    ref_states = []
+    for _ in opt.irun(fmax=fmax, steps=max_steps):  # irun yields the start, then after every step
+        ref_states.append((ref.get_positions(), ref.get_cell()[:]))
+
+    env = RelaxEnv(EnvConfig(fmax=fmax, max_steps=max_steps, max_step=0.2, relax_cell=True))
+    expert = BFGSExpert.from_config(ExpertConfig(), env, 0.2)
+    obs = env.reset(atoms)
+    start = atoms.copy()
+    start.calc = EMT()
+    assert obs.cell_forces.shape == (3, 3)
+    assert obs.fmax == pytest.approx(float(np.linalg.norm(FrechetCellFilter(start).get_forces(), axis=1).max()))
+    states = [(env.atoms.positions, env.atoms.cell[:])]
+    while True:
+        action = expert.action(obs)
+        assert action.shape == (len(atoms) + 3, 3)
+        step = env.step(action)
+        obs = step.obs
+        states.append((env.atoms.positions, env.atoms.cell[:]))
+        if step.terminated or step.truncated:
+            break
+    assert env.steps == opt.nsteps and env.force_calls == ref.calc.calls
+    assert len(states) == len(ref_states)
+    for k, ((pos, cell), (rpos, rcell)) in enumerate(zip(states, ref_states)):
+        np.testing.assert_allclose(cell, rcell, rtol=0, atol=1e-8, err_msg=f"{name}: cell at step {k}")
+        np.testing.assert_allclose(pos, rpos, rtol=0, atol=1e-8, err_msg=f"{name}: positions at step {k}")
+    assert step.terminated == opt.converged()
+    assert np.array_equal(obs.cell, env.atoms.cell[:]) and not np.allclose(obs.cell, atoms.cell[:])
+    if name == "slab-Pd12-fixed":  # the held atoms follow the cell only (fixed fractional positions)
+        np.testing.assert_allclose(env.atoms.get_scaled_positions()[:4], atoms.get_scaled_positions()[:4], atol=1e-10)

@@ -37,15 +37,15 @@ class ForcePolicy:
         self.config = config or RunConfig()
 
     def observe(self, atoms: Atoms, forces: np.ndarray, energy: float, step_fraction: float = 0.0,
-                last_a_back: float = 0.0) -> Observation:
-        fmax = float(np.linalg.norm(forces, axis=1).max())
-        return Observation(positions=atoms.get_positions(), numbers=atoms.numbers.astype(np.int64),
-                           cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy(), forces=np.array(forces),
-                           energy=float(energy),
-                           env_features=env_features(fmax, step_fraction, last_a_back, self.config.env.env_input_dim))
+                last_a_back: float = 0.0, cell_forces: np.ndarray | None = None) -> Observation:
+        obs = Observation(positions=atoms.get_positions(), numbers=atoms.numbers.astype(np.int64),
+                          cell=atoms.cell.array.copy(), pbc=atoms.pbc.copy(), forces=np.array(forces),
+                          energy=float(energy), cell_forces=cell_forces)
+        obs.env_features = env_features(obs.fmax, step_fraction, last_a_back, self.config.env.env_input_dim)
+        return obs
 
     def act(self, obs: Observation) -> np.ndarray:
-        return self.step * obs.forces  # [n_atoms, 3] Å
+        return self.step * obs.row_forces()  # [n_rows, 3]: steepest descent over the atoms (and a filter's cell rows)
 
 
 class PushPolicy(ForcePolicy):
@@ -174,10 +174,16 @@ def test_logfile_trajectory_attach_and_irun(tmp_path):
     assert frames[-1].get_potential_energy() == pytest.approx(atoms.get_potential_energy())
 
 
-def test_cell_filter_is_refused_with_a_clear_message():
+def test_filters_without_atom_rows_are_refused_with_a_clear_message():
+    from ase.filters import Filter, StrainFilter
+
     atoms = rattled_cu()
-    with pytest.raises(UnsupportedOptimizableError, match="no cell action.*FrechetCellFilter"):
-        RLOptimizer(FrechetCellFilter(atoms), policy=ForcePolicy(), logfile=None)
+    with pytest.raises(UnsupportedOptimizableError, match="StrainFilter of 32 atoms.*FrechetCellFilter"):
+        RLOptimizer(StrainFilter(atoms), policy=ForcePolicy(), logfile=None)
+    with pytest.raises(UnsupportedOptimizableError, match="cannot optimize a Filter"):
+        RLOptimizer(Filter(atoms, indices=[0, 1]), policy=ForcePolicy(), logfile=None)
+    with pytest.raises(RelaxRLError, match=r"relax_cell=True\) wraps plain atoms"):
+        RLOptimizer(FrechetCellFilter(atoms), policy=ForcePolicy(), logfile=None, relax_cell=True)
 
 
 def test_fixed_atoms_stay_fixed():
