@@ -205,10 +205,10 @@ class QuasiNewtonActor(Actor):
     def row_compliance(self, graph: Graph) -> torch.Tensor:
         """The initial inverse Hessian's blocks over the graph's rows (SPD, [n_rows, 3, 3]): C_i for atom rows, then
         c_cell·I for each graph's 3 cell rows when the cell relaxes."""
-        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
-        atoms = self._compliance(x)  # [N, 3, 3]
         if not graph.has_cell_rows:
-            return atoms
+            return self.compliance(graph)
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden], once for the atoms' and the cell's blocks
+        atoms = self._compliance(x)  # [N, 3, 3]
         c_cell = self._cell_compliance(x, atoms, graph).repeat_interleave(3)  # [3G]
         eye = torch.eye(3, dtype=atoms.dtype, device=atoms.device)
         return torch.cat([atoms, c_cell[:, None, None] * eye])

@@ -166,6 +166,7 @@ class Learner:
             terminated=torch.as_tensor([float(t.terminated) for t in transitions], device=dev, dtype=dt),
             weight=torch.as_tensor(np.asarray(info.weight, dtype=np.float64), device=dev, dtype=dt),
             n_steps=torch.as_tensor([float(t.n_steps) for t in transitions], device=dev, dtype=dt),
+            row_batch=graph.row_batch(), next_row_forces=next_graph.row_forces(),
         )
 
     def step(self) -> dict[str, float]:

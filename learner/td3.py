@@ -46,6 +46,8 @@ class TD3Batch:
     terminated: Tensor  # [n_graphs] float 0/1
     weight: Tensor  # [n_graphs] importance weights
     n_steps: Tensor | None = None  # [n_graphs] environment steps each item spans (None: 1); bootstraps with γ^n
+    row_batch: Tensor | None = None  # [n_rows] graph of each action row (None: graph.batch, atoms only)
+    next_row_forces: Tensor | None = None  # [n_rows, 3] generalised forces of s' per row (None: next_graph.forces)
 
 
 def per_graph_mean(values: Tensor, batch: Tensor, n_graphs: int) -> Tensor:
@@ -156,7 +158,8 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     Returns (scalars to log, new |δ| per item)."""
     with torch.no_grad():
         a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator,
-                               forces=b.next_graph.row_forces(), force_scale=h.target_noise_force_scale)
+                               forces=b.next_graph.forces if b.next_row_forces is None else b.next_row_forces,
+                               force_scale=h.target_noise_force_scale)
         q1_next, q2_next = critic_target(b.next_graph, a_next)
         y = td_target(b.reward, b.terminated, q1_next, q2_next, h.gamma if b.n_steps is None else h.gamma ** b.n_steps)
     q1, q2 = critic(b.graph, b.action)
@@ -176,7 +179,8 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         corrected = correct(b.graph, pi.detach()) if correct is not None else pi.detach()
         q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
         q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
-        loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, b.graph.row_batch(),
+        rows = b.graph.batch if b.row_batch is None else b.row_batch
+        loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, rows,
                                     h.lambda_dev, lambda_bc, q_norm=q_norm,
                                     length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
         if torch.isfinite(loss_pi):
