@@ -65,9 +65,7 @@ class Curriculum:
     def __init__(self, structures: Sequence[Atoms], cfg: CurriculumConfig, t_total: int = 0):
         if not structures:
             raise StructureError("the curriculum got no training structures; check curriculum.source")
-        stages = tuple(int(s) for s in cfg.stages)
-        if not stages or list(stages) != sorted(stages):
-            raise StructureError(f"curriculum.stages must be a non-empty increasing list of atom counts, got {list(stages)}")
+        stages = tuple(int(s) for s in cfg.stages)  # non-empty and increasing: CurriculumConfig checks it
         self.cfg = cfg
         self.stages = stages
         self._pools = [[a for a in structures if len(a) <= m] for m in stages]

@@ -81,28 +81,11 @@ __all__ = [
     "correct_action",
     "force_stats",
     "make_calculator",
-    "validate_env_config",
 ]
+
 
 class EpisodeError(RelaxRLError, RuntimeError):
     """step() without an active episode (call reset(atoms) first)."""
-
-
-def validate_env_config(cfg: EnvConfig) -> None:
-    """Reject settings the environment cannot work with, naming the field and the fix."""
-    problems = []
-    if not cfg.fmax > 0:
-        problems.append(f"env.fmax must be > 0 eV/Å, got {cfg.fmax}")
-    if cfg.max_steps < 1:
-        problems.append(f"env.max_steps must be >= 1, got {cfg.max_steps}")
-    if not cfg.max_step > 0:
-        problems.append(f"env.max_step must be > 0 Å, got {cfg.max_step}")
-    if not 0 <= cfg.min_distance_factor < 1:
-        problems.append(f"env.min_distance_factor must be in [0, 1), got {cfg.min_distance_factor}")
-    if not 0 <= cfg.env_input_dim <= 3:
-        problems.append(f"env.env_input_dim must be 0..3 (log10 Fmax, step fraction, last a_back), got {cfg.env_input_dim}")
-    if problems:
-        raise RelaxRLError("invalid environment config: " + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------- calculator
@@ -160,7 +143,7 @@ class RelaxEnv:
     def __init__(self, cfg: EnvConfig | None = None, calculator: Calculator | None = None):
         """``calculator`` (an ASE calculator instance) overrides ``cfg.calculator`` when given."""
         self.cfg = cfg or EnvConfig()
-        validate_env_config(self.cfg)
+        self.cfg.check()  # the config's own range check (common/config.py), for configs built around it
         if calculator is not None:
             self.calc = calculator
             self._calc_name = type(calculator).__name__

@@ -8,8 +8,8 @@ slabs: mostly 3–8-atom clusters (the demo trains on those), some 9–16-atom s
 ``curriculum.n_adsorbates`` adsorbates on slabs whose bottom layers are fixed (``FixAtoms``,
 kept by the environment). Names look like ``cluster-Cu6-s0-3`` and ``bulk-Ni32-s0-60``. The
 builders (:func:`random_cluster`, :func:`rattled_bulk`, ...) also make the generalisation
-suite (actors/suite.py). :func:`split_structures` is the one train / held-out split of every
-source.
+suite (actors/suite.py). :func:`split_structures` splits the generated and the file sources into
+train and held-out structures.
 """
 from __future__ import annotations
 
@@ -224,8 +224,6 @@ def split_structures(structures: Sequence[Atoms], heldout_fraction: float, seed:
     holds out ``round(fraction × group size)`` structures, so the held-out set spans sizes.
     Input order is kept in both outputs.
     """
-    if not 0.0 <= heldout_fraction < 1.0:
-        raise StructureError(f"curriculum.heldout_fraction must be in [0, 1), got {heldout_fraction}")
     groups: dict[tuple[str, int], list[int]] = {}
     for idx, atoms in enumerate(structures):
         bucket = next((b for b in (8, 16, 32) if len(atoms) <= b), 10**9)

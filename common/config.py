@@ -91,7 +91,8 @@ class EnvConfig:
     max_step: float = 0.2
     """Largest displacement of one atom in one step, Å (longer moves are shortened)."""
     min_distance_factor: float = 0.6
-    """Moves that bring a pair closer than this × (r_cov,i + r_cov,j) are scaled back."""
+    """Moves that bring a pair closer than this × (r_cov,i + r_cov,j) are scaled back, and structures with a pair
+    closer than that are refused; in [0, 1) (0 = no collision check)."""
     env_input_dim: int = 0
     """Number of global env features in the observation (0 disables them; max 3: log10 Fmax, step fraction, last a_back)."""
     w_fmax: float = 0.7
@@ -126,13 +127,21 @@ class EnvConfig:
     'bfgs' (actors/cell_filter.py)."""
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for the first setting out of its range: the one check of the environment's
+        settings, run when the config is built and again by every ``RelaxEnv``."""
         _require("env", [
             (self.fmax > 0, "fmax", self.fmax, "a positive force threshold in eV/Å, e.g. 0.05"),
             (self.max_steps >= 1, "max_steps", self.max_steps,
              "at least 1 step per episode (0 would end every episode at reset and stop every actor), e.g. 200"),
             (self.max_step > 0, "max_step", self.max_step, "a positive bound in Å, e.g. 0.2"),
-            (0 <= self.min_distance_factor < 2, "min_distance_factor", self.min_distance_factor,
-             "a factor in [0, 2), e.g. 0.6"),
+            # below 1: sums of covalent radii are about bond lengths (Cu–Cu 2.64 Å, 2.55 Å in fcc Cu), so a collision
+            # distance of 1× or more would refuse relaxed structures and hold atoms out of their minima
+            (0 <= self.min_distance_factor < 1, "min_distance_factor", self.min_distance_factor,
+             "a factor in [0, 1) of the covalent-radii sum (1 or more is a bond length: minima would count as "
+             "collisions), e.g. 0.6"),
             (0 <= self.env_input_dim <= 3, "env_input_dim", self.env_input_dim,
              "0..3 (log10 Fmax, step fraction, last a_back)"),
             (self.w_back >= 0, "w_back", self.w_back, "a penalty weight >= 0"),

@@ -26,7 +26,7 @@ from actors.env import (
 from actors.expert import BFGSExpert
 from actors.generate import generate_demo, random_cluster, rattled_bulk
 from actors.structure_check import StructureError
-from common.config import CurriculumConfig, NetworkConfig
+from common.config import ConfigError, CurriculumConfig, NetworkConfig, load_config
 from common.observation import Observation
 from learner.graph import batch_graphs
 from learner.learner import corrected_moves
@@ -134,6 +134,34 @@ def test_energy_terms_of_an_episode_sum_to_its_energy_drop_per_atom():
 def test_a_negative_energy_weight_is_a_clear_error():
     with pytest.raises(Exception, match="w_energy"):
         EnvConfig(w_energy=-1.0)
+
+
+# Each range of EnvConfig at its edges: the values just inside pass the config, and the environment takes them.
+ENV_EDGES = {"fmax": (1e-6, 0.0), "max_steps": (1, 0), "max_step": (1e-3, 0.0),
+             "min_distance_factor": (0.0, -0.1), "env_input_dim": (3, 4), "history_steps": (16, 17)}
+
+
+@pytest.mark.parametrize("key", list(ENV_EDGES))
+def test_what_passes_the_config_check_the_environment_takes(key):
+    """One home per rule: the environment runs EnvConfig's own check, so a setting `relaxrl train` accepts before
+    the run never fails inside an actor, and one it refuses is refused before the run, naming the key."""
+    inside, outside = ENV_EDGES[key]
+    env = RelaxEnv(EnvConfig(**{key: inside}))
+    wide = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.7]])  # farther apart than 0.999 × (r_cov + r_cov) = 2.64 Å
+    env.step(0.01 * env.reset(wide).forces)
+    with pytest.raises(ConfigError, match=f"env.{key} must be"):
+        EnvConfig(**{key: outside})
+    forced = EnvConfig()
+    object.__setattr__(forced, key, outside)  # a config that went around its own check: the env runs the same one
+    with pytest.raises(ConfigError, match=f"env.{key} must be"):
+        RelaxEnv(forced)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.2])
+def test_a_min_distance_factor_of_a_bond_length_or_more_is_refused_before_the_run(factor):
+    """Issue 26: env.min_distance_factor = 1.2 passed the config ([0, 2)) and then failed inside every actor."""
+    with pytest.raises(ConfigError, match=r"env.min_distance_factor must be a factor in \[0, 1\)"):
+        load_config(None, [f"env.min_distance_factor={factor}"])
 
 
 def test_env_step_reward_from_known_forces():
