@@ -60,3 +60,25 @@ def lbfgs_reference(f: np.ndarray, history: np.ndarray, gamma0: float) -> np.nda
     for (s, y), a in reversed(list(zip(pairs, alphas))):
         r += s * (a - (y @ r) / (s @ y))
     return -r.reshape(-1, 3)
+
+
+def actor_loop_on_redis(redis_url: str, kind: str, preset: Path, overrides: list[str]) -> tuple[Any, Any, Any]:
+    """(ActorLoop of ``kind``, its in-process Coordinator, the ReplayClient) for ``preset`` with ``overrides``, on
+    fresh tables of a real Redis (a namespace of its own) and the demo structures of the preset's curriculum."""
+    import dataclasses
+    import uuid
+
+    from actors.coordinator import Coordinator
+    from actors.curriculum import Curriculum, load_structures
+    from actors.loop import ActorLoop
+    from common.config import load_config
+    from replay_service.client import ReplayClient
+
+    cfg = load_config(preset, overrides)
+    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_url,
+                                                              namespace=f"t{uuid.uuid4().hex[:8]}"))
+    replay = ReplayClient(cfg.replay.url, cfg.replay)
+    replay.create_tables()
+    train, _ = load_structures("demo", cfg.curriculum, 0)
+    hub = Coordinator(Curriculum(train, cfg.curriculum))
+    return ActorLoop(kind, cfg, replay, hub), hub, replay

@@ -318,26 +318,14 @@ def test_every_teacher_name_has_one_registered_teacher_that_keeps_the_contract()
 def test_expert_actors_report_their_teachers_force_calls(redis_server, teacher):
     """An expert actor sums its teachers' training-only force calls into each StepRecord; the hub totals them as
     actors/teacher_force_calls (the metrics.jsonl key): the Hessian teacher's calls, none for BFGS."""
-    import dataclasses
-    import uuid
     from pathlib import Path
 
-    from actors.coordinator import Coordinator
-    from actors.curriculum import Curriculum, load_structures
-    from actors.loop import ActorLoop
-    from common.config import load_config
-    from replay_service.client import ReplayClient
+    from helpers import actor_loop_on_redis
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml",
-                      ["actors.insert_batch=1", "actors.envs_per_actor=2", f"expert.teacher='{teacher}'",
-                       "expert.p_start=1.0", "expert.p_end=1.0", "expert.teacher_max_atoms=8"])
-    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
-                                                              namespace=f"tfc{uuid.uuid4().hex[:6]}"))
-    replay = ReplayClient(cfg.replay.url, cfg.replay)
-    replay.create_tables()
-    train, _ = load_structures("demo", cfg.curriculum, 0)
-    hub = Coordinator(Curriculum(train, cfg.curriculum))
-    actor = ActorLoop("expert", cfg, replay, hub)
+    actor, hub, replay = actor_loop_on_redis(
+        redis_server.url, "expert", Path(__file__).resolve().parents[1] / "configs" / "tiny.toml",
+        ["actors.insert_batch=1", "actors.envs_per_actor=2", f"expert.teacher='{teacher}'", "expert.p_start=1.0",
+         "expert.p_end=1.0", "expert.teacher_max_atoms=8"])
     records = [actor.step() for _ in range(6)]
     spent = sum(t.force_calls for t in actor.source.teachers)
     assert sum(r.teacher_force_calls for r in records) == spent == hub.stats()["actors/teacher_force_calls"]

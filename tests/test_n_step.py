@@ -93,26 +93,13 @@ def test_online_actors_report_the_share_of_episodes_that_ended_on_a_saddle(redis
     """With env.saddle_check_atoms, the episodes an online actor ends by converging carry the check's verdict
     (the demo's untrained quasi-Newton head converges small clusters); the hub reports their mean as
     actors/saddle. Without the check there is no such key."""
-    import dataclasses
-    import uuid
-
-    from actors.coordinator import Coordinator
-    from actors.curriculum import Curriculum, load_structures
-    from actors.loop import ActorLoop
-    from common.config import load_config
-    from replay_service.client import ReplayClient
+    from helpers import actor_loop_on_redis
 
     for check in (0, 16):
-        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.toml",
-                          ["actors.insert_batch=1", "replay.samples_per_insert=0.0", f"env.saddle_check_atoms={check}",
-                           "env.max_steps=60"])
-        cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
-                                                                  namespace=f"sad{uuid.uuid4().hex[:6]}"))
-        replay = ReplayClient(cfg.replay.url, cfg.replay)
-        replay.create_tables()
-        train, _ = load_structures("demo", cfg.curriculum, 0)
-        hub = Coordinator(Curriculum(train, cfg.curriculum))
-        actor = ActorLoop("online", cfg, replay, hub)
+        actor, hub, _ = actor_loop_on_redis(
+            redis_server.url, "online", Path(__file__).resolve().parents[1] / "configs" / "demo.toml",
+            ["actors.insert_batch=1", "replay.samples_per_insert=0.0", f"env.saddle_check_atoms={check}",
+             "env.max_steps=60"])
         records = [actor.step() for _ in range(40)]
         assert any(r.episodes for r in records)
         stats = hub.stats()

@@ -8,7 +8,6 @@ it true, and :func:`test_reliability_doc_names_only_existing_tests` keeps the do
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -17,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -437,18 +435,9 @@ def test_infinite_forces_from_a_calculator_end_the_episode_and_store_finite_data
 def test_nan_actions_from_a_diverged_policy_are_applied_as_no_move_and_not_stored(redis_server):
     import torch
 
-    from actors.coordinator import Coordinator
-    from actors.curriculum import Curriculum, load_structures
-    from actors.loop import ActorLoop
-    from common.config import load_config
+    from helpers import actor_loop_on_redis
 
-    cfg = load_config(TINY, ["actors.insert_batch=1"])
-    cfg = dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, url=redis_server.url,
-                                                              namespace=f"nan{uuid.uuid4().hex[:6]}"))
-    replay = ReplayClient(cfg.replay.url, cfg.replay)
-    replay.create_tables()
-    train, _ = load_structures("demo", cfg.curriculum, 0)
-    actor = ActorLoop("online", cfg, replay, Coordinator(Curriculum(train, cfg.curriculum)))
+    actor, _, replay = actor_loop_on_redis(redis_server.url, "online", TINY, ["actors.insert_batch=1"])
     with torch.no_grad():
         for p in actor.policy.actor.parameters():
             p.fill_(float("nan"))
