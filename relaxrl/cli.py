@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "relaxed.cif, refused if that file exists; an explicit --out is overwritten")
     p.add_argument("--trajectory", default=None, help="ASE trajectory of every step (its directory must exist)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="hand over to BFGS after K steps without progress (0 = off)")
+    p.add_argument("--relax-cell", action="store_true",
+                   help="relax the cell too: the policy moves FrechetCellFilter(atoms)'s rows (atoms and cell) and "
+                        "--fmax is the filter's generalised force; needs a periodic structure and a calculator with stress")
     p.set_defaults(func=_lazy("relaxrl.relax", "relax_command"))
 
     p = sub.add_parser("eval", help="compare the trained policy with ASE's optimizers")
@@ -118,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory of structure files, 'held-out' (the config's split), 'suite' (the generalisation "
                         "suite, 27 structures of 6 kinds, reported per kind), 'suite-val' (its validation draw: the same "
                         "recipes, other random draws, for choosing settings), 'suite-large' (9 structures of 100-256 "
-                        "atoms), or an Al–Fe set: 'alfe-heldout' (2–8 atoms, 16 cells), 'alfe-large' (12–20 atoms, "
-                        "8 cells); several separated by commas are reported per set and pooled")
+                        "atoms), an Al–Fe set: 'alfe-heldout' (2–8 atoms, 16 cells), 'alfe-large' (12–20 atoms, "
+                        "8 cells), or 'crystals' (17 rattled, strained crystals across chemistry; needs a calculator "
+                        "with their elements, e.g. chgnet); several separated by commas are reported per set and pooled")
     p.add_argument("--optimizers", default="rl,untrained,bfgs,bfgsls,lbfgs,fire,precon,goqn",
                    help="policies: 'rl' (the checkpoint's), 'untrained' (the weights its run started from; without "
                         "--checkpoint those of --config's); ASE's: bfgs, bfgsls (BFGSLineSearch), lbfgs, fire, "
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=None,
                    help="at most this many steps per run (default: 300 for suite and suite-val, 600 for suite-large, "
-                        "200 otherwise)")
+                        "500 for crystals, 200 otherwise)")
     p.add_argument("--calculator", default=None,
                    help="ASE calculator ('emt', 'chgnet', 'module:Class'; default: the checkpoint's env.calculator)")
     p.add_argument("--calculator-kwargs", default=None, metavar="JSON",
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curvature-check", type=int, default=None, metavar="N",
                    help="on structures of at most N free atoms (default 40), a converged run that ended on a saddle "
                         "point is no success (finite-difference Hessian, 6 uncounted force calls per free atom; 0 = off)")
+    p.add_argument("--relax-cell", action="store_true",
+                   help="relax atoms and cell: every optimizer (the policies too) runs on FrechetCellFilter(atoms) and "
+                        "--fmax is the filter's generalised force (periodic structures, a calculator with stress)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True,
                    help="output directory for report.json, report.md and plots (created; not an existing file)")

@@ -4,7 +4,8 @@ overrides eval honours, the output directory, and the command itself.
 ``--structures`` takes ``held-out`` (the held-out split of the config's ``curriculum.source``),
 ``suite`` / ``suite-val`` (the generalisation suite and its validation draw, actors/suite.py),
 ``suite-large`` (100–256-atom structures, :func:`actors.suite.large_suite`), an Al–Fe set
-(actors/alfe.py) or a directory of structure files; or several of them separated by commas
+(actors/alfe.py), ``crystals`` (17 crystals across chemistry, actors/crystals.py; refused with a
+calculator that lacks their elements, such as EMT) or a directory of structure files; or several of them separated by commas
 (``suite,suite-val,suite-large``), each relaxed with its own step budget (:data:`SET_STEPS`) and
 reported per set and pooled (:func:`relaxrl.evaluate.pool_reports`). Every argument is checked
 before any relaxation, cheapest first; bad ones are one :class:`~relaxrl.evaluate.EvalError`
@@ -22,6 +23,8 @@ from ase import Atoms
 
 from actors.alfe import ALFE_SETS, alfe_structure_set
 from actors.calculators import make_calculator, resolve_calculator
+from actors.crystals import CrystalsError, crystal_set
+from actors.crystals import check_calculator as check_crystals_calculator
 from actors.curriculum import load_structures
 from actors.structure_files import read_structure_source
 from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite, large_suite
@@ -32,6 +35,7 @@ from relaxrl.evaluate import (
     CURVATURE_MAX_ATOMS,
     EvalError,
     check_budget,
+    check_cell_relaxable,
     check_classical,
     check_gpmin_size,
     evaluate,
@@ -45,7 +49,7 @@ from relaxrl.reports import print_summary, write_report
 SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED, "suite-large": SUITE_SEED}
 """``--structures`` names of the generalisation suite, of its validation draw (same recipes, other random
 draws: for choosing settings without looking at the suite that judges them) and of the large suite, with their seeds."""
-SET_STEPS = {"suite": 300, "suite-val": 300, "suite-large": 600}
+SET_STEPS = {"suite": 300, "suite-val": 300, "suite-large": 600, "crystals": 500}
 """Each set's step budget when ``--steps`` is not given (the budgets issue 24's targets are read at)."""
 DEFAULT_STEPS = 200
 """The step budget of every other set when ``--steps`` is not given."""
@@ -117,6 +121,13 @@ def set_structures(name: str, cfg: Any, limit: int, calculator: str, kwargs: dic
     if name in ALFE_SETS:  # generated Al–Fe cells (actors/alfe.py), minima cached on disk
         return dict(named_structures(alfe_structure_set(name, limit, cfg.run.seed, calculator, kwargs,
                                                         cfg.env.min_distance_factor)))
+    if name == "crystals":  # prototypes across chemistry, rattled and strained (actors/crystals.py)
+        _check_limit(limit)
+        try:
+            check_crystals_calculator(calculator)
+        except CrystalsError as e:
+            raise EvalError(str(e)) from None
+        return dict(named_structures(crystal_set(limit=limit)))
     return read_structure_dir(name, limit, calculator=calculator, min_distance_factor=cfg.env.min_distance_factor)
 
 
@@ -239,10 +250,16 @@ def eval_command(args: argparse.Namespace) -> int:
     cfg = eval_config(args, policy)
 
     calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
-    make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
+    calc = make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
+    if getattr(args, "relax_cell", False) and "stress" not in getattr(calc, "implemented_properties", ("stress",)):
+        raise EvalError(f"--relax-cell needs the stress, and calculator {calc_name!r} does not compute it; use one that "
+                        "does (e.g. --calculator chgnet or emt)")
+    relax_cell = bool(getattr(args, "relax_cell", False))
     structures = {name: set_structures(name, cfg, args.limit, calc_name, kwargs) for name in sets}
     for group in structures.values():
         check_gpmin_size(names, group.items())
+        if relax_cell:
+            check_cell_relaxable(group.items())
     policies, notes = eval_policies(names, policy, cfg)
     reports = {}
     for name, group in structures.items():
@@ -250,7 +267,8 @@ def eval_command(args: argparse.Namespace) -> int:
         reports[name] = evaluate(group, names, fmax=args.fmax, steps=steps, calculator=calc_name,
                                  calculator_kwargs=kwargs, policies=policies,
                                  progress=not getattr(args, "no_progress", False),
-                                 hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=curvature)
+                                 hybrid_patience=getattr(args, "hybrid", 0), curvature_max_atoms=curvature,
+                                 relax_cell=relax_cell)
     report = reports[sets[0]] if len(sets) == 1 else pool_reports(reports)
     report["settings"].update(structures=args.structures, checkpoint=args.checkpoint,
                               policy_notes={k: v for k, v in notes.items() if k in names})

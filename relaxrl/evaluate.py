@@ -7,7 +7,14 @@
 Every optimizer gets the same structures (fresh copies), the same calculator (a fresh
 instance per run, wrapped in :class:`~relaxrl.optimizer.CountingCalculator` so that every
 real calculation is counted once and cached repeats are not), the same ``fmax`` (eV/Å)
-and the same step budget.
+and the same step budget. With ``relax_cell`` every optimizer, the policies included, runs on
+``FrechetCellFilter(atoms)`` (atoms and cell, as materials scientists relax crystals), ``fmax`` is the
+filter's generalised force (ASE's convergence test on the filter: atom rows and cell rows) and each
+calculation also gives the stress.
+
+Wall time is split at the calculator: ``calc_time_s`` is the time spent inside it (measured by
+:class:`~relaxrl.optimizer.CountingCalculator`), ``optimizer_time_s`` the rest of the run's wall time,
+the optimizer's own work (for a policy: observing, the network's inference, the correction).
 
 Every run is judged by one rule (:func:`judge`). A structure's *reference minimum* is the
 lowest final energy of the *classical* optimizers' runs on it (:data:`CLASSICAL_OPTIMIZERS`: ASE's) that
@@ -109,7 +116,7 @@ def _ase_optimizer(name: str, atoms: Atoms) -> Any:
     from ase.optimize.precon import PreconLBFGS
 
     if name == "precon":
-        return PreconLBFGS(atoms, precon=exp_preconditioner(atoms), logfile=None)
+        return PreconLBFGS(atoms, precon=exp_preconditioner(getattr(atoms, "atoms", atoms)), logfile=None)
     cls = {"bfgs": BFGS, "bfgsls": BFGSLineSearch, "lbfgs": LBFGS, "fire": FIRE, "gpmin": GPMin,
            "goqn": GoodOldQuasiNewton}[name]
     return cls(atoms, logfile=None)
@@ -152,12 +159,21 @@ def check_gpmin_size(names: Sequence[str], structures: Iterable[tuple[str, Atoms
 
 
 def make_optimizer(name: str, atoms: Atoms, policy: Any = None, hybrid_patience: int = 0):
-    """An optimizer of this name on ``atoms``, with no logfile: one of ASE's, or an RLOptimizer of ``policy``."""
+    """An optimizer of this name on ``atoms`` (an Atoms or a cell filter of one), with no logfile: one of ASE's, or
+    an RLOptimizer of ``policy``."""
     if is_classical(name):
         return _ase_optimizer(name, atoms)
     if policy is None:
         raise EvalError(f"optimizer {name!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
     return RLOptimizer(atoms, policy=policy, logfile=None, hybrid_patience=hybrid_patience)
+
+
+def check_cell_relaxable(structures: Iterable[tuple[str, Atoms]]) -> None:
+    """Raise :class:`EvalError` naming the first structure that is not periodic in all three directions (--relax-cell)."""
+    for name, a in structures:
+        if not a.pbc.all():
+            raise EvalError(f"--relax-cell relaxes cells, but structure {name!r} is not periodic in all three directions "
+                            f"(pbc {a.pbc.tolist()}); evaluate it without --relax-cell")
 
 
 # ----------------------------------------------------------------------------- one run
@@ -178,31 +194,40 @@ def fragment_count(atoms: Atoms, mult: float = FRAGMENT_CUTOFF_MULT) -> int:
 
 
 def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float, steps: int,
-            policy: Any = None, hybrid_patience: int = 0, curvature_max_atoms: int = 0) -> dict[str, Any]:
+            policy: Any = None, hybrid_patience: int = 0, curvature_max_atoms: int = 0,
+            relax_cell: bool = False) -> dict[str, Any]:
     """Relax a copy of ``atoms`` with optimizer ``name``; counts, energies, timing and the Fmax trace.
 
-    With ``curvature_max_atoms`` > 0, a converged run on at most that many free atoms also gets
-    ``lowest_curvature_ev_per_a2`` (:func:`lowest_curvature`, a fresh calculator, not counted)."""
+    With ``relax_cell`` the optimizer runs on ``FrechetCellFilter`` of the copy and Fmax is the filter's
+    generalised force. With ``curvature_max_atoms`` > 0, a converged run on at most that many free atoms also
+    gets ``lowest_curvature_ev_per_a2`` (:func:`lowest_curvature`, a fresh calculator, not counted)."""
+    from ase.filters import FrechetCellFilter
+
     a = atoms.copy()
-    calc = CountingCalculator(calculator())
+    calc = CountingCalculator(calculator(), stress=relax_cell)
     a.calc = calc
+    target = FrechetCellFilter(a) if relax_cell else a  # what the optimizer moves; its forces are what fmax tests
+
+    def row_fmax() -> float:  # the calculator's cached results at the current geometry: no new call
+        return float(np.linalg.norm(target.get_forces(), axis=1).max())
+
     record: dict[str, Any] = {"optimizer": name, "converged": False, "steps": 0, "force_calls": 0,
                               "fmax": math.nan, "energy": math.nan, "energy_initial": math.nan,
-                              "wall_time_s": 0.0, "error": None, "fmax_trace": []}
+                              "wall_time_s": 0.0, "calc_time_s": 0.0, "optimizer_time_s": 0.0, "error": None,
+                              "fmax_trace": []}
     t0 = time.perf_counter()
     try:
         fragments0 = fragment_count(a)
-        opt = make_optimizer(name, a, policy=policy, hybrid_patience=hybrid_patience)
+        opt = make_optimizer(name, target, policy=policy, hybrid_patience=hybrid_patience)
         trace: list[float] = record["fmax_trace"]
         # Observers run after the optimizer evaluated the new geometry, so these reads are cached.
-        opt.attach(lambda: trace.append(float(np.linalg.norm(a.get_forces(), axis=1).max())))
+        opt.attach(lambda: trace.append(row_fmax()))
         record["energy_initial"] = float(a.get_potential_energy())
         converged = bool(opt.run(fmax=fmax, steps=steps))
-        forces = a.get_forces()
         record.update(
             converged=converged,
             steps=int(opt.nsteps),
-            fmax=float(np.linalg.norm(forces, axis=1).max()),
+            fmax=row_fmax(),
             energy=float(a.get_potential_energy()),
             fragments_initial=fragments0,
             fragments_final=fragment_count(a),
@@ -220,6 +245,8 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
         record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         record["converged"] = False
     record["wall_time_s"] = time.perf_counter() - t0
+    record["calc_time_s"] = float(calc.seconds)
+    record["optimizer_time_s"] = max(record["wall_time_s"] - record["calc_time_s"], 0.0)
     record["force_calls"] = int(calc.calls)
     record["lowest_curvature_ev_per_a2"] = None
     if curvature_max_atoms > 0 and record["converged"]:
@@ -271,9 +298,9 @@ def judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
                                          if rl is not None and bfgs is not None and bfgs["force_calls"] else None)
 
 
-def _ratio_on_both_solved(structures: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
-    """Mean force calls of ``a`` over mean of ``b`` on the structures both solved."""
-    pairs = [(s["runs"][a]["force_calls"], s["runs"][b]["force_calls"]) for s in structures
+def _ratio_on_both_solved(structures: list[dict[str, Any]], a: str, b: str, key: str = "force_calls") -> dict[str, Any]:
+    """Mean ``key`` (force calls, or e.g. wall_time_s) of ``a`` over the mean of ``b`` on the structures both solved."""
+    pairs = [(s["runs"][a].get(key, 0.0), s["runs"][b].get(key, 0.0)) for s in structures
              if a in s["runs"] and b in s["runs"] and s["runs"][a]["success"] and s["runs"][b]["success"]]
     if not pairs:
         return {"ratio": None, "n_both_solved": 0}
@@ -307,6 +334,9 @@ def summarize(structures: list[dict[str, Any]], optimizers: Sequence[str]) -> di
             "energy_above_reference_mev_per_atom": _stats(r["energy_above_reference_mev_per_atom"] for r in runs),
             "wall_time_s": {"total": float(sum(r["wall_time_s"] for r in runs)),
                             "mean": float(np.mean([r["wall_time_s"] for r in runs])) if runs else None},
+            # the wall time split at the calculator (module docstring)
+            "calc_time_s": {"total": float(sum(r.get("calc_time_s", 0.0) for r in runs))},
+            "optimizer_time_s": {"total": float(sum(r.get("optimizer_time_s", 0.0) for r in runs))},
         }
     return out
 
@@ -382,8 +412,11 @@ def evaluate(
     hybrid_patience: int = 0,
     policies: Mapping[str, Any] | None = None,
     curvature_max_atoms: int = CURVATURE_MAX_ATOMS,
+    relax_cell: bool = False,
 ) -> dict[str, Any]:
     """Relax every structure with every optimizer and compare (see the module docstring).
+
+    ``relax_cell``: every optimizer on ``FrechetCellFilter`` (atoms and cell); the structures must be periodic.
 
     ``policy`` is the policy of optimizer 'rl'; ``policies`` names further policies that
     ``optimizers`` may list (e.g. ``{"untrained": p}``), each run as an RLOptimizer.
@@ -410,6 +443,8 @@ def evaluate(
     if not named:
         raise EvalError("no structures to evaluate")
     check_gpmin_size(names, named)
+    if relax_cell:
+        check_cell_relaxable(named)
     make_calc = calculator_factory(calculator, calculator_kwargs)
 
     records: list[dict[str, Any]] = []
@@ -422,7 +457,8 @@ def evaluate(
             for opt in names:
                 advance(f"{sname} · {opt}")
                 s["runs"][opt] = run_one(opt, atoms, make_calc, fmax, steps, policy=by_name.get(opt),
-                                         hybrid_patience=hybrid_patience, curvature_max_atoms=curvature_max_atoms)
+                                         hybrid_patience=hybrid_patience, curvature_max_atoms=curvature_max_atoms,
+                                         relax_cell=relax_cell)
             records.append(s)
         advance(None)
     judge(records, energy_tol)
@@ -434,7 +470,7 @@ def evaluate(
     settings = {
         "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
         "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
-        "hybrid_patience": hybrid_patience, "curvature_max_atoms": curvature_max_atoms,
+        "hybrid_patience": hybrid_patience, "curvature_max_atoms": curvature_max_atoms, "relax_cell": relax_cell,
         "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
         "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
     }
@@ -448,6 +484,7 @@ def build_report(records: list[dict[str, Any]], names: Sequence[str], settings: 
     for other in ("bfgs", "fire", "untrained"):
         if "rl" in names and other in names:
             comparisons[f"rl_vs_{other}_force_calls"] = _ratio_on_both_solved(records, "rl", other)
+            comparisons[f"rl_vs_{other}_wall_time"] = _ratio_on_both_solved(records, "rl", other, "wall_time_s")
     if "bfgs" in names:
         for opt in names:
             if opt not in ("bfgs", "rl"):

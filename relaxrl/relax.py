@@ -1,7 +1,7 @@
 """`relaxrl relax INPUT --checkpoint CKPT`: relax one structure with a trained policy.
 
     relaxrl relax POSCAR --checkpoint runs/demo-.../ --fmax 0.05 --steps 200 --out CONTCAR \
-        [--index N] [--trajectory relax.traj] [--hybrid 10]
+        [--index N] [--trajectory relax.traj] [--hybrid 10] [--relax-cell]
 
 Reads the structure with :func:`actors.structure_files.read_structure` (CIF, POSCAR/CONTCAR,
 extxyz, ASE trajectories, anything else ASE or pymatgen reads), checks it (elements the
@@ -17,6 +17,10 @@ structure (format from the ``--out`` suffix).
 * Everything that can be checked is checked before the relaxation: the settings, the
   checkpoint, the calculator, the structure, and that ``--out`` and ``--trajectory`` can be
   written (an existing directory, a name whose format ASE can write, a writable place).
+* ``--relax-cell`` relaxes the cell too: the policy moves ``FrechetCellFilter(atoms)``'s rows (atoms
+  and cell, as the training environment with ``env.relax_cell`` does), ``--fmax`` is the filter's
+  generalised force, and the written file has the relaxed cell. A structure that is not periodic
+  in all three directions, or a calculator without stress, is refused before anything runs.
 * Without ``--out`` the result goes to ``relaxed.cif``; if that file already exists the
   command stops with an error (it never overwrites a file it was not told to). An explicit
   ``--out`` is overwritten.
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.calculators import make_calculator, resolve_calculator
+from actors.cell_filter import check_cell_relaxable
 from actors.structure_files import read_structure
 from common.errors import RelaxRLError
 from learner.policy import load_policy
@@ -133,12 +138,17 @@ def relax_command(args: argparse.Namespace) -> int:
     env = policy.config.env
 
     calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), env)
-    calc = CountingCalculator(make_calculator(calc_name, kwargs, option="--calculator"))
+    relax_cell = bool(getattr(args, "relax_cell", False))
+    inner = make_calculator(calc_name, kwargs, option="--calculator")
+    calc = CountingCalculator(inner, stress=relax_cell)
     atoms = read_structure(args.input, index=getattr(args, "index", None), calculator=calc_name,
                            min_distance_factor=env.min_distance_factor, calculator_option="--calculator")
     name = str(atoms.info.get("name", Path(args.input).name))
+    if relax_cell:  # a periodic structure and a calculator with stress, or one line saying which is missing
+        check_cell_relaxable(atoms, inner, name, option="--relax-cell")
     atoms.calc = calc
-    opt = RLOptimizer(atoms, policy=policy, logfile=None, trajectory=args.trajectory, hybrid_patience=args.hybrid)
+    opt = RLOptimizer(atoms, policy=policy, logfile=None, trajectory=args.trajectory, hybrid_patience=args.hybrid,
+                      relax_cell=relax_cell)
     try:
         opt.run(fmax=args.fmax, steps=args.steps)
     except PolicyDivergedError as e:  # the wrecked structure is never written

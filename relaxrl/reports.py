@@ -89,8 +89,8 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
         lines += ["No curvature check (`--curvature-check 0`): a run that ended on a saddle point counts as a minimum.", ""]
     lines += [
         "| optimizer | success (of judged) | force calls median | mean | p90 | mean (solved) | higher minimum "
-        "| below reference | saddle | fragmented | errors | wall time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| below reference | saddle | fragmented | errors | wall time s | in calculator s | optimizer s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in names:
         o = report["optimizers"][n]
@@ -100,9 +100,16 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
             f"{_fmt(fc['mean'])} | {_fmt(fc['p90'])} | {_fmt(fs['mean'])} | {o['n_higher_minimum']} | "
             f"{o.get('n_below_reference', 0)} | "
             f"{o.get('n_saddle', 0) if o.get('n_curvature_checked') else '–'} | "
-            f"{o['n_fragmented']} | {o['n_errors']} | {_fmt(o['wall_time_s']['total'], 2)} |")
+            f"{o['n_fragmented']} | {o['n_errors']} | {_fmt(o['wall_time_s']['total'], 2)} | "
+            f"{_fmt(o.get('calc_time_s', {}).get('total'), 2)} | {_fmt(o.get('optimizer_time_s', {}).get('total'), 2)} |")
+    lines += ["", "Wall time is split at the calculator: `in calculator` is the time inside it, `optimizer` the rest "
+              "(for a policy: building its observation, the network's inference and the move's correction)."]
+    if st.get("relax_cell"):
+        lines += ["", "Cell relaxation (`--relax-cell`): every optimizer ran on `FrechetCellFilter(atoms)`; Fmax is the "
+                  "filter's generalised force (atom rows and cell rows)."]
     if report["comparisons"]:
-        lines += ["", "Ratio of mean force calls on the structures both solved:", ""]
+        lines += ["", "Ratio of the means on the structures both solved (`_force_calls`: force calls; `_wall_time`: "
+                  "wall time):", ""]
         for k, v in report["comparisons"].items():
             lines.append(f"- `{k}`: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures)")
     lines += by_set_markdown(report)
@@ -264,12 +271,13 @@ def print_summary(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"relaxrl eval: {report['settings']['n_structures']} structures, fmax {report['settings']['fmax']} eV/Å")
-    for col in ("optimizer", "success", "calls median", "calls mean", "calls p90", "wall s"):
+    for col in ("optimizer", "success", "calls median", "calls mean", "calls p90", "wall s", "calc s", "opt s"):
         t.add_column(col, justify="right" if col != "optimizer" else "left")
     for n, o in report["optimizers"].items():
         fc = o["force_calls"]
         t.add_row(n, _success(o), _fmt(fc["median"]), _fmt(fc["mean"]), _fmt(fc["p90"]),
-                  _fmt(o["wall_time_s"]["total"], 2))
+                  _fmt(o["wall_time_s"]["total"], 2), _fmt(o.get("calc_time_s", {}).get("total"), 2),
+                  _fmt(o.get("optimizer_time_s", {}).get("total"), 2))
     Console().print(t)
     for k, v in report["comparisons"].items():
         print(f"{k}: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures both solved)")
