@@ -1,7 +1,7 @@
 """The only module of ``actors/`` that imports Ray: it wraps the plain classes as Ray actors.
 
-    hub = RemoteCoordinator.options(name=...).remote(curriculum, t_total, seed)
-    a = make_actor("online", config, replay_client, hub, actor_id, seed)
+    hub = RemoteCoordinator.options(name=hub_name).remote(curriculum, t_total, seed)
+    a = make_actor("online", config, replay_client, hub_name, actor_id, seed)
     done = a.run.remote()        # loops until hub.stop.remote()
 
 The loop itself is ``actors.loop.ActorLoop``; :class:`ActorProcess` only gives it a hub
@@ -28,8 +28,9 @@ RemoteCoordinator = ray.remote(num_cpus=0, max_restarts=0)(Coordinator)
 class HubClient:
     """Plain-method view of a remote Coordinator, so the actor loops and the launcher need no Ray."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, name: str | None = None):
         self.handle = handle
+        self.name = name  # the coordinator's Ray actor name, when it has one (actor processes find it by it)
 
     # -- the actors' side
 
@@ -71,11 +72,12 @@ class HubClient:
 class ActorProcess:
     """A Ray actor process running one Online/Expert actor loop; restarted by Ray on a crash."""
 
-    def __init__(self, kind: str, config, writer, hub_handle, actor_id: int, seed: int):
+    def __init__(self, kind: str, config, writer, hub_name: str, actor_id: int, seed: int):
         if not config.actors.num_gpus:  # Ray leaves GPUs visible to an actor that reserved none: keep its calculator off them
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         torch.set_num_threads(1)
-        self.loop = ActorLoop(kind, config, writer, HubClient(hub_handle), actor_id=actor_id, seed=seed)
+        hub = HubClient(ray.get_actor(hub_name), hub_name)
+        self.loop = ActorLoop(kind, config, writer, hub, actor_id=actor_id, seed=seed)
         try:
             self._metrics: RayMetrics | None = RayMetrics()
         except Exception:  # metrics are optional; the loop must run without them
@@ -108,11 +110,16 @@ class ActorProcess:
             self._metrics = None
 
 
-def make_actor(kind: str, config, writer, hub_handle, actor_id: int, seed: int):
-    """A restartable Ray actor; a crashed one is restarted and its ``run`` task retried."""
+def make_actor(kind: str, config, writer, hub_name: str, actor_id: int, seed: int):
+    """A restartable Ray actor; a crashed one is restarted and its ``run`` task retried.
+
+    Every constructor argument is a plain value passed inline: the coordinator goes by its name, not
+    its handle. A handle holds an object ref, which Ray counts as an argument in the object store
+    that a restart may not find (ray-project/ray#53727; Ray logs an error line for each such actor).
+    """
     n = config.actors.max_restarts
     cls = ray.remote(ActorProcess).options(num_cpus=config.actors.num_cpus, num_gpus=config.actors.num_gpus,
                                            max_restarts=n, max_task_retries=n,
                                            max_concurrency=2,  # pid() and stats answer while run() loops
                                            name=None)
-    return cls.remote(kind, config, writer, hub_handle, actor_id, seed)
+    return cls.remote(kind, config, writer, hub_name, actor_id, seed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -112,8 +113,12 @@ class RayRuntime:
         self.started = True
 
     def start_hub(self, curriculum: Curriculum, seed: int) -> HubClient:
-        """The run's coordinator actor (structures, weights, counters), seen through plain methods."""
-        self.hub = HubClient(RemoteCoordinator.remote(curriculum, 0, seed))
+        """The run's coordinator actor (structures, weights, counters), seen through plain methods.
+
+        It is a named actor (a name of its own for each run, in this job's namespace), which the actor
+        processes look up by name when they start or restart."""
+        name = f"relaxrl-coordinator-{uuid.uuid4().hex[:12]}"
+        self.hub = HubClient(RemoteCoordinator.options(name=name).remote(curriculum, 0, seed), name)
         return self.hub
 
     def start_actors(self, cfg: RunConfig, writer, hub: HubClient, seed: int) -> None:
@@ -121,7 +126,7 @@ class RayRuntime:
         a = cfg.actors
         kinds = ["online"] * a.num_online + ["expert"] * a.num_expert
         for actor_id, kind in enumerate(kinds):
-            self.actors.append(make_actor(kind, cfg, writer, hub.handle, actor_id, seed))
+            self.actors.append(make_actor(kind, cfg, writer, hub.name, actor_id, seed))
         self.runs = [x.run.remote() for x in self.actors]
 
     def close(self, timeout_s: float = 10.0) -> None:
