@@ -7,6 +7,7 @@ Importing this package registers the Gymnasium ids ``relaxrl/Relax-v0`` and
 
 
 def _register_gym() -> None:
+    # optional here: registering the ids must never make importing actors fail
     try:
         import gymnasium
     except ImportError:  # gymnasium is a runtime dependency, but never fail the import for it

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.filters import FrechetCellFilter
+from ase.optimize import BFGS
 
 from actors.calculators import BUILTIN_DEFAULTS, calculator_elements, make_calculator
 from actors.geometry import find_overlaps, perturb
@@ -76,6 +78,7 @@ def cache_root() -> Path:
 
 def random_alfe_cell(n_atoms: int, rng: np.random.Generator, max_tries: int = 200) -> tuple[Atoms, int]:
     """A random symmetric Al–Fe crystal of ``n_atoms`` atoms (both elements present) and its space group."""
+    # pyxtal is optional (the mlip extra): only the generated Al–Fe cells need it
     try:
         from pyxtal import pyxtal
     except ImportError as e:
@@ -99,9 +102,6 @@ def random_alfe_cell(n_atoms: int, rng: np.random.Generator, max_tries: int = 20
 
 def relax_minimum(atoms: Atoms, calc: Any, fmax: float = RELAX_FMAX, steps: int = RELAX_STEPS) -> tuple[Atoms, dict]:
     """BFGS on positions and cell under ``calc``; the relaxed copy and what happened (converged, steps, energy)."""
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS
-
     a = atoms.copy()
     a.calc = calc
     opt = BFGS(FrechetCellFilter(a), logfile=None)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ase.calculators.calculator import Calculator
+from ase.calculators.emt import EMT, parameters
 from ase.data import chemical_symbols
 
 from common.errors import RelaxRLError
@@ -93,13 +94,11 @@ def clear_model_cache() -> None:
 
 
 def _emt(kwargs: dict) -> Calculator:
-    from ase.calculators.emt import EMT
-
     return EMT(**kwargs)
 
 
 def _chgnet_device(device: str) -> str:
-    import torch
+    import torch  # only CHGNet needs torch here: an EMT environment (RelaxEnv, structure checks) loads none
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -120,6 +119,7 @@ def _chgnet(kwargs: dict) -> Calculator:
     if opts["model_name"] not in _CHGNET_MODELS:
         raise CalculatorError(f"env.calculator_kwargs.model_name = {opts['model_name']!r} for 'chgnet'; "
                               f"the chgnet wheel ships {', '.join(_CHGNET_MODELS)}")
+    # chgnet is optional (the mlip extra)
     try:
         from chgnet.model import CHGNet
         from chgnet.model.dynamics import CHGNetCalculator
@@ -230,8 +230,6 @@ def calculator_elements(calculator: str | Calculator) -> frozenset[str] | None:
             return _CHGNET_ELEMENTS
     name = str(calculator).lower()
     if name == "emt":
-        from ase.calculators.emt import parameters
-
         return frozenset(parameters)
     if name == "chgnet":
         return _CHGNET_ELEMENTS

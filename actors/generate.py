@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.build import add_adsorbate, bulk, fcc100, fcc111, molecule
+from ase.constraints import FixAtoms
 from ase.data import atomic_numbers, reference_states
 
 from actors.calculators import calculator_elements
@@ -78,8 +80,6 @@ def random_cluster(symbols: Sequence[str], rng: np.random.Generator, min_distanc
 
 def rattled_bulk(symbol: str, n_atoms: int, rng: np.random.Generator, rattle: float = 0.15) -> Atoms:
     """An fcc supercell of ``n_atoms`` (4·k³ cubic or k³ primitive) with Gaussian rattle (Å)."""
-    from ase.build import bulk
-
     for cubic in (True, False):
         per_cell = 4 if cubic else 1
         k = round((n_atoms / per_cell) ** (1 / 3))
@@ -95,8 +95,6 @@ def rattled_bulk(symbol: str, n_atoms: int, rng: np.random.Generator, rattle: fl
 def rattled_slab(symbol: str, size: tuple[int, int, int], rng: np.random.Generator, rattle: float = 0.15,
                  facet: str = "111", vacuum: float = 6.0) -> Atoms:
     """An fcc(111) or fcc(100) slab of size (nx, ny, layers) with vacuum (Å) and Gaussian rattle."""
-    from ase.build import fcc100, fcc111
-
     builder = {"111": fcc111, "100": fcc100}[facet]
     atoms = builder(symbol, size=size, vacuum=vacuum)
     atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
@@ -113,8 +111,6 @@ ADSORBATES = ("O", "N", "H", "C", "CO", "OH")
 
 def rattled_molecule(name: str, rng: np.random.Generator, rattle: float = 0.05) -> Atoms:
     """ASE's g2 geometry of ``name`` with Gaussian rattle (Å), non-periodic."""
-    from ase.build import molecule
-
     atoms = molecule(name)
     atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
     return atoms
@@ -124,9 +120,6 @@ def adsorbate_on_slab(metal: str, adsorbate: str, rng: np.random.Generator, face
                       layers: int = 4, fixed_layers: int = 2, rattle: float = 0.08, site: str | None = None) -> Atoms:
     """A 2×2 fcc(111)/(100) slab of ``metal`` with ``adsorbate`` at ``site`` (a random one when None),
     rattled (Å); the bottom ``fixed_layers`` layers are fixed by ``FixAtoms`` (kept by RelaxEnv)."""
-    from ase.build import add_adsorbate, fcc100, fcc111, molecule
-    from ase.constraints import FixAtoms
-
     slab = {"111": fcc111, "100": fcc100}[facet](metal, size=(2, 2, layers), vacuum=7.0)
     if site is None:
         sites = ("ontop", "fcc", "hcp", "bridge") if facet == "111" else ("ontop", "hollow", "bridge")

@@ -26,6 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import prometheus_client as pc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
 from common.names import ACTOR_KINDS, TABLE_NAMES
 
 MetricKind = Literal["gauge", "counter", "histogram"]
@@ -410,8 +413,6 @@ class PrometheusMetrics(_Recorder):
 
     def __init__(self, names: tuple[str, ...] = REPLAY_METRIC_NAMES, registry: Any | None = None,
                  tables: tuple[str, ...] = TABLE_NAMES) -> None:
-        import prometheus_client as pc
-
         super().__init__()
         self.registry = registry if registry is not None else pc.CollectorRegistry(auto_describe=True)
         """The ``prometheus_client.CollectorRegistry`` holding the collectors."""
@@ -467,8 +468,6 @@ class PrometheusMetrics(_Recorder):
 
         Call ``server.shutdown()`` to stop it. A port already in use raises OSError.
         """
-        import prometheus_client as pc
-
         return pc.start_http_server(port, addr=host, registry=self.registry)
 
 
@@ -492,8 +491,6 @@ def prometheus_family(name: str, labels: list[str] | None = None) -> Any:
 
     Name, type, help text and label names come from the spec (``labels`` may only repeat them).
     """
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
     spec = get_spec(name)
     if spec.exporter != "prometheus":
         raise ValueError(f"metric {name} is exported by Ray, not by a prometheus-client collector")

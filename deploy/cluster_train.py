@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
         args[1:1] = ["--address", "auto"]
     if "--no-progress" not in argv:
         args.append("--no-progress")  # tmux/screen logs, not a live display
-    from relaxrl.cli import main as relaxrl_main
+    from relaxrl.cli import main as relaxrl_main  # after the checkout check: no checkout is one line, not an ImportError
 
     return relaxrl_main(args)
 

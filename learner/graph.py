@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+from ase.neighborlist import primitive_neighbor_list
 
 from common.config import NetworkConfig
 from common.errors import RelaxRLError
@@ -113,8 +114,6 @@ def neighbor_list(
         dist = np.sqrt(np.maximum(d2[recv, send, s], 0.0))
         shift = shifts[s]
     else:
-        from ase.neighborlist import primitive_neighbor_list
-
         recv, send, shift, dist = primitive_neighbor_list("ijSd", pbc, cell, positions, radius, self_interaction=False)
     if recv.shape[0] and max_neighbors > 0:
         keep = _cap_nearest(recv, dist, max_neighbors)

@@ -49,6 +49,14 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.filters import FrechetCellFilter
+from ase.neighborlist import natural_cutoffs, neighbor_list
+from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, GoodOldQuasiNewton, GPMin
+from ase.optimize.precon import Exp, PreconLBFGS
+from ase.optimize.precon.neighbors import estimate_nearest_neighbour_distance
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from actors.calculators import make_calculator
 from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_saddle
@@ -85,9 +93,6 @@ def nearest_neighbour_distance(atoms: Atoms) -> float:
     ASE's own estimate grows its cutoff only up to twice the cell's extent, so on a free cluster or
     molecule (no cell) it raises "increased r_cut to twice system extent"; then the same quantity is
     found with the positions' extent as the bound."""
-    from ase.neighborlist import neighbor_list
-    from ase.optimize.precon.neighbors import estimate_nearest_neighbour_distance
-
     try:
         return float(estimate_nearest_neighbour_distance(atoms))
     except RuntimeError:
@@ -106,15 +111,10 @@ def nearest_neighbour_distance(atoms: Atoms) -> float:
 def exp_preconditioner(atoms: Atoms) -> Any:
     """A fresh ``Exp(A=3)`` for ``atoms`` with r_NN from :func:`nearest_neighbour_distance` (r_cut = 2 r_NN, ASE's
     default). One per run: an Exp keeps the r_NN, r_cut and μ it found on its first structure."""
-    from ase.optimize.precon import Exp
-
     return Exp(A=3.0, r_NN=nearest_neighbour_distance(atoms))
 
 
 def _ase_optimizer(name: str, atoms: Atoms) -> Any:
-    from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, GoodOldQuasiNewton, GPMin
-    from ase.optimize.precon import PreconLBFGS
-
     if name == "precon":
         return PreconLBFGS(atoms, precon=exp_preconditioner(getattr(atoms, "atoms", atoms)), logfile=None)
     cls = {"bfgs": BFGS, "bfgsls": BFGSLineSearch, "lbfgs": LBFGS, "fire": FIRE, "gpmin": GPMin,
@@ -181,10 +181,6 @@ def check_cell_relaxable(structures: Iterable[tuple[str, Atoms]]) -> None:
 
 def fragment_count(atoms: Atoms, mult: float = FRAGMENT_CUTOFF_MULT) -> int:
     """Connected fragments of the bond graph (bond: d < mult × sum of natural cutoffs), periodic images included."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     n = len(atoms)
     if n == 0:
         return 0
@@ -201,8 +197,6 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
     With ``relax_cell`` the optimizer runs on ``FrechetCellFilter`` of the copy and Fmax is the filter's
     generalised force. With ``curvature_max_atoms`` > 0, a converged run on at most that many free atoms also
     gets ``lowest_curvature_ev_per_a2`` (:func:`lowest_curvature`, a fresh calculator, not counted)."""
-    from ase.filters import FrechetCellFilter
-
     a = atoms.copy()
     calc = CountingCalculator(calculator(), stress=relax_cell)
     a.calc = calc
@@ -542,8 +536,6 @@ class _progress:
 
     def __enter__(self) -> Callable[[str | None], None]:
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
             self._bar = Progress(TextColumn("[bold]eval[/]"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.description}"), transient=False)
             self._bar.start()

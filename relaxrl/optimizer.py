@@ -58,6 +58,7 @@ from typing import IO, Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS
 from ase.optimize.optimize import DEFAULT_MAX_STEPS, Optimizer
 from ase.utils.abc import Optimizable
@@ -268,8 +269,6 @@ class RLOptimizer(Optimizer):
             if not isinstance(atoms, Atoms):
                 raise RelaxRLError(f"RLOptimizer(relax_cell=True) wraps plain atoms in FrechetCellFilter itself; got a "
                                    f"{type(atoms).__name__}: pass the atoms, or the filter without relax_cell")
-            from ase.filters import FrechetCellFilter
-
             atoms = FrechetCellFilter(atoms)
         self._atoms_moved, self.cell_filter = _check_supported(atoms)
         if (checkpoint is None) == (policy is None):

@@ -37,6 +37,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ase.io import write
+from ase.io.formats import filetype, ioformats
+
 from actors.calculators import make_calculator, resolve_calculator
 from actors.cell_filter import check_cell_relaxable
 from actors.structure_files import read_structure
@@ -60,8 +63,6 @@ def check_writable_file(path: str | Path, flag: str, *, need_format: bool = True
     the name (``need_format``), and the place is writable (an existing file is opened for
     appending without writing; otherwise a temporary file is created and removed next to it).
     """
-    from ase.io.formats import filetype, ioformats
-
     p = Path(path)
     if p.is_dir():
         raise RelaxError(f"{flag} {p} is a directory; give a file name, e.g. {flag} {p / 'relaxed.extxyz'}")
@@ -124,9 +125,6 @@ def summary_line(name: str, s: dict[str, Any]) -> str:
 
 def relax_command(args: argparse.Namespace) -> int:
     """Relax ``args.input`` with the policy of ``args.checkpoint``; print the summary; write the result."""
-    from ase.io import write
-    from ase.io.formats import filetype
-
     # Everything that can fail is checked before the relaxation, cheapest first.
     check_settings(args.fmax, args.steps, args.hybrid)
     out = check_writable_file(resolve_out(args.out), "--out")

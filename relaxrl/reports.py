@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
 FMAX_PLOT_STRUCTURES = 4
 """Structures shown in fmax_vs_step.png (the first ones of the report)."""
 
@@ -27,8 +31,6 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 
 def _json_default(o: Any) -> Any:
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -184,13 +186,20 @@ def by_kind_markdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot_force_calls(report: dict[str, Any], path: Path) -> Path:
-    """Box plot with the individual runs of force calls per optimizer (failures as crosses)."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), for every plot of relaxrl."""
+    # matplotlib (about 0.9 s to import) is loaded by the plots only; the backend is chosen before pyplot loads
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # after matplotlib.use, see above
+
+    return plt
+
+
+def plot_force_calls(report: dict[str, Any], path: Path) -> Path:
+    """Box plot with the individual runs of force calls per optimizer (failures as crosses)."""
+    plt = pyplot()
 
     names = report["settings"]["optimizers"]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 4.0))
@@ -214,10 +223,7 @@ def plot_force_calls(report: dict[str, Any], path: Path) -> Path:
 
 def plot_fmax_traces(report: dict[str, Any], path: Path, n: int = FMAX_PLOT_STRUCTURES) -> Path:
     """Fmax (eV/Å, log scale) against step for the first ``n`` structures, one line per optimizer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     structs = report["structures"][:n]
     names = report["settings"]["optimizers"]
@@ -267,9 +273,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path, stem: str = "repor
 
 def print_summary(report: dict[str, Any]) -> None:
     """Per-optimizer table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title=f"relaxrl eval: {report['settings']['n_structures']} structures, fmax {report['settings']['fmax']} eV/Å")
     for col in ("optimizer", "success", "calls median", "calls mean", "calls p90", "wall s", "calc s", "opt s"):
         t.add_column(col, justify="right" if col != "optimizer" else "left")

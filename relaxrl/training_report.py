@@ -11,7 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tomllib
+
 from common.config import EnvConfig
+from relaxrl.reports import pyplot
 
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("actual_move", "actual move (Å, mean per atom)", [("actors/actual_move", "actors"), ("charts/actual_move", "replay batch")]),
@@ -70,8 +74,6 @@ def _env_input_dim(run_dir: Path) -> int | None:
 
     Read from the TOML itself (default: the field's default), so a run written by an older
     version whose other keys no longer load still gets its panels right."""
-    import tomllib
-
     path = run_dir / "config.toml"
     try:
         env = tomllib.loads(path.read_text()).get("env", {})
@@ -82,8 +84,6 @@ def _env_input_dim(run_dir: Path) -> int | None:
 
 def _q_ylim(rows: list[dict[str, Any]], keys: list[str]) -> tuple[float, float] | None:
     """Percentile y-range of the Q panel's series after the early rows (the start spike)."""
-    import numpy as np
-
     later = rows[int(len(rows) * Q_CLIP_SKIP):]
     vals = np.asarray([r[k] for r in later for k in keys if isinstance(r.get(k), (int, float))], dtype=float)
     vals = vals[np.isfinite(vals)]
@@ -124,10 +124,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     The Q panel clips its y-range to the 2nd–98th percentile of the values after the first 10 %
     of the rows (said in its title). The action-scale panel says 'off' instead of drawing the
     constant 1 when the run's ``env.env_input_dim`` is 0 (the env gate does not exist)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = read_metrics(run_dir)
     gate_off = _env_input_dim(Path(run_dir)) == 0

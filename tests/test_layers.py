@@ -2,9 +2,11 @@
 
 ``lint-imports`` (run by ``make test``) checks the import graph statically; these tests check
 ``sys.modules`` after a real import, in a subprocess so this session's imports do not count.
+The last tests keep ARCHITECTURE's rule on imports true: an import inside a function says why.
 """
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -38,3 +40,70 @@ def test_the_cli_loads_no_heavy_package_before_a_command_runs():
 def test_the_ray_wrappers_do_load_ray():
     """The check above can fail: the process wrappers import Ray."""
     assert "ray" in loaded_after_import("actors.ray_actors")
+
+
+# The code the rule covers: the packages and the deploy scripts. Tests and bench/ scripts are left
+# out: a test imports what that one test needs (and a few check what an import loads), and a bench
+# script imports its peers' packages (RLlib, redis) only on the path that measures them.
+IMPORT_RULE_DIRS = ("common", "actors", "learner", "replay_service", "relaxrl", "deploy")
+
+
+def _has_reason(lines: list[str], lineno: int) -> bool:
+    """A comment on the import's line, or on the line above its block of imports (a ``try:`` may sit between)."""
+    if "#" in lines[lineno - 1]:
+        return True
+    i = lineno - 2
+    while i >= 0 and (lines[i].strip().startswith(("import ", "from ")) or lines[i].strip() == "try:"):
+        i -= 1
+    return i >= 0 and lines[i].strip().startswith("#")
+
+
+def unexplained_function_imports(source: str, name: str) -> list[str]:
+    """``name:line: statement`` of each import inside a function of ``source`` that carries no reason comment."""
+    lines = source.splitlines()
+    found = set()
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import | ast.ImportFrom) and not _has_reason(lines, node.lineno):
+                    found.add((node.lineno, lines[node.lineno - 1].strip()))
+    return [f"{name}:{n}: {text}" for n, text in sorted(found)]
+
+
+def test_every_import_inside_a_function_says_why():
+    """Imports sit at module top; one inside a function (a heavy or optional package, a fast `relaxrl --help`,
+    a circular import) carries a one-line comment with its reason, on its line or above its block."""
+    bad = []
+    for d in IMPORT_RULE_DIRS:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            bad += unexplained_function_imports(path.read_text(), str(path.relative_to(ROOT)))
+    assert not bad, "imports inside functions without a reason comment:\n" + "\n".join(bad)
+
+
+def test_the_import_rule_finds_an_unexplained_import():
+    """The check above can fail: a bare import in a function is reported; a reasoned one, or one at the top, is not."""
+    source = """import os
+
+
+def f():
+    import json
+
+    # matplotlib is heavy: only the plots need it
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    import re  # only this function parses
+
+
+def g():
+    # optional package
+    try:
+        import pyxtal
+    except ImportError:
+        pyxtal = None
+"""
+    assert unexplained_function_imports(source, "m.py") == ["m.py:5: import json", "m.py:12: import torch"]
