@@ -223,47 +223,10 @@ class RelaxEnv:
             raise EpisodeError("the episode has ended (or never started): call reset(atoms) before step()")
         cfg = self.cfg
         info: dict[str, Any] = {}
-        proposed = np.asarray(displacement, dtype=np.float64)
-        if proposed.shape != self._x.shape:
-            what = "(n_atoms + 3 cell rows, 3) with env.relax_cell" if cfg.relax_cell else "(n_atoms, 3) in Å"
-            raise ActionError(f"displacement has shape {proposed.shape}, expected {self._x.shape} {what}")
-        if not np.isfinite(proposed).all():
-            actual, a_back = np.zeros_like(self._x), 1.0
-            info["error"] = "non-finite action (NaN or inf): applied as no move with a_back = 1"
-        else:
-            if not self._pairs.valid_for(self._pos):
-                self._pairs = self._build_pairs(self._pos)
-            actual, a_back = correct_action(self, proposed, cfg, pairs=self._pairs, cell_rows=cfg.relax_cell)
-
+        actual, a_back = self._corrected(displacement, info)
         fmax_prev, energy_prev = self._fmax, self._energy
         self.steps += 1
-        failed = False
-        if actual.any():
-            old_x = self._x
-            new_x = self._rows.set(old_x + actual)  # through the ASE constraints: what a constraint removes is not a_back
-            actual = new_x - old_x
-        if actual.any():
-            self.force_calls += 1
-            try:
-                forces, energy = self._evaluate()
-                failed = not (np.isfinite(forces).all() and math.isfinite(energy))
-                if failed:
-                    info["error"] = f"calculator {self._calc_name!r} returned non-finite forces or energy; episode truncated"
-            except Exception as e:  # a calculator failure ends the episode, never the actor
-                failed = True
-                info["error"] = f"calculator {self._calc_name!r} raised {type(e).__name__}: {e}; episode truncated"
-            if failed:
-                self._rows.restore(old_x)
-                actual = np.zeros_like(self._x)
-            else:
-                self._history = history_after(actual, self._forces, forces, self._history)
-                self._x, self._forces, self._energy = new_x, forces, energy
-                self._pos = self._rows.frame(new_x)[0]
-                self._fmax, self._fmean = force_stats(forces)
-        if not actual.any():  # no move: a step of zeros (a quasi-Newton pair with s = 0 carries no curvature)
-            z = np.zeros_like(self._x)
-            self._history = history_after(z, z, z, self._history)
-
+        actual, failed = self._move(actual, info)
         self._last_a_back = a_back
         converged = (not failed) and self._fmax < cfg.fmax
         energy_drop = (energy_prev - self._energy) / len(self._numbers)  # eV/atom; 0 when nothing moved
@@ -288,6 +251,54 @@ class RelaxEnv:
         return StepResult(self._observe(), reward, terminated, truncated, info)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _corrected(self, displacement: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """The environment's correction of a proposed displacement: (actual [n_rows, 3] Å, a_back). A non-finite
+        proposal is applied as no move with a_back = 1 (said in ``info["error"]``); a wrong shape is an ActionError."""
+        cfg = self.cfg
+        proposed = np.asarray(displacement, dtype=np.float64)
+        if proposed.shape != self._x.shape:
+            what = "(n_atoms + 3 cell rows, 3) with env.relax_cell" if cfg.relax_cell else "(n_atoms, 3) in Å"
+            raise ActionError(f"displacement has shape {proposed.shape}, expected {self._x.shape} {what}")
+        if not np.isfinite(proposed).all():
+            info["error"] = "non-finite action (NaN or inf): applied as no move with a_back = 1"
+            return np.zeros_like(self._x), 1.0
+        if not self._pairs.valid_for(self._pos):
+            self._pairs = self._build_pairs(self._pos)
+        return correct_action(self, proposed, cfg, pairs=self._pairs, cell_rows=cfg.relax_cell)
+
+    def _move(self, actual: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, bool]:
+        """Make the corrected move: through the ASE constraints, then one force call if anything moved. Returns
+        the move made [n_rows, 3] and whether the calculator failed (raised, or non-finite forces or energy: the
+        state is put back, the move is zeros, ``info["error"]`` says why). The path history gets the move, or a
+        step of zeros when nothing moved (a quasi-Newton pair with s = 0 carries no curvature)."""
+        failed = False
+        if actual.any():
+            old_x = self._x
+            new_x = self._rows.set(old_x + actual)  # through the ASE constraints: what a constraint removes is not a_back
+            actual = new_x - old_x
+        if actual.any():
+            self.force_calls += 1
+            try:
+                forces, energy = self._evaluate()
+                failed = not (np.isfinite(forces).all() and math.isfinite(energy))
+                if failed:
+                    info["error"] = f"calculator {self._calc_name!r} returned non-finite forces or energy; episode truncated"
+            except Exception as e:  # a calculator failure ends the episode, never the actor
+                failed = True
+                info["error"] = f"calculator {self._calc_name!r} raised {type(e).__name__}: {e}; episode truncated"
+            if failed:
+                self._rows.restore(old_x)
+                actual = np.zeros_like(self._x)
+            else:
+                self._history = history_after(actual, self._forces, forces, self._history)
+                self._x, self._forces, self._energy = new_x, forces, energy
+                self._pos = self._rows.frame(new_x)[0]
+                self._fmax, self._fmean = force_stats(forces)
+        if not actual.any():
+            z = np.zeros_like(self._x)
+            self._history = history_after(z, z, z, self._history)
+        return actual, failed
 
     def _saddle_check(self, info: dict[str, Any]) -> bool:
         """Whether the converged state is a saddle point (``env.saddle_check_atoms``; module docstring)."""
