@@ -424,6 +424,28 @@ def evaluate(
     ``by_kind`` (:func:`summarize_by_kind`: success and rl/bfgs, rl/fire ratios per
     ``atoms.info["kind"]``, 'file' where unset, and overall).
     """
+    by_name, names, named = _check_request(structures, optimizers, policy, policies, fmax, steps, relax_cell)
+    make_calc = calculator_factory(calculator, calculator_kwargs)
+    t_start = time.perf_counter()
+    records = _relax_all(named, names, by_name, make_calc, fmax, steps, progress,
+                         hybrid_patience=hybrid_patience, curvature_max_atoms=curvature_max_atoms, relax_cell=relax_cell)
+    judge(records, energy_tol)
+    policy_info = _policy_info(by_name, names)
+    settings = {
+        "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
+        "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
+        "hybrid_patience": hybrid_patience, "curvature_max_atoms": curvature_max_atoms, "relax_cell": relax_cell,
+        "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
+        "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
+    }
+    return build_report(records, names, settings)
+
+
+def _check_request(structures: Sequence[Atoms] | Mapping[str, Atoms], optimizers: Sequence[str] | str, policy: Any,
+                   policies: Mapping[str, Any] | None, fmax: float, steps: int,
+                   relax_cell: bool) -> tuple[dict[str, Any], list[str], list[tuple[str, Atoms]]]:
+    """What :func:`evaluate` runs, checked before any run: the policies by optimizer name, the optimizer names
+    and the named structures (:class:`EvalError` for a request that cannot be judged or run)."""
     by_name = dict(policies or {})
     if policy is not None:
         by_name["rl"] = policy
@@ -439,36 +461,33 @@ def evaluate(
     check_gpmin_size(names, named)
     if relax_cell:
         check_cell_relaxable(named)
-    make_calc = calculator_factory(calculator, calculator_kwargs)
+    return by_name, names, named
 
+
+def _relax_all(named: list[tuple[str, Atoms]], names: list[str], by_name: Mapping[str, Any],
+               make_calc: Callable[[], Any], fmax: float, steps: int, progress: bool, **run_kwargs: Any) -> list[dict[str, Any]]:
+    """One record per structure (name, kind, formula, size, periodicity) with the run of every optimizer
+    (:func:`run_one` with ``run_kwargs``), not yet judged."""
     records: list[dict[str, Any]] = []
-    total = len(named) * len(names)
-    t_start = time.perf_counter()
-    with _progress(progress, total) as advance:
+    with _progress(progress, len(named) * len(names)) as advance:
         for sname, atoms in named:
             s = {"name": sname, "kind": str(atoms.info.get("kind", "file")), "formula": atoms.get_chemical_formula(),
                  "n_atoms": len(atoms), "periodic": bool(atoms.pbc.any()), "runs": {}}
             for opt in names:
                 advance(f"{sname} · {opt}")
-                s["runs"][opt] = run_one(opt, atoms, make_calc, fmax, steps, policy=by_name.get(opt),
-                                         hybrid_patience=hybrid_patience, curvature_max_atoms=curvature_max_atoms,
-                                         relax_cell=relax_cell)
+                s["runs"][opt] = run_one(opt, atoms, make_calc, fmax, steps, policy=by_name.get(opt), **run_kwargs)
             records.append(s)
         advance(None)
-    judge(records, energy_tol)
+    return records
 
-    policy_info = {n: {"version": getattr(p, "version", None), "config_name": p.config.run.name,
-                       "seed": p.config.run.seed, "max_step": p.config.env.max_step,
-                       "min_distance_factor": p.config.env.min_distance_factor}
-                   for n, p in by_name.items() if n in names}
-    settings = {
-        "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
-        "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
-        "hybrid_patience": hybrid_patience, "curvature_max_atoms": curvature_max_atoms, "relax_cell": relax_cell,
-        "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
-        "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
-    }
-    return build_report(records, names, settings)
+
+def _policy_info(by_name: Mapping[str, Any], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What the report says of each policy that ran: its version, the run's name and seed, and the env settings
+    its moves depend on."""
+    return {n: {"version": getattr(p, "version", None), "config_name": p.config.run.name,
+                "seed": p.config.run.seed, "max_step": p.config.env.max_step,
+                "min_distance_factor": p.config.env.min_distance_factor}
+            for n, p in by_name.items() if n in names}
 
 
 def build_report(records: list[dict[str, Any]], names: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:
