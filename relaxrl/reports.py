@@ -54,6 +54,18 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
 
     ``plots``: the force-call and Fmax plot files, relative to the Markdown file.
     """
+    lines = _settings_markdown(report)
+    lines += _optimizers_markdown(report)
+    lines += by_set_markdown(report)
+    lines += by_kind_markdown(report)
+    lines += _structures_markdown(report)
+    lines += ["", f"Plots: `{plots[0]}` (distribution per optimizer), `{plots[1]}` (a few structures).", ""]
+    return "\n".join(lines)
+
+
+def _settings_markdown(report: dict[str, Any]) -> list[str]:
+    """The title and what the eval ran: budget, success rule, unjudged structures, policies, hybrid mode and the
+    curvature check."""
     st = report["settings"]
     names = st["optimizers"]
     steps = st["steps"]
@@ -89,12 +101,19 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
                   "not a success and not a reference. Larger structures are not checked.", ""]
     else:
         lines += ["No curvature check (`--curvature-check 0`): a run that ended on a saddle point counts as a minimum.", ""]
-    lines += [
+    return lines
+
+
+def _optimizers_markdown(report: dict[str, Any]) -> list[str]:
+    """One row per optimizer (success, force calls, failure kinds, wall time split at the calculator), then the
+    force-call and wall-time ratios on the structures both optimizers solved."""
+    st = report["settings"]
+    lines = [
         "| optimizer | success (of judged) | force calls median | mean | p90 | mean (solved) | higher minimum "
         "| below reference | saddle | fragmented | errors | wall time s | in calculator s | optimizer s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n in names:
+    for n in st["optimizers"]:
         o = report["optimizers"][n]
         fc, fs = o["force_calls"], o["force_calls_solved"]
         lines.append(
@@ -114,11 +133,15 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
                   "wall time):", ""]
         for k, v in report["comparisons"].items():
             lines.append(f"- `{k}`: {_fmt(v['ratio'], 2)} (on {v['n_both_solved']} structures)")
-    lines += by_set_markdown(report)
-    lines += by_kind_markdown(report)
-    lines += ["", "## Per structure", "",
-              "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ↓ = a minimum below the reference; "
-              "✂ = fragmented; ⋈ = converged on a saddle point; ? = unjudged structure).", ""]
+    return lines
+
+
+def _structures_markdown(report: dict[str, Any]) -> list[str]:
+    """The per-structure table: force calls of every optimizer with a mark for how a run failed, and RL/BFGS."""
+    names = report["settings"]["optimizers"]
+    lines = ["", "## Per structure", "",
+             "Force calls per optimizer (✗ = not a success; ↑ = higher minimum; ↓ = a minimum below the reference; "
+             "✂ = fragmented; ⋈ = converged on a saddle point; ? = unjudged structure).", ""]
     header = "| structure | atoms | " + " | ".join(names) + (" | RL/BFGS |" if "rl" in names and "bfgs" in names else " |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for s in report["structures"]:
@@ -135,8 +158,7 @@ def markdown(report: dict[str, Any], plots: tuple[str, str] = ("force_calls.png"
         row = f"| {s['name']} | {s['n_atoms']} | " + " | ".join(cells)
         row += f" | {_fmt(s['rl_over_bfgs_force_calls'], 2)} |" if "rl" in names and "bfgs" in names else " |"
         lines.append(row)
-    lines += ["", f"Plots: `{plots[0]}` (distribution per optimizer), `{plots[1]}` (a few structures).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _success(o: dict[str, Any]) -> str:
