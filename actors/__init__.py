@@ -1,4 +1,4 @@
-"""Actors: the relaxation environment, the BFGS expert, structures and the actor loops.
+"""Actors: the relaxation environment, the teachers, structures and the actor loops.
 
 Importing this package registers the Gymnasium ids ``relaxrl/Relax-v0`` and
 ``relaxrl/FixedRelax-v0`` (entry points are strings, so nothing heavy is imported until

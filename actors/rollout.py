@@ -1,4 +1,4 @@
-"""One episode through :class:`RelaxEnv` driven by any ``act(obs) -> displacement`` (policy or BFGS expert)."""
+"""One episode through :class:`RelaxEnv` driven by any ``act(obs) -> displacement`` (a policy or a teacher)."""
 from __future__ import annotations
 
 from collections.abc import Callable

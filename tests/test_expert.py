@@ -1,4 +1,6 @@
-"""BFGS expert: reproduces ase.optimize.BFGS step for step; the nfake schedule."""
+"""The teachers: the BFGS expert reproduces ase.optimize.BFGS step for step (also on the cell filter); the Newton,
+exact-compliance and line-search teachers; the registry and the force calls the expert actors report; the nfake
+schedule."""
 from __future__ import annotations
 
 import numpy as np
