@@ -80,7 +80,7 @@ def _settings_markdown(report: dict[str, Any]) -> list[str]:
         "move it). Force calls count every calculator evaluation.",
         "",
     ]
-    unjudged = [s["name"] for s in report["structures"] if not s.get("judged", True)]
+    unjudged = [_label(s) for s in report["structures"] if not s.get("judged", True)]
     if unjudged:
         lines += [f"Unjudged (no classical optimizer reached a minimum, so no reference; left out of every success "
                   f"rate): {', '.join(unjudged)}.", ""]
@@ -155,10 +155,15 @@ def _structures_markdown(report: dict[str, Any]) -> list[str]:
             if (r.get("rl") or {}).get("finished_by") == "bfgs":
                 mark += " +bfgs"
             cells.append(f"{r['force_calls']}{mark}")
-        row = f"| {s['name']} | {s['n_atoms']} | " + " | ".join(cells)
+        row = f"| {_label(s)} | {s['n_atoms']} | " + " | ".join(cells)
         row += f" | {_fmt(s['rl_over_bfgs_force_calls'], 2)} |" if "rl" in names and "bfgs" in names else " |"
         lines.append(row)
     return lines
+
+
+def _label(s: dict[str, Any]) -> str:
+    """A structure's name, prefixed by its set in a pooled report (suite and suite-val share names)."""
+    return f"{s['set']}/{s['name']}" if "set" in s else s["name"]
 
 
 def _success(o: dict[str, Any]) -> str:
@@ -258,7 +263,7 @@ def plot_fmax_traces(report: dict[str, Any], path: Path, n: int = FMAX_PLOT_STRU
             if trace:
                 ax.semilogy(range(len(trace)), trace, label=name, color=f"C{k}")
         ax.axhline(report["settings"]["fmax"], color="k", ls="--", lw=0.8)
-        ax.set_title(f"{s['name']} ({s['n_atoms']} atoms)", fontsize=9)
+        ax.set_title(f"{_label(s)} ({s['n_atoms']} atoms)", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("Fmax (eV/Å)")
     for ax in list(axes.flat)[len(structs):]:

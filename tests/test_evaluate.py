@@ -644,6 +644,8 @@ def test_eval_pools_several_sets_each_at_its_own_budget(tmp_path, capsys):
     assert report["optimizers"]["bfgs"]["n_runs"] == 4 and report["settings"]["n_structures"] == 4
     md = (out / "report.md").read_text()
     assert "## Per set" in md and "| bfgs |" in md and "at most suite 300, suite-val 300 steps" in md
+    names = [s["name"] for s in report["structures"]]
+    assert f"| suite/{names[0]} |" in md and f"| suite-val/{names[2]} |" in md  # suite and suite-val share names
     assert "pooled: bfgs " in capsys.readouterr().out
 
 
