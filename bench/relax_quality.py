@@ -6,7 +6,7 @@
 Runs :func:`relaxrl.evaluate.evaluate` on the generalisation suite (:mod:`actors.suite`, the
 default), its validation draw, the large suite or the held-out split of the demo config (or of the
 checkpoint's config) with rl and ASE's optimizers (bfgs, bfgsls, lbfgs, fire, precon, goqn; gpmin on
-request, at most 64 atoms), same calculator, fmax and step budget for all (the set's budget of
+request, at most 20 atoms), same calculator, fmax and step budget for all (the set's budget of
 `relaxrl eval` unless ``--steps``), judged by `relaxrl eval`'s rule (the classical optimizers' minima
 are the reference; eval's default saddle check). Prints per optimizer the success rate and
 median/mean force calls, and

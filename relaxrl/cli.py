@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizers", default="rl,untrained,bfgs,bfgsls,lbfgs,fire,precon,goqn",
                    help="policies: 'rl' (the checkpoint's), 'untrained' (the weights its run started from; without "
                         "--checkpoint those of --config's); ASE's: bfgs, bfgsls (BFGSLineSearch), lbfgs, fire, "
-                        "precon (PreconLBFGS with Exp(A=3)), goqn (GoodOldQuasiNewton), gpmin (at most 64 atoms). "
+                        "precon (PreconLBFGS with Exp(A=3)), goqn (GoodOldQuasiNewton), gpmin (at most 20 atoms). "
                         "At least one of ASE's: their minima are the reference")
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=None,

@@ -651,7 +651,7 @@ def test_eval_pools_several_sets_each_at_its_own_budget(tmp_path, capsys):
 
 def test_gpmin_is_refused_on_large_cells_before_the_work(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["eval", "--structures", "suite,suite-large", "--optimizers", "bfgs,gpmin", "--no-progress",
+    assert main(["eval", "--structures", "suite-large", "--optimizers", "bfgs,gpmin", "--no-progress",
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "gpmin keeps every step's forces" in err and "bulk-defect-Cu255-0: 255 atoms" in err and "Traceback" not in err
