@@ -58,7 +58,12 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relaxrl", description="Train and use RL agents that relax atomic structures.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in (_add_train, _add_replay, _add_relax, _add_eval, _add_config):
+        add_command(sub)
+    return parser
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an agent (local Ray + embedded Redis by default)")
     p.add_argument("--config", default=None,
                    help=f"TOML preset of a new run (default {DEFAULT_CONFIG}); not with --resume, which reads the run's own")
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
     p.set_defaults(func=_lazy("relaxrl.launcher", "train_command"))
 
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay service")
     rsub = p.add_subparsers(dest="replay_command", required=True)
     ps = rsub.add_parser("serve", help="create/check the replay tables and export Prometheus metrics")
@@ -90,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (default 127.0.0.1)")
     ps.set_defaults(func=_lazy("replay_service.server", "serve_command"))
 
+
+def _add_relax(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("relax", help="relax a structure with a trained policy")
     p.add_argument("input", help="structure file (CIF, POSCAR, extxyz, .traj, anything ASE or pymatgen reads)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
@@ -112,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--fmax is the filter's generalised force; needs a periodic structure and a calculator with stress")
     p.set_defaults(func=_lazy("relaxrl.relax", "relax_command"))
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="compare the trained policy with ASE's optimizers")
     p.add_argument("--checkpoint", default=None, help="checkpoint file or run directory (needed for 'rl')")
     _config_args(p, default=None, set_help="override a config value eval uses (also on a checkpoint's config): "
@@ -150,13 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory for report.json, report.md and plots (created; not an existing file)")
     p.set_defaults(func=_lazy("relaxrl.eval_cli", "eval_command"))
 
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="configuration")
     csub = p.add_subparsers(dest="config_command", required=True)
     pc = csub.add_parser("show", help="print the resolved configuration (or --docs: every key documented)")
     _config_args(pc)
     pc.add_argument("--docs", action="store_true")
     pc.set_defaults(func=_cmd_config_show)
-    return parser
 
 
 def _quiet_broken_pipe() -> int:
