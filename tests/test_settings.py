@@ -1,6 +1,8 @@
 """Settings that no preset sets, each shown doing what its documentation says (issue 26: a setting that
-nothing uses is removed or shown at work). Real components throughout: the learner's own networks and
-hyper-parameters, a real Redis, a real local Ray."""
+nothing uses is removed or shown at work). Each is a knob a run may want (message normalisation for a larger
+radius, PER's β and ε, TD3+BC's normalisation, the teacher share's start, a GPU share, ...), and removing one
+would make every existing run directory's config.toml, which holds every key, fail to load on --resume.
+Real components throughout: the learner's own networks and hyper-parameters, a real Redis, a real local Ray."""
 from __future__ import annotations
 
 import dataclasses
@@ -160,6 +162,37 @@ def test_max_nonfinite_consecutive_bad_updates_stop_training_with_a_checkpoint(r
     with pytest.raises(TrainingDiverged, match="2 consecutive non-finite losses") as e:
         learner.step()
     assert learner.counters.updates == 0 and "ckpt-00000000.pt" in str(e.value)
+
+
+def test_normalize_actor_loss_measures_the_penalties_in_units_of_max_step(redis_server, tmp_path):
+    """learner.normalize_actor_loss (TD3+BC): the deviation and behaviour-cloning penalties are measured in units
+    of env.max_step (and −Q by mean|Q|), so λ_dev and λ_bc mean the same whatever the reward scale. The same
+    first update with and without it: the same Q of the policy's moves, penalties 1/max_step² apart."""
+    logs = {}
+    for on in (True, False):
+        learner, _ = _learner_on_a_filled_replay(redis_server, tmp_path, [
+            f"learner.normalize_actor_loss={str(on).lower()}", "learner.policy_delay=1", "learner.relative_bc=0",
+            "env.max_step=0.25"])
+        logs[on] = learner.step()
+    assert logs[True]["charts/q_pi"] == pytest.approx(logs[False]["charts/q_pi"], rel=1e-5)
+    for key in ("losses/deviation", "losses/bc"):
+        assert logs[False][key] > 0
+        assert logs[True][key] == pytest.approx(logs[False][key] / 0.25 ** 2, rel=1e-4)
+    assert logs[True]["losses/actor"] != pytest.approx(logs[False]["losses/actor"], rel=1e-3)
+
+
+def test_expert_fraction_start_is_the_teacher_tables_share_of_the_first_batches(tmp_path):
+    """learner.expert_fraction_start: the teacher tables' combined share of a batch at update 0 (in place of their
+    table shares, which then only split it among them), moving linearly to expert_fraction_end."""
+    cfg = load_config(TINY, ["learner.expert_fraction_start=0.5", "learner.expert_fraction_end=0.1",
+                             "learner.expert_fraction_decay_updates=100"])
+    learner = Learner(cfg, None, tmp_path, t_total=lambda: 0, device="cpu")
+    shares = []
+    for updates in (0, 50, 100):
+        learner.counters.updates = updates
+        shares.append(learner.batch_shares())
+    assert shares == [pytest.approx({"expert": 0.5, "online": 0.5}), pytest.approx({"expert": 0.3, "online": 0.7}),
+                      pytest.approx({"expert": 0.1, "online": 0.9})]
 
 
 # ----------------------------------------------------------------------------- actors
