@@ -15,10 +15,12 @@ import pytest
 import ray
 import redis
 import torch
+from ase.build import bulk
 
 from actors.curriculum import Curriculum, load_structures
 from actors.ray_actors import RemoteCoordinator, make_actor
 from common.config import load_config
+from helpers import cu_cluster
 from learner import td3
 from learner.blocks import InteractionBlock
 from learner.graph import batch_graphs
@@ -215,3 +217,23 @@ def test_num_gpus_is_the_gpu_share_ray_reserves_for_each_actor_process(redis_ser
         assert started == {0.0: True, 0.5: False}
     finally:
         ray.shutdown()
+
+
+def test_strain_starts_periodic_episodes_from_a_randomly_strained_cell():
+    """curriculum.strain = 0.05: every episode on a periodic structure starts from its cell strained by a new
+    symmetric ε (components within ±0.05), the atoms following the cell; a cluster's start is its own copy."""
+    crystal, cluster = bulk("Cu", "fcc", a=3.6, cubic=True), cu_cluster(4, seed=0)
+    cfg = load_config(TINY, ["curriculum.strain=0.05", "curriculum.stages=[8]"]).curriculum
+    curriculum, rng = Curriculum([crystal, cluster], cfg), np.random.default_rng(0)
+    strains = []
+    for _ in range(40):
+        a = curriculum.sample(rng)
+        if not a.pbc.any():
+            assert np.array_equal(a.positions, cluster.positions)
+            continue
+        eps = np.linalg.solve(np.asarray(crystal.cell), np.asarray(a.cell)) - np.eye(3)  # cell' = cell (1 + ε)
+        np.testing.assert_allclose(eps, eps.T, atol=1e-12)
+        np.testing.assert_allclose(a.get_scaled_positions(), crystal.get_scaled_positions(), atol=1e-12)
+        strains.append(eps)
+    assert len(strains) > 10 and np.abs(strains).max() <= 0.05
+    assert len({round(float(e[0, 0]), 9) for e in strains}) == len(strains)  # a new strain for every episode
