@@ -13,12 +13,13 @@ move to the ``policy`` ones), buffered per table and inserted ``insert_batch`` a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common.errors import RelaxRLError
 from common.names import SOURCES
 from common.replay_tables import TableSpec, tables_of
 from common.transition import Transition
+from replay_service.errors import InsertStopped
 
 __all__ = ["NStepWindow", "ReplayAdder", "returns_to_go"]
 
@@ -75,10 +76,17 @@ class NStepWindow:
 
 
 class ReplayAdder:
-    """n-step windows per environment, buffers per table, batched inserts (see the module docstring)."""
+    """n-step windows per environment, buffers per table, batched inserts (see the module docstring).
 
-    def __init__(self, writer, tables: Sequence[TableSpec], n_envs: int, n_step: int, gamma: float, insert_batch: int):
-        self.writer, self.insert_batch = writer, insert_batch
+    ``stop``: a callable that turns true when the actor is shutting down; an insert still waiting for
+    the rate limiter then gives up (the learner has stopped sampling, so it would wait for its timeout)
+    and its items are dropped (counted in ``dropped``).
+    """
+
+    def __init__(self, writer, tables: Sequence[TableSpec], n_envs: int, n_step: int, gamma: float, insert_batch: int,
+                 stop: Callable[[], bool] | None = None):
+        self.writer, self.insert_batch, self.stop = writer, insert_batch, stop
+        self.dropped = 0
         self.routes = {source: tables_of(tables, source) for source in SOURCES}
         self.windows = [NStepWindow(n_step, gamma) for _ in range(n_envs)]
         self.pending: dict[str, list[Transition]] = {t.name: [] for t in tables}
@@ -101,7 +109,13 @@ class ReplayAdder:
         """One ``insert`` per table whose buffer is full (``force``: every non-empty buffer)."""
         for table, items in self.pending.items():
             if items and (force or len(items) >= self.insert_batch):
-                self.writer.insert(table, items, None)
+                try:
+                    if self.stop is None:
+                        self.writer.insert(table, items, None)
+                    else:
+                        self.writer.insert(table, items, None, stop=self.stop)
+                except InsertStopped as e:
+                    self.dropped += len(items) - len(getattr(e, "inserted_keys", ()))
                 items.clear()
 
     def close(self) -> None:

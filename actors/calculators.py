@@ -16,7 +16,19 @@ Names
       as a ``supported_elements`` attribute; otherwise structures are not checked for elements.
       Generic pair potentials whose defaults are placeholders (:data:`PLACEHOLDER_PARAMETERS`:
       ASE's LennardJones σ = 1 Å, ε = 1 eV; MorsePotential) are refused unless
-      ``calculator_kwargs`` sets those parameters: their defaults fit no real element.
+      ``calculator_kwargs`` sets those parameters: their defaults fit no real element; their
+      lengths and energies must be positive numbers (:data:`POSITIVE_PARAMETERS`).
+      What the name builds must be an ASE calculator (``BaseCalculator``); anything else is
+      refused before it is used.
+
+Keyword arguments an ASE calculator would store and never read (a key outside its
+``default_parameters`` for a class that keeps ASE's ``set``, EMT's included) are refused.
+
+Trust: a calculator name that comes from data (a checkpoint's config, a run directory's
+config.toml on ``--resume``) is used only when it is built in; a ``module:Class`` there is
+refused (:func:`refuse_untrusted`) unless the user names it on the command line or passes
+:data:`TRUST_FLAG`, so a file someone sends never makes relaxrl import or call anything.
+Keyword arguments from data go to built-in calculators only, under the same rule.
 
 Errors name the setting the user chose the calculator with: ``env.calculator`` /
 ``env.calculator_kwargs`` by default, ``--calculator`` / ``--calculator-kwargs`` when
@@ -30,25 +42,37 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import json
+import math
 import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import BaseCalculator, Calculator
 from ase.calculators.emt import EMT, parameters
 from ase.data import chemical_symbols
 
 from common.errors import RelaxRLError
 
-__all__ = ["BUILTIN", "BUILTIN_DEFAULTS", "PLACEHOLDER_PARAMETERS", "CalculatorError", "calculator_elements",
-           "clear_model_cache", "kwargs_option", "make_calculator", "model_cache_info", "resolve_calculator"]
+__all__ = ["BUILTIN", "BUILTIN_DEFAULTS", "PLACEHOLDER_PARAMETERS", "POSITIVE_PARAMETERS", "TRUST_FLAG",
+           "CalculatorError", "UntrustedCalculatorError", "calculator_elements", "clear_model_cache", "is_builtin",
+           "kwargs_option", "make_calculator", "model_cache_info", "refuse_untrusted", "resolve_calculator"]
 
 
 class CalculatorError(RelaxRLError):
     """The calculator named in the config cannot be built or fails on the initial structure."""
+
+
+class UntrustedCalculatorError(CalculatorError):
+    """A checkpoint or a run's config.toml names a calculator that is not built in, and the user did not name it."""
+
+
+TRUST_FLAG = "--trust-checkpoint-calculator"
+"""The flag with which the user lets relaxrl import the ``module:Class`` a checkpoint (or a resumed run's
+config.toml) names and call it with the keyword arguments stored there."""
 
 
 MLIP_INSTALL = 'pip install -e ".[mlip]" -c constraints.txt'
@@ -94,6 +118,7 @@ def clear_model_cache() -> None:
 
 
 def _emt(kwargs: dict) -> Calculator:
+    _check_kwargs("emt", EMT, kwargs, "env.calculator_kwargs")
     return EMT(**kwargs)
 
 
@@ -146,10 +171,114 @@ PLACEHOLDER_PARAMETERS: dict[str, tuple[str, ...]] = {
 """Calculator classes (module.qualname) whose default parameters are placeholders, and the
 parameters ``calculator_kwargs`` must set for them (σ = 1 Å, ε = 1 eV fit no element)."""
 
+POSITIVE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "ase.calculators.lj.LennardJones": ("sigma", "epsilon", "rc", "ro"),
+    "ase.calculators.morse.MorsePotential": ("epsilon", "r0", "rho0", "rcut1", "rcut2"),
+}
+"""Parameters that, when given, must be finite numbers > 0 (a negative σ or ε turns the potential inside out:
+every structure then 'converges' in 0 steps or flies apart)."""
+
+_CALCULATOR_INIT = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
+"""The keyword arguments ase.calculators.calculator.Calculator.__init__ itself takes."""
+
 BUILTIN: dict[str, Callable[[dict], Calculator]] = {"emt": _emt, "chgnet": _chgnet}
 """Short calculator names (lower case) and their builders."""
 BUILTIN_DEFAULTS: dict[str, dict] = {"emt": {}, "chgnet": dict(_CHGNET_KWARGS)}
 """The keyword arguments each short name uses when calculator_kwargs leaves them out."""
+
+
+def _class_key(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
+def _check_kwargs(name: str, cls: Any, kwargs: dict, kw_option: str) -> None:
+    """Refuse keys an ASE calculator class would store in ``parameters`` and never read, and bad pair parameters.
+
+    Only classes that keep ASE's own ``Calculator.set`` and list ``default_parameters`` are checked
+    for unknown keys (their constructor accepts any key silently); other callables refuse unknown
+    keys themselves (TypeError) or do not say which they read.
+    """
+    if isinstance(cls, type) and issubclass(cls, Calculator) and cls.set is Calculator.set:
+        defaults = dict(getattr(cls, "default_parameters", None) or {})
+        try:
+            params = inspect.signature(cls.__init__).parameters.values()
+        except (TypeError, ValueError):
+            params = []
+        named = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+        if defaults and any(p.kind == p.VAR_KEYWORD for p in params):
+            unknown = sorted(set(kwargs) - set(defaults) - named - set(_CALCULATOR_INIT))
+            if unknown:
+                takes = ", ".join(sorted(set(defaults) | (named - set(_CALCULATOR_INIT)))) or "none"
+                raise CalculatorError(f"calculator {name!r} does not take {kw_option} {', '.join(unknown)} (it would "
+                                      f"store them and never read them); it takes {takes}")
+    for key in POSITIVE_PARAMETERS.get(_class_key(cls), ()):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise CalculatorError(f"calculator {name!r}: {kw_option} {key} = {value!r} must be a finite number > 0 "
+                                  "(a negative or zero length or energy turns the potential into nonsense)")
+
+
+def _check_is_calculator(name: str, obj: Any, option: str, *, built: bool) -> None:
+    """Refuse what a 'module:Class' name gave unless it is (``built``) or builds (a class or function) an ASE calculator."""
+    what = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if built:
+        if isinstance(obj, BaseCalculator):
+            return
+        problem = f"built a {what}, not an ASE calculator"
+    elif isinstance(obj, type):
+        if issubclass(obj, BaseCalculator):
+            return
+        problem = f"is the class {_class_key(obj)}, not an ASE calculator class"
+    elif callable(obj):
+        return  # a function: its result is checked once it is built
+    else:
+        problem = f"is a {what}, which cannot be called"
+    raise CalculatorError(f"calculator {name!r} {problem} (ase.calculators.calculator.Calculator or a subclass); "
+                          f"set {option} to an ASE calculator class or a function that returns one")
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of the short built-in calculator names (:data:`BUILTIN`)."""
+    return name.lower() in BUILTIN
+
+
+def _toml_inline(value: Any) -> str:
+    """``value`` as a one-line TOML value (what ``--set section.key=VALUE`` reads)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_inline(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_inline(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def refuse_untrusted(calculator: str, kwargs: dict, *, name_given: bool, kwargs_given: bool, source: str,
+                     trust: bool, option: str = "--calculator") -> None:
+    """Raise :class:`UntrustedCalculatorError` when a calculator that is not built in would be imported or called
+    with something only ``source`` (a checkpoint, a run's config.toml) named.
+
+    ``name_given`` / ``kwargs_given``: the user named the calculator / its keyword arguments on the command
+    line (``option``: '--calculator' for relax and eval, 'env.calculator' for ``--set`` on train). Built-in
+    calculators are safe with any stored keyword arguments (they are checked); ``trust`` (:data:`TRUST_FLAG`)
+    lets everything through.
+    """
+    if trust or is_builtin(calculator) or (name_given and (kwargs_given or not kwargs)):
+        return
+    if option.startswith("--"):
+        explicit = f"{option} {calculator} {kwargs_option(option)} '{json.dumps(kwargs)}'"
+    else:
+        explicit = (f"--set {option}={json.dumps(calculator)} --set '{kwargs_option(option)}="
+                    f"{_toml_inline(kwargs)}'")
+    stored = f"{source} names calculator {calculator!r}" + (f" with keyword arguments {json.dumps(kwargs)}" if kwargs
+                                                             else "")
+    what = ("its keyword arguments come from there" if name_given
+            else "it is not built in (" + ", ".join(BUILTIN) + ")")
+    raise UntrustedCalculatorError(
+        f"{stored}; {what}, and relaxrl never imports or calls what a file names unless you say so: if you trust "
+        f"it, name it yourself ({explicit}) or add {TRUST_FLAG}")
 
 
 def kwargs_option(option: str) -> str:
@@ -197,7 +326,8 @@ def make_calculator(name: str, kwargs: dict | None = None, *, option: str = "env
                 f"calculator {name!r} rejected {kw_option}={kwargs!r}: {type(e).__name__}: {e}"
             ) from None
     cls = _import(name, option)
-    needed = PLACEHOLDER_PARAMETERS.get(f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}", ())
+    _check_is_calculator(name, cls, option, built=False)
+    needed = PLACEHOLDER_PARAMETERS.get(_class_key(cls), ())
     missing = [k for k in needed if k not in kwargs]
     if missing:
         defaults = getattr(cls, "default_parameters", {})
@@ -207,12 +337,15 @@ def make_calculator(name: str, kwargs: dict | None = None, *, option: str = "env
             f"{', '.join(f'{k} (default {defaults.get(k)!r})' for k in missing)}, placeholders that fit no real "
             f"element, so the result would be silently wrong; pass them, e.g. {kw_option} '{{{example}}}'"
         )
+    _check_kwargs(name, cls, kwargs, kw_option)
     try:
-        return cls(**kwargs)
+        calc = cls(**kwargs)
     except Exception as e:  # a third-party constructor may raise anything
         raise CalculatorError(
             f"calculator {name!r} rejected {kw_option}={kwargs!r}: {type(e).__name__}: {e}"
         ) from None
+    _check_is_calculator(name, calc, option, built=True)
+    return calc
 
 
 def calculator_elements(calculator: str | Calculator) -> frozenset[str] | None:
@@ -242,12 +375,14 @@ def calculator_elements(calculator: str | Calculator) -> frozenset[str] | None:
     return None
 
 
-def resolve_calculator(name: str | None, kwargs_json: str | None, env: Any) -> tuple[str, dict]:
+def resolve_calculator(name: str | None, kwargs_json: str | None, env: Any, *, source: str = "the checkpoint",
+                       trust: bool = False) -> tuple[str, dict]:
     """The calculator `relaxrl relax` / `eval` use: ``--calculator`` and ``--calculator-kwargs`` when given,
     else the checkpoint's (or config's) ``env.calculator`` and ``env.calculator_kwargs``.
 
     The config's kwargs go with the config's calculator only: ``--calculator emt`` on a CHGNet
-    checkpoint builds EMT with no kwargs.
+    checkpoint builds EMT with no kwargs. A calculator that is not built in is taken from ``source``
+    (the checkpoint) only with ``trust`` (:func:`refuse_untrusted`): nothing is imported here.
     """
     chosen = name or env.calculator
     if kwargs_json is not None:
@@ -258,5 +393,8 @@ def resolve_calculator(name: str | None, kwargs_json: str | None, env: Any) -> t
                                   'pass an object such as \'{"device": "cuda"}\'') from None
         if not isinstance(kwargs, dict):
             raise CalculatorError(f"--calculator-kwargs must be a JSON object such as '{{\"device\": \"cuda\"}}', got {kwargs_json!r}")
-        return chosen, kwargs
-    return chosen, dict(env.calculator_kwargs) if chosen == env.calculator else {}
+    else:
+        kwargs = dict(env.calculator_kwargs) if chosen == env.calculator else {}
+    refuse_untrusted(chosen, kwargs, name_given=name is not None, kwargs_given=kwargs_json is not None,
+                     source=source, trust=trust)
+    return chosen, kwargs

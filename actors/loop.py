@@ -19,6 +19,7 @@ it into metrics. No Ray here.
 """
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -199,8 +200,9 @@ class ActorLoop:
         noisy = PolicyWithNoise(self.policy, config.actors, rng)
         self.source: ActionSource = noisy if kind == "online" else TeacherOrPolicy(
             noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
+        self._stopping = threading.Event()  # request_stop(), from another thread while run() loops
         self.adder = ReplayAdder(writer, config.replay.tables, n, config.learner.n_step, config.learner.gamma,
-                                 config.actors.insert_batch)
+                                 config.actors.insert_batch, stop=self._stopping.is_set)
         self.obs: list[Observation | None] = [None] * n
         self.t_total = 0
         self.steps = 0
@@ -276,9 +278,14 @@ class ActorLoop:
             episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
             episode_return=float(np.mean(returns)) if returns else None,
             saddle=float(np.mean(saddles)) if saddles else None, teacher_force_calls=teacher_calls)
-        self.t_total, self.stop_requested, self.latest_version = self.hub.add_steps(self.kind, len(self.envs),
-                                                                                    record.stats())
+        self.t_total, stop, self.latest_version = self.hub.add_steps(self.kind, len(self.envs), record.stats())
+        self.stop_requested = stop or self._stopping.is_set()
         return record
+
+    def request_stop(self) -> None:
+        """Stop :meth:`run` after the current step (thread-safe; also ends an insert waiting for the rate limiter)."""
+        self._stopping.set()
+        self.stop_requested = True
 
     def _end_episode(self, info: dict) -> EpisodeEnd:
         end = EpisodeEnd(bool(info["converged"]), int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
@@ -287,10 +294,11 @@ class ActorLoop:
         return end
 
     def run(self, max_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None) -> int:
-        """Step until the hub says stop (or ``max_steps`` environment steps); returns steps taken."""
+        """Step until the hub says stop or :meth:`request_stop` (or ``max_steps`` environment steps); returns steps
+        taken. What the adder still holds is inserted, as far as the rate limiter allows at once when stopping."""
         start = self.steps
         try:
-            while not self.stop_requested:
+            while not (self.stop_requested or self._stopping.is_set()):
                 if max_steps and self.steps - start >= max_steps:
                     break
                 self.sync_weights()

@@ -89,6 +89,10 @@ class ActorProcess:
     def run(self, max_steps: int = 0) -> int:
         return self.loop.run(max_steps, on_step=self._record)
 
+    def request_stop(self) -> None:
+        """End ``run`` after its current step, also when it waits for the rate limiter (runs beside ``run``)."""
+        self.loop.request_stop()
+
     def _record(self, rec: StepRecord) -> None:
         m = self._metrics
         if m is None:

@@ -96,7 +96,7 @@ def main() -> None:
             def __init__(self):
                 self.n = 0
 
-            def insert(self, table, transitions, priorities=None):
+            def insert(self, table, transitions, priorities=None, **_):
                 self.n += len(transitions)
 
         actor = ActorLoop("online", cfg, ListWriter(), Coordinator(Curriculum(run.train_structures, cfg.curriculum)))

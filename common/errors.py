@@ -12,3 +12,10 @@ class RelaxRLError(Exception):
 
 class ConfigError(RelaxRLError, ValueError):
     """A configuration file or override is invalid; the message says which key and how to fix it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a command could not stop cleanly (a run still starting, or a second SIGTERM): abort like
+    Ctrl-C, with the shell's status for SIGTERM."""
+
+    exit_status = 143

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import tomli_w
 
 from common.config import SECTIONS, describe, load_config, to_dict
-from common.errors import RelaxRLError
+from common.errors import RelaxRLError, Terminated
 
 DEFAULT_CONFIG = "configs/demo.toml"
 
@@ -82,6 +82,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redis-password-file", default=None, metavar="FILE",
                    help="file whose first line is the Redis password (replay.password_file; default "
                         "$RELAXRL_REDIS_PASSWORD)")
+    p.add_argument("--trust-checkpoint-calculator", action="store_true",
+                   help="with --resume: use the calculator the run's config.toml names even when it is not built in "
+                        "(a 'module:Class' is imported and called with the stored kwargs: only for runs you trust)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
     p.set_defaults(func=_lazy("relaxrl.launcher", "train_command"))
 
@@ -111,10 +114,15 @@ def _add_relax(sub: argparse._SubParsersAction) -> None:
                    help="ASE calculator ('emt', 'chgnet', 'module:Class'; default: the checkpoint's env.calculator)")
     p.add_argument("--calculator-kwargs", default=None, metavar="JSON",
                    help="its keyword arguments as a JSON object (default: the checkpoint's env.calculator_kwargs)")
+    p.add_argument("--trust-checkpoint-calculator", action="store_true",
+                   help="use the calculator the checkpoint names even when it is not built in (a 'module:Class' "
+                        "is imported and called with the checkpoint's kwargs: only for checkpoints you trust)")
     p.add_argument("--out", default=None,
                    help="relaxed structure, format from the name (.cif, .extxyz, .traj, POSCAR, ...); default "
-                        "relaxed.cif, refused if that file exists; an explicit --out is overwritten")
-    p.add_argument("--trajectory", default=None, help="ASE trajectory of every step (its directory must exist)")
+                        "relaxed.cif, refused if that file exists; an explicit --out is overwritten (never the input "
+                        "or the checkpoint)")
+    p.add_argument("--trajectory", default=None,
+                   help="ASE trajectory of every step (its directory must exist; never the input, the checkpoint or --out)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="hand over to BFGS after K steps without progress (0 = off)")
     p.add_argument("--relax-cell", action="store_true",
                    help="relax the cell too: the policy moves FrechetCellFilter(atoms)'s rows (atoms and cell) and "
@@ -148,6 +156,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="ASE calculator ('emt', 'chgnet', 'module:Class'; default: the checkpoint's env.calculator)")
     p.add_argument("--calculator-kwargs", default=None, metavar="JSON",
                    help="its keyword arguments as a JSON object (default: the checkpoint's env.calculator_kwargs)")
+    p.add_argument("--trust-checkpoint-calculator", action="store_true",
+                   help="use the calculator the checkpoint names even when it is not built in (a 'module:Class' "
+                        "is imported and called with the checkpoint's kwargs: only for checkpoints you trust)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many structures (0 = all; >= 0)")
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="'rl' hands over to BFGS after K steps without progress (0 = off)")
     p.add_argument("--curvature-check", type=int, default=None, metavar="N",
@@ -202,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"relaxrl {args.command}: error: {where}{e.strerror or e}; check the path and its permissions",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"relaxrl {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (common.errors.Terminated) where a command turns it into one
+        print(f"relaxrl {args.command}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return getattr(e, "exit_status", 130)
 
 
 if __name__ == "__main__":

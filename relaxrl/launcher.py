@@ -47,7 +47,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from actors.curriculum import Curriculum, load_structures
 from actors.ray_metrics import RayMetrics
 from common.config import RunConfig, dump_config, load_config
-from common.errors import RelaxRLError
+from common.errors import RelaxRLError, Terminated
 from learner.checkpoint import list_checkpoints
 from learner.learner import Learner
 from relaxrl.after_training import after_training_line, evaluate_after_training
@@ -373,22 +373,41 @@ class StallWatch:
         return self.limit_s > 0 and now - self.since >= self.limit_s
 
 
+class StopRequest(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM once the run has started; ``signum`` says which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int | None = None
+        self.started = False
+
+
 @contextmanager
-def _stop_on_sigint() -> Iterator[threading.Event]:
-    """The first Ctrl-C sets the event (finish the update, checkpoint, plot, exit 130); the second aborts."""
-    stop = threading.Event()
+def _stop_on_signals() -> Iterator[StopRequest]:
+    """Ctrl-C (SIGINT) and SIGTERM alike (schedulers, `docker stop`, systemd send SIGTERM).
 
-    def on_sigint(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
+    While the run starts (``started`` false) either aborts the start: KeyboardInterrupt or
+    :class:`~common.errors.Terminated`, and the start's clean-up runs. Once started, the first one
+    sets the event (finish the update, checkpoint, plot, exit 130 or 143); a second one aborts.
+    ``RayRuntime`` puts this handler back after ``ray.init``, which installs Ray's own for SIGTERM.
+    """
+    stop = StopRequest()
+
+    def on_signal(signum, frame):
+        if not stop.started or stop.is_set():
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        stop.signum = signum
         stop.set()
-        print("\nstopping: finishing the current update, writing a final checkpoint (Ctrl-C again to abort)")
+        again = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        print(f"\nstopping ({signal.Signals(signum).name}): finishing the current update, writing a final "
+              f"checkpoint ({again} again to abort)", file=sys.stderr, flush=True)
 
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -424,15 +443,17 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
           redis_url: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train, checkpoint, plot and evaluate; returns the evaluation summary.
 
-    Stopped by Ctrl-C: returns ``{"interrupted": True, "checkpoint": path}`` after the final
-    checkpoint and the plots, without the evaluation. Ctrl-C while the run starts aborts the start.
+    Stopped by Ctrl-C or SIGTERM: returns ``{"interrupted": True, "checkpoint": path, "signal": signum}``
+    after the final checkpoint and the plots, without the evaluation. Either while the run starts aborts
+    the start (KeyboardInterrupt / :class:`~common.errors.Terminated`).
     """
     torch.set_num_threads(cfg.run.learner_threads or max(1, (os.cpu_count() or 2) - 1))
     metrics_at = (f"Ray metrics export port {cfg.run.metrics_port}" if cfg.run.metrics_port
                   else "metrics.jsonl + plots/ in the run directory")
     width = _line_width(progress)
-    run = Run(cfg, run_dir, resume, address, redis_url)
-    with _stop_on_sigint() as stop:  # from here a first Ctrl-C finishes the update and checkpoints
+    with _stop_on_signals() as stop:
+        run = Run(cfg, run_dir, resume, address, redis_url)
+        stop.started = True  # from here a first Ctrl-C or SIGTERM finishes the update and checkpoints
         learner, metrics = run.learner, LearnerMetrics()
         watch, stalled = StallWatch(cfg.run.actor_stall_s), []
         try:
@@ -460,7 +481,7 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
             f"errors above or Ray's logs); final checkpoint {list_checkpoints(run_dir)[-1]}; continue with "
             f"`relaxrl train --resume {run_dir}` (run.actor_stall_s sets the limit)")
     if stop.is_set():
-        return {"interrupted": True, "checkpoint": list_checkpoints(run_dir)[-1]}
+        return {"interrupted": True, "checkpoint": list_checkpoints(run_dir)[-1], "signal": stop.signum}
 
     return evaluate_after_training(cfg, run_dir, run.heldout)
 
@@ -468,8 +489,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
 def train_command(args: argparse.Namespace) -> int:
     """`relaxrl train`: check everything (:func:`plan_run`), lock the run directory, train.
 
-    Exit status 0 when training ends, 130 when Ctrl-C stopped it (after the final checkpoint),
-    2 for bad input (the CLI prints the :class:`RelaxRLError`'s one line).
+    Exit status 0 when training ends, 130 when Ctrl-C stopped it and 143 when SIGTERM did (after the final
+    checkpoint), 2 for bad input (the CLI prints the :class:`RelaxRLError`'s one line).
     """
     plan = plan_run(args)
     run_dir = plan.run_dir
@@ -479,7 +500,7 @@ def train_command(args: argparse.Namespace) -> int:
     if result.get("interrupted"):
         print(f"stopped: final checkpoint {result['checkpoint']}; continue with `relaxrl train --resume {run_dir}`",
               file=sys.stderr)
-        return 130
+        return 128 + (result.get("signal") or signal.SIGINT)
 
     print(f"done: {run_dir}  {after_training_line(result)} (eval.md); plots in {run_dir / 'plots'}")
     return 0

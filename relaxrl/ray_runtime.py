@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import uuid
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -86,6 +88,19 @@ def _loopback_node():
         ray_constants.ENABLE_RAY_CLUSTER = old
 
 
+@contextmanager
+def _keep_sigterm_handler():
+    """Put back a Python SIGTERM handler the caller installed (the launcher's, which stops a run like Ctrl-C)
+    after ``ray.init`` replaced it: Ray installs a handler that exits at once and, in its core worker, one
+    that prints a C++ stack, and neither writes the final checkpoint or stops the run's processes."""
+    before = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
 class RayRuntime:
     """Ray for one training run; :meth:`close` undoes what it started (a Ray it joined stays up)."""
 
@@ -105,7 +120,7 @@ class RayRuntime:
             if metrics_port:
                 kwargs["_metrics_export_port"] = metrics_port
         try:
-            with (_loopback_node() if not address else nullcontext()):
+            with (_loopback_node() if not address else nullcontext()), _keep_sigterm_handler():
                 ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RelaxRLError(f"cannot start or join Ray (address={address or 'local'}): {e}. "
@@ -130,23 +145,43 @@ class RayRuntime:
         self.runs = [x.run.remote() for x in self.actors]
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Ask the actors to stop (waiting up to ``timeout_s``), kill them, shut Ray down if this started it."""
+        """Stop the actors (their loops end after the current step, waiting up to ``timeout_s``), let them exit,
+        kill what did not, and shut Ray down if this started it.
+
+        The actors' ``run`` loops are asked to stop twice over: through the coordinator, and directly
+        (``request_stop``, which also ends an insert waiting for the rate limiter now that the learner no
+        longer samples). Only then are the actors ended, gracefully (``__ray_terminate__``) and, if that
+        does not happen within ``timeout_s``, by ``ray.kill``: no task is killed while it runs, so Ray
+        prints no "Task ActorProcess.run failed ... killed by ray.kill" lines at a normal finish.
+        """
         try:
             if ray.is_initialized():
-                if self.hub is not None and self.runs:
-                    self.hub.stop(timeout_s=10)
+                if self.runs:
+                    try:
+                        if self.hub is not None:
+                            self.hub.stop(timeout_s=10)
+                    except Exception:  # a dead coordinator: the direct requests below still stop the loops
+                        pass
+                    for x in self.actors:
+                        x.request_stop.remote()
                     done, _ = ray.wait(self.runs, num_returns=len(self.runs), timeout=timeout_s)
-                    for ref in done:  # read every result, so Ray prints no "unhandled error" for it
-                        try:
-                            ray.get(ref, timeout=1)
-                        except Exception:  # an actor's loop that ended with an error; it is being stopped anyway
-                            pass
-                # the loops still running are killed below: drop their refs first, so their ActorDiedError
-                # is never stored for anyone and Ray prints no task-failure lines at a normal finish
+                    _drain(done)  # read every result, so Ray prints no "unhandled error" for it
+                # loops still running are killed below: drop their refs first, so their ActorDiedError is
+                # never stored for anyone
                 self.runs = []
-                for x in self.actors:
+                for x in self.actors:  # their loops have returned: nothing of theirs runs any more
                     ray.kill(x)
+                self.actors = []
         finally:
             if self.started:
                 ray.shutdown()
                 self.started = False
+
+
+def _drain(refs: list) -> None:
+    """Read finished object refs, ignoring their errors (an actor loop that failed, an actor that exited)."""
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=1)
+        except Exception:  # the actor is being stopped anyway
+            pass

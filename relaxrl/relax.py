@@ -16,7 +16,12 @@ structure (format from the ``--out`` suffix).
   format can hold it (POSCAR/.vasp, extxyz, .traj; a CIF cannot, which is said on stderr).
 * Everything that can be checked is checked before the relaxation: the settings, the
   checkpoint, the calculator, the structure, and that ``--out`` and ``--trajectory`` can be
-  written (an existing directory, a name whose format ASE can write, a writable place).
+  written (an existing directory, a name whose format ASE can write and read back, a writable
+  place, not a symbolic link to nothing) and name none of the inputs: not the structure file,
+  not the checkpoint in use nor its run's config.toml, and not each other.
+* The calculator is the checkpoint's only when it is built in (or with
+  ``--trust-checkpoint-calculator``): a ``module:Class`` stored in a checkpoint is never imported
+  unless the user names it (``actors.calculators.refuse_untrusted``).
 * ``--relax-cell`` relaxes the cell too: the policy moves ``FrechetCellFilter(atoms)``'s rows (atoms
   and cell, as the training environment with ``env.relax_cell`` does), ``--fmax`` is the filter's
   generalised force, and the written file has the relaxed cell. A structure that is not periodic
@@ -44,12 +49,17 @@ from actors.calculators import make_calculator, resolve_calculator
 from actors.cell_filter import check_cell_relaxable
 from actors.structure_files import read_structure
 from common.errors import RelaxRLError
+from learner.checkpoint import list_checkpoints, resolve_checkpoint
 from learner.policy import load_policy
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
-from relaxrl.outputs import probe_writable
+from relaxrl.outputs import probe_writable, refuse_dangling_link, refuse_overwriting
 
 DEFAULT_OUT = "relaxed.cif"
 """Where `relaxrl relax` writes without --out (refused when it exists)."""
+KEEPS_CONSTRAINTS = frozenset({"extxyz", "vasp", "traj", "json", "db", "aims", "castep-cell", "eon",
+                               "bundletrajectory"})
+"""ASE formats that store FixAtoms / selective dynamics and give them back when read (checked by
+tests/test_relax_cli.py); a structure with constraints written in any other format gets a note."""
 
 
 class RelaxError(RelaxRLError):
@@ -59,11 +69,13 @@ class RelaxError(RelaxRLError):
 def check_writable_file(path: str | Path, flag: str, *, need_format: bool = True) -> Path:
     """Raise :class:`RelaxError` unless ``path`` can be written as a structure file; touches nothing.
 
-    Checks: not a directory, the parent directory exists, ASE knows a writable format for
-    the name (``need_format``), and the place is writable (an existing file is opened for
+    Checks: not a symbolic link to nothing, not a directory, the parent directory exists, ASE
+    knows a format for the name that it can write and read back (``need_format``: a picture such
+    as .png holds no coordinates), and the place is writable (an existing file is opened for
     appending without writing; otherwise a temporary file is created and removed next to it).
     """
     p = Path(path)
+    refuse_dangling_link(flag, p)
     if p.is_dir():
         raise RelaxError(f"{flag} {p} is a directory; give a file name, e.g. {flag} {p / 'relaxed.extxyz'}")
     parent = p.parent if str(p.parent) else Path(".")
@@ -79,6 +91,10 @@ def check_writable_file(path: str | Path, flag: str, *, need_format: bool = True
             raise RelaxError(f"{flag} {p}: ASE cannot write a structure format named like this"
                              f"{f' ({fmt})' if fmt else ''}; use a suffix such as .cif, .extxyz, .xyz, .traj or .vasp, "
                              "or a name like POSCAR / CONTCAR")
+        if not ioformats[fmt].can_read:
+            raise RelaxError(f"{flag} {p}: {fmt!r} is a picture or an input script that cannot be read back, so the "
+                             "relaxed coordinates would be lost; use a structure format such as .extxyz, .traj, .cif "
+                             "or POSCAR (and render pictures from it)")
     try:
         probe_writable(p, parent)
     except OSError as e:
@@ -107,6 +123,19 @@ def resolve_out(out: str | None) -> Path:
     return p
 
 
+def protected_inputs(structure: str | Path, checkpoint: Path) -> dict[str, Path]:
+    """The files `relaxrl relax` reads, which no output may name: the structure, the checkpoint in use and,
+    when it sits in a run directory, that run's config.toml and other checkpoints."""
+    files = {"the input structure": Path(structure), "the checkpoint in use": checkpoint}
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+    if run_dir is not None:
+        files["the config.toml of the checkpoint's run"] = run_dir / "config.toml"
+        for other in list_checkpoints(run_dir):
+            if other != checkpoint:
+                files[f"checkpoint {other.name} of the run {run_dir}"] = other
+    return files
+
+
 def summary_line(name: str, s: dict[str, Any]) -> str:
     """One line: converged or not, steps (per part in hybrid mode), force calls, final Fmax, energy change."""
     status = "converged" if s["converged"] else "NOT converged"
@@ -128,14 +157,15 @@ def relax_command(args: argparse.Namespace) -> int:
     # Everything that can fail is checked before the relaxation, cheapest first.
     check_settings(args.fmax, args.steps, args.hybrid)
     out = check_writable_file(resolve_out(args.out), "--out")
-    if args.trajectory is not None:
-        traj = check_writable_file(args.trajectory, "--trajectory", need_format=False)
-        if traj.resolve() == out.resolve():
-            raise RelaxError(f"--trajectory and --out are the same file ({out}); give them different names")
-    policy = load_policy(args.checkpoint)  # a bad checkpoint is reported before any work
+    traj = None if args.trajectory is None else check_writable_file(args.trajectory, "--trajectory", need_format=False)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    refuse_overwriting({"--trajectory": traj, "--out": out}, protected_inputs(args.input, checkpoint))
+    policy = load_policy(checkpoint)  # a bad checkpoint is reported before any work
     env = policy.config.env
 
-    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), env)
+    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), env,
+                                           source=f"checkpoint {checkpoint}",
+                                           trust=getattr(args, "trust_checkpoint_calculator", False))
     relax_cell = bool(getattr(args, "relax_cell", False))
     inner = make_calculator(calc_name, kwargs, option="--calculator")
     calc = CountingCalculator(inner, stress=relax_cell)
@@ -164,10 +194,11 @@ def relax_command(args: argparse.Namespace) -> int:
         raise RelaxError(f"cannot write --out {out} ({type(e).__name__}: {e}); the relaxation finished but its "
                          "result was not saved" + (f" (the last frame of {args.trajectory} holds it)" if args.trajectory
                                                    else "")) from None
-    if result.constraints and filetype(str(out), read=False) == "cif":
-        print(f"note: {out} is a CIF, which cannot store the input's constraints "
-              f"({', '.join(type(c).__name__ for c in result.constraints)}); write .extxyz or POSCAR to keep them",
-              file=sys.stderr)
+    fmt = filetype(str(out), read=False)
+    if result.constraints and fmt not in KEEPS_CONSTRAINTS:
+        print(f"note: {out} is {'a CIF' if fmt == 'cif' else f'in the {fmt!r} format'}, which cannot store the "
+              f"input's constraints ({', '.join(type(c).__name__ for c in result.constraints)}); write .extxyz, "
+              ".traj or POSCAR to keep them", file=sys.stderr)
     print(f"wrote {out}" + (f" and {args.trajectory}" if args.trajectory else ""), file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(s))

@@ -41,7 +41,13 @@ from common.config import ReplayConfig
 from common.replay_tables import TableSpec, apportion, batch_shares
 from common.transition import Transition
 from replay_service.codec import CodecError, decode_many, encode_many
-from replay_service.errors import RateLimiterTimeout, ReplayConfigError, ReplayConnectionError, ReplayError
+from replay_service.errors import (
+    InsertStopped,
+    RateLimiterTimeout,
+    ReplayConfigError,
+    ReplayConnectionError,
+    ReplayError,
+)
 from replay_service.table import LAYOUT_VERSION, SCRIPTS, TableKeys, block_size, create_args
 
 _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, OSError)
@@ -272,11 +278,13 @@ class ReplayClient:
     # ------------------------------------------------------------------ insert
 
     def insert(self, table: str, transitions: Sequence[Transition], priorities: Iterable[float] | None = None,
-               timeout: float | None = 60.0) -> np.ndarray:
+               timeout: float | None = 60.0, stop: Callable[[], bool] | None = None) -> np.ndarray:
         """Append transitions to ``table`` (FIFO); returns their keys [n] int64.
 
         ``priorities=None`` gives each item the table's current maximum priority (1.0 when empty).
-        Blocks while the rate limiter refuses inserts, up to ``timeout`` seconds (None = forever).
+        Blocks while the rate limiter refuses inserts, up to ``timeout`` seconds (None = forever), or
+        until ``stop()`` is true (a writer that is shutting down): then :class:`InsertStopped`, the
+        items not yet granted are not stored.
         """
         spec = self._spec(table)
         # all encoded (and so validated) before any slot is reserved; in pieces, whose buffers stay small
@@ -314,6 +322,11 @@ class ReplayClient:
                 done += granted
                 delay = 0.001
                 continue
+            if stop is not None and stop():
+                stopped = InsertStopped(f"insert into '{table}' stopped with {done} of {n} items inserted: "
+                                        "the writer is stopping")
+                stopped.inserted_keys = keys[:done].copy()  # type: ignore[attr-defined]
+                raise stopped
             if not waited:
                 waited = True
                 self._call("HINCRBY", k.meta, "insert_waits", 1)

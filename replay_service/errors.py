@@ -19,3 +19,8 @@ class ReplayConfigError(ReplayError, ConfigError):
 
 class RateLimiterTimeout(ReplayError, TimeoutError):
     """A blocking insert or sample was not granted by the rate limiter before its timeout."""
+
+
+class InsertStopped(ReplayError):
+    """A blocking insert was given up because its writer is stopping (``insert(..., stop=...)``); the
+    ``inserted_keys`` attribute holds the keys of the items stored before."""

@@ -113,6 +113,44 @@ def test_relax_and_eval_take_the_checkpoints_calculator_unless_told():
         resolve_calculator(None, "{device: cuda}", env)
 
 
+def test_a_calculator_from_a_checkpoint_is_used_only_when_built_in_or_trusted():
+    """What a checkpoint names is data: a module:Class there is never imported unless the user names it
+    (with its keyword arguments) or passes --trust-checkpoint-calculator."""
+    from actors.calculators import UntrustedCalculatorError
+
+    lj = SimpleNamespace(calculator="ase.calculators.lj:LennardJones", calculator_kwargs={"sigma": 2.3, "epsilon": 0.1})
+    with pytest.raises(UntrustedCalculatorError, match="--calculator ase.calculators.lj:LennardJones --calculator-kwargs "
+                                                      "'{\"sigma\": 2.3, \"epsilon\": 0.1}'") as e:
+        resolve_calculator(None, None, lj, source="checkpoint c.pt")
+    assert str(e.value).startswith("checkpoint c.pt names calculator 'ase.calculators.lj:LennardJones'")
+    with pytest.raises(UntrustedCalculatorError, match="its keyword arguments come from there"):
+        resolve_calculator("ase.calculators.lj:LennardJones", None, lj)  # named, but the kwargs are the file's
+    with pytest.raises(UntrustedCalculatorError, match="not built in"):
+        resolve_calculator(None, '{"sigma": 2.3}', lj)  # the kwargs are the user's, the name is the file's
+    named = resolve_calculator("ase.calculators.lj:LennardJones", '{"sigma": 2.0, "epsilon": 0.2}', lj)
+    assert named == ("ase.calculators.lj:LennardJones", {"sigma": 2.0, "epsilon": 0.2})
+    assert resolve_calculator(None, None, lj, trust=True) == (lj.calculator, lj.calculator_kwargs)
+    # built-in names are safe with the stored kwargs (they are checked when built)
+    emt = SimpleNamespace(calculator="emt", calculator_kwargs={"asap_cutoff": True})
+    assert resolve_calculator(None, None, emt) == ("emt", {"asap_cutoff": True})
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("emt", {"cutoff": 6.0}, "calculator 'emt' does not take env.calculator_kwargs cutoff (it would store them and "
+                             "never read them); it takes asap_cutoff"),
+    ("ase.calculators.lj:LennardJones", {"sigma": 2.3, "epsilon": 0.1, "sigmaa": 1},
+     "does not take env.calculator_kwargs sigmaa"),
+    ("ase.calculators.lj:LennardJones", {"sigma": -2.3, "epsilon": 0.1}, "sigma = -2.3 must be a finite number > 0"),
+    ("ase.calculators.lj:LennardJones", {"sigma": 2.3, "epsilon": 0.0}, "epsilon = 0.0 must be a finite number > 0"),
+    ("ase.calculators.morse:MorsePotential", {"epsilon": 0.3, "r0": -2.5, "rho0": 6}, "r0 = -2.5 must be"),
+    ("ase.calculators.lj:LennardJones", {"sigma": "2", "epsilon": 0.1}, "sigma = '2' must be a finite number > 0"),
+])
+def test_unknown_kwargs_and_nonsense_pair_parameters_are_refused(name, kwargs, message):
+    with pytest.raises(CalculatorError) as e:
+        make_calculator(name, kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- CHGNet
 
 

@@ -392,3 +392,94 @@ def test_an_element_the_calculator_lacks_names_the_relax_flag(tmp_path, checkpoi
     err = capsys.readouterr().err
     assert "contains Si, which the 'emt' calculator does not handle" in err
     assert err.strip().endswith("choose another calculator with --calculator") and "env.calculator" not in err, err
+
+
+# ----------------------------------------------------------------------------- issue 27: nothing overwritten the user did not name
+
+
+def _output_cases(tmp_path: Path, checkpoint: Path) -> dict[str, tuple[list[str], str]]:
+    """Flags naming an input, each other, a dangling link or a picture; each with the text its error must hold."""
+    (tmp_path / "dangling.extxyz").symlink_to(tmp_path / "nowhere" / "x.extxyz")
+    write(tmp_path / "out.extxyz", rattled_cu())  # an earlier result, and a second name for it
+    (tmp_path / "alias.extxyz").symlink_to(tmp_path / "out.extxyz")
+    run_dir = checkpoint.parent.parent
+    return {
+        "trajectory is the input": (["--out", "out.extxyz", "--trajectory", "in.extxyz"],
+                                    "--trajectory in.extxyz is the input structure"),
+        "out is the input": (["--out", "in.extxyz"], "--out in.extxyz is the input structure"),
+        "trajectory is the checkpoint": (["--out", "out.extxyz", "--trajectory", str(checkpoint)],
+                                         "is the checkpoint in use"),
+        "trajectory is the run's config.toml": (["--out", "out.extxyz", "--trajectory", str(run_dir / "config.toml")],
+                                                "config.toml of the checkpoint's run"),
+        "the same file through a link": (["--out", "out.extxyz", "--trajectory", "alias.extxyz"],
+                                         "--trajectory and --out are the same file"),
+        "dangling link as out": (["--out", "dangling.extxyz"], "is a symbolic link to"),
+        "dangling link as trajectory": (["--out", "out.extxyz", "--trajectory", "dangling.extxyz"],
+                                        "--trajectory dangling.extxyz is a symbolic link to"),
+        "a picture as out": (["--out", "out.png"], "cannot be read back, so the relaxed coordinates would be lost"),
+    }
+
+
+@pytest.mark.parametrize("case", ["trajectory is the input", "out is the input", "trajectory is the checkpoint",
+                                  "trajectory is the run's config.toml", "the same file through a link",
+                                  "dangling link as out", "dangling link as trajectory", "a picture as out"])
+def test_outputs_never_overwrite_an_input_and_are_checked_before_the_work(tmp_path, checkpoint, capsys, monkeypatch,
+                                                                          case):
+    checkpoint_source = checkpoint
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "in.extxyz", rattled_cu())
+    run_dir = tmp_path / "run"  # a run directory of its own: config.toml and the checkpoint
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.toml").write_text("# the run's config\n")
+    checkpoint = run_dir / "checkpoints" / checkpoint.name
+    checkpoint.write_bytes(checkpoint_source.read_bytes())
+    flags, message = _output_cases(tmp_path, checkpoint)[case]
+    guarded = [tmp_path / "in.extxyz", checkpoint, run_dir / "config.toml"]
+    before = [p.read_bytes() for p in guarded]
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(["relax", "in.extxyz", "--checkpoint", str(checkpoint), "--steps", "3", *flags])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "", captured
+    assert captured.err.startswith("relaxrl relax: error:") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and "Traceback" not in captured.err, captured.err
+    assert [p.read_bytes() for p in guarded] == before  # nothing overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing written: refused before the work
+
+
+def test_keeps_constraints_lists_the_formats_that_give_them_back():
+    """relax.KEEPS_CONSTRAINTS is what ASE really round-trips; a format outside it (pdb, cif) loses FixAtoms."""
+    from relaxrl.relax import KEEPS_CONSTRAINTS
+
+    slab = fixed_slab()
+    for fmt in ("extxyz", "vasp", "traj", "json", "proteindatabank", "cif"):
+        path = Path(pytest.importorskip("tempfile").mkdtemp()) / f"x.{fmt}"
+        write(path, slab, format=fmt)
+        kept = bool(read(path, format=fmt).constraints)
+        assert kept == (fmt in KEEPS_CONSTRAINTS), fmt
+
+
+def test_a_format_that_drops_constraints_says_so(tmp_path, checkpoint, capsys):
+    src = tmp_path / "slab.extxyz"
+    write(src, fixed_slab())
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "2", "--out",
+                 str(tmp_path / "out.pdb")]) == 0
+    assert "out.pdb is in the 'proteindatabank' format, which cannot store the input's constraints (FixAtoms)" \
+        in capsys.readouterr().err
+    assert main(["relax", str(src), "--checkpoint", str(checkpoint), "--steps", "2", "--out",
+                 str(tmp_path / "out.extxyz")]) == 0
+    assert "cannot store" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("calculator, kwargs, message", [
+    ("emt", '{"cutoff": 6.0}', "calculator 'emt' does not take --calculator-kwargs cutoff"),
+    ("ase.calculators.lj:LennardJones", '{"sigma": -2.3, "epsilon": 0.01}', "--calculator-kwargs sigma = -2.3 must be"),
+])
+def test_calculator_kwargs_that_would_be_ignored_or_are_nonsense_are_one_line(tmp_path, checkpoint, capsys,
+                                                                              calculator, kwargs, message):
+    src = tmp_path / "in.extxyz"
+    write(src, rattled_cu())
+    rc = main(["relax", str(src), "--checkpoint", str(checkpoint), "--calculator", calculator,
+               "--calculator-kwargs", kwargs, "--out", str(tmp_path / "out.cif")])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert not (tmp_path / "out.cif").exists()

@@ -202,3 +202,86 @@ def test_no_secret_is_committed():
         if re.match(r"^[A-Z_]*(PASSWORD|TOKEN)=", line):
             assert line.endswith("="), f".env.example must not carry a value: {line}"
 
+
+
+# ----------------------------------------------------------------------------- no code from data (issue 27)
+
+
+def _checkpoint_naming(run_dir: Path, calculator: str, kwargs: dict) -> Path:
+    """A complete, loadable checkpoint whose config names ``calculator`` with ``kwargs`` (what an attacker sends)."""
+    from learner.policy import Policy, save_policy
+
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
+    cfg = cfg.__class__(**{**cfg.__dict__, "env": cfg.env.__class__(**{**cfg.env.__dict__, "calculator": calculator,
+                                                                       "calculator_kwargs": kwargs})})
+    return save_policy(run_dir, cfg, Policy(cfg).actor)
+
+
+@pytest.mark.parametrize("command", ["relax", "eval"])
+def test_a_checkpoint_naming_os_system_runs_nothing(tmp_path, capsys, command):
+    """`env.calculator = "os:system"` in a checkpoint: nothing runs, one line that says how to name it yourself."""
+    marker = tmp_path / "pwned.txt"
+    probe = tmp_path / "probe.txt"
+    os.system(f"touch {probe}")  # the command is live: it would create the marker if anything ran it
+    assert probe.exists()
+    _checkpoint_naming(tmp_path / "evil", "os:system", {"command": f"touch {marker}"})
+    argv = ([str(tmp_path / "missing.cif"), "--out", str(tmp_path / "out.cif")] if command == "relax"
+            else ["--optimizers", "bfgs", "--structures", str(tmp_path), "--out", str(tmp_path / "ev")])
+    rc = main([command, *argv, "--checkpoint", str(tmp_path / "evil")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "names calculator 'os:system'" in err and "--calculator os:system --calculator-kwargs" in err, err
+    assert "--trust-checkpoint-calculator" in err
+    assert not marker.exists()
+
+
+def test_a_checkpoint_naming_a_module_never_imports_it_unless_trusted(tmp_path, capsys, monkeypatch):
+    """A module whose import writes a file: refused (the file is not written, the module not imported) until the
+    user names it with --calculator or passes --trust-checkpoint-calculator; then it runs, which shows the test
+    could fail."""
+    from ase.io import write
+
+    marker = tmp_path / "imported.txt"
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "relaxrl_probe_calc.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "from ase.calculators.emt import EMT as Calc\n")
+    monkeypatch.syspath_prepend(str(mods))
+    ckpt = _checkpoint_naming(tmp_path / "run", "relaxrl_probe_calc:Calc", {})
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu_dimer())
+    base = ["relax", str(structure), "--checkpoint", str(ckpt), "--steps", "2", "--out", str(tmp_path / "out.xyz")]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names calculator 'relaxrl_probe_calc:Calc'" in err, err
+    assert not marker.exists() and "relaxrl_probe_calc" not in sys.modules
+    assert main([*base, "--trust-checkpoint-calculator", "--hybrid", "1"]) == 0
+    assert marker.exists()
+
+
+def _cu_dimer():
+    from ase import Atoms
+
+    return Atoms("Cu2", positions=[[0, 0, 0], [2.4, 0, 0]])
+
+
+@pytest.mark.parametrize("name, message", [
+    ("collections:OrderedDict", "is the class collections.OrderedDict, not an ASE calculator class"),
+    ("time:time", "built a builtins.float, not an ASE calculator"),
+    ("math:pi", "is a builtins.float, which cannot be called"),
+])
+def test_what_a_module_name_builds_must_be_an_ase_calculator(tmp_path, capsys, name, message):
+    from ase.io import write
+
+    from learner.policy import Policy, save_policy
+
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
+    ckpt = save_policy(tmp_path / "run", cfg, Policy(cfg).actor)
+    structure = tmp_path / "cu.xyz"
+    write(structure, _cu_dimer())
+    rc = main(["relax", str(structure), "--checkpoint", str(ckpt), "--calculator", name, "--out",
+               str(tmp_path / "out.xyz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out.xyz").exists()

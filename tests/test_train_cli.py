@@ -276,8 +276,32 @@ def test_the_progress_line_drops_fields_instead_of_squeezing_the_bar():
     assert _progress_line(s, logs, 1500).endswith("stage 1")  # plain lines keep every field
 
 
+def _gone(pids: list, within_s: float) -> list:
+    """The processes of ``pids`` (psutil.Process) still running or unreaped (zombies) after ``within_s`` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while True:
+        left = []
+        for p in pids:
+            try:
+                if p.is_running():
+                    left.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:80] or p.name()}")
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_checkpoints_and_exits_130(tmp_path, sig, status):
+    """Ctrl-C and SIGTERM (what schedulers, systemd and `docker stop` send) alike: the update finishes, a final
+    checkpoint, one "stopped:" line, exit 128 + the signal; no Ray stack or task-failure lines, and no process of
+    the run (redis-server, Ray's GCS, raylet and agents, the actors) is left running or unreaped."""
+    import psutil
+
     run = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "relaxrl.cli", "train", "--config", TINY, "--run-dir", str(run),
                           "--set", "learner.max_updates=100000", "--no-progress"], cwd=tmp_path, env=ENV,
@@ -287,14 +311,18 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
         while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.5)
         assert (run / "metrics.jsonl").exists(), p.stderr.read() if p.poll() is not None else "no update in 300 s"
-        p.send_signal(signal.SIGINT)
+        family = psutil.Process(p.pid).children(recursive=True)
+        assert any("redis-server" in c.name() for c in family) and any("raylet" in c.name() for c in family)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=180)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 130, err[-2000:]
+    assert p.returncode == status, err[-2000:]
     assert "stopped: final checkpoint" in err and "Traceback" not in err
-    assert "Unhandled error" not in err and "ActorDiedError" not in err
+    assert "Unhandled error" not in err and "ActorDiedError" not in err and "ray.kill" not in err
+    assert "SIGTERM received" not in err and "(raylet) Task" not in err, err[-2000:]
+    assert not _gone(family, within_s=5.0), f"left behind: {_gone(family, 0)}"
     from learner.checkpoint import list_checkpoints
 
     assert list_checkpoints(run)[-1].name != "ckpt-00000000.pt"
