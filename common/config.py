@@ -76,6 +76,21 @@ DROPPED_KEYS = {
 """Settings of earlier versions that no longer exist → why (an error in a user's file; dropped from checkpoints)."""
 
 
+# Upper bounds of the settings that size a search (a neighbour or pair search, a Hessian): past them the
+# work grows without a useful result (env.max_step = 1000 makes a 2000 Å collision cutoff).
+MAX_STEP_LIMIT = 1.0
+"""Largest env.max_step, Å: a move longer than about half a bond length is not a relaxation step."""
+MAX_RADIUS = 10.0
+"""Largest network.radius, Å (the design notes suggest 6–7 Å for large cells)."""
+MAX_NEIGHBORS_LIMIT = 256
+"""Largest network.max_neighbors (neighbours kept per atom)."""
+MAX_HESSIAN_ATOMS = 200
+"""Largest structure (free atoms) a finite-difference Hessian is taken of: 6 force calls per atom and a
+(3N)² matrix (expert.newton_max_atoms, env.saddle_check_atoms, relaxrl eval --curvature-check)."""
+MAX_MIN_DISTANCE = 4.0
+"""Largest curriculum.min_distance, Å: generated clusters farther apart than this are isolated atoms."""
+
+
 # ----------------------------------------------------------------- environment and actors
 
 @dataclass(frozen=True)
@@ -136,7 +151,8 @@ class EnvConfig:
             (self.fmax > 0, "fmax", self.fmax, "a positive force threshold in eV/Å, e.g. 0.05"),
             (self.max_steps >= 1, "max_steps", self.max_steps,
              "at least 1 step per episode (0 would end every episode at reset and stop every actor), e.g. 200"),
-            (self.max_step > 0, "max_step", self.max_step, "a positive bound in Å, e.g. 0.2"),
+            (0 < self.max_step <= MAX_STEP_LIMIT, "max_step", self.max_step,
+             f"a positive bound in Å of at most {MAX_STEP_LIMIT:g}, e.g. 0.2"),
             # below 1: sums of covalent radii are about bond lengths (Cu–Cu 2.64 Å, 2.55 Å in fcc Cu), so a collision
             # distance of 1× or more would refuse relaxed structures and hold atoms out of their minima
             (0 <= self.min_distance_factor < 1, "min_distance_factor", self.min_distance_factor,
@@ -147,8 +163,8 @@ class EnvConfig:
             (self.w_back >= 0, "w_back", self.w_back, "a penalty weight >= 0"),
             (self.w_energy >= 0 and math.isfinite(self.w_energy), "w_energy", self.w_energy,
              "a finite weight >= 0 on the energy drop in eV/atom, e.g. 20 (0 = off)"),
-            (self.saddle_check_atoms >= 0, "saddle_check_atoms", self.saddle_check_atoms,
-             "the most free atoms whose Hessian is checked at convergence, e.g. 24 (0 = off)"),
+            (0 <= self.saddle_check_atoms <= MAX_HESSIAN_ATOMS, "saddle_check_atoms", self.saddle_check_atoms,
+             f"the most free atoms whose Hessian is checked at convergence, 0..{MAX_HESSIAN_ATOMS}, e.g. 24 (0 = off)"),
             (1 <= self.history_steps <= 16, "history_steps", self.history_steps, "1..16 remembered steps, e.g. 5"),
         ], self)
 
@@ -181,7 +197,8 @@ class ExpertConfig:
     def __post_init__(self) -> None:
         _require("expert", [
             (self.teacher in TEACHER_NAMES, "teacher", self.teacher, " or ".join(map(repr, TEACHER_NAMES))),
-            (self.teacher_max_atoms >= 1, "teacher_max_atoms", self.teacher_max_atoms, "at least 1 atom, e.g. 24"),
+            (1 <= self.teacher_max_atoms <= MAX_HESSIAN_ATOMS, "teacher_max_atoms", self.teacher_max_atoms,
+             f"1..{MAX_HESSIAN_ATOMS} atoms, e.g. 24"),
             (self.teacher_min_curvature > 0, "teacher_min_curvature", self.teacher_min_curvature,
              "a positive curvature in eV/Å², e.g. 0.5"),
             (0.0 <= self.p_start <= 1.0, "p_start", self.p_start, "a probability in [0, 1]"),
@@ -236,7 +253,8 @@ class CurriculumConfig:
             (self.unlock_t_total >= 0, "unlock_t_total", self.unlock_t_total, ">= 0 (0 = never by steps)"),
             (self.success_window >= 1, "success_window", self.success_window, "at least 1 episode"),
             (self.rattle >= 0, "rattle", self.rattle, "a standard deviation >= 0 in Å"),
-            (self.min_distance > 0, "min_distance", self.min_distance, "a positive distance in Å, e.g. 2.0"),
+            (0 < self.min_distance <= MAX_MIN_DISTANCE, "min_distance", self.min_distance,
+             f"a positive distance in Å of at most {MAX_MIN_DISTANCE:g}, e.g. 2.0"),
             (0.0 <= self.strain < 0.5, "strain", self.strain, "a strain in [0, 0.5), e.g. 0.05 (0 = off)"),
         ], self)
 
@@ -340,7 +358,8 @@ class NetworkConfig:
             (2 <= self.num_layers <= 6, "num_layers", self.num_layers, "2..6 interaction layers"),
             (1 <= self.lmax <= 3, "lmax", self.lmax, "1..3 (lmax 0 has no vectors, so no displacement)"),
             (self.channels >= 1, "channels", self.channels, "a positive multiplicity, e.g. 16"),
-            (self.radius > 0, "radius", self.radius, "a positive cutoff in Å, e.g. 5.0"),
+            (0 < self.radius <= MAX_RADIUS, "radius", self.radius, f"a positive cutoff in Å of at most {MAX_RADIUS:g}, "
+             "e.g. 5.0"),
             (self.actor_head in ACTOR_HEAD_NAMES, "actor_head", self.actor_head, " or ".join(map(repr, ACTOR_HEAD_NAMES))),
             (self.step_size > 0, "step_size", self.step_size, "a positive step in Å²/eV, e.g. 0.1"),
             (0.0 <= self.momentum < 0.95, "momentum", self.momentum, "a weight in [0, 0.95), e.g. 0.5"),
@@ -348,7 +367,8 @@ class NetworkConfig:
             (self.radial_hidden >= 1, "radial_hidden", self.radial_hidden, "a positive size"),
             (self.avg_num_neighbors > 0, "avg_num_neighbors", self.avg_num_neighbors, "a positive normalisation, e.g. 12"),
             (self.dtype in ("float32", "float64"), "dtype", self.dtype, "'float32' or 'float64'"),
-            (self.max_neighbors >= 0, "max_neighbors", self.max_neighbors, ">= 0 (0 = no cap)"),
+            (0 <= self.max_neighbors <= MAX_NEIGHBORS_LIMIT, "max_neighbors", self.max_neighbors,
+             f"0..{MAX_NEIGHBORS_LIMIT} (0 = no cap)"),
             (1 <= self.max_species <= 118, "max_species", self.max_species, "1..118"),
             (self.species in ("table", "descriptors"), "species", self.species, "'table' or 'descriptors'"),
             (self.tail_hidden >= 1, "tail_hidden", self.tail_hidden, "a positive size"),
@@ -504,8 +524,12 @@ class ReplayConfig:
 class RunSettings:
     name: str = "demo"
     """Name of the preset; shown in reports."""
+    id: str = ""
+    """Identity of the run, set by `relaxrl train` when it creates the run directory (a fresh random string for
+    every new run, whatever a preset says) and kept in its config.toml and every checkpoint: relax, eval and
+    --resume refuse a checkpoint of another run found in a run directory. Leave it empty."""
     seed: int = 0
-    """Seed of structures, networks, noise and sampling."""
+    """Seed of structures, networks, noise and sampling (0 ≤ seed < 2**31)."""
     run_dir: str = ""
     """Run directory (empty = runs/<name>-<timestamp>)."""
     metrics_port: int = 0
@@ -536,6 +560,9 @@ class RunSettings:
     def __post_init__(self) -> None:
         _require("run", [
             (bool(self.name.strip()) and "/" not in self.name, "name", self.name, "a non-empty name without '/'"),
+            (0 <= self.seed < 2**31, "seed", self.seed, f"an integer seed in 0..{2**31 - 1}, e.g. 0"),
+            (all(c.isalnum() or c in "-_" for c in self.id), "id", self.id,
+             "empty or letters, digits, '-' and '_' (relaxrl train sets it; leave it empty)"),
             (0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "a port 1..65535 (0 = Ray picks)"),
             (self.eval_episodes >= 0, "eval_episodes", self.eval_episodes, ">= 0"),
             (self.eval_max_atoms >= 0, "eval_max_atoms", self.eval_max_atoms, ">= 0 (0 = all)"),

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 
 from common.errors import RelaxRLError
@@ -98,8 +99,58 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{p} is not a relaxrl checkpoint (format {found!r}, expected {FORMAT!r}); "
                               f"{WHAT_IS_A_CHECKPOINT}")
     check_payload(p, data)
+    check_same_run(p, data)
     data["path"] = str(p)
     return data
+
+
+def run_dir_of(checkpoint: str | Path) -> Path | None:
+    """The run directory a checkpoint file sits in (``RUN/checkpoints/ckpt-N.pt`` next to ``RUN/config.toml``), or None."""
+    p = Path(checkpoint)
+    run_dir = p.parent.parent
+    return run_dir if p.parent.name == "checkpoints" and (run_dir / "config.toml").is_file() else None
+
+
+def run_identity(config: Any) -> tuple[str, str]:
+    """(run.id, run.name) of a config dict (a checkpoint's, a config.toml's); empty strings where it has none
+    (runs of earlier versions)."""
+    run = config.get("run") if isinstance(config, dict) else None
+    run = run if isinstance(run, dict) else {}
+    return str(run.get("id") or ""), str(run.get("name") or "")
+
+
+def check_same_run(p: str | Path, data: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when checkpoint ``p`` sits in the run directory of another run.
+
+    Every run gets an identity (``run.id``) in its config.toml and checkpoints; a checkpoint copied into
+    another run's ``checkpoints/`` would otherwise be relaxed with, evaluated or resumed under that run's
+    settings without a word. Runs of earlier versions (no identity on either side) are not compared.
+    """
+    run_dir = run_dir_of(p)
+    if run_dir is None:
+        return
+    ckpt_id, ckpt_name = run_identity(data.get("config"))
+    try:
+        dir_id, dir_name = run_identity(tomllib.loads((run_dir / "config.toml").read_text()))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):  # a broken config.toml is reported where it is read
+        return
+    if ckpt_id and dir_id and ckpt_id != dir_id:
+        raise CheckpointError(
+            f"{p} belongs to another run: it was written by run {ckpt_name!r} (id {ckpt_id}), but it sits in {run_dir}, "
+            f"the directory of run {dir_name!r} (id {dir_id}); it was copied between runs and would be used with the "
+            f"other run's settings. Use the directory of the run it came from, or move the file out of {run_dir} "
+            "and pass the file itself")
+
+
+def check_weights_dtype(p: str | Path, entry: str, state: dict[str, Any], dtype: torch.dtype, config_key: str) -> None:
+    """Raise :class:`CheckpointError` unless every tensor of the state dict ``entry`` has ``dtype`` (the networks'
+    ``network.dtype``): ``load_state_dict`` would cast other weights (int64, float16) silently."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dtype != dtype:
+            raise CheckpointError(f"{p}: its {entry!r} weights are {str(value.dtype).replace('torch.', '')} "
+                                  f"(entry {name!r}) but its config says {config_key} = "
+                                  f"{str(dtype).replace('torch.', '')!r}; the file was altered or damaged: use "
+                                  f"another checkpoint ({WHAT_IS_A_CHECKPOINT})")
 
 
 def _first_line(e: BaseException) -> str:

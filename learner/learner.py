@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from common.names import SOURCES, TEACHER
 from common.replay_tables import batch_shares, tables_of
 from common.schedules import linear
 from learner import td3
-from learner.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from learner.checkpoint import (
+    CheckpointError,
+    check_weights_dtype,
+    list_checkpoints,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
 from learner.critic import TwinCritic
 from learner.graph import batch_graphs, stack_rows, torch_dtype
 from learner.heads import initial_actor
@@ -45,6 +53,30 @@ def corrected_moves(graph, proposed: torch.Tensor, env_cfg) -> torch.Tensor:
 
 class TrainingDiverged(RelaxRLError):
     """Too many consecutive non-finite losses; the last good weights were checkpointed."""
+
+
+def truncate_metrics(path: Path, updates: int) -> int:
+    """Keep the rows of ``metrics.jsonl`` up to update ``updates`` (the checkpoint a run resumes from) and drop
+    the rest, and any line a kill cut short; returns how many lines were dropped. Atomic (a temporary file
+    replaces it), so a crash leaves either the old file or the new one."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["updates"]) <= updates
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        if keep:
+            kept.append(line)
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 def pick_device(name: str) -> torch.device:
@@ -274,7 +306,15 @@ class Learner:
         optimizer moments onto the networks' device, and the sampling generator's state stays
         a CPU byte tensor (``Generator.set_state`` accepts nothing else).
         """
-        data = load_checkpoint(path, map_location="cpu")
+        data = load_checkpoint(path, map_location="cpu")  # refuses another run's checkpoint (run.id)
+        ckpt_id, ckpt_name = run_identity(data["config"])
+        if ckpt_id and self.config.run.id and ckpt_id != self.config.run.id:
+            raise CheckpointError(f"{data['path']} belongs to run {ckpt_name!r} (id {ckpt_id}), not to the run being "
+                                  f"resumed ({self.config.run.name!r}, id {self.config.run.id}); resume the run it "
+                                  "came from, or start a new run")
+        for entry in ("actor", "critic", "actor_target", "critic_target"):
+            if isinstance(data.get(entry), dict):
+                check_weights_dtype(data["path"], entry, data[entry], self.dtype, "network.dtype")
         try:
             self.actor.load_state_dict(data["actor"])
             self.critic.load_state_dict(data["critic"])
@@ -292,3 +332,6 @@ class Learner:
         self.counters.nonfinite_total = int(counters.get("nonfinite_total", 0))
         if "generator" in data:
             self.generator.set_state(torch.as_tensor(data["generator"], dtype=torch.uint8, device="cpu"))
+        # rows a killed run logged after this checkpoint would make the curves run backwards: the resumed run
+        # logs those updates again, from the checkpoint's t_total
+        self.dropped_rows = truncate_metrics(self.run_dir / "metrics.jsonl", self.counters.updates)

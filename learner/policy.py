@@ -18,7 +18,7 @@ import torch
 
 from common.config import DROPPED_KEYS, REMOVED_KEYS, ConfigError, from_dict, rename_old_keys, to_dict
 from common.observation import Observation, env_features
-from learner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from learner.checkpoint import CheckpointError, check_weights_dtype, load_checkpoint, save_checkpoint
 from learner.graph import batch_graphs, torch_dtype, unstack_rows
 from learner.heads import Actor, build_actor, initial_actor
 
@@ -99,6 +99,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
         raise CheckpointError(f"{data['path']} was trained with a different network config: "
                               + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()))
     policy = Policy(config, device=device)
+    check_weights_dtype(data["path"], "actor", data["actor"], policy.dtype, "network.dtype")
     try:
         policy.load_weights(data["actor"], version=data.get("counters", {}).get("updates", 0))  # types checked on load
     except (RuntimeError, TypeError, ValueError) as e:

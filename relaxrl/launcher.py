@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -40,15 +41,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+import tomllib
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from actors.calculators import refuse_untrusted
 from actors.curriculum import Curriculum, load_structures
 from actors.ray_metrics import RayMetrics
-from common.config import RunConfig, dump_config, load_config
+from common.config import RunConfig, dump_config, load_config, parse_override
 from common.errors import RelaxRLError, Terminated
-from learner.checkpoint import list_checkpoints
+from learner.checkpoint import list_checkpoints, load_checkpoint
 from learner.learner import Learner
 from relaxrl.after_training import after_training_line, evaluate_after_training
 from relaxrl.cli import DEFAULT_CONFIG
@@ -90,6 +94,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     contradict each other, the run directory, the Redis URL and password, the replay settings and
     the Ray address are all checked first, so a refused command leaves everything as it was.
     """
+    overridden = {parse_override(text)[:2] for text in args.overrides}
+    if ("run", "id") in overridden:
+        raise RelaxRLError("--set run.id: a run's identity is given by `relaxrl train` when it creates the run "
+                           "directory and kept for its resumes; remove the override")
     if args.resume:
         given = [flag for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)) if v is not None]
         if given:
@@ -103,9 +111,18 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if not list_checkpoints(run_dir):
             raise RelaxRLError(f"--resume {run_dir}: the run holds no checkpoint to continue from; start it anew "
                                f"with --config FILE --run-dir {run_dir}")
+        load_checkpoint(list_checkpoints(run_dir)[-1])  # damaged, or another run's: refused before anything starts
         cfg = load_config(run_dir / "config.toml", args.overrides)
+        # the run's config.toml is data: a calculator it names is imported only if built in, named again or trusted
+        refuse_untrusted(cfg.env.calculator, dict(cfg.env.calculator_kwargs), name_given=("env", "calculator") in overridden,
+                         kwargs_given=("env", "calculator_kwargs") in overridden,
+                         source=f"--resume {run_dir}: its config.toml", option="env.calculator",
+                         trust=getattr(args, "trust_checkpoint_calculator", False))
+        if not cfg.run.id:  # a run of an earlier version: it gets its identity now (written into config.toml)
+            cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+        cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))  # every new run its own, whatever the file says
         run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
         if run_dir.exists() and not run_dir.is_dir():
             raise RelaxRLError(f"--run-dir {run_dir} is a file; give a directory")
@@ -131,6 +148,22 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
 
 
 _LOCK_NAME = "train.lock"
+
+
+def new_run_id() -> str:
+    """A fresh run identity (``run.id``): 12 random hex digits."""
+    return uuid.uuid4().hex[:12]
+
+
+def _store_run_id(config_toml: Path, run_id: str) -> None:
+    """Write ``run.id`` into a resumed run's config.toml that has none (only that key changes; atomically)."""
+    data = tomllib.loads(config_toml.read_text())
+    if data.get("run", {}).get("id"):
+        return
+    data.setdefault("run", {})["id"] = run_id
+    tmp = config_toml.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(data))
+    os.replace(tmp, config_toml)
 
 
 def _lock(run_dir: Path) -> Any:
@@ -173,6 +206,8 @@ def _run_dir_for(plan: RunPlan) -> Iterator[None]:
             if list_checkpoints(run_dir):  # written between plan_run and the lock
                 raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir}")
             dump_config(plan.cfg, run_dir / "config.toml")
+        else:
+            _store_run_id(run_dir / "config.toml", plan.cfg.run.id)
         try:
             yield
         except BaseException:

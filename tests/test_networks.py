@@ -341,7 +341,7 @@ def _secant_history(atoms_list, steps: int) -> list[Observation]:
 
 def test_quasi_newton_head_starts_as_lbfgs_and_goes_downhill() -> None:
     cfg = NetworkConfig(**SMALL, path_history=True, actor_head="quasi-newton", step_size=0.02)
-    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4))
+    actor = build_actor(cfg, EnvConfig(max_step=1.0, history_steps=4))
     for p in actor.head.parameters():  # zero head: compliance exactly the identity, so H0 = γ I
         torch.nn.init.zeros_(p)
     obs = _secant_history([cu_cluster(6, seed=0), cu_cluster(9, seed=1)], steps=4)

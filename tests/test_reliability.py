@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -173,14 +174,18 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
 
     run_dir = tmp_path / "run"
     base = [sys.executable, "-m", "relaxrl.cli", "train", "--no-progress"]
-    sets = ["--set", "learner.checkpoint_every=5", "--set", "run.eval_episodes=1"]
+    sets = ["--set", "learner.checkpoint_every=10", "--set", "run.eval_episodes=1"]  # rows every 5 updates
     log1, log2 = open(tmp_path / "first.log", "w"), open(tmp_path / "resumed.log", "w")
     proc = subprocess.Popen(base + ["--config", str(TINY), "--run-dir", str(run_dir), *sets,
                                     "--set", "learner.max_updates=100000"],  # runs until killed / interrupted
                             cwd=tmp_path, env=ENV, stdout=log1, stderr=subprocess.STDOUT)
     family: list = []
     try:
-        wait_for(lambda: proc.poll() is not None or len(_metrics(run_dir)) >= 2, 240, "two metrics rows")
+        def past_a_checkpoint() -> bool:  # a row logged after the newest checkpoint (update 15, 25, ...)
+            rows = _metrics(run_dir)
+            return proc.poll() is not None or (len(rows) >= 3 and rows[-1]["updates"] % 10 == 5)
+
+        wait_for(past_a_checkpoint, 240, "a metrics row after a checkpoint", every=0.1)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         family = psutil.Process(proc.pid).children(recursive=True)
         cfg = load_config(run_dir / "config.toml")
@@ -192,14 +197,14 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
         rows_before = _metrics(run_dir)
         # the replay state the killed run left behind (its redis-server outlives it)
         before = ReplayClient(url, cfg.replay).stats()
-        n_before = len(rows_before)
+        old_max = max(r["updates"] for r in rows_before)
         resumed = subprocess.Popen(base + ["--resume", str(run_dir), *sets], cwd=tmp_path, env=ENV,
                                    stdout=log2, stderr=subprocess.STDOUT)
         family.append(psutil.Process(resumed.pid))
 
-        def grown() -> bool:  # the resumed actors stepped: t_total passed the checkpoint's
-            rows = _metrics(run_dir)[n_before:]
-            return resumed.poll() is not None or (len(rows) >= 2 and rows[-1]["t_total"] > t_ckpt)
+        def grown() -> bool:  # the resumed run logged past the killed run's rows, and its actors stepped
+            rows = _metrics(run_dir)
+            return resumed.poll() is not None or (rows[-1]["updates"] > old_max + 5 and rows[-1]["t_total"] > t_ckpt)
 
         wait_for(grown, 180, "the resumed run's t_total to grow")
         assert resumed.poll() is None, (tmp_path / "resumed.log").read_text()[-3000:]
@@ -212,7 +217,14 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
             if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
                 child.kill()
         log1.close(), log2.close()
-    new = _metrics(run_dir)[n_before:]
+    rows = _metrics(run_dir)
+    # the killed run's rows past its last checkpoint are gone: the curves never run backwards (issue 27)
+    assert [r["updates"] for r in rows] == sorted({r["updates"] for r in rows})
+    assert [r["t_total"] for r in rows] == sorted(r["t_total"] for r in rows)
+    assert [r for r in rows if r["updates"] <= ckpt_updates] == [r for r in rows_before if r["updates"] <= ckpt_updates]
+    new = [r for r in rows if r["updates"] > ckpt_updates]
+    assert len(new) >= 2 and len(rows_before) > len([r for r in rows_before if r["updates"] <= ckpt_updates]), \
+        "the test needs rows logged after the checkpoint the killed run left"
     assert [r["updates"] for r in new] == list(range(ckpt_updates + 5, ckpt_updates + 5 * len(new) + 1, 5))
     assert all(r["t_total"] >= t_ckpt > 0 for r in new)  # t_total continues from the checkpoint, never from 0
     assert new[-1]["t_total"] > t_ckpt and load_checkpoint(run_dir)["counters"]["updates"] >= new[-1]["updates"]
@@ -549,6 +561,145 @@ def test_resume_with_another_network_size_is_a_checkpoint_error(tmp_path):
         Learner(big, None, tmp_path, resume=True)
     with pytest.raises(CheckpointError, match="different network config: channels"):
         load_policy(tmp_path, expect_config=big)
+
+
+# ----------------------------------------------------------------------------- issue 27: never silently wrong
+
+
+def _run_with_identity(run_dir: Path, run_id: str, *overrides: str) -> Path:
+    """A run directory as `relaxrl train` leaves it: config.toml and a learner checkpoint, both with ``run.id``."""
+    from common.config import dump_config, load_config
+    from learner.learner import Learner
+
+    cfg = load_config(TINY, [f"run.id={json.dumps(run_id)}", *overrides])
+    run_dir.mkdir(parents=True)
+    dump_config(cfg, run_dir / "config.toml")
+    return Learner(cfg, None, run_dir).checkpoint()
+
+
+@pytest.mark.parametrize("command", ["relax", "eval", "resume"])
+def test_a_checkpoint_of_another_run_is_refused_naming_both_runs(tmp_path, capsys, command):
+    from ase.build import bulk
+    from ase.io import write
+
+    from relaxrl.cli import main
+
+    theirs = _run_with_identity(tmp_path / "theirs", "aaaa1111", "run.name=\"other\"")
+    mine = tmp_path / "mine"
+    _run_with_identity(mine, "bbbb2222")
+    stray = mine / "checkpoints" / "ckpt-00000500.pt"  # copied in: the newest, so it would be used
+    stray.write_bytes(theirs.read_bytes())
+    src = tmp_path / "in.extxyz"
+    write(src, bulk("Cu", cubic=True))
+    argv = {"relax": ["relax", str(src), "--checkpoint", str(mine), "--out", str(tmp_path / "out.cif")],
+            "eval": ["eval", "--checkpoint", str(mine), "--structures", str(tmp_path), "--no-progress",
+                     "--out", str(tmp_path / "ev")],
+            "resume": ["train", "--resume", str(mine), "--no-progress"]}[command]
+    before = stray.read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "belongs to another run" in err and "run 'other' (id aaaa1111)" in err and "run 'tiny' (id bbbb2222)" in err
+    assert stray.read_bytes() == before and not (tmp_path / "out.cif").exists() and not (mine / "redis").exists()
+
+
+def test_new_runs_get_their_own_identity_and_resumes_keep_it(tmp_path, monkeypatch):
+    """run.id: a fresh one for every new run (a preset or a copied config.toml holding one does not pass it on),
+    kept by --resume, given to a run of an earlier version when it is resumed; --set run.id is refused."""
+    import argparse
+
+    from common.config import load_config
+    from relaxrl.launcher import _run_dir_for, plan_run
+
+    def args(**kw):
+        base = dict(config=str(TINY), overrides=[], run_dir=None, resume=None, address=None, redis_url=None,
+                    redis_password_file=None, trust_checkpoint_calculator=False)
+        return argparse.Namespace(**{**base, **kw})
+
+    a = plan_run(args(run_dir=str(tmp_path / "a")))
+    b = plan_run(args(run_dir=str(tmp_path / "b")))
+    assert len(a.cfg.run.id) == 12 and a.cfg.run.id != b.cfg.run.id
+    old = tmp_path / "old"
+    _run_with_identity(old, "")  # a run of an earlier version: no identity anywhere
+    plan = plan_run(args(config=None, resume=str(old)))
+    with _run_dir_for(plan):
+        pass
+    assert load_config(old / "config.toml").run.id == plan.cfg.run.id != ""
+    assert plan_run(args(config=None, resume=str(old))).cfg.run.id == plan.cfg.run.id
+    with pytest.raises(Exception, match="run.id"):
+        plan_run(args(run_dir=str(tmp_path / "c"), overrides=["run.id=\"x\""]))
+
+
+def test_a_resume_drops_the_metrics_rows_past_its_checkpoint(tmp_path):
+    """A run killed after logging updates 15 and 20 past its checkpoint at 10: the resumed learner keeps the rows
+    up to update 10 and drops the rest (and a line the kill cut short), so the curves never run backwards."""
+    from common.config import load_config
+    from learner.learner import Learner
+
+    cfg = load_config(TINY)
+    learner = Learner(cfg, None, tmp_path)
+    learner.counters.updates, learner.counters.t_total = 10, 400
+    learner.checkpoint()
+    rows = [{"updates": u, "t_total": 40 * u} for u in (5, 10, 15, 20)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"updates": 25, "t_t')
+    resumed = Learner(cfg, None, tmp_path, resume=True)
+    assert resumed.counters.updates == 10 and resumed.dropped_rows == 3
+    assert _metrics(tmp_path) == rows[:2]
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_weights_of_another_dtype_are_refused(tmp_path, capsys, dtype):
+    """Weights cast to int64 (or float64 under a float32 config) would be cast back silently by load_state_dict."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from learner.checkpoint import CheckpointError
+    from learner.learner import Learner
+    from relaxrl.cli import main
+
+    ckpt = _run_with_identity(tmp_path / "run", "cccc3333")
+    data = torch.load(ckpt, weights_only=True)
+    for entry in ("actor", "critic"):
+        data[entry] = {k: v.to(dtype) for k, v in data[entry].items()}
+    torch.save(data, ckpt)
+    src = tmp_path / "in.extxyz"
+    write(src, bulk("Cu", cubic=True))
+    assert main(["relax", str(src), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out.cif")]) == 2
+    err = capsys.readouterr().err
+    name = str(dtype).replace("torch.", "")
+    assert err.count("\n") == 1 and f"'actor' weights are {name}" in err and "network.dtype = 'float32'" in err, err
+    from common.config import load_config
+
+    with pytest.raises(CheckpointError, match=f"weights are {name}"):
+        Learner(load_config(tmp_path / "run" / "config.toml"), None, tmp_path / "run", resume=True)
+
+
+@pytest.mark.parametrize("seed", ["-1", "12345678901234567890"])
+def test_eval_refuses_a_seed_out_of_range_before_the_work(tmp_path, capsys, seed):
+    from relaxrl.cli import main
+
+    rc = main(["eval", "--optimizers", "bfgs", "--set", f"run.seed={seed}", "--no-progress", "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "run.seed must be an integer seed in 0..2147483647" in err, err
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_checkpoint_holding_a_search_sizing_value_out_of_range_is_refused(tmp_path, capsys):
+    """A checkpoint whose config says env.max_step = 1000 (a 2000 Å collision cutoff) hung `relax`."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from relaxrl.cli import main
+
+    ckpt = _run_with_identity(tmp_path / "run", "dddd4444")
+    data = torch.load(ckpt, weights_only=True)
+    data["config"]["env"]["max_step"] = 1000.0
+    torch.save(data, ckpt)
+    src = tmp_path / "in.extxyz"
+    write(src, bulk("Cu", cubic=True))
+    assert main(["relax", str(src), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out.cif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its config is not valid" in err and "env.max_step must be" in err, err
 
 
 # ----------------------------------------------------------------------------- the doc stays true

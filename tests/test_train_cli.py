@@ -88,6 +88,15 @@ def test_resume_with_run_dir_or_config_is_refused_and_nothing_changes(tmp_path, 
     (["replay.tables.offline.max_size=10"], "NAME one of expert, online"),
     (["env.fmax=-0.05"], "env.fmax must be a positive"),
     (["curriculum.heldout_fraction=1.0"], "curriculum.heldout_fraction must be"),
+    # issue 27: settings that size a search have upper bounds; seeds are checked before Ray starts
+    (["env.max_step=1000"], "env.max_step must be a positive bound in Å of at most 1"),
+    (["network.radius=100"], "network.radius must be a positive cutoff in Å of at most 10"),
+    (["network.max_neighbors=100000"], "network.max_neighbors must be 0..256"),
+    (["expert.newton_max_atoms=100000"], "expert.newton_max_atoms must be 1..200"),
+    (["env.saddle_check_atoms=100000"], "env.saddle_check_atoms must be the most free atoms"),
+    (["curriculum.min_distance=50"], "curriculum.min_distance must be a positive distance in Å of at most 4"),
+    (["run.seed=-1"], "run.seed must be an integer seed in 0..2147483647"),
+    (["run.seed=12345678901234567890"], "run.seed must be an integer seed in 0..2147483647"),
 ])
 def test_values_a_config_shows_wrong_stop_train_before_anything_starts(tmp_path, capsys, overrides, message):
     args = ["train", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--no-progress"]
