@@ -3,8 +3,11 @@
 The structure-file readers check every structure they read, and the environment checks every
 structure at ``reset`` (generated ones too). Bad input raises :class:`StructureError` naming
 the structure, the problem and the fix: no atoms, non-finite coordinates, elements the
-calculator does not handle, a periodic axis without a cell vector, two atoms on one site,
-atoms closer than ``min_distance_factor × (r_cov,i + r_cov,j)``.
+calculator does not handle, a periodic axis without a cell vector, a (nearly) singular cell, a
+volume per atom no real structure has, a cell too thin or skewed for a bounded neighbour search
+(``actors.geometry.cell_problem``; checked before any search), two atoms on one site, atoms closer
+than ``min_distance_factor × (r_cov,i + r_cov,j)``, and atoms none of which has a neighbour within
+8 Å (``actors.geometry.isolation_problem``: coordinates in pm read as Å).
 
 The generated and the file sources hand on plain ``ase.Atoms`` without calculator, named in
 ``atoms.info["name"]`` and with their kind in ``atoms.info["kind"]`` (:func:`named_copy`), ASE
@@ -20,10 +23,10 @@ from ase.data import atomic_numbers
 from ase.neighborlist import neighbor_list
 
 from actors.calculators import calculator_elements
-from actors.geometry import find_overlaps
+from actors.geometry import cell_problem, find_overlaps, isolation_problem
 from common.errors import RelaxRLError
 
-__all__ = ["SAME_SITE_TOL", "StructureError", "check_structure", "named_copy"]
+__all__ = ["OVERLAP_ADVICE", "SAME_SITE_TOL", "StructureError", "check_structure", "named_copy"]
 
 SAME_SITE_TOL = 0.01
 """Atoms closer than this (Å) sit on one site: a duplicated atom, reported as such."""
@@ -33,12 +36,18 @@ class StructureError(RelaxRLError, ValueError):
     """A structure (file or generated) that cannot be relaxed as given."""
 
 
+OVERLAP_ADVICE = "lower env.min_distance_factor"
+"""What the overlap error advises when the structure is right (``train`` and ``eval --set``)."""
+
+
 def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = "emt",
-                    min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> None:
+                    min_distance_factor: float = 0.6, calculator_option: str = "env.calculator",
+                    overlap_advice: str = OVERLAP_ADVICE) -> None:
     """Raise :class:`StructureError` if ``atoms`` cannot be relaxed with ``calculator`` as given.
 
     ``calculator_option``: the setting the user chooses the calculator with, named in the
-    advice (``env.calculator`` for `relaxrl train`, ``--calculator`` for `relax` and `eval`).
+    advice (``env.calculator`` for `relaxrl train`, ``--calculator`` for `relax` and `eval`);
+    ``overlap_advice``: what else to do about overlapping atoms in the command at hand.
     """
     name = name or str(atoms.info.get("name", atoms.get_chemical_formula()))
     if len(atoms) == 0:
@@ -56,6 +65,9 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
             )
     if any(atoms.pbc[k] and np.linalg.norm(atoms.cell[k]) < 1e-9 for k in range(3)):
         raise StructureError(f"structure {name!r} is periodic along an axis whose cell vector is zero; give it a cell")
+    problem = cell_problem(atoms)  # before any neighbour search: each is bounded by the cell's geometry
+    if problem:
+        raise StructureError(f"structure {name!r}: {problem}")
     if len(atoms) > 1:
         i, j, d = neighbor_list("ijd", atoms, SAME_SITE_TOL, self_interaction=False)
         keep = i < j
@@ -73,8 +85,11 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
         raise StructureError(
             f"structure {name!r}: atoms {i} ({sym[i]}) and {j} ({sym[j]}) overlap at {d:.3f} Å, closer than "
             f"{min_distance_factor} × covalent radii sum = {lim:.3f} Å ({len(overlaps)} such pair(s)); check the "
-            "coordinates (Cartesian vs fractional, units) or lower env.min_distance_factor"
+            f"coordinates (Cartesian vs fractional, units) or {overlap_advice}"
         )
+    problem = isolation_problem(atoms)
+    if problem:
+        raise StructureError(f"structure {name!r}: {problem}")
 
 
 def named_copy(atoms: Atoms, name: str, kind: str) -> Atoms:

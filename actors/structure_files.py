@@ -25,7 +25,7 @@ from ase import Atoms
 from ase.io import read
 from ase.io.cif import parse_cif
 
-from actors.structure_check import StructureError, check_structure, named_copy
+from actors.structure_check import OVERLAP_ADVICE, StructureError, check_structure, named_copy
 
 __all__ = ["read_structure", "read_structure_file", "read_structure_source", "structure_files"]
 
@@ -62,11 +62,25 @@ def structure_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and _is_structure_file(p))
 
 
+PYMATGEN_UNSAFE_FORMATS = ("json", "yaml")
+"""pymatgen formats that are serialised Python objects: their site properties are decoded by monty, which
+imports any module a '@module' key names. Structure files are data someone may send; they are not read so."""
+
+
 def _read_pymatgen(path: Path) -> list[Atoms]:
     # pymatgen (about 0.3 s to import) only for the files it reads: ASE reads the common formats
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.registry import get_structure_format
 
+    try:
+        fmt = get_structure_format(filename=str(path)).name.lower()
+    except ValueError:  # pymatgen does not know the name: Structure.from_file says so below
+        fmt = ""
+    if fmt in PYMATGEN_UNSAFE_FORMATS:
+        raise StructureError(f"structure file {path} is pymatgen {fmt.upper()}, which names Python classes that "
+                             "reading it would import (code from a data file); relaxrl does not read it: convert it "
+                             "to CIF, POSCAR or extxyz where you trust it, and pass that file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         structure = Structure.from_file(str(path))
@@ -249,14 +263,15 @@ def _read_frames(path: Path) -> list[Atoms]:
 
 
 def _validated(path: Path, frames: list[Atoms], picked: Sequence[int], calculator: str,
-               min_distance_factor: float, calculator_option: str = "env.calculator") -> list[Atoms]:
+               min_distance_factor: float, calculator_option: str = "env.calculator",
+               overlap_advice: str = OVERLAP_ADVICE) -> list[Atoms]:
     out = []
     for k in picked:
         name = path.name if len(frames) == 1 else f"{path.name}#{k}"
         atoms = named_copy(frames[k], name, "file")
         label = name if str(path) == name else f"{name} ({path})"
         check_structure(atoms, label, calculator=calculator, min_distance_factor=min_distance_factor,
-                        calculator_option=calculator_option)
+                        calculator_option=calculator_option, overlap_advice=overlap_advice)
         out.append(atoms)
     return out
 
@@ -270,7 +285,8 @@ def _frame_index(path: Path, n: int, index: int) -> int:
 
 
 def read_structure_file(path: str | Path, *, index: int | None = None, calculator: str = "emt",
-                        min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> list[Atoms]:
+                        min_distance_factor: float = 0.6, calculator_option: str = "env.calculator",
+                        overlap_advice: str = OVERLAP_ADVICE) -> list[Atoms]:
     """Read and validate the structures of one file: every frame, or only frame ``index``.
 
     The one structure reader of `relaxrl train`, `relax` and `eval`. Formats: CIF (pymatgen,
@@ -281,16 +297,17 @@ def read_structure_file(path: str | Path, *, index: int | None = None, calculato
     extxyz/traj, selective dynamics from POSCAR as FixAtoms/FixScaled. Raises
     :class:`StructureError` naming the file: missing, unreadable or truncated files, partial
     occupancies, two atoms on one site, elements the calculator does not handle, overlapping
-    atoms, an index out of range. ``calculator_option`` as in :func:`check_structure`.
+    atoms, an index out of range. ``calculator_option`` and ``overlap_advice`` as in :func:`check_structure`.
     """
     path = Path(path)
     frames = _read_frames(path)
     picked = list(range(len(frames))) if index is None else [_frame_index(path, len(frames), index)]
-    return _validated(path, frames, picked, calculator, min_distance_factor, calculator_option)
+    return _validated(path, frames, picked, calculator, min_distance_factor, calculator_option, overlap_advice)
 
 
 def read_structure(path: str | Path, *, index: int | None = None, calculator: str = "emt",
-                   min_distance_factor: float = 0.6, calculator_option: str = "env.calculator") -> Atoms:
+                   min_distance_factor: float = 0.6, calculator_option: str = "env.calculator",
+                   overlap_advice: str = OVERLAP_ADVICE) -> Atoms:
     """Exactly one validated structure from a file (see :func:`read_structure_file`).
 
     A file with several frames needs ``index``: it is refused rather than relaxing one frame
@@ -303,11 +320,12 @@ def read_structure(path: str | Path, *, index: int | None = None, calculator: st
         raise StructureError(f"structure file {path} holds {n} frames (structures); choose one with --index N "
                              f"(0 … {n - 1}, or -1 for the last), or write the frame you want to its own file")
     k = _frame_index(path, n, 0 if index is None else index)
-    return _validated(path, frames, [k], calculator, min_distance_factor, calculator_option)[0]
+    return _validated(path, frames, [k], calculator, min_distance_factor, calculator_option, overlap_advice)[0]
 
 
 def read_structure_source(source: str | Path, *, calculator: str = "emt", min_distance_factor: float = 0.6,
-                          limit: int = 0, calculator_option: str = "env.calculator") -> list[Atoms]:
+                          limit: int = 0, calculator_option: str = "env.calculator",
+                          overlap_advice: str = OVERLAP_ADVICE) -> list[Atoms]:
     """Every structure of a directory of structure files, or of one file (every frame of multi-frame files).
 
     A directory contributes its .cif, POSCAR*/CONTCAR*/.vasp/.poscar, .xyz/.extxyz and .traj
@@ -328,7 +346,7 @@ def read_structure_source(source: str | Path, *, calculator: str = "emt", min_di
     structures: list[Atoms] = []
     for f in files:
         structures += read_structure_file(f, calculator=calculator, min_distance_factor=min_distance_factor,
-                                          calculator_option=calculator_option)
+                                          calculator_option=calculator_option, overlap_advice=overlap_advice)
         if limit and len(structures) >= limit:
             return structures[:limit]
     return structures

@@ -10,11 +10,18 @@ calculator that lacks their elements, such as EMT) or a directory of structure f
 reported per set and pooled (:func:`relaxrl.evaluate.pool_reports`). Every argument is checked
 before any relaxation, cheapest first; bad ones are one :class:`~relaxrl.evaluate.EvalError`
 line. The comparison itself is :func:`relaxrl.evaluate.evaluate`.
+
+The calculator (:func:`eval_calculator`): ``--calculator`` / ``--calculator-kwargs`` (or ``--set
+env.calculator*``), else the config's. A ``--config`` file and the default preset are the user's; a
+checkpoint's config is data, whose calculator is used only when it is built in or with
+``--trust-checkpoint-calculator`` (``actors.calculators.refuse_untrusted``). Every structure set is
+then loaded and checked with the resolved calculator, never with the one the checkpoint names.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +35,7 @@ from actors.crystals import check_calculator as check_crystals_calculator
 from actors.curriculum import load_structures
 from actors.structure_files import read_structure_source
 from actors.suite import SUITE_SEED, VALIDATION_SEED, generalisation_suite, large_suite
-from common.config import from_dict, load_config, parse_override, to_dict
+from common.config import MAX_HESSIAN_ATOMS, from_dict, load_config, parse_override, to_dict
 from learner.policy import load_policy, untrained_policy
 from relaxrl.cli import DEFAULT_CONFIG
 from relaxrl.evaluate import (
@@ -43,7 +50,7 @@ from relaxrl.evaluate import (
     parse_optimizers,
     pool_reports,
 )
-from relaxrl.outputs import probe_writable
+from relaxrl.outputs import probe_writable, refuse_dangling_link
 from relaxrl.reports import print_summary, write_report
 
 SUITE_SETS = {"suite": SUITE_SEED, "suite-val": VALIDATION_SEED, "suite-large": SUITE_SEED}
@@ -72,6 +79,7 @@ def read_structure_dir(path: str | Path, limit: int = 0, calculator: str = "emt"
     if not d.is_dir():
         raise EvalError(f"--structures {d}: not a directory; pass a directory of structure files or 'held-out'")
     structures = read_structure_source(d, calculator=calculator, min_distance_factor=min_distance_factor, limit=limit,
+                                       overlap_advice="lower env.min_distance_factor with --set env.min_distance_factor=X",
                                        calculator_option=calculator_option)
     return dict(named_structures(structures))
 
@@ -143,6 +151,7 @@ def set_names(text: str) -> list[str]:
 def check_out_dir(out: str | Path) -> Path:
     """Raise :class:`EvalError` unless ``out`` is (or can be created as) a writable directory; creates nothing."""
     p = Path(out)
+    refuse_dangling_link("--out", p)
     if p.exists() and not p.is_dir():
         raise EvalError(f"--out {p} is an existing file; eval writes a directory (report.json, report.md, plots): "
                         "give a directory path")
@@ -223,6 +232,20 @@ def eval_policies(names: Sequence[str], policy: Any, cfg: Any) -> tuple[dict[str
     return policies, notes
 
 
+def eval_calculator(args: argparse.Namespace, cfg: Any, policy: Any) -> tuple[str, dict]:
+    """The calculator and keyword arguments eval uses (see the module docstring); refuses, before anything is
+    imported, a calculator that only the checkpoint names and that is not built in."""
+    given = {key: value for section, key, value in check_overrides(args.overrides) if section == "env"}
+    name = args.calculator or given.get("calculator")
+    kwargs_json = getattr(args, "calculator_kwargs", None)
+    if kwargs_json is None and "calculator_kwargs" in given:
+        kwargs_json = json.dumps(given["calculator_kwargs"])
+    from_checkpoint = policy is not None and not args.config  # else the user's --config or the default preset
+    source = f"checkpoint {args.checkpoint}" if from_checkpoint else f"config {args.config or DEFAULT_CONFIG}"
+    return resolve_calculator(name, kwargs_json, policy.config.env if from_checkpoint else cfg.env, source=source,
+                              trust=getattr(args, "trust_checkpoint_calculator", False) or not from_checkpoint)
+
+
 def eval_command(args: argparse.Namespace) -> int:
     """`relaxrl eval`: :func:`relaxrl.evaluate.evaluate` on the structures --structures names (per set, pooled when
     several); writes report.json, report.md and plots to --out."""
@@ -235,9 +258,9 @@ def eval_command(args: argparse.Namespace) -> int:
         raise EvalError(f"--hybrid must be >= 0 (0 = the policy alone), got {args.hybrid}")
     curvature = getattr(args, "curvature_check", None)
     curvature = CURVATURE_MAX_ATOMS if curvature is None else curvature
-    if curvature < 0:
-        raise EvalError(f"--curvature-check must be >= 0 (the most free atoms whose Hessian is checked; 0 = off), "
-                        f"got {curvature}")
+    if not 0 <= curvature <= MAX_HESSIAN_ATOMS:
+        raise EvalError(f"--curvature-check must be 0..{MAX_HESSIAN_ATOMS} (the most free atoms whose Hessian is "
+                        f"checked; 0 = off), got {curvature}")
     sets = set_names(args.structures)
     out = check_out_dir(args.out)
     check_overrides(args.overrides)
@@ -249,12 +272,13 @@ def eval_command(args: argparse.Namespace) -> int:
                         "or leave 'rl' out of --optimizers ('untrained' is the untrained policy of --config)")
     cfg = eval_config(args, policy)
 
-    calc_name, kwargs = resolve_calculator(args.calculator, getattr(args, "calculator_kwargs", None), cfg.env)
+    calc_name, kwargs = eval_calculator(args, cfg, policy)
     calc = make_calculator(calc_name, kwargs, option="--calculator")  # refused here in eval's terms, before any structure
     if getattr(args, "relax_cell", False) and "stress" not in getattr(calc, "implemented_properties", ("stress",)):
         raise EvalError(f"--relax-cell needs the stress, and calculator {calc_name!r} does not compute it; use one that "
                         "does (e.g. --calculator chgnet or emt)")
     relax_cell = bool(getattr(args, "relax_cell", False))
+    cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, calculator=calc_name, calculator_kwargs=kwargs))
     structures = {name: set_structures(name, cfg, args.limit, calc_name, kwargs) for name in sets}
     for group in structures.values():
         check_gpmin_size(names, group.items())

@@ -259,8 +259,14 @@ class Run:
             raise
 
     def _wire(self, resume: bool, address: str | None, redis_url: str | None) -> None:
-        """Replay → Ray → coordinator → learner (publishes the first weights) → actors."""
+        """Structures → replay → Ray → coordinator → learner (publishes the first weights) → actors."""
         cfg, run_dir = self.cfg, self.run_dir
+        # first: a structure source that does not load (a bad file, a cell no search can bound) is refused before
+        # Redis or Ray is started
+        self.train_structures, self.heldout = load_structures(
+            cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
+            calculator_kwargs=cfg.env.calculator_kwargs, min_distance_factor=cfg.env.min_distance_factor,
+            relax_cell=cfg.env.relax_cell)
         if address:
             check_ray_address(address)
         url = redis_url or resolve_redis_url(cfg.replay.url, cfg.replay.password_file)  # a stored URL: password again
@@ -278,10 +284,6 @@ class Run:
             self.replay_metrics = ReplayMetricsServer(ReplayClient(url, cfg.replay), cfg.replay.metrics_port)
 
         self.cluster = RayRuntime(address, num_cpus=cfg.run.num_cpus, metrics_port=cfg.run.metrics_port)
-        self.train_structures, self.heldout = load_structures(
-            cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
-            calculator_kwargs=cfg.env.calculator_kwargs, min_distance_factor=cfg.env.min_distance_factor,
-            relax_cell=cfg.env.relax_cell)
         self.hub = self.cluster.start_hub(Curriculum(self.train_structures, cfg.curriculum), cfg.run.seed)
         self.live_eval = LiveEval.for_run(cfg, self.heldout)  # its sample's BFGS reference is computed here, once
         self.learner = Learner(cfg, self.replay, run_dir, resume=resume, publish=self.hub.publish,

@@ -170,7 +170,10 @@ def relax_command(args: argparse.Namespace) -> int:
     inner = make_calculator(calc_name, kwargs, option="--calculator")
     calc = CountingCalculator(inner, stress=relax_cell)
     atoms = read_structure(args.input, index=getattr(args, "index", None), calculator=calc_name,
-                           min_distance_factor=env.min_distance_factor, calculator_option="--calculator")
+                           min_distance_factor=env.min_distance_factor, calculator_option="--calculator",
+                           overlap_advice=(f"use a checkpoint trained with a lower env.min_distance_factor (this one "
+                                           f"keeps every pair at least {env.min_distance_factor} × the radii sum apart, "
+                                           "so relax cannot start closer)"))
     name = str(atoms.info.get("name", Path(args.input).name))
     if relax_cell:  # a periodic structure and a calculator with stress, or one line saying which is missing
         check_cell_relaxable(atoms, inner, name, option="--relax-cell")

@@ -702,6 +702,48 @@ def test_a_checkpoint_holding_a_search_sizing_value_out_of_range_is_refused(tmp_
     assert err.count("\n") == 1 and "its config is not valid" in err and "env.max_step must be" in err, err
 
 
+@pytest.mark.parametrize("command", ["relax", "eval", "train"])
+def test_a_flat_cell_is_one_line_in_every_command(tmp_path, capsys, command):
+    """c = a + b gave LinAlgError tracebacks in relax, eval and train (and c = a + b + 1e-6 ẑ a 4 GB search)."""
+    from ase.build import bulk
+    from ase.io import write
+
+    from relaxrl.cli import main
+
+    cu = bulk("Cu", cubic=True)
+    a, b, _ = np.array(cu.cell)
+    cu.set_cell([a, b, a + b])
+    structures = tmp_path / "structures"
+    structures.mkdir()
+    write(structures / "flat.extxyz", cu)
+    ckpt = _run_with_identity(tmp_path / "run", "eeee5555")
+    argv = {"relax": ["relax", str(structures / "flat.extxyz"), "--checkpoint", str(ckpt), "--out",
+                      str(tmp_path / "out.cif")],
+            "eval": ["eval", "--checkpoint", str(ckpt), "--structures", str(structures), "--no-progress", "--out",
+                     str(tmp_path / "ev")],
+            "train": ["train", "--config", str(TINY), "--set", f"curriculum.source={json.dumps(str(structures))}",
+                      "--run-dir", str(tmp_path / "new-run"), "--no-progress"]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "its cell is singular" in err, err
+    assert not (tmp_path / "new-run").exists() and not (tmp_path / "ev").exists()
+
+
+def test_the_overlap_error_of_relax_gives_advice_relax_can_follow(tmp_path, capsys):
+    """relax has no env.min_distance_factor to lower: it names the checkpoint's factor and what to do instead."""
+    from ase import Atoms
+    from ase.io import write
+
+    from relaxrl.cli import main
+
+    ckpt = _run_with_identity(tmp_path / "run", "ffff6666")
+    write(tmp_path / "close.xyz", Atoms("Cu2", positions=[[0, 0, 0], [1.0, 0, 0]]))
+    assert main(["relax", str(tmp_path / "close.xyz"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.cif")]) == 2
+    err = capsys.readouterr().err
+    assert "overlap at 1.000 Å" in err and "use a checkpoint trained with a lower env.min_distance_factor" in err, err
+    assert "or lower env.min_distance_factor" not in err
+
+
 # ----------------------------------------------------------------------------- the doc stays true
 
 TEST_REF = re.compile(r"`?(tests/test_[a-z0-9_]+\.py)::(test_[A-Za-z0-9_]+)")

@@ -285,3 +285,74 @@ def test_what_a_module_name_builds_must_be_an_ase_calculator(tmp_path, capsys, n
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "out.xyz").exists()
+
+
+def test_eval_never_imports_a_checkpoints_calculator_unless_trusted(tmp_path, capsys, monkeypatch):
+    """eval loads the held-out split with the calculator it resolved (here the user's --calculator emt), never
+    with the one the checkpoint names; --trust-checkpoint-calculator lets it import that one; a --config file is
+    the user's own, so its module:Class is used."""
+    from ase.io import write
+
+    marker = tmp_path / "imported.txt"
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "relaxrl_probe_calc2.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "from ase.calculators.emt import EMT as Calc\n")
+    monkeypatch.syspath_prepend(str(mods))
+    ckpt = _checkpoint_naming(tmp_path / "run", "relaxrl_probe_calc2:Calc", {})
+    base = ["eval", "--checkpoint", str(ckpt), "--optimizers", "bfgs", "--limit", "1", "--no-progress"]
+    assert main([*base, "--calculator", "emt", "--out", str(tmp_path / "ev1")]) == 0
+    assert not marker.exists() and "relaxrl_probe_calc2" not in sys.modules
+    assert main([*base, "--out", str(tmp_path / "ev2")]) == 2
+    assert "names calculator 'relaxrl_probe_calc2:Calc'" in capsys.readouterr().err and not marker.exists()
+    assert main([*base, "--trust-checkpoint-calculator", "--out", str(tmp_path / "ev3")]) == 0
+    assert marker.exists()
+    # the user's own config file may name any calculator
+    structures = tmp_path / "structures"
+    structures.mkdir()
+    write(structures / "ar.xyz", _cu_dimer())
+    config = tmp_path / "lj.toml"
+    config.write_text('[env]\ncalculator = "ase.calculators.lj:LennardJones"\n'
+                      "calculator_kwargs = { sigma = 2.3, epsilon = 0.1, rc = 6.0 }\n")
+    assert main(["eval", "--config", str(config), "--optimizers", "bfgs", "--structures", str(structures),
+                 "--no-progress", "--out", str(tmp_path / "ev4")]) == 0
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_structure_file_never_makes_relaxrl_import_a_module(tmp_path, capsys, monkeypatch, suffix):
+    """pymatgen's JSON/YAML structures decode site properties with monty, which imports any '@module' they name:
+    such a file (data someone sends) is refused, the module never imported; the same structure as a CIF is read."""
+    from pymatgen.core import Lattice, Structure
+
+    from learner.policy import Policy, save_policy
+
+    marker = tmp_path / "imported.txt"
+    module = f"relaxrl_probe_site_{suffix[1:]}"  # one per case: nothing cached from the other
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / f"{module}.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\nclass Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(mods))
+    s = Structure(Lattice.cubic(3.61), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    d = s.as_dict()
+    d["sites"][0]["properties"] = {"x": {"@module": module, "@class": "Thing"}}
+    probe = tmp_path / "probe.json"
+    probe.write_text(__import__("json").dumps(d))
+    Structure.from_file(str(probe))  # pymatgen itself imports it: the file is live
+    assert marker.exists()
+    marker.unlink()
+    sys.modules.pop(module, None)
+    src = tmp_path / f"cu{suffix}"
+    if suffix == ".json":
+        src.write_text(probe.read_text())
+    else:
+        import yaml
+
+        src.write_text(yaml.safe_dump(d))
+    cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
+    ckpt = save_policy(tmp_path / "run", cfg, Policy(cfg).actor)
+    rc = main(["relax", str(src), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out.cif")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "which names Python classes that reading it would import" in err, err
+    assert not marker.exists() and module not in sys.modules

@@ -343,3 +343,55 @@ def test_unsupported_element_advice_names_the_option_the_user_sets(tmp_path, opt
     kwargs = {} if option == "env.calculator" else {"calculator_option": option}
     with pytest.raises(StructureError, match=rf"contains Si, .* choose another calculator with {option}$"):
         read_structure(tmp_path / "si.extxyz", **kwargs)
+
+
+# ----------------------------------------------------------------------------- issue 27: bounded work, no nonsense
+
+
+def _cu_with_cell(kind: str) -> Atoms:
+    """Rattled cubic Cu4 with a cell of the given kind (what the issue's probes sent)."""
+    cu = bulk("Cu", cubic=True)
+    cu.rattle(0.05, seed=1)
+    a, b, c = np.array(cu.cell)
+    cells = {"flat": ([a, b, a + b], False), "nearly flat": ([a, b, a + b + [0, 0, 1e-6]], False),
+             "scaled by 0.01": (cu.cell * 0.01, True), "pm read as Å": (cu.cell * 100, True),
+             "skewed beyond a bounded search": ([a, b, c + 400 * a], False),
+             "skewed but searchable": ([a, b, c + 40 * a], False)}
+    cell, scale = cells[kind]
+    out = cu.copy()
+    out.set_cell(cell, scale_atoms=scale)
+    return out
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("flat", "its cell is singular"),
+    ("nearly flat", "its cell is nearly singular"),
+    ("scaled by 0.01", "its volume per atom is 1.18e-05 Å³"),
+    ("pm read as Å", "its volume per atom is 1.18e+07 Å³"),
+    ("skewed beyond a bounded search", "so thin or skewed that a 10 Å neighbour search would scan"),
+    ("isolated atoms", "no atom has another within 8 Å (the nearest pair is 255.3 Å apart)"),
+])
+def test_cells_and_coordinates_no_bounded_search_or_real_structure_has_are_refused_at_once(kind, message):
+    """A flat cell drove `relax` to 4 GB in 30 s, a cell ×0.01 to MemoryError, a flat one to LinAlgError; pm read
+    as Å 'converged in 0 steps'. Each is one StructureError now, before any neighbour search."""
+    import time
+
+    if kind == "isolated atoms":
+        atoms = Atoms("Cu4", positions=bulk("Cu", cubic=True).positions * 100)
+    else:
+        atoms = _cu_with_cell(kind)
+    t0 = time.perf_counter()
+    with pytest.raises(StructureError, match="structure 'probe': ") as e:
+        check_structure(atoms, "probe")
+    assert message in str(e.value) and "\n" not in str(e.value) and time.perf_counter() - t0 < 5
+
+
+def test_structures_of_every_real_kind_pass_the_bounds(demo):
+    """The bounds refuse nothing real: the demo set, a valid but skewed basis, a slab, a molecule in no cell, one
+    atom in a box, a dimer."""
+    from ase.build import molecule
+
+    one = Atoms("Cu", positions=[[5, 5, 5]], cell=[10, 10, 10], pbc=True)
+    for atoms in [*demo, _cu_with_cell("skewed but searchable"), fcc111("Cu", (2, 2, 3), vacuum=8.0),
+                  molecule("CH4"), one, Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]])]:
+        check_structure(atoms)
