@@ -20,18 +20,23 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import tomli_w
 
 from common.config import SECTIONS, describe, load_config, to_dict
 from common.errors import RelaxRLError, Terminated
 
-DEFAULT_CONFIG = "configs/demo.toml"
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "data" / "demo.toml")
+"""The demo preset (configs/demo.toml), shipped inside the package so `relaxrl train` and `relaxrl config show`
+work from any directory (relaxrl/data/demo.toml links to it in the repository; a wheel holds a copy)."""
 
 
 def _config_args(p: argparse.ArgumentParser, default: str | None = DEFAULT_CONFIG,
                  set_help: str = "override one config value; repeatable, e.g. --set learner.actor_lr=1e-4") -> None:
-    p.add_argument("--config", default=default, help=f"TOML preset (default {default})")
+    p.add_argument("--config", default=default,
+                   help="TOML preset (default: " + ("the demo preset, configs/demo.toml" if default == DEFAULT_CONFIG
+                                                   else str(default)) + ")")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help=set_help)
 
 
@@ -66,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an agent (local Ray + embedded Redis by default)")
     p.add_argument("--config", default=None,
-                   help=f"TOML preset of a new run (default {DEFAULT_CONFIG}); not with --resume, which reads the run's own")
+                   help="TOML preset of a new run (default: the demo preset, configs/demo.toml, shipped with relaxrl); "
+                        "not with --resume, which reads the run's own")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value; repeatable, e.g. --set learner.actor_lr=1e-4")
     p.add_argument("--run-dir", default=None, help="run directory of a new run (default runs/<name>-<time>); "

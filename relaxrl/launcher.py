@@ -61,14 +61,13 @@ from relaxrl.ray_runtime import RayRuntime, check_ray_address
 from relaxrl.training_report import plot_run
 from replay_service.client import ReplayClient
 from replay_service.server import (
-    REDIS_PASSWORD_ENV,
     ReplayMetricsServer,
     check_url_security,
     claim_namespace,
     resolve_redis_url,
     start_embedded,
-    url_has_password,
     url_without_password,
+    warn_password_in_url,
 )
 
 log = logging.getLogger("relaxrl.train")
@@ -133,10 +132,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
 
     password_file = getattr(args, "redis_password_file", None) or cfg.replay.password_file
     given_url = args.redis_url or cfg.replay.url
-    if args.redis_url and url_has_password(args.redis_url) and "***" not in args.redis_url:
-        print(f"relaxrl train: warning: the password in --redis-url is visible to every user of this machine (ps, "
-              f"/proc); set {REDIS_PASSWORD_ENV} or --redis-password-file FILE and give the URL without it",
-              file=sys.stderr)
+    warn_password_in_url(args.redis_url, "train")
     url = resolve_redis_url(given_url, password_file) if given_url else None
     if url:
         check_url_security(url)

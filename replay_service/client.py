@@ -60,6 +60,13 @@ _MAX_REFILLS = 8  # rounds of replacement draws for items that do not decode, be
 log = logging.getLogger(__name__)
 
 
+REDIS_PASSWORD_ENV = "RELAXRL_REDIS_PASSWORD"
+"""Environment variable holding the Redis password (compose's ``REDIS_PASSWORD`` in ``.env``)."""
+PASSWORD_ADVICE = (f"give the password through the {REDIS_PASSWORD_ENV} environment variable or --redis-password-file "
+                   "FILE (replay.password_file), not in the URL (every user of the machine sees a command line in ps)")
+"""What every Redis password problem advises (the README's way; a password in a URL is warned about)."""
+
+
 def redact_url(url: str) -> str:
     """The URL with its password (if any) replaced by '***'."""
     try:
@@ -199,8 +206,7 @@ class ReplayClient:
                 return out
             except redis.exceptions.AuthenticationError as e:
                 what = "refused the password" if urlsplit(self.url).password else "requires a password (none in the URL)"
-                raise ReplayConnectionError(f"Redis at {self.safe_url} {what}: {e}. Use "
-                                            "redis://:PASSWORD@host:port/0 with the server's requirepass") from None
+                raise ReplayConnectionError(f"Redis at {self.safe_url} {what}: {e}; {PASSWORD_ADVICE}") from None
             except redis.exceptions.BusyLoadingError as e:
                 err: Exception = e
             except _RETRYABLE as e:
@@ -208,7 +214,8 @@ class ReplayClient:
             except redis.exceptions.ResponseError as e:
                 msg = str(e)
                 if "NOAUTH" in msg or "WRONGPASS" in msg:
-                    raise ReplayConnectionError(f"Redis at {self.safe_url} needs a (correct) password: {msg}") from None
+                    raise ReplayConnectionError(f"Redis at {self.safe_url} needs a (correct) password: {msg}; "
+                                                f"{PASSWORD_ADVICE}") from None
                 if "RELAXRL_NO_TABLE" in msg:
                     raise ReplayError(f"replay tables in namespace '{self.cfg.namespace}' do not exist at "
                                       f"{self.safe_url}: call create_tables() (or run `relaxrl replay serve`)") from None

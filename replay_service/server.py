@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from prometheus_client.core import CollectorRegistry
 
 from common.config import load_config
 from common.metrics import prometheus_family  # names, types and help text live in the metrics spec
-from replay_service.client import ReplayClient, redact_url
+from replay_service.client import PASSWORD_ADVICE, REDIS_PASSWORD_ENV, ReplayClient, redact_url
 from replay_service.errors import ReplayConfigError, ReplayConnectionError
 
 
@@ -231,8 +232,12 @@ def _spawn(d: Path, exe: str, port: int | None, appendfsync: str, timeout: float
     raise ReplayConnectionError(f"could not start the embedded redis-server in {d}; its log ends with:\n{last_log}")
 
 
-REDIS_PASSWORD_ENV = "RELAXRL_REDIS_PASSWORD"
-"""Environment variable holding the Redis password (compose's ``REDIS_PASSWORD`` in ``.env``)."""
+def warn_password_in_url(url: str | None, command: str) -> None:
+    """Warn on stderr when a URL given on the command line carries a password (``ps`` and /proc show it)."""
+    if url and url_has_password(url) and "***" not in url:
+        print(f"relaxrl {command}: warning: the password in --redis-url is visible to every user of this machine "
+              f"(ps, /proc); set {REDIS_PASSWORD_ENV} or --redis-password-file FILE and give the URL without it",
+              file=sys.stderr)
 
 
 def redis_password(password_file: str | os.PathLike = "") -> str | None:
@@ -310,7 +315,7 @@ def check_url_security(url: str) -> None:
     if not loopback and not parts.password:
         raise ReplayConfigError(
             f"refusing Redis at {redact_url(url)} without a password: it is not on loopback or a unix socket. "
-            "Set requirepass on the server and use redis://:PASSWORD@host:port/0 (rediss:// for TLS)")
+            f"Set requirepass on the server and {PASSWORD_ADVICE} (rediss:// for TLS)")
 
 
 def claim_namespace(client: ReplayClient, owner: str, resume: bool) -> None:
@@ -416,6 +421,7 @@ def serve_command(args: Any) -> int:
     """`relaxrl replay serve`: create/check the tables, export metrics, run until SIGTERM or Ctrl-C."""
     cfg = load_config(args.config, list(getattr(args, "overrides", []) or []))
     rcfg = cfg.replay
+    warn_password_in_url(getattr(args, "redis_url", None), "replay serve")
     url = getattr(args, "redis_url", None) or rcfg.url
     embedded: EmbeddedRedis | None = None
     metrics: ReplayMetricsServer | None = None

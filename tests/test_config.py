@@ -168,6 +168,25 @@ def test_config_show_into_a_closed_pipe_exits_quietly():
     assert proc.stderr == ""
 
 
+def test_the_default_preset_is_found_outside_the_repository(tmp_path):
+    """`relaxrl config show --docs` and `relaxrl train` without --config, run from another directory, use the
+    demo preset shipped in the package (they failed on configs/demo.toml before); it is the repository's preset."""
+    from relaxrl.cli import DEFAULT_CONFIG
+
+    root = Path(__file__).resolve().parents[1]
+    assert Path(DEFAULT_CONFIG).read_bytes() == (root / "configs" / "demo.toml").read_bytes()
+    exe = str(Path(sys.executable).with_name("relaxrl"))
+    docs = subprocess.run([exe, "config", "show", "--docs"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert docs.returncode == 0 and docs.stdout.startswith("[run]\n") and docs.stderr == "", docs.stderr
+    shown = subprocess.run([exe, "config", "show"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0 and 'name = "demo"' in shown.stdout
+    # a new run without --config reads the preset (refused here for a value, before anything starts)
+    train = subprocess.run([exe, "train", "--set", "env.max_steps=0", "--no-progress"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert train.returncode == 2 and "env.max_steps must be at least 1" in train.stderr, train.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("case, message", [
     ("directory", "is a directory, not a file"),
     ("binary", "is not a TOML text file (a checkpoint or a binary file?)"),

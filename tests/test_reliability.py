@@ -517,6 +517,9 @@ def test_a_wrong_redis_password_is_one_clear_error_and_the_data_is_untouched(tmp
             with pytest.raises(ReplayConnectionError, match=says) as e:
                 ReplayClient(url, ReplayConfig(namespace="pw", connect_timeout=1.0)).sizes()
             assert "wrong-pw" not in str(e.value)
+            # the README's advice (issue 27): the variable or a password file, never a password in the URL
+            assert "RELAXRL_REDIS_PASSWORD" in str(e.value) and "--redis-password-file" in str(e.value)
+            assert "redis://:PASSWORD@" not in str(e.value)
         monkeypatch.setenv("RELAXRL_REDIS_PASSWORD", "wrong-pw")  # the way to give it (not in the URL: ps shows that)
         rc = main(["train", "--config", str(TINY), "--run-dir", str(tmp_path / "run"), "--no-progress",
                    "--redis-url", f"redis://127.0.0.1:{port}/0"])
@@ -674,14 +677,37 @@ def test_weights_of_another_dtype_are_refused(tmp_path, capsys, dtype):
         Learner(load_config(tmp_path / "run" / "config.toml"), None, tmp_path / "run", resume=True)
 
 
-@pytest.mark.parametrize("seed", ["-1", "12345678901234567890"])
-def test_eval_refuses_a_seed_out_of_range_before_the_work(tmp_path, capsys, seed):
+@pytest.mark.parametrize("override, message", [
+    ("run.seed=-1", "run.seed must be an integer seed in 0..2147483647"),
+    ("run.seed=12345678901234567890", "run.seed must be an integer seed in 0..2147483647"),
+    ("env.max_step=1000", "env.max_step must be a positive bound in Å of at most 1"),
+])
+def test_eval_refuses_a_seed_or_a_search_size_out_of_range_before_the_work(tmp_path, capsys, override, message):
     from relaxrl.cli import main
 
-    rc = main(["eval", "--optimizers", "bfgs", "--set", f"run.seed={seed}", "--no-progress", "--out", str(tmp_path / "ev")])
+    rc = main(["eval", "--optimizers", "bfgs", "--set", override, "--no-progress", "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "run.seed must be an integer seed in 0..2147483647" in err, err
+    assert rc == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "ev").exists()
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    """Run files are created with the process's umask: 0644 under the usual 022 (they hold no secret: no password
+    is ever written, tests/test_train_cli.py checks), 0600 for a user who sets umask 077 (docs/RELIABILITY.md)."""
+    from common.config import dump_config, load_config
+    from learner.learner import Learner
+
+    old = os.umask(0o077)
+    try:
+        cfg = load_config(TINY)
+        dump_config(cfg, tmp_path / "config.toml")
+        learner = Learner(cfg, None, tmp_path, t_total=lambda: 0)
+        ckpt = learner.checkpoint()
+        learner.log_row()
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "config.toml", ckpt, tmp_path / "metrics.jsonl"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 def test_a_checkpoint_holding_a_search_sizing_value_out_of_range_is_refused(tmp_path, capsys):

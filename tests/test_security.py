@@ -138,6 +138,23 @@ def test_train_and_replay_serve_refuse_a_remote_redis_without_a_password(tmp_pat
     assert p.returncode == 2 and "without a password" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_replay_serve_warns_about_a_password_in_the_url_as_train_does(tmp_path):
+    """A password in --redis-url sits in `ps` for every user: `replay serve` says so (issue 27), as `train` does,
+    and its errors give the README's advice."""
+    tiny = str(ROOT / "configs" / "tiny.toml")
+    p = subprocess.run([sys.executable, "-m", "relaxrl.cli", "replay", "serve", "--config", tiny,
+                        "--redis-url", "redis://:pw-in-url@127.0.0.1:1/0", "--set", "replay.connect_timeout=0.5",
+                        "--metrics-port", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 2 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0] == ("relaxrl replay serve: warning: the password in --redis-url is visible to every user of this "
+                        "machine (ps, /proc); set RELAXRL_REDIS_PASSWORD or --redis-password-file FILE and give the URL "
+                        "without it")
+    assert lines[1].startswith("relaxrl replay: error: cannot reach Redis") and "pw-in-url" not in p.stderr
+    with pytest.raises(ReplayConfigError, match="RELAXRL_REDIS_PASSWORD environment variable or --redis-password-file"):
+        check_url_security("redis://10.0.0.5:6379/0")
+
+
 def _non_loopback_ipv4() -> list[str]:
     import psutil
 
