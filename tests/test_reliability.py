@@ -755,6 +755,16 @@ def test_a_flat_cell_is_one_line_in_every_command(tmp_path, capsys, command):
     assert not (tmp_path / "new-run").exists() and not (tmp_path / "ev").exists()
 
 
+def test_eval_refuses_a_dangling_link_as_out_before_the_work(tmp_path, capsys):
+    from relaxrl.cli import main
+
+    (tmp_path / "ev").symlink_to(tmp_path / "gone" / "ev")
+    assert main(["eval", "--optimizers", "bfgs", "--no-progress", "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out " + str(tmp_path / "ev") + " is a symbolic link to" in err, err
+    assert not (tmp_path / "gone").exists()
+
+
 def test_the_overlap_error_of_relax_gives_advice_relax_can_follow(tmp_path, capsys):
     """relax has no env.min_distance_factor to lower: it names the checkpoint's factor and what to do instead."""
     from ase import Atoms

@@ -373,3 +373,35 @@ def test_a_structure_file_never_makes_relaxrl_import_a_module(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "which names Python classes that reading it would import" in err, err
     assert not marker.exists() and module not in sys.modules
+
+
+def test_resume_never_imports_a_calculator_the_runs_config_toml_names_unless_told(tmp_path, capsys):
+    """A run directory someone sends is data too: --resume refuses the module:Class its config.toml names (one line,
+    nothing started or written) unless `--set env.calculator=...` names it again or the user trusts the run."""
+    import argparse
+
+    from common.config import dump_config
+    from learner.learner import Learner
+    from relaxrl.launcher import plan_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(ROOT / "configs" / "tiny.toml", ['env.calculator="relaxrl_probe_never:Calc"',
+                                                      'env.calculator_kwargs={ command = "id" }', 'run.id="abc123"'])
+    dump_config(cfg, run / "config.toml")
+    Learner(cfg, None, run).checkpoint()
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume " + str(run) + ": its config.toml names calculator" in err, err
+    assert "--set env.calculator=\"relaxrl_probe_never:Calc\" --set 'env.calculator_kwargs={\"command\" = \"id\"}'" in err
+    assert "relaxrl_probe_never" not in sys.modules and sorted(p.name for p in run.rglob("*")) == before
+
+    def args(*overrides, trust=False):
+        return argparse.Namespace(config=None, overrides=list(overrides), run_dir=None, resume=str(run), address=None,
+                                  redis_url=None, redis_password_file=None, trust_checkpoint_calculator=trust)
+
+    assert plan_run(args(trust=True)).cfg.env.calculator == "relaxrl_probe_never:Calc"
+    named = args('env.calculator="relaxrl_probe_never:Calc"', 'env.calculator_kwargs={ command = "id" }')
+    assert plan_run(named).cfg.env.calculator_kwargs == {"command": "id"}
+    assert plan_run(args('env.calculator="emt"', "env.calculator_kwargs={}")).cfg.env.calculator == "emt"
