@@ -86,7 +86,7 @@ MAX_NEIGHBORS_LIMIT = 256
 """Largest network.max_neighbors (neighbours kept per atom)."""
 MAX_HESSIAN_ATOMS = 200
 """Largest structure (free atoms) a finite-difference Hessian is taken of: 6 force calls per atom and a
-(3N)² matrix (expert.newton_max_atoms, env.saddle_check_atoms, relaxrl eval --curvature-check)."""
+(3N)² matrix (expert.teacher_max_atoms, env.saddle_check_atoms, relaxrl eval --curvature-check)."""
 MAX_MIN_DISTANCE = 4.0
 """Largest curriculum.min_distance, Å: generated clusters farther apart than this are isolated atoms."""
 

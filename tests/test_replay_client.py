@@ -153,19 +153,19 @@ def test_rate_limiter_min_size_blocks_and_releases(redis_server):
 def test_a_stopping_writer_gives_up_a_blocked_insert_at_once(redis_server):
     """When the learner has stopped sampling, an actor's insert that waits for the rate limiter ends as soon as the
     actor is told to stop (not after its timeout): the actors of a finished run stop within seconds."""
-    from actors.loop import ReplayAdder
+    from actors.adder import ReplayAdder
     from replay_service.errors import InsertStopped
 
-    c = client_for(redis_server, min_size_to_sample=4, samples_per_insert=1.0, error_buffer=8.0)
+    c = client_for(redis_server, limiter=SampleToInsertRatio(1.0, 4, 8.0))
     stopping = threading.Event()
     threading.Timer(0.3, stopping.set).start()
     t0 = time.monotonic()
     with pytest.raises(InsertStopped, match="12 of 20 items inserted") as e:
         c.insert("online", transitions(range(20)), timeout=60, stop=stopping.is_set)
     assert 0.3 <= time.monotonic() - t0 < 10 and e.value.inserted_keys.tolist() == list(range(12))
-    adder = ReplayAdder(c, insert_batch=4, stop=stopping.is_set)  # what an actor's loop flushes through
-    for t in transitions(range(5)):
-        adder.add("online", t)
+    adder = ReplayAdder(c, c.cfg.tables, n_envs=1, n_step=1, gamma=0.9, insert_batch=4,
+                        stop=stopping.is_set)  # what an actor's loop flushes through
+    adder.pending["online"] += transitions(range(5))
     adder.flush(force=True)
     assert adder.dropped == 5 and not adder.pending["online"] and c.sizes()["online"] == 12
 
