@@ -245,7 +245,8 @@ def test_eval_command_held_out_and_errors(tmp_path, capsys):
 @pytest.mark.parametrize("flags, message", [
     (["--limit", "-1"], "--limit must be >= 0 (0 = every structure, N = the first N), got -1"),
     (["--limit", "-5"], "--limit must be >= 0 (0 = every structure, N = the first N), got -5"),
-    (["--curvature-check", "-1"], "--curvature-check must be >= 0"),
+    (["--curvature-check", "-1"], "--curvature-check must be 0..200"),
+    (["--curvature-check", "100000"], "--curvature-check must be 0..200"),
     (["--fmax", "inf"], "--fmax must be a finite force threshold > 0 eV/Å"),
     (["--fmax", "0"], "--fmax must be a finite force threshold > 0 eV/Å"),
     (["--steps", "0"], "--steps must be at least 1"),
