@@ -83,7 +83,7 @@ def test_untrained_quasi_newton_head_is_lbfgs_over_the_filter_rows() -> None:
     """The documented start: with all outputs 0 the move is textbook L-BFGS (H0 = γ I, Nocedal's scaling) over the
     n + 3 rows of each structure's FrechetCellFilter, atoms and cell alike."""
     cfg = NetworkConfig(**SMALL)
-    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4, relax_cell=True))
+    actor = build_actor(cfg, EnvConfig(max_step=1.0, history_steps=4, relax_cell=True))
     assert actor.moves_cell and actor.cell_head is not None
     for p in list(actor.head.parameters()) + list(actor.cell_head.parameters()):
         torch.nn.init.zeros_(p)
@@ -165,7 +165,7 @@ def test_a_checkpoint_without_the_cell_readout_moves_the_cell_as_stiff_as_its_at
     """A head trained without env.relax_cell used on a filter (relaxrl relax --relax-cell): c_cell is the mean atom
     compliance, so with zero outputs it is the same L-BFGS over the rows."""
     cfg = NetworkConfig(**SMALL)
-    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4))
+    actor = build_actor(cfg, EnvConfig(max_step=1.0, history_steps=4))
     assert actor.cell_head is None
     for p in actor.head.parameters():
         torch.nn.init.zeros_(p)
