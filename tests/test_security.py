@@ -228,9 +228,10 @@ def _checkpoint_naming(run_dir: Path, calculator: str, kwargs: dict) -> Path:
     """A complete, loadable checkpoint whose config names ``calculator`` with ``kwargs`` (what an attacker sends)."""
     from learner.policy import Policy, save_policy
 
+    from dataclasses import replace
+
     cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
-    cfg = cfg.__class__(**{**cfg.__dict__, "env": cfg.env.__class__(**{**cfg.env.__dict__, "calculator": calculator,
-                                                                       "calculator_kwargs": kwargs})})
+    cfg = replace(cfg, env=replace(cfg.env, calculator=calculator, calculator_kwargs=kwargs))
     return save_policy(run_dir, cfg, Policy(cfg).actor)
 
 
