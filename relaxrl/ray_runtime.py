@@ -145,14 +145,14 @@ class RayRuntime:
         self.runs = [x.run.remote() for x in self.actors]
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the actors (their loops end after the current step, waiting up to ``timeout_s``), let them exit,
-        kill what did not, and shut Ray down if this started it.
+        """Stop the actors (their loops end after the current step, waiting up to ``timeout_s``), then end them and
+        shut Ray down if this started it.
 
         The actors' ``run`` loops are asked to stop twice over: through the coordinator, and directly
         (``request_stop``, which also ends an insert waiting for the rate limiter now that the learner no
-        longer samples). Only then are the actors ended, gracefully (``__ray_terminate__``) and, if that
-        does not happen within ``timeout_s``, by ``ray.kill``: no task is killed while it runs, so Ray
-        prints no "Task ActorProcess.run failed ... killed by ray.kill" lines at a normal finish.
+        longer samples). Only once the loops have returned are the actors ended (``ray.kill``): no task is
+        killed while it runs, so Ray prints no "Task ActorProcess.run failed ... killed by ray.kill" lines
+        at a normal finish (a loop still running after ``timeout_s`` is killed all the same).
         """
         try:
             if ray.is_initialized():

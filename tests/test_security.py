@@ -226,9 +226,9 @@ def test_no_secret_is_committed():
 
 def _checkpoint_naming(run_dir: Path, calculator: str, kwargs: dict) -> Path:
     """A complete, loadable checkpoint whose config names ``calculator`` with ``kwargs`` (what an attacker sends)."""
-    from learner.policy import Policy, save_policy
-
     from dataclasses import replace
+
+    from learner.policy import Policy, save_policy
 
     cfg = load_config(None, ["network.channels=8", "network.num_layers=2"])
     cfg = replace(cfg, env=replace(cfg.env, calculator=calculator, calculator_kwargs=kwargs))
