@@ -8,8 +8,10 @@ import math
 
 import numpy as np
 from ase import Atoms
+from ase.cell import Cell
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
+from scipy.spatial import cKDTree
 
 SEARCH_CUTOFF = 10.0
 """The longest neighbour search relaxrl makes on a structure, Å (network.radius ≤ common.config.MAX_RADIUS,
@@ -31,8 +33,6 @@ included) is a gas of isolated atoms: every force is ~0 and any optimizer 'conve
 def search_images(cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> int:
     """How many periodic images (cells) a neighbour search of ``cutoff`` Å scans in this cell: along each
     periodic axis k, 2·⌈cutoff / h_k⌉ + 1 with h_k the distance between lattice planes. Non-periodic axes add none."""
-    from ase.cell import Cell
-
     c = np.asarray(Cell(np.asarray(cell, dtype=np.float64)).complete(), dtype=np.float64)
     volume = abs(float(np.linalg.det(c)))
     count = 1
@@ -53,8 +53,6 @@ def cell_problem(atoms: Atoms) -> str | None:
     fully periodic cell whose volume per atom is outside :data:`VOLUME_PER_ATOM`, and a cell so thin or
     skewed that a :data:`SEARCH_CUTOFF` search would scan more than :data:`MAX_SEARCH_IMAGES` images.
     """
-    from ase.cell import Cell
-
     c = np.asarray(Cell(np.asarray(atoms.cell, dtype=np.float64)).complete(), dtype=np.float64)
     lengths = np.linalg.norm(c, axis=1)
     volume = abs(float(np.linalg.det(c)))
@@ -88,8 +86,6 @@ def isolation_problem(atoms: Atoms) -> str | None:
             return None
     nearest = ""
     if not atoms.pbc.any():
-        from scipy.spatial import cKDTree
-
         d, _ = cKDTree(atoms.positions).query(atoms.positions, k=2)
         nearest = f" (the nearest pair is {float(d[:, 1].min()):.4g} Å apart)"
     return (f"no atom has another within {ISOLATED_DISTANCE:g} Å{nearest}, so nothing binds them and every optimizer "
