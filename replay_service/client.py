@@ -123,6 +123,19 @@ class SampleInfo:
     weight: np.ndarray  # [B] float64: (N·P(i))^-β / max_j (N·P(j))^-β over the item's whole table
 
 
+def _checked_priorities(table: str, priorities: Iterable[float] | None, n: int) -> np.ndarray | None:
+    """The priorities of an insert of ``n`` items as float64 [n] (None: the table's maximum for each); ReplayError
+    unless there is one finite priority >= 0 per item."""
+    if priorities is None:
+        return None
+    pr = np.asarray(list(priorities) if not isinstance(priorities, np.ndarray) else priorities, dtype=np.float64)
+    if pr.shape != (n,):
+        raise ReplayError(f"insert into '{table}': {n} transitions but priorities of shape {pr.shape}")
+    if not (np.isfinite(pr).all() and (pr >= 0).all()):
+        raise ReplayError(f"insert into '{table}': priorities must be finite and >= 0")
+    return pr
+
+
 class ReplayClient:
     """Client of the Redis-backed tables of ``cfg.tables`` (see module docstring)."""
 
@@ -293,59 +306,65 @@ class ReplayClient:
         until ``stop()`` is true (a writer that is shutting down): then :class:`InsertStopped`, the
         items not yet granted are not stored.
         """
-        spec = self._spec(table)
+        self._spec(table)
         # all encoded (and so validated) before any slot is reserved; in pieces, whose buffers stay small
         payloads = [p for i in range(0, len(transitions), _PIECE) for p in encode_many(transitions[i:i + _PIECE])]
         n = len(payloads)
-        pr: np.ndarray | None = None
-        if priorities is not None:
-            pr = np.asarray(list(priorities) if not isinstance(priorities, np.ndarray) else priorities, dtype=np.float64)
-            if pr.shape != (n,):
-                raise ReplayError(f"insert into '{table}': {n} transitions but priorities of shape {pr.shape}")
-            if not (np.isfinite(pr).all() and (pr >= 0).all()):
-                raise ReplayError(f"insert into '{table}': priorities must be finite and >= 0")
+        pr = _checked_priorities(table, priorities, n)
         k = self.keys[table]
-        table_keys = [k.meta, k.leaf, k.agg]
         keys = np.empty(n, dtype=np.int64)
         done, waited = 0, False
         start = time.monotonic()
         delay = 0.001
         while done < n:
             m = min(n - done, max(1, self.cfg.insert_chunk))
-            granted, first = self._script("reserve", [*table_keys, self._token(k.token_prefix)], [m, k.item_prefix])
+            granted, first = self._script("reserve", [k.meta, k.leaf, k.agg, self._token(k.token_prefix)],
+                                          [m, k.item_prefix])
             granted, first = int(granted), int(first)
             if granted:
-                # keys first .. first+granted-1 are ours, at priority 0; store the payloads, then publish
-                skip = max(0, granted - spec.max_size)  # overwritten within this same reservation
-                msets = []
-                for lo in range(skip, granted, _PIECE):
-                    mset: list[Any] = ["MSET"]
-                    for j in range(lo, min(granted, lo + _PIECE)):
-                        mset += (k.item(first + j), payloads[done + j])
-                    msets.append(mset)
-                packed = b"" if pr is None else pr[done:done + granted].astype("<f8").tobytes()
-                self._script("commit", table_keys, [first, granted, packed, k.item_prefix], before=msets)
+                self._commit(table, first, payloads[done:done + granted], None if pr is None else pr[done:done + granted])
                 keys[done:done + granted] = np.arange(first, first + granted)
                 done += granted
                 delay = 0.001
                 continue
-            if stop is not None and stop():
-                stopped = InsertStopped(f"insert into '{table}' stopped with {done} of {n} items inserted: "
-                                        "the writer is stopping")
-                stopped.inserted_keys = keys[:done].copy()  # type: ignore[attr-defined]
-                raise stopped
-            if not waited:
-                waited = True
-                self._call("HINCRBY", k.meta, "insert_waits", 1)
-            if timeout is not None and time.monotonic() - start > timeout:
-                err = RateLimiterTimeout(
-                    f"insert into '{table}' waited {timeout:g} s for the rate limiter ({spec.rate_limiter}) with "
-                    f"{done} of {n} items inserted: is the learner sampling?")
-                err.inserted_keys = keys[:done].copy()  # type: ignore[attr-defined]
-                raise err
+            self._refused(table, keys[:done], n, waited, start, timeout, stop)
+            waited = True
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         return keys
+
+    def _commit(self, table: str, first: int, payloads: list[bytes], priorities: np.ndarray | None) -> None:
+        """Store the payloads of one reservation (keys ``first`` .., ours at priority 0) and publish them."""
+        k = self.keys[table]
+        granted = len(payloads)
+        skip = max(0, granted - self.specs[table].max_size)  # overwritten within this same reservation
+        msets = []
+        for lo in range(skip, granted, _PIECE):
+            mset: list[Any] = ["MSET"]
+            for j in range(lo, min(granted, lo + _PIECE)):
+                mset += (k.item(first + j), payloads[j])
+            msets.append(mset)
+        packed = b"" if priorities is None else priorities.astype("<f8").tobytes()
+        self._script("commit", [k.meta, k.leaf, k.agg], [first, granted, packed, k.item_prefix], before=msets)
+
+    def _refused(self, table: str, inserted: np.ndarray, n: int, waited: bool, start: float,
+                 timeout: float | None, stop: Callable[[], bool] | None) -> None:
+        """The rate limiter granted nothing: raise :class:`InsertStopped` when ``stop()`` says so, count the insert's
+        first wait in the table's ``insert_waits``, raise :class:`RateLimiterTimeout` ``timeout`` s after ``start`` (each error
+        carries the keys of the items already inserted); else return, to wait and ask again."""
+        if stop is not None and stop():
+            stopped = InsertStopped(f"insert into '{table}' stopped with {len(inserted)} of {n} items inserted: "
+                                    "the writer is stopping")
+            stopped.inserted_keys = inserted.copy()  # type: ignore[attr-defined]
+            raise stopped
+        if not waited:
+            self._call("HINCRBY", self.keys[table].meta, "insert_waits", 1)
+        if timeout is not None and time.monotonic() - start > timeout:
+            err = RateLimiterTimeout(
+                f"insert into '{table}' waited {timeout:g} s for the rate limiter ({self.specs[table].rate_limiter}) "
+                f"with {len(inserted)} of {n} items inserted: is the learner sampling?")
+            err.inserted_keys = inserted.copy()  # type: ignore[attr-defined]
+            raise err
 
     def _token(self, prefix: str) -> str:
         """A key name unique to this reservation (random per client, pid, counter): a retried call reuses it."""
