@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.config import ReplayConfig
+from common.config import ReplayConfig, load_config
 from common.replay_tables import default_tables
 from common.transition import Transition
+from learner.checkpoint import list_checkpoints, load_checkpoint
 from replay_service.client import ReplayClient
 from replay_service.codec import VERSION, CodecError, encode
 from replay_service.errors import ReplayConnectionError
@@ -165,60 +167,77 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+_TRAIN = [sys.executable, "-m", "relaxrl.cli", "train", "--no-progress"]
+_RESUME_SETS = ["--set", "learner.checkpoint_every=10", "--set", "run.eval_episodes=1"]  # rows every 5 updates
+
+
 @pytest.mark.slow
 def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
-    import psutil
-
-    from common.config import load_config
-    from learner.checkpoint import list_checkpoints, load_checkpoint
-
+    """`relaxrl train` SIGKILLed past a checkpoint, then --resume: the curves continue from the checkpoint (the
+    killed run's later rows are gone) and the run goes on with the replay tables the killed run filled."""
     run_dir = tmp_path / "run"
-    base = [sys.executable, "-m", "relaxrl.cli", "train", "--no-progress"]
-    sets = ["--set", "learner.checkpoint_every=10", "--set", "run.eval_episodes=1"]  # rows every 5 updates
-    log1, log2 = open(tmp_path / "first.log", "w"), open(tmp_path / "resumed.log", "w")
-    proc = subprocess.Popen(base + ["--config", str(TINY), "--run-dir", str(run_dir), *sets,
-                                    "--set", "learner.max_updates=100000"],  # runs until killed / interrupted
-                            cwd=tmp_path, env=ENV, stdout=log1, stderr=subprocess.STDOUT)
-    family: list = []
+    family: list = []  # every process of both runs, stopped at the end whatever happens
     try:
-        def past_a_checkpoint() -> bool:  # a row logged after the newest checkpoint (update 15, 25, ...)
-            rows = _metrics(run_dir)
-            return proc.poll() is not None or (len(rows) >= 3 and rows[-1]["updates"] % 10 == 5)
-
-        wait_for(past_a_checkpoint, 240, "a metrics row after a checkpoint", every=0.1)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        family = psutil.Process(proc.pid).children(recursive=True)
-        cfg = load_config(run_dir / "config.toml")
-        url = f"redis://127.0.0.1:{(run_dir / 'redis' / 'redis.port').read_text().strip()}/0"
-        os.kill(proc.pid, signal.SIGKILL)  # the learner (and launcher) dies mid-update
-        proc.wait(30)
-        last = list_checkpoints(run_dir)[-1]
-        ckpt_updates, t_ckpt = int(last.stem.split("-")[1]), load_checkpoint(last)["counters"]["t_total"]
-        rows_before = _metrics(run_dir)
-        # the replay state the killed run left behind (its redis-server outlives it)
-        before = ReplayClient(url, cfg.replay).stats()
-        old_max = max(r["updates"] for r in rows_before)
-        resumed = subprocess.Popen(base + ["--resume", str(run_dir), *sets], cwd=tmp_path, env=ENV,
-                                   stdout=log2, stderr=subprocess.STDOUT)
-        family.append(psutil.Process(resumed.pid))
-
-        def grown() -> bool:  # the resumed run logged past the killed run's rows, and its actors stepped
-            rows = _metrics(run_dir)
-            return resumed.poll() is not None or (rows[-1]["updates"] > old_max + 5 and rows[-1]["t_total"] > t_ckpt)
-
-        wait_for(grown, 180, "the resumed run's t_total to grow")
-        assert resumed.poll() is None, (tmp_path / "resumed.log").read_text()[-3000:]
-        resumed.send_signal(signal.SIGINT)  # Ctrl-C: final checkpoint and plots, then exit 130 (interrupted)
-        assert resumed.wait(180) == 130, (tmp_path / "resumed.log").read_text()[-3000:]
+        killed = _train_and_kill_past_a_checkpoint(tmp_path, run_dir, family)
+        _resume_until_it_grows_then_interrupt(tmp_path, run_dir, killed, family)
     finally:
-        if proc.poll() is None:
-            proc.kill()
         for child in family:  # whatever the killed run left running and the resume did not stop
             if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
                 child.kill()
-        log1.close(), log2.close()
-    rows = _metrics(run_dir)
-    # the killed run's rows past its last checkpoint are gone: the curves never run backwards (issue 27)
+    _check_the_curves_continue_from_the_checkpoint(run_dir, killed)
+    _check_the_tables_are_the_killed_runs(run_dir, killed)
+
+
+def _train_and_kill_past_a_checkpoint(tmp_path: Path, run_dir: Path, family: list) -> dict:
+    """A tiny run SIGKILLed after a metrics row past a checkpoint; what it left: its config, the newest
+    checkpoint's updates and t_total, its metrics rows, the stats of its tables."""
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(_TRAIN + ["--config", str(TINY), "--run-dir", str(run_dir), *_RESUME_SETS,
+                                          "--set", "learner.max_updates=100000"],  # runs until killed / interrupted
+                                cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    family.append(psutil.Process(proc.pid))
+
+    def past_a_checkpoint() -> bool:  # a row logged after the newest checkpoint (update 15, 25, ...)
+        rows = _metrics(run_dir)
+        return proc.poll() is not None or (len(rows) >= 3 and rows[-1]["updates"] % 10 == 5)
+
+    wait_for(past_a_checkpoint, 240, "a metrics row after a checkpoint", every=0.1)
+    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    family += psutil.Process(proc.pid).children(recursive=True)
+    cfg = load_config(run_dir / "config.toml")
+    url = f"redis://127.0.0.1:{(run_dir / 'redis' / 'redis.port').read_text().strip()}/0"
+    os.kill(proc.pid, signal.SIGKILL)  # the learner (and launcher) dies mid-update
+    proc.wait(30)
+    last = list_checkpoints(run_dir)[-1]
+    # the replay state the killed run left behind (its redis-server outlives it)
+    return {"cfg": cfg, "ckpt_updates": int(last.stem.split("-")[1]),
+            "t_ckpt": load_checkpoint(last)["counters"]["t_total"], "rows": _metrics(run_dir),
+            "stats": ReplayClient(url, cfg.replay).stats()}
+
+
+def _resume_until_it_grows_then_interrupt(tmp_path: Path, run_dir: Path, killed: dict, family: list) -> None:
+    """`relaxrl train --resume` until it logged past the killed run's rows with its actors stepping, then Ctrl-C:
+    final checkpoint and plots, exit 130 (interrupted)."""
+    old_max = max(r["updates"] for r in killed["rows"])
+    with open(tmp_path / "resumed.log", "w") as log:
+        resumed = subprocess.Popen(_TRAIN + ["--resume", str(run_dir), *_RESUME_SETS], cwd=tmp_path, env=ENV,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    family.append(psutil.Process(resumed.pid))
+
+    def grown() -> bool:  # the resumed run logged past the killed run's rows, and its actors stepped
+        rows = _metrics(run_dir)
+        return resumed.poll() is not None or (rows[-1]["updates"] > old_max + 5 and rows[-1]["t_total"] > killed["t_ckpt"])
+
+    wait_for(grown, 180, "the resumed run's t_total to grow")
+    assert resumed.poll() is None, (tmp_path / "resumed.log").read_text()[-3000:]
+    resumed.send_signal(signal.SIGINT)
+    assert resumed.wait(180) == 130, (tmp_path / "resumed.log").read_text()[-3000:]
+
+
+def _check_the_curves_continue_from_the_checkpoint(run_dir: Path, killed: dict) -> None:
+    """The killed run's rows past its last checkpoint are gone: the curves never run backwards (issue 27); the
+    resumed rows continue updates and t_total from the checkpoint, never from 0."""
+    rows, rows_before, ckpt_updates, t_ckpt = _metrics(run_dir), killed["rows"], killed["ckpt_updates"], killed["t_ckpt"]
     assert [r["updates"] for r in rows] == sorted({r["updates"] for r in rows})
     assert [r["t_total"] for r in rows] == sorted(r["t_total"] for r in rows)
     assert [r for r in rows if r["updates"] <= ckpt_updates] == [r for r in rows_before if r["updates"] <= ckpt_updates]
@@ -226,12 +245,16 @@ def test_killed_learner_process_resumes_on_the_same_replay_tables(tmp_path):
     assert len(new) >= 2 and len(rows_before) > len([r for r in rows_before if r["updates"] <= ckpt_updates]), \
         "the test needs rows logged after the checkpoint the killed run left"
     assert [r["updates"] for r in new] == list(range(ckpt_updates + 5, ckpt_updates + 5 * len(new) + 1, 5))
-    assert all(r["t_total"] >= t_ckpt > 0 for r in new)  # t_total continues from the checkpoint, never from 0
+    assert all(r["t_total"] >= t_ckpt > 0 for r in new)
     assert new[-1]["t_total"] > t_ckpt and load_checkpoint(run_dir)["counters"]["updates"] >= new[-1]["updates"]
-    # the same tables: the resumed run's first sample already had them full, and they only grew
+
+
+def _check_the_tables_are_the_killed_runs(run_dir: Path, killed: dict) -> None:
+    """The same tables: the resumed run's first sample already had them full, and they only grew."""
+    before = killed["stats"]
     srv = start_embedded(run_dir / "redis")
     try:
-        after = ReplayClient(srv.url, cfg.replay)
+        after = ReplayClient(srv.url, killed["cfg"].replay)
         stats = after.stats()
         assert stats["online"]["inserts"] > before["online"]["inserts"]
         for table in ("online", "expert"):
