@@ -78,7 +78,7 @@ def main() -> None:
         while time.monotonic() - t2 < seconds / 2:
             atoms = structures[k % len(structures)]
             k += 1
-            obs, expert = env.reset(atoms), BFGSExpert(cfg.env.max_step)
+            obs, expert = env.reset(atoms), BFGSExpert.from_config(cfg.expert, env, cfg.env.max_step)  # relax_cell: filter rows
             while True:
                 res = env.step(expert.action(obs))
                 steps += 1

@@ -140,7 +140,7 @@ def quasi_newton_step(forces: torch.Tensor, history: torch.Tensor, compliance: t
     trace = torch.diagonal(compliance, dim1=-2, dim2=-1).sum(-1) / 3.0  # [N] Å²/eV
     w = graph_sum(f2, batch, n_graphs)  # [G]
     c_forces = graph_sum(f2 * trace, batch, n_graphs) / w.clamp_min(1e-30)
-    counts = torch.bincount(batch, minlength=n_graphs).clamp_min(1).to(trace.dtype)  # [G]
+    counts = graph_sum(torch.ones_like(trace), batch, n_graphs).clamp_min(1.0)  # [G] (index_add: any device, meta too)
     c_mean = graph_sum(trace, batch, n_graphs) / counts
     c_bar = torch.where(w > 0, c_forces, c_mean).clamp_min(1e-30)  # [G]
     scale = torch.where(found, gamma / c_bar, torch.ones_like(gamma))[batch]  # [N]

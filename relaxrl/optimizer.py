@@ -146,31 +146,54 @@ class CountingCalculator(Calculator):
 
 
 class _CountingOptimizable(Optimizable):
-    """Wraps an optimizable and counts distinct geometries at which value or gradient were asked for."""
+    """Wraps an optimizable and counts distinct geometries at which value or gradient were asked for.
 
-    def __init__(self, inner: Optimizable) -> None:
+    A geometry is the atoms' positions and cell (``atoms``: the Atoms the optimizable moves), compared
+    exactly; the coordinates and the gradient of the current geometry are kept, so asking again costs
+    nothing (a cell filter computes a matrix logarithm and 9 Fréchet derivatives for each, and ASE's
+    run loop asks for the gradient several times per step)."""
+
+    def __init__(self, inner: Optimizable, atoms: Atoms) -> None:
         self.inner = inner
+        self.atoms = atoms
         self.calls = 0
-        self._last_x: np.ndarray | None = None
+        self._key: np.ndarray | None = None  # positions and cell of the last geometry evaluated
+        self._cache: dict[str, np.ndarray] = {}  # 'x', 'gradient' of the geometry ``_geometry()`` gives now
+
+    def _geometry(self) -> np.ndarray:
+        return np.concatenate([self.atoms.positions.ravel(), self.atoms.cell.array.ravel()])
+
+    def _current(self) -> dict[str, np.ndarray]:
+        """The cache of the present geometry (emptied when the geometry changed since it was filled)."""
+        key = self._geometry()
+        if self._cache.get("key") is None or not np.array_equal(self._cache["key"], key):
+            self._cache = {"key": key}
+        return self._cache
 
     def _touch(self) -> None:
-        x = self.inner.get_x()
-        if self._last_x is None or x.shape != self._last_x.shape or not np.array_equal(x, self._last_x):
+        key = self._geometry()
+        if self._key is None or key.shape != self._key.shape or not np.array_equal(key, self._key):
             self.calls += 1
-            self._last_x = x.copy()
+            self._key = key
 
     def ndofs(self) -> int:
         return self.inner.ndofs()
 
     def get_x(self) -> np.ndarray:
-        return self.inner.get_x()
+        cache = self._current()
+        if "x" not in cache:
+            cache["x"] = self.inner.get_x()
+        return cache["x"].copy()
 
     def set_x(self, x: np.ndarray) -> None:
         self.inner.set_x(x)
 
     def get_gradient(self) -> np.ndarray:
         self._touch()
-        return self.inner.get_gradient()
+        cache = self._current()
+        if "gradient" not in cache:
+            cache["gradient"] = self.inner.get_gradient()
+        return cache["gradient"].copy()
 
     def get_value(self) -> float:
         self._touch()
@@ -294,7 +317,7 @@ class RLOptimizer(Optimizer):
         self.maxstep = float(self.env_config.max_step)
         super().__init__(atoms=atoms, restart=None, logfile=logfile, trajectory=trajectory,
                          append_trajectory=append_trajectory, **kwargs)
-        self.optimizable = _CountingOptimizable(self.optimizable)
+        self.optimizable = _CountingOptimizable(self.optimizable, self._atoms_moved)
         self._n_cell_rows = 3 if self.cell_filter is not None else 0
         if self.optimizable.ndofs() != 3 * (len(self._atoms_moved) + self._n_cell_rows):
             raise UnsupportedOptimizableError(

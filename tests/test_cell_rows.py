@@ -210,3 +210,22 @@ def test_one_td3_update_on_cell_transitions_reaches_the_cell_readout(tmp_path) -
                                   correct=learner._correct)
     assert np.isfinite(logs["losses/critic"]) and np.isfinite(logs["losses/actor"]) and td_abs.shape == (4,)
     assert any(not torch.equal(b, p) for b, p in zip(before, learner.actor.cell_head.parameters()))
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
+def test_the_cell_path_stays_on_the_networks_device(tmp_path) -> None:
+    """No GPU is lent to the tests: torch's meta device stands in for CUDA. Every tensor the cell rows add (row
+    index, cell blocks, cell features, the batch's rows) is made on the graph's device, none on the CPU."""
+    cfg = load_config(None, ["network.channels=4", "network.num_layers=2", "network.actor_head='quasi-newton'",
+                             "network.path_history=true", "env.relax_cell=true", "env.history_steps=2",
+                             "env.env_input_dim=1"])
+    learner = Learner(cfg, sampler=None, run_dir=tmp_path, t_total=lambda: 0, device="meta")
+    env = RelaxEnv(cfg.env)
+    obs = env.reset(strained_cells()[0])
+    step = env.step(0.01 * obs.row_forces())
+    t = Transition(obs, 0.01 * obs.row_forces(), step.info["actual_move"], step.reward, False, False, step.obs)
+    batch = learner._to_batch(SimpleNamespace(table=["online"], weight=np.ones(1)), [t])
+    assert batch.graph.cell_forces.device.type == "meta" and batch.row_batch.device.type == "meta"
+    d = learner.actor(batch.graph)
+    q1, q2 = learner.critic(batch.graph, d)
+    assert d.shape == (batch.graph.n_rows, 3) and d.device.type == "meta" and q1.device.type == "meta"
