@@ -26,6 +26,7 @@ from actors.curriculum import Curriculum
 from actors.env import RelaxEnv
 from actors.generate import generate_demo
 from common.config import CurriculumConfig, EnvConfig
+from common.errors import RelaxRLError
 
 __all__ = ["FixedRelaxGymEnv", "RelaxGymEnv", "default_fixed_structure"]
 
@@ -38,6 +39,13 @@ def default_fixed_structure(n_atoms: int = 5, seed: int = 0) -> Atoms:
     raise ValueError(f"no generated demo cluster has {n_atoms} atoms; use 3..8")
 
 
+def _atoms_only(cfg: EnvConfig | None) -> None:
+    """The Gymnasium views' spaces are per-atom moves: refuse ``env.relax_cell`` (its moves have 3 cell rows more)."""
+    if cfg is not None and cfg.relax_cell:
+        raise RelaxRLError("the Gymnasium views move atoms only (one 3-vector per atom); env.relax_cell adds 3 cell rows "
+                           "they have no space for: use RelaxEnv itself, or env.relax_cell = false")
+
+
 class RelaxGymEnv(gym.Env):
     """Variable-size relaxation episodes; structures from a list or a :class:`Curriculum`."""
 
@@ -45,6 +53,7 @@ class RelaxGymEnv(gym.Env):
 
     def __init__(self, env_config: EnvConfig | None = None, structures: Seq[Atoms] | Curriculum | None = None,
                  seed: int = 0):
+        _atoms_only(env_config)
         self.env = RelaxEnv(env_config)
         cfg = self.env.cfg
         if structures is None:
@@ -95,6 +104,7 @@ class FixedRelaxGymEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, atoms: Atoms | None = None, env_config: EnvConfig | None = None):
+        _atoms_only(env_config)
         self.env = RelaxEnv(env_config)
         self.atoms = (atoms if atoms is not None else default_fixed_structure()).copy()
         n = len(self.atoms)

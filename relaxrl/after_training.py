@@ -39,7 +39,9 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
     600 steps, as ``relaxrl eval --structures suite-large``. Fmax ``env.fmax`` (eV/Å); calculator
     ``env.calculator`` with ``env.calculator_kwargs``. 'rl' is the run's newest checkpoint; 'untrained' the
     weights the run started from (:func:`learner.policy.untrained_policy`, the learner's own initialisation).
-    Judged by `relaxrl eval`'s rule against BFGS's minima, with its default saddle check. With large-suite
+    Judged by `relaxrl eval`'s rule against BFGS's minima, with its default saddle check. With ``env.relax_cell``
+    every optimizer relaxes atoms and cell (FrechetCellFilter, as `relaxrl eval --relax-cell`), and only the
+    periodic large-suite structures are taken. With large-suite
     structures the report is per set and pooled (:func:`relaxrl.evaluate.pool_reports`). Writes eval.json and
     eval.md in ``run_dir`` (plots in ``run_dir/plots/eval_*.png``) with :func:`relaxrl.reports.write_report`;
     returns the report.
@@ -47,6 +49,8 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
     run_dir = Path(run_dir)
     structures = heldout_sample(heldout, cfg.run.eval_episodes, cfg.run.eval_max_atoms)
     large = large_sample(cfg.run.eval_large, calculator=cfg.env.calculator)
+    if cfg.env.relax_cell:  # the cell relaxes as in training: periodic cells only
+        large = [a for a in large if a.pbc.all()]
     title = "Evaluation after training"
     if not structures and not large:  # nothing to compare: say so in the run directory rather than fail after training
         reason = (f"no held-out structure has at most run.eval_max_atoms = {cfg.run.eval_max_atoms} atoms"
@@ -60,7 +64,7 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
     sets = {"held-out": (structures, cfg.env.max_steps), "suite-large": (large, SET_STEPS["suite-large"])}
     reports = {name: evaluate(group, AFTER_TRAINING_OPTIMIZERS, fmax=cfg.env.fmax, steps=steps,
                               calculator=cfg.env.calculator, calculator_kwargs=cfg.env.calculator_kwargs,
-                              policies=policies, progress=progress)
+                              policies=policies, progress=progress, relax_cell=cfg.env.relax_cell)
                for name, (group, steps) in sets.items() if group}
     report = next(iter(reports.values())) if len(reports) == 1 else pool_reports(reports)
     report["settings"].update(

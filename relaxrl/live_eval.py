@@ -43,7 +43,7 @@ from ase import Atoms
 from actors.env import RelaxEnv
 from actors.loop import returns_to_go
 from actors.rollout import run_episode
-from learner.graph import batch_graphs
+from learner.graph import batch_graphs, stack_rows
 from learner.policy import Policy
 from relaxrl.after_training import heldout_sample
 from relaxrl.evaluate import (
@@ -83,8 +83,8 @@ class LiveEval:
             return
         env = config.env
         self._calc = calculator_factory(env.calculator, env.calculator_kwargs)
-        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, env.max_steps, curvature_max_atoms=CURVATURE_MAX_ATOMS)
-                     for a in self.structures]
+        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, env.max_steps, curvature_max_atoms=CURVATURE_MAX_ATOMS,
+                             relax_cell=env.relax_cell) for a in self.structures]
         """BFGS's run on each structure: the reference minimum and its force calls."""
         with torch.random.fork_rng(devices=[]):  # building the network must not move the run's random stream
             self.policy = Policy(config)
@@ -127,7 +127,8 @@ class LiveEval:
                 continue
             graph = batch_graphs([o for o, _, _ in trace], cfg.network, device=param.device, dtype=param.dtype,
                                  env_input_dim=cfg.env.env_input_dim)
-            action = torch.as_tensor(np.concatenate([a for _, a, _ in trace]), device=param.device, dtype=param.dtype)
+            rows = stack_rows([a for _, a, _ in trace], [o.n_atoms for o, _, _ in trace])  # the batch's row order
+            action = torch.as_tensor(rows, device=param.device, dtype=param.dtype)
             with torch.no_grad():
                 qs += q1(graph, action).reshape(-1).double().cpu().tolist()
             gs += returns_to_go([r for _, _, r in trace], cfg.learner.gamma)
@@ -143,7 +144,7 @@ class LiveEval:
         records = []
         for i, (atoms, bfgs) in enumerate(zip(self.structures, self.bfgs, strict=True)):
             rl = run_one("rl", atoms, self._calc, env.fmax, env.max_steps, policy=policy,
-                         curvature_max_atoms=CURVATURE_MAX_ATOMS)
+                         curvature_max_atoms=CURVATURE_MAX_ATOMS, relax_cell=env.relax_cell)
             records.append({"name": f"{i:03d}-{atoms.get_chemical_formula()}", "n_atoms": len(atoms),
                             "runs": {"rl": rl, "bfgs": copy.deepcopy(bfgs)}})
         judge(records, ENERGY_TOL_EV_PER_ATOM)  # relaxrl eval's success definition
