@@ -8,7 +8,10 @@ Prints one JSON object:
             online ActorLoop in-process (policy forward + envs, no Ray, no replay);
   ratios: system / baseline for updates/s and env steps/s.
 
-    python bench/train_throughput.py [--quick] [--config configs/demo.toml] [--seconds 60]
+    python bench/train_throughput.py [--quick] [--config configs/demo.toml] [--seconds 60] [--parts-only]
+
+``--parts-only`` measures the two in-process baselines alone (no Ray, no replay, no learner): what one
+environment and one actor give with the config's calculator, e.g. CHGNet on 2 cores.
 """
 from __future__ import annotations
 
@@ -30,14 +33,16 @@ def main() -> None:
     ap.add_argument("--config", default="configs/demo.toml")
     ap.add_argument("--seconds", type=float, default=90.0, help="time the system runs together")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--parts-only", action="store_true", help="only one env and one actor in-process (no Ray, no learner)")
     args = ap.parse_args()
     seconds = 20.0 if args.quick else args.seconds
+    if args.parts_only:
+        parts_only(args, seconds)
+        return
 
     import ray
     import torch
 
-    from actors.env import RelaxEnv
-    from actors.expert import BFGSExpert
     from common.config import load_config
     from relaxrl.launcher import Run
 
@@ -72,20 +77,7 @@ def main() -> None:
             learner_alone = (c.updates - u1) / (time.monotonic() - t1)
         finally:
             run.close()
-        env = RelaxEnv(cfg.env)
-        structures = [a for a in run.train_structures if len(a) <= cfg.curriculum.stages[0]]
-        steps, t2, k = 0, time.monotonic(), 0
-        while time.monotonic() - t2 < seconds / 2:
-            atoms = structures[k % len(structures)]
-            k += 1
-            obs, expert = env.reset(atoms), BFGSExpert.from_config(cfg.expert, env, cfg.env.max_step)  # relax_cell: filter rows
-            while True:
-                res = env.step(expert.action(obs))
-                steps += 1
-                obs = res.obs
-                if res.terminated or res.truncated:
-                    break
-        env_alone = steps / (time.monotonic() - t2)
+        env_alone = one_env_steps_per_s(cfg, run.train_structures, seconds / 2)
 
         # one online ActorLoop in this process (policy forward + env, no Ray, transitions kept in a list)
         from actors.coordinator import Coordinator
@@ -117,6 +109,61 @@ def main() -> None:
         "goal": {"sample_wait_share_below": 0.10, "met": system["sample_wait_share"] < 0.10},
     }
     print(json.dumps(out, indent=2, default=float))
+
+
+def one_env_steps_per_s(cfg, structures, seconds: float) -> float:
+    """Steps/s of one in-process RelaxEnv driven by the config's BFGS teacher (no Ray, no replay)."""
+    from actors.env import RelaxEnv
+    from actors.expert import BFGSExpert
+
+    env = RelaxEnv(cfg.env)
+    structures = [a for a in structures if len(a) <= cfg.curriculum.stages[0]]
+    steps, t0, k = 0, time.monotonic(), 0
+    while time.monotonic() - t0 < seconds:
+        obs, expert = env.reset(structures[k % len(structures)]), BFGSExpert.from_config(cfg.expert, env, cfg.env.max_step)
+        k += 1
+        while True:
+            res = env.step(expert.action(obs))
+            steps += 1
+            obs = res.obs
+            if res.terminated or res.truncated:
+                break
+    return steps / (time.monotonic() - t0)
+
+
+def parts_only(args, seconds: float) -> None:
+    """One env and one online actor in-process, the config's calculator and untrained policy; prints one JSON."""
+    import torch
+
+    from actors.coordinator import Coordinator
+    from actors.curriculum import Curriculum, load_structures
+    from actors.loop import ActorLoop
+    from common.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    torch.set_num_threads(1)
+    load_start = os.getloadavg()[0]
+    train, _ = load_structures(cfg.curriculum.source, cfg.curriculum, cfg.run.seed, calculator=cfg.env.calculator,
+                               calculator_kwargs=cfg.env.calculator_kwargs, relax_cell=cfg.env.relax_cell,
+                               min_distance_factor=cfg.env.min_distance_factor)
+    env_alone = one_env_steps_per_s(cfg, train, seconds)
+
+    class ListWriter:
+        def insert(self, table, transitions, priorities=None):
+            pass
+
+    actor = ActorLoop("online", cfg, ListWriter(), Coordinator(Curriculum(train, cfg.curriculum)))
+    actor.step()  # the first step resets every environment (an initial force call each)
+    n0, t0 = actor.steps, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        actor.step()
+    actor_alone = (actor.steps - n0) / (time.monotonic() - t0)
+    print(json.dumps({"config": args.config, "overrides": args.overrides, "calculator": cfg.env.calculator,
+                      "relax_cell": cfg.env.relax_cell, "cpus": os.cpu_count(), "torch_threads": 1,
+                      "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0], "seconds": seconds,
+                      "one_env_in_process_steps_per_s": env_alone,
+                      "one_online_actor_in_process_steps_per_s": actor_alone,
+                      "envs_per_actor": cfg.actors.envs_per_actor}, indent=2))
 
 
 if __name__ == "__main__":
