@@ -419,8 +419,9 @@ def evaluate(
 
     Returns a JSON-able dict (:func:`build_report`): ``settings``, ``optimizers`` (per-optimizer aggregates),
     ``structures`` (per-structure runs, with the Fmax trace of each run), ``comparisons``
-    (``rl_vs_bfgs_force_calls``, ``rl_vs_fire_force_calls``, ``rl_vs_untrained_force_calls`` and every
-    optimizer vs BFGS: ratio of mean force calls on the structures both solved),
+    (each policy 'rl', 'untrained' vs BFGS, FIRE and the other policy: ``rl_vs_fire_force_calls``,
+    ``rl_vs_fire_wall_time``, ...; and every optimizer vs BFGS: the ratio of the means of force calls, or of
+    wall time, on the structures both solved),
     ``by_kind`` (:func:`summarize_by_kind`: success and rl/bfgs, rl/fire ratios per
     ``atoms.info["kind"]``, 'file' where unset, and overall).
     """
@@ -494,13 +495,15 @@ def build_report(records: list[dict[str, Any]], names: Sequence[str], settings: 
     """The report of judged structure records: ``settings``, ``optimizers``, ``comparisons``, ``by_kind``,
     ``structures`` (:func:`evaluate`)."""
     comparisons: dict[str, Any] = {}
-    for other in ("bfgs", "fire", "untrained"):
-        if "rl" in names and other in names:
-            comparisons[f"rl_vs_{other}_force_calls"] = _ratio_on_both_solved(records, "rl", other)
-            comparisons[f"rl_vs_{other}_wall_time"] = _ratio_on_both_solved(records, "rl", other, "wall_time_s")
+    for policy in (n for n in POLICY_OPTIMIZERS if n in names):  # each policy against BFGS, FIRE, the untrained start
+        for other in ("bfgs", "fire", "untrained"):
+            if other in names and other != policy:
+                comparisons[f"{policy}_vs_{other}_force_calls"] = _ratio_on_both_solved(records, policy, other)
+                comparisons[f"{policy}_vs_{other}_wall_time"] = _ratio_on_both_solved(records, policy, other,
+                                                                                      "wall_time_s")
     if "bfgs" in names:
         for opt in names:
-            if opt not in ("bfgs", "rl"):
+            if opt != "bfgs" and f"{opt}_vs_bfgs_force_calls" not in comparisons:
                 comparisons[f"{opt}_vs_bfgs_force_calls"] = _ratio_on_both_solved(records, opt, "bfgs")
     return {
         "settings": {**settings, "optimizers": list(names), "n_structures": len(records),
