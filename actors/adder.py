@@ -12,6 +12,7 @@ move to the ``policy`` ones), buffered per table and inserted ``insert_batch`` a
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -70,9 +71,8 @@ class NStepWindow:
             return [(source, first)]
         last = window[-1]
         reward = returns_to_go([t.reward for t in window], self.gamma)[0]
-        return [(source, Transition(obs=first.obs, action=first.action, actual_move=first.actual_move, reward=reward,
-                                    terminated=last.terminated, truncated=last.truncated, next_obs=last.next_obs,
-                                    a_back=first.a_back, expert_action=first.expert_action, n_steps=len(window)))]
+        return [(source, dataclasses.replace(first, reward=reward, terminated=last.terminated, truncated=last.truncated,
+                                             next_obs=last.next_obs, n_steps=len(window)))]
 
 
 class ReplayAdder:

@@ -61,7 +61,7 @@ from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
 from actors.cell_filter import AtomRows, FilterRows, check_cell_relaxable, coordinates
-from actors.hessian import curvature_if_small, free_coordinates, is_saddle
+from actors.hessian import curvature_if_small, free_coordinates, held_mask, is_saddle
 from actors.structure_check import StructureError, check_structure
 from common.config import EnvConfig
 from common.correction import ActionError, PairList, correct_action
@@ -190,6 +190,7 @@ class RelaxEnv:
         self._last_a_back = 0.0
         self._atoms = a
         self._free = None
+        self._free_mask = held_mask(a)
         self._numbers = a.numbers.astype(np.int64)  # shared by every observation of the episode
         self._pbc = np.array(a.pbc, dtype=bool)
         self._rows = coordinates(a, self.cfg.relax_cell)
@@ -373,4 +374,5 @@ class RelaxEnv:
             history=self._history[:n].copy(),
             cell_forces=self._forces[n:].copy() if cell else None,
             cell_history=self._history[n:].copy() if cell else None,
+            free=self._free_mask,
         )

@@ -50,14 +50,15 @@ from ase.optimize import BFGSLineSearch
 
 from actors.calculators import make_calculator
 from actors.hessian import finite_difference_hessian, free_coordinates
-from common.config import EnvConfig, ExpertConfig
+from common.config import EnvConfig, ExpertConfig, NetworkConfig
 from common.errors import RelaxRLError
 from common.names import TEACHER_NAMES
 from common.observation import HISTORY_DIM, Observation
 from common.schedules import SCHEDULES
-from learner.quasi_newton import quasi_newton_step
+from learner.graph import neighbor_list
+from learner.quasi_newton import fit_model_hessian, model_hessian_step, quasi_newton_step
 
-__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "NewtonTeacher", "TEACHERS",
+__all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "ModelHessianTeacher", "NewtonTeacher", "TEACHERS",
            "Teacher", "exact_compliance", "fake_step_probability", "finite_difference_hessian", "free_coordinates",
            "make_teacher", "register_teacher", "saddle_free_newton_step"]
 
@@ -217,6 +218,9 @@ class NewtonTeacher:
 
     def reset(self) -> None:
         self._free: np.ndarray | None = None  # free coordinates of this episode's structure
+        self.last_hessian: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        """(positions [n, 3] Å, Hessian over the free coordinates, free [3n]) of the teacher's newest step: the
+        curvature probes reuse it at the same state instead of measuring again."""
 
     def offers(self, obs: Observation) -> bool:
         """True for structures of at most ``max_atoms`` atoms (the Hessian's cost grows as n²)."""
@@ -235,6 +239,7 @@ class NewtonTeacher:
         self.calculator.reset()
         hessian = finite_difference_hessian(atoms, self.calculator, self._free)
         self.force_calls += 2 * int(self._free.sum())
+        self.last_hessian = (atoms.get_positions(), hessian, self._free)
         return self.step(hessian, obs)
 
     def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
@@ -273,6 +278,41 @@ class ExactComplianceTeacher(NewtonTeacher):
         d = quasi_newton_step(torch.as_tensor(obs.forces, dtype=torch.float64), torch.as_tensor(history, dtype=torch.float64),
                               compliance, torch.zeros(obs.n_atoms, dtype=torch.int64), 1, self.maxstep).numpy()
         d[~self._free.reshape(-1, 3)] = 0.0
+        return d
+
+
+@register_teacher("model-hessian")
+class ModelHessianTeacher(NewtonTeacher):
+    """``expert.teacher = 'model-hessian'``: the 'model-hessian' head's own move
+    (:func:`learner.quasi_newton.model_hessian_step`, the same L-BFGS memory of the observation's path
+    history) on the model Hessian fitted to the finite-difference Hessian
+    (:func:`learner.quasi_newton.fit_model_hessian`: per-edge blocks along and across each bond of the
+    observation's neighbour graph, per-atom diagonal at least ``min_curvature``). It is what that head does
+    with a perfect network, so its steps are ones the head can make, and behaviour cloning and the
+    curvature loss point the same way."""
+
+    CG_ITERATIONS = 200
+    """Conjugate-gradient iterations of the teacher's solve (it runs to the 1e-6 tolerance; no gradient)."""
+
+    def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
+        n = obs.n_atoms
+        full = np.zeros((3 * n, 3 * n))
+        idx = np.flatnonzero(self._free)
+        full[np.ix_(idx, idx)] = hessian
+        if obs.edge_index is not None:
+            ei = np.asarray(obs.edge_index, dtype=np.int64)
+            shift = np.asarray(obs.edge_shift, dtype=np.float64)
+        else:
+            net = NetworkConfig()
+            ei, shift = neighbor_list(obs.positions, obs.cell, obs.pbc, net.radius, net.max_neighbors)
+        vectors = obs.positions[ei[0]] + shift @ np.asarray(obs.cell, dtype=np.float64) - obs.positions[ei[1]]
+        mask = self._free.reshape(-1, 3)
+        model = fit_model_hessian(torch.as_tensor(full), torch.as_tensor(ei), torch.as_tensor(vectors),
+                                  None if mask.all() else torch.as_tensor(mask, dtype=torch.float64), self.min_curvature)
+        history = obs.history if obs.history is not None else np.zeros((n, HISTORY_DIM))
+        d = model_hessian_step(torch.as_tensor(obs.forces, dtype=torch.float64), torch.as_tensor(history, dtype=torch.float64),
+                               model, torch.zeros(n, dtype=torch.int64), 1, self.maxstep, self.CG_ITERATIONS).numpy()
+        d[~mask] = 0.0
         return d
 
 

@@ -1,6 +1,7 @@
 """Finite-difference Hessians on the coordinates ASE constraints leave free, and the saddle-point check.
 
     free = free_coordinates(atoms)                      # [3n] bool
+    hessian_columns(atoms, EMT(), [0, 3])               # [2, n, 3, 3] eV/Å², columns of atoms 0 and 3 (12 calls)
     hessian = finite_difference_hessian(atoms, EMT(), free)   # [m, m] eV/Å², 2m force calls
     lowest_curvature(atoms, EMT())                      # eV/Å², rigid-body modes left out
     curvature_if_small(atoms, EMT, max_atoms=24)        # the same, None above 24 free atoms
@@ -45,6 +46,15 @@ def free_coordinates(atoms: Atoms) -> np.ndarray:
     return free
 
 
+def held_mask(atoms: Atoms) -> np.ndarray | None:
+    """The observation's ``free`` mask of ``atoms`` ([n, 3]: 1.0 free, 0.0 held by a constraint), None when its
+    constraints hold no coordinate (or it has none)."""
+    if not atoms.constraints:
+        return None
+    free = free_coordinates(atoms)
+    return None if free.all() else free.reshape(-1, 3).astype(np.float64)
+
+
 def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
     """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
     symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
@@ -62,6 +72,38 @@ def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta:
             grads.append(-probe.get_forces().ravel()[idx])
         hessian[:, col] = (grads[0] - grads[1]) / (2.0 * delta)
     return 0.5 * (hessian + hessian.T)
+
+
+def hessian_columns(atoms: Atoms, calculator, indices: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
+    """The Hessian's columns of the atoms ``indices`` by central differences of the forces, [k, n, 3, 3] eV/Å²:
+    ``out[p, j] = ∂²E/∂x_j∂x_a`` for a = indices[p] (rows: atom j's coordinates; columns: atom a's). 6 force calls
+    per atom of ``calculator``; constraints are not applied (every row is the free gradient's)."""
+    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    probe.calc = calculator
+    x0 = atoms.get_positions()
+    out = np.empty((len(indices), len(atoms), 3, 3))
+    for p, a in enumerate(indices):
+        for c in range(3):
+            grads = []
+            for sign in (1.0, -1.0):
+                x = x0.copy()
+                x[a, c] += sign * delta
+                probe.set_positions(x)
+                grads.append(-probe.get_forces())
+            out[p, :, :, c] = (grads[0] - grads[1]) / (2.0 * delta)
+    return out
+
+
+def columns_of(hessian: np.ndarray, free: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The columns of the atoms ``indices`` (as :func:`hessian_columns` returns them, [k, n, 3, 3]) of a Hessian
+    over the ``free`` coordinates ([m, m], m = free.sum(); :func:`finite_difference_hessian`); zero where a
+    coordinate is held."""
+    full = np.zeros((free.size, free.size))
+    idx = np.flatnonzero(free)
+    full[np.ix_(idx, idx)] = hessian
+    n = free.size // 3
+    cols = full[:, (3 * np.asarray(indices)[:, None] + np.arange(3)).ravel()]  # [3n, 3k]
+    return cols.reshape(n, 3, len(indices), 3).transpose(2, 0, 1, 3).copy()
 
 
 def rigid_body_modes(atoms: Atoms) -> np.ndarray:
@@ -108,3 +150,32 @@ def curvature_if_small(atoms: Atoms, calculator: Callable[[], Any], max_atoms: i
 def is_saddle(curvature: float | None) -> bool:
     """Whether a lowest curvature (eV/Å²; None or nan = not checked) marks a saddle point, not a minimum."""
     return curvature is not None and math.isfinite(curvature) and curvature < -SADDLE_CURVATURE_EV_PER_A2
+
+
+class CurvatureProbe:
+    """Training-only curvature for the 'model-hessian' head: the Hessian's columns of ``k`` random free atoms of
+    an environment's current structure (:func:`hessian_columns`, 6 force calls per atom on a calculator of its
+    own), or slices of a teacher's Hessian of the same state (``last_hessian``: no force call). ``force_calls``
+    counts what it spent; ``RLOptimizer`` never uses any of this."""
+
+    def __init__(self, k: int, calculator: Callable[[], Any], rng: np.random.Generator) -> None:
+        self.k, self._make, self.rng = int(k), calculator, rng
+        self._calc: Any = None
+        self.force_calls = 0
+
+    def measure(self, atoms: Atoms, free: np.ndarray | None,
+                last_hessian: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(probe_atoms [k'] int64, probe_columns [k', n, 3, 3] eV/Å²) of ``atoms`` with ``free`` ([n, 3] mask or
+        None), k' = min(k, free atoms); None when no atom is free."""
+        movable = np.flatnonzero(np.ones(len(atoms), bool) if free is None else np.asarray(free).any(axis=1))
+        if not len(movable) or self.k <= 0:
+            return None
+        picked = np.sort(self.rng.choice(movable, size=min(self.k, len(movable)), replace=False)).astype(np.int64)
+        if last_hessian is not None and np.array_equal(last_hessian[0], atoms.get_positions()):
+            return picked, columns_of(last_hessian[1], last_hessian[2], picked)
+        if self._calc is None:
+            self._calc = self._make()
+        self._calc.reset()
+        self.force_calls += 6 * len(picked)
+        return picked, hessian_columns(atoms, self._calc, picked)

@@ -28,8 +28,10 @@ from typing import Protocol
 import numpy as np
 
 from actors.adder import ReplayAdder, returns_to_go
+from actors.calculators import make_calculator
 from actors.env import RelaxEnv, StepResult
 from actors.expert import Teacher, fake_step_probability, make_teacher
+from actors.hessian import CurvatureProbe
 from common.config import ActorConfig, ExpertConfig
 from common.names import ACTOR_KINDS, POLICY, TEACHER
 from common.noise import force_noise_factor
@@ -201,6 +203,8 @@ class ActorLoop:
         self.source: ActionSource = noisy if kind == "online" else TeacherOrPolicy(
             noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
         self._stopping = threading.Event()  # request_stop(), from another thread while run() loops
+        self.probes = ([CurvatureProbe(config.expert.curvature_probes, self._probe_calculator, rng) for _ in self.envs]
+                       if kind == "expert" and config.expert.curvature_probes > 0 else None)
         self.adder = ReplayAdder(writer, config.replay.tables, n, config.learner.n_step, config.learner.gamma,
                                  config.actors.insert_batch, stop=self._stopping.is_set)
         self.obs: list[Observation | None] = [None] * n
@@ -239,13 +243,29 @@ class ActorLoop:
         for i, o in enumerate(self.obs):
             if o is None:
                 self._reset(i)
-        calls_before = self.source.force_calls
+        calls_before = self.source.force_calls + self._probe_force_calls()
         actions = self.source.act(self.obs, self.t_total)
-        teacher_calls = self.source.force_calls - calls_before
-        results = [self._step_and_add(i, actions) for i in range(len(self.envs))]
+        probes = [self._probe(i) for i in range(len(self.envs))]
+        teacher_calls = self.source.force_calls + self._probe_force_calls() - calls_before
+        results = [self._step_and_add(i, actions, probes[i]) for i in range(len(self.envs))]
         return self._record(actions, results, teacher_calls)
 
-    def _step_and_add(self, i: int, actions: Actions) -> StepResult:
+    def _probe_calculator(self):
+        return make_calculator(self.config.env.calculator, self.config.env.calculator_kwargs)
+
+    def _probe_force_calls(self) -> int:
+        return sum(p.force_calls for p in self.probes) if self.probes else 0
+
+    def _probe(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Environment ``i``'s curvature probe at its current state (``expert.curvature_probes``; expert actors only),
+        reusing the teacher's Hessian when it just took one there."""
+        if self.probes is None:
+            return None
+        teachers = getattr(self.source, "teachers", None)
+        last = getattr(teachers[i], "last_hessian", None) if teachers else None
+        return self.probes[i].measure(self.envs[i].atoms, self.obs[i].free, last)
+
+    def _step_and_add(self, i: int, actions: Actions, probe: tuple[np.ndarray, np.ndarray] | None = None) -> StepResult:
         """Environment ``i`` takes its move; the transition goes to the adder under the move's source."""
         obs, res = self.obs[i], self.envs[i].step(actions.moves[i])
         next_obs = with_neighbor_list(res.obs, self.config.network)
@@ -255,7 +275,9 @@ class ActorLoop:
         self.adder.add(i, actions.sources[i], Transition(
             obs=obs, action=action, actual_move=res.info["actual_move"], reward=float(res.reward),
             terminated=bool(res.terminated), truncated=bool(res.truncated), next_obs=next_obs,
-            a_back=float(res.info["a_back"]), expert_action=actions.expert_moves[i]), storable=bool(np.isfinite(action).all()))
+            a_back=float(res.info["a_back"]), expert_action=actions.expert_moves[i],
+            probe_atoms=probe[0] if probe else None, probe_columns=probe[1] if probe else None),
+            storable=bool(np.isfinite(action).all()))
         self._rewards[i].append(float(res.reward))
         self.obs[i] = None if res.terminated or res.truncated else next_obs
         return res

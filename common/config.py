@@ -192,13 +192,19 @@ class ExpertConfig:
     the expert actor's policy acts (into the online table). The other teachers step on any size."""
     teacher_min_curvature: float = 0.5
     """Smallest |eigenvalue| (eV/Å²) the Hessian teachers ('newton', 'compliance') divide by: softer or negative
-    modes move as if this stiff."""
+    modes move as if this stiff; the 'model-hessian' teacher's smallest per-atom diagonal."""
+    curvature_probes: int = 0
+    """Atoms whose Hessian columns every expert-actor transition carries (0 = none): the supervised curvature
+    signal of the 'model-hessian' head (learner.curvature_weight). Sliced from a Hessian teacher's Hessian where
+    it just took one at that state, else measured by finite differences (6 force calls per atom on a calculator
+    of the actor's own); training only, counted in actors/teacher_force_calls."""
 
     def __post_init__(self) -> None:
         _require("expert", [
             (self.teacher in TEACHER_NAMES, "teacher", self.teacher, " or ".join(map(repr, TEACHER_NAMES))),
             (1 <= self.teacher_max_atoms <= MAX_HESSIAN_ATOMS, "teacher_max_atoms", self.teacher_max_atoms,
              f"1..{MAX_HESSIAN_ATOMS} atoms, e.g. 24"),
+            (0 <= self.curvature_probes <= 64, "curvature_probes", self.curvature_probes, "0..64 atoms per transition"),
             (self.teacher_min_curvature > 0, "teacher_min_curvature", self.teacher_min_curvature,
              "a positive curvature in eV/Å², e.g. 0.5"),
             (0.0 <= self.p_start <= 1.0, "p_start", self.p_start, "a probability in [0, 1]"),
@@ -346,12 +352,17 @@ class NetworkConfig:
     correction bounded by step_size·|F_i| (starts as heavy-ball steepest descent; displacements vanish with
     the forces). 'quasi-newton': d = H·F with H the L-BFGS inverse Hessian of the env.history_steps remembered
     steps on a learned per-atom 3×3 compliance, scaled so the longest atom move is ≤ env.max_step (starts as
-    L-BFGS; learner/heads.py QuasiNewtonActor)."""
+    L-BFGS; learner/heads.py QuasiNewtonActor). 'model-hessian': the same L-BFGS on a learned sparse model
+    Hessian that couples neighbouring atoms (per-edge stiffness blocks along and across each bond, solved by
+    conjugate gradients; starts as L-BFGS; learner/heads.py ModelHessianActor)."""
     step_size: float = 0.1
     """α at initialisation of the 'preconditioned' head, Å²/eV (about 1/curvature of a metal bond); the
     'quasi-newton' head's compliance at initialisation (its first step is step_size·F)."""
     momentum: float = 0.5
     """β at initialisation of the 'preconditioned' head (weight of the previous move)."""
+    cg_iterations: int = 30
+    """Most conjugate-gradient iterations of the 'model-hessian' head's solve P⁻¹·v per move (fewer once the
+    residual is 1e-6 of its start): the same in training and in RLOptimizer."""
 
     def __post_init__(self) -> None:
         _require("network", [
@@ -372,6 +383,7 @@ class NetworkConfig:
             (1 <= self.max_species <= 118, "max_species", self.max_species, "1..118"),
             (self.species in ("table", "descriptors"), "species", self.species, "'table' or 'descriptors'"),
             (self.tail_hidden >= 1, "tail_hidden", self.tail_hidden, "a positive size"),
+            (1 <= self.cg_iterations <= 500, "cg_iterations", self.cg_iterations, "1..500 conjugate-gradient iterations"),
         ], self)
 
 
@@ -439,6 +451,10 @@ class LearnerConfig:
     relative_bc: float = 0.005
     """δ (Å) of the relative behaviour-cloning error ‖π − a_BFGS‖² / (‖a_BFGS‖² + δ²) per graph (0 = absolute
     error in units of max_step)."""
+    curvature_weight: float = 1.0
+    """Weight of the curvature loss in the actor loss: how far the 'model-hessian' head's model Hessian is from the
+    Hessian columns the expert actors measured (expert.curvature_probes; learner/curvature.py). No effect on other
+    heads or without probes."""
     grad_clip: float = 10.0
     """Global gradient-norm clip (0 = none)."""
     device: str = "auto"
@@ -471,6 +487,7 @@ class LearnerConfig:
             *[(getattr(self, k) >= 1, k, getattr(self, k), "at least 1 update")
               for k in ("publish_every", "checkpoint_every", "log_every", "max_nonfinite")],
             (self.relative_bc >= 0, "relative_bc", self.relative_bc, ">= 0 Å"),
+            (self.curvature_weight >= 0, "curvature_weight", self.curvature_weight, "a weight >= 0"),
             (self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 = none)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
              "'auto', 'cpu', 'cuda' or 'cuda:N'"),

@@ -13,10 +13,10 @@ from __future__ import annotations
 __all__ = ["ACTOR_HEAD_NAMES", "ACTOR_KINDS", "CELL_HEAD_NAMES", "CELL_TEACHER_NAMES", "POLICY", "SOURCES", "TABLE_NAMES",
            "TEACHER", "TEACHER_NAMES"]
 
-TEACHER_NAMES = ("bfgs", "newton", "compliance", "bfgsls")
+TEACHER_NAMES = ("bfgs", "newton", "compliance", "bfgsls", "model-hessian")
 """What a fake step of an expert actor is (``expert.teacher``)."""
 
-ACTOR_HEAD_NAMES = ("free", "preconditioned", "quasi-newton")
+ACTOR_HEAD_NAMES = ("free", "preconditioned", "quasi-newton", "model-hessian")
 """The policy's output head (``network.actor_head``)."""
 
 CELL_HEAD_NAMES = ("quasi-newton",)

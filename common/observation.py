@@ -35,6 +35,9 @@ class Observation:
     # the filter's coordinates), and an action has n_atoms + 3 rows: atoms first, then the cell (see CELL_ROWS).
     cell_forces: np.ndarray | None = None  # [3, 3] float64, eV/Å
     cell_history: np.ndarray | None = None  # [3, 6 K] float64
+    # Coordinates ASE constraints hold (FixAtoms, selective dynamics), None when every coordinate is free: 1.0 for a
+    # free coordinate, 0.0 for a held one. A head that couples atoms solves on the free coordinates only.
+    free: np.ndarray | None = None  # [n_atoms, 3] float64
 
     @classmethod
     def from_atoms(cls, atoms, forces: np.ndarray | None = None, energy: float | None = None,

@@ -24,3 +24,7 @@ class Transition:
     n_steps: int = 1  # environment steps this transition spans (learner.n_step): reward = Σ_k γ^k r_k over them,
     # next_obs is the state after the last one, terminated/truncated are the last step's; the TD target bootstraps
     # with γ^n_steps
+    # Curvature measured at obs, for training only (expert.curvature_probes): the Hessian's columns of k atoms,
+    # probe_columns[p, j] = ∂²E/∂x_j∂x_{probe_atoms[p]} (3×3 block: rows atom j's coordinates), eV/Å²
+    probe_atoms: np.ndarray | None = None  # [k] int64
+    probe_columns: np.ndarray | None = None  # [k, n, 3, 3] float64

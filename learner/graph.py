@@ -149,6 +149,7 @@ class Graph:
     history: torch.Tensor  # [n_atoms, 6 K]: K remembered moves (Å) and force changes (eV/Å), newest first; zeros when not recorded
     cell_forces: torch.Tensor | None = None  # [n_graphs, 3, 3] generalised cell force (eV/Å), None: the cell is fixed
     cell_history: torch.Tensor | None = None  # [n_graphs, 3, 6 K] the cell rows of the path history (with cell_forces)
+    free: torch.Tensor | None = None  # [n_atoms, 3] 1.0 free, 0.0 held by a constraint; None: every coordinate free
 
     @property
     def n_graphs(self) -> int:
@@ -271,6 +272,8 @@ def _check(obs: Observation, k: int, cfg: NetworkConfig, env_input_dim: int | No
                                          or np.shape(obs.cell_history) != (CELL_ROWS, np.shape(obs.history)[1])):
         raise GraphError(f"observation {k}: cell_history has shape {np.shape(obs.cell_history)}, expected (3, 6 K) "
                          "with the K remembered steps of its history (and a history)")
+    if obs.free is not None and np.shape(obs.free) != (n, 3):
+        raise GraphError(f"observation {k}: free has shape {np.shape(obs.free)}, expected ({n}, 3)")
     if env_input_dim is not None and np.asarray(obs.env_features).size != env_input_dim:
         raise GraphError(
             f"observation {k}: {np.asarray(obs.env_features).size} env features but the networks expect "
@@ -310,7 +313,8 @@ def batch_graphs(
         raise GraphError("some observations carry cell rows (the cell relaxes) and some do not; batch observations "
                          "of one env.relax_cell")
     with_cell = cells.pop()
-    cell_forces, cell_history = [], []
+    with_free = any(o.free is not None for o in observations)
+    cell_forces, cell_history, free = [], [], []
     pos, numbers, forces, cells, env, counts, history = [], [], [], [], [], [], []
     edges, shifts, offset = [], [], 0
     for k, obs in enumerate(observations):
@@ -329,6 +333,8 @@ def batch_graphs(
         if with_cell:
             cell_forces.append(np.asarray(obs.cell_forces, dtype=np.float64).reshape(CELL_ROWS, 3))
             cell_history.append(obs.cell_history if obs.cell_history is not None else np.zeros((CELL_ROWS, width)))
+        if with_free:
+            free.append(obs.free if obs.free is not None else np.ones((obs.n_atoms, 3)))
         counts.append(obs.n_atoms)
         edges.append(ei + offset)
         shifts.append(es.reshape(-1, 3))
@@ -351,5 +357,6 @@ def batch_graphs(
         history=f(np.concatenate(history).reshape(-1, width)),
         cell_forces=f(np.stack(cell_forces)) if with_cell else None,
         cell_history=f(np.stack(cell_history).reshape(-1, CELL_ROWS, width)) if with_cell else None,
+        free=f(np.concatenate(free).reshape(-1, 3)) if with_free else None,
     )
 

@@ -10,6 +10,8 @@ that overrides ``ungated`` (the displacement before the env gate, bounded by env
     'preconditioned'  :class:`PreconditionedActor`: a learned per-atom heavy-ball step, always downhill
     'quasi-newton'    :class:`QuasiNewtonActor`: L-BFGS over the path history on a learned per-atom
                       compliance (the maths: learner/quasi_newton.py)
+    'model-hessian'   :class:`ModelHessianActor`: L-BFGS over the path history on a learned sparse model
+                      Hessian that couples neighbouring atoms, solved by conjugate gradients
 
 Environment features never enter the equivariant path. With ``env_input_dim = 0`` the actor
 has no gate module (its scale is exactly 1); with ``env_input_dim > 0`` its displacements are
@@ -40,9 +42,9 @@ from common.config import EnvConfig, NetworkConfig, RunConfig
 from common.errors import RelaxRLError
 from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, safe_norm, scatter_mean
 from learner.graph import Graph, torch_dtype
-from learner.quasi_newton import quasi_newton_step
+from learner.quasi_newton import ModelHessian, model_hessian_step, quasi_newton_step
 
-__all__ = ["HEAD_CLASSES", "Actor", "PreconditionedActor", "QuasiNewtonActor", "build_actor"]
+__all__ = ["HEAD_CLASSES", "Actor", "ModelHessianActor", "PreconditionedActor", "QuasiNewtonActor", "build_actor"]
 
 
 class Actor(nn.Module):
@@ -219,7 +221,87 @@ class QuasiNewtonActor(Actor):
                                  graph.row_batch(), graph.n_graphs, self.max_step)
 
 
-HEAD_CLASSES = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor}
+class ModelHessianActor(Actor):
+    """Policy as L-BFGS on a learned sparse model Hessian (``network.actor_head = 'model-hessian'``)::
+
+        d = H F,    then scaled as a whole so that the longest atom move is ≤ env.max_step
+
+    H is the L-BFGS inverse-Hessian estimate of the remembered steps of the path history on the
+    initial inverse Hessian ``s·P⁻¹`` (:func:`learner.quasi_newton.model_hessian_step`), with P the
+    model Hessian (:class:`learner.quasi_newton.ModelHessian`) the network predicts::
+
+        d_i = (1 / step_size) · exp(0.1·a_i)                    per atom (eV/Å², a_i a 0e output)
+        α_e, β_e = unit · softplus(mlp(h_r + h_s, h_r ⊙ h_s, radial(|r_e|))) · envelope(|r_e|)   per edge
+
+    h the trunk's invariant (0e) features of the edge's two atoms, radial the Bessel basis of the
+    distance and envelope the trunk's smooth cutoff, so P changes continuously as atoms cross
+    the cutoff. B_e = α_e I + β_e r̂r̂ᵀ is the form of a pair potential's Hessian block: how stiff
+    the bond is along its direction and across it. P is symmetric positive definite by
+    construction, so every move goes downhill (up to the conjugate-gradient tolerance) and
+    vanishes with the forces; coordinates held by ASE constraints (``graph.free``) are left out
+    of the solve and never move.
+
+    At initialisation the edge blocks are near zero (softplus of −4 times the unit: ~2 % of d) and
+    d_i ≈ 1/step_size, so an untrained actor is L-BFGS with Nocedal's scaling, the
+    'quasi-newton' head's start. What training adds is how atoms are coupled: the curvature
+    that a per-atom compliance cannot see (learner.td3's curvature loss supervises P with
+    Hessian columns the expert actors measure; the TD3 and BC losses act on the move).
+    """
+
+    EDGE_UNIT = 10.0
+    """Scale of the edge blocks α, β (eV/Å²): the order of a metal bond's stiffness."""
+    EDGE_BIAS = -4.0
+    """Initial bias of the edge MLP's output: softplus(−4)·unit ≈ 0.18 eV/Å² per edge."""
+
+    def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
+        super().__init__(cfg, env)
+        self.step_size = float(cfg.step_size)
+        self.iterations = int(cfg.cg_iterations)
+        self.n_scalars = int(cfg.channels)  # the trunk's 0e block comes first (blocks.hidden_irreps)
+        self.irreps_head = o3.Irreps("1x0e")
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 1]: a_i
+        hidden = 2 * cfg.radial_hidden
+        self.edge_mlp = nn.Sequential(nn.Linear(2 * self.n_scalars + cfg.num_basis, hidden), nn.SiLU(),
+                                      nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+        nn.init.zeros_(self.edge_mlp[-1].weight)
+        nn.init.constant_(self.edge_mlp[-1].bias, self.EDGE_BIAS)
+        self.to(torch_dtype(cfg.dtype))
+
+    def model_hessian(self, graph: Graph) -> ModelHessian:
+        """The model Hessian P of every graph of the batch (rows: the atoms)."""
+        x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
+        h = x[:, :self.n_scalars]  # [N, channels] invariants
+        diag = torch.exp(0.1 * self.head(x).squeeze(-1).clamp(-50.0, 50.0)) / self.step_size  # [N] eV/Å²
+        snd, rcv = graph.edge_index[0], graph.edge_index[1]
+        vec = graph.edge_vectors()  # [E, 3] Å
+        r = safe_norm(vec)  # [E, 1]
+        radial = self.trunk.edges.radial
+        feats = torch.cat([h[snd] + h[rcv], h[snd] * h[rcv], radial(r.squeeze(-1))], dim=-1)  # [E, 2c + num_basis]
+        ab = self.EDGE_UNIT * nn.functional.softplus(self.edge_mlp(feats)) * radial.envelope(r.squeeze(-1)).unsqueeze(-1)
+        return ModelHessian(diag=diag, edge_index=graph.edge_index, alpha=ab[:, 0], beta=ab[:, 1], direction=vec / r,
+                            free=graph.free)
+
+    def move(self, graph: Graph, hessian: ModelHessian) -> torch.Tensor:
+        """The bounded L-BFGS move on ``hessian``, [n_atoms, 3] Å."""
+        return model_hessian_step(graph.forces, graph.history, hessian, graph.batch, graph.n_graphs, self.max_step,
+                                  self.iterations)
+
+    def ungated(self, graph: Graph) -> torch.Tensor:
+        """The bounded preconditioned L-BFGS displacement before the env gate, [n_atoms, 3] Å."""
+        return self.move(graph, self.model_hessian(graph))
+
+    def forward_with_hessian(self, graph: Graph) -> tuple[torch.Tensor, ModelHessian]:
+        """(displacement [n_atoms, 3] Å after the env gate, the model Hessian it was computed on): one trunk pass
+        for the TD3 actor loss and the curvature loss."""
+        hessian = self.model_hessian(graph)
+        d = self.move(graph, hessian)
+        if self.env_gate is not None:
+            d = d * self.action_scale(graph)[graph.batch].unsqueeze(-1)
+        return d, hessian
+
+
+HEAD_CLASSES = {"free": Actor, "preconditioned": PreconditionedActor, "quasi-newton": QuasiNewtonActor,
+                "model-hessian": ModelHessianActor}
 """The actor class of each ``network.actor_head``."""
 
 

@@ -35,6 +35,7 @@ from learner.checkpoint import (
     save_checkpoint,
 )
 from learner.critic import TwinCritic
+from learner.curvature import CurvatureTargets, curvature_targets
 from learner.graph import batch_graphs, stack_rows, torch_dtype
 from learner.heads import initial_actor
 
@@ -135,7 +136,8 @@ class Learner:
                                   lambda_dev=self.lc.lambda_dev, grad_clip=self.lc.grad_clip,
                                   normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc,
                                   target_noise_force_scale=(config.actors.noise_force_scale
-                                                            if self.lc.target_noise_by_force else 0.0))
+                                                            if self.lc.target_noise_by_force else 0.0),
+                                  curvature_weight=self.lc.curvature_weight)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self._correct = lambda graph, proposed: corrected_moves(graph, proposed, config.env)
         self.teacher_tables = tables_of(config.replay.tables, TEACHER)  # their items with a_expert are cloned
@@ -199,7 +201,16 @@ class Learner:
             weight=torch.as_tensor(np.asarray(info.weight, dtype=np.float64), device=dev, dtype=dt),
             n_steps=torch.as_tensor([float(t.n_steps) for t in transitions], device=dev, dtype=dt),
             row_batch=graph.row_batch(), next_row_forces=next_graph.row_forces(),
+            curvature=self._curvature(transitions),
         )
+
+    def _curvature(self, transitions) -> CurvatureTargets | None:
+        """The batch's curvature targets (items with Hessian columns; learner/curvature.py), on the device."""
+        if not self.hyper.curvature_weight:
+            return None
+        probes = [(t.probe_atoms, t.probe_columns) if t.probe_atoms is not None else None for t in transitions]
+        targets = curvature_targets(probes, [t.obs.n_atoms for t in transitions])
+        return None if targets is None else targets.to(self.device, self.dtype)
 
     def step(self) -> dict[str, float]:
         """Exactly one update: sample, TD3 step, new priorities; publish/checkpoint/log on schedule."""

@@ -24,11 +24,16 @@ initial inverse Hessian of :func:`lbfgs_direction` is any function ``h0(v)`` of 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
     "CURVATURE_EPS",
+    "ModelHessian",
+    "bounded_move",
+    "fit_model_hessian",
+    "model_hessian_step",
     "graph_dot",
     "graph_max",
     "graph_sum",
@@ -149,7 +154,181 @@ def quasi_newton_step(forces: torch.Tensor, history: torch.Tensor, compliance: t
         return scale.unsqueeze(-1) * torch.einsum("nij,nj->ni", compliance, v)
 
     d = lbfgs_direction(forces, history, batch, n_graphs, h0)  # [N, 3] Å
+    return bounded_move(d, batch, n_graphs, max_step)
+
+
+# ----------------------------------------------------------------------------- a sparse model Hessian
+
+
+def bounded_move(d: torch.Tensor, batch: torch.Tensor, n_graphs: int, max_step: float) -> torch.Tensor:
+    """``d`` [N, 3] scaled as a whole per graph so that its longest row is at most ``max_step`` Å."""
     length = torch.sqrt((d * d).sum(-1) + 1e-12)  # [N] Å, with a finite gradient at d = 0
     longest = graph_max(length, batch, n_graphs)  # [G] Å
     bound = torch.clamp(max_step / longest.clamp_min(1e-12), max=1.0)  # [G]
     return d * bound[batch].unsqueeze(-1)
+
+
+def _rows_dot(a: torch.Tensor, b: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Per-graph inner products of row vectors with R right-hand sides: [N, 3, R] · [N, 3, R] → [G, R]."""
+    return a.new_zeros((n_graphs, a.shape[-1])).index_add_(0, batch, (a * b).sum(1))
+
+
+@dataclass
+class ModelHessian:
+    """A sparse, symmetric positive-definite model of the Hessian over the rows of a batch (eV/Å²)::
+
+        P = Σ_i d_i·(e_i e_iᵀ ⊗ I₃) + Σ_e ½·(e_r − e_s)(e_r − e_s)ᵀ ⊗ B_e,    B_e = α_e·I₃ + β_e·r̂_e r̂_eᵀ
+
+    over the rows i (the atoms, then any cell rows) and the directed edges e = (s → r) of the
+    neighbour graph (atom rows only). With d_i > 0 and α_e, β_e ≥ 0 every term is positive
+    semi-definite and the diagonal makes P positive definite. The edge blocks have the form of a
+    pair potential's Hessian block (a bond-stretch term along r̂ and a transverse term), and
+    P·1 = d (translations cost only the diagonal), as in ASE's ``Exp`` preconditioner (Packwood et
+    al., JCP 144, 164109, 2016), of which P is a learned generalisation. An edge and its reverse
+    each carry half, so an edge present in one direction only (a neighbour cap) still gives a
+    symmetric P.
+
+    ``free`` [N, 3] (1 free, 0 held by a constraint) restricts P to the free coordinates: a held
+    coordinate is neither moved nor felt, so the solve is the one on the free subspace.
+    """
+
+    diag: torch.Tensor  # [N] eV/Å², > 0
+    edge_index: torch.Tensor  # [2, E] int64 (sender, receiver), row indices
+    alpha: torch.Tensor  # [E] eV/Å², ≥ 0
+    beta: torch.Tensor  # [E] eV/Å², ≥ 0
+    direction: torch.Tensor  # [E, 3] unit vectors along the edges
+    free: torch.Tensor | None = None  # [N, 3] 1.0 free, 0.0 fixed; None: every coordinate free
+
+    def _mask(self, v: torch.Tensor) -> torch.Tensor:
+        if self.free is None:
+            return v
+        return v * (self.free.unsqueeze(-1) if v.dim() == 3 else self.free)
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """P·v for row vectors [N, 3] or [N, 3, R] (R right-hand sides at once), restricted to the free coordinates."""
+        squeeze = v.dim() == 2
+        x = self._mask(v.unsqueeze(-1) if squeeze else v)  # [N, 3, R]
+        snd, rcv = self.edge_index[0], self.edge_index[1]
+        dv = x[rcv] - x[snd]  # [E, 3, R]
+        along = (self.direction.unsqueeze(-1) * dv).sum(1, keepdim=True)  # [E, 1, R]
+        m = 0.5 * (self.alpha[:, None, None] * dv + self.beta[:, None, None] * along * self.direction.unsqueeze(-1))
+        out = self.diag[:, None, None] * x
+        out = out.index_add(0, rcv, m).index_add(0, snd, -m)
+        out = self._mask(out)
+        return out.squeeze(-1) if squeeze else out
+
+    def block_diagonal(self) -> torch.Tensor:
+        """The 3×3 diagonal blocks of P on the free coordinates (identity on the held ones), [N, 3, 3]."""
+        eye = torch.eye(3, dtype=self.diag.dtype, device=self.diag.device)
+        b = 0.5 * (self.alpha[:, None, None] * eye + self.beta[:, None, None] * self.direction[:, :, None]
+                   * self.direction[:, None, :])  # [E, 3, 3]
+        snd, rcv = self.edge_index[0], self.edge_index[1]
+        self_image = snd == rcv  # an atom's own periodic image: v_r − v_s = 0, no diagonal term
+        b = b * (~self_image).to(b.dtype)[:, None, None]
+        blocks = self.diag[:, None, None] * eye
+        blocks = blocks.index_add(0, rcv, b).index_add(0, snd, b)
+        if self.free is not None:
+            m = self.free
+            blocks = blocks * (m[:, :, None] * m[:, None, :]) + torch.diag_embed(1.0 - m)
+        return blocks
+
+    def solve(self, b: torch.Tensor, batch: torch.Tensor, n_graphs: int, iterations: int,
+              rtol: float = 1e-6) -> torch.Tensor:
+        """P⁻¹·b by conjugate gradients preconditioned with the inverse diagonal blocks (block Jacobi), per graph,
+        for b [N, 3] or [N, 3, R]; at most ``iterations`` iterations, fewer once every graph's residual is below
+        ``rtol`` of its start. Differentiable (the iterations are unrolled). Held coordinates of the result are 0."""
+        squeeze = b.dim() == 2
+        rhs = self._mask(b.unsqueeze(-1) if squeeze else b)  # [N, 3, R]
+        inv_blocks = torch.linalg.inv(self.block_diagonal())  # [N, 3, 3]
+
+        def precondition(r: torch.Tensor) -> torch.Tensor:
+            return self._mask(torch.einsum("nij,njr->nir", inv_blocks, r))
+
+        x = torch.zeros_like(rhs)
+        r = rhs
+        z = precondition(r)
+        p = z
+        rz = _rows_dot(r, z, batch, n_graphs)  # [G, R]
+        rz0 = rz.detach().abs().clamp_min(1e-300)
+        for _ in range(iterations):
+            if bool((rz.detach().abs() <= rtol * rtol * rz0).all()):
+                break
+            ap = self.matvec(p)
+            pap = _rows_dot(p, ap, batch, n_graphs)
+            ok = pap > 0
+            step = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))  # [G, R]
+            x = x + step[batch].unsqueeze(1) * p
+            r = r - step[batch].unsqueeze(1) * ap
+            z = precondition(r)
+            rz_new = _rows_dot(r, z, batch, n_graphs)
+            okr = rz.abs() > 0
+            beta = torch.where(okr, rz_new / torch.where(okr, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+            p = z + beta[batch].unsqueeze(1) * p
+            rz = rz_new
+        return x.squeeze(-1) if squeeze else x
+
+
+def model_hessian_step(forces: torch.Tensor, history: torch.Tensor, hessian: ModelHessian, batch: torch.Tensor,
+                       n_graphs: int, max_step: float, iterations: int) -> torch.Tensor:
+    """The preconditioned L-BFGS move on a sparse model Hessian P (:class:`ModelHessian`). [N, 3] Å
+
+    The two-loop recursion (:func:`lbfgs_direction`) over the path history runs on the initial
+    inverse Hessian ``H0 = s·P⁻¹``: s = 1 before the path has a pair that passes
+    :func:`positive_curvature` (P's own scale), afterwards s = s·y / (y·P⁻¹y) of the newest such pair
+    (Nocedal's scaling in P's metric: the path sets the overall scale, P how it is shared among
+    atoms, directions and their couplings). P⁻¹ is applied by :meth:`ModelHessian.solve`, the
+    newest pair's y in the same solve. The move is then bounded as a whole by ``max_step`` Å.
+    """
+    pairs = history_pairs(history)
+    newest = torch.zeros_like(forces)  # [N, 3] y of the newest valid pair, per graph
+    found = torch.zeros(n_graphs, dtype=torch.bool, device=forces.device)
+    sy_newest = forces.new_zeros(n_graphs)
+    for s, y in reversed(pairs):  # oldest first, so the newest valid pair wins
+        sy, ss, yy = _pair_products(s, y, batch, n_graphs)
+        ok = positive_curvature(sy, ss, yy)
+        newest = torch.where(ok[batch].unsqueeze(-1), y, newest)
+        sy_newest = torch.where(ok, sy, sy_newest)
+        found = found | ok
+
+    def h0(q: torch.Tensor) -> torch.Tensor:
+        both = hessian.solve(torch.stack([q, newest], -1), batch, n_graphs, iterations)  # [N, 3, 2]
+        z, p_y = both[..., 0], both[..., 1]
+        y_py = graph_dot(newest, p_y, batch, n_graphs)  # [G]
+        ok = found & (y_py > 0)
+        scale = torch.where(ok, sy_newest / torch.where(ok, y_py, torch.ones_like(y_py)), torch.ones_like(y_py))
+        return scale[batch].unsqueeze(-1) * z
+
+    d = lbfgs_direction(forces, history, batch, n_graphs, h0)  # [N, 3] Å
+    if hessian.free is not None:
+        d = d * hessian.free
+    return bounded_move(d, batch, n_graphs, max_step)
+
+
+def fit_model_hessian(hessian: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, free: torch.Tensor | None,
+                      floor: float) -> ModelHessian:
+    """The :class:`ModelHessian` closest to a full Hessian [3n, 3n] (eV/Å²) on the given edges: each edge's block
+    B = αI + βr̂r̂ᵀ is the least-squares fit to the symmetric part of −H_rs (α, β clipped at 0; shared equally
+    among the periodic images of the same pair of atoms, whose blocks H_rs sums), and d_i is the
+    mean of the diagonal block H_ii left over after the edges' share, at least ``floor``. What the
+    'model-hessian' head would predict with a perfect network; the teacher of that name moves with it."""
+    n = hessian.shape[0] // 3
+    blocks = hessian.reshape(n, 3, n, 3).permute(0, 2, 1, 3)  # [n, n, 3, 3]: blocks[i, j] = ∂²E/∂x_i∂x_j
+    snd, rcv = edge_index[0], edge_index[1]
+    r = vectors / torch.sqrt((vectors * vectors).sum(-1, keepdim=True)).clamp_min(1e-12)  # [E, 3]
+    pair = rcv * n + snd
+    images = torch.zeros(n * n, dtype=hessian.dtype, device=hessian.device).index_add_(
+        0, pair, torch.ones_like(pair, dtype=hessian.dtype))[pair]  # [E] edges between the same two atoms
+    target = -blocks[rcv, snd] / images[:, None, None]  # a pair's block shared by its periodic images
+    target = 0.5 * (target + target.transpose(-1, -2))  # [E, 3, 3]
+    trace = torch.diagonal(target, dim1=-2, dim2=-1).sum(-1)  # [E]
+    along = torch.einsum("ei,eij,ej->e", r, target, r)  # [E]
+    # normal equations of min |αI + βrrᵀ − T|²: [[3, 1], [1, 1]]·[α, β] = [tr T, r·T·r]
+    alpha = (0.5 * (trace - along)).clamp_min(0.0)
+    beta = (along - alpha).clamp_min(0.0)
+    self_image = snd == rcv
+    alpha = torch.where(self_image, torch.zeros_like(alpha), alpha)
+    beta = torch.where(self_image, torch.zeros_like(beta), beta)
+    zero = ModelHessian(diag=hessian.new_zeros(n), edge_index=edge_index, alpha=alpha, beta=beta, direction=r)
+    left = torch.diagonal(blocks[torch.arange(n), torch.arange(n)] - zero.block_diagonal(), dim1=-2, dim2=-1)
+    diag = (left.sum(-1) / 3.0).clamp_min(floor)  # [n]
+    return ModelHessian(diag=diag, edge_index=edge_index, alpha=alpha, beta=beta, direction=r, free=free)

@@ -8,6 +8,7 @@ Read top to bottom (after CleanRL's ``td3_continuous_action.py``)::
     L_Q = mean_i w_i·[(Q1(s,a) − y)² + (Q2(s,a) − y)²]           w = importance weights
     every ``policy_delay`` updates:
     L_π = mean_g [ −Q1(s, π(s)) + λ_dev·‖π(s) − c(π(s))‖² + λ_bc·‖π(s) − a_expert‖²·[g ∈ expert] ]
+          + λ_curv·L_curv(P)         a 'model-hessian' head's model Hessian P against measured Hessian columns
     θ' ← τ·θ + (1 − τ)·θ'                                      Polyak averaging
     priority_i = (|δ1_i| + |δ2_i|)/2 + ε
 
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from common.noise import force_noise_factor
+from learner.curvature import CurvatureTargets, curvature_loss
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TD3Batch:
     n_steps: Tensor | None = None  # [n_graphs] environment steps each item spans (None: 1); bootstraps with γ^n
     row_batch: Tensor | None = None  # [n_rows] graph of each action row (None: graph.batch, atoms only)
     next_row_forces: Tensor | None = None  # [n_rows, 3] generalised forces of s' per row (None: next_graph.forces)
+    curvature: CurvatureTargets | None = None  # Hessian columns the expert actors measured (learner/curvature.py)
 
 
 def per_graph_mean(values: Tensor, batch: Tensor, n_graphs: int) -> Tensor:
@@ -147,6 +150,7 @@ class TD3Hyper:
     normalize: bool = True  # −Q scaled by mean|Q|, penalties in units of max_step (TD3+BC)
     relative_bc: float = 0.0  # δ (Å) of the relative BC error; 0 = absolute
     target_noise_force_scale: float = 0.0  # eV/Å; > 0: target noise per atom × min(1, |F_i| / this)
+    curvature_weight: float = 0.0  # λ_curv of the curvature loss (heads with a model Hessian, batches with probes)
 
 
 def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
@@ -175,7 +179,11 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
             "charts/td_error": float(td_abs.mean()),
             "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
     if update_actor:
-        pi = actor(b.graph)
+        model = None
+        if b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "forward_with_hessian"):
+            pi, model = actor.forward_with_hessian(b.graph)
+        else:
+            pi = actor(b.graph)
         corrected = correct(b.graph, pi.detach()) if correct is not None else pi.detach()
         q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
         q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
@@ -183,6 +191,10 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, rows,
                                     h.lambda_dev, lambda_bc, q_norm=q_norm,
                                     length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
+        if model is not None:
+            loss_curv = curvature_loss(model, b.curvature)
+            loss_pi = loss_pi + h.curvature_weight * loss_curv
+            logs["losses/curvature"] = float(loss_curv.detach())
         if torch.isfinite(loss_pi):
             actor_opt.zero_grad(set_to_none=True)
             loss_pi.backward()

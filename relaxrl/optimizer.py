@@ -65,6 +65,7 @@ from ase.utils.abc import Optimizable
 
 from actors.cell_filter import CELL_FILTER_TYPES
 from actors.env import correct_action
+from actors.hessian import held_mask
 from common.errors import RelaxRLError
 from common.observation import empty_history, history_after
 from learner.policy import load_policy
@@ -347,6 +348,7 @@ class RLOptimizer(Optimizer):
         self._prev_move: np.ndarray | None = None  # [n_rows, 3], the last applied move (atoms Å, then cell rows)
         self._prev_forces: np.ndarray | None = None  # [n_rows, 3] eV/Å, the (generalised) forces it was decided on
         self._history: np.ndarray | None = None  # [n_rows, 6 K], the history of the last observation
+        self._free_mask = held_mask(self._atoms_moved)  # [n_atoms, 3] the constraints\' free coordinates, or None
 
     def todict(self) -> dict[str, Any]:
         d = super().todict()
@@ -369,7 +371,7 @@ class RLOptimizer(Optimizer):
         last ``env.history_steps`` applied moves and the force changes they caused, newest first
         (zeros before the first move), as ``RelaxEnv`` records it. On a cell filter all of it runs over the
         filter's rows: the observation gets the atom rows in ``forces``/``history`` and the cell rows in
-        ``cell_forces``/``cell_history``.
+        ``cell_forces``/``cell_history``. The coordinates ASE constraints hold (``free``) are marked as ``RelaxEnv`` marks them.
         """
         atoms = self._atoms_moved
         n = len(atoms)
@@ -386,6 +388,7 @@ class RLOptimizer(Optimizer):
             history = history_after(self._prev_move, self._prev_forces, forces, self._history)
         obs.history = history[:n]
         obs.cell_history = history[n:] if self._n_cell_rows else None
+        obs.free = self._free_mask
         return obs
 
     def policy_move(self) -> tuple[np.ndarray, float]:

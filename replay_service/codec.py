@@ -17,16 +17,23 @@ Layout (little-endian), version 1 (version 2 below)::
     edges    per observation with an edge list: edge_index u32 [2,E], edge_shift i8 [E,3]
                        (i32 with flag WIDE_SHIFTS)
 
-Version 2 is version 1 with 8 more header bytes, extension flags u32 and a reserved u32 (0), and
-one more block of floats after the others for each extension flag set. It is written only for
-transitions that need an extension, so everything else stays byte for byte version 1, and
-version-1 payloads decode as before. The one extension::
+Version 2 is version 1 with 8 more header bytes, extension flags u32 and a u32 (0, or the probe count k
+with PROBES), and one more block of floats after the others for each extension flag set. It is written
+only for transitions that need an extension, so everything else stays byte for byte version 1, and
+version-1 payloads decode as before. The extensions::
 
     CELL_ROWS (ext bit 0)  the cell relaxes too (Observation.cell_forces): action, actual_move and
                        expert_action have n + 3 rows, of which the version-1 layout holds the first n;
                        this block holds obs.cell_forces [3,3], next_obs.cell_forces [3,3], the cell rows
                        of action, actual_move and expert_action [3,3] each (expert with HAS_EXPERT),
                        obs.cell_history [3,6K], next_obs.cell_history [3,6K] (with HAS_HISTORY)
+
+    FREE (ext bit 1)   coordinates held by ASE constraints (Observation.free): obs.free [n,3] as 0.0/1.0; next_obs
+                       gets the same mask (constraints hold for the whole episode)
+    PROBES (ext bit 2) Hessian columns measured at obs (Transition.probe_atoms, probe_columns: training-only
+                       curvature for the model-Hessian head): k, the number of probed atoms, in the header's
+                       reserved u32; then probe_atoms [k] (atom indices as floats) and probe_columns [k,n,3,3] (eV/Å²)
+The extension blocks follow each other in the order of their bits.
 
 Decoding checks the magic, the version, the flags, that the length is exactly what the
 header implies, that every float is finite and that edge indices point at atoms; any
@@ -70,7 +77,10 @@ _KNOWN_FLAGS = (TERMINATED | TRUNCATED | HAS_EXPERT | OBS_EDGES | NEXT_EDGES | N
 _HEADER = struct.Struct("<4sHHIIII")
 _EXT = struct.Struct("<II")  # version 2: extension flags, reserved (0); keeps the floats 8-byte aligned
 EXT_CELL_ROWS = 1
-_KNOWN_EXT = EXT_CELL_ROWS
+EXT_FREE = 2
+EXT_PROBES = 4
+_KNOWN_EXT = EXT_CELL_ROWS | EXT_FREE | EXT_PROBES
+_MAX_PROBES = 1024
 _CELL = 3  # rows the cell adds (common.observation.CELL_ROWS)
 _N_SCALARS = 4  # reward, a_back, energy, next_energy
 _MAX_ATOMS = 1 << 24  # a sanity bound for encode; decode is bounded by the payload length
@@ -236,6 +246,26 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
             names += ["obs.cell_history", "next_obs.cell_history"]
     elif o0.cell_history is not None or o1.cell_history is not None:
         raise CodecError("transition has a cell_history without cell_forces; give both (the cell relaxes) or neither")
+    if o0.free is not None:
+        ext |= EXT_FREE
+        free = np.asarray(o0.free)
+        if free.shape != vec or not np.isin(free, (0.0, 1.0)).all():
+            raise CodecError(f"transition.obs.free has shape {free.shape}, expected ({n}, 3) of 0.0 (held) and 1.0 (free)")
+        values.append(free)
+        shapes.append(vec)
+        names.append("obs.free")
+    n_probes = 0
+    if (t.probe_atoms is None) != (t.probe_columns is None):
+        raise CodecError("transition.probe_atoms and probe_columns must be given together (or neither)")
+    if t.probe_atoms is not None:
+        ext |= EXT_PROBES
+        atoms = np.asarray(t.probe_atoms)
+        n_probes = int(atoms.shape[0]) if atoms.ndim == 1 else -1
+        if atoms.dtype.kind not in "iu" or not 1 <= n_probes <= _MAX_PROBES or atoms.min() < 0 or atoms.max() >= n:
+            raise CodecError(f"transition.probe_atoms is {atoms!r}: expected 1..{_MAX_PROBES} atom indices in 0..{n - 1}")
+        values += [atoms.astype(np.float64), t.probe_columns]
+        shapes += [(n_probes,), (n_probes, n, 3, 3)]
+        names += ["probe_atoms", "probe_columns"]
     try:
         parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
     except (TypeError, ValueError):
@@ -267,7 +297,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
                 n_edges[i] = e[0]
                 tail.append(e[1].tobytes())
                 tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
-    return flags | (ext << 16), n, d, n_edges, parts, tail, list(zip(names, values))
+    return flags | (ext << 16) | (n_probes << 32), n, d, n_edges, parts, tail, list(zip(names, values))
 
 
 def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
@@ -294,7 +324,8 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
         d = o.env_features.shape[0]
         expert = ts[0].expert_action is not None
         history = o.history is not None
-        if any(t.obs.cell_forces is not None or t.next_obs.cell_forces is not None
+        if any(t.obs.cell_forces is not None or t.next_obs.cell_forces is not None or t.obs.free is not None
+               or t.probe_atoms is not None
                or t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
                or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert
                or (t.obs.history is not None) != history or (t.next_obs.history is not None) != history for t in ts):
@@ -371,10 +402,10 @@ def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
     out = []
     pos = 0
     for both, n, d, n_edges, _parts, tail, _ in prepared:
-        flags, ext = both & 0xFFFF, both >> 16
-        size = 8 * _layout(flags, n, d, 0, 0, ext)[0]
+        flags, ext, n_probes = both & 0xFFFF, (both >> 16) & 0xFFFF, both >> 32
+        size = 8 * _layout(flags, n, d, 0, 0, ext, n_probes)[0]
         header = (_HEADER.pack(MAGIC, VERSION_EXT if ext else VERSION, flags, n, d, n_edges[0], n_edges[1])
-                  + (_EXT.pack(ext, 0) if ext else b""))
+                  + (_EXT.pack(ext, n_probes) if ext else b""))
         out.append(b"".join([header, raw[pos:pos + size], *tail]))
         pos += size
     return out
@@ -401,10 +432,11 @@ def _cell_floats(flags: int, ext: int) -> int:
     return 9 * (2 + moves) + 2 * _CELL * 6 * _flag_history_steps(flags)
 
 
-def _layout(flags: int, n: int, d: int, e0: int, e1: int, ext: int = 0) -> tuple[int, int]:
+def _layout(flags: int, n: int, d: int, e0: int, e1: int, ext: int = 0, n_probes: int = 0) -> tuple[int, int]:
     """(number of floats, total payload length) implied by a header."""
     n_float = (_N_SCALARS + 2 * (3 * n + 9 + 3 * n + d) + 2 * 3 * n + (3 * n if flags & HAS_EXPERT else 0)
                + 2 * 6 * n * _flag_history_steps(flags)) + _cell_floats(flags, ext)
+    n_float += (3 * n if ext & EXT_FREE else 0) + (n_probes * (1 + 9 * n) if ext & EXT_PROBES else 0)
     shift_bytes = 12 if flags & WIDE_SHIFTS else 3
     length = _header_size(ext) + 8 * n_float + n * (2 if flags & NEXT_NUMBERS else 1) + 2
     if flags & OBS_EDGES:
@@ -423,9 +455,9 @@ def _group_key(b: bytes | bytearray | memoryview) -> bytes:
     return head
 
 
-def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int, int]:
-    """(flags, n, d, e0, e1, n_float, ext) of a payload of ``size`` bytes starting with ``head``; CodecError if
-    invalid."""
+def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int, int, int]:
+    """(flags, n, d, e0, e1, n_float, ext, n_probes) of a payload of ``size`` bytes starting with ``head``;
+    CodecError if invalid."""
     if size < _HEADER.size:
         raise CodecError(f"payload of {size} bytes is shorter than the {_HEADER.size}-byte header (truncated)")
     magic, version, flags, n, d, e0, e1 = _HEADER.unpack_from(head, 0)
@@ -434,27 +466,29 @@ def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int,
     if version not in (VERSION, VERSION_EXT):
         raise CodecError(f"payload has codec version {version}, this build reads versions {VERSION} and {VERSION_EXT}; "
                          "clear the replay tables (or use a new namespace) after upgrading relaxrl")
-    ext = 0
+    ext = n_probes = 0
     if version == VERSION_EXT:
         if size < _header_size(1) or len(head) < _header_size(1):
             raise CodecError(f"payload of {size} bytes is shorter than the {_header_size(1)}-byte version-2 header "
                              "(truncated)")
         ext, reserved = _EXT.unpack_from(head, _HEADER.size)
+        if ext & EXT_PROBES:
+            n_probes, reserved = reserved, (0 if 1 <= reserved <= _MAX_PROBES else reserved or -1)
         if ext & ~_KNOWN_EXT or not ext or reserved:
             raise CodecError(f"payload has unknown extension flags {ext:#x} (reserved {reserved:#x})")
     if flags & ~_KNOWN_FLAGS:
         raise CodecError(f"payload has unknown flag bits {flags & ~_KNOWN_FLAGS:#x}")
     if (e0 and not flags & OBS_EDGES) or (e1 and not flags & NEXT_EDGES):
         raise CodecError("payload header lists edges without the edge flag")
-    n_float, length = _layout(flags, n, d, e0, e1, ext)
+    n_float, length = _layout(flags, n, d, e0, e1, ext, n_probes)
     if size != length:
         kind = "truncated" if size < length else "has trailing bytes"
         raise CodecError(f"payload of {size} bytes {kind}: header implies {length} bytes")
-    return flags, n, d, e0, e1, n_float, ext
+    return flags, n, d, e0, e1, n_float, ext, n_probes
 
 
-def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int, n_float: int, ext: int = 0
-                 ) -> list[Transition | CodecError]:
+def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int, n_float: int, ext: int = 0,
+                 n_probes: int = 0) -> list[Transition | CodecError]:
     """Decode g payloads with one header, given as the rows of a [g, length] uint8 array."""
     g = rows.shape[0]
     off = _header_size(ext)
@@ -520,6 +554,25 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
             cw = _CELL * width
             cell_h0 = list(f[:, p:p + cw].reshape(g, _CELL, width))
             cell_h1 = list(f[:, p + cw:p + 2 * cw].reshape(g, _CELL, width))
+            p += 2 * cw
+    free = probe_atoms = probe_columns = [None] * g
+    if ext & EXT_FREE:
+        masks = f[:, p:p + k].reshape(g, n, 3)
+        p += k
+        bad_free = ~((masks == 0.0) | (masks == 1.0)).reshape(g, -1).all(axis=1)
+        for i in np.flatnonzero(bad_free & ~bad):
+            why[i] = "payload's free mask holds values other than 0 and 1"
+        bad |= bad_free
+        free = list(masks)
+    if ext & EXT_PROBES:
+        idx = f[:, p:p + n_probes]
+        p += n_probes
+        bad_idx = ~((idx >= 0) & (idx < n) & (idx == np.round(idx))).all(axis=1)
+        for i in np.flatnonzero(bad_idx & ~bad):
+            why[i] = f"payload's probe_atoms are not atom indices in 0..{n - 1}"
+        bad |= bad_idx
+        probe_atoms = list(np.where(np.isfinite(idx), idx, 0).astype(np.int64))
+        probe_columns = list(f[:, p:p + 9 * n * n_probes].reshape(g, n_probes, n, 3, 3))
     scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
     n_steps = ((flags & N_STEPS_MASK) >> N_STEPS_SHIFT) + 1
@@ -538,10 +591,11 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
             continue
         r, a_back, en0, en1 = scalars[i]
         o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i], hist0[i],
-                         cell_f0[i], cell_h0[i])
+                         cell_f0[i], cell_h0[i], free[i])
         o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i], hist1[i],
-                         cell_f1[i], cell_h1[i])
-        out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i], n_steps))
+                         cell_f1[i], cell_h1[i], free[i])
+        out.append(Transition(o0, acts[i], moves[i], r, terminated, truncated, o1, a_back, experts[i], n_steps,
+                              probe_atoms[i], probe_columns[i]))
     return out
 
 

@@ -312,8 +312,8 @@ def test_cell_history_without_cell_forces_is_refused():
 
 def test_version_2_headers_with_unknown_extensions_or_truncation_are_refused():
     b = encode(make_transition(4, history=True, cell=True))
-    with pytest.raises(CodecError, match="unknown extension flags 0x2"):
-        decode(b[:24] + struct.pack("<II", 2, 0) + b[32:])
+    with pytest.raises(CodecError, match="unknown extension flags 0x8"):
+        decode(b[:24] + struct.pack("<II", 8, 0) + b[32:])
     with pytest.raises(CodecError, match="unknown extension flags"):
         decode(b[:24] + struct.pack("<II", 1, 7) + b[32:])
     with pytest.raises(CodecError, match="version-2 header"):
