@@ -230,7 +230,7 @@ class ModelHessianActor(Actor):
     initial inverse Hessian ``s·P⁻¹`` (:func:`learner.quasi_newton.model_hessian_step`), with P the
     model Hessian (:class:`learner.quasi_newton.ModelHessian`) the network predicts::
 
-        d_i = (1 / step_size) · exp(0.1·a_i)                    per atom (eV/Å², a_i a 0e output)
+        d_i = (1 / step_size) · exp(a_i)                        per atom (eV/Å², a_i a 0e output, zero at the start)
         α_e, β_e = unit · softplus(mlp(h_r + h_s, h_r ⊙ h_s, radial(|r_e|))) · envelope(|r_e|)   per edge
 
     h the trunk's invariant (0e) features of the edge's two atoms, radial the Bessel basis of the
@@ -261,6 +261,8 @@ class ModelHessianActor(Actor):
         self.irreps_head = o3.Irreps("1x0e")
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 1]: a_i
         hidden = 2 * cfg.radial_hidden
+        for w in self.head.parameters():  # d_i = 1/step_size at the start, whatever the trunk says
+            nn.init.zeros_(w)
         self.edge_mlp = nn.Sequential(nn.Linear(2 * self.n_scalars + cfg.num_basis, hidden), nn.SiLU(),
                                       nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
         nn.init.zeros_(self.edge_mlp[-1].weight)
@@ -271,7 +273,7 @@ class ModelHessianActor(Actor):
         """The model Hessian P of every graph of the batch (rows: the atoms)."""
         x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
         h = x[:, :self.n_scalars]  # [N, channels] invariants
-        diag = torch.exp(0.1 * self.head(x).squeeze(-1).clamp(-50.0, 50.0)) / self.step_size  # [N] eV/Å²
+        diag = torch.exp(self.head(x).squeeze(-1).clamp(-10.0, 10.0)) / self.step_size  # [N] eV/Å²
         snd, rcv = graph.edge_index[0], graph.edge_index[1]
         vec = graph.edge_vectors()  # [E, 3] Å
         r = safe_norm(vec)  # [E, 1]

@@ -9,6 +9,7 @@ Read top to bottom (after CleanRL's ``td3_continuous_action.py``)::
     every ``policy_delay`` updates:
     L_π = mean_g [ −Q1(s, π(s)) + λ_dev·‖π(s) − c(π(s))‖² + λ_bc·‖π(s) − a_expert‖²·[g ∈ expert] ]
           + λ_curv·L_curv(P)         a 'model-hessian' head's model Hessian P against measured Hessian columns
+    other updates (with probes):  λ_curv·L_curv(P) alone, so the model Hessian learns at every update
     θ' ← τ·θ + (1 − τ)·θ'                                      Polyak averaging
     priority_i = (|δ1_i| + |δ2_i|)/2 + ε
 
@@ -178,6 +179,16 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     logs = {"losses/critic": float(loss_q.detach()), "charts/q_value": float(q1.detach().mean()),
             "charts/td_error": float(td_abs.mean()),
             "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
+    if not update_actor and b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "model_hessian"):
+        # between the delayed TD3 actor updates the model Hessian still learns from the measured curvature
+        loss_curv = curvature_loss(actor.model_hessian(b.graph), b.curvature)
+        if torch.isfinite(loss_curv):
+            actor_opt.zero_grad(set_to_none=True)
+            (h.curvature_weight * loss_curv).backward()
+            if h.grad_clip > 0:
+                nn.utils.clip_grad_norm_(actor.parameters(), h.grad_clip)
+            actor_opt.step()
+        logs["losses/curvature"] = float(loss_curv.detach())
     if update_actor:
         model = None
         if b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "forward_with_hessian"):
