@@ -455,6 +455,9 @@ class LearnerConfig:
     """Weight of the curvature loss in the actor loss: how far the 'model-hessian' head's model Hessian is from the
     Hessian columns the expert actors measured (expert.curvature_probes; learner/curvature.py). No effect on other
     heads or without probes."""
+    curvature_lr: float = 2e-3
+    """Adam learning rate of the 'model-hessian' head's readout (the layers that turn trunk features into the model
+    Hessian; the trunk learns at actor_lr): the edge blocks start near zero and must grow by orders of magnitude."""
     grad_clip: float = 10.0
     """Global gradient-norm clip (0 = none)."""
     device: str = "auto"
@@ -488,6 +491,7 @@ class LearnerConfig:
               for k in ("publish_every", "checkpoint_every", "log_every", "max_nonfinite")],
             (self.relative_bc >= 0, "relative_bc", self.relative_bc, ">= 0 Å"),
             (self.curvature_weight >= 0, "curvature_weight", self.curvature_weight, "a weight >= 0"),
+            (self.curvature_lr > 0, "curvature_lr", self.curvature_lr, "a positive learning rate, e.g. 2e-3"),
             (self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 = none)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
              "'auto', 'cpu', 'cuda' or 'cuda:N'"),

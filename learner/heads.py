@@ -269,6 +269,11 @@ class ModelHessianActor(Actor):
         nn.init.constant_(self.edge_mlp[-1].bias, self.EDGE_BIAS)
         self.to(torch_dtype(cfg.dtype))
 
+    def model_hessian_readout(self) -> list[nn.Parameter]:
+        """The parameters that turn trunk features into the model Hessian (the diagonal head, the edge MLP): the
+        learner trains them at ``learner.curvature_lr``."""
+        return list(self.head.parameters()) + list(self.edge_mlp.parameters())
+
     def model_hessian(self, graph: Graph) -> ModelHessian:
         """The model Hessian P of every graph of the batch (rows: the atoms)."""
         x = self.trunk(self.node_input(graph), graph)  # [N, hidden]

@@ -52,6 +52,19 @@ def corrected_moves(graph, proposed: torch.Tensor, env_cfg) -> torch.Tensor:
     return torch.as_tensor(move, dtype=proposed.dtype, device=proposed.device)
 
 
+def actor_param_groups(actor: torch.nn.Module, lc) -> list[dict]:
+    """The actor's Adam parameter groups: a head's ``model_hessian_readout`` (the small layers that turn trunk
+    features into a model Hessian, supervised by the curvature loss) at ``learner.curvature_lr``, everything
+    else at ``learner.actor_lr``."""
+    readout = list(getattr(actor, "model_hessian_readout", lambda: [])())
+    ids = {id(p) for p in readout}
+    rest = [p for p in actor.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": lc.actor_lr}]
+    if readout:
+        groups.append({"params": readout, "lr": lc.curvature_lr})
+    return groups
+
+
 class TrainingDiverged(RelaxRLError):
     """Too many consecutive non-finite losses; the last good weights were checkpointed."""
 
@@ -129,7 +142,7 @@ class Learner:
         self.critic_target = copy.deepcopy(self.critic)
         for p in list(self.actor_target.parameters()) + list(self.critic_target.parameters()):
             p.requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.lc.actor_lr)
+        self.actor_opt = torch.optim.Adam(actor_param_groups(self.actor, self.lc), lr=self.lc.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.lc.critic_lr)
         self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
                                   target_noise_clip=self.lc.target_noise_clip, max_step=config.env.max_step,
