@@ -233,10 +233,15 @@ class ModelHessian:
         return blocks
 
     def solve(self, b: torch.Tensor, batch: torch.Tensor, n_graphs: int, iterations: int,
-              rtol: float = 1e-6) -> torch.Tensor:
+              rtol: float | None = None) -> torch.Tensor:
         """P⁻¹·b by conjugate gradients preconditioned with the inverse diagonal blocks (block Jacobi), per graph,
-        for b [N, 3] or [N, 3, R]; at most ``iterations`` iterations, fewer once every graph's residual is below
-        ``rtol`` of its start. Differentiable (the iterations are unrolled). Held coordinates of the result are 0."""
+        for b [N, 3] or [N, 3, R]; at most ``iterations`` iterations. A graph's right-hand side stops changing once
+        its preconditioned residual is below ``rtol`` of its start (default: 1e-6 in float64, 1e-3 in float32, what
+        the dtype resolves), and the loop ends when every one has. Differentiable (the iterations are unrolled; a
+        finished right-hand side takes no further step, so no gradient divides by a vanishing residual). Held
+        coordinates of the result are 0."""
+        if rtol is None:
+            rtol = 1e-6 if b.dtype == torch.float64 else 1e-3
         squeeze = b.dim() == 2
         rhs = self._mask(b.unsqueeze(-1) if squeeze else b)  # [N, 3, R]
         inv_blocks = torch.linalg.inv(self.block_diagonal())  # [N, 3, 3]
@@ -249,22 +254,22 @@ class ModelHessian:
         z = precondition(r)
         p = z
         rz = _rows_dot(r, z, batch, n_graphs)  # [G, R]
-        rz0 = rz.detach().abs().clamp_min(1e-300)
+        floor = (rtol * rtol) * rz.detach().abs()  # [G, R]
         for _ in range(iterations):
-            if bool((rz.detach().abs() <= rtol * rtol * rz0).all()):
+            active = rz.detach() > floor  # [G, R]: right-hand sides still converging (rz > 0 there)
+            if not bool(active.any()):
                 break
             ap = self.matvec(p)
             pap = _rows_dot(p, ap, batch, n_graphs)
-            ok = pap > 0
-            step = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))  # [G, R]
+            go = active & (pap.detach() > 0)
+            step = torch.where(go, rz / torch.where(go, pap, torch.ones_like(pap)), torch.zeros_like(pap))  # [G, R]
             x = x + step[batch].unsqueeze(1) * p
             r = r - step[batch].unsqueeze(1) * ap
             z = precondition(r)
             rz_new = _rows_dot(r, z, batch, n_graphs)
-            okr = rz.abs() > 0
-            beta = torch.where(okr, rz_new / torch.where(okr, rz, torch.ones_like(rz)), torch.zeros_like(rz))
-            p = z + beta[batch].unsqueeze(1) * p
-            rz = rz_new
+            beta = torch.where(go, rz_new / torch.where(go, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+            p = torch.where(go[batch].unsqueeze(1), z + beta[batch].unsqueeze(1) * p, p)
+            rz = torch.where(go, rz_new, rz)
         return x.squeeze(-1) if squeeze else x
 
 

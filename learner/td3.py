@@ -154,6 +154,18 @@ class TD3Hyper:
     curvature_weight: float = 0.0  # λ_curv of the curvature loss (heads with a model Hessian, batches with probes)
 
 
+def _clipped_step(module: nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> bool:
+    """Clip the gradient norm (when ``grad_clip`` > 0) and step; a non-finite gradient is dropped, not applied
+    (it would make every weight NaN). Returns whether the step was taken."""
+    params = [p for p in module.parameters() if p.grad is not None]
+    norm = nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
 def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
                actor_opt: torch.optim.Optimizer, critic_opt: torch.optim.Optimizer, h: TD3Hyper, lambda_bc: float,
                update_actor: bool, generator: torch.Generator | None = None,
@@ -185,9 +197,7 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         if torch.isfinite(loss_curv):
             actor_opt.zero_grad(set_to_none=True)
             (h.curvature_weight * loss_curv).backward()
-            if h.grad_clip > 0:
-                nn.utils.clip_grad_norm_(actor.parameters(), h.grad_clip)
-            actor_opt.step()
+            _clipped_step(actor, actor_opt, h.grad_clip)
         logs["losses/curvature"] = float(loss_curv.detach())
     if update_actor:
         model = None
@@ -209,9 +219,8 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
         if torch.isfinite(loss_pi):
             actor_opt.zero_grad(set_to_none=True)
             loss_pi.backward()
-            if h.grad_clip > 0:
-                nn.utils.clip_grad_norm_(actor.parameters(), h.grad_clip)
-            actor_opt.step()
+            if not _clipped_step(actor, actor_opt, h.grad_clip):
+                logs["nonfinite"] = 1.0
             polyak_update(actor_target, actor, h.tau)
             polyak_update(critic_target, critic, h.tau)
         else:
