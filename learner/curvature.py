@@ -11,13 +11,16 @@ block P[a, a] = d_a·I + ½·Σ B_e over the edges at a. Per probe::
     L    = mean over probes of (off + DIAG_WEIGHT · diag)
 
 over the coordinates no constraint holds. The off-diagonal blocks are the coupling a per-atom preconditioner
-cannot see and carry the weight; the diagonal is nudged so the stiffness the edges leave over is the atom's own.
+cannot see and carry the weight; the diagonal is nudged so the stiffness the edges leave over is the atom's own
+(the edges' share of the diagonal block is held fixed there, so the diagonal error never shrinks the edges: at
+the start d_a = 1/step_size is far above any H[a, a]).
 Measured offline on the quality preset's training structures, fitting these blocks (and not Hessian-vector
 products in random directions, which the stiffest modes dominate) is what turns the model Hessian into a good
 preconditioner (docs/RESULTS.md).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,7 +97,10 @@ def curvature_loss(model: ModelHessian, t: CurvatureTargets, diag_weight: float 
         row = t.row_start[p[hit]] + (other[hit] - t.first[p[hit]])
         pred = pred.index_add(0, row, -b[hit])
     diag_rows = t.row_start + (t.atoms - t.first)  # [K]
-    pred = pred.index_add(0, diag_rows, model.block_diagonal()[t.atoms])
+    # the diagonal block d_a·I + ½ΣB_e, with the edges' share held fixed: the edges learn from the off-diagonal
+    # blocks alone, d_a from what they leave over (as fit_model_hessian splits them)
+    detached = dataclasses.replace(model, alpha=model.alpha.detach(), beta=model.beta.detach())
+    pred = pred.index_add(0, diag_rows, detached.block_diagonal()[t.atoms])
     target = t.blocks.to(pred.dtype)
     is_diag = torch.zeros(target.shape[0], dtype=torch.bool, device=target.device)
     is_diag[diag_rows] = True

@@ -230,7 +230,7 @@ class ModelHessianActor(Actor):
     initial inverse Hessian ``s·P⁻¹`` (:func:`learner.quasi_newton.model_hessian_step`), with P the
     model Hessian (:class:`learner.quasi_newton.ModelHessian`) the network predicts::
 
-        d_i = (1 / step_size) · exp(a_i)                        per atom (eV/Å², a_i a 0e output, zero at the start)
+        d_i = (1 / step_size) · exp(4·a_i)                      per atom (eV/Å², a_i a 0e output, zero at the start)
         α_e, β_e = unit · softplus(mlp(h_r + h_s, h_r ⊙ h_s, radial(|r_e|))) · envelope(|r_e|)   per edge
 
     h the trunk's invariant (0e) features of the edge's two atoms, radial the Bessel basis of the
@@ -248,6 +248,10 @@ class ModelHessianActor(Actor):
     Hessian columns the expert actors measure; the TD3 and BC losses act on the move).
     """
 
+    DIAG_GAIN = 4.0
+    """log d_i = DIAG_GAIN·a_i − log step_size: the diagonal starts at 1/step_size (70 eV/Å² in the presets) and
+    must fall by a factor of 10–30 to a metal atom's own stiffness; the gain lets Adam's steps of about the
+    learning rate per update get there in hundreds of updates, not thousands."""
     EDGE_UNIT = 10.0
     """Scale of the edge blocks α, β (eV/Å²): the order of a metal bond's stiffness."""
     EDGE_BIAS = -4.0
@@ -259,7 +263,7 @@ class ModelHessianActor(Actor):
         self.iterations = int(cfg.cg_iterations)
         self.n_scalars = int(cfg.channels)  # the trunk's 0e block comes first (blocks.hidden_irreps)
         self.irreps_head = o3.Irreps("1x0e")
-        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head)  # [N, hidden] → [N, 1]: a_i
+        self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head, biases=True)  # [N, hidden] → [N, 1]: a_i
         hidden = 2 * cfg.radial_hidden
         for w in self.head.parameters():  # d_i = 1/step_size at the start, whatever the trunk says
             nn.init.zeros_(w)
@@ -278,7 +282,7 @@ class ModelHessianActor(Actor):
         """The model Hessian P of every graph of the batch (rows: the atoms)."""
         x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
         h = x[:, :self.n_scalars]  # [N, channels] invariants
-        diag = torch.exp(self.head(x).squeeze(-1).clamp(-10.0, 10.0)) / self.step_size  # [N] eV/Å²
+        diag = torch.exp((self.DIAG_GAIN * self.head(x).squeeze(-1)).clamp(-10.0, 10.0)) / self.step_size  # [N] eV/Å²
         snd, rcv = graph.edge_index[0], graph.edge_index[1]
         vec = graph.edge_vectors()  # [E, 3] Å
         r = safe_norm(vec)  # [E, 1]

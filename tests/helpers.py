@@ -82,3 +82,22 @@ def actor_loop_on_redis(redis_url: str, kind: str, preset: Path, overrides: list
     train, _ = load_structures("demo", cfg.curriculum, 0)
     hub = Coordinator(Curriculum(train, cfg.curriculum))
     return ActorLoop(kind, cfg, replay, hub), hub, replay
+
+
+def preconditioned_lbfgs_reference(f: np.ndarray, history: np.ndarray, p_inv: np.ndarray) -> np.ndarray:
+    """Textbook L-BFGS two-loop with H0 = γ·P⁻¹ (``p_inv`` [3n, 3n]): γ = 1 without a valid pair, else
+    s·y / y·P⁻¹y of the newest valid pair (Nocedal's scaling in P's metric), in numpy, on one structure."""
+    g = -f.ravel()
+    pairs = [(history[:, 6 * k:6 * k + 3].ravel(), -history[:, 6 * k + 3:6 * k + 6].ravel())
+             for k in range(history.shape[1] // 6)]
+    pairs = [(s, y) for s, y in pairs if s @ y > 1e-8 * np.linalg.norm(s) * np.linalg.norm(y) and s @ s > 0]
+    gamma = next((s @ y / (y @ p_inv @ y) for s, y in pairs), 1.0)
+    q, alphas = g.copy(), []
+    for s, y in pairs:
+        a = (s @ q) / (s @ y)
+        alphas.append(a)
+        q -= a * y
+    r = gamma * (p_inv @ q)
+    for (s, y), a in reversed(list(zip(pairs, alphas))):
+        r += s * (a - (y @ r) / (s @ y))
+    return -r.reshape(-1, 3)

@@ -1,0 +1,107 @@
+"""The curvature loss (learner/curvature.py) and what it teaches the 'model-hessian' head; real EMT Hessians."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from ase.build import bulk, fcc111
+from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
+
+from actors.hessian import finite_difference_hessian, hessian_columns, held_mask
+from common.config import EnvConfig, NetworkConfig
+from common.observation import Observation
+from helpers import cu_cluster
+from learner.curvature import CurvatureTargets, curvature_loss, curvature_targets
+from learner.graph import batch_graphs
+from learner.heads import build_actor
+from learner.quasi_newton import ModelHessian, fit_model_hessian
+
+CFG = NetworkConfig(channels=8, num_layers=2, num_basis=6, radial_hidden=16, dtype="float64", actor_head="model-hessian",
+                    path_history=True, step_size=0.0143)
+
+
+def probed(structures, picks):
+    """(observations, probes, atom counts) of EMT structures with the Hessian columns of the picked atoms."""
+    obs, probes = [], []
+    for atoms, idx in zip(structures, picks):
+        atoms.calc = EMT()
+        o = Observation.from_atoms(atoms, forces=atoms.get_forces(apply_constraint=True))
+        o.free = held_mask(atoms)
+        o.history = np.zeros((len(atoms), 6))
+        obs.append(o)
+        probes.append(None if idx is None else (np.asarray(idx), hessian_columns(atoms, EMT(), np.asarray(idx))))
+    return obs, probes, [len(a) for a in structures]
+
+
+def structures():
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.rattle(0.1, seed=1)
+    slab = fcc111("Pt", (2, 2, 3), vacuum=5.0)
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    slab.rattle(0.1, seed=2)
+    return [a, cu_cluster(6, seed=3), slab]
+
+
+def test_a_model_hessian_scores_zero_against_its_own_columns_and_a_fit_beats_a_guess() -> None:
+    atoms = structures()
+    obs, probes, sizes = probed(atoms, [[0, 2], None, [5, 9]])
+    g = batch_graphs(obs, CFG)
+    t = curvature_targets(probes, sizes)
+    assert t.atoms.tolist() == [0, 2, 4 + 6 + 5, 4 + 6 + 9]  # batch-global: the cluster's 6 atoms carry no probe
+    vec = g.edge_vectors()
+    rng = np.random.default_rng(0)
+    guess = ModelHessian(torch.as_tensor(rng.uniform(0.5, 2, g.n_atoms)), g.edge_index,
+                         torch.as_tensor(rng.uniform(0, 3, g.n_edges)), torch.as_tensor(rng.uniform(0, 3, g.n_edges)),
+                         vec / vec.norm(dim=1, keepdim=True), g.free)
+    # the guess's own columns (through matvec) as targets: the loss is exactly zero
+    cols = []
+    for p, a in enumerate(t.atoms.tolist()):
+        unit = torch.zeros(g.n_atoms, 3, 3, dtype=torch.float64)
+        unit[a] = torch.eye(3, dtype=torch.float64)
+        cols.append(guess.matvec(unit)[t.row_atom[t.row_probe == p]])
+    own = dataclasses.replace(t, blocks=torch.cat(cols))
+    assert float(curvature_loss(guess, own)) < 1e-20
+    # the model fitted to each structure's full Hessian is far closer to the measured columns than the guess
+    fits, offset = [], 0
+    for a, n in zip(atoms, sizes):
+        sel = (g.edge_index[1] >= offset) & (g.edge_index[1] < offset + n)
+        fits.append(fit_model_hessian(torch.as_tensor(finite_difference_hessian(a, EMT(), np.ones(3 * n, bool))),
+                                      g.edge_index[:, sel] - offset, vec[sel], None, 0.5))
+        offset += n
+    fit = ModelHessian(torch.cat([f.diag for f in fits]), g.edge_index, torch.cat([f.alpha for f in fits]),
+                       torch.cat([f.beta for f in fits]), vec / vec.norm(dim=1, keepdim=True), g.free)
+    assert float(curvature_loss(fit, t)) < 0.5 < 3.0 < float(curvature_loss(guess, t))
+
+
+def test_rows_and_coordinates_a_constraint_holds_do_not_count() -> None:
+    atoms = structures()[2:]  # the slab: atoms 0-3 fixed
+    obs, probes, sizes = probed(atoms, [[5, 9]])
+    g = batch_graphs(obs, CFG)
+    t = curvature_targets(probes, sizes)
+    model = build_actor(CFG, EnvConfig(history_steps=1)).model_hessian(g)
+    base = float(curvature_loss(model, t))
+    blocks = t.blocks.clone()
+    blocks[torch.isin(t.row_atom, torch.tensor([0, 1, 2, 3]))] += 100.0  # nonsense in the fixed atoms' rows
+    assert float(curvature_loss(model, CurvatureTargets(t.atoms, t.first, t.row_start, t.row_probe, t.row_atom,
+                                                        blocks))) == base
+
+
+def test_the_model_hessian_head_learns_the_curvature_it_is_shown() -> None:
+    torch.manual_seed(0)
+    atoms = structures()
+    obs, probes, sizes = probed(atoms, [[0, 1, 2, 3], [0, 2, 4], [4, 6, 8, 10]])
+    g = batch_graphs(obs, CFG)
+    t = curvature_targets(probes, sizes)
+    actor = build_actor(dataclasses.replace(CFG, dtype="float32"), EnvConfig(history_steps=1))
+    g = g.to(dtype=torch.float32)
+    opt = torch.optim.Adam(actor.model_hessian_readout(), lr=1e-2)  # the readout alone: the trunk's features as they are
+    first = curvature_loss(actor.model_hessian(g), t)
+    for _ in range(100):
+        loss = curvature_loss(actor.model_hessian(g), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = curvature_loss(actor.model_hessian(g), t)
+    assert float(last) < 0.05 * float(first) and float(last) < 0.8
