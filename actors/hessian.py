@@ -167,7 +167,7 @@ class CurvatureProbe:
                 last_hessian: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray] | None:
         """(probe_atoms [k'] int64, probe_columns [k', n, 3, 3] eV/Å²) of ``atoms`` with ``free`` ([n, 3] mask or
-        None), k' = min(k, free atoms); None when no atom is free."""
+        None), k' = min(k, free atoms), rows of held coordinates zero; None when no atom is free."""
         movable = np.flatnonzero(np.ones(len(atoms), bool) if free is None else np.asarray(free).any(axis=1))
         if not len(movable) or self.k <= 0:
             return None
@@ -178,4 +178,7 @@ class CurvatureProbe:
             self._calc = self._make()
         self._calc.reset()
         self.force_calls += 6 * len(picked)
-        return picked, hessian_columns(atoms, self._calc, picked)
+        cols = hessian_columns(atoms, self._calc, picked)
+        if free is not None:  # rows of held coordinates are zero, as in a teacher's Hessian over the free ones
+            cols *= np.asarray(free)[None, :, :, None]
+        return picked, cols

@@ -9,7 +9,7 @@ from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from actors.hessian import finite_difference_hessian, hessian_columns, held_mask
+from actors.hessian import finite_difference_hessian, held_mask, hessian_columns
 from common.config import EnvConfig, NetworkConfig
 from common.observation import Observation
 from helpers import cu_cluster

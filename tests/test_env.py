@@ -415,7 +415,9 @@ def test_fixed_atoms_never_move_and_do_not_count_in_fmax():
         assert np.abs(obs.forces[fixed]).max() == 0.0
         free = np.setdiff1d(np.arange(len(slab)), fixed)
         assert step.info["fmax"] == pytest.approx(np.linalg.norm(obs.forces[free], axis=1).max())
+        assert obs.free[fixed].max() == 0.0 and obs.free[free].min() == 1.0  # the held coordinates, marked
     assert env.atoms.constraints, "the structure handed back keeps its constraint"
+    assert RelaxEnv(EnvConfig()).reset(Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])).free is None  # nothing held
 
 
 def test_history_is_the_last_move_and_the_force_change():

@@ -388,3 +388,80 @@ def test_expert_on_the_cell_filter_reproduces_ase_bfgs_on_frechet_cell_filter(na
     assert np.array_equal(obs.cell, env.atoms.cell[:]) and not np.allclose(obs.cell, atoms.cell[:])
     if name == "slab-Pd12-fixed":  # the held atoms follow the cell only (fixed fractional positions)
         np.testing.assert_allclose(env.atoms.get_scaled_positions()[:4], atoms.get_scaled_positions()[:4], atol=1e-10)
+
+
+def test_model_hessian_teacher_moves_as_the_model_hessian_head_would_with_the_fitted_model_hessian():
+    """Its steps are ones the 'model-hessian' head can make: with the model Hessian fitted to the finite-difference
+    Hessian in place of the network's, the head's move is the teacher's; fixed atoms stay still."""
+    import torch
+    from ase.constraints import FixAtoms
+
+    from actors.hessian import held_mask
+    from common.config import NetworkConfig
+    from learner.graph import batch_graphs, with_neighbor_list
+    from learner.heads import ModelHessianActor
+    from learner.quasi_newton import fit_model_hessian
+
+    env_cfg = EnvConfig(fmax=0.01, max_steps=50, history_steps=3)
+    net = NetworkConfig(actor_head="model-hessian", path_history=True, dtype="float64", channels=4, num_layers=2,
+                        cg_iterations=200)
+    slab = STRUCTURES["slab-Pd12"].copy()
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    env = RelaxEnv(env_cfg)
+    teacher = make_teacher(ExpertConfig(teacher="model-hessian", teacher_min_curvature=0.5), env, 0.2)
+    obs = env.reset(slab)
+    for _ in range(2):  # a path with two remembered steps
+        obs = env.step(0.01 * obs.forces).obs
+    obs = with_neighbor_list(obs, net)
+    move = teacher.action(obs)
+    assert teacher.force_calls == 2 * 3 * 8  # the Hessian over the 8 free atoms; the env's count is untouched
+    g = batch_graphs([obs], net)
+    full = np.zeros((36, 36))
+    free = free_coordinates(env.atoms)
+    full[np.ix_(free, free)] = finite_difference_hessian(env.atoms, EMT(), free)
+    fitted = fit_model_hessian(torch.as_tensor(full), g.edge_index, g.edge_vectors(),
+                               torch.as_tensor(held_mask(env.atoms)), 0.5)
+
+    class Fitted(ModelHessianActor):
+        def model_hessian(self, graph):
+            return fitted
+
+    head = Fitted(net, EnvConfig(max_step=0.2, history_steps=3)).ungated(g).detach().numpy()
+    np.testing.assert_allclose(move, head, atol=1e-8)
+    assert np.abs(move[:4]).max() == 0.0 and np.abs(move).max() > 0
+
+
+@pytest.mark.parametrize("name", ["cluster-Cu5", "cluster-AuPt7", "slab-Pd12"])
+def test_model_hessian_teacher_relaxes_in_fewer_force_calls_than_bfgs(name):
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=100, history_steps=5))
+    teacher = make_teacher(ExpertConfig(teacher="model-hessian", teacher_min_curvature=0.5), env, 0.2)
+    run = _episode(env, teacher, STRUCTURES[name])
+    assert run["converged"] and run["force_calls"] == run["steps"] + 1
+    bfgs = _episode(RelaxEnv(EnvConfig(fmax=0.05, max_steps=100)), BFGSExpert(maxstep=0.2), STRUCTURES[name])
+    assert run["force_calls"] < bfgs["force_calls"]
+
+
+def test_curvature_probes_measure_hessian_columns_and_reuse_the_teachers_hessian():
+    from actors.hessian import CurvatureProbe, columns_of
+
+    slab = STRUCTURES["slab-Pd12"].copy()
+    from ase.constraints import FixAtoms
+
+    slab.set_constraint(FixAtoms(indices=[0, 1, 2, 3]))
+    env = RelaxEnv(EnvConfig(fmax=0.05, max_steps=20, history_steps=2))
+    obs = env.reset(slab)
+    probe = CurvatureProbe(3, EMT, np.random.default_rng(0))
+    atoms, cols = probe.measure(env.atoms, obs.free)
+    assert len(atoms) == 3 and set(atoms.tolist()) <= set(range(4, 12))  # free atoms only
+    assert probe.force_calls == 18  # 6 per probed atom
+    free = free_coordinates(env.atoms)
+    hessian = finite_difference_hessian(env.atoms, EMT(), free)
+    np.testing.assert_allclose(cols, columns_of(hessian, free, atoms), atol=1e-4)
+    teacher = make_teacher(ExpertConfig(teacher="model-hessian"), env, 0.2)
+    teacher.action(obs)
+    again, cols2 = probe.measure(env.atoms, obs.free, teacher.last_hessian)
+    assert probe.force_calls == 18  # sliced from the teacher's Hessian of the same state: no new force call
+    np.testing.assert_allclose(cols2, columns_of(teacher.last_hessian[1], free, again))
+    env.step(0.01 * obs.forces)
+    probe.measure(env.atoms, obs.free, teacher.last_hessian)  # another state: measured again
+    assert probe.force_calls == 36

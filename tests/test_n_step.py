@@ -136,3 +136,18 @@ def test_exploration_noise_shrinks_with_each_atoms_force():
     np.testing.assert_allclose(noise[0], 0.0, atol=1e-12)
     np.testing.assert_allclose(noise[1], 0.5 * draws[1], atol=1e-12)
     np.testing.assert_allclose(noise[2:], draws[2:], atol=1e-12)
+
+
+def test_an_n_step_transition_keeps_the_curvature_probes_and_expert_move_of_its_first_step():
+    steps = episode(max_steps=200)[:5]
+    for i, t in enumerate(steps):
+        n = t.obs.n_atoms
+        t.probe_atoms = np.array([i % n])
+        t.probe_columns = np.full((1, n, 3, 3), float(i))
+        t.expert_action = np.full((n, 3), float(i))
+    w = NStepWindow(3, GAMMA)
+    stored = [t for s in steps for _, t in w.push("teacher", s)] + [t for _, t in w.drain()]
+    assert len(stored) == 5
+    for i, t in enumerate(stored):  # the state, its probes and its expert move belong together
+        assert t.obs is steps[i].obs and t.probe_atoms.tolist() == [i % t.obs.n_atoms]
+        assert float(t.probe_columns.max()) == float(i) and float(t.expert_action.max()) == float(i)

@@ -15,7 +15,7 @@ from common.config import ConfigError, EnvConfig, NetworkConfig
 from common.names import ACTOR_HEAD_NAMES
 from common.observation import Observation
 from helpers import cu_cluster as _cu_cluster
-from helpers import lbfgs_reference, observe
+from helpers import lbfgs_reference, observe, preconditioned_lbfgs_reference
 from learner.blocks import InteractionBlock, IrrepsMismatchError, check_irreps, scatter_mean
 from learner.critic import Critic, TwinCritic
 from learner.graph import Graph, batch_graphs
@@ -372,3 +372,50 @@ def test_quasi_newton_head_gives_no_move_to_atoms_without_force_and_history() ->
     obs[0].history[fixed] = 0.0
     d = actor(batch_graphs(obs, cfg)).detach().numpy()
     assert np.abs(d[fixed]).max() == 0.0 and np.abs(d).max() > 0
+
+
+def test_model_hessian_head_is_lbfgs_on_its_own_model_hessian_and_starts_as_lbfgs() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian", step_size=0.02)
+    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4))
+    obs = _secant_history([cu_cluster(6, seed=0), cu_cluster(9, seed=1)], steps=4)
+    obs.append(_secant_history([cu_cluster(5, seed=2)], steps=1)[0])
+    obs[-1].history = np.concatenate([obs[-1].history, np.zeros((5, 18))], axis=1)  # one step taken so far
+    g = batch_graphs(obs, cfg)
+    # untrained: edge blocks near zero, d = 1/step_size, so the move is L-BFGS with Nocedal's scaling (to ~1 %)
+    d = actor(g).detach().numpy()
+    parts = np.split(d, np.cumsum([o.n_atoms for o in obs])[:-1])
+    for o, got in zip(obs, parts):
+        want = lbfgs_reference(o.forces, o.history, 0.02)
+        assert np.linalg.norm(got - want) < 0.02 * np.linalg.norm(want)
+    # whatever the weights: the textbook preconditioned L-BFGS step on the model Hessian the head predicts
+    for p in actor.edge_mlp[-1].parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    model = actor.model_hessian(g)
+    d = actor(g).detach().numpy()
+    eye = torch.eye(3 * g.n_atoms, dtype=torch.float64)
+    p_dense = torch.stack([model.matvec(eye[:, k].reshape(-1, 3)).reshape(-1) for k in range(3 * g.n_atoms)], 1)
+    offset = 0
+    for o in obs:
+        sl = slice(3 * offset, 3 * (offset + o.n_atoms))
+        want = preconditioned_lbfgs_reference(o.forces, o.history, np.linalg.inv(p_dense[sl, sl].detach().numpy()))
+        np.testing.assert_allclose(d[offset:offset + o.n_atoms], want, rtol=1e-4, atol=1e-6)
+        offset += o.n_atoms
+
+
+def test_model_hessian_head_goes_downhill_and_never_moves_a_held_coordinate() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian")
+    actor = build_actor(cfg, EnvConfig(max_step=0.1, history_steps=3))
+    for p in list(actor.head.parameters()) + list(actor.edge_mlp[-1].parameters()):
+        torch.nn.init.normal_(p, std=0.5)
+    obs = _secant_history([cu_cluster(7, seed=4), cu_cluster(8, seed=5)], steps=3)
+    free = np.ones((7, 3))
+    free[[0, 3]] = 0.0  # as under FixAtoms: no force, never moved
+    free[5, 2] = 0.0  # selective dynamics: one direction held
+    obs[0].free = free
+    obs[0].forces *= free
+    obs[0].history *= np.tile(free, 6)
+    g = batch_graphs(obs, cfg)
+    d = actor(g)
+    assert float(d[:7][torch.as_tensor(free) == 0].abs().max()) == 0.0 and float(d.abs().max()) > 0
+    assert (torch.zeros(2, dtype=d.dtype).index_add_(0, g.batch, (d * g.forces).sum(-1)) > 0).all()
+    assert float(d.detach().norm(dim=-1).max()) <= 0.1 + 1e-12

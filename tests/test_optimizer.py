@@ -285,6 +285,7 @@ def test_rl_optimizer_never_moves_fixed_atoms_and_records_their_zero_move():
     RLOptimizer(atoms, policy=policy, logfile=None).run(fmax=1e-4, steps=5)
     assert np.array_equal(atoms.get_positions()[:2], start[:2])
     assert np.abs(policy.seen[-1].history[:2]).max() == 0.0
+    assert policy.seen[-1].free[:2].max() == 0.0 and policy.seen[-1].free[2:].min() == 1.0  # as RelaxEnv marks them
 
 
 # ----------------------------------------------------------------------------- safety guard

@@ -336,3 +336,69 @@ def test_decode_of_corrupted_cell_payload_raises_only_codec_error(flips):
     except CodecError:
         return
     assert u.action.shape[0] in (3, 6)
+
+
+def with_mask_and_probes(t: Transition, k: int = 2, seed: int = 5) -> Transition:
+    """``t`` with a constraint mask (atom 0 held, atom 1's z held) and Hessian columns of ``k`` atoms."""
+    rng = np.random.default_rng(seed)
+    n = t.obs.n_atoms
+    free = np.ones((n, 3))
+    free[0] = 0.0
+    free[1, 2] = 0.0
+    t.obs.free = free
+    t.next_obs.free = free
+    t.probe_atoms = np.sort(rng.choice(np.arange(1, n), size=k, replace=False))
+    t.probe_columns = rng.normal(size=(k, n, 3, 3))
+    return t
+
+
+@pytest.mark.parametrize("cell", [False, True])
+def test_constraint_masks_and_curvature_probes_round_trip(cell: bool) -> None:
+    t = with_mask_and_probes(make_transition(6, history=True, history_steps=2, cell=cell, edges=True))
+    u = decode(encode(t))
+    assert_same(t, u)
+    np.testing.assert_array_equal(u.obs.free, t.obs.free)
+    np.testing.assert_array_equal(u.next_obs.free, t.obs.free)
+    np.testing.assert_array_equal(u.probe_atoms, t.probe_atoms)
+    np.testing.assert_array_equal(u.probe_columns, t.probe_columns)
+    plain = make_transition(6, history=True, history_steps=2)
+    mixed = decode_many(encode_many([t, plain, t]))
+    assert mixed[1].probe_atoms is None and mixed[1].obs.free is None and mixed[2].probe_columns.shape == (2, 6, 3, 3)
+    assert encode(plain)[4:6] == struct.pack("<H", 1)  # nothing extra: still version 1, byte for byte
+
+
+def test_bad_masks_and_probes_are_refused_naming_the_field() -> None:
+    t = with_mask_and_probes(make_transition(5))
+    t.obs.free = t.obs.free * 0.5
+    with pytest.raises(CodecError, match="obs.free"):
+        encode(t)
+    t = with_mask_and_probes(make_transition(5))
+    t.probe_atoms = np.array([7])
+    t.probe_columns = np.zeros((1, 5, 3, 3))
+    with pytest.raises(CodecError, match="probe_atoms"):
+        encode(t)
+    t = with_mask_and_probes(make_transition(5))
+    t.probe_columns = None
+    with pytest.raises(CodecError, match="together"):
+        encode(t)
+    b = bytearray(encode(with_mask_and_probes(make_transition(5))))
+    k = struct.unpack_from("<I", b, 28)[0]
+    struct.pack_into("<I", b, 28, k + 1)  # a probe count the payload does not hold
+    with pytest.raises(CodecError, match="truncated"):
+        decode(bytes(b))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), min_size=1, max_size=8))
+def test_decode_of_corrupted_probe_payload_raises_only_codec_error(flips):
+    b = bytearray(encode(with_mask_and_probes(make_transition(4, history=True, expert=True))))
+    for pos, val in flips:
+        b[pos % len(b)] = val
+    try:
+        u = decode(bytes(b))
+    except CodecError:
+        return
+    if u.probe_atoms is not None:
+        assert ((u.probe_atoms >= 0) & (u.probe_atoms < 4)).all() and u.probe_columns.shape[1:] == (4, 3, 3)
+    if u.obs.free is not None:
+        assert np.isin(u.obs.free, (0.0, 1.0)).all()

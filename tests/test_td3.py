@@ -195,3 +195,59 @@ def test_relative_bc_weighs_small_expert_steps_like_large_ones():
     _, parts = td3.actor_loss(t(0.0, 0.0), pi, pi, expert, torch.tensor([True, True]), batch, lambda_dev=0.0,
                               lambda_bc=1.0, relative_bc=1e-9)
     assert parts["bc"].item() == pytest.approx(0.25, rel=1e-6)  # 0.5² for each graph, whatever the step length
+
+
+def test_curvature_loss_trains_the_model_hessian_at_every_update_and_bad_gradients_are_dropped():
+    """With probes in the batch the model Hessian learns between the delayed actor updates too (the critic's
+    update alone would leave the actor untouched); a step whose gradient is not finite is not applied."""
+    from ase.calculators.emt import EMT
+
+    from actors.hessian import hessian_columns
+    from common.config import EnvConfig, LearnerConfig, NetworkConfig
+    from common.observation import Observation
+    from helpers import cu_cluster
+    from learner.critic import TwinCritic
+    from learner.curvature import curvature_targets
+    from learner.graph import batch_graphs
+    from learner.heads import build_actor
+    from learner.learner import actor_param_groups
+
+    torch.manual_seed(0)
+    net = NetworkConfig(channels=4, num_layers=2, num_basis=4, radial_hidden=8, actor_head="model-hessian",
+                        path_history=True, step_size=0.0143)
+    env = EnvConfig(history_steps=2)
+    obs, probes = [], []
+    for seed in (0, 1):
+        atoms = cu_cluster(5, seed=seed)
+        atoms.calc = EMT()
+        o = Observation.from_atoms(atoms)
+        o.history = np.zeros((5, 12))
+        obs.append(o)
+        probes.append((np.array([0, 3]), hessian_columns(atoms, EMT(), np.array([0, 3]))))
+    g = batch_graphs(obs, net)
+    actor, critic = build_actor(net, env), TwinCritic(net, env)
+    actor_t, critic_t = copy.deepcopy(actor), copy.deepcopy(critic)
+    groups = actor_param_groups(actor, LearnerConfig(actor_lr=1e-4, curvature_lr=1e-2))
+    assert [len(x["params"]) for x in groups][1] == len(actor.model_hessian_readout()) and groups[1]["lr"] == 1e-2
+    opt_a, opt_c = torch.optim.Adam(groups), torch.optim.Adam(critic.parameters(), lr=1e-3)
+    h = td3.TD3Hyper(gamma=0.9, tau=0.5, target_noise=0.01, target_noise_clip=0.02, max_step=0.2, lambda_dev=1.0,
+                     grad_clip=10.0, curvature_weight=1.0)
+    b = td3.TD3Batch(graph=g, next_graph=g, action=torch.zeros(10, 3), actual_move=torch.zeros(10, 3),
+                     expert_action=torch.zeros(10, 3), is_expert=torch.tensor([True, False]), reward=torch.ones(2),
+                     terminated=torch.zeros(2), weight=torch.ones(2),
+                     curvature=curvature_targets(probes, [5, 5]).to("cpu", torch.float32))
+    edge0 = actor.edge_mlp[-1].weight.detach().clone()
+    logs, _ = td3.td3_update(b, actor, critic, actor_t, critic_t, opt_a, opt_c, h, lambda_bc=1.0, update_actor=False)
+    assert "losses/curvature" in logs and "losses/actor" not in logs
+    assert not torch.equal(actor.edge_mlp[-1].weight, edge0)  # learned from the curvature alone
+    losses = [logs["losses/curvature"]]
+    for k in range(30):
+        logs, _ = td3.td3_update(b, actor, critic, actor_t, critic_t, opt_a, opt_c, h, lambda_bc=1.0,
+                                 update_actor=k % 2 == 1)
+        losses.append(logs["losses/curvature"])
+    assert losses[-1] < 0.5 * losses[0]
+    before = [p.detach().clone() for p in actor.parameters()]
+    actor.edge_mlp[-1].weight.register_hook(lambda grad: grad * float("nan"))  # a gradient gone bad
+    logs, _ = td3.td3_update(b, actor, critic, actor_t, critic_t, opt_a, opt_c, h, lambda_bc=1.0, update_actor=True)
+    assert logs.get("nonfinite") == 1.0
+    assert all(torch.equal(p, q) for p, q in zip(actor.parameters(), before))  # nothing applied
