@@ -19,7 +19,7 @@ TEACHER_NAMES = ("bfgs", "newton", "compliance", "bfgsls", "model-hessian")
 ACTOR_HEAD_NAMES = ("free", "preconditioned", "quasi-newton", "model-hessian")
 """The policy's output head (``network.actor_head``)."""
 
-CELL_HEAD_NAMES = ("quasi-newton",)
+CELL_HEAD_NAMES = ("quasi-newton", "model-hessian")
 """The heads that move the cell too (``env.relax_cell``): their initial inverse Hessian covers a cell filter's
 generalised rows (learner/heads.py ``moves_cell``)."""
 

@@ -40,6 +40,7 @@ from torch import nn
 
 from common.config import EnvConfig, NetworkConfig, RunConfig
 from common.errors import RelaxRLError
+from common.names import CELL_HEAD_NAMES
 from learner.blocks import EnvGate, EquivariantTrunk, NodeInput, check_irreps, safe_norm, scatter_mean
 from learner.graph import Graph, torch_dtype
 from learner.quasi_newton import ModelHessian, model_hessian_step, quasi_newton_step
@@ -83,7 +84,8 @@ class Actor(nn.Module):
         (displacement, scale [n_graphs]) with ``return_scale``."""
         if graph.has_cell_rows and not self.moves_cell:
             raise RelaxRLError(f"actor head {type(self).__name__} has no cell action, but the observations carry cell "
-                               "rows (the cell relaxes); use network.actor_head 'quasi-newton' for env.relax_cell")
+                               "rows (the cell relaxes); use network.actor_head " + " or ".join(map(repr, CELL_HEAD_NAMES))
+                               + " for env.relax_cell")
         d = self.ungated(graph)
         scale = self.action_scale(graph)  # [G]
         if self.env_gate is not None:
@@ -218,7 +220,7 @@ class QuasiNewtonActor(Actor):
     def ungated(self, graph: Graph) -> torch.Tensor:
         """The bounded quasi-Newton displacement before the env gate, [n_rows, 3] (atoms Å, then cell rows)."""
         return quasi_newton_step(graph.row_forces(), graph.row_history(), self.row_compliance(graph),
-                                 graph.row_batch(), graph.n_graphs, self.max_step)
+                                 graph.row_batch(), graph.n_graphs, self.max_step, graph.n_atoms)
 
 
 class ModelHessianActor(Actor):
@@ -242,12 +244,18 @@ class ModelHessianActor(Actor):
     of the solve and never move.
 
     At initialisation the edge blocks are near zero (softplus of −4 times the unit: ~2 % of d) and
-    d_i ≈ 1/step_size, so an untrained actor is L-BFGS with Nocedal's scaling, the
-    'quasi-newton' head's start. What training adds is how atoms are coupled: the curvature
-    that a per-atom compliance cannot see (learner.td3's curvature loss supervises P with
-    Hessian columns the expert actors measure; the TD3 and BC losses act on the move).
+    d_i = 1/step_size, so an untrained actor is L-BFGS with Nocedal's scaling, the 'quasi-newton'
+    head's start. What training adds is how atoms are coupled: the curvature that a per-atom
+    compliance cannot see (learner/curvature.py supervises P with Hessian columns the expert
+    actors measure; the TD3 and BC losses act on the move).
+
+    With the cell (``env.relax_cell``; the graph's cell rows) P gets one more diagonal block per graph
+    on the cell filter's 3 rows, ``d_cell·I`` with d_cell = (1 / step_size)·exp(4·b), b the graph's
+    mean of a 0e readout (zero at the start), and the recursion runs over all rows, as for the
+    'quasi-newton' head.
     """
 
+    moves_cell = True
     DIAG_GAIN = 4.0
     """log d_i = DIAG_GAIN·a_i − log step_size: the diagonal starts at 1/step_size (70 eV/Å² in the presets) and
     must fall by a factor of 10–30 to a metal atom's own stiffness; the gain lets Adam's steps of about the
@@ -264,9 +272,13 @@ class ModelHessianActor(Actor):
         self.n_scalars = int(cfg.channels)  # the trunk's 0e block comes first (blocks.hidden_irreps)
         self.irreps_head = o3.Irreps("1x0e")
         self.head = o3.Linear(self.trunk.irreps_out, self.irreps_head, biases=True)  # [N, hidden] → [N, 1]: a_i
+        # the cell's diagonal: a per-atom invariant, mean-pooled per graph (built only when the cell relaxes, so a
+        # checkpoint of a run without it keeps its parameter names)
+        self.cell_head = o3.Linear(self.trunk.irreps_out, o3.Irreps("1x0e"), biases=True) if env.relax_cell else None
+        for layer in (self.head, self.cell_head):  # d = 1/step_size at the start, whatever the trunk says
+            for w in (layer.parameters() if layer is not None else ()):
+                nn.init.zeros_(w)
         hidden = 2 * cfg.radial_hidden
-        for w in self.head.parameters():  # d_i = 1/step_size at the start, whatever the trunk says
-            nn.init.zeros_(w)
         self.edge_mlp = nn.Sequential(nn.Linear(2 * self.n_scalars + cfg.num_basis, hidden), nn.SiLU(),
                                       nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
         nn.init.zeros_(self.edge_mlp[-1].weight)
@@ -274,15 +286,30 @@ class ModelHessianActor(Actor):
         self.to(torch_dtype(cfg.dtype))
 
     def model_hessian_readout(self) -> list[nn.Parameter]:
-        """The parameters that turn trunk features into the model Hessian (the diagonal head, the edge MLP): the
+        """The parameters that turn trunk features into the model Hessian (the diagonal heads, the edge MLP): the
         learner trains them at ``learner.curvature_lr``."""
-        return list(self.head.parameters()) + list(self.edge_mlp.parameters())
+        layers = [self.head, self.edge_mlp] + ([self.cell_head] if self.cell_head is not None else [])
+        return [p for layer in layers for p in layer.parameters()]
+
+    def _diagonal(self, readout: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(1 / step_size)·exp(DIAG_GAIN·readout(x)), eV/Å², per row of x. [rows]"""
+        return torch.exp((self.DIAG_GAIN * readout(x).squeeze(-1)).clamp(-10.0, 10.0)) / self.step_size
 
     def model_hessian(self, graph: Graph) -> ModelHessian:
-        """The model Hessian P of every graph of the batch (rows: the atoms)."""
+        """The model Hessian P of every graph of the batch over its rows: the atoms, then 3 cell rows per graph when
+        the cell relaxes (the graph's row order)."""
         x = self.trunk(self.node_input(graph), graph)  # [N, hidden]
         h = x[:, :self.n_scalars]  # [N, channels] invariants
-        diag = torch.exp((self.DIAG_GAIN * self.head(x).squeeze(-1)).clamp(-10.0, 10.0)) / self.step_size  # [N] eV/Å²
+        diag = self._diagonal(self.head, x)  # [N] eV/Å²
+        free = graph.free
+        if graph.has_cell_rows:
+            if self.cell_head is None:  # a checkpoint trained without the cell: its atoms' mean diagonal
+                pooled = scatter_mean(diag.unsqueeze(-1), graph.batch, graph.num_atoms_per_graph).squeeze(-1)
+            else:
+                pooled = self._diagonal(lambda v: scatter_mean(self.cell_head(v), graph.batch, graph.num_atoms_per_graph), x)
+            diag = torch.cat([diag, pooled.repeat_interleave(3)])  # [n_rows]
+            if free is not None:
+                free = torch.cat([free, free.new_ones(3 * graph.n_graphs, 3)])
         snd, rcv = graph.edge_index[0], graph.edge_index[1]
         vec = graph.edge_vectors()  # [E, 3] Å
         r = safe_norm(vec)  # [E, 1]
@@ -290,24 +317,24 @@ class ModelHessianActor(Actor):
         feats = torch.cat([h[snd] + h[rcv], h[snd] * h[rcv], radial(r.squeeze(-1))], dim=-1)  # [E, 2c + num_basis]
         ab = self.EDGE_UNIT * nn.functional.softplus(self.edge_mlp(feats)) * radial.envelope(r.squeeze(-1)).unsqueeze(-1)
         return ModelHessian(diag=diag, edge_index=graph.edge_index, alpha=ab[:, 0], beta=ab[:, 1], direction=vec / r,
-                            free=graph.free)
+                            free=free)
 
     def move(self, graph: Graph, hessian: ModelHessian) -> torch.Tensor:
-        """The bounded L-BFGS move on ``hessian``, [n_atoms, 3] Å."""
-        return model_hessian_step(graph.forces, graph.history, hessian, graph.batch, graph.n_graphs, self.max_step,
-                                  self.iterations)
+        """The bounded L-BFGS move on ``hessian``, [n_rows, 3] (atoms Å, then cell rows)."""
+        return model_hessian_step(graph.row_forces(), graph.row_history(), hessian, graph.row_batch(), graph.n_graphs,
+                                  self.max_step, self.iterations, graph.n_atoms)
 
     def ungated(self, graph: Graph) -> torch.Tensor:
-        """The bounded preconditioned L-BFGS displacement before the env gate, [n_atoms, 3] Å."""
+        """The bounded preconditioned L-BFGS displacement before the env gate, [n_rows, 3]."""
         return self.move(graph, self.model_hessian(graph))
 
     def forward_with_hessian(self, graph: Graph) -> tuple[torch.Tensor, ModelHessian]:
-        """(displacement [n_atoms, 3] Å after the env gate, the model Hessian it was computed on): one trunk pass
-        for the TD3 actor loss and the curvature loss."""
+        """(displacement [n_rows, 3] after the env gate, the model Hessian it was computed on): one trunk pass for the
+        TD3 actor loss and the curvature loss."""
         hessian = self.model_hessian(graph)
         d = self.move(graph, hessian)
         if self.env_gate is not None:
-            d = d * self.action_scale(graph)[graph.batch].unsqueeze(-1)
+            d = d * self.action_scale(graph)[graph.row_batch()].unsqueeze(-1)
         return d, hessian
 
 

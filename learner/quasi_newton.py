@@ -129,7 +129,7 @@ def secant_scale(history: torch.Tensor, batch: torch.Tensor, n_graphs: int, curv
 
 
 def quasi_newton_step(forces: torch.Tensor, history: torch.Tensor, compliance: torch.Tensor, batch: torch.Tensor,
-                      n_graphs: int, max_step: float) -> torch.Tensor:
+                      n_graphs: int, max_step: float, n_atoms: int | None = None) -> torch.Tensor:
     """The quasi-Newton move of every graph for a per-atom compliance ``C_i`` [N, 3, 3] (Å²/eV, SPD). [N, 3] Å
 
     The initial inverse Hessian of the L-BFGS recursion (:func:`lbfgs_direction`) over the path
@@ -154,15 +154,23 @@ def quasi_newton_step(forces: torch.Tensor, history: torch.Tensor, compliance: t
         return scale.unsqueeze(-1) * torch.einsum("nij,nj->ni", compliance, v)
 
     d = lbfgs_direction(forces, history, batch, n_graphs, h0)  # [N, 3] Å
-    return bounded_move(d, batch, n_graphs, max_step)
+    return bounded_move(d, batch, n_graphs, max_step, n_atoms)
 
 
 # ----------------------------------------------------------------------------- a sparse model Hessian
 
 
-def bounded_move(d: torch.Tensor, batch: torch.Tensor, n_graphs: int, max_step: float) -> torch.Tensor:
-    """``d`` [N, 3] scaled as a whole per graph so that its longest row is at most ``max_step`` Å."""
-    length = torch.sqrt((d * d).sum(-1) + 1e-12)  # [N] Å, with a finite gradient at d = 0
+def bounded_move(d: torch.Tensor, batch: torch.Tensor, n_graphs: int, max_step: float,
+                 n_atoms: int | None = None) -> torch.Tensor:
+    """``d`` [n_rows, 3] scaled as a whole per graph so that its longest row is at most ``max_step`` Å.
+
+    With ``n_atoms`` < n_rows the rows after the first ``n_atoms`` are cell rows, 3 per graph (a cell filter's
+    3×3 block): their length is the block's largest singular value, which a rotation of the structure
+    (X → R X Rᵀ) leaves as it is, so the bound, like the move, turns with the structure."""
+    length = torch.sqrt((d * d).sum(-1) + 1e-12)  # [n_rows] Å, with a finite gradient at d = 0
+    if n_atoms is not None and d.shape[0] > n_atoms:
+        cell = torch.linalg.matrix_norm(d[n_atoms:].reshape(n_graphs, 3, 3), ord=2)  # [G]
+        length = torch.cat([length[:n_atoms], cell.repeat_interleave(3)])
     longest = graph_max(length, batch, n_graphs)  # [G] Å
     bound = torch.clamp(max_step / longest.clamp_min(1e-12), max=1.0)  # [G]
     return d * bound[batch].unsqueeze(-1)
@@ -274,7 +282,7 @@ class ModelHessian:
 
 
 def model_hessian_step(forces: torch.Tensor, history: torch.Tensor, hessian: ModelHessian, batch: torch.Tensor,
-                       n_graphs: int, max_step: float, iterations: int) -> torch.Tensor:
+                       n_graphs: int, max_step: float, iterations: int, n_atoms: int | None = None) -> torch.Tensor:
     """The preconditioned L-BFGS move on a sparse model Hessian P (:class:`ModelHessian`). [N, 3] Å
 
     The two-loop recursion (:func:`lbfgs_direction`) over the path history runs on the initial
@@ -306,7 +314,7 @@ def model_hessian_step(forces: torch.Tensor, history: torch.Tensor, hessian: Mod
     d = lbfgs_direction(forces, history, batch, n_graphs, h0)  # [N, 3] Å
     if hessian.free is not None:
         d = d * hessian.free
-    return bounded_move(d, batch, n_graphs, max_step)
+    return bounded_move(d, batch, n_graphs, max_step, n_atoms)
 
 
 def fit_model_hessian(hessian: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, free: torch.Tensor | None,

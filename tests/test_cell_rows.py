@@ -229,3 +229,27 @@ def test_the_cell_path_stays_on_the_networks_device(tmp_path) -> None:
     d = learner.actor(batch.graph)
     q1, q2 = learner.critic(batch.graph, d)
     assert d.shape == (batch.graph.n_rows, 3) and d.device.type == "meta" and q1.device.type == "meta"
+
+
+def test_model_hessian_head_over_the_filter_rows_is_lbfgs_untrained_and_turns_with_the_structure() -> None:
+    """The 'model-hessian' head on a cell filter: with its edges off and its readouts at their start it is the same
+    textbook L-BFGS over the n + 3 rows; with any weights its cell move turns as R X Rᵀ and its atom moves as R x."""
+    cfg = NetworkConfig(**{**SMALL, "actor_head": "model-hessian"}, radius=4.0)
+    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4, relax_cell=True))
+    assert actor.moves_cell and actor.cell_head is not None
+    torch.nn.init.constant_(actor.edge_mlp[-1].bias, -60.0)  # no coupling: P = d·I, d = 1/step_size
+    cells = strained_cells()
+    obs = [cell_path(cells[0], 5)[-1], cell_path(cells[1], 2)[-1], cell_path(cells[2], 0)[-1]]
+    moves = unstack_rows(actor(batch_graphs(obs, cfg)).detach().numpy(), [o.n_atoms for o in obs], cell=True)
+    for o, got in zip(obs, moves):
+        np.testing.assert_allclose(got, lbfgs_reference(o.row_forces(), o.row_history(), 0.02), rtol=1e-6, atol=1e-9)
+    for p in list(actor.head.parameters()) + list(actor.cell_head.parameters()) + list(actor.edge_mlp[-1].parameters()):
+        torch.nn.init.normal_(p, std=0.5)
+    actor.max_step = 0.2
+    rot = o3.rand_matrix(dtype=torch.float64).numpy()
+    g, g2 = batch_graphs(obs[:2], cfg), batch_graphs([rotate(o, rot) for o in obs[:2]], cfg)
+    (a1, c1), (a2, c2) = g.split_rows(actor(g)), g2.split_rows(actor(g2))
+    r = torch.from_numpy(rot)
+    torch.testing.assert_close(a2, a1 @ r.T, atol=1e-7, rtol=0)
+    torch.testing.assert_close(c2, r @ c1 @ r.T, atol=1e-7, rtol=0)
+    assert float(c1.abs().max()) > 0
