@@ -47,14 +47,17 @@ def cell_policy(zero: bool, max_step: float = 0.2, relax_cell: bool = True, hist
 
 def lbfgs_on_filter(atoms, steps: int, max_step: float, history: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """The documented untrained move, written out: textbook L-BFGS (H0 = γ I, Nocedal's scaling, first step
-    STEP_SIZE·F) over the rows of ASE's FrechetCellFilter, the longest row move bounded by max_step."""
+    STEP_SIZE·F) over the rows of ASE's FrechetCellFilter, bounded by max_step: the longest atom row, or the cell
+    block's largest singular value (its length that a rotation does not change), whichever is longer."""
     filt = FrechetCellFilter(atoms)
     hist = np.zeros((len(atoms) + 3, 6 * history))
     states = []
     for _ in range(steps):
         x, f = filt.get_positions(), filt.get_forces()
         d = lbfgs_reference(f, hist, STEP_SIZE)
-        d *= min(1.0, max_step / np.linalg.norm(d, axis=1).max())
+        n = len(atoms)
+        longest = max(np.linalg.norm(d[:n], axis=1).max(), np.linalg.norm(d[n:], ord=2))
+        d *= min(1.0, max_step / longest)
         filt.set_positions(x + d)
         hist = history_after(filt.get_positions() - x, f, filt.get_forces(), hist)
         states.append((atoms.get_positions(), atoms.get_cell()[:]))
