@@ -376,7 +376,8 @@ def test_quasi_newton_head_gives_no_move_to_atoms_without_force_and_history() ->
 
 def test_model_hessian_head_is_lbfgs_on_its_own_model_hessian_and_starts_as_lbfgs() -> None:
     cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian", step_size=0.02)
-    actor = build_actor(cfg, EnvConfig(max_step=10.0, history_steps=4))
+    actor = build_actor(cfg, EnvConfig(max_step=1.0, history_steps=4))
+    actor.max_step = 1e3  # the unbounded maths (the config allows at most 1 Å)
     obs = _secant_history([cu_cluster(6, seed=0), cu_cluster(9, seed=1)], steps=4)
     obs.append(_secant_history([cu_cluster(5, seed=2)], steps=1)[0])
     obs[-1].history = np.concatenate([obs[-1].history, np.zeros((5, 18))], axis=1)  # one step taken so far

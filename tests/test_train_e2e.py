@@ -175,15 +175,18 @@ def test_training_stops_with_a_checkpoint_when_every_actor_has_died(tmp_path):
         "actors.max_restarts=0", "run.actor_stall_s=15.0", "run.eval_every=0", "run.eval_episodes=0",
         "replay.samples_per_insert=0.0", "learner.max_updates=0", "learner.time_limit_s=300.0"])
     killed: list[int] = []
+    done = threading.Event()
 
     def kill_actors_once_training_runs() -> None:
+        # every actor process, each time one shows (one still starting up has no ActorProcess title yet, and a
+        # single pass would miss it: a surviving actor keeps stepping and the stall watch never fires)
         deadline = time.monotonic() + 200
-        while time.monotonic() < deadline and not killed:
+        while time.monotonic() < deadline and not done.is_set():
             rows = (tmp_path / "metrics.jsonl").read_text().splitlines() if (tmp_path / "metrics.jsonl").exists() else []
             if len(rows) >= 2:
                 for p in psutil.Process().children(recursive=True):
                     try:
-                        if "ActorProcess" in " ".join(p.cmdline()):
+                        if "ActorProcess" in " ".join(p.cmdline()) and p.pid not in killed:
                             p.kill()
                             killed.append(p.pid)
                     except psutil.Error:
@@ -193,8 +196,11 @@ def test_training_stops_with_a_checkpoint_when_every_actor_has_died(tmp_path):
     killer = threading.Thread(target=kill_actors_once_training_runs, daemon=True)
     killer.start()
     t0 = time.monotonic()
-    with pytest.raises(ActorsStoppedError, match=r"no environment step for 15 s.*--resume"):
-        train(cfg, tmp_path, progress=False)
+    try:
+        with pytest.raises(ActorsStoppedError, match=r"no environment step for 15 s.*--resume"):
+            train(cfg, tmp_path, progress=False)
+    finally:
+        done.set()
     assert killed, "the test never found the actor processes to kill"
     assert time.monotonic() - t0 < 250  # stopped by the watch, not by the 300 s time limit
     last = list_checkpoints(tmp_path)[-1]
