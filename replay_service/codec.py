@@ -133,17 +133,6 @@ def _flag_history_steps(flags: int) -> int:
     return (((flags & HISTORY_STEPS_MASK) >> HISTORY_STEPS_SHIFT) + 1) if flags & HAS_HISTORY else 0
 
 
-def _obs_parts(prefix: str, o: Observation, n: int, d: int) -> list[np.ndarray]:
-    if not isinstance(o, Observation):
-        raise CodecError(f"transition.{prefix} is a {type(o).__name__}, expected common.observation.Observation")
-    return [
-        _floats(f"{prefix}.positions", o.positions, (n, 3)),
-        _floats(f"{prefix}.cell", o.cell, (3, 3)),
-        _floats(f"{prefix}.forces", o.forces, (n, 3)),
-        _floats(f"{prefix}.env_features", o.env_features, (d,)),
-    ]
-
-
 def _numbers(name: str, x: object, n: int) -> np.ndarray:
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.dtype.kind not in "iu" or a.shape != (n,):
