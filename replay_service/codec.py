@@ -42,7 +42,8 @@ failure is a :class:`CodecError` and nothing else. Decoded arrays are writable.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -177,8 +178,50 @@ _FLOAT_NAMES = ("obs.positions", "obs.cell", "obs.forces", "obs.env_features", "
 
 
 def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray], list[bytes], list]:
-    """Validate one transition: (flags | ext flags << 16, n, d, n_edges, float parts in layout order, tail bytes,
-    fields)."""
+    """Validate one transition: (flags | ext flags << 16 | probes << 32, n, d, n_edges, float parts in layout
+    order, tail bytes, fields). Checked in layout order, so the first bad field is the one named."""
+    o0, o1, n, d = _observations(t)
+    fields = _Fields()
+    flags, ext, moves = _base_fields(t, n, d, _item_flags(t), fields)
+    ext, n_probes = _extension_fields(t, n, flags, ext, moves, fields)
+    parts = fields.parts(t)
+    flags, tail, n_edges = _tail(o0, o1, n, flags)
+    return flags | (ext << 16) | (n_probes << 32), n, d, n_edges, parts, tail, fields.pairs()
+
+
+class _Fields:
+    """The float fields of one transition in layout order: name, value, shape."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.values: list = []
+        self.shapes: list[tuple[int, ...]] = []
+
+    def add(self, names: list[str], values: list, shapes: list[tuple[int, ...]]) -> None:
+        self.names += names
+        self.values += values
+        self.shapes += shapes
+
+    def parts(self, t: Transition) -> list[np.ndarray]:
+        """The scalars, then every field checked against its shape and flattened to float64."""
+        try:
+            parts = [np.array((t.reward, t.a_back, t.obs.energy, t.next_obs.energy), dtype=np.float64)]
+        except (TypeError, ValueError):
+            raise CodecError("transition.reward, a_back and the observations' energy must be real numbers") from None
+        for i, (x, shape) in enumerate(zip(self.values, self.shapes)):
+            if not isinstance(x, np.ndarray):
+                x = np.asarray(x)
+            if x.shape != shape or x.dtype.kind not in "fiu":
+                _floats(self.names[i], x, shape)  # raises the precise error
+            parts.append(x.reshape(-1))
+        return parts
+
+    def pairs(self) -> list:
+        return list(zip(self.names, self.values))
+
+
+def _observations(t: Transition) -> tuple[Observation, Observation, int, int]:
+    """(obs, next_obs, n atoms, d env features) of a transition; CodecError for anything else."""
     if not isinstance(t, Transition):
         raise CodecError(f"expected a Transition, got {type(t).__name__}")
     o0, o1 = t.obs, t.next_obs
@@ -190,59 +233,60 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
     if n < 0 or n > _MAX_ATOMS:
         raise CodecError(f"transition.obs.numbers has shape {np.shape(nums)}, expected [n_atoms]")
     env0 = o0.env_features
-    d = env0.size if isinstance(env0, np.ndarray) else int(np.size(env0))
-    flags = _item_flags(t)
+    return o0, o1, n, env0.size if isinstance(env0, np.ndarray) else int(np.size(env0))
+
+
+def _base_fields(t: Transition, n: int, d: int, flags: int, fields: _Fields) -> tuple[int, int, list]:
+    """Version 1's fields into ``fields``: both observations, the moves' atom rows, the histories. Returns the
+    flags, the extension flags so far (EXT_CELL_ROWS when the cell relaxes) and the moves as (name, value)."""
+    o0, o1 = t.obs, t.next_obs
     if (o0.cell_forces is None) != (o1.cell_forces is None):
         raise CodecError("transition.obs.cell_forces and next_obs.cell_forces must be given together (or neither)")
     ext = EXT_CELL_ROWS if o0.cell_forces is not None else 0
-    rows = n + _CELL if ext else n  # rows of an action
-    vec, dd, act = (n, 3), (d,), (rows, 3)
-    moves = [t.action, t.actual_move]
-    move_names = ["action", "actual_move"]
+    act = (n + _CELL if ext else n, 3)  # the rows of a move
+    moves = [("action", t.action), ("actual_move", t.actual_move)]
     if t.expert_action is not None:
         flags |= HAS_EXPERT
-        moves.append(t.expert_action)
-        move_names.append("expert_action")
-    for name, x in zip(move_names, moves):
+        moves.append(("expert_action", t.expert_action))
+    for name, x in moves:
         if np.shape(x) != act:
             _floats(name, x, act)  # raises the precise error
-    values = [o0.positions, o0.cell, o0.forces, env0, o1.positions, o1.cell, o1.forces, o1.env_features]
-    shapes = [vec, (3, 3), vec, dd, vec, (3, 3), vec, dd]
-    names = list(_FLOAT_NAMES[:8])
-    values += [np.asarray(x)[:n] for x in moves]
-    shapes += [vec] * len(moves)
-    names += move_names
+    vec, dd = (n, 3), (d,)
+    fields.add(list(_FLOAT_NAMES[:8]), [o0.positions, o0.cell, o0.forces, o0.env_features, o1.positions, o1.cell,
+                                        o1.forces, o1.env_features], [vec, (3, 3), vec, dd, vec, (3, 3), vec, dd])
+    fields.add([name for name, _ in moves], [np.asarray(x)[:n] for _, x in moves], [vec] * len(moves))
     if (o0.history is None) != (o1.history is None):
         raise CodecError("transition.obs.history and next_obs.history must be given together (or neither)")
-    k = 0
     if o0.history is not None:
         k = _history_steps("obs.history", o0.history, n)
         flags |= _history_flags(k)
-        values += [o0.history, o1.history]
-        shapes += [(n, 6 * k), (n, 6 * k)]
-        names += ["obs.history", "next_obs.history"]
+        fields.add(["obs.history", "next_obs.history"], [o0.history, o1.history], [(n, 6 * k)] * 2)
+    return flags, ext, moves
+
+
+def _extension_fields(t: Transition, n: int, flags: int, ext: int, moves: list, fields: _Fields) -> tuple[int, int]:
+    """The extension blocks' fields into ``fields`` (module docstring): the cell block, the free mask, the curvature
+    probes. Returns the extension flags and the number of probed atoms."""
+    o0, o1 = t.obs, t.next_obs
+    k = _flag_history_steps(flags)
     if ext:  # the cell block, after everything version 1 holds
-        values += [o0.cell_forces, o1.cell_forces] + [np.asarray(x)[n:] for x in moves]
-        shapes += [(_CELL, 3)] * (2 + len(moves))
-        names += ["obs.cell_forces", "next_obs.cell_forces"] + [f"{m} (cell rows)" for m in move_names]
+        fields.add(["obs.cell_forces", "next_obs.cell_forces"] + [f"{m} (cell rows)" for m, _ in moves],
+                   [o0.cell_forces, o1.cell_forces] + [np.asarray(x)[n:] for _, x in moves], [(_CELL, 3)] * (2 + len(moves)))
         for name, o in (("obs", o0), ("next_obs", o1)):
             if (o.cell_history is None) != (o.history is None):
                 raise CodecError(f"transition.{name}.cell_history must be given exactly when its history is "
                                  "(the cell rows of the path history)")
         if k:
-            values += [o0.cell_history, o1.cell_history]
-            shapes += [(_CELL, 6 * k), (_CELL, 6 * k)]
-            names += ["obs.cell_history", "next_obs.cell_history"]
+            fields.add(["obs.cell_history", "next_obs.cell_history"], [o0.cell_history, o1.cell_history],
+                       [(_CELL, 6 * k)] * 2)
     elif o0.cell_history is not None or o1.cell_history is not None:
         raise CodecError("transition has a cell_history without cell_forces; give both (the cell relaxes) or neither")
     if o0.free is not None:
         ext |= EXT_FREE
         free = np.asarray(o0.free)
-        if free.shape != vec or not np.isin(free, (0.0, 1.0)).all():
+        if free.shape != (n, 3) or not np.isin(free, (0.0, 1.0)).all():
             raise CodecError(f"transition.obs.free has shape {free.shape}, expected ({n}, 3) of 0.0 (held) and 1.0 (free)")
-        values.append(free)
-        shapes.append(vec)
-        names.append("obs.free")
+        fields.add(["obs.free"], [free], [(n, 3)])
     n_probes = 0
     if (t.probe_atoms is None) != (t.probe_columns is None):
         raise CodecError("transition.probe_atoms and probe_columns must be given together (or neither)")
@@ -252,21 +296,16 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
         n_probes = int(atoms.shape[0]) if atoms.ndim == 1 else -1
         if atoms.dtype.kind not in "iu" or not 1 <= n_probes <= _MAX_PROBES or atoms.min() < 0 or atoms.max() >= n:
             raise CodecError(f"transition.probe_atoms is {atoms!r}: expected 1..{_MAX_PROBES} atom indices in 0..{n - 1}")
-        values += [atoms.astype(np.float64), t.probe_columns]
-        shapes += [(n_probes,), (n_probes, n, 3, 3)]
-        names += ["probe_atoms", "probe_columns"]
-    try:
-        parts = [np.array((t.reward, t.a_back, o0.energy, o1.energy), dtype=np.float64)]
-    except (TypeError, ValueError):
-        raise CodecError("transition.reward, a_back and the observations' energy must be real numbers") from None
-    for i, (x, shape) in enumerate(zip(values, shapes)):
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        if x.shape != shape or x.dtype.kind not in "fiu":
-            _floats(names[i], x, shape)  # raises the precise error
-        parts.append(x.reshape(-1))
-    numbers = _numbers("obs.numbers", nums, n)
-    nb = numbers.tobytes()
+        fields.add(["probe_atoms", "probe_columns"], [atoms.astype(np.float64), t.probe_columns],
+                   [(n_probes,), (n_probes, n, 3, 3)])
+    return ext, n_probes
+
+
+def _tail(o0: Observation, o1: Observation, n: int, flags: int) -> tuple[int, list[bytes], list[int]]:
+    """The bytes after the floats (numbers, next numbers where they differ, pbc, edge lists): (flags with
+    NEXT_NUMBERS, WIDE_SHIFTS and the edge bits, the byte blocks, the edge count of each observation)."""
+    nums = o0.numbers
+    nb = _numbers("obs.numbers", nums, n).tobytes()
     tail = [nb]
     if o1.numbers is not nums:
         next_nb = _numbers("next_obs.numbers", o1.numbers, n).tobytes()
@@ -286,7 +325,7 @@ def _prepare(t: Transition) -> tuple[int, int, int, list[int], list[np.ndarray],
                 n_edges[i] = e[0]
                 tail.append(e[1].tobytes())
                 tail.append(e[2].astype("<i4" if wide else "i1").tobytes())
-    return flags | (ext << 16) | (n_probes << 32), n, d, n_edges, parts, tail, list(zip(names, values))
+    return flags, tail, n_edges
 
 
 def _non_finite_error(parts: list[np.ndarray], fields: list) -> CodecError:
@@ -301,60 +340,14 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
     expert actions in all or none, the same numbers in obs and next_obs, no edge lists),
     with each field validated and converted for the whole batch at once. None when the batch
     is not of that kind or anything is invalid: the general path then encodes it (or names the error)."""
-    m = len(ts)
     try:
-        if not all(type(t) is Transition and type(t.obs) is Observation and type(t.next_obs) is Observation for t in ts):
-            return None
-        o = ts[0].obs
-        nums = o.numbers
-        if not (isinstance(nums, np.ndarray) and nums.ndim == 1 and nums.dtype.kind in "iu"):
-            return None
-        n = nums.shape[0]
-        d = o.env_features.shape[0]
-        expert = ts[0].expert_action is not None
-        history = o.history is not None
-        if any(t.obs.cell_forces is not None or t.next_obs.cell_forces is not None or t.obs.free is not None
-               or t.probe_atoms is not None
-               or t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
-               or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert
-               or (t.obs.history is not None) != history or (t.next_obs.history is not None) != history for t in ts):
-            return None
-        vec, dd = (n, 3), (d,)
-        fields = [([t.obs.positions for t in ts], vec), ([t.obs.cell for t in ts], (3, 3)),
-                  ([t.obs.forces for t in ts], vec), ([t.obs.env_features for t in ts], dd),
-                  ([t.next_obs.positions for t in ts], vec), ([t.next_obs.cell for t in ts], (3, 3)),
-                  ([t.next_obs.forces for t in ts], vec), ([t.next_obs.env_features for t in ts], dd),
-                  ([t.action for t in ts], vec), ([t.actual_move for t in ts], vec)]
-        if expert:
-            fields.append(([t.expert_action for t in ts], vec))
-        hk = 0
-        if history:
-            hk = _history_steps("obs.history", o.history, n)
-            fields += [([t.obs.history for t in ts], (n, 6 * hk)), ([t.next_obs.history for t in ts], (n, 6 * hk))]
-        base = (HAS_EXPERT if expert else 0) | (_history_flags(hk) if history else 0)
-        n_float = _layout(base, n, d, 0, 0)[0]
-        f = np.empty((m, n_float), dtype="<f8")
-        f[:, :_N_SCALARS] = [(t.reward, t.a_back, t.obs.energy, t.next_obs.energy) for t in ts]
-        col = _N_SCALARS
-        for xs, shape in fields:
-            if not all(type(x) is np.ndarray and x.shape == shape and x.dtype.kind in "fiu" for x in xs):
-                return None
-            size = xs[0].size
-            f[:, col:col + size] = np.concatenate(xs).reshape(m, size)
-            col += size
-        if not np.isfinite(f).all():
-            return None
-        numbers = np.stack([t.obs.numbers for t in ts])  # [m, n]
-        if numbers.shape != (m, n) or numbers.dtype.kind not in "iu" or numbers.min(initial=0) < 0 \
-                or numbers.max(initial=0) > 255:
-            return None
-        for t in ts:
-            if t.next_obs.numbers is not t.obs.numbers and not np.array_equal(t.next_obs.numbers, t.obs.numbers):
-                return None
-        pbc = [(_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)) for t in ts]
-        flags = [base | _item_flags(t) for t in ts]
+        batch = _uniform_batch(ts)
     except (CodecError, TypeError, ValueError, AttributeError, IndexError):
         return None
+    if batch is None:
+        return None
+    flags, n, d, f, numbers, pbc = batch
+    m, n_float = f.shape
     length = _HEADER.size + 8 * n_float + n + 2
     rows = np.empty((m, length), dtype=np.uint8)
     rows[:, :_HEADER.size] = np.frombuffer(b"".join(_HEADER.pack(MAGIC, VERSION, fl, n, d, 0, 0) for fl in flags),
@@ -364,6 +357,71 @@ def _encode_uniform(ts: Sequence[Transition]) -> list[bytes] | None:
     rows[:, off:off + n] = numbers
     rows[:, off + n:] = pbc
     return [r.tobytes() for r in rows]
+
+
+def _uniform_shape(ts: Sequence[Transition]) -> tuple[int, int, bool, bool] | None:
+    """(n, d, expert actions?, histories?) when every transition of ``ts`` has that one shape and none has an edge
+    list or an extension (cell rows, a free mask, curvature probes); else None."""
+    if not all(type(t) is Transition and type(t.obs) is Observation and type(t.next_obs) is Observation for t in ts):
+        return None
+    o = ts[0].obs
+    nums = o.numbers
+    if not (isinstance(nums, np.ndarray) and nums.ndim == 1 and nums.dtype.kind in "iu"):
+        return None
+    expert = ts[0].expert_action is not None
+    history = o.history is not None
+    if any(t.obs.cell_forces is not None or t.next_obs.cell_forces is not None or t.obs.free is not None
+           or t.probe_atoms is not None
+           or t.obs.edge_index is not None or t.obs.edge_shift is not None or t.next_obs.edge_index is not None
+           or t.next_obs.edge_shift is not None or (t.expert_action is not None) != expert
+           or (t.obs.history is not None) != history or (t.next_obs.history is not None) != history for t in ts):
+        return None
+    return nums.shape[0], o.env_features.shape[0], expert, history
+
+
+def _uniform_batch(ts: Sequence[Transition]) -> tuple[list[int], int, int, np.ndarray, np.ndarray, list] | None:
+    """(flags per item, n, d, floats [m, n_float] in layout order, numbers [m, n], pbc bytes per item) of a batch
+    of one shape (:func:`_uniform_shape`), each field checked for the whole batch; None where the batch is not of
+    that kind or a field is not as the layout wants it."""
+    shape = _uniform_shape(ts)
+    if shape is None:
+        return None
+    n, d, expert, history = shape
+    m = len(ts)
+    vec, dd = (n, 3), (d,)
+    fields = [([t.obs.positions for t in ts], vec), ([t.obs.cell for t in ts], (3, 3)),
+              ([t.obs.forces for t in ts], vec), ([t.obs.env_features for t in ts], dd),
+              ([t.next_obs.positions for t in ts], vec), ([t.next_obs.cell for t in ts], (3, 3)),
+              ([t.next_obs.forces for t in ts], vec), ([t.next_obs.env_features for t in ts], dd),
+              ([t.action for t in ts], vec), ([t.actual_move for t in ts], vec)]
+    if expert:
+        fields.append(([t.expert_action for t in ts], vec))
+    hk = 0
+    if history:
+        hk = _history_steps("obs.history", ts[0].obs.history, n)
+        fields += [([t.obs.history for t in ts], (n, 6 * hk)), ([t.next_obs.history for t in ts], (n, 6 * hk))]
+    base = (HAS_EXPERT if expert else 0) | (_history_flags(hk) if history else 0)
+    n_float = _layout(base, n, d, 0, 0)[0]
+    f = np.empty((m, n_float), dtype="<f8")
+    f[:, :_N_SCALARS] = [(t.reward, t.a_back, t.obs.energy, t.next_obs.energy) for t in ts]
+    col = _N_SCALARS
+    for xs, want in fields:
+        if not all(type(x) is np.ndarray and x.shape == want and x.dtype.kind in "fiu" for x in xs):
+            return None
+        size = xs[0].size
+        f[:, col:col + size] = np.concatenate(xs).reshape(m, size)
+        col += size
+    if not np.isfinite(f).all():
+        return None
+    numbers = np.stack([t.obs.numbers for t in ts])  # [m, n]
+    if numbers.shape != (m, n) or numbers.dtype.kind not in "iu" or numbers.min(initial=0) < 0 \
+            or numbers.max(initial=0) > 255:
+        return None
+    for t in ts:
+        if t.next_obs.numbers is not t.obs.numbers and not np.array_equal(t.next_obs.numbers, t.obs.numbers):
+            return None
+    pbc = [(_pbc_byte("obs.pbc", t.obs.pbc), _pbc_byte("next_obs.pbc", t.next_obs.pbc)) for t in ts]
+    return [base | _item_flags(t) for t in ts], n, d, f, numbers, pbc
 
 
 def encode_many(transitions: Sequence[Transition]) -> list[bytes]:
@@ -479,12 +537,33 @@ def _parse_header(head: bytes, size: int) -> tuple[int, int, int, int, int, int,
 def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int, n_float: int, ext: int = 0,
                  n_probes: int = 0) -> list[Transition | CodecError]:
     """Decode g payloads with one header, given as the rows of a [g, length] uint8 array."""
-    g = rows.shape[0]
     off = _header_size(ext)
     f = rows[:, off:off + 8 * n_float].view("<f8")  # [g, n_float] float64, a view (rows are 8-byte aligned)
-    off += 8 * n_float
-    bad = ~np.isfinite(f).all(axis=1)  # [g]
-    why = ["payload holds non-finite floats (NaN or inf)"] * g
+    verdict = _Verdict(~np.isfinite(f).all(axis=1), "payload holds non-finite floats (NaN or inf)")
+    tail = _decode_tail(rows, off + 8 * n_float, flags, n, e0, e1, verdict)
+    fields = _decode_floats(f, flags, n, d, ext, n_probes, verdict)
+    return _transitions(flags, fields, tail, verdict)
+
+
+class _Verdict:
+    """Which of g payloads are bad, and why: the first reason found for each (later checks do not overwrite it)."""
+
+    def __init__(self, bad: np.ndarray, why: str) -> None:
+        self.bad = bad  # [g] bool
+        self.why = [why] * len(bad)
+
+    def mark(self, bad: np.ndarray, why: Callable[[int], str]) -> None:
+        """Payloads where ``bad`` [g] holds are bad too; ``why(i)`` says why, for those not bad already."""
+        for i in np.flatnonzero(bad & ~self.bad):
+            self.why[i] = why(i)
+        self.bad |= bad
+
+
+def _decode_tail(rows: np.ndarray, off: int, flags: int, n: int, e0: int, e1: int,
+                 verdict: _Verdict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """The bytes after the floats, from ``off``: (numbers [g, n], next numbers [g, n], pbc [g, 2, 3] bool,
+    [edges of obs, of next_obs]: (edge_index [g, 2, E], edge_shift [g, E, 3]) or None each)."""
+    g = rows.shape[0]
     numbers = rows[:, off:off + n].astype(np.int64)  # [g, n]
     off += n
     if flags & NEXT_NUMBERS:
@@ -494,10 +573,7 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
         next_numbers = numbers.copy()
     pbc_bytes = rows[:, off:off + 2].astype(np.intp)  # [g, 2]
     off += 2
-    bad_pbc = (pbc_bytes > 7).any(axis=1)
-    for i in np.flatnonzero(bad_pbc & ~bad):
-        why[i] = f"payload has invalid pbc bytes {pbc_bytes[i, 0]}, {pbc_bytes[i, 1]}"
-    bad |= bad_pbc
+    verdict.mark((pbc_bytes > 7).any(axis=1), lambda i: f"payload has invalid pbc bytes {pbc_bytes[i, 0]}, {pbc_bytes[i, 1]}")
     pbc = _PBC_TABLE[np.minimum(pbc_bytes, 7)]  # [g, 2, 3] bool
     wide = bool(flags & WIDE_SHIFTS)
     edges: list[tuple[np.ndarray, np.ndarray] | None] = [None, None]
@@ -509,11 +585,16 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
             es = rows[:, off:off + sb * e].copy().view("<i4" if wide else "i1").astype(np.int64).reshape(g, e, 3)
             off += sb * e
             if e:
-                out_of_range = ei.reshape(g, -1).max(axis=1) >= n
-                for i in np.flatnonzero(out_of_range & ~bad):
-                    why[i] = f"payload edge_index points outside the {n} atoms"
-                bad |= out_of_range
+                verdict.mark(ei.reshape(g, -1).max(axis=1) >= n, lambda i: f"payload edge_index points outside the {n} atoms")
             edges[j] = (ei, es)
+    return numbers, next_numbers, pbc, edges
+
+
+def _decode_floats(f: np.ndarray, flags: int, n: int, d: int, ext: int, n_probes: int,
+                   verdict: _Verdict) -> dict[str, Any]:
+    """The float block [g, n_float] as views per field (module docstring's order): per observation positions,
+    cell, forces and env features; the moves; the histories; then the extension blocks."""
+    g = f.shape[0]
     k = 3 * n
     views = []  # per observation: positions [g, n, 3], cell [g, 3, 3], forces [g, n, 3], env [g, d]
     p = _N_SCALARS
@@ -521,64 +602,78 @@ def _decode_rows(rows: np.ndarray, flags: int, n: int, d: int, e0: int, e1: int,
         views.append((f[:, p:p + k].reshape(g, n, 3), f[:, p + k:p + k + 9].reshape(g, 3, 3),
                       f[:, p + k + 9:p + 2 * k + 9].reshape(g, n, 3), f[:, p + 2 * k + 9:p + 2 * k + 9 + d]))
         p += 2 * k + 9 + d
-    action = f[:, p:p + k].reshape(g, n, 3)
-    actual = f[:, p + k:p + 2 * k].reshape(g, n, 3)
-    expert = f[:, p + 2 * k:p + 3 * k].reshape(g, n, 3) if flags & HAS_EXPERT else None
+    out: dict[str, Any] = {"scalars": f[:, :_N_SCALARS].tolist(),  # reward, a_back, energy, next_energy
+                           "views": views, "action": f[:, p:p + k].reshape(g, n, 3),
+                           "actual": f[:, p + k:p + 2 * k].reshape(g, n, 3),
+                           "expert": f[:, p + 2 * k:p + 3 * k].reshape(g, n, 3) if flags & HAS_EXPERT else None}
     p += 3 * k if flags & HAS_EXPERT else 2 * k
     width = 6 * _flag_history_steps(flags)  # history columns per atom
     hw = n * width  # history floats per observation
-    hist0 = list(f[:, p:p + hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
-    hist1 = list(f[:, p + hw:p + 2 * hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
+    out["hist0"] = list(f[:, p:p + hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
+    out["hist1"] = list(f[:, p + hw:p + 2 * hw].reshape(g, n, width)) if flags & HAS_HISTORY else [None] * g
     p += 2 * hw if flags & HAS_HISTORY else 0
-    cell_f0 = cell_f1 = cell_h0 = cell_h1 = [None] * g
-    if ext & EXT_CELL_ROWS:  # the cell block: forces of both observations, cell rows of the moves, histories
-        blocks = [f[:, p + 9 * b:p + 9 * (b + 1)].reshape(g, _CELL, 3) for b in range(5 if expert is not None else 4)]
-        p += 9 * len(blocks)
-        cell_f0, cell_f1 = list(blocks[0]), list(blocks[1])
-        action = np.concatenate([action, blocks[2]], axis=1)  # [g, n + 3, 3]
-        actual = np.concatenate([actual, blocks[3]], axis=1)
-        if expert is not None:
-            expert = np.concatenate([expert, blocks[4]], axis=1)
-        if flags & HAS_HISTORY:
-            cw = _CELL * width
-            cell_h0 = list(f[:, p:p + cw].reshape(g, _CELL, width))
-            cell_h1 = list(f[:, p + cw:p + 2 * cw].reshape(g, _CELL, width))
-            p += 2 * cw
-    free = probe_atoms = probe_columns = [None] * g
+    out["cell_f0"] = out["cell_f1"] = out["cell_h0"] = out["cell_h1"] = [None] * g
+    if ext & EXT_CELL_ROWS:
+        p = _decode_cell_block(f, p, flags, width, out)
+    out["free"] = out["probe_atoms"] = out["probe_columns"] = [None] * g
     if ext & EXT_FREE:
         masks = f[:, p:p + k].reshape(g, n, 3)
         p += k
-        bad_free = ~((masks == 0.0) | (masks == 1.0)).reshape(g, -1).all(axis=1)
-        for i in np.flatnonzero(bad_free & ~bad):
-            why[i] = "payload's free mask holds values other than 0 and 1"
-        bad |= bad_free
-        free = list(masks)
+        verdict.mark(~((masks == 0.0) | (masks == 1.0)).reshape(g, -1).all(axis=1),
+                     lambda i: "payload's free mask holds values other than 0 and 1")
+        out["free"] = list(masks)
     if ext & EXT_PROBES:
         idx = f[:, p:p + n_probes]
         p += n_probes
-        bad_idx = ~((idx >= 0) & (idx < n) & (idx == np.round(idx))).all(axis=1)
-        for i in np.flatnonzero(bad_idx & ~bad):
-            why[i] = f"payload's probe_atoms are not atom indices in 0..{n - 1}"
-        bad |= bad_idx
-        probe_atoms = list(np.where(np.isfinite(idx), idx, 0).astype(np.int64))
-        probe_columns = list(f[:, p:p + 9 * n * n_probes].reshape(g, n_probes, n, 3, 3))
-    scalars = f[:, :_N_SCALARS].tolist()  # reward, a_back, energy, next_energy
+        verdict.mark(~((idx >= 0) & (idx < n) & (idx == np.round(idx))).all(axis=1),
+                     lambda i: f"payload's probe_atoms are not atom indices in 0..{n - 1}")
+        out["probe_atoms"] = list(np.where(np.isfinite(idx), idx, 0).astype(np.int64))
+        out["probe_columns"] = list(f[:, p:p + 9 * n * n_probes].reshape(g, n_probes, n, 3, 3))
+    return out
+
+
+def _decode_cell_block(f: np.ndarray, p: int, flags: int, width: int, out: dict[str, Any]) -> int:
+    """The cell block from float column ``p``: the cell forces of both observations, the cell rows appended to the
+    moves in ``out``, the cell histories; returns the column after it."""
+    g = f.shape[0]
+    blocks = [f[:, p + 9 * b:p + 9 * (b + 1)].reshape(g, _CELL, 3) for b in range(5 if out["expert"] is not None else 4)]
+    p += 9 * len(blocks)
+    out["cell_f0"], out["cell_f1"] = list(blocks[0]), list(blocks[1])
+    out["action"] = np.concatenate([out["action"], blocks[2]], axis=1)  # [g, n + 3, 3]
+    out["actual"] = np.concatenate([out["actual"], blocks[3]], axis=1)
+    if out["expert"] is not None:
+        out["expert"] = np.concatenate([out["expert"], blocks[4]], axis=1)
+    if flags & HAS_HISTORY:
+        cw = _CELL * width
+        out["cell_h0"] = list(f[:, p:p + cw].reshape(g, _CELL, width))
+        out["cell_h1"] = list(f[:, p + cw:p + 2 * cw].reshape(g, _CELL, width))
+        p += 2 * cw
+    return p
+
+
+def _transitions(flags: int, fields: dict[str, Any], tail: tuple, verdict: _Verdict) -> list[Transition | CodecError]:
+    """One Transition per good payload (its CodecError in place of a bad one) from the group's decoded blocks."""
+    numbers, next_numbers, pbc, edges = tail
+    g = len(verdict.bad)
     terminated, truncated = bool(flags & TERMINATED), bool(flags & TRUNCATED)
     n_steps = ((flags & N_STEPS_MASK) >> N_STEPS_SHIFT) + 1
     none = [None] * g
     # per-item views, made by iterating over the first axis (much cheaper than indexing item by item)
-    (pos0, cell0, frc0, env0), (pos1, cell1, frc1, env1) = ([list(x) for x in v] for v in views)
+    (pos0, cell0, frc0, env0), (pos1, cell1, frc1, env1) = ([list(x) for x in v] for v in fields["views"])
     nums0, nums1, pbc0, pbc1 = list(numbers), list(next_numbers), list(pbc[:, 0]), list(pbc[:, 1])
     ei0, es0 = (list(edges[0][0]), list(edges[0][1])) if edges[0] is not None else (none, none)
     ei1, es1 = (list(edges[1][0]), list(edges[1][1])) if edges[1] is not None else (none, none)
-    acts, moves = list(action), list(actual)
-    experts = list(expert) if expert is not None else none
+    acts, moves = list(fields["action"]), list(fields["actual"])
+    experts = list(fields["expert"]) if fields["expert"] is not None else none
+    hist0, hist1, free = fields["hist0"], fields["hist1"], fields["free"]
+    cell_f0, cell_f1, cell_h0, cell_h1 = fields["cell_f0"], fields["cell_f1"], fields["cell_h0"], fields["cell_h1"]
+    probe_atoms, probe_columns = fields["probe_atoms"], fields["probe_columns"]
     out: list[Transition | CodecError] = []
     for i in range(g):
-        if bad[i]:
-            out.append(CodecError(why[i]))
+        if verdict.bad[i]:
+            out.append(CodecError(verdict.why[i]))
             continue
-        r, a_back, en0, en1 = scalars[i]
+        r, a_back, en0, en1 = fields["scalars"][i]
         o0 = Observation(pos0[i], nums0[i], cell0[i], pbc0[i], frc0[i], en0, env0[i], ei0[i], es0[i], hist0[i],
                          cell_f0[i], cell_h0[i], free[i])
         o1 = Observation(pos1[i], nums1[i], cell1[i], pbc1[i], frc1[i], en1, env1[i], ei1[i], es1[i], hist1[i],
