@@ -303,20 +303,51 @@ def batch_graphs(
     if len(observations) == 0:
         raise GraphError("batch_graphs needs at least one observation")
     dt = torch_dtype(dtype if dtype is not None else cfg.dtype)
+    width, with_cell, with_free = _batch_shape(observations)
+    cols = _columns(observations, cfg, env_input_dim, width, with_cell, with_free)
+    counts_t = torch.tensor(cols["counts"], dtype=torch.int64)
+
+    def f(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
+
+    return Graph(
+        pos=f(np.concatenate(cols["pos"])),
+        numbers=torch.from_numpy(np.concatenate(cols["numbers"]).astype(np.int64)).to(device),
+        forces=f(np.concatenate(cols["forces"])),
+        cell=f(np.stack(cols["cells"])),
+        edge_index=torch.from_numpy(np.concatenate(cols["edges"], axis=1)).to(device),
+        edge_shift=f(np.concatenate(cols["shifts"])),
+        batch=torch.repeat_interleave(torch.arange(len(counts_t)), counts_t).to(device),
+        num_atoms_per_graph=counts_t.to(device),
+        env_features=f(np.stack(cols["env"])),
+        history=f(np.concatenate(cols["history"]).reshape(-1, width)),
+        cell_forces=f(np.stack(cols["cell_forces"])) if with_cell else None,
+        cell_history=f(np.stack(cols["cell_history"]).reshape(-1, CELL_ROWS, width)) if with_cell else None,
+        free=f(np.concatenate(cols["free"]).reshape(-1, 3)) if with_free else None,
+    )
+
+
+def _batch_shape(observations: Sequence[Observation]) -> tuple[int, bool, bool]:
+    """(history columns, cell rows?, free masks?) that a batch of ``observations`` shares; GraphError for
+    observations of different env.history_steps or env.relax_cell."""
     widths = {np.shape(o.history)[1] for o in observations if o.history is not None}
     if len(widths) > 1:
         raise GraphError(f"observations carry path histories of different widths {sorted(widths)} (6 columns per "
                          "remembered step); batch observations of one env.history_steps")
-    width = widths.pop() if widths else HISTORY_DIM
     cells = {o.cell_forces is not None for o in observations}
     if len(cells) > 1:
         raise GraphError("some observations carry cell rows (the cell relaxes) and some do not; batch observations "
                          "of one env.relax_cell")
-    with_cell = cells.pop()
-    with_free = any(o.free is not None for o in observations)
-    cell_forces, cell_history, free = [], [], []
-    pos, numbers, forces, cells, env, counts, history = [], [], [], [], [], [], []
-    edges, shifts, offset = [], [], 0
+    return widths.pop() if widths else HISTORY_DIM, cells.pop(), any(o.free is not None for o in observations)
+
+
+def _columns(observations: Sequence[Observation], cfg: NetworkConfig, env_input_dim: int | None, width: int,
+             with_cell: bool, with_free: bool) -> dict[str, list]:
+    """Each checked observation's arrays, one list per Graph field (missing histories and masks filled in), the
+    edges numbered across the batch; an observation without an edge list gets one (cfg.radius, cfg.max_neighbors)."""
+    cols: dict[str, list] = {k: [] for k in ("pos", "numbers", "forces", "cells", "env", "counts", "history", "edges",
+                                             "shifts", "cell_forces", "cell_history", "free")}
+    offset = 0
     for k, obs in enumerate(observations):
         _check(obs, k, cfg, env_input_dim)
         if obs.edge_index is not None:
@@ -324,39 +355,21 @@ def batch_graphs(
             es = np.asarray(obs.edge_shift if obs.edge_shift is not None else np.zeros((ei.shape[1], 3)), dtype=np.int64)
         else:
             ei, es = neighbor_list(obs.positions, obs.cell, obs.pbc, cfg.radius, cfg.max_neighbors)
-        pos.append(obs.positions)
-        numbers.append(obs.numbers)
-        forces.append(obs.forces)
-        cells.append(np.asarray(obs.cell, dtype=np.float64).reshape(3, 3))
-        env.append(np.asarray(obs.env_features, dtype=np.float64).reshape(-1))
-        history.append(obs.history if obs.history is not None else np.zeros((obs.n_atoms, width)))
+        cols["pos"].append(obs.positions)
+        cols["numbers"].append(obs.numbers)
+        cols["forces"].append(obs.forces)
+        cols["cells"].append(np.asarray(obs.cell, dtype=np.float64).reshape(3, 3))
+        cols["env"].append(np.asarray(obs.env_features, dtype=np.float64).reshape(-1))
+        cols["history"].append(obs.history if obs.history is not None else np.zeros((obs.n_atoms, width)))
         if with_cell:
-            cell_forces.append(np.asarray(obs.cell_forces, dtype=np.float64).reshape(CELL_ROWS, 3))
-            cell_history.append(obs.cell_history if obs.cell_history is not None else np.zeros((CELL_ROWS, width)))
+            cols["cell_forces"].append(np.asarray(obs.cell_forces, dtype=np.float64).reshape(CELL_ROWS, 3))
+            cols["cell_history"].append(obs.cell_history if obs.cell_history is not None
+                                        else np.zeros((CELL_ROWS, width)))
         if with_free:
-            free.append(obs.free if obs.free is not None else np.ones((obs.n_atoms, 3)))
-        counts.append(obs.n_atoms)
-        edges.append(ei + offset)
-        shifts.append(es.reshape(-1, 3))
+            cols["free"].append(obs.free if obs.free is not None else np.ones((obs.n_atoms, 3)))
+        cols["counts"].append(obs.n_atoms)
+        cols["edges"].append(ei + offset)
+        cols["shifts"].append(es.reshape(-1, 3))
         offset += obs.n_atoms
-    counts_t = torch.tensor(counts, dtype=torch.int64)
-
-    def f(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
-
-    return Graph(
-        pos=f(np.concatenate(pos)),
-        numbers=torch.from_numpy(np.concatenate(numbers).astype(np.int64)).to(device),
-        forces=f(np.concatenate(forces)),
-        cell=f(np.stack(cells)),
-        edge_index=torch.from_numpy(np.concatenate(edges, axis=1)).to(device),
-        edge_shift=f(np.concatenate(shifts)),
-        batch=torch.repeat_interleave(torch.arange(len(counts)), counts_t).to(device),
-        num_atoms_per_graph=counts_t.to(device),
-        env_features=f(np.stack(env)),
-        history=f(np.concatenate(history).reshape(-1, width)),
-        cell_forces=f(np.stack(cell_forces)) if with_cell else None,
-        cell_history=f(np.stack(cell_history).reshape(-1, CELL_ROWS, width)) if with_cell else None,
-        free=f(np.concatenate(free).reshape(-1, 3)) if with_free else None,
-    )
+    return cols
 
