@@ -173,6 +173,22 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     """One TD3 update. ``critic``/``critic_target`` return (Q1, Q2); ``correct(graph, proposal)`` is the
     environment's action correction for the deviation penalty (None: no correction, so no penalty).
     Returns (scalars to log, new |δ| per item)."""
+    logs, td_abs = _critic_step(b, critic, actor_target, critic_target, critic_opt, h, generator)
+    if "nonfinite" in logs:
+        return logs, td_abs
+    if update_actor:
+        logs.update(_actor_step(b, actor, critic, actor_target, critic_target, actor_opt, h, lambda_bc, correct))
+    elif b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "model_hessian"):
+        # between the delayed TD3 actor updates the model Hessian still learns from the measured curvature
+        logs.update(_curvature_step(b, actor, actor_opt, h))
+    return logs, td_abs
+
+
+def _critic_step(b: TD3Batch, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
+                 critic_opt: torch.optim.Optimizer, h: TD3Hyper,
+                 generator: torch.Generator | None) -> tuple[dict[str, float], Tensor]:
+    """The twin critics' step towards the smoothed target y; (logs, |δ| per item). A non-finite critic loss takes
+    no step and says so (``nonfinite``)."""
     with torch.no_grad():
         a_next = target_action(actor_target(b.next_graph), h.target_noise, h.target_noise_clip, h.max_step, generator,
                                forces=b.next_graph.forces if b.next_row_forces is None else b.next_row_forces,
@@ -188,43 +204,52 @@ def td3_update(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: n
     if h.grad_clip > 0:
         nn.utils.clip_grad_norm_(critic.parameters(), h.grad_clip)
     critic_opt.step()
-    logs = {"losses/critic": float(loss_q.detach()), "charts/q_value": float(q1.detach().mean()),
+    return {"losses/critic": float(loss_q.detach()), "charts/q_value": float(q1.detach().mean()),
             "charts/td_error": float(td_abs.mean()),
-            "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}
-    if not update_actor and b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "model_hessian"):
-        # between the delayed TD3 actor updates the model Hessian still learns from the measured curvature
-        loss_curv = curvature_loss(actor.model_hessian(b.graph), b.curvature)
-        if torch.isfinite(loss_curv):
-            actor_opt.zero_grad(set_to_none=True)
-            (h.curvature_weight * loss_curv).backward()
-            _clipped_step(actor, actor_opt, h.grad_clip)
+            "charts/target": float(y.mean()), "charts/batch_reward": float(b.reward.mean())}, td_abs
+
+
+def _actor_step(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: nn.Module, critic_target: nn.Module,
+                actor_opt: torch.optim.Optimizer, h: TD3Hyper, lambda_bc: float,
+                correct: Callable[[object, Tensor], Tensor] | None) -> dict[str, float]:
+    """The delayed actor step (:func:`actor_loss`, plus the curvature loss of a model-Hessian head with measured
+    curvature), then Polyak averaging of both targets; its logs."""
+    logs: dict[str, float] = {}
+    model = None
+    if b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "forward_with_hessian"):
+        pi, model = actor.forward_with_hessian(b.graph)
+    else:
+        pi = actor(b.graph)
+    corrected = correct(b.graph, pi.detach()) if correct is not None else pi.detach()
+    q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
+    q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
+    rows = b.graph.batch if b.row_batch is None else b.row_batch
+    loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, rows,
+                                h.lambda_dev, lambda_bc, q_norm=q_norm,
+                                length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
+    if model is not None:
+        loss_curv = curvature_loss(model, b.curvature)
+        loss_pi = loss_pi + h.curvature_weight * loss_curv
         logs["losses/curvature"] = float(loss_curv.detach())
-    if update_actor:
-        model = None
-        if b.curvature is not None and h.curvature_weight > 0 and hasattr(actor, "forward_with_hessian"):
-            pi, model = actor.forward_with_hessian(b.graph)
-        else:
-            pi = actor(b.graph)
-        corrected = correct(b.graph, pi.detach()) if correct is not None else pi.detach()
-        q1_pi = critic.q1(b.graph, pi) if hasattr(critic, "q1") else critic(b.graph, pi)[0]
-        q_norm = q1_pi.abs().mean().detach().clamp_min(1e-6) if h.normalize else 1.0
-        rows = b.graph.batch if b.row_batch is None else b.row_batch
-        loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, rows,
-                                    h.lambda_dev, lambda_bc, q_norm=q_norm,
-                                    length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
-        if model is not None:
-            loss_curv = curvature_loss(model, b.curvature)
-            loss_pi = loss_pi + h.curvature_weight * loss_curv
-            logs["losses/curvature"] = float(loss_curv.detach())
-        if torch.isfinite(loss_pi):
-            actor_opt.zero_grad(set_to_none=True)
-            loss_pi.backward()
-            if not _clipped_step(actor, actor_opt, h.grad_clip):
-                logs["nonfinite"] = 1.0
-            polyak_update(actor_target, actor, h.tau)
-            polyak_update(critic_target, critic, h.tau)
-        else:
+    if torch.isfinite(loss_pi):
+        actor_opt.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        if not _clipped_step(actor, actor_opt, h.grad_clip):
             logs["nonfinite"] = 1.0
-        logs.update({"losses/actor": float(loss_pi.detach()), "losses/deviation": float(parts["deviation"]),
-                     "losses/bc": float(parts["bc"]), "charts/q_pi": float(parts["q_pi"])})
-    return logs, td_abs
+        polyak_update(actor_target, actor, h.tau)
+        polyak_update(critic_target, critic, h.tau)
+    else:
+        logs["nonfinite"] = 1.0
+    logs.update({"losses/actor": float(loss_pi.detach()), "losses/deviation": float(parts["deviation"]),
+                 "losses/bc": float(parts["bc"]), "charts/q_pi": float(parts["q_pi"])})
+    return logs
+
+
+def _curvature_step(b: TD3Batch, actor: nn.Module, actor_opt: torch.optim.Optimizer, h: TD3Hyper) -> dict[str, float]:
+    """A step of the model Hessian alone on the curvature loss (between the delayed actor steps); its log."""
+    loss_curv = curvature_loss(actor.model_hessian(b.graph), b.curvature)
+    if torch.isfinite(loss_curv):
+        actor_opt.zero_grad(set_to_none=True)
+        (h.curvature_weight * loss_curv).backward()
+        _clipped_step(actor, actor_opt, h.grad_clip)
+    return {"losses/curvature": float(loss_curv.detach())}
