@@ -2,7 +2,8 @@
 
 ``lint-imports`` (run by ``make test``) checks the import graph statically; these tests check
 ``sys.modules`` after a real import, in a subprocess so this session's imports do not count.
-The last tests keep ARCHITECTURE's rule on imports true: an import inside a function says why.
+The last tests keep two rules of ARCHITECTURE true: an import inside a function says why, and no function
+is over 60 lines.
 """
 from __future__ import annotations
 
@@ -107,3 +108,34 @@ def g():
         pyxtal = None
 """
     assert unexplained_function_imports(source, "m.py") == ["m.py:5: import json", "m.py:12: import torch"]
+
+
+# Long functions: none over 60 lines outside bench/ (measurement scripts) and the dashboard builder (a table of
+# panels). Tests count: a long test is split into named steps like any other function.
+MAX_FUNCTION_LINES = 60
+LENGTH_RULE_DIRS = ("common", "actors", "learner", "replay_service", "relaxrl", "deploy", "tests")
+LENGTH_RULE_EXEMPT = ("deploy/grafana/make_dashboard.py",)
+
+
+def long_functions(source: str, name: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``name:line: function (n lines)`` for each function of ``source`` longer than ``limit`` lines (def to end)."""
+    return [f"{name}:{node.lineno}: {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_function_is_over_60_lines():
+    bad = []
+    for d in LENGTH_RULE_DIRS:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            if rel not in LENGTH_RULE_EXEMPT:
+                bad += long_functions(path.read_text(), rel)
+    assert not bad, f"functions over {MAX_FUNCTION_LINES} lines (split them into named pieces):\n" + "\n".join(bad)
+
+
+def test_the_length_rule_finds_a_long_function():
+    """The check above can fail: a 61-line function is reported, a 60-line one and the lines around it are not."""
+    lines = "".join(f"        x{i} = {i}\n" for i in range(59))
+    source = f"import os\n\n\nclass A:\n    def short(self):\n{lines}\n    def long(self):\n{lines}        return 1\n"
+    assert long_functions(source, "m.py") == ["m.py:66: long (61 lines)"]
