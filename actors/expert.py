@@ -23,12 +23,17 @@ structure by central differences of the forces (6 force calls per free atom, on 
 of its own, so the environment's force count is untouched) and returns the saddle-free
 Newton step ``dx = V (Vᵀ f / max(|λ|, λ_min))`` over the free coordinates (Dauphin et al.
 2014: negative curvature is followed downhill, not uphill), scaled like BFGS's so the
-longest atom move is at most ``maxstep``. With the exact Hessian such steps relax the
-generalisation suite at 0.22× BFGS's force calls (``docs/RESULTS.md``), so imitating them
-lifts the ceiling that imitating BFGS sets. Structures above ``expert.teacher_max_atoms`` get no
-fake step (:meth:`NewtonTeacher.offers` is False; the expert actor's policy acts and the
-transition goes to the online table): BFGS steps in their place taught the quality preset's
-policy BFGS's short steps on the 27–64-atom cells and made it slower (docs/RESULTS.md).
+longest atom move is at most ``maxstep``. With the exact Hessian such steps relax in far fewer
+force calls than BFGS's (docs/RESULTS.md has the measurements), so imitating them lifts the
+ceiling that imitating BFGS sets. Structures above ``expert.teacher_max_atoms`` get no fake step
+(:meth:`NewtonTeacher.offers` is False; the expert actor's policy acts and the transition goes to
+the online table): BFGS steps in their place would teach the policy BFGS's short steps on the
+larger cells (docs/RESULTS.md says what that cost).
+
+:class:`ExactComplianceTeacher` (``'compliance'``) and :class:`ModelHessianTeacher`
+(``'model-hessian'``) take the same finite-difference Hessian and return the move their actor head
+would make with that curvature (the exact per-atom compliance; a model Hessian fitted to it), so
+their steps are ones the policy can learn to make.
 
 :class:`LineSearchTeacher` (``expert.teacher = 'bfgsls'``) takes one ``ase.optimize.BFGSLineSearch``
 iteration from the environment's current structure on a copy with a calculator of its own: the
@@ -269,8 +274,7 @@ class ExactComplianceTeacher(NewtonTeacher):
     history) with the exact per-atom compliance |H_ii|⁻¹ of the finite-difference Hessian in place
     of the learned one. Its steps are ones the quasi-Newton head can make, so imitating them
     teaches the network the atoms' stiffness; a saddle-free Newton step is not of that form
-    (the L-BFGS head cannot represent a dense inverse Hessian), and cloning it made that head
-    slower (docs/RESULTS.md)."""
+    (the L-BFGS head cannot represent a dense inverse Hessian; docs/RESULTS.md measures cloning it)."""
 
     def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
         compliance = torch.as_tensor(exact_compliance(hessian, self._free, self.min_curvature))  # [n, 3, 3] Å²/eV

@@ -6,7 +6,7 @@ An :class:`ActorLoop` is three small parts around a list of :class:`RelaxEnv` (A
 - an *action source* chooses every environment's move and its source (``teacher`` or
   ``policy``): :class:`PolicyWithNoise` (online actors: the current policy plus Gaussian
   exploration noise whose σ decays with t_total) or :class:`TeacherOrPolicy` (expert actors: the
-  ``expert.teacher``'s fake step, one BFGS iteration by default, with the probability p(t_total)
+  ``expert.teacher``'s fake step (one BFGS iteration with the default teacher), with the probability p(t_total)
   of the ``nfake`` schedule where the teacher offers one, with ``a_expert`` filled; the policy
   plus noise otherwise);
 - one *adder* (:class:`actors.adder.ReplayAdder`): the n-step windows, and the tables each
@@ -155,7 +155,7 @@ class PolicyWithNoise:
 
 
 class TeacherOrPolicy:
-    """Per environment: a fake step (the ``expert.teacher``'s: one BFGS iteration by default) with probability
+    """Per environment: a fake step (the ``expert.teacher``'s; one BFGS iteration with the default teacher) with probability
     p(t_total) where the teacher offers one, else the policy plus noise. ``teachers`` holds one
     :class:`~actors.expert.Teacher` per environment."""
 

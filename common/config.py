@@ -172,24 +172,26 @@ class EnvConfig:
 @dataclass(frozen=True)
 class ExpertConfig:
     p_start: float = 1.0
-    """Probability that an expert actor's step is a fake (BFGS) step at t_total = 0 (the nfake schedule)."""
+    """Probability that an expert actor's step is a fake step (the teacher's, expert.teacher) at t_total = 0 (the nfake
+    schedule)."""
     p_end: float = 0.1
     """Probability of a fake step at the end of the schedule."""
     decay_steps: int = 20000
     """t_total over which the fake-step probability moves from p_start to p_end."""
     schedule: str = "linear"
-    """Shape of the decay: 'linear' or 'exponential' (common.schedules). The BFGS step is bounded by env.max_step."""
+    """Shape of the decay: 'linear' or 'exponential' (common.schedules)."""
     teacher: str = "bfgs"
     """What a fake step is: 'bfgs' (one ase.optimize.BFGS iteration), 'newton' (a saddle-free Newton step on a
     finite-difference Hessian) or 'compliance' (the 'quasi-newton' head's own move with the exact per-atom
-    compliance of that Hessian: a step the head can learn to make) or 'bfgsls' (one ase.optimize.BFGSLineSearch
-    iteration; its line search's trial points are the teacher's force calls). 'newton' and 'compliance' cost 6
-    extra force calls per free atom, training only; structures above teacher_max_atoms get no fake step. All are
+    compliance of that Hessian: a step the head can learn to make), 'model-hessian' (the 'model-hessian' head's
+    move on a model Hessian fitted to that Hessian) or 'bfgsls' (one ase.optimize.BFGSLineSearch iteration; its line
+    search's trial points are the teacher's force calls). 'newton', 'compliance' and 'model-hessian' cost 6 extra
+    force calls per free atom, training only; structures above teacher_max_atoms get no fake step. All are
     bounded by env.max_step (actors/expert.py); the teachers' training-only force calls are reported as
     actors/teacher_force_calls."""
     teacher_max_atoms: int = 24
-    """Largest structure (atoms) the Hessian teachers ('newton', 'compliance') take a fake step on; on larger ones
-    the expert actor's policy acts (into the online table). The other teachers step on any size."""
+    """Largest structure (atoms) the Hessian teachers ('newton', 'compliance', 'model-hessian') take a fake step on;
+    on larger ones the expert actor's policy acts (into the online table). The other teachers step on any size."""
     teacher_min_curvature: float = 0.5
     """Smallest |eigenvalue| (eV/Å²) the Hessian teachers ('newton', 'compliance') divide by: softer or negative
     modes move as if this stiff; the 'model-hessian' teacher's smallest per-atom diagonal."""
@@ -270,7 +272,7 @@ class ActorConfig:
     num_online: int = 1
     """Online actors (policy + exploration noise)."""
     num_expert: int = 1
-    """Expert actors (BFGS fake steps per the nfake schedule)."""
+    """Expert actors (the teacher's fake steps, expert.teacher, per the nfake schedule)."""
     envs_per_actor: int = 4
     """Environments stepped together by one actor with one batched policy forward."""
     sigma_start: float = 0.05
@@ -411,8 +413,8 @@ class LearnerConfig:
     """Clip of the target-policy smoothing noise, Å."""
     target_noise_by_force: bool = True
     """Scale each atom's target-policy smoothing noise by min(1, |F_i| / actors.noise_force_scale), as the actors
-    scale their exploration noise (false: the same noise on every atom, as before 2026-12-03; near a minimum that
-    kick alone exceeds fmax, and the TD target then values moves no actor makes there)."""
+    scale their exploration noise (false: the same noise on every atom; near a minimum that kick alone exceeds
+    fmax, and the TD target then values moves no actor makes there; docs/RESULTS.md compares the two)."""
     lambda_dev: float = 1.0
     """Weight of the action-deviation penalty ‖π(s) − a_actual‖² in the actor loss."""
     bc_start: float = 1.0
@@ -449,7 +451,7 @@ class LearnerConfig:
     """Scale −Q by mean|Q| and measure the penalties in units of env.max_step (TD3+BC), so λ_dev and λ_bc do not
     depend on the reward scale."""
     relative_bc: float = 0.005
-    """δ (Å) of the relative behaviour-cloning error ‖π − a_BFGS‖² / (‖a_BFGS‖² + δ²) per graph (0 = absolute
+    """δ (Å) of the relative behaviour-cloning error ‖π − a_expert‖² / (‖a_expert‖² + δ²) per graph (0 = absolute
     error in units of max_step)."""
     curvature_weight: float = 1.0
     """Weight of the curvature loss in the actor loss: how far the 'model-hessian' head's model Hessian is from the
