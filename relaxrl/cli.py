@@ -91,6 +91,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-checkpoint-calculator", action="store_true",
                    help="with --resume: use the calculator the run's config.toml names even when it is not built in "
                         "(a 'module:Class' is imported and called with the stored kwargs: only for runs you trust)")
+    p.add_argument("--trust-run-config", action="store_true",
+                   help="with --resume: do what the run's config.toml says without naming it again: connect to its "
+                        "replay.url (your Redis password goes there), read its replay.password_file and use its "
+                        "calculator (only for runs you trust; without it give --redis-url and --redis-password-file "
+                        "again)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of the live display")
     p.set_defaults(func=_lazy("relaxrl.launcher", "train_command"))
 

@@ -261,6 +261,10 @@ def eval_command(args: argparse.Namespace) -> int:
     if not 0 <= curvature <= MAX_HESSIAN_ATOMS:
         raise EvalError(f"--curvature-check must be 0..{MAX_HESSIAN_ATOMS} (the most free atoms whose Hessian is "
                         f"checked; 0 = off), got {curvature}")
+    if getattr(args, "trust_checkpoint_calculator", False) and (not args.checkpoint or args.config):
+        raise EvalError("--trust-checkpoint-calculator applies to the calculator a --checkpoint names; "
+                        + ("with --config the calculator is your config's" if args.checkpoint
+                           else "without --checkpoint there is none") + ", so remove it")
     sets = set_names(args.structures)
     out = check_out_dir(args.out)
     check_overrides(args.overrides)

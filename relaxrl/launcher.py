@@ -47,7 +47,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from actors.calculators import refuse_untrusted
+from actors.calculators import TRUST_FLAG, refuse_untrusted
 from actors.curriculum import Curriculum, load_structures
 from actors.ray_metrics import RayMetrics
 from common.config import RunConfig, dump_config, load_config, parse_override
@@ -59,7 +59,7 @@ from relaxrl.cli import DEFAULT_CONFIG
 from relaxrl.live_eval import LiveEval, progress_field
 from relaxrl.ray_runtime import RayRuntime, check_ray_address
 from relaxrl.training_report import plot_run
-from replay_service.client import ReplayClient
+from replay_service.client import REDIS_PASSWORD_ENV, ReplayClient
 from replay_service.server import (
     ReplayMetricsServer,
     check_url_security,
@@ -97,6 +97,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if ("run", "id") in overridden:
         raise RelaxRLError("--set run.id: a run's identity is given by `relaxrl train` when it creates the run "
                            "directory and kept for its resumes; remove the override")
+    trust_run = getattr(args, "trust_run_config", False)
     if args.resume:
         given = [flag for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)) if v is not None]
         if given:
@@ -116,10 +117,20 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         refuse_untrusted(cfg.env.calculator, dict(cfg.env.calculator_kwargs), name_given=("env", "calculator") in overridden,
                          kwargs_given=("env", "calculator_kwargs") in overridden,
                          source=f"--resume {run_dir}: its config.toml", option="env.calculator",
-                         trust=getattr(args, "trust_checkpoint_calculator", False))
+                         trust=trust_run or getattr(args, "trust_checkpoint_calculator", False))
+        # and where the Redis password goes: a server or password file only the run's config.toml names is refused
+        _refuse_stored_redis(cfg, run_dir, redis_url=args.redis_url or "", trust=trust_run,
+                             url_given=bool(args.redis_url) or ("replay", "url") in overridden,
+                             file_given=bool(getattr(args, "redis_password_file", None))
+                             or ("replay", "password_file") in overridden)
         if not cfg.run.id:  # a run of an earlier version: it gets its identity now (written into config.toml)
             cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))
     else:
+        trusting = [flag for flag, on in ((TRUST_FLAG, getattr(args, "trust_checkpoint_calculator", False)),
+                                          (TRUST_RUN_FLAG, trust_run)) if on]
+        if trusting:  # a new run's --config is the user's own: nothing of it needs trusting
+            raise RelaxRLError(f"{' and '.join(trusting)} applies to --resume RUN_DIR (what that run's config.toml "
+                               "names); a new run reads only your --config and --set, so remove it")
         cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
         cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))  # every new run its own, whatever the file says
         run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
@@ -141,6 +152,39 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.address:
         check_ray_address(args.address)
     return RunPlan(stored, run_dir, bool(args.resume), args.address, url)
+
+
+TRUST_RUN_FLAG = "--trust-run-config"
+"""The flag with which the user lets a resume do what the run's config.toml says: connect to the Redis its
+``replay.url`` names, read its ``replay.password_file`` and import the calculator it names."""
+
+
+def _refuse_stored_redis(cfg: RunConfig, run_dir: Path, *, redis_url: str, url_given: bool, file_given: bool,
+                         trust: bool) -> None:
+    """Raise :class:`RelaxRLError` when a resume would connect to a Redis, or read a password file, that only the
+    run's config.toml names (a run directory someone sent could send the password to a host of their choosing).
+
+    ``redis_url``: ``--redis-url``; ``url_given`` / ``file_given``: the user named the URL / the password file on
+    the command line (the flags or ``--set replay.url`` / ``replay.password_file``). The embedded Redis (no URL)
+    needs nothing: it is started in the run directory, on loopback, without a password.
+    """
+    url, password_file = cfg.replay.url, cfg.replay.password_file
+    stored, flags = [], []
+    if url and not url_given:
+        shown = url_without_password(url)
+        stored.append(f"replay.url = {shown}")
+        flags.append(f"--redis-url {shown.replace('://:***@', '://').replace(':***@', '@')}")
+    if password_file and (redis_url or url) and not file_given:
+        stored.append(f"replay.password_file = {password_file}")
+        flags.append(f"--redis-password-file {password_file}")
+    if trust or not stored:
+        return
+    env = (f" (or, for {REDIS_PASSWORD_ENV}, --set replay.password_file=\"\")" if len(flags) == 1
+           and flags[0].startswith("--redis-password-file") else "")
+    raise RelaxRLError(
+        f"--resume {run_dir}: its config.toml names {' and '.join(stored)}; relaxrl connects to no Redis and reads "
+        "no password file that only a run directory names, so your password never goes where someone else chose: "
+        f"if the run is yours, give {' '.join(flags)} again{env}, or add {TRUST_RUN_FLAG}")
 
 
 _LOCK_NAME = "train.lock"

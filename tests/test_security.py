@@ -16,6 +16,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from learner.policy import load_policy
 from relaxrl.cli import main
 from replay_service.codec import CodecError, decode
 from replay_service.errors import ReplayConfigError
+from replay_service.client import REDIS_PASSWORD_ENV
 from replay_service.server import check_url_security
 from tests.test_reliability import store_raw
 from tests.test_replay_client import client_for, transitions
@@ -406,3 +410,151 @@ def test_resume_never_imports_a_calculator_the_runs_config_toml_names_unless_tol
     named = args('env.calculator="relaxrl_probe_never:Calc"', 'env.calculator_kwargs={ command = "id" }')
     assert plan_run(named).cfg.env.calculator_kwargs == {"command": "id"}
     assert plan_run(args('env.calculator="emt"', "env.calculator_kwargs={}")).cfg.env.calculator == "emt"
+
+
+@contextmanager
+def watched_listener():
+    """A TCP listener on 127.0.0.1 that accepts every connection and keeps what it is sent first: (port, received).
+    It never answers, so nothing can go on talking to it."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.05)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:  # the timeout, or the socket closed
+                continue
+            conn.settimeout(2.0)
+            try:
+                received.append(conn.recv(65536))
+            except OSError:
+                received.append(b"")
+            conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1], received
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+@contextmanager
+def watched_fifo(path: Path, line: bytes):
+    """A FIFO at ``path`` that records every open for reading (a list that grows) and gives such a reader ``line``.
+
+    Opening a FIFO for reading blocks until a writer comes: a watcher tries to open the write end without blocking
+    every few ms, which succeeds only while someone holds the read end, so a read is seen and never hangs the test."""
+    os.mkfifo(path)
+    opened: list[float] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody holds it open for reading
+                time.sleep(0.005)
+                continue
+            opened.append(time.monotonic())
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_resume_never_sends_a_password_where_only_the_runs_config_toml_says(tmp_path, capsys, monkeypatch):
+    """A run directory someone sends may name any Redis and any password file in its config.toml: --resume connects
+    nowhere and reads nothing it names (one line, exit 2, nothing written) unless the user names them again or
+    passes --trust-run-config. Both detectors are real: a listening socket that sees any connection, and a FIFO
+    that sees any open; trusting the run shows them catch what the refusal prevents."""
+    from tests.test_train_cli import make_run, one_line_error, snapshot
+
+    monkeypatch.setenv(REDIS_PASSWORD_ENV, "my-own-password")
+    run = tmp_path / "run"
+    fifo = tmp_path / "password-file"
+    with watched_listener() as (port, received), watched_fifo(fifo, b"first-line-of-your-file\n") as opened:
+        theirs = f"redis://127.0.0.1:{port}/0"
+        make_run(run, f'replay.password_file="{fifo}"', replay_url=theirs)
+        before = snapshot(run)
+        for extra, needles in (
+                ([], [f"replay.url = {theirs} and replay.password_file = {fifo}",
+                      f"give --redis-url {theirs} --redis-password-file {fifo} again", "--trust-run-config"]),
+                (["--redis-url", theirs], [f"names replay.password_file = {fifo}", f"--redis-password-file {fifo}",
+                                          "--set replay.password_file=\"\""]),
+                (["--redis-password-file", str(fifo)], [f"names replay.url = {theirs};"]),
+                (["--trust-checkpoint-calculator"], ["replay.url", "--trust-run-config"])):
+            assert main(["train", "--resume", str(run), "--no-progress", *extra]) == 2
+            one_line_error(capsys, f"--resume {run}: its config.toml names", *needles)
+        time.sleep(0.1)  # the detectors poll every few ms
+        assert received == [] and opened == [] and snapshot(run) == before
+        # what the refusal prevents, with the user's consent: the file is read and its first line goes to their server
+        assert main(["train", "--resume", str(run), "--no-progress", "--trust-run-config",
+                     "--set", "replay.connect_timeout=0.5"]) == 2
+        capsys.readouterr()
+        assert opened and any(b"first-line-of-your-file" in r for r in received), received
+
+
+def test_resume_on_a_redis_named_again_works_and_the_embedded_one_needs_nothing(tmp_path, capsys, redis_server):
+    """The ways to resume a run on an external Redis: --redis-url again, or --set replay.url; the plan connects to
+    the real server. A local run (embedded Redis in the run directory) resumes with no flag, as before."""
+    from relaxrl.cli import build_parser
+    from relaxrl.launcher import plan_run
+    from replay_service.client import ReplayClient
+    from tests.test_train_cli import make_run
+
+    run = tmp_path / "run"
+    make_run(run, "replay.namespace='resume-named-again'", replay_url=redis_server.url)
+    for named in (["--redis-url", redis_server.url], ["--set", f"replay.url='{redis_server.url}'"]):
+        plan = plan_run(build_parser().parse_args(["train", "--resume", str(run), *named]))
+        assert plan.redis_url == redis_server.url
+        client = ReplayClient(plan.redis_url, plan.cfg.replay)
+        client.create_tables()
+        assert set(client.sizes()) == {"expert", "online"}
+    local = tmp_path / "local"
+    make_run(local)
+    plan = plan_run(build_parser().parse_args(["train", "--resume", str(local)]))
+    assert plan.redis_url is None and plan.cfg.replay.url == ""
+
+
+@pytest.mark.parametrize("flag", ["--trust-checkpoint-calculator", "--trust-run-config"])
+def test_a_trust_flag_without_resume_is_refused(tmp_path, capsys, flag):
+    """A new run reads only the user's --config and --set: a flag that trusts a run's files has nothing to act on."""
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny.toml"), "--run-dir", str(run), flag,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} applies to --resume RUN_DIR" in err, err
+    assert not run.exists()
+
+
+def test_eval_refuses_trust_with_no_checkpoint_calculator_to_trust(tmp_path, capsys):
+    """eval's --trust-checkpoint-calculator acts on a --checkpoint's calculator only: without --checkpoint, or with
+    --config (whose calculator is used), it would do nothing, so it is one line before the work."""
+    ckpt = _checkpoint_naming(tmp_path / "run", "emt", {})
+    base = ["eval", "--optimizers", "bfgs", "--limit", "1", "--no-progress", "--trust-checkpoint-calculator"]
+    for extra, needle in (([], "without --checkpoint there is none"),
+                          (["--checkpoint", str(ckpt), "--config", str(ROOT / "configs" / "tiny.toml")],
+                           "with --config the calculator is your config's")):
+        assert main([*base, *extra, "--out", str(tmp_path / "ev")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--trust-checkpoint-calculator applies to the calculator a --checkpoint" \
+            in err and needle in err, err
+        assert not (tmp_path / "ev").exists()
+    assert main([*base, "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev")]) == 0

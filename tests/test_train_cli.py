@@ -196,18 +196,25 @@ def test_the_redis_password_stays_out_of_run_files_and_resume_asks_for_it_again(
     Learner(plan.cfg, None, run).checkpoint()
     for f in [run / "config.toml", *(run / "checkpoints").iterdir()]:
         assert b"s3cret-pw" not in f.read_bytes()
-    # --resume without the password: one line naming the variable and the flag; nothing started or written
+    # --resume names the server again (a URL only config.toml names gets no password: tests/test_security.py);
+    # a trusted run's stored URL without the password: one line naming the variable and the flag; nothing written
     monkeypatch.delenv(REDIS_PASSWORD_ENV, raising=False)
     before = snapshot(run)
+    bare = f"redis://127.0.0.1:{password_redis}/0"
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    one_line_error(capsys, "replay.url = redis://:***@127.0.0.1", f"--redis-url {bare} again", "--trust-run-config")
+    assert main(["train", "--resume", str(run), "--trust-run-config", "--no-progress"]) == 2
     one_line_error(capsys, "stored without its password", REDIS_PASSWORD_ENV, "--redis-password-file")
     assert snapshot(run) == before and not (run / "redis").exists()  # no empty embedded Redis either
-    # with it (environment variable or file) the run's own Redis is used, never an embedded one
+    # with the URL and the password (file or environment variable) the run's own Redis is used, never an embedded one
     (tmp_path / "pw").write_text("s3cret-pw\n")
-    args = build_parser().parse_args(["train", "--resume", str(run), "--redis-password-file", str(tmp_path / "pw")])
-    assert plan_run(args).redis_url == url
+    args = build_parser().parse_args(["train", "--resume", str(run), "--redis-url", bare,
+                                      "--redis-password-file", str(tmp_path / "pw")])
+    plan = plan_run(args)
+    assert plan.redis_url == url and plan.cfg.replay.url == f"redis://:***@127.0.0.1:{password_redis}/0"
+    ReplayClient(plan.redis_url, plan.cfg.replay).create_tables()  # the password works on the real server
     monkeypatch.setenv(REDIS_PASSWORD_ENV, "s3cret-pw")
-    assert plan_run(build_parser().parse_args(["train", "--resume", str(run)])).redis_url == url
+    assert plan_run(build_parser().parse_args(["train", "--resume", str(run), "--redis-url", bare])).redis_url == url
 
 
 # ----------------------------------------------------------------------------- Ray
