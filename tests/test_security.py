@@ -402,11 +402,13 @@ def test_resume_never_imports_a_calculator_the_runs_config_toml_names_unless_tol
     assert "--set env.calculator=\"relaxrl_probe_never:Calc\" --set 'env.calculator_kwargs={\"command\" = \"id\"}'" in err
     assert "relaxrl_probe_never" not in sys.modules and sorted(p.name for p in run.rglob("*")) == before
 
-    def args(*overrides, trust=False):
+    def args(*overrides, trust=False, trust_run=False):
         return argparse.Namespace(config=None, overrides=list(overrides), run_dir=None, resume=str(run), address=None,
-                                  redis_url=None, redis_password_file=None, trust_checkpoint_calculator=trust)
+                                  redis_url=None, redis_password_file=None, trust_checkpoint_calculator=trust,
+                                  trust_run_config=trust_run)
 
     assert plan_run(args(trust=True)).cfg.env.calculator == "relaxrl_probe_never:Calc"
+    assert plan_run(args(trust_run=True)).cfg.env.calculator == "relaxrl_probe_never:Calc"  # trusts all of config.toml
     named = args('env.calculator="relaxrl_probe_never:Calc"', 'env.calculator_kwargs={ command = "id" }')
     assert plan_run(named).cfg.env.calculator_kwargs == {"command": "id"}
     assert plan_run(args('env.calculator="emt"', "env.calculator_kwargs={}")).cfg.env.calculator == "emt"
