@@ -97,50 +97,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if ("run", "id") in overridden:
         raise RelaxRLError("--set run.id: a run's identity is given by `relaxrl train` when it creates the run "
                            "directory and kept for its resumes; remove the override")
-    trust_run = getattr(args, "trust_run_config", False)
-    if args.resume:
-        given = [flag for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)) if v is not None]
-        if given:
-            raise RelaxRLError(f"--resume {args.resume} continues that run in its own directory with its own "
-                               f"config.toml, so {' and '.join(given)} cannot be given with it; change a setting "
-                               "with --set section.key=value, or start a new run without --resume")
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.toml").is_file():
-            raise RelaxRLError(f"--resume {run_dir}: no config.toml there; pass the directory of an earlier `relaxrl train` run")
-        _refuse_if_in_use(run_dir)
-        if not list_checkpoints(run_dir):
-            raise RelaxRLError(f"--resume {run_dir}: the run holds no checkpoint to continue from; start it anew "
-                               f"with --config FILE --run-dir {run_dir}")
-        load_checkpoint(list_checkpoints(run_dir)[-1])  # damaged, or another run's: refused before anything starts
-        cfg = load_config(run_dir / "config.toml", args.overrides)
-        # the run's config.toml is data: a calculator it names is imported only if built in, named again or trusted
-        refuse_untrusted(cfg.env.calculator, dict(cfg.env.calculator_kwargs), name_given=("env", "calculator") in overridden,
-                         kwargs_given=("env", "calculator_kwargs") in overridden,
-                         source=f"--resume {run_dir}: its config.toml", option="env.calculator",
-                         trust=trust_run or getattr(args, "trust_checkpoint_calculator", False))
-        # and where the Redis password goes: a server or password file only the run's config.toml names is refused
-        _refuse_stored_redis(cfg, run_dir, redis_url=args.redis_url or "", trust=trust_run,
-                             url_given=bool(args.redis_url) or ("replay", "url") in overridden,
-                             file_given=bool(getattr(args, "redis_password_file", None))
-                             or ("replay", "password_file") in overridden)
-        if not cfg.run.id:  # a run of an earlier version: it gets its identity now (written into config.toml)
-            cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))
-    else:
-        trusting = [flag for flag, on in ((TRUST_FLAG, getattr(args, "trust_checkpoint_calculator", False)),
-                                          (TRUST_RUN_FLAG, trust_run)) if on]
-        if trusting:  # a new run's --config is the user's own: nothing of it needs trusting
-            raise RelaxRLError(f"{' and '.join(trusting)} applies to --resume RUN_DIR (what that run's config.toml "
-                               "names); a new run reads only your --config and --set, so remove it")
-        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
-        cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))  # every new run its own, whatever the file says
-        run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise RelaxRLError(f"--run-dir {run_dir} is a file; give a directory")
-        _refuse_if_in_use(run_dir)
-        if list_checkpoints(run_dir):
-            raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to continue "
-                               "it or choose another --run-dir")
-
+    cfg, run_dir = _resume_plan(args, overridden) if args.resume else _new_plan(args)
     password_file = getattr(args, "redis_password_file", None) or cfg.replay.password_file
     given_url = args.redis_url or cfg.replay.url
     warn_password_in_url(args.redis_url, "train")
@@ -152,6 +109,59 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.address:
         check_ray_address(args.address)
     return RunPlan(stored, run_dir, bool(args.resume), args.address, url)
+
+
+def _resume_plan(args: argparse.Namespace, overridden: set[tuple[str, str]]) -> tuple[RunConfig, Path]:
+    """``--resume RUN_DIR``: its config.toml with the ``--set`` overrides, checked as data someone may have sent
+    (a calculator or Redis it names is used only when built in, named again or trusted); nothing written."""
+    trust_run = getattr(args, "trust_run_config", False)
+    given = [flag for flag, v in (("--run-dir", args.run_dir), ("--config", args.config)) if v is not None]
+    if given:
+        raise RelaxRLError(f"--resume {args.resume} continues that run in its own directory with its own "
+                           f"config.toml, so {' and '.join(given)} cannot be given with it; change a setting "
+                           "with --set section.key=value, or start a new run without --resume")
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.toml").is_file():
+        raise RelaxRLError(f"--resume {run_dir}: no config.toml there; pass the directory of an earlier `relaxrl train` run")
+    _refuse_if_in_use(run_dir)
+    if not list_checkpoints(run_dir):
+        raise RelaxRLError(f"--resume {run_dir}: the run holds no checkpoint to continue from; start it anew "
+                           f"with --config FILE --run-dir {run_dir}")
+    load_checkpoint(list_checkpoints(run_dir)[-1])  # damaged, or another run's: refused before anything starts
+    cfg = load_config(run_dir / "config.toml", args.overrides)
+    # the run's config.toml is data: a calculator it names is imported only if built in, named again or trusted
+    refuse_untrusted(cfg.env.calculator, dict(cfg.env.calculator_kwargs), name_given=("env", "calculator") in overridden,
+                     kwargs_given=("env", "calculator_kwargs") in overridden,
+                     source=f"--resume {run_dir}: its config.toml", option="env.calculator",
+                     trust=trust_run or getattr(args, "trust_checkpoint_calculator", False))
+    # and where the Redis password goes: a server or password file only the run's config.toml names is refused
+    _refuse_stored_redis(cfg, run_dir, redis_url=args.redis_url or "", trust=trust_run,
+                         url_given=bool(args.redis_url) or ("replay", "url") in overridden,
+                         file_given=bool(getattr(args, "redis_password_file", None))
+                         or ("replay", "password_file") in overridden)
+    if not cfg.run.id:  # a run of an earlier version: it gets its identity now (written into config.toml)
+        cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))
+    return cfg, run_dir
+
+
+def _new_plan(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """A new run: the user's --config with its ``--set`` overrides, a fresh run id and a run directory that holds
+    no checkpoint yet; nothing written."""
+    trusting = [flag for flag, on in ((TRUST_FLAG, getattr(args, "trust_checkpoint_calculator", False)),
+                                      (TRUST_RUN_FLAG, getattr(args, "trust_run_config", False))) if on]
+    if trusting:  # a new run's --config is the user's own: nothing of it needs trusting
+        raise RelaxRLError(f"{' and '.join(trusting)} applies to --resume RUN_DIR (what that run's config.toml "
+                           "names); a new run reads only your --config and --set, so remove it")
+    cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    cfg = replace(cfg, run=replace(cfg.run, id=new_run_id()))  # every new run its own, whatever the file says
+    run_dir = Path(args.run_dir or cfg.run.run_dir or f"runs/{cfg.run.name}-{datetime.now():%Y%m%d-%H%M%S}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RelaxRLError(f"--run-dir {run_dir} is a file; give a directory")
+    _refuse_if_in_use(run_dir)
+    if list_checkpoints(run_dir):
+        raise RelaxRLError(f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to continue "
+                           "it or choose another --run-dir")
+    return cfg, run_dir
 
 
 TRUST_RUN_FLAG = "--trust-run-config"

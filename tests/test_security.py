@@ -28,9 +28,9 @@ from common.config import load_config, to_dict
 from learner.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from learner.policy import load_policy
 from relaxrl.cli import main
+from replay_service.client import REDIS_PASSWORD_ENV
 from replay_service.codec import CodecError, decode
 from replay_service.errors import ReplayConfigError
-from replay_service.client import REDIS_PASSWORD_ENV
 from replay_service.server import check_url_security
 from tests.test_reliability import store_raw
 from tests.test_replay_client import client_for, transitions
