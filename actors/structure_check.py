@@ -19,6 +19,7 @@ import copy
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 from ase.data import atomic_numbers
 from ase.neighborlist import neighbor_list
 
@@ -26,7 +27,7 @@ from actors.calculators import calculator_elements
 from actors.geometry import cell_problem, find_overlaps, isolation_problem
 from common.errors import RelaxRLError
 
-__all__ = ["OVERLAP_ADVICE", "SAME_SITE_TOL", "StructureError", "check_structure", "named_copy"]
+__all__ = ["OVERLAP_ADVICE", "SAME_SITE_TOL", "StructureError", "check_structure", "named_copy", "policy_overlap_advice"]
 
 SAME_SITE_TOL = 0.01
 """Atoms closer than this (Å) sit on one site: a duplicated atom, reported as such."""
@@ -40,12 +41,20 @@ OVERLAP_ADVICE = "lower env.min_distance_factor"
 """What the overlap error advises when the structure is right (``train`` and ``eval --set``)."""
 
 
-def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = "emt",
+def policy_overlap_advice(min_distance_factor: float) -> str:
+    """What the overlap error advises where a trained policy relaxes the structure (`relax`, ``RLOptimizer``): the
+    checkpoint's ``env.min_distance_factor`` is part of what it learned, so only another checkpoint lowers it."""
+    return (f"use a checkpoint trained with a lower env.min_distance_factor (this one keeps every pair at least "
+            f"{min_distance_factor} × the radii sum apart, so its policy cannot start closer)")
+
+
+def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str | Calculator | None = "emt",
                     min_distance_factor: float = 0.6, calculator_option: str = "env.calculator",
                     overlap_advice: str = OVERLAP_ADVICE) -> None:
     """Raise :class:`StructureError` if ``atoms`` cannot be relaxed with ``calculator`` as given.
 
-    ``calculator_option``: the setting the user chooses the calculator with, named in the
+    ``calculator``: its name, or the calculator itself (``RLOptimizer`` checks ``atoms.calc``; None = elements
+    unchecked); ``calculator_option``: the setting the user chooses the calculator with, named in the
     advice (``env.calculator`` for `relaxrl train`, ``--calculator`` for `relax` and `eval`);
     ``overlap_advice``: what else to do about overlapping atoms in the command at hand.
     """
@@ -53,13 +62,15 @@ def check_structure(atoms: Atoms, name: str | None = None, *, calculator: str = 
     if len(atoms) == 0:
         raise StructureError(f"structure {name!r} has no atoms; remove it from the structure source")
     if not np.isfinite(atoms.positions).all():
-        raise StructureError(f"structure {name!r} has non-finite coordinates; fix or remove the file")
-    allowed = calculator_elements(calculator)
+        raise StructureError(f"structure {name!r} has non-finite coordinates (NaN or inf); fix its positions (or the "
+                             "file it came from) or remove it")
+    allowed = None if calculator is None else calculator_elements(calculator)
     if allowed is not None:
+        label = calculator if isinstance(calculator, str) else type(calculator).__name__
         unknown = sorted(set(atoms.get_chemical_symbols()) - allowed)
         if unknown:
             raise StructureError(
-                f"structure {name!r} contains {', '.join(unknown)}, which the {calculator!r} calculator does not "
+                f"structure {name!r} contains {', '.join(unknown)}, which the {label!r} calculator does not "
                 f"handle (it supports {', '.join(sorted(allowed, key=lambda s: atomic_numbers[s]))}); remove the "
                 f"structure or choose another calculator with {calculator_option}"
             )

@@ -60,6 +60,7 @@ from scipy.sparse.csgraph import connected_components
 
 from actors.calculators import make_calculator
 from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_saddle
+from actors.structure_check import check_structure, policy_overlap_advice
 from common.errors import RelaxRLError
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
 
@@ -160,12 +161,14 @@ def check_gpmin_size(names: Sequence[str], structures: Iterable[tuple[str, Atoms
 
 def make_optimizer(name: str, atoms: Atoms, policy: Any = None, hybrid_patience: int = 0):
     """An optimizer of this name on ``atoms`` (an Atoms or a cell filter of one), with no logfile: one of ASE's, or
-    an RLOptimizer of ``policy``."""
+    an RLOptimizer of ``policy``. The structure is not checked here, so no policy's wall time holds the check: the
+    callers check every structure before any run (:func:`evaluate` with each policy's factor, the live eval's
+    curriculum with the run's)."""
     if is_classical(name):
         return _ase_optimizer(name, atoms)
     if policy is None:
         raise EvalError(f"optimizer {name!r} needs a policy: pass --checkpoint CKPT (or policy= to evaluate())")
-    return RLOptimizer(atoms, policy=policy, logfile=None, hybrid_patience=hybrid_patience)
+    return RLOptimizer(atoms, policy=policy, logfile=None, hybrid_patience=hybrid_patience, check=False)
 
 
 def check_cell_relaxable(structures: Iterable[tuple[str, Atoms]]) -> None:
@@ -426,6 +429,7 @@ def evaluate(
     ``atoms.info["kind"]``, 'file' where unset, and overall).
     """
     by_name, names, named = _check_request(structures, optimizers, policy, policies, fmax, steps, relax_cell)
+    check_policy_structures(named, [by_name[n] for n in names if not is_classical(n)], calculator)
     make_calc = calculator_factory(calculator, calculator_kwargs)
     t_start = time.perf_counter()
     records = _relax_all(named, names, by_name, make_calc, fmax, steps, progress,
@@ -440,6 +444,18 @@ def evaluate(
         "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
     }
     return build_report(records, names, settings)
+
+
+def check_policy_structures(named: Sequence[tuple[str, Atoms]], policies: Sequence[Any],
+                            calculator: str | Callable[[], Any]) -> None:
+    """Every structure checked as RLOptimizer checks it (``actors.structure_check.check_structure``, the rule of
+    `relaxrl relax`) with each policy's ``env.min_distance_factor``, once before any run:
+    :class:`~actors.structure_check.StructureError` names the first structure a policy cannot start from."""
+    for factor in sorted({float(p.config.env.min_distance_factor) for p in policies}):
+        for sname, atoms in named:
+            check_structure(atoms, sname, calculator=calculator if isinstance(calculator, str) else None,
+                            min_distance_factor=factor, calculator_option="--calculator",
+                            overlap_advice=policy_overlap_advice(factor))
 
 
 def _check_request(structures: Sequence[Atoms] | Mapping[str, Atoms], optimizers: Sequence[str] | str, policy: Any,

@@ -66,6 +66,7 @@ from ase.utils.abc import Optimizable
 from actors.cell_filter import CELL_FILTER_TYPES
 from actors.env import correct_action
 from actors.hessian import held_mask
+from actors.structure_check import StructureError, check_structure, policy_overlap_advice
 from common.errors import RelaxRLError
 from common.observation import empty_history, history_after
 from learner.policy import load_policy
@@ -229,6 +230,17 @@ def _check_supported(atoms: Any) -> tuple[Atoms, Any]:
     raise UnsupportedOptimizableError(f"RLOptimizer cannot optimize a {name}{where}: {hint}")
 
 
+def _check_atoms(atoms: Atoms, min_distance_factor: float) -> None:
+    """:func:`actors.structure_check.check_structure` on the atoms the policy moves, with their calculator (a
+    :class:`CountingCalculator`'s inner one), the error saying it comes from RLOptimizer."""
+    calc = atoms.calc.inner if isinstance(atoms.calc, CountingCalculator) else atoms.calc
+    try:
+        check_structure(atoms, calculator=calc, min_distance_factor=min_distance_factor,
+                        calculator_option="atoms.calc", overlap_advice=policy_overlap_advice(min_distance_factor))
+    except StructureError as e:
+        raise StructureError(f"RLOptimizer: {e}") from None
+
+
 class _FilterFrame:
     """The atom rows of a cell filter as the action correction's state: positions in the filter's starting cell."""
 
@@ -269,6 +281,12 @@ class RLOptimizer(Optimizer):
     relax_cell:
         Relax the cell too: the optimizer wraps ``atoms`` in ``FrechetCellFilter(atoms)`` itself (give plain
         atoms then, not a filter).
+    check:
+        Check the structure first, as `relaxrl relax` does (``actors.structure_check.check_structure`` with
+        ``atoms.calc`` and the policy's ``env.min_distance_factor``): a (nearly) singular cell, non-finite or
+        overlapping positions, elements the calculator does not handle and the rest raise
+        :class:`~actors.structure_check.StructureError` (a ``ValueError``) naming the problem and the fix.
+        False only where the caller has just checked it with the same rule (`relax` and `eval` do).
     """
 
     def __init__(
@@ -287,6 +305,7 @@ class RLOptimizer(Optimizer):
         device: str = "cpu",
         max_energy_rise: float | None = None,
         relax_cell: bool = False,
+        check: bool = True,
         **kwargs: Any,
     ) -> None:
         if relax_cell:
@@ -299,6 +318,8 @@ class RLOptimizer(Optimizer):
             raise RelaxRLError("RLOptimizer needs exactly one of checkpoint=PATH or policy=POLICY")
         if policy is None:
             policy = load_policy(checkpoint, device=device)
+        if check:
+            _check_atoms(self._atoms_moved, policy.config.env.min_distance_factor)
         if hybrid_patience < 0:
             raise RelaxRLError(f"hybrid_patience must be >= 0 (0 = no hand-over), got {hybrid_patience}")
         if max_energy_rise is None:

@@ -47,6 +47,7 @@ from ase.io.formats import filetype, ioformats
 
 from actors.calculators import make_calculator, resolve_calculator
 from actors.cell_filter import check_cell_relaxable
+from actors.structure_check import policy_overlap_advice
 from actors.structure_files import read_structure
 from common.errors import RelaxRLError
 from learner.checkpoint import list_checkpoints, resolve_checkpoint
@@ -171,15 +172,13 @@ def relax_command(args: argparse.Namespace) -> int:
     calc = CountingCalculator(inner, stress=relax_cell)
     atoms = read_structure(args.input, index=getattr(args, "index", None), calculator=calc_name,
                            min_distance_factor=env.min_distance_factor, calculator_option="--calculator",
-                           overlap_advice=(f"use a checkpoint trained with a lower env.min_distance_factor (this one "
-                                           f"keeps every pair at least {env.min_distance_factor} × the radii sum apart, "
-                                           "so relax cannot start closer)"))
+                           overlap_advice=policy_overlap_advice(env.min_distance_factor))
     name = str(atoms.info.get("name", Path(args.input).name))
     if relax_cell:  # a periodic structure and a calculator with stress, or one line saying which is missing
         check_cell_relaxable(atoms, inner, name, option="--relax-cell")
     atoms.calc = calc
     opt = RLOptimizer(atoms, policy=policy, logfile=None, trajectory=args.trajectory, hybrid_patience=args.hybrid,
-                      relax_cell=relax_cell)
+                      relax_cell=relax_cell, check=False)  # read_structure checked it: the same rule, calculator and factor
     try:
         opt.run(fmax=args.fmax, steps=args.steps)
     except PolicyDivergedError as e:  # the wrecked structure is never written

@@ -657,3 +657,27 @@ def test_gpmin_is_refused_on_large_cells_before_the_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gpmin keeps every step's forces" in err and "bulk-defect-Cu255-0: 255 atoms" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_evaluate_checks_every_structure_with_each_policys_factor_before_any_run():
+    """evaluate() from Python builds its RLOptimizers unchecked (no policy's wall time holds the check), so it checks
+    every structure first with each policy's env.min_distance_factor: one StructureError naming the structure,
+    before any optimizer ran (the real EMT, counted, is never called)."""
+    from relaxrl.optimizer import CountingCalculator
+
+    good = bulk("Cu", cubic=True)
+    close = Atoms("Cu2", positions=[[0.0, 0.0, 0.0], [2.2, 0.0, 0.0]])  # fine at 0.6, an overlap at 0.9
+    calcs: list[CountingCalculator] = []
+
+    def counted() -> CountingCalculator:
+        calcs.append(CountingCalculator(EMT()))
+        return calcs[-1]
+
+    strict = ForcePolicy(config=load_config(None, ["env.min_distance_factor=0.9"]))
+    with pytest.raises(ValueError, match=r"structure 'close': atoms 0 \(Cu\) and 1 \(Cu\) overlap at 2\.200 Å.*0\.9"):
+        evaluate({"good": good, "close": close}, ["bfgs", "rl", "untrained"], calculator=counted, policy=ForcePolicy(),
+                 policies={"untrained": strict}, progress=False)
+    assert calcs == []
+    report = evaluate({"close": close}, ["bfgs", "rl"], calculator=counted, policy=ForcePolicy(), steps=5,
+                      progress=False)
+    assert set(report["structures"][0]["runs"]) == {"bfgs", "rl"} and calcs

@@ -335,3 +335,58 @@ def test_in_hybrid_mode_bfgs_takes_over_from_the_start_when_the_guard_trips():
 def test_max_energy_rise_must_be_positive(limit):
     with pytest.raises(RelaxRLError, match="max_energy_rise must be > 0 eV"):
         RLOptimizer(rattled_cu(), policy=ForcePolicy(), logfile=None, max_energy_rise=limit)
+
+
+def _flat_cell_cu() -> Atoms:
+    atoms = bulk("Cu", cubic=True)
+    cell = atoms.cell.array.copy()
+    cell[2] = cell[0] + cell[1]  # c = a + b: the three vectors in one plane
+    atoms.set_cell(cell)
+    return atoms
+
+
+def _nan_cu() -> Atoms:
+    atoms = bulk("Cu", cubic=True)
+    atoms.positions[1] = np.nan
+    return atoms
+
+
+def _overlapping_cu() -> Atoms:
+    atoms = bulk("Cu", cubic=True)
+    atoms.positions[1] = atoms.positions[0] + [0.9, 0.0, 0.0]  # 0.9 Å < 0.6 × 2 × 1.32 Å
+    return atoms
+
+
+@pytest.mark.parametrize("make, relax_cell, needles", [
+    (_flat_cell_cu, False, ["its cell is singular", "give the structure's real cell", "niggli_reduce"]),
+    (_flat_cell_cu, True, ["its cell is singular"]),  # the atoms inside the filter are checked
+    (_nan_cu, False, ["non-finite coordinates (NaN or inf)", "fix its positions"]),
+    (_overlapping_cu, False, ["overlap at 0.900 Å", "use a checkpoint trained with a lower env.min_distance_factor"]),
+    (lambda: bulk("Si"), False, ["contains Si, which the 'EMT' calculator does not handle", "atoms.calc"]),
+])
+def test_rl_optimizer_refuses_what_relax_refuses_before_any_calculation(make, relax_cell, needles):
+    """RLOptimizer used from Python checks the structure as `relaxrl relax` does (actors.structure_check): a flat
+    cell, NaN positions, overlapping atoms or an element EMT lacks is one ValueError naming the problem and the
+    fix, raised at construction, before the calculator (real EMT, wrapped in a counter) is called."""
+    atoms = make()
+    counted = CountingCalculator(EMT())
+    atoms.calc = counted
+    before = atoms.positions.copy()
+    with pytest.raises(ValueError) as e:
+        RLOptimizer(atoms, policy=ForcePolicy(), logfile=None, relax_cell=relax_cell)
+    message = str(e.value)
+    assert message.startswith("RLOptimizer: structure ") and "\n" not in message, message
+    assert all(n in message for n in needles), message
+    assert counted.calls == 0
+    np.testing.assert_array_equal(atoms.positions, before)
+
+
+def test_rl_optimizer_checks_with_the_policys_min_distance_factor():
+    """The overlap rule is the policy's own env.min_distance_factor: a pair the default 0.6 accepts is refused
+    under a policy trained with 0.9, and the message names 0.9."""
+    atoms = Atoms("Cu2", positions=[[0.0, 0.0, 0.0], [2.2, 0.0, 0.0]])  # a dimer at 0.83 × (2 × 1.32 Å)
+    atoms.calc = EMT()
+    RLOptimizer(atoms, policy=ForcePolicy(), logfile=None)  # 0.6: accepted
+    strict = ForcePolicy(config=load_config(None, ["env.min_distance_factor=0.9"]))
+    with pytest.raises(ValueError, match=r"overlap at 2\.200 Å.*at least 0\.9 × the radii sum apart"):
+        RLOptimizer(atoms, policy=strict, logfile=None)
