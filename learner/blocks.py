@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from ase.data import atomic_masses, covalent_radii
@@ -34,9 +35,11 @@ from torch import nn
 from common.config import NetworkConfig
 from common.errors import RelaxRLError
 from learner.graph import Graph
+from learner.messages import depthwise_messages, message_plan
 
 __all__ = [
     "EdgeEmbedding",
+    "EdgeGeometry",
     "EnvGate",
     "EquivariantTrunk",
     "InteractionBlock",
@@ -127,6 +130,16 @@ class RadialBasis(nn.Module):
         return basis * self.envelope(r.squeeze(-1)).unsqueeze(-1)
 
 
+class EdgeGeometry(NamedTuple):
+    """What the networks read of a batch's edges (:meth:`EdgeEmbedding.geometry`)."""
+
+    vectors: torch.Tensor  # [E, 3] Å, receiver → sender image
+    length: torch.Tensor  # [E] Å (safe_norm)
+    sh: torch.Tensor  # [E, irreps_sh.dim] spherical harmonics of the direction
+    basis: torch.Tensor  # [E, num_basis] radial basis, times the envelope
+    envelope: torch.Tensor  # [E] smooth cutoff
+
+
 class EdgeEmbedding(nn.Module):
     """Parameter-free geometry of the edges: spherical harmonics, radial basis, envelope."""
 
@@ -135,12 +148,24 @@ class EdgeEmbedding(nn.Module):
         self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.lmax)  # 1x0e + 1x1o (+ 1x2e ...)
         self.radial = RadialBasis(cfg.radius, cfg.num_basis)
 
-    def forward(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ sh [E, irreps_sh.dim], radial basis [E, num_basis], envelope [E]."""
+    def geometry(self, graph: Graph) -> EdgeGeometry:
+        """The edges' vectors, lengths, harmonics, radial basis and envelope, computed once per batch for every network
+        with the same lmax, radius and basis (``Graph.memoized``): the actors and critics of one update read the same
+        numbers (they have no parameters)."""
+        key = ("edge_geometry", self.irreps_sh.lmax, self.radial.radius, self.radial.num_basis, self.radial.p,
+               self.radial.freq.dtype, self.radial.freq.device)
+        return graph.memoized(key, lambda: self._geometry(graph))
+
+    def _geometry(self, graph: Graph) -> EdgeGeometry:
         vec = graph.edge_vectors()  # [E, 3] Å
         r = safe_norm(vec).squeeze(-1)  # [E]
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")  # [E, sh]
-        return sh, self.radial(r), self.radial.envelope(r)
+        return EdgeGeometry(vec, r, sh, self.radial(r), self.radial.envelope(r))
+
+    def forward(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ sh [E, irreps_sh.dim], radial basis [E, num_basis], envelope [E]."""
+        geo = self.geometry(graph)
+        return geo.sh, geo.basis, geo.envelope
 
 
 class RadialMLP(nn.Module):
@@ -202,6 +227,7 @@ class InteractionBlock(nn.Module):
         self.lin_up = o3.Linear(self.irreps_in, self.irreps_in)  # [N, irreps_in] → [N, irreps_in]
         self.tp = _depthwise_tp(self.irreps_in, self.irreps_sh, self.irreps_out)  # [E, in] ⊗ [E, sh] → [E, mid]
         self.irreps_mid = self.tp.irreps_out
+        self.plan = message_plan(self.tp)  # lmax 1: learner/messages.py's edge-chunked path; else None (e3nn's)
         self.radial = RadialMLP(num_basis, radial_hidden, self.tp.weight_numel)
         self.lin_out = o3.Linear(self.irreps_mid, self.nonlinearity.irreps_in)  # [N, mid] → [N, gate_in]
         self.self_connection = o3.Linear(self.irreps_in, self.irreps_out)
@@ -210,11 +236,11 @@ class InteractionBlock(nn.Module):
         self, x: torch.Tensor, edge_index: torch.Tensor, sh: torch.Tensor, basis: torch.Tensor, envelope: torch.Tensor
     ) -> torch.Tensor:
         """x [N, irreps_in] → [N, irreps_out]."""
-        sender, receiver = edge_index[0], edge_index[1]
         h = self.lin_up(x)  # [N, irreps_in]
-        w = self.radial(basis) * envelope.unsqueeze(-1)  # [E, weight_numel], → 0 smoothly at the cutoff
-        msg = self.tp(h.index_select(0, sender), sh, w)  # [E, irreps_mid] (index_select: cheaper backward than h[sender])
-        agg = scatter_sum(msg, receiver, x.shape[0]) / self.avg_num_neighbors  # [N, irreps_mid]
+        w = self.radial(basis)  # [E, weight_numel], times the envelope: → 0 smoothly at the cutoff
+        # Σ over each receiver's edges of tp(h[sender], sh, envelope·w)
+        agg = depthwise_messages(self.plan, self.tp, h, edge_index, sh, w, envelope, x.shape[0])  # [N, irreps_mid]
+        agg = agg / self.avg_num_neighbors
         return self.nonlinearity(self.lin_out(agg)) + self.self_connection(x)  # [N, irreps_out]
 
 

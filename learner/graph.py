@@ -26,8 +26,9 @@ one (tests, ``RLOptimizer``) still work. Why, with the measurements: docs/BENCHM
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,6 +151,18 @@ class Graph:
     cell_forces: torch.Tensor | None = None  # [n_graphs, 3, 3] generalised cell force (eV/Å), None: the cell is fixed
     cell_history: torch.Tensor | None = None  # [n_graphs, 3, 6 K] the cell rows of the path history (with cell_forces)
     free: torch.Tensor | None = None  # [n_atoms, 3] 1.0 free, 0.0 held by a constraint; None: every coordinate free
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # memoized(): key → value
+
+    def memoized(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once for this graph and ``key`` (what it depends on besides the graph's tensors): the
+        edge geometry that every network of an update reads (learner/blocks.py ``EdgeEmbedding.geometry``). While the
+        positions or the cell carry a gradient it is computed anew each time, so every pass has its own autograd
+        graph. A graph's tensors are never changed in place; ``to`` and ``dataclasses.replace`` start a new memo."""
+        if self.pos.requires_grad or self.cell.requires_grad:
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     @property
     def n_graphs(self) -> int:
@@ -213,6 +226,8 @@ class Graph:
         """A copy on ``device``; floating tensors also cast to ``dtype`` when given."""
         out = {}
         for f in fields(self):
+            if not f.init:
+                continue
             t = getattr(self, f.name)
             if t is None:
                 out[f.name] = None

@@ -310,14 +310,12 @@ class ModelHessianActor(Actor):
             diag = torch.cat([diag, pooled.repeat_interleave(3)])  # [n_rows]
             if free is not None:
                 free = torch.cat([free, free.new_ones(3 * graph.n_graphs, 3)])
-        snd, rcv = graph.edge_index[0], graph.edge_index[1]
-        vec = graph.edge_vectors()  # [E, 3] Å
-        r = safe_norm(vec)  # [E, 1]
-        radial = self.trunk.edges.radial
-        feats = torch.cat([h[snd] + h[rcv], h[snd] * h[rcv], radial(r.squeeze(-1))], dim=-1)  # [E, 2c + num_basis]
-        ab = self.EDGE_UNIT * nn.functional.softplus(self.edge_mlp(feats)) * radial.envelope(r.squeeze(-1)).unsqueeze(-1)
-        return ModelHessian(diag=diag, edge_index=graph.edge_index, alpha=ab[:, 0], beta=ab[:, 1], direction=vec / r,
-                            free=free)
+        geo = self.trunk.edges.geometry(graph)  # the trunk's edge geometry (computed once per batch)
+        h_s, h_r = h.index_select(0, graph.edge_index[0]), h.index_select(0, graph.edge_index[1])  # [E, channels]
+        feats = torch.cat([h_s + h_r, h_s * h_r, geo.basis], dim=-1)  # [E, 2c + num_basis]
+        ab = self.EDGE_UNIT * nn.functional.softplus(self.edge_mlp(feats)) * geo.envelope.unsqueeze(-1)
+        return ModelHessian(diag=diag, edge_index=graph.edge_index, alpha=ab[:, 0], beta=ab[:, 1],
+                            direction=geo.vectors / geo.length.unsqueeze(-1), free=free)
 
     def move(self, graph: Graph, hessian: ModelHessian) -> torch.Tensor:
         """The bounded L-BFGS move on ``hessian``, [n_rows, 3] (atoms Å, then cell rows)."""
