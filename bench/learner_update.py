@@ -1,7 +1,7 @@
 """Learner updates per second at a preset's scale, this tree against a baseline commit in one run; one JSON object.
 
     .venv/bin/python bench/learner_update.py [--config configs/quality.toml] [--baseline main] [--updates 16]
-                                             [--rounds 3] [--profile]
+                                             [--rounds 3] [--profile] [--edge-chunk N] [--quick]
 
 What one update is: ``Learner.step()`` of the tree under test, whole (replay sample and decode,
 ``batch_graphs`` of s and s', the TD3 update with the preset's head, curvature loss and optimizers,
@@ -23,7 +23,9 @@ priorities), on real transitions:
             relative difference (an exact speed-up keeps them equal up to rounding).
 
 ``--profile`` adds, for this tree, the share of an update in each phase and torch.profiler's top
-operators (self CPU time).
+operators (self CPU time). ``--edge-chunk N`` sets ``learner.messages.EDGE_CHUNK`` in this tree's
+workers (with ``--baseline HEAD``: one chunk size against the committed one). ``--quick`` (``make
+bench``): 64 stored transitions per table, 2 timed updates, 1 round.
 """
 from __future__ import annotations
 
@@ -153,6 +155,9 @@ def worker(args) -> dict:
 
     from learner.learner import Learner
     torch.set_num_threads(args.threads)
+    if args.edge_chunk:
+        from learner import messages
+        messages.EDGE_CHUNK = args.edge_chunk
     cfg = _config(args.config, args.set)
     data = load_data(Path(args.data))
     batches = json.loads(Path(args.batches).read_text())
@@ -245,12 +250,14 @@ def _baseline_tree(rev: str, dest: Path) -> str:
     return commit
 
 
-def _run_worker(root: Path, args, data: Path, batches: Path, profile: bool) -> dict:
+def _run_worker(root: Path, args, data: Path, batches: Path, profile: bool, edge_chunk: int | None = None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--root", str(root), "--data", str(data),
            "--batches", str(batches), "--config", args.config, "--updates", str(args.updates),
            "--threads", str(args.threads)] + [f"--set={s}" for s in args.set]
     if profile:
         cmd += ["--profile", "--profile-updates", str(args.profile_updates)]
+    if edge_chunk:
+        cmd += ["--edge-chunk", str(edge_chunk)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
     if res.returncode != 0:
@@ -301,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="phases and top operators of this tree's update")
     ap.add_argument("--profile-updates", type=int, default=8)
+    ap.add_argument("--edge-chunk", type=int, default=None, help="learner.messages.EDGE_CHUNK in this tree's workers")
+    ap.add_argument("--quick", action="store_true", help="64 transitions per table, 2 timed updates, 1 round")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
     ap.add_argument("--batches", default=None, help=argparse.SUPPRESS)
@@ -308,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.worker:
         print(json.dumps(worker(args)))
         return None
+    if args.quick:
+        args.updates, args.rounds, args.profile_updates = 2, 1, 1
     sys.path.insert(0, str(ROOT))
     cfg = _config(args.config, args.set)
     if args.threads is None:
@@ -317,8 +328,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                                capture_output=True, text=True, check=True).stdout.split()
         args.baseline = f"{added[-1]}^" if added else "HEAD"
     tables = [t.name for t in cfg.replay.tables]
-    per_table = {t: 512 for t in tables}
-    data_path = Path(args.data or Path(tempfile.gettempdir()) / f"relaxrl-learner-update-{Path(args.config).stem}-s{args.seed}.npz")
+    per_table = {t: 64 if args.quick else 512 for t in tables}
+    stem = f"relaxrl-learner-update-{Path(args.config).stem}-s{args.seed}{'-quick' if args.quick else ''}.npz"
+    data_path = Path(args.data or Path(tempfile.gettempdir()) / stem)
     t_start = time.perf_counter()
     if not data_path.exists():
         t0 = time.perf_counter()
@@ -338,9 +350,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         runs: dict[str, list[dict]] = {"baseline": [], "this": []}
         for r in range(args.rounds):
             for name in (("baseline", "this") if r % 2 == 0 else ("this", "baseline")):
-                runs[name].append(_run_worker(roots[name], args, data_path, batches_path, False))
-        prof = _run_worker(ROOT, args, data_path, batches_path, True)["profile"] if args.profile else None
-    result: dict = {"bench": "learner_update", "config": args.config, "overrides": args.set,
+                runs[name].append(_run_worker(roots[name], args, data_path, batches_path, False,
+                                              args.edge_chunk if name == "this" else None))
+        prof = (_run_worker(ROOT, args, data_path, batches_path, True, args.edge_chunk)["profile"] if args.profile
+                else None)
+    result: dict = {"bench": "learner_update", "config": args.config, "overrides": args.set, "quick": args.quick,
+                    "edge_chunk_this": args.edge_chunk,
                     "batch_size": cfg.learner.batch_size, "torch_threads": args.threads,
                     "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "load_average_1m_at_start": round(load_start, 2),

@@ -19,7 +19,7 @@ weight, read from the tensor product when the plan is made)::
 computed on edge chunks of :data:`EDGE_CHUNK` edges (so every intermediate stays in the CPU's
 cache), vectors held component-major ([E, 3, U], channels contiguous) and turned back into
 e3nn's layout on the N nodes, with a hand-written backward pass of the same kind. The result
-equals e3nn's to rounding (``tests/test_networks.py``). Any other irreps (lmax > 1), or
+equals e3nn's to rounding (``tests/test_messages.py``). Any other irreps (lmax > 1), or
 harmonics that carry a gradient (forces by autograd), take e3nn's own tensor product.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ from torch.autograd.function import once_differentiable
 __all__ = ["EDGE_CHUNK", "MessagePlan", "depthwise_messages", "message_plan"]
 
 EDGE_CHUNK = 4096
-"""Edges per chunk on a CPU: a chunk's messages ([4096, 8·16] float32, 2 MB) fit a core's L2 cache. Measured on the
-quality preset's batches: 2048–8192 are alike, the whole edge list at once about 1.3× slower (docs/BENCHMARKS.md)."""
+"""Edges per chunk on a CPU, so that a chunk's messages ([4096, 8·16] float32, 2 MB) stay in a core's cache.
+``bench/learner_update.py --baseline HEAD --edge-chunk N`` times another size against this one."""
 
 _PATHS = ((0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0))  # (l1, l2, l_out) of the four lmax-1 paths, e3nn's order
 
