@@ -158,6 +158,9 @@ class Learner:
         self.last_logs: dict[str, float] = {}
         self._window: dict[str, list[float]] = {}
         self._started = time.monotonic()
+        # a sample waits as long as the stall watch lets actors produce nothing (slow calculators on a busy machine
+        # take minutes to fill min_size_to_sample); run.actor_stall_s = 0 (never stop) keeps 300 s as a floor
+        self.sample_timeout_s = max(300.0, float(config.run.actor_stall_s))
         if resume and list_checkpoints(self.run_dir):
             self.restore(self.run_dir)
 
@@ -229,7 +232,8 @@ class Learner:
         """Exactly one update: sample, TD3 step, new priorities; publish/checkpoint/log on schedule."""
         c, lc = self.counters, self.lc
         t0 = time.monotonic()
-        info, transitions = self.sampler.sample(lc.batch_size, self.batch_shares(), beta=self.beta(), timeout=300.0)
+        info, transitions = self.sampler.sample(lc.batch_size, self.batch_shares(), beta=self.beta(),
+                                                 timeout=self.sample_timeout_s)
         t1 = time.monotonic()
         batch = self._to_batch(info, transitions)
         update_actor = (c.updates + 1) % lc.policy_delay == 0
