@@ -574,7 +574,9 @@ class RunSettings:
     the same for the whole run."""
     actor_stall_s: float = 300.0
     """Training stops (final checkpoint, then one error line) when t_total has not grown for this many seconds while
-    the learner keeps updating: every actor has stopped and the learner would only replay old data (0 = never)."""
+    the learner keeps updating: every actor has stopped and the learner would only replay old data (0 = never). A
+    learner's sample waits at most this long (at least 300 s) for the rate limiters: slow calculators on a busy
+    machine can take minutes to fill min_size_to_sample."""
     num_cpus: int = 0
     """CPUs of a local Ray instance (0 = all of this machine's)."""
     learner_threads: int = 0
