@@ -52,6 +52,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from ase.optimize import BFGSLineSearch
+from ase.optimize.bfgs import BFGSMethod
 
 from actors.calculators import make_calculator
 from actors.hessian import finite_difference_hessian, free_coordinates
@@ -142,7 +143,7 @@ class BFGSExpert:
 
     def reset(self) -> None:
         """Forget the Hessian history (a new structure)."""
-        self.hessian: np.ndarray | None = None  # [3n, 3n] eV/Å²
+        self.method: BFGSMethod | None = None  # ASE's BFGS maths: the Hessian, its update and the step
         self.pos0: np.ndarray | None = None  # [3n] Å, positions of the previous call
         self.forces0: np.ndarray | None = None  # [3n] eV/Å, forces of the previous call
 
@@ -158,27 +159,18 @@ class BFGSExpert:
         pos = np.asarray(x, dtype=np.float64).ravel()  # [3 n_rows] Å
         forces = np.asarray(obs.row_forces(), dtype=np.float64).ravel()  # [3 n_rows] eV/Å
         gradient = -forces
-        if self.hessian is None or self.hessian.shape[0] != pos.shape[0]:
-            self.hessian = np.eye(pos.shape[0]) * self.alpha
-        else:
-            self._update(pos, gradient, self.pos0, -self.forces0)
+        if self.method is None or self.method.hessian.shape[0] != pos.shape[0]:
+            self.method = BFGSMethod(np.eye(pos.shape[0]) * self.alpha)
+        else:  # skipped by ASE when the positions did not change
+            self.method.update(pos, gradient, self.pos0, -self.forces0)
         self.pos0 = pos
         self.forces0 = forces.copy()
+        return _bounded(self.method.compute_step(gradient), self.maxstep)  # [3n] Å → [n, 3]
 
-        omega, vectors = np.linalg.eigh(self.hessian)
-        dpos = -vectors @ (gradient @ vectors / np.fabs(omega))  # [3n] Å
-        return _bounded(dpos, self.maxstep)
-
-    def _update(self, pos: np.ndarray, gradient: np.ndarray, pos0: np.ndarray, gradient0: np.ndarray) -> None:
-        """BFGS Hessian update from the step pos0 → pos (skipped when the positions did not change)."""
-        dpos = pos - pos0
-        if np.abs(dpos).max() < 1e-7:
-            return
-        dgradient = gradient - gradient0
-        a = dpos @ dgradient
-        dg = self.hessian @ dpos
-        b = dpos @ dg
-        self.hessian += np.outer(dgradient, dgradient) / a - np.outer(dg, dg) / b
+    @property
+    def hessian(self) -> np.ndarray | None:
+        """The current BFGS Hessian, [3n, 3n] eV/Å² (None before the first step of an episode)."""
+        return None if self.method is None else self.method.hessian
 
 
 def _bounded(dpos: np.ndarray, maxstep: float) -> np.ndarray:
