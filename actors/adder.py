@@ -80,7 +80,10 @@ class ReplayAdder:
 
     ``stop``: a callable that turns true when the actor is shutting down; an insert still waiting for
     the rate limiter then gives up (the learner has stopped sampling, so it would wait for its timeout)
-    and its items are dropped (counted in ``dropped``).
+    and its items are dropped (counted in ``dropped``). With ``stop`` an insert waits for the rate limiter
+    as long as it takes (a learner paused for a checkpoint or a live evaluation on a slow calculator),
+    as Reverb's writers do: a timeout there ended the actor's loop while its process lived on, and the run
+    went on without that actor. Without ``stop`` the client's 60 s timeout stays.
     """
 
     def __init__(self, writer, tables: Sequence[TableSpec], n_envs: int, n_step: int, gamma: float, insert_batch: int,
@@ -113,7 +116,7 @@ class ReplayAdder:
                     if self.stop is None:
                         self.writer.insert(table, items, None)
                     else:
-                        self.writer.insert(table, items, None, stop=self.stop)
+                        self.writer.insert(table, items, None, timeout=None, stop=self.stop)
                 except InsertStopped as e:
                     self.dropped += len(items) - len(getattr(e, "inserted_keys", ()))
                 items.clear()

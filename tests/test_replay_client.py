@@ -170,6 +170,31 @@ def test_a_stopping_writer_gives_up_a_blocked_insert_at_once(redis_server):
     assert adder.dropped == 5 and not adder.pending["online"] and c.sizes()["online"] == 12
 
 
+def test_an_actors_blocked_insert_waits_out_a_long_learner_pause(redis_server, monkeypatch):
+    """An actor's flush (an adder with a stop signal) waits for the rate limiter however long the learner pauses
+    (a checkpoint, a live evaluation on CHGNet): a client timeout there ended an Al–Fe run's online actor loop while
+    its process lived on, and training went on without it. The client's own timeout is shortened here to show that
+    the adder's insert does not use it."""
+    from actors.adder import ReplayAdder
+
+    c = client_for(redis_server, limiter=SampleToInsertRatio(1.0, 4, 8.0))
+    c.insert("online", transitions(range(12)), timeout=1)  # the limiter's full allowance: the next insert waits
+    insert = c.insert
+    monkeypatch.setattr(c, "insert", lambda *a, timeout=0.2, **k: insert(*a, timeout=timeout, **k))
+    with pytest.raises(RateLimiterTimeout):  # the limiter holds: a wait bound by the client's timeout ends in error
+        c.insert("online", transitions(range(12, 16)))
+    stopping = threading.Event()
+    adder = ReplayAdder(c, c.cfg.tables, n_envs=1, n_step=1, gamma=0.9, insert_batch=4, stop=stopping.is_set)
+    adder.pending["online"] += transitions(range(16, 20))
+    sampler = threading.Timer(1.0, lambda: c.sample(4, 0.0, timeout=20))  # the learner comes back after 1 s
+    sampler.start()
+    t0 = time.monotonic()
+    adder.flush(force=True)
+    sampler.join()
+    assert time.monotonic() - t0 >= 0.9 and adder.dropped == 0 and not adder.pending["online"]
+    assert c.stats()["online"]["inserts"] == 16 and c.sizes()["online"] == 16
+
+
 def test_rate_limiter_samples_per_insert_blocks_writers_until_sampled(redis_server):
     c = client_for(redis_server, limiter=SampleToInsertRatio(1.0, 4, 8.0))
     # max_diff = 1*4 + 8 = 12 inserts ahead of samples
