@@ -354,6 +354,10 @@ class Run:
         """The object refs of the actors' ``run()`` loops."""
         return self.cluster.runs if self.cluster is not None else []
 
+    def ended_actors(self) -> list[str]:
+        """:meth:`RayRuntime.ended_actors` (empty before the actors start)."""
+        return self.cluster.ended_actors() if self.cluster is not None else []
+
     def stats(self, max_age_s: float = 1.0) -> dict[str, Any]:
         """The coordinator's statistics plus the replay table sizes, at most ``max_age_s`` old."""
         if time.monotonic() - self._stats_at > max_age_s:
@@ -550,9 +554,14 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
                 def on_update(logs: dict[str, float]) -> None:
                     s = run.stats()
                     if watch.stalled(int(s.get("t_total", 0))) and not stop.is_set():
-                        stalled.append(watch.limit_s)
+                        stalled.append(f"no environment step for {watch.limit_s:g} s, every actor has stopped")
                         print(f"\nstopping: no environment step for {watch.limit_s:g} s (t_total {watch.t_total}): every "
                               "actor has stopped; writing a final checkpoint", file=sys.stderr)
+                        stop.set()
+                    ended = run.ended_actors() if not stop.is_set() else []
+                    if ended:  # the others may go on stepping, so the stall watch would never see it
+                        stalled.append(f"an actor's loop ended ({'; '.join(ended)})")
+                        print(f"\nstopping: {stalled[-1]}; writing a final checkpoint", file=sys.stderr)
                         stop.set()
                     logs = {**logs, **run.live_eval.last}  # the newest live evaluation, for Prometheus and the line
                     metrics.record(learner, logs, s)
@@ -564,9 +573,8 @@ def train(cfg: RunConfig, run_dir: Path, resume: bool = False, address: str | No
     plot_run(run_dir)
     if stalled:
         raise ActorsStoppedError(
-            f"training stopped: no environment step for {stalled[0]:g} s, every actor has stopped (see the actors' "
-            f"errors above or Ray's logs); final checkpoint {list_checkpoints(run_dir)[-1]}; continue with "
-            f"`relaxrl train --resume {run_dir}` (run.actor_stall_s sets the limit)")
+            f"training stopped: {stalled[0]} (see Ray's logs); final checkpoint {list_checkpoints(run_dir)[-1]}; "
+            f"continue with `relaxrl train --resume {run_dir}` (run.actor_stall_s sets the stall limit)")
     if stop.is_set():
         return {"interrupted": True, "checkpoint": list_checkpoints(run_dir)[-1], "signal": stop.signum}
 

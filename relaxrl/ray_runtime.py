@@ -109,6 +109,7 @@ class RayRuntime:
         self.hub: HubClient | None = None
         self.actors: list = []  # Ray actor handles, online first
         self.runs: list = []  # their run() object refs
+        self.kinds: list[str] = []  # their kinds, in the same order
         if ray.is_initialized():
             return
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
@@ -142,7 +143,28 @@ class RayRuntime:
         kinds = ["online"] * a.num_online + ["expert"] * a.num_expert
         for actor_id, kind in enumerate(kinds):
             self.actors.append(make_actor(kind, cfg, writer, hub.name, actor_id, seed))
+        self.kinds = kinds
         self.runs = [x.run.remote() for x in self.actors]
+
+    def ended_actors(self) -> list[str]:
+        """One line per actor whose ``run`` loop has ended while the run goes on (an error in the loop, or restarts
+        used up), naming the actor, its kind and the first line of its error; empty while every loop runs. It does
+        not wait. Ray retries a loop whose process crashed (``actors.max_restarts``), so only an error the loop
+        raised, or a death past the restarts, shows here; the process of the first may live on, stepping nothing."""
+        if not self.runs:
+            return []
+        done, _ = ray.wait(self.runs, num_returns=len(self.runs), timeout=0)
+        out = []
+        for ref in done:
+            i = self.runs.index(ref)
+            try:
+                ray.get(ref, timeout=1)
+                why = "its loop returned"
+            except Exception as e:  # the loop's own error, or Ray's word that the actor died
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+                why = lines[-1] if lines else type(e).__name__
+            out.append(f"actor {i} ({self.kinds[i] if i < len(self.kinds) else '?'}): {why}")
+        return out
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the actors (their loops end after the current step, waiting up to ``timeout_s``), then end them and

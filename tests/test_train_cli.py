@@ -277,6 +277,39 @@ def test_a_local_ray_listens_on_loopback_only():
         rt.close()
 
 
+def test_an_actor_loop_that_ends_while_its_process_lives_is_named_at_once():
+    """An actor's loop that raised (its process alive, so Ray restarts nothing) or returned shows in ended_actors,
+    naming the actor, its kind and its error; running loops do not. The launcher stops the run on it with a final
+    checkpoint: the Al–Fe run of docs/RESULTS.md went on 21 minutes with its online loop ended, because the expert
+    actor kept t_total growing and the stall watch follows t_total."""
+    import ray
+
+    from relaxrl.ray_runtime import RayRuntime
+
+    rt = RayRuntime(None, num_cpus=1)
+    try:
+        @ray.remote
+        class Loop:
+            def run(self, fail: bool, seconds: float) -> int:
+                time.sleep(seconds)
+                if fail:
+                    raise RuntimeError("insert into 'online' waited 60 s for the rate limiter")
+                return 0
+
+        loops = [Loop.remote() for _ in range(2)]
+        rt.kinds = ["online", "expert"]
+        rt.runs = [loops[0].run.remote(True, 0.0), loops[1].run.remote(False, 30.0)]
+        deadline = time.monotonic() + 60
+        while not rt.ended_actors() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ended = rt.ended_actors()
+        assert len(ended) == 1 and ended[0].startswith("actor 0 (online): ")
+        assert "waited 60 s for the rate limiter" in ended[0]
+    finally:
+        rt.runs, rt.kinds = [], []
+        rt.close()
+
+
 # ----------------------------------------------------------------------------- Ctrl-C and the display
 
 
