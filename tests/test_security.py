@@ -263,13 +263,7 @@ def test_a_checkpoint_naming_a_module_never_imports_it_unless_trusted(tmp_path, 
     could fail."""
     from ase.io import write
 
-    marker = tmp_path / "imported.txt"
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "relaxrl_probe_calc.py").write_text(
-        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
-        "from ase.calculators.emt import EMT as Calc\n")
-    monkeypatch.syspath_prepend(str(mods))
+    marker = _probe_module(tmp_path, monkeypatch, "relaxrl_probe_calc", "from ase.calculators.emt import EMT as Calc\n")
     ckpt = _checkpoint_naming(tmp_path / "run", "relaxrl_probe_calc:Calc", {})
     structure = tmp_path / "cu.xyz"
     write(structure, _cu_dimer())
@@ -280,6 +274,16 @@ def test_a_checkpoint_naming_a_module_never_imports_it_unless_trusted(tmp_path, 
     assert not marker.exists() and "relaxrl_probe_calc" not in sys.modules
     assert main([*base, "--trust-checkpoint-calculator", "--hybrid", "1"]) == 0
     assert marker.exists()
+
+
+def _probe_module(tmp_path, monkeypatch, module: str, body: str):
+    """A module ``module`` on sys.path whose import writes ``tmp_path/imported.txt`` (returned) before ``body``."""
+    marker = tmp_path / "imported.txt"
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / f"{module}.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n{body}")
+    monkeypatch.syspath_prepend(str(mods))
+    return marker
 
 
 def _cu_dimer():
@@ -315,13 +319,7 @@ def test_eval_never_imports_a_checkpoints_calculator_unless_trusted(tmp_path, ca
     the user's own, so its module:Class is used."""
     from ase.io import write
 
-    marker = tmp_path / "imported.txt"
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "relaxrl_probe_calc2.py").write_text(
-        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
-        "from ase.calculators.emt import EMT as Calc\n")
-    monkeypatch.syspath_prepend(str(mods))
+    marker = _probe_module(tmp_path, monkeypatch, "relaxrl_probe_calc2", "from ase.calculators.emt import EMT as Calc\n")
     ckpt = _checkpoint_naming(tmp_path / "run", "relaxrl_probe_calc2:Calc", {})
     base = ["eval", "--checkpoint", str(ckpt), "--optimizers", "bfgs", "--limit", "1", "--no-progress"]
     assert main([*base, "--calculator", "emt", "--out", str(tmp_path / "ev1")]) == 0
@@ -349,13 +347,8 @@ def test_a_structure_file_never_makes_relaxrl_import_a_module(tmp_path, capsys, 
 
     from learner.policy import Policy, save_policy
 
-    marker = tmp_path / "imported.txt"
     module = f"relaxrl_probe_site_{suffix[1:]}"  # one per case: nothing cached from the other
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / f"{module}.py").write_text(
-        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\nclass Thing:\n    pass\n")
-    monkeypatch.syspath_prepend(str(mods))
+    marker = _probe_module(tmp_path, monkeypatch, module, "class Thing:\n    pass\n")
     s = Structure(Lattice.cubic(3.61), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     d = s.as_dict()
     d["sites"][0]["properties"] = {"x": {"@module": module, "@class": "Thing"}}
