@@ -55,7 +55,7 @@ from ase.optimize import BFGSLineSearch
 from ase.optimize.bfgs import BFGSMethod
 
 from actors.calculators import make_calculator
-from actors.hessian import finite_difference_hessian, free_coordinates
+from actors.hessian import finite_difference_hessian, free_coordinates, full_hessian
 from common.config import EnvConfig, ExpertConfig, NetworkConfig
 from common.errors import RelaxRLError
 from common.names import TEACHER_NAMES
@@ -247,9 +247,7 @@ class NewtonTeacher:
 def exact_compliance(hessian: np.ndarray, free: np.ndarray, min_curvature: float) -> np.ndarray:
     """Per-atom compliance ``|H_ii|⁻¹`` (eigenvalues floored at ``min_curvature``) from the Hessian over the
     ``free`` coordinates; a fixed coordinate gets 1/min_curvature (it has no force and never moves). [n, 3, 3] Å²/eV"""
-    full = np.zeros((free.size, free.size))
-    idx = np.flatnonzero(free)
-    full[np.ix_(idx, idx)] = hessian
+    full = full_hessian(hessian, free)
     full[~free, ~free] = min_curvature
     n = free.size // 3
     out = np.empty((n, 3, 3))
@@ -292,9 +290,7 @@ class ModelHessianTeacher(NewtonTeacher):
 
     def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
         n = obs.n_atoms
-        full = np.zeros((3 * n, 3 * n))
-        idx = np.flatnonzero(self._free)
-        full[np.ix_(idx, idx)] = hessian
+        full = full_hessian(hessian, self._free)
         if obs.edge_index is not None:
             ei = np.asarray(obs.edge_index, dtype=np.int64)
             shift = np.asarray(obs.edge_shift, dtype=np.float64)

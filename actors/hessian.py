@@ -94,13 +94,20 @@ def hessian_columns(atoms: Atoms, calculator, indices: np.ndarray, delta: float 
     return out
 
 
+def full_hessian(hessian: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """A Hessian over the ``free`` coordinates ([m, m], m = free.sum()) placed in the [3n, 3n] matrix of every
+    coordinate; zero in the rows and columns of held ones."""
+    full = np.zeros((free.size, free.size))
+    idx = np.flatnonzero(free)
+    full[np.ix_(idx, idx)] = hessian
+    return full
+
+
 def columns_of(hessian: np.ndarray, free: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """The columns of the atoms ``indices`` (as :func:`hessian_columns` returns them, [k, n, 3, 3]) of a Hessian
     over the ``free`` coordinates ([m, m], m = free.sum(); :func:`finite_difference_hessian`); zero where a
     coordinate is held."""
-    full = np.zeros((free.size, free.size))
-    idx = np.flatnonzero(free)
-    full[np.ix_(idx, idx)] = hessian
+    full = full_hessian(hessian, free)
     n = free.size // 3
     cols = full[:, (3 * np.asarray(indices)[:, None] + np.arange(3)).ravel()]  # [3n, 3k]
     return cols.reshape(n, 3, len(indices), 3).transpose(2, 0, 1, 3).copy()
