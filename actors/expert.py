@@ -6,7 +6,7 @@ bounded by ``maxstep``) and ``force_calls`` (the force calls it spent beyond the
 training only; the expert actors report their sum as ``actors/teacher_force_calls``). They are
 registered by ``expert.teacher`` name in :data:`TEACHERS` (:func:`register_teacher`), and
 :func:`make_teacher` builds the one a config names. A new teacher is one class with a
-``from_config(cfg, env, maxstep)`` constructor, registered under a name listed in
+``from_config(cfg, env, maxstep, network=None)`` constructor, registered under a name listed in
 :data:`common.names.TEACHER_NAMES`.
 
 :class:`BFGSExpert` keeps the same state as ``ase.optimize.BFGS`` (Hessian, previous
@@ -95,7 +95,8 @@ class Teacher(Protocol):
 TEACHERS: dict[str, type] = {}
 """The teacher class of each ``expert.teacher`` name (filled by :func:`register_teacher`; the names are
 :data:`common.names.TEACHER_NAMES`). Each class builds its teacher for an environment ``env`` (a
-:class:`~actors.env.RelaxEnv`) with ``from_config(cfg: ExpertConfig, env, maxstep: float)``."""
+:class:`~actors.env.RelaxEnv`) with ``from_config(cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None)``
+(``network``: the run's network, whose neighbour graph a teacher on the head's graph uses)."""
 
 
 def register_teacher(name: str) -> Callable[[type], type]:
@@ -121,7 +122,7 @@ class BFGSExpert:
     """BFGS steps from the forces the environment already computed: no force calls of its own."""
 
     @classmethod
-    def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> BFGSExpert:
+    def from_config(cls, cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None) -> BFGSExpert:
         """With ``env.relax_cell`` BFGS moves the environment's cell-filter rows (:meth:`RelaxEnv.coordinates`)."""
         return cls(maxstep=maxstep, coordinates=env.coordinates if env.cfg.relax_cell else None)
 
@@ -199,14 +200,16 @@ class NewtonTeacher:
     """
 
     @classmethod
-    def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> NewtonTeacher:
-        return cls(env, maxstep, cfg.teacher_min_curvature, cfg.teacher_max_atoms)
+    def from_config(cls, cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None) -> NewtonTeacher:
+        return cls(env, maxstep, cfg.teacher_min_curvature, cfg.teacher_max_atoms, network=network)
 
     def __init__(self, env, maxstep: float, min_curvature: float = 0.5, max_atoms: int = 24,
-                 env_config: EnvConfig | None = None):
+                 env_config: EnvConfig | None = None, network: NetworkConfig | None = None):
         if not maxstep > 0:
             raise ExpertError(f"NewtonTeacher maxstep must be > 0 Å, got {maxstep}")
         self.env, self.maxstep, self.min_curvature, self.max_atoms = env, float(maxstep), float(min_curvature), int(max_atoms)
+        self.network = network or NetworkConfig()
+        """The run's network: the neighbour graph (radius, max_neighbors) of a teacher on the head's graph."""
         cfg = env_config or env.cfg
         self.calculator = make_calculator(cfg.calculator, cfg.calculator_kwargs)
         self.force_calls = 0
@@ -294,8 +297,8 @@ class ModelHessianTeacher(NewtonTeacher):
         if obs.edge_index is not None:
             ei = np.asarray(obs.edge_index, dtype=np.int64)
             shift = np.asarray(obs.edge_shift, dtype=np.float64)
-        else:
-            net = NetworkConfig()
+        else:  # the graph the run's head builds (learner.graph: network.radius, network.max_neighbors)
+            net = self.network
             ei, shift = neighbor_list(obs.positions, obs.cell, obs.pbc, net.radius, net.max_neighbors)
         vectors = obs.positions[ei[0]] + shift @ np.asarray(obs.cell, dtype=np.float64) - obs.positions[ei[1]]
         mask = self._free.reshape(-1, 3)
@@ -328,7 +331,7 @@ class LineSearchTeacher:
         self.reset()
 
     @classmethod
-    def from_config(cls, cfg: ExpertConfig, env, maxstep: float) -> LineSearchTeacher:
+    def from_config(cls, cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None) -> LineSearchTeacher:
         return cls(env, maxstep)
 
     def reset(self) -> None:
@@ -362,9 +365,10 @@ class LineSearchTeacher:
         return _bounded((self._atoms.get_positions() - start).ravel(), self.maxstep)
 
 
-def make_teacher(cfg: ExpertConfig, env, maxstep: float) -> Teacher:
-    """The teacher ``expert.teacher`` names (:data:`TEACHERS`) for the environment ``env``, bounded by ``maxstep`` Å."""
-    return TEACHERS[cfg.teacher].from_config(cfg, env, maxstep)
+def make_teacher(cfg: ExpertConfig, env, maxstep: float, network: NetworkConfig | None = None) -> Teacher:
+    """The teacher ``expert.teacher`` names (:data:`TEACHERS`) for the environment ``env``, bounded by ``maxstep`` Å,
+    on the run's ``network`` graph (default: NetworkConfig()'s)."""
+    return TEACHERS[cfg.teacher].from_config(cfg, env, maxstep, network)
 
 
 def fake_step_probability(t_total: int, cfg: ExpertConfig) -> float:

@@ -201,7 +201,8 @@ class ActorLoop:
         self.policy = Policy(config, device="cpu")
         noisy = PolicyWithNoise(self.policy, config.actors, rng)
         self.source: ActionSource = noisy if kind == "online" else TeacherOrPolicy(
-            noisy, [make_teacher(config.expert, env, config.env.max_step) for env in self.envs], config.expert, rng)
+            noisy, [make_teacher(config.expert, env, config.env.max_step, config.network)
+                    for env in self.envs], config.expert, rng)
         self._stopping = threading.Event()  # request_stop(), from another thread while run() loops
         self.probes = ([CurvatureProbe(config.expert.curvature_probes, self._probe_calculator, rng) for _ in self.envs]
                        if kind == "expert" and config.expert.curvature_probes > 0 else None)

@@ -572,6 +572,10 @@ class RunSettings:
     eval_sample: int = 4
     """Structures of the live evaluation: the first N held-out ones with at most `eval_max_atoms` atoms,
     the same for the whole run."""
+    eval_sample_large: int = 0
+    """Large-suite structures (100–256 atoms, as `run.eval_large` takes them) the live evaluation adds to its
+    sample, `relaxrl eval --structures suite-large`'s 600 steps each: where a learned model Hessian has room to
+    show (0 = none). Each costs the learner a few seconds per live evaluation."""
     actor_stall_s: float = 300.0
     """Training stops (final checkpoint, then one error line) when t_total has not grown for this many seconds while
     the learner keeps updating: every actor has stopped and the learner would only replay old data (0 = never). A
@@ -594,6 +598,7 @@ class RunSettings:
             (self.eval_large >= 0, "eval_large", self.eval_large, ">= 0 (0 = no large-suite structures)"),
             (self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0 = no live evaluation)"),
             (self.eval_sample >= 1, "eval_sample", self.eval_sample, ">= 1"),
+            (self.eval_sample_large >= 0, "eval_sample_large", self.eval_sample_large, ">= 0 (0 = none)"),
             (self.actor_stall_s >= 0, "actor_stall_s", self.actor_stall_s, ">= 0 seconds (0 = never)"),
             (self.num_cpus >= 0, "num_cpus", self.num_cpus, ">= 0 (0 = all of this machine's)"),
             (self.learner_threads >= 0, "learner_threads", self.learner_threads, ">= 0 (0 = automatic)"),

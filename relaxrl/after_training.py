@@ -29,6 +29,14 @@ def heldout_sample(heldout: Sequence[Atoms], n: int, max_atoms: int) -> list[Ato
     return [a for a in heldout if not max_atoms or len(a) <= max_atoms][:n]
 
 
+def large_eval_sample(cfg: Any, n: int) -> list[Atoms]:
+    """The first ``n`` large-suite structures (:func:`actors.suite.large_sample`) an evaluation of a run takes
+    (``run.eval_large`` after training, ``run.eval_sample_large`` live): only the periodic ones when the run
+    relaxes the cell (``env.relax_cell``), as training does."""
+    large = large_sample(n, calculator=cfg.env.calculator) if n else []
+    return [a for a in large if a.pbc.all()] if cfg.env.relax_cell else large
+
+
 def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Atoms],
                             progress: bool = False) -> dict[str, Any]:
     """`relaxrl eval`'s evaluation of a finished run: trained vs untrained policy, and BFGS, on held-out structures
@@ -48,9 +56,7 @@ def evaluate_after_training(cfg: Any, run_dir: str | Path, heldout: Sequence[Ato
     """
     run_dir = Path(run_dir)
     structures = heldout_sample(heldout, cfg.run.eval_episodes, cfg.run.eval_max_atoms)
-    large = large_sample(cfg.run.eval_large, calculator=cfg.env.calculator)
-    if cfg.env.relax_cell:  # the cell relaxes as in training: periodic cells only
-        large = [a for a in large if a.pbc.all()]
+    large = large_eval_sample(cfg, cfg.run.eval_large)
     title = "Evaluation after training"
     if not structures and not large:  # nothing to compare: say so in the run directory rather than fail after training
         reason = (f"no held-out structure has at most run.eval_max_atoms = {cfg.run.eval_max_atoms} atoms"

@@ -7,7 +7,10 @@
 Every ``run.eval_every`` updates the current actor relaxes the run's sample greedily (the policy's
 own displacement, no exploration noise: :class:`~relaxrl.optimizer.RLOptimizer`) with at most
 ``env.max_steps`` steps each. The sample is the first ``run.eval_sample`` held-out structures with
-at most ``run.eval_max_atoms`` atoms, the same for the whole run. Each relaxation is
+at most ``run.eval_max_atoms`` atoms and the first ``run.eval_sample_large`` structures of the large
+suite (600 steps each, as `relaxrl eval --structures suite-large`), the same for the whole run. Small
+cells leave a good policy little room (one force call is a few per cent of the ratio); the large
+ones show what a learned model Hessian gains while it learns. Each relaxation is
 :func:`relaxrl.evaluate.run_one` (with eval's default saddle check) and is judged by `relaxrl eval`'s
 rule (:func:`relaxrl.evaluate.judge`: converged, not fragmented, not on a saddle point, within
 1 meV/atom of the reference minimum), BFGS being the classical optimizer whose minima are the
@@ -45,7 +48,8 @@ from actors.loop import returns_to_go
 from actors.rollout import run_episode
 from learner.graph import batch_graphs, stack_rows
 from learner.policy import Policy
-from relaxrl.after_training import heldout_sample
+from relaxrl.after_training import heldout_sample, large_eval_sample
+from relaxrl.eval_cli import SET_STEPS
 from relaxrl.evaluate import (
     CURVATURE_MAX_ATOMS,
     ENERGY_TOL_EV_PER_ATOM,
@@ -71,11 +75,15 @@ class LiveEval:
             ``env.max_steps``, ``env.calculator``).
         structures: the sample (see :func:`relaxrl.after_training.heldout_sample`); BFGS relaxes each once, here.
         every: evaluate at updates that are multiples of this (0 = never).
+        steps: the step budget of each structure (default ``env.max_steps`` for all).
     """
 
-    def __init__(self, config: Any, structures: Sequence[Atoms], every: int) -> None:
+    def __init__(self, config: Any, structures: Sequence[Atoms], every: int, steps: Sequence[int] | None = None) -> None:
         self.config, self.every = config, every
         self.structures = [a.copy() for a in structures]
+        self.steps = [config.env.max_steps] * len(self.structures) if steps is None else [int(n) for n in steps]
+        if len(self.steps) != len(self.structures):
+            raise ValueError(f"LiveEval: {len(self.steps)} step budgets for {len(self.structures)} structures")
         self.last: dict[str, float] = {}
         """The newest evaluation's row (empty before the first)."""
         if not (every and self.structures):
@@ -83,23 +91,26 @@ class LiveEval:
             return
         env = config.env
         self._calc = calculator_factory(env.calculator, env.calculator_kwargs)
-        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, env.max_steps, curvature_max_atoms=CURVATURE_MAX_ATOMS,
-                             relax_cell=env.relax_cell) for a in self.structures]
+        self.bfgs = [run_one("bfgs", a, self._calc, env.fmax, n, curvature_max_atoms=CURVATURE_MAX_ATOMS,
+                             relax_cell=env.relax_cell) for a, n in zip(self.structures, self.steps, strict=True)]
         """BFGS's run on each structure: the reference minimum and its force calls."""
         with torch.random.fork_rng(devices=[]):  # building the network must not move the run's random stream
             self.policy = Policy(config)
 
     @classmethod
     def for_run(cls, config: Any, heldout: Sequence[Atoms]) -> LiveEval:
-        """The live evaluation of a run (``run.eval_every``, ``run.eval_sample``, ``run.eval_max_atoms``).
+        """The live evaluation of a run (``run.eval_every``, ``run.eval_sample``, ``run.eval_max_atoms``,
+        ``run.eval_sample_large``).
 
         Without a structure to evaluate it is off, with a warning: training goes on as it would without it."""
         r = config.run
         sample = heldout_sample(heldout, r.eval_sample, r.eval_max_atoms) if r.eval_every else []
-        if r.eval_every and not sample:
+        large = large_eval_sample(config, r.eval_sample_large) if r.eval_every else []
+        if r.eval_every and not sample and not large:
             log.warning("run.eval_every = %d but no held-out structure has at most run.eval_max_atoms = %d atoms: "
                         "no live evaluation", r.eval_every, r.eval_max_atoms)
-        return cls(config, sample, r.eval_every)
+        steps = [config.env.max_steps] * len(sample) + [SET_STEPS["suite-large"]] * len(large)
+        return cls(config, sample + large, r.eval_every, steps)
 
     def due(self, updates: int) -> bool:
         return bool(self.every) and updates > 0 and updates % self.every == 0
@@ -142,8 +153,8 @@ class LiveEval:
         env = self.config.env
         t0 = time.perf_counter()
         records = []
-        for i, (atoms, bfgs) in enumerate(zip(self.structures, self.bfgs, strict=True)):
-            rl = run_one("rl", atoms, self._calc, env.fmax, env.max_steps, policy=policy,
+        for i, (atoms, bfgs, steps) in enumerate(zip(self.structures, self.bfgs, self.steps, strict=True)):
+            rl = run_one("rl", atoms, self._calc, env.fmax, steps, policy=policy,
                          curvature_max_atoms=CURVATURE_MAX_ATOMS, relax_cell=env.relax_cell)
             records.append({"name": f"{i:03d}-{atoms.get_chemical_formula()}", "n_atoms": len(atoms),
                             "runs": {"rl": rl, "bfgs": copy.deepcopy(bfgs)}})

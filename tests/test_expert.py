@@ -465,3 +465,23 @@ def test_curvature_probes_measure_hessian_columns_and_reuse_the_teachers_hessian
     env.step(0.01 * obs.forces)
     probe.measure(env.atoms, obs.free, teacher.last_hessian)  # another state: measured again
     assert probe.force_calls == 36
+
+
+def test_model_hessian_teacher_takes_the_runs_neighbour_graph():
+    """Without an edge list in the observation the teacher builds the graph of the run's network (its radius and
+    max_neighbors), the graph the head fits on: a 3.2 Å radius gives another move than the default 5 Å."""
+    from common.config import NetworkConfig
+    from learner.graph import with_neighbor_list
+
+    short = NetworkConfig(radius=3.2, max_neighbors=8)
+    moves = {}
+    for label, net in (("short", short), ("default", None)):
+        env = RelaxEnv(EnvConfig(fmax=0.01, max_steps=50, history_steps=3))
+        teacher = make_teacher(ExpertConfig(teacher="model-hessian", teacher_min_curvature=0.5), env, 0.2, net)
+        obs = env.reset(STRUCTURES["cluster-AuPt7"])
+        assert obs.edge_index is None
+        moves[label] = teacher.action(obs)
+        if net is not None:  # the same move as from the observation carrying that graph's edges
+            np.testing.assert_allclose(teacher.step(teacher.last_hessian[1], with_neighbor_list(obs, net)),
+                                       moves[label], atol=1e-10)
+    assert np.abs(moves["short"] - moves["default"]).max() > 1e-4

@@ -171,3 +171,24 @@ def test_with_the_critic_q_is_compared_with_the_return_of_the_same_steps():
     assert row["eval/q"] == pytest.approx(float(np.mean(qs)), rel=1e-6)
     assert row["eval/return"] == pytest.approx(float(np.mean(gs)), rel=1e-9)
     assert returns_to_go([1.0, 2.0, 3.0], 0.5) == [1.0 + 0.5 * 2.0 + 0.25 * 3.0, 2.0 + 0.5 * 3.0, 3.0]
+
+
+def test_large_suite_cells_join_the_sample_with_their_own_budget():
+    """run.eval_sample_large adds the first large-suite cells (as run.eval_large takes them) after the held-out
+    sample, with suite-large's 600 steps; the row judges them with the rest."""
+    from actors.suite import large_sample
+    from relaxrl.eval_cli import SET_STEPS
+
+    cfg = load_config(None, TINY + ["run.eval_every=20", "run.eval_sample_large=1", "env.max_steps=10"])
+    live = LiveEval.for_run(cfg, [cu_cluster(4, seed=1)])
+    big = large_sample(1)[0]
+    assert [len(a) for a in live.structures] == [4, len(big)] and len(big) >= 100
+    assert live.steps == [cfg.env.max_steps, SET_STEPS["suite-large"]] == [10, 600]
+    assert live.bfgs[1]["converged"] and live.bfgs[1]["steps"] > 10  # the larger budget was used
+    torch.manual_seed(0)
+    row = live.evaluate(Policy(cfg))
+    assert live.records[1]["n_atoms"] == len(big) and live.records[1]["runs"]["rl"]["force_calls"] > 0
+    assert row["eval/n_both_solved"] == sum(r["runs"]["rl"]["success"] and r["runs"]["bfgs"]["success"]
+                                            for r in live.records)
+    with pytest.raises(ValueError, match="2 step budgets for 1 structures"):
+        LiveEval(cfg, [cu_cluster(4, seed=1)], every=20, steps=[10, 600])
