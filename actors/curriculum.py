@@ -62,11 +62,14 @@ class Curriculum:
     Structures larger than the last stage are never sampled (see ``excluded``).
     """
 
-    def __init__(self, structures: Sequence[Atoms], cfg: CurriculumConfig, t_total: int = 0):
+    def __init__(self, structures: Sequence[Atoms], cfg: CurriculumConfig, t_total: int = 0,
+                 min_distance_factor: float = 0.6):
         if not structures:
             raise StructureError("the curriculum got no training structures; check curriculum.source")
         stages = tuple(int(s) for s in cfg.stages)  # non-empty and increasing: CurriculumConfig checks it
         self.cfg = cfg
+        self.min_distance_factor = float(min_distance_factor)
+        """The environment's overlap limit (env.min_distance_factor): no displaced or strained sample is closer."""
         self.stages = stages
         self._pools = [[a for a in structures if len(a) <= m] for m in stages]
         if not self._pools[0]:
@@ -97,12 +100,13 @@ class Curriculum:
 
     def sample(self, rng: np.random.Generator) -> Atoms:
         """A copy of a random structure of the active stage; with ``curriculum.strain`` its cell (periodic ones)
-        strained anew."""
+        strained anew. Displacement and strain never bring a pair closer than the environment's check allows
+        (``min_distance_factor``), so no sample is one the environment refuses."""
         atoms = self.pool[int(rng.integers(len(self.pool)))]
         if atoms.info.get("perturb"):  # a minimum (source 'alfe'): displaced anew for every episode
-            atoms = perturb(atoms, float(atoms.info["perturb"]), rng)
+            atoms = perturb(atoms, float(atoms.info["perturb"]), rng, self.min_distance_factor)
         if self.cfg.strain > 0:
-            return random_strain(atoms, self.cfg.strain, rng)
+            return random_strain(atoms, self.cfg.strain, rng, self.min_distance_factor)
         return atoms.copy()
 
     def report(self, t_total: int, success: bool | None) -> bool:

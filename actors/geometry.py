@@ -127,13 +127,27 @@ def perturb(atoms: Atoms, max_disp: float, rng: np.random.Generator, min_distanc
     return out
 
 
-def random_strain(atoms: Atoms, max_strain: float, rng: np.random.Generator) -> Atoms:
+def random_strain(atoms: Atoms, max_strain: float, rng: np.random.Generator, min_distance_factor: float = 0.6,
+                  tries: int = 50) -> Atoms:
     """A copy of a periodic ``atoms`` with the cell strained by a random symmetric ε (each component uniform in
-    ±``max_strain``, the two halves of an off-diagonal pair averaged) and the atoms following the cell; a
+    ±``max_strain``, the two halves of an off-diagonal pair averaged) and the atoms following the cell, no pair
+    overlapping (closer than ``min_distance_factor`` × covalent radii, the environment's check): an ε that
+    squeezes a pair is drawn again, smaller every 10 tries, and the unstrained copy is returned when none fits. A
     structure that is not periodic in all three directions is copied unchanged. Info and constraints are kept."""
     out = atoms.copy()
     if max_strain <= 0 or not atoms.pbc.all():
         return out
+    scale = max_strain
+    for t in range(tries):
+        if t and t % 10 == 0:
+            scale *= 0.8
+        eps = rng.uniform(-scale, scale, size=(3, 3))
+        eps = 0.5 * (eps + eps.T)
+        out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=False)
+        out.positions = atoms.positions @ (np.eye(3) + eps)
+        if not find_overlaps(out, min_distance_factor):
+            return out
+    return atoms.copy()
     eps = rng.uniform(-max_strain, max_strain, size=(3, 3))
     eps = 0.5 * (eps + eps.T)
     out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)

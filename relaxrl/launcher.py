@@ -334,7 +334,8 @@ class Run:
             self.replay_metrics = ReplayMetricsServer(ReplayClient(url, cfg.replay), cfg.replay.metrics_port)
 
         self.cluster = RayRuntime(address, num_cpus=cfg.run.num_cpus, metrics_port=cfg.run.metrics_port)
-        self.hub = self.cluster.start_hub(Curriculum(self.train_structures, cfg.curriculum), cfg.run.seed)
+        curriculum = Curriculum(self.train_structures, cfg.curriculum, min_distance_factor=cfg.env.min_distance_factor)
+        self.hub = self.cluster.start_hub(curriculum, cfg.run.seed)
         self.live_eval = LiveEval.for_run(cfg, self.heldout)  # its sample's BFGS reference is computed here, once
         self.learner = Learner(cfg, self.replay, run_dir, resume=resume, publish=self.hub.publish,
                                t_total=self.hub.current_t_total, extra_metrics=self.extra_metrics)

@@ -395,3 +395,30 @@ def test_structures_of_every_real_kind_pass_the_bounds(demo):
     for atoms in [*demo, _cu_with_cell("skewed but searchable"), fcc111("Cu", (2, 2, 3), vacuum=8.0),
                   molecule("CH4"), one, Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]])]:
         check_structure(atoms)
+
+
+def test_displaced_and_strained_samples_never_overlap():
+    """The Al–Fe run that stopped on 'atoms 2 (Fe) and 6 (Fe) overlap at 1.566 Å': each displacement passed the
+    overlap check, then the strain squeezed the pair. Sampled displacement and strain together stay clear of the
+    environment's limit, for any min_distance_factor the environment uses, and every sample is accepted by it."""
+    from actors.geometry import find_overlaps, random_strain
+
+    pair = Atoms("Fe2", positions=[(0, 0, 0), (1.61, 0, 0)], cell=[4.0, 4.0, 4.0], pbc=True)  # limit 0.6 × 2.64 = 1.584 Å
+    pair.info.update(name="Fe2-close", perturb=0.05)
+    rng = np.random.default_rng(1)
+    blind = [pair.copy() for _ in range(60)]
+    for a in blind:  # the bare strain of a ±5 % cell, as before: it overlaps often
+        eps = rng.uniform(-0.05, 0.05, (3, 3))
+        a.set_cell(pair.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+    assert sum(bool(find_overlaps(a, 0.6)) for a in blind) >= 10
+
+    for factor in (0.6, 0.61):
+        cur = Curriculum([pair], CurriculumConfig(stages=(8,), strain=0.05), min_distance_factor=factor)
+        samples = [cur.sample(rng) for _ in range(200)]
+        assert not any(find_overlaps(a, factor) for a in samples)
+        assert sum(not np.allclose(a.cell, pair.cell) for a in samples) >= 100  # strained, not just copied
+        for a in samples[:5]:
+            check_structure(a, a.info["name"], calculator=None, min_distance_factor=factor)  # what RelaxEnv.reset asks
+    # a cell no strain of which fits is returned unstrained rather than squeezed
+    tight = Atoms("Fe2", positions=[(0, 0, 0), (1.585, 0, 0)], cell=[4.0, 4.0, 4.0], pbc=True)
+    assert all(not find_overlaps(random_strain(tight, 0.05, rng, 0.6), 0.6) for _ in range(20))
