@@ -18,7 +18,9 @@ reference; its runs are computed once when the run starts and reused. ``eval/suc
 of the judged structures solved (those where BFGS reached a minimum; NaN when there are none).
 ``eval/force_calls_vs_bfgs`` is the mean force calls of the actor over those of BFGS on the
 structures both solved (NaN, written as null, when there are none), so the numbers are those
-:func:`relaxrl.evaluate.evaluate` would report for ``["rl", "bfgs"]`` on the sample.
+:func:`relaxrl.evaluate.evaluate` would report for ``["rl", "bfgs"]`` on the sample. Every row also
+carries the same two numbers for the run's untrained policy (``eval/untrained_*``, computed once at the
+start): the curve's starting level.
 
 With the learner's critic (``maybe(..., critic=...)``) the same actor also relaxes the sample
 through the training environment (:class:`~actors.env.RelaxEnv`, its rewards), and the row gets
@@ -47,7 +49,7 @@ from actors.env import RelaxEnv
 from actors.loop import returns_to_go
 from actors.rollout import run_episode
 from learner.graph import batch_graphs, stack_rows
-from learner.policy import Policy
+from learner.policy import Policy, untrained_policy
 from relaxrl.after_training import heldout_sample, large_eval_sample
 from relaxrl.eval_cli import SET_STEPS
 from relaxrl.evaluate import (
@@ -65,6 +67,10 @@ KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/
 """The metrics.jsonl keys of one live evaluation."""
 CRITIC_KEYS = ("eval/q", "eval/return")
 """The keys it adds when it is given the critic."""
+UNTRAINED_KEYS = ("eval/untrained_force_calls_vs_bfgs", "eval/untrained_success")
+"""The run's untrained policy on the same sample (computed once, when the run starts), in every row of
+:meth:`LiveEval.maybe`: the level the curve is read against, since a learned model Hessian can gain most of
+what it gains before the first evaluation."""
 
 
 class LiveEval:
@@ -96,6 +102,11 @@ class LiveEval:
         """BFGS's run on each structure: the reference minimum and its force calls."""
         with torch.random.fork_rng(devices=[]):  # building the network must not move the run's random stream
             self.policy = Policy(config)
+        row = self.evaluate(untrained_policy(config))
+        self.untrained = {"eval/untrained_force_calls_vs_bfgs": row["eval/force_calls_vs_bfgs"],
+                          "eval/untrained_success": row["eval/success"]}
+        """The untrained policy's evaluation (:data:`UNTRAINED_KEYS`), added to each row of :meth:`maybe`."""
+        self.last = {}
 
     @classmethod
     def for_run(cls, config: Any, heldout: Sequence[Atoms]) -> LiveEval:
@@ -121,7 +132,9 @@ class LiveEval:
         if not self.due(updates):
             return {}
         self.policy.load_weights(weights(), version=updates)
-        return self.evaluate(self.policy, critic)
+        row = self.evaluate(self.policy, critic)
+        self.last.update(self.untrained)
+        return {**row, **self.untrained}
 
     def q_and_return(self, policy: Any, critic: torch.nn.Module) -> dict[str, float]:
         """``eval/q`` and ``eval/return`` of ``policy``'s greedy steps on the sample (module docstring)."""

@@ -34,6 +34,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("replay_sizes", "replay table sizes", []),  # one series per table of the run: replay_size_series
     ("live_eval", "live evaluation: greedy actor on the held-out sample (run.eval_every)",
      [("eval/force_calls_vs_bfgs", "force calls / BFGS's (both solved)"),
+      ("eval/untrained_force_calls_vs_bfgs", "untrained policy, same sample"),
       ("eval/success", "success (right axis)")]),
 ]
 

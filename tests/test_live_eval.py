@@ -14,7 +14,7 @@ from helpers import cu_cluster
 from learner.policy import Policy
 from relaxrl.after_training import heldout_sample
 from relaxrl.evaluate import evaluate
-from relaxrl.live_eval import KEYS, LiveEval, progress_field
+from relaxrl.live_eval import KEYS, UNTRAINED_KEYS, LiveEval, progress_field
 
 TINY = ["network.channels=8", "network.num_layers=2", "env.max_steps=40"]
 
@@ -39,7 +39,7 @@ def test_live_eval_equals_evaluate_on_two_emt_structures():
 
     assert live.maybe(19, policy.weights) == {} and live.last == {}
     row = live.maybe(20, policy.weights)
-    assert set(row) == set(KEYS) and live.last == row and live.policy.version == 20
+    assert set(row) == set(KEYS) | set(UNTRAINED_KEYS) and live.last == row and live.policy.version == 20
 
     report = evaluate(structures, ["rl", "bfgs"], fmax=cfg.env.fmax, steps=cfg.env.max_steps,
                       calculator=cfg.env.calculator, policy=policy, progress=False)
@@ -54,6 +54,14 @@ def test_live_eval_equals_evaluate_on_two_emt_structures():
                    (b["force_calls"], b["steps"], b["converged"], b["success"], b["error"])
             assert a["energy"] == pytest.approx(b["energy"], abs=1e-9, nan_ok=True)
     assert 0.0 <= row["eval/success"] <= 1.0 and row["eval/time_s"] > 0.0
+
+    # the untrained policy's numbers on the same sample, as relaxrl eval gives them, in every row
+    from learner.policy import untrained_policy
+    base = evaluate(structures, ["rl", "bfgs"], fmax=cfg.env.fmax, steps=cfg.env.max_steps,
+                    calculator=cfg.env.calculator, policy=untrained_policy(cfg), progress=False)
+    assert row["eval/untrained_success"] == base["optimizers"]["rl"]["success_rate"]
+    assert row["eval/untrained_force_calls_vs_bfgs"] == pytest.approx(base["comparisons"]["rl_vs_bfgs_force_calls"]["ratio"],
+                                                                      nan_ok=True)
 
     # BFGS is not run again: its cached runs are reused (and not changed by judging them)
     cached = [dict(r) for r in live.bfgs]
@@ -145,7 +153,7 @@ def test_with_the_critic_q_is_compared_with_the_return_of_the_same_steps():
     structures = [cu_cluster(5, seed=2), cu_cluster(6, seed=3)]
     live = LiveEval(cfg, structures, every=10)
     row = live.maybe(10, policy.weights, critic=critic)
-    assert set(row) == set(KEYS) | set(CRITIC_KEYS)
+    assert set(row) == set(KEYS) | set(CRITIC_KEYS) | set(UNTRAINED_KEYS)
     assert critic.training  # left as the learner had it
 
     env = RelaxEnv(cfg.env)
