@@ -134,21 +134,16 @@ def random_strain(atoms: Atoms, max_strain: float, rng: np.random.Generator, min
     overlapping (closer than ``min_distance_factor`` × covalent radii, the environment's check): an ε that
     squeezes a pair is drawn again, smaller every 10 tries, and the unstrained copy is returned when none fits. A
     structure that is not periodic in all three directions is copied unchanged. Info and constraints are kept."""
-    out = atoms.copy()
     if max_strain <= 0 or not atoms.pbc.all():
-        return out
+        return atoms.copy()
     scale = max_strain
     for t in range(tries):
         if t and t % 10 == 0:
             scale *= 0.8
         eps = rng.uniform(-scale, scale, size=(3, 3))
         eps = 0.5 * (eps + eps.T)
-        out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=False)
-        out.positions = atoms.positions @ (np.eye(3) + eps)
+        out = atoms.copy()
+        out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
         if not find_overlaps(out, min_distance_factor):
             return out
     return atoms.copy()
-    eps = rng.uniform(-max_strain, max_strain, size=(3, 3))
-    eps = 0.5 * (eps + eps.T)
-    out.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
-    return out
