@@ -13,8 +13,11 @@ cell never depends on how many others were asked for):
 A cell: ``n`` atoms (uniform in the set's sizes), ``n_Fe`` uniform in 1..n−1 (always both
 elements), a random space group whose Wyckoff positions fit that composition, placed by
 ``pyxtal`` (``pip install -e ".[mlip]"``). Its *minimum*: BFGS on positions and cell
-(``FrechetCellFilter``) to Fmax < 0.02 eV/Å within 300 steps under the configured calculator;
-cells that do not converge, collapse or fall apart are dropped (and the next index is used).
+(``FrechetCellFilter``) to Fmax < 0.02 eV/Å within 300 steps under the configured calculator, and
+a minimum of atoms and cell together: an end point whose Hessian over the filter's rows has a
+negative eigenvalue (a symmetric cell BFGS could not leave) is pushed along that mode and relaxed
+again (:func:`relax_minimum`; generator version 1 kept those saddles). Cells that do not converge,
+stay on a saddle, collapse or fall apart are dropped (and the next index is used).
 An episode starts from a minimum with every atom displaced by a random vector of length up
 to :data:`MAX_PERTURB` = 0.5 Å (uniform in the ball), redrawn while any pair would overlap.
 Training minima carry ``info["perturb"]``, so the curriculum draws a fresh displacement per
@@ -44,13 +47,14 @@ from ase.optimize import BFGS
 
 from actors.calculators import BUILTIN_DEFAULTS, calculator_elements, make_calculator
 from actors.geometry import find_overlaps, perturb
+from actors.hessian import is_saddle, lowest_mode
 from common.config import CurriculumConfig
 from common.errors import RelaxRLError
 
 __all__ = ["ALFE_SETS", "MAX_PERTURB", "alfe_minima", "alfe_structure_set", "alfe_structures",
            "cache_root", "perturb", "random_alfe_cell", "relax_minimum"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever a change to generation or relaxation would change the cells (invalidates the cache)."""
 ALFE_SETS = {"alfe-train": ((2, 8), 0), "alfe-heldout": ((2, 8), 1), "alfe-large": ((12, 20), 2)}
 """Set name → ((min atoms, max atoms), seed stream)."""
@@ -59,7 +63,11 @@ MAX_PERTURB = 0.5
 RELAX_FMAX = 0.02
 """Fmax (eV/Å, on atoms and cell) the cached minima are relaxed to."""
 RELAX_STEPS = 300
-"""BFGS steps allowed per minimum."""
+"""BFGS steps allowed per minimum (per run of BFGS: once, and once more after each saddle escape)."""
+SADDLE_ESCAPES = 4
+"""How many times :func:`relax_minimum` pushes a saddle point of atoms and cell off along its negative mode."""
+ESCAPE_STEP = 0.15
+"""Length (in the cell filter's rows: Å for an atom) of the largest row of such a push."""
 VOLUME_PER_ATOM = (8.0, 40.0)
 """A minimum with a volume per atom (Å³) outside this range collapsed or exploded and is dropped."""
 
@@ -101,16 +109,42 @@ def random_alfe_cell(n_atoms: int, rng: np.random.Generator, max_tries: int = 20
 
 
 def relax_minimum(atoms: Atoms, calc: Any, fmax: float = RELAX_FMAX, steps: int = RELAX_STEPS) -> tuple[Atoms, dict]:
-    """BFGS on positions and cell under ``calc``; the relaxed copy and what happened (converged, steps, energy)."""
+    """BFGS on positions and cell under ``calc`` until a minimum of both; the relaxed copy and what happened
+    (converged, steps, energy, ``saddle_escapes``, ``lowest_curvature``).
+
+    BFGS keeps a symmetric cell symmetric, so from pyxtal's cells it often stops on a stationary point that is a
+    saddle of atoms and cell together (a shear instability the atoms' Hessian cannot see). Each converged end is
+    checked over the cell filter's rows (:func:`actors.hessian.lowest_mode`, 2(3n + 9) calls); on a saddle the
+    cell and atoms are pushed :data:`ESCAPE_STEP` along the negative mode (the sign that lowers the energy) and
+    BFGS goes on, at most :data:`SADDLE_ESCAPES` times."""
     a = atoms.copy()
     a.calc = calc
-    opt = BFGS(FrechetCellFilter(a), logfile=None)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
+    total_steps, escapes, curvature = 0, 0, math.nan
+    while True:
+        opt = BFGS(FrechetCellFilter(a), logfile=None)
+        converged = bool(opt.run(fmax=fmax, steps=steps))
+        total_steps += int(opt.nsteps)
+        if not converged:
+            break
+        curvature, mode = lowest_mode(a, calc, cell=True)
+        if not is_saddle(curvature) or escapes >= SADDLE_ESCAPES:
+            break
+        escapes += 1
+        rows = FrechetCellFilter(a)
+        x0 = rows.get_positions()
+        push = ESCAPE_STEP * mode.reshape(-1, 3) / np.linalg.norm(mode.reshape(-1, 3), axis=1).max()
+        trials = []
+        for sign in (1.0, -1.0):
+            rows.set_positions(x0 + sign * push)
+            trials.append((float(a.get_potential_energy()), sign))
+        rows.set_positions(x0 + min(trials)[1] * push)
     out = Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True)
     forces = a.get_forces()
-    info = {"converged": converged, "relax_steps": int(opt.nsteps),
+    info = {"converged": converged, "relax_steps": total_steps,
             "fmax": float(np.linalg.norm(forces, axis=1).max()),
-            "energy_per_atom": float(a.get_potential_energy()) / len(a)}
+            "energy_per_atom": float(a.get_potential_energy()) / len(a),
+            "saddle_escapes": escapes, "lowest_curvature": curvature if math.isfinite(curvature) else None,
+            "saddle": bool(converged and is_saddle(curvature))}
     return out, info
 
 
@@ -199,6 +233,8 @@ def _relax_cell(set_name: str, seed: int, k: int, calc: Any) -> dict[str, Any]:
     problem = None
     if not info["converged"]:
         problem = f"BFGS did not reach Fmax < {RELAX_FMAX} eV/Å in {RELAX_STEPS} steps"
+    elif info["saddle"]:
+        problem = f"still a saddle point of atoms and cell after {SADDLE_ESCAPES} escapes"
     elif not (math.isfinite(info["energy_per_atom"]) and np.isfinite(minimum.positions).all()):
         problem = "non-finite energy or positions"
     elif not VOLUME_PER_ATOM[0] <= volume <= VOLUME_PER_ATOM[1]:

@@ -307,11 +307,12 @@ class RelaxEnv:
             return False
         if self._free is None:
             self._free = free_coordinates(self._atoms)
-        curvature = curvature_if_small(self._atoms, self._check_calculator, self.cfg.saddle_check_atoms, self._free)
+        curvature = curvature_if_small(self._atoms, self._check_calculator, self.cfg.saddle_check_atoms, self._free,
+                                       cell=self.cfg.relax_cell)
         if curvature is None:
             return False
         info.update(lowest_curvature=curvature, saddle=is_saddle(curvature),
-                    saddle_check_force_calls=2 * int(self._free.sum()))
+                    saddle_check_force_calls=2 * (int(self._free.sum()) + (9 if self.cfg.relax_cell else 0)))
         return info["saddle"]
 
     def _check_calculator(self) -> Calculator:

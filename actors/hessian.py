@@ -5,6 +5,7 @@
     hessian = finite_difference_hessian(atoms, EMT(), free)   # [m, m] eV/Å², 2m force calls
     lowest_curvature(atoms, EMT())                      # eV/Å², rigid-body modes left out
     curvature_if_small(atoms, EMT, max_atoms=24)        # the same, None above 24 free atoms
+    lowest_curvature(atoms, EMT(), cell=True)           # over FrechetCellFilter's rows: atoms and cell
     is_saddle(curvature)                                # below −SADDLE_CURVATURE_EV_PER_A2
 
 Training-time and evaluation tools only: the expert teachers (:mod:`actors.expert`), the environment's
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.filters import FrechetCellFilter
 
 FD_DELTA = 1e-3
 """Displacement (Å) of the central differences of :func:`finite_difference_hessian`."""
@@ -130,28 +132,73 @@ def rigid_body_modes(atoms: Atoms) -> np.ndarray:
     return u[:, sv > 1e-6 * sv.max()]
 
 
-def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None) -> float:
-    """Lowest eigenvalue (eV/Å²) of the finite-difference Hessian of ``atoms`` over the coordinates its
-    constraints leave free (``free``, [3n] bool, found here when not given), by ``calculator`` (6 force
-    calls per free atom), rigid-body modes left out (:func:`rigid_body_modes`); nan when nothing else is free."""
+def cell_filter_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
+    """Hessian over ``FrechetCellFilter(atoms)``'s generalised coordinates (the ``free`` atom coordinates, then the
+    9 cell coordinates) by central differences of the filter's forces, symmetrised, [m + 9, m + 9] (2(m + 9) force
+    and stress calls of ``calculator``). Its eigenvalues' signs tell a minimum of atoms and cell from a saddle: a
+    cell held at a symmetric stationary point (an elastic instability) shows here and not in the atoms' Hessian."""
+    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    probe.calc = calculator
+    rows = FrechetCellFilter(probe)
+    x0 = rows.get_positions().ravel()
+    idx = np.concatenate([np.flatnonzero(free), free.size + np.arange(9)])
+    hessian = np.empty((len(idx), len(idx)))
+    for col, k in enumerate(idx):
+        grads = []
+        for sign in (1.0, -1.0):
+            x = x0.copy()
+            x[k] += sign * delta
+            rows.set_positions(x.reshape(-1, 3))
+            grads.append(-rows.get_forces().ravel()[idx])
+        hessian[:, col] = (grads[0] - grads[1]) / (2.0 * delta)
+    rows.set_positions(x0.reshape(-1, 3))
+    return 0.5 * (hessian + hessian.T)
+
+
+def lowest_mode(atoms: Atoms, calculator: Any, free: np.ndarray | None = None,
+                cell: bool = False) -> tuple[float, np.ndarray | None]:
+    """(lowest eigenvalue, its unit eigenvector) of the finite-difference Hessian of ``atoms`` over the coordinates
+    its constraints leave free (``free``, [3n] bool, found here when not given), by ``calculator``, rigid-body modes
+    left out (:func:`rigid_body_modes`); (nan, None) when nothing else is free.
+
+    ``cell=False``: the atoms' Cartesian coordinates (eV/Å², 6 force calls per free atom; the vector is [3n], zero
+    where held). ``cell=True``: ``FrechetCellFilter``'s generalised coordinates (:func:`cell_filter_hessian`, 6 calls
+    per free atom + 18; the vector is [3n + 9], the filter's rows flattened), as ``--relax-cell`` relaxes them."""
     free = free_coordinates(atoms) if free is None else free
-    hessian = finite_difference_hessian(atoms, calculator, free) if free.any() else np.zeros((0, 0))
+    extra = 9 if cell else 0
+    if not free.any() and not extra:
+        return math.nan, None
+    hessian = (cell_filter_hessian if cell else finite_difference_hessian)(atoms, calculator, free)
     rigid = rigid_body_modes(atoms)[free]
+    rigid = np.vstack([rigid, np.zeros((extra, rigid.shape[1]))])  # a rigid translation leaves the cell rows alone
+    rest = np.eye(hessian.shape[0])
     if rigid.shape[1]:  # the Hessian on the complement of the rigid-body modes
         q, _ = np.linalg.qr(rigid, mode="complete")
         rest = q[:, rigid.shape[1]:]
         hessian = rest.T @ hessian @ rest
-    return float(np.linalg.eigvalsh(hessian)[0]) if hessian.size else math.nan
+    if not hessian.size:
+        return math.nan, None
+    values, vectors = np.linalg.eigh(hessian)
+    vector = np.zeros(free.size + extra)
+    vector[np.concatenate([np.flatnonzero(free), free.size + np.arange(extra)])] = rest @ vectors[:, 0]
+    return float(values[0]), vector
+
+
+def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None, cell: bool = False) -> float:
+    """Lowest eigenvalue of :func:`lowest_mode` (eV/Å² for the atoms' coordinates; over the cell filter's rows with
+    ``cell``); nan when nothing is free."""
+    return lowest_mode(atoms, calculator, free, cell)[0]
 
 
 def curvature_if_small(atoms: Atoms, calculator: Callable[[], Any], max_atoms: int,
-                       free: np.ndarray | None = None) -> float | None:
-    """:func:`lowest_curvature` of ``atoms`` when at most ``max_atoms`` of its atoms are free (``free`` as there),
-    on the calculator ``calculator()`` makes (called only then); None when more are free."""
+                       free: np.ndarray | None = None, cell: bool = False) -> float | None:
+    """:func:`lowest_curvature` of ``atoms`` (over the cell filter's rows with ``cell``) when at most ``max_atoms``
+    of its atoms are free (``free`` as there), on the calculator ``calculator()`` makes (called only then); None
+    when more are free."""
     free = free_coordinates(atoms) if free is None else free
     if free.sum() > 3 * max_atoms:
         return None
-    return lowest_curvature(atoms, calculator(), free)
+    return lowest_curvature(atoms, calculator(), free, cell)
 
 
 def is_saddle(curvature: float | None) -> bool:

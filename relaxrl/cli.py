@@ -174,7 +174,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hybrid", type=int, default=0, metavar="K", help="'rl' hands over to BFGS after K steps without progress (0 = off)")
     p.add_argument("--curvature-check", type=int, default=None, metavar="N",
                    help="on structures of at most N free atoms (default 40), a converged run that ended on a saddle "
-                        "point is no success (finite-difference Hessian, 6 uncounted force calls per free atom; 0 = off)")
+                        "point is no success (finite-difference Hessian, 6 uncounted force calls per free atom; with "
+                        "--relax-cell over the cell filter's rows, 18 more; 0 = off)")
     p.add_argument("--relax-cell", action="store_true",
                    help="relax atoms and cell: every optimizer (the policies too) runs on FrechetCellFilter(atoms) and "
                         "--fmax is the filter's generalised force (periodic structures, a calculator with stress)")

@@ -33,8 +33,10 @@ Fmax < fmax holds at saddle points too. Every converged run on a structure of at
 ``curvature_max_atoms`` free atoms (:data:`CURVATURE_MAX_ATOMS` = 40 by default; ``relaxrl eval
 --curvature-check N``, 0 = off) gets the lowest eigenvalue of the finite-difference Hessian over its
 free coordinates (``lowest_curvature_ev_per_a2``; 6 force calls per free atom on a separate
-calculator, never counted as the optimizer's); below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run
-ended on a saddle point (``saddle``): not a success, and not a reference. Larger structures are not
+calculator, never counted as the optimizer's; with ``relax_cell`` over ``FrechetCellFilter``'s
+rows, atoms and cell, 18 calls more, so a cell stopped at an elastic instability is a saddle too);
+below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run ended on a saddle point (``saddle``): not a
+success, and not a reference. Larger structures are not
 checked, so there a saddle counts as a minimum.
 
 The command line (`relaxrl eval`: which structures ``--structures`` names, ``--set``, ``--out``)
@@ -199,7 +201,8 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
 
     With ``relax_cell`` the optimizer runs on ``FrechetCellFilter`` of the copy and Fmax is the filter's
     generalised force. With ``curvature_max_atoms`` > 0, a converged run on at most that many free atoms also
-    gets ``lowest_curvature_ev_per_a2`` (:func:`lowest_curvature`, a fresh calculator, not counted)."""
+    gets ``lowest_curvature_ev_per_a2`` (:func:`lowest_curvature`, a fresh calculator, not counted; over the cell
+    filter's rows, atoms and cell, with ``relax_cell``)."""
     a = atoms.copy()
     calc = CountingCalculator(calculator(), stress=relax_cell)
     a.calc = calc
@@ -247,7 +250,7 @@ def run_one(name: str, atoms: Atoms, calculator: Callable[[], Any], fmax: float,
     record["force_calls"] = int(calc.calls)
     record["lowest_curvature_ev_per_a2"] = None
     if curvature_max_atoms > 0 and record["converged"]:
-        value = curvature_if_small(a, calculator, curvature_max_atoms)
+        value = curvature_if_small(a, calculator, curvature_max_atoms, cell=relax_cell)
         record["lowest_curvature_ev_per_a2"] = value if value is not None and math.isfinite(value) else None
     return record
 

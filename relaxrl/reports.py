@@ -96,7 +96,9 @@ def _settings_markdown(report: dict[str, Any]) -> list[str]:
                   "calls include the BFGS part.", ""]
     if st.get("curvature_max_atoms"):
         lines += [f"Curvature check: every converged run on a structure of at most {st['curvature_max_atoms']} free atoms "
-                  "got the lowest eigenvalue of its finite-difference Hessian (force calls not counted); below "
+                  "got the lowest eigenvalue of its finite-difference Hessian"
+                  + (" over the cell filter's rows, atoms and cell," if st.get("relax_cell") else "")
+                  + " (force calls not counted); below "
                   f"−{st.get('saddle_curvature_ev_per_a2')} eV/Å² it ended on a saddle point (column `saddle`, mark ⋈): "
                   "not a success and not a reference. Larger structures are not checked.", ""]
     else:

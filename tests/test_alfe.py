@@ -139,3 +139,26 @@ def test_train_with_chgnet_then_eval_on_alfe_cells(cache, tmp_path):
         assert rl["error"] is None or "PolicyDivergedError" in rl["error"], rl["error"]
         if rl["error"] is not None:
             assert rl["success"] is False
+
+
+def test_a_minimum_is_a_minimum_of_atoms_and_cell():
+    """BFGS on the cell filter keeps a cubic cell cubic, so from bcc Cu (EMT) it stops on the bcc saddle of atoms and
+    cell. relax_minimum finds the negative mode over the filter's rows, leaves along it and ends in fcc (the
+    tetragonal cell of c/a = √2), at fcc's energy, with no negative curvature left."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    from actors.alfe import relax_minimum
+    from actors.hessian import lowest_curvature
+
+    minimum, info = relax_minimum(bulk("Cu", "bcc", a=2.87, cubic=True), EMT())
+    assert info["converged"] and info["saddle_escapes"] >= 1 and not info["saddle"]
+    assert lowest_curvature(minimum, EMT(), cell=True) > -1e-3
+    fcc = bulk("Cu", "fcc", a=3.6)
+    fcc.calc = EMT()
+    BFGS(FrechetCellFilter(fcc), logfile=None).run(fmax=1e-4, steps=100)
+    assert info["energy_per_atom"] == pytest.approx(fcc.get_potential_energy(), abs=2e-4)
+    lengths = np.sort(minimum.cell.lengths())
+    assert lengths[2] / lengths[0] == pytest.approx(np.sqrt(2), rel=0.01)

@@ -527,6 +527,30 @@ def test_saddle_check_keeps_the_bonus_in_a_minimum_and_respects_fixed_atoms():
     assert res.info["saddle"] is False
 
 
+
+def test_with_the_cell_the_saddle_check_runs_over_the_cell_filters_rows():
+    """bcc Cu at its stationary lattice constant is converged at once and a minimum of the atoms alone, but a saddle
+    of atoms and cell (the Bain path): with env.relax_cell the check sees it (2 calls per free atom coordinate and
+    per cell row coordinate) and withholds the bonus; without the cell it is a minimum."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    bcc = bulk("Cu", "bcc", a=2.87, cubic=True)
+    bcc.calc = EMT()
+    BFGS(FrechetCellFilter(bcc), logfile=None).run(fmax=1e-4, steps=100)
+    bcc.calc = None
+    with_cell = RelaxEnv(EnvConfig(relax_cell=True, saddle_check_atoms=8))
+    with_cell.reset(bcc)
+    res = with_cell.step(np.zeros((len(bcc) + 3, 3)))
+    assert res.terminated and res.info["converged"]
+    assert res.info["saddle"] and res.info["lowest_curvature"] < -0.1
+    assert res.info["saddle_check_force_calls"] == 2 * (3 * 2 + 9)
+    atoms_only = RelaxEnv(EnvConfig(saddle_check_atoms=8))
+    atoms_only.reset(bcc)
+    res = atoms_only.step(np.zeros((len(bcc), 3)))
+    assert res.info["converged"] and res.info["saddle"] is False and res.info["lowest_curvature"] > 5.0
+
+
 def test_a_negative_saddle_check_size_is_a_clear_error():
     with pytest.raises(Exception, match="saddle_check_atoms"):
         RelaxEnv(EnvConfig(saddle_check_atoms=-1))

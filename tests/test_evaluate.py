@@ -11,6 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.cluster import Octahedron
+from ase.filters import FrechetCellFilter
 from ase.io import write
 from ase.optimize import BFGS, FIRE
 
@@ -552,6 +553,43 @@ def test_rigid_body_modes_are_left_out_of_the_curvature():
     assert rigid_body_modes(a).shape == (12, 0)
     # One atom held: the rotations about it stay free and are kept, curvature ~0, not a saddle.
     assert abs(lowest_curvature(a, EMT())) < 0.01
+
+
+
+def _bcc_cu() -> Atoms:
+    """bcc Cu in its cubic 2-atom cell at EMT's stationary lattice constant: every force and the stress vanish by
+    symmetry. It is a saddle of atoms and cell (the Bain path leads to fcc) and a minimum of the atoms alone."""
+    a = bulk("Cu", "bcc", a=2.87, cubic=True)
+    a.calc = EMT()
+    BFGS(FrechetCellFilter(a), logfile=None).run(fmax=1e-4, steps=100)
+    a.calc = None
+    return a
+
+
+def test_with_relax_cell_the_curvature_check_sees_a_cell_saddle():
+    """A cell held at an elastic instability is invisible to the atoms' Hessian; with --relax-cell the check runs
+    over the cell filter's rows and flags it (the trained Al–Fe policies stopped on such cells, docs/RESULTS.md)."""
+    from actors.hessian import lowest_curvature, lowest_mode
+
+    bcc = _bcc_cu()
+    assert lowest_curvature(bcc, EMT()) > 5.0
+    value, mode = lowest_mode(bcc, EMT(), cell=True)
+    assert value < -0.1 and mode.shape == (3 * 2 + 9,)
+    assert np.linalg.norm(mode[-9:]) > 0.9  # a strain of the cell, the atoms' rows (nearly) still
+    fcc = bulk("Cu", "fcc", a=3.6)
+    fcc.calc = EMT()
+    BFGS(FrechetCellFilter(fcc), logfile=None).run(fmax=1e-4, steps=100)
+    assert lowest_curvature(fcc, EMT(), cell=True) > -1e-3
+    atoms_only = evaluate({"bcc": bcc}, ["bfgs"], steps=50, progress=False, curvature_max_atoms=8)
+    with_cell = evaluate({"bcc": bcc}, ["bfgs"], steps=50, progress=False, curvature_max_atoms=8, relax_cell=True)
+    a, b = atoms_only["structures"][0]["runs"]["bfgs"], with_cell["structures"][0]["runs"]["bfgs"]
+    assert a["converged"] and b["converged"] and b["force_calls"] == a["force_calls"]  # the check is not counted
+    assert not a["saddle"] and a["lowest_curvature_ev_per_a2"] > 5.0
+    assert b["saddle"] and b["lowest_curvature_ev_per_a2"] == pytest.approx(value, abs=1e-3)
+    from relaxrl.reports import markdown
+
+    assert "Hessian over the cell filter's rows" in markdown(with_cell)
+    assert "over the cell filter's rows" not in markdown(atoms_only)
 
 
 # ----------------------------------------------------------------------------- issue 24: strong references, pooled sets
