@@ -113,7 +113,7 @@ def test_train_with_chgnet_then_eval_on_alfe_cells(cache, tmp_path):
     p = subprocess.run([sys.executable, "-m", "relaxrl.cli", "train", "--no-progress", "--config",
                         str(ROOT / "configs" / "tiny.toml"), "--run-dir", str(run_dir),
                         *[x for s in sets for x in ("--set", s)]],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (run_dir / "checkpoints" / "ckpt-00000005.pt").is_file()
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
