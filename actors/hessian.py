@@ -57,23 +57,29 @@ def held_mask(atoms: Atoms) -> np.ndarray | None:
     return None if free.all() else free.reshape(-1, 3).astype(np.float64)
 
 
-def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
-    """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
-    symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
-    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    probe.calc = calculator
-    x0 = atoms.get_positions().ravel()
-    idx = np.flatnonzero(free)
+def _central_difference_hessian(x0: np.ndarray, place: Callable[[np.ndarray], None], gradient: Callable[[], np.ndarray],
+                                idx: np.ndarray, delta: float) -> np.ndarray:
+    """Hessian over the coordinates ``idx`` of the flat vector ``x0``: ``place(x)`` moves the probe to x, ``gradient()``
+    is the flat gradient there; central differences, symmetrised, [len(idx), len(idx)] (2·len(idx) gradients)."""
     hessian = np.empty((len(idx), len(idx)))
     for col, k in enumerate(idx):
         grads = []
         for sign in (1.0, -1.0):
             x = x0.copy()
             x[k] += sign * delta
-            probe.set_positions(x.reshape(-1, 3))
-            grads.append(-probe.get_forces().ravel()[idx])
+            place(x)
+            grads.append(gradient()[idx])
         hessian[:, col] = (grads[0] - grads[1]) / (2.0 * delta)
     return 0.5 * (hessian + hessian.T)
+
+
+def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
+    """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
+    symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
+    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    probe.calc = calculator
+    return _central_difference_hessian(atoms.get_positions().ravel(), lambda x: probe.set_positions(x.reshape(-1, 3)),
+                                       lambda: -probe.get_forces().ravel(), np.flatnonzero(free), delta)
 
 
 def hessian_columns(atoms: Atoms, calculator, indices: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
@@ -140,19 +146,9 @@ def cell_filter_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float
     probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     probe.calc = calculator
     rows = FrechetCellFilter(probe)
-    x0 = rows.get_positions().ravel()
     idx = np.concatenate([np.flatnonzero(free), free.size + np.arange(9)])
-    hessian = np.empty((len(idx), len(idx)))
-    for col, k in enumerate(idx):
-        grads = []
-        for sign in (1.0, -1.0):
-            x = x0.copy()
-            x[k] += sign * delta
-            rows.set_positions(x.reshape(-1, 3))
-            grads.append(-rows.get_forces().ravel()[idx])
-        hessian[:, col] = (grads[0] - grads[1]) / (2.0 * delta)
-    rows.set_positions(x0.reshape(-1, 3))
-    return 0.5 * (hessian + hessian.T)
+    return _central_difference_hessian(rows.get_positions().ravel(), lambda x: rows.set_positions(x.reshape(-1, 3)),
+                                       lambda: -rows.get_forces().ravel(), idx, delta)
 
 
 def lowest_mode(atoms: Atoms, calculator: Any, free: np.ndarray | None = None,
