@@ -35,8 +35,10 @@ Fmax < fmax holds at saddle points too. Every converged run on a structure of at
 free coordinates (``lowest_curvature_ev_per_a2``; 6 force calls per free atom on a separate
 calculator, never counted as the optimizer's; with ``relax_cell`` over ``FrechetCellFilter``'s
 rows, atoms and cell, 18 calls more, so a cell stopped at an elastic instability is a saddle too);
-below −:data:`SADDLE_CURVATURE_EV_PER_A2` the run ended on a saddle point (``saddle``): not a
-success, and not a reference. Larger structures are not
+below −:data:`SADDLE_CURVATURE_EV_PER_A2`, and confirmed by the energy's second difference along that
+mode over ±:data:`~actors.hessian.CONFIRM_STEP` (:func:`~actors.hessian.lowest_curvature`: a machine-learned
+potential's surface can dip on the finite differences' scale at a true minimum), the run ended on a saddle
+point (``saddle``): not a success, and not a reference. Larger structures are not
 checked, so there a saddle counts as a minimum.
 
 The command line (`relaxrl eval`: which structures ``--structures`` names, ``--set``, ``--out``)
@@ -61,7 +63,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from actors.calculators import make_calculator
-from actors.hessian import SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_saddle
+from actors.hessian import CONFIRM_STEP, SADDLE_CURVATURE_EV_PER_A2, curvature_if_small, is_saddle
 from actors.structure_check import check_structure, policy_overlap_advice
 from common.errors import RelaxRLError
 from relaxrl.optimizer import CountingCalculator, PolicyDivergedError, RLOptimizer
@@ -443,7 +445,7 @@ def evaluate(
         "fmax": fmax, "steps": steps, "energy_tol_ev_per_atom": energy_tol,
         "calculator": calculator if isinstance(calculator, str) else getattr(calculator, "__name__", repr(calculator)),
         "hybrid_patience": hybrid_patience, "curvature_max_atoms": curvature_max_atoms, "relax_cell": relax_cell,
-        "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2,
+        "saddle_curvature_ev_per_a2": SADDLE_CURVATURE_EV_PER_A2, "saddle_confirm_step": CONFIRM_STEP,
         "policy": policy_info.get("rl"), "policies": policy_info, "wall_time_s": time.perf_counter() - t_start,
     }
     return build_report(records, names, settings)

@@ -99,7 +99,11 @@ def _settings_markdown(report: dict[str, Any]) -> list[str]:
                   "got the lowest eigenvalue of its finite-difference Hessian"
                   + (" over the cell filter's rows, atoms and cell," if st.get("relax_cell") else "")
                   + " (force calls not counted); below "
-                  f"−{st.get('saddle_curvature_ev_per_a2')} eV/Å² it ended on a saddle point (column `saddle`, mark ⋈): "
+                  f"−{st.get('saddle_curvature_ev_per_a2')} eV/Å²"
+                  + (f", confirmed by the energy's second difference along that mode over ±{st['saddle_confirm_step']} "
+                     "(a rough surface can dip on the finite differences' scale alone)," if st.get("saddle_confirm_step")
+                     else "")
+                  + " it ended on a saddle point (column `saddle`, mark ⋈): "
                   "not a success and not a reference. Larger structures are not checked.", ""]
     else:
         lines += ["No curvature check (`--curvature-check 0`): a run that ended on a saddle point counts as a minimum.", ""]
