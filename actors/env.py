@@ -23,7 +23,8 @@ With ``env.saddle_check_atoms`` N > 0 (training only), a converged step on at mo
 gets the lowest eigenvalue of the finite-difference Hessian (:mod:`actors.hessian`, on a calculator
 of its own; ``info["lowest_curvature"]``, ``info["saddle"]``). Fmax < fmax holds on saddle points
 too; there the bonus is withheld, so the return tells a minimum from a saddle as the suite's
-success does. These force calls are not the episode's (``info["saddle_check_force_calls"]``).
+success does (a negative eigenvalue confirmed by the energy along its mode, 3 calls more). These force calls
+are not the episode's (``info["saddle_check_force_calls"]``).
 
 ``terminated`` on convergence; ``truncated`` at ``max_steps`` or when the calculator
 returns non-finite forces/energy or raises (then ``info["error"]`` says why, the atoms are
@@ -61,7 +62,7 @@ from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
 from actors.cell_filter import AtomRows, FilterRows, check_cell_relaxable, coordinates
-from actors.hessian import curvature_if_small, free_coordinates, held_mask, is_saddle
+from actors.hessian import confirmed_curvature, free_coordinates, held_mask, is_saddle
 from actors.structure_check import StructureError, check_structure
 from common.config import EnvConfig
 from common.correction import ActionError, PairList, correct_action
@@ -307,12 +308,10 @@ class RelaxEnv:
             return False
         if self._free is None:
             self._free = free_coordinates(self._atoms)
-        curvature = curvature_if_small(self._atoms, self._check_calculator, self.cfg.saddle_check_atoms, self._free,
-                                       cell=self.cfg.relax_cell)
-        if curvature is None:
+        if self._free.sum() > 3 * self.cfg.saddle_check_atoms:
             return False
-        info.update(lowest_curvature=curvature, saddle=is_saddle(curvature),
-                    saddle_check_force_calls=2 * (int(self._free.sum()) + (9 if self.cfg.relax_cell else 0)))
+        curvature, calls = confirmed_curvature(self._atoms, self._check_calculator(), self._free, cell=self.cfg.relax_cell)
+        info.update(lowest_curvature=curvature, saddle=is_saddle(curvature), saddle_check_force_calls=calls)
         return info["saddle"]
 
     def _check_calculator(self) -> Calculator:

@@ -29,6 +29,9 @@ SADDLE_CURVATURE_EV_PER_A2 = 0.05
 """A converged run whose lowest Hessian eigenvalue is below −this (eV/Å²) is flagged as ending on a saddle point:
 well beyond the finite-difference noise of the near-zero translation and rotation modes of free clusters."""
 
+CELL_COORDINATES = 9
+"""The cell filter's generalised cell coordinates (three rows of three) after the atoms' in its position array."""
+
 CONFIRM_STEP = 0.1
 """Amplitude (Å, or the cell filter's units) of the energy's second difference that confirms a negative eigenvalue
 (:func:`mode_energy_curvature`). A machine-learned potential's surface can be rough on the scale of
@@ -153,7 +156,7 @@ def cell_filter_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float
     probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     probe.calc = calculator
     rows = FrechetCellFilter(probe)
-    idx = np.concatenate([np.flatnonzero(free), free.size + np.arange(9)])
+    idx = np.concatenate([np.flatnonzero(free), free.size + np.arange(CELL_COORDINATES)])
     return _central_difference_hessian(rows.get_positions().ravel(), lambda x: rows.set_positions(x.reshape(-1, 3)),
                                        lambda: -rows.get_forces().ravel(), idx, delta)
 
@@ -168,7 +171,7 @@ def lowest_mode(atoms: Atoms, calculator: Any, free: np.ndarray | None = None,
     where held). ``cell=True``: ``FrechetCellFilter``'s generalised coordinates (:func:`cell_filter_hessian`, 6 calls
     per free atom + 18; the vector is [3n + 9], the filter's rows flattened), as ``--relax-cell`` relaxes them."""
     free = free_coordinates(atoms) if free is None else free
-    extra = 9 if cell else 0
+    extra = CELL_COORDINATES if cell else 0
     if not free.any() and not extra:
         return math.nan, None
     hessian = (cell_filter_hessian if cell else finite_difference_hessian)(atoms, calculator, free)
@@ -203,15 +206,24 @@ def mode_energy_curvature(atoms: Atoms, calculator: Any, vector: np.ndarray, cel
     return (energies[1] + energies[2] - 2.0 * energies[0]) / step ** 2
 
 
-def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None, cell: bool = False) -> float:
-    """Lowest eigenvalue of :func:`lowest_mode` (eV/Å² for the atoms' coordinates; over the cell filter's rows with
-    ``cell``); nan when nothing is free. An eigenvalue that marks a saddle (:func:`is_saddle`) must be confirmed by
-    the energy along its mode (:func:`mode_energy_curvature`, 3 calls more): the larger of the two is returned, so
-    a point is a saddle only when the energy curves down over ±:data:`CONFIRM_STEP` too."""
+def confirmed_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None,
+                        cell: bool = False) -> tuple[float, int]:
+    """(lowest curvature, calculator calls spent): the lowest eigenvalue of :func:`lowest_mode` (eV/Å² for the atoms'
+    coordinates; over the cell filter's rows with ``cell``; nan when nothing is free). An eigenvalue that marks a
+    saddle (:func:`is_saddle`) must be confirmed by the energy along its mode (:func:`mode_energy_curvature`, 3
+    calls more): the larger of the two is returned, so a point is a saddle only when the energy curves down over
+    ±:data:`CONFIRM_STEP` too."""
+    free = free_coordinates(atoms) if free is None else free
     value, vector = lowest_mode(atoms, calculator, free, cell)
+    calls = 2 * (int(free.sum()) + (CELL_COORDINATES if cell else 0)) if vector is not None else 0
     if vector is None or not is_saddle(value):
-        return value
-    return max(value, mode_energy_curvature(atoms, calculator, vector, cell))
+        return value, calls
+    return max(value, mode_energy_curvature(atoms, calculator, vector, cell)), calls + 3
+
+
+def lowest_curvature(atoms: Atoms, calculator: Any, free: np.ndarray | None = None, cell: bool = False) -> float:
+    """The lowest curvature of :func:`confirmed_curvature` (a negative eigenvalue confirmed by the energy)."""
+    return confirmed_curvature(atoms, calculator, free, cell)[0]
 
 
 def curvature_if_small(atoms: Atoms, calculator: Callable[[], Any], max_atoms: int,

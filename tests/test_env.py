@@ -498,7 +498,7 @@ def test_saddle_check_withholds_the_convergence_bonus_on_a_saddle_point():
     assert a.terminated and b.terminated and a.info["converged"] and b.info["converged"]
     assert "saddle" not in a.info
     assert b.info["saddle"] and b.info["lowest_curvature"] < -0.5
-    assert b.info["saddle_check_force_calls"] == 24  # 2 per free coordinate, on the check's own calculator
+    assert b.info["saddle_check_force_calls"] == 24 + 3  # 2 per free coordinate and 3 energies confirming, on its own calculator
     assert a.reward - b.reward == pytest.approx(EnvConfig().converged_bonus)
     assert checked.force_calls == plain.force_calls
     # Above the size limit nothing is checked and the bonus is paid.
@@ -531,7 +531,7 @@ def test_saddle_check_keeps_the_bonus_in_a_minimum_and_respects_fixed_atoms():
 def test_with_the_cell_the_saddle_check_runs_over_the_cell_filters_rows():
     """bcc Cu at its stationary lattice constant is converged at once and a minimum of the atoms alone, but a saddle
     of atoms and cell (the Bain path): with env.relax_cell the check sees it (2 calls per free atom coordinate and
-    per cell row coordinate) and withholds the bonus; without the cell it is a minimum."""
+    per cell row coordinate, 3 to confirm) and withholds the bonus; without the cell it is a minimum."""
     from ase.filters import FrechetCellFilter
     from ase.optimize import BFGS
 
@@ -544,7 +544,7 @@ def test_with_the_cell_the_saddle_check_runs_over_the_cell_filters_rows():
     res = with_cell.step(np.zeros((len(bcc) + 3, 3)))
     assert res.terminated and res.info["converged"]
     assert res.info["saddle"] and res.info["lowest_curvature"] < -0.1
-    assert res.info["saddle_check_force_calls"] == 2 * (3 * 2 + 9)
+    assert res.info["saddle_check_force_calls"] == 2 * (3 * 2 + 9) + 3  # and 3 energies confirming the saddle
     atoms_only = RelaxEnv(EnvConfig(saddle_check_atoms=8))
     atoms_only.reset(bcc)
     res = atoms_only.step(np.zeros((len(bcc), 3)))
