@@ -62,7 +62,7 @@ from ase.calculators.calculator import Calculator
 
 from actors.calculators import CalculatorError, make_calculator
 from actors.cell_filter import AtomRows, FilterRows, check_cell_relaxable, coordinates
-from actors.hessian import confirmed_curvature, free_coordinates, held_mask, is_saddle
+from actors.hessian import confirmed_curvature, free_coordinates, held_mask, is_saddle, small_enough
 from actors.structure_check import StructureError, check_structure
 from common.config import EnvConfig
 from common.correction import ActionError, PairList, correct_action
@@ -308,7 +308,7 @@ class RelaxEnv:
             return False
         if self._free is None:
             self._free = free_coordinates(self._atoms)
-        if self._free.sum() > 3 * self.cfg.saddle_check_atoms:
+        if not small_enough(self._free, self.cfg.saddle_check_atoms):
             return False
         curvature, calls = confirmed_curvature(self._atoms, self._check_calculator(), self._free, cell=self.cfg.relax_cell)
         info.update(lowest_curvature=curvature, saddle=is_saddle(curvature), saddle_check_force_calls=calls)

@@ -67,6 +67,14 @@ def held_mask(atoms: Atoms) -> np.ndarray | None:
     return None if free.all() else free.reshape(-1, 3).astype(np.float64)
 
 
+def _probe(atoms: Atoms, calculator: Any) -> Atoms:
+    """A bare copy of ``atoms`` (numbers, positions, cell, pbc; no constraints) on ``calculator``: the finite
+    differences move it, never the caller's atoms."""
+    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    probe.calc = calculator
+    return probe
+
+
 def _central_difference_hessian(x0: np.ndarray, place: Callable[[np.ndarray], None], gradient: Callable[[], np.ndarray],
                                 idx: np.ndarray, delta: float) -> np.ndarray:
     """Hessian over the coordinates ``idx`` of the flat vector ``x0``: ``place(x)`` moves the probe to x, ``gradient()``
@@ -86,8 +94,7 @@ def _central_difference_hessian(x0: np.ndarray, place: Callable[[np.ndarray], No
 def finite_difference_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float = FD_DELTA) -> np.ndarray:
     """Hessian of the energy over the ``free`` coordinates by central differences of the forces,
     symmetrised, [m, m] eV/Å² (m = free.sum(); 2m force calls of ``calculator``)."""
-    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    probe.calc = calculator
+    probe = _probe(atoms, calculator)
     return _central_difference_hessian(atoms.get_positions().ravel(), lambda x: probe.set_positions(x.reshape(-1, 3)),
                                        lambda: -probe.get_forces().ravel(), np.flatnonzero(free), delta)
 
@@ -96,8 +103,7 @@ def hessian_columns(atoms: Atoms, calculator, indices: np.ndarray, delta: float 
     """The Hessian's columns of the atoms ``indices`` by central differences of the forces, [k, n, 3, 3] eV/Å²:
     ``out[p, j] = ∂²E/∂x_j∂x_a`` for a = indices[p] (rows: atom j's coordinates; columns: atom a's). 6 force calls
     per atom of ``calculator``; constraints are not applied (every row is the free gradient's)."""
-    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    probe.calc = calculator
+    probe = _probe(atoms, calculator)
     x0 = atoms.get_positions()
     out = np.empty((len(indices), len(atoms), 3, 3))
     for p, a in enumerate(indices):
@@ -153,8 +159,7 @@ def cell_filter_hessian(atoms: Atoms, calculator, free: np.ndarray, delta: float
     9 cell coordinates) by central differences of the filter's forces, symmetrised, [m + 9, m + 9] (2(m + 9) force
     and stress calls of ``calculator``). Its eigenvalues' signs tell a minimum of atoms and cell from a saddle: a
     cell held at a symmetric stationary point (an elastic instability) shows here and not in the atoms' Hessian."""
-    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    probe.calc = calculator
+    probe = _probe(atoms, calculator)
     rows = FrechetCellFilter(probe)
     idx = np.concatenate([np.flatnonzero(free), free.size + np.arange(CELL_COORDINATES)])
     return _central_difference_hessian(rows.get_positions().ravel(), lambda x: rows.set_positions(x.reshape(-1, 3)),
@@ -195,8 +200,7 @@ def mode_energy_curvature(atoms: Atoms, calculator: Any, vector: np.ndarray, cel
     """Second difference of the energy along the unit ``vector`` of :func:`lowest_mode` (same ``cell``), at ±``step``:
     (E(x + h·v) + E(x − h·v) − 2E(x)) / h², 3 energy calls of ``calculator``. The curvature of the energy over a
     finite stretch of the mode, blind to roughness on the finite differences' scale."""
-    probe = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    probe.calc = calculator
+    probe = _probe(atoms, calculator)
     rows = FrechetCellFilter(probe) if cell else probe
     x0 = rows.get_positions().ravel()
     energies = []
@@ -232,9 +236,14 @@ def curvature_if_small(atoms: Atoms, calculator: Callable[[], Any], max_atoms: i
     of its atoms are free (``free`` as there), on the calculator ``calculator()`` makes (called only then); None
     when more are free."""
     free = free_coordinates(atoms) if free is None else free
-    if free.sum() > 3 * max_atoms:
+    if not small_enough(free, max_atoms):
         return None
     return lowest_curvature(atoms, calculator(), free, cell)
+
+
+def small_enough(free: np.ndarray, max_atoms: int) -> bool:
+    """Whether at most ``max_atoms`` atoms' worth of coordinates are ``free`` ([3n] bool): the size a saddle check runs at."""
+    return int(free.sum()) <= 3 * max_atoms
 
 
 def is_saddle(curvature: float | None) -> bool:
