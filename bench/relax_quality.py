@@ -31,7 +31,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,7 @@ from actors.env import RelaxEnv  # noqa: E402
 from actors.expert import make_teacher  # noqa: E402
 from actors.hessian import curvature_if_small  # noqa: E402
 from actors.rollout import run_episode  # noqa: E402
-from common.config import ExpertConfig, load_config  # noqa: E402
+from common.config import MAX_HESSIAN_ATOMS, ExpertConfig, load_config  # noqa: E402
 from learner.policy import load_policy, untrained_policy  # noqa: E402
 from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, SUITE_SETS, set_structures  # noqa: E402
 from relaxrl.evaluate import (  # noqa: E402
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=None, help="default: the set's budget in relaxrl eval (300, 600, 200)")
     p.add_argument("--optimizers", default="rl,bfgs,bfgsls,lbfgs,fire,precon,goqn")
-    p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance, bfgsls")
+    p.add_argument("--teachers", default="", help="also run these expert teachers alone: newton, compliance, bfgsls, model-hessian")
     p.add_argument("--curvature-check", type=int, default=CURVATURE_MAX_ATOMS, metavar="N",
                    help="a converged run on at most N free atoms that ended on a saddle point is no success "
                         "(as relaxrl eval; 0 = off)")
@@ -150,16 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int) -> dict:
+def teacher_runs(name: str, structures: dict, report: dict, cfg, steps: int,
+                 build: Callable[[RelaxEnv], Any] | None = None) -> dict:
     """Expert teacher ``name`` alone through RelaxEnv on every structure: converged, force calls vs BFGS,
     and success by ``relaxrl eval``'s rule (converged, not fragmented, not on a saddle point where the
     eval's curvature check reaches, within the energy tolerance of the classical optimizers' reference
     minimum, which the teacher, like a policy, does not move). ``missed`` names the structures the teacher did
-    not solve, ``lower_than_every_optimizer`` those where it found a minimum below the reference."""
+    not solve, ``lower_than_every_optimizer`` those where it found a minimum below the reference. ``build(env)``,
+    when given, builds the teacher instead (bench/head_ceiling.py's variants)."""
     env = RelaxEnv(dataclasses.replace(cfg.env, max_steps=steps))
-    teacher = make_teacher(ExpertConfig(teacher=name, teacher_max_atoms=10_000, teacher_min_curvature=
-                                        cfg.expert.teacher_min_curvature if name == "compliance" else 0.5),
-                           env, cfg.env.max_step)
+    teacher = build(env) if build is not None else make_teacher(
+        ExpertConfig(teacher=name, teacher_max_atoms=MAX_HESSIAN_ATOMS, teacher_min_curvature=
+                     cfg.expert.teacher_min_curvature if name in ("compliance", "model-hessian") else 0.5),
+        env, cfg.env.max_step, cfg.network)
     calc = calculator_factory(cfg.env.calculator, cfg.env.calculator_kwargs)
     records = {s["name"]: s for s in report["structures"]}
     tol = report["settings"]["energy_tol_ev_per_atom"]
