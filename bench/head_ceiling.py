@@ -25,7 +25,7 @@ is bounded as the head's is (``env.max_step`` on the longest atom move). The var
 
 ``--memory K`` keeps only the K newest remembered steps of the path (default: all of ``env.history_steps``).
 Prints per variant: converged, success, force calls relative to BFGS's where both converged, the
-structures missed. ``--limit N`` keeps the first N structures (a quick look).
+structures missed. ``--limit N`` keeps the first N structures, ``--quick`` the first 4 (`make bench`).
 """
 from __future__ import annotations
 
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--memory", type=int, default=None, metavar="K", help="keep only the K newest remembered steps")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="only the first N structures")
+    p.add_argument("--quick", action="store_true", help="the first 4 structures (make bench)")
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -200,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     cfg = load_config(args.config)
     structures = set_structures(args.structures, cfg, 0, cfg.env.calculator, cfg.env.calculator_kwargs)
-    if args.limit:
-        structures = dict(list(structures.items())[:args.limit])
+    limit = 4 if args.quick else args.limit
+    if limit:
+        structures = dict(list(structures.items())[:limit])
     steps = SET_STEPS.get(args.structures, DEFAULT_STEPS)
     t0 = time.perf_counter()
     report = evaluate(structures, "bfgs,bfgsls", fmax=0.05, steps=steps, calculator=cfg.env.calculator,
