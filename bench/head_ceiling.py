@@ -23,6 +23,11 @@ is bounded as the head's is (``env.max_step`` on the longest atom move). The var
 - ``graph-exact-tcg``: those blocks as they are (indefinite), solved by truncated conjugate gradients
   (Steihaug: stop at negative curvature or at a trust radius of ``env.max_step``·√n), no memory.
 
+- ``<variant>-energy``: the same, and where the energy of the current state is above that of the last
+  accepted one, the move goes back half way toward the accepted state instead (no Hessian used); a state at
+  or below it is accepted. It uses only the energies the counted force calls return: what a policy that
+  sees its last energy change could learn, and what BFGSLineSearch's energy check does.
+
 ``--memory K`` keeps only the K newest remembered steps of the path (default: all of ``env.history_steps``).
 Prints per variant: converged, success, force calls relative to BFGS's where both converged, the
 structures missed. ``--limit N`` keeps the first N structures, ``--quick`` the first 4 (`make bench`).
@@ -54,7 +59,9 @@ from learner.quasi_newton import bounded_move, fit_model_hessian, model_hessian_
 from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, set_structures  # noqa: E402
 from relaxrl.evaluate import evaluate  # noqa: E402
 
-VARIANTS = ("model-fit", "model-fit-nomemory", "psd-blocks", "exact-memory", "exact", "graph-exact", "graph-exact-tcg")
+BASE_VARIANTS = ("model-fit", "model-fit-nomemory", "psd-blocks", "exact-memory", "exact", "graph-exact", "graph-exact-tcg")
+VARIANTS = BASE_VARIANTS + tuple(f"{v}-energy" for v in BASE_VARIANTS)
+"""Each base variant, and with ``-energy`` the same with a step back after an energy rise (module docstring)."""
 
 
 class DenseModel:
@@ -141,8 +148,20 @@ class CeilingTeacher(ModelHessianTeacher):
     """The model-Hessian teacher with the step of one variant (module docstring)."""
 
     def __init__(self, variant: str, memory: int | None, **kwargs):
+        self.energy_check = variant.endswith("-energy")
+        self.variant, self.memory = variant.removesuffix("-energy"), memory
         super().__init__(**kwargs)
-        self.variant, self.memory = variant, memory
+
+    def reset(self) -> None:
+        super().reset()
+        self.accepted: tuple[float, np.ndarray] | None = None  # (energy eV, positions Å) of the last accepted state
+
+    def action(self, obs) -> np.ndarray:
+        if self.energy_check and self.accepted is not None and obs.energy > self.accepted[0]:
+            return 0.5 * (self.accepted[1] - np.asarray(obs.positions, dtype=np.float64))  # half way back
+        if self.energy_check:
+            self.accepted = (float(obs.energy), np.array(obs.positions, dtype=np.float64))
+        return super().action(obs)
 
     def step(self, hessian: np.ndarray, obs) -> np.ndarray:
         n = obs.n_atoms
