@@ -291,16 +291,22 @@ class ModelHessianTeacher(NewtonTeacher):
     CG_ITERATIONS = 200
     """Conjugate-gradient iterations of the teacher's solve (it runs to the 1e-6 tolerance; no gradient)."""
 
-    def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
-        n = obs.n_atoms
-        full = full_hessian(hessian, self._free)
+    def edges(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
+        """The head's neighbour graph of ``obs``: (edge_index [2, E] int64 (sender, receiver), edge vectors [E, 3] Å,
+        receiver to sender) — the observation's own edges, else the graph the run's head builds
+        (learner.graph: network.radius, network.max_neighbors)."""
         if obs.edge_index is not None:
             ei = np.asarray(obs.edge_index, dtype=np.int64)
             shift = np.asarray(obs.edge_shift, dtype=np.float64)
-        else:  # the graph the run's head builds (learner.graph: network.radius, network.max_neighbors)
+        else:
             net = self.network
             ei, shift = neighbor_list(obs.positions, obs.cell, obs.pbc, net.radius, net.max_neighbors)
-        vectors = obs.positions[ei[0]] + shift @ np.asarray(obs.cell, dtype=np.float64) - obs.positions[ei[1]]
+        return ei, obs.positions[ei[0]] + shift @ np.asarray(obs.cell, dtype=np.float64) - obs.positions[ei[1]]
+
+    def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
+        n = obs.n_atoms
+        full = full_hessian(hessian, self._free)
+        ei, vectors = self.edges(obs)
         mask = self._free.reshape(-1, 3)
         model = fit_model_hessian(torch.as_tensor(full), torch.as_tensor(ei), torch.as_tensor(vectors),
                                   None if mask.all() else torch.as_tensor(mask, dtype=torch.float64), self.min_curvature)

@@ -52,10 +52,9 @@ from relax_quality import teacher_runs  # noqa: E402
 
 from actors.expert import ModelHessianTeacher  # noqa: E402
 from actors.hessian import full_hessian  # noqa: E402
-from common.config import MAX_HESSIAN_ATOMS, ExpertConfig, load_config  # noqa: E402
+from common.config import MAX_HESSIAN_ATOMS, load_config  # noqa: E402
 from common.observation import HISTORY_DIM  # noqa: E402
-from learner.graph import neighbor_list  # noqa: E402
-from learner.quasi_newton import bounded_move, fit_model_hessian, model_hessian_step  # noqa: E402
+from learner.quasi_newton import bounded_move, fit_model_hessian, model_hessian_step, pair_block_targets  # noqa: E402
 from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, set_structures  # noqa: E402
 from relaxrl.evaluate import evaluate  # noqa: E402
 
@@ -102,12 +101,9 @@ def psd_blocks(full: torch.Tensor, edge_index: torch.Tensor, floor: float) -> to
     """Σ_e ½(e_r − e_s)(e_r − e_s)ᵀ ⊗ B_e + Σ_i D_i: B_e the PSD part of the symmetric −H_rs (shared among the
     periodic images of a pair), D_i what is left of H_ii with its eigenvalues at least ``floor``."""
     n = full.shape[0] // 3
-    blocks = full.reshape(n, 3, n, 3).permute(0, 2, 1, 3)  # [n, n, 3, 3]
+    blocks, target = pair_block_targets(full, edge_index)
     snd, rcv = edge_index[0], edge_index[1]
-    pair = rcv * n + snd
-    images = torch.zeros(n * n, dtype=full.dtype).index_add_(0, pair, torch.ones_like(pair, dtype=full.dtype))[pair]
-    target = -blocks[rcv, snd] / images[:, None, None]
-    w, v = torch.linalg.eigh(0.5 * (target + target.transpose(-1, -2)))
+    w, v = torch.linalg.eigh(target)
     b = 0.5 * (v * w.clamp_min(0.0).unsqueeze(-2)) @ v.transpose(-1, -2)  # [E, 3, 3], each direction carries half
     b = b * (snd != rcv).to(b.dtype)[:, None, None]
     model = torch.zeros(n, n, 3, 3, dtype=full.dtype)
@@ -168,10 +164,7 @@ class CeilingTeacher(ModelHessianTeacher):
         full = torch.as_tensor(full_hessian(hessian, self._free))
         mask = self._free.reshape(-1, 3)
         free = None if mask.all() else torch.as_tensor(mask, dtype=torch.float64)
-        net = self.network
-        ei, shift = neighbor_list(obs.positions, obs.cell, obs.pbc, net.radius, net.max_neighbors)
-        vectors = torch.as_tensor(obs.positions[ei[0]] + shift @ np.asarray(obs.cell, dtype=np.float64) - obs.positions[ei[1]])
-        ei = torch.as_tensor(ei)
+        ei, vectors = (torch.as_tensor(x) for x in self.edges(obs))
         forces = torch.as_tensor(obs.forces, dtype=torch.float64)
         batch = torch.zeros(n, dtype=torch.int64)
         history = torch.as_tensor(obs.history if obs.history is not None else np.zeros((n, HISTORY_DIM)), dtype=torch.float64).clone()
@@ -227,12 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report = evaluate(structures, "bfgs,bfgsls", fmax=0.05, steps=steps, calculator=cfg.env.calculator,
                       calculator_kwargs=cfg.env.calculator_kwargs, policy=None, progress=False)
-    expert = ExpertConfig(teacher="model-hessian", teacher_max_atoms=MAX_HESSIAN_ATOMS,
-                          teacher_min_curvature=cfg.expert.teacher_min_curvature)
 
     def build(env) -> CeilingTeacher:
-        return CeilingTeacher(variant, args.memory, env=env, maxstep=cfg.env.max_step, min_curvature=expert.teacher_min_curvature,
-                              max_atoms=expert.teacher_max_atoms, network=cfg.network)
+        return CeilingTeacher(variant, args.memory, env=env, maxstep=cfg.env.max_step,
+                              min_curvature=cfg.expert.teacher_min_curvature, max_atoms=MAX_HESSIAN_ATOMS, network=cfg.network)
 
     out: dict = {"benchmark": "head_ceiling", "structures": args.structures, "n_structures": len(structures),
                  "config": str(args.config), "memory": args.memory, "steps": steps, "variants": {}}

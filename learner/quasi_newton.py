@@ -34,6 +34,7 @@ __all__ = [
     "bounded_move",
     "fit_model_hessian",
     "model_hessian_step",
+    "pair_block_targets",
     "graph_dot",
     "graph_max",
     "graph_sum",
@@ -317,6 +318,20 @@ def model_hessian_step(forces: torch.Tensor, history: torch.Tensor, hessian: Mod
     return bounded_move(d, batch, n_graphs, max_step, n_atoms)
 
 
+def pair_block_targets(hessian: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3×3 blocks of a full Hessian [3n, 3n] (eV/Å²), [n, n, 3, 3] with blocks[i, j] = ∂²E/∂x_i∂x_j, and what each
+    directed edge (s → r) of ``edge_index`` [2, E] should carry of them: the symmetric part of −H_rs, shared equally
+    among the periodic images of the same pair of atoms (whose blocks H_rs sums), [E, 3, 3]."""
+    n = hessian.shape[0] // 3
+    blocks = hessian.reshape(n, 3, n, 3).permute(0, 2, 1, 3)
+    snd, rcv = edge_index[0], edge_index[1]
+    pair = rcv * n + snd
+    images = torch.zeros(n * n, dtype=hessian.dtype, device=hessian.device).index_add_(
+        0, pair, torch.ones_like(pair, dtype=hessian.dtype))[pair]  # [E] edges between the same two atoms
+    target = -blocks[rcv, snd] / images[:, None, None]
+    return blocks, 0.5 * (target + target.transpose(-1, -2))
+
+
 def fit_model_hessian(hessian: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor, free: torch.Tensor | None,
                       floor: float) -> ModelHessian:
     """The :class:`ModelHessian` closest to a full Hessian [3n, 3n] (eV/Å²) on the given edges: each edge's block
@@ -325,14 +340,9 @@ def fit_model_hessian(hessian: torch.Tensor, edge_index: torch.Tensor, vectors: 
     mean of the diagonal block H_ii left over after the edges' share, at least ``floor``. What the
     'model-hessian' head would predict with a perfect network; the teacher of that name moves with it."""
     n = hessian.shape[0] // 3
-    blocks = hessian.reshape(n, 3, n, 3).permute(0, 2, 1, 3)  # [n, n, 3, 3]: blocks[i, j] = ∂²E/∂x_i∂x_j
+    blocks, target = pair_block_targets(hessian, edge_index)
     snd, rcv = edge_index[0], edge_index[1]
     r = vectors / torch.sqrt((vectors * vectors).sum(-1, keepdim=True)).clamp_min(1e-12)  # [E, 3]
-    pair = rcv * n + snd
-    images = torch.zeros(n * n, dtype=hessian.dtype, device=hessian.device).index_add_(
-        0, pair, torch.ones_like(pair, dtype=hessian.dtype))[pair]  # [E] edges between the same two atoms
-    target = -blocks[rcv, snd] / images[:, None, None]  # a pair's block shared by its periodic images
-    target = 0.5 * (target + target.transpose(-1, -2))  # [E, 3, 3]
     trace = torch.diagonal(target, dim1=-2, dim2=-1).sum(-1)  # [E]
     along = torch.einsum("ei,eij,ej->e", r, target, r)  # [E]
     # normal equations of min |αI + βrrᵀ − T|²: [[3, 1], [1, 1]]·[α, β] = [tr T, r·T·r]
