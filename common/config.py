@@ -569,6 +569,10 @@ class RunSettings:
     """Live evaluation every this many learner updates (0 = off): the current actor, greedy, on `eval_sample`
     held-out structures; success and force calls vs BFGS go into that update's metrics.jsonl row (`eval/*`).
     A multiple of learner.log_every."""
+    eval_early: tuple = ()
+    """Updates before the first multiple of `eval_every` at which the live evaluation also runs, e.g. [20, 60, 100]:
+    a model Hessian's fit gains most in its first few hundred updates, and these points show that gain as it lands.
+    Each a multiple of learner.log_every; needs eval_every > 0."""
     eval_sample: int = 4
     """Structures of the live evaluation: the first N held-out ones with at most `eval_max_atoms` atoms,
     the same for the whole run."""
@@ -598,6 +602,10 @@ class RunSettings:
             (self.eval_large >= 0, "eval_large", self.eval_large, ">= 0 (0 = no large-suite structures)"),
             (self.eval_every >= 0, "eval_every", self.eval_every, ">= 0 (0 = no live evaluation)"),
             (self.eval_sample >= 1, "eval_sample", self.eval_sample, ">= 1"),
+            (all(isinstance(x, int) and x >= 1 for x in self.eval_early) and list(self.eval_early) == sorted(set(self.eval_early)),
+             "eval_early", list(self.eval_early), "an increasing list of update counts >= 1, e.g. [20, 60, 100]"),
+            (not self.eval_early or self.eval_every > 0, "eval_early", list(self.eval_early),
+             "empty while eval_every = 0 (no live evaluation); set run.eval_every too"),
             (self.eval_sample_large >= 0, "eval_sample_large", self.eval_sample_large, ">= 0 (0 = none)"),
             (self.actor_stall_s >= 0, "actor_stall_s", self.actor_stall_s, ">= 0 seconds (0 = never)"),
             (self.num_cpus >= 0, "num_cpus", self.num_cpus, ">= 0 (0 = all of this machine's)"),
@@ -642,6 +650,9 @@ class RunConfig:
         _require("run", [
             (self.run.eval_every % self.learner.log_every == 0, "eval_every", self.run.eval_every,
              f"a multiple of learner.log_every ({self.learner.log_every}): the live evaluation goes into the "
+             "metrics.jsonl row of its update"),
+            (all(x % self.learner.log_every == 0 for x in self.run.eval_early), "eval_early", list(self.run.eval_early),
+             f"multiples of learner.log_every ({self.learner.log_every}): each live evaluation goes into the "
              "metrics.jsonl row of its update"),
         ])
 

@@ -1,10 +1,10 @@
 """Live evaluation while training: the real objective (held-out success, force calls vs BFGS) as the run goes.
 
     live = LiveEval.for_run(cfg, heldout)        # the fixed sample; BFGS relaxes it once (the reference)
-    row = live.maybe(updates, actor_weights)      # {} unless updates is a multiple of run.eval_every
+    row = live.maybe(updates, actor_weights)      # {} unless updates is a multiple of run.eval_every (or in run.eval_early)
     # row: {"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1, "eval/n_both_solved": 3, "eval/time_s": 0.8}
 
-Every ``run.eval_every`` updates the current actor relaxes the run's sample greedily (the policy's
+Every ``run.eval_every`` updates (and at the updates of ``run.eval_early``) the current actor relaxes the run's sample greedily (the policy's
 own displacement, no exploration noise: :class:`~relaxrl.optimizer.RLOptimizer`) with at most
 ``env.max_steps`` steps each. The sample is the first ``run.eval_sample`` held-out structures with
 at most ``run.eval_max_atoms`` atoms and the first ``run.eval_sample_large`` structures of the large
@@ -84,8 +84,9 @@ class LiveEval:
         steps: the step budget of each structure (default ``env.max_steps`` for all).
     """
 
-    def __init__(self, config: Any, structures: Sequence[Atoms], every: int, steps: Sequence[int] | None = None) -> None:
-        self.config, self.every = config, every
+    def __init__(self, config: Any, structures: Sequence[Atoms], every: int, steps: Sequence[int] | None = None,
+                 early: Sequence[int] = ()) -> None:
+        self.config, self.every, self.early = config, every, frozenset(int(u) for u in early)
         self.structures = [a.copy() for a in structures]
         self.steps = [config.env.max_steps] * len(self.structures) if steps is None else [int(n) for n in steps]
         if len(self.steps) != len(self.structures):
@@ -121,10 +122,11 @@ class LiveEval:
             log.warning("run.eval_every = %d but no held-out structure has at most run.eval_max_atoms = %d atoms: "
                         "no live evaluation", r.eval_every, r.eval_max_atoms)
         steps = [config.env.max_steps] * len(sample) + [SET_STEPS["suite-large"]] * len(large)
-        return cls(config, sample + large, r.eval_every, steps)
+        return cls(config, sample + large, r.eval_every, steps, early=r.eval_early)
 
     def due(self, updates: int) -> bool:
-        return bool(self.every) and updates > 0 and updates % self.every == 0
+        """At every multiple of ``run.eval_every`` and at each update of ``run.eval_early``."""
+        return bool(self.every) and updates > 0 and (updates % self.every == 0 or updates in self.early)
 
     def maybe(self, updates: int, weights: Callable[[], dict], critic: torch.nn.Module | None = None) -> dict[str, float]:
         """The evaluation's row when ``updates`` is due (``weights()`` gives the actor's state dict), else {}.

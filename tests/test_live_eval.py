@@ -105,6 +105,12 @@ def test_off_unless_eval_every_and_a_structure():
     assert LiveEval.for_run(cfg, [cu_cluster(4, seed=1)]).maybe(20, dict) == {}  # no structure of ≤ 3 atoms
 
 
+def test_early_updates_are_due_besides_the_multiples():
+    cfg = load_config(None, TINY + ["run.eval_every=40", "run.eval_early=[10, 20]"])
+    live = LiveEval.for_run(cfg, [cu_cluster(4, seed=1)])
+    assert [u for u in range(1, 100) if live.due(u)] == [10, 20, 40, 80]
+
+
 @pytest.mark.parametrize("row, field", [
     ({}, None),
     ({"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1}, "eval 0.75 @1.1×BFGS"),
@@ -123,6 +129,16 @@ def test_progress_field(row, field):
 def test_bad_live_eval_settings_are_refused(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["run.eval_every=40", "run.eval_early=[15]"], "run.eval_early must be multiples of learner.log_every (10)"),
+    (["run.eval_every=40", "run.eval_early=[20, 10]"], "an increasing list of update counts"),
+    (["run.eval_early=[10]"], "empty while eval_every = 0"),
+])
+def test_bad_early_live_evaluations_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
 
 
 def test_progress_line_shows_the_newest_live_evaluation():
