@@ -10,7 +10,8 @@ alone through :class:`~actors.env.RelaxEnv` and judged like a teacher of ``bench
 is bounded as the head's is (``env.max_step`` on the longest atom move). The variants:
 
 - ``model-fit``: the 'model-hessian' teacher as the presets use it: the head's pair form
-  (α I + β r̂r̂ᵀ per edge, α, β ≥ 0, a per-atom diagonal) fitted to the Hessian, as the initial inverse
+  (α I + β r̂r̂ᵀ per edge, α, β ≥ 0, a per-atom diagonal, a pair's periodic images fitted together) fitted to
+  the Hessian, as the initial inverse
   Hessian of the L-BFGS recursion over the path memory. What the head does with a perfect network.
 - ``model-fit-nomemory``: the same fitted model alone (P⁻¹F, no path memory).
 - ``psd-blocks``: the full 3×3 pair blocks, each projected onto its positive semi-definite part, with
@@ -22,6 +23,10 @@ is bounded as the head's is (``env.max_step`` on the longest atom move). The var
   (``network.radius``, ``network.max_neighbors``), made positive the same way, no memory.
 - ``graph-exact-tcg``: those blocks as they are (indefinite), solved by truncated conjugate gradients
   (Steihaug: stop at negative curvature or at a trust radius of ``env.max_step``·√n), no memory.
+
+- ``graph-noise-0.1``, ``graph-noise-0.3``: ``graph-exact`` with every 3×3 block B changed by 10 % or 30 % of
+  |B| in a random direction (seeded), anew at every step: how exact a learned Hessian must be before the
+  Newton step without memory pays.
 
 - ``<variant>-energy``: the same, and where the energy of the current state is above that of the last
   accepted one, the move goes back half way toward the accepted state instead (no Hessian used); a state at
@@ -58,7 +63,8 @@ from learner.quasi_newton import bounded_move, fit_model_hessian, model_hessian_
 from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, set_structures  # noqa: E402
 from relaxrl.evaluate import evaluate  # noqa: E402
 
-BASE_VARIANTS = ("model-fit", "model-fit-nomemory", "psd-blocks", "exact-memory", "exact", "graph-exact", "graph-exact-tcg")
+BASE_VARIANTS = ("model-fit", "model-fit-nomemory", "psd-blocks", "exact-memory", "exact", "graph-exact", "graph-exact-tcg",
+                 "graph-noise-0.1", "graph-noise-0.3")
 VARIANTS = BASE_VARIANTS + tuple(f"{v}-energy" for v in BASE_VARIANTS)
 """Each base variant, and with ``-energy`` the same with a step back after an energy rise (module docstring)."""
 
@@ -118,6 +124,17 @@ def psd_blocks(full: torch.Tensor, edge_index: torch.Tensor, floor: float) -> to
     return model.permute(0, 2, 1, 3).reshape(3 * n, 3 * n)
 
 
+def block_noise(matrix: torch.Tensor, rel: float, rng: np.random.Generator) -> torch.Tensor:
+    """The matrix with every non-zero 3×3 block B changed by rel·|B|·G/|G|, G a Gaussian 3×3, kept symmetric."""
+    n = matrix.shape[0] // 3
+    blocks = matrix.reshape(n, 3, n, 3).permute(0, 2, 1, 3)
+    g = torch.as_tensor(rng.standard_normal((n, n, 3, 3)))
+    g = g / g.norm(dim=(-2, -1), keepdim=True)
+    noisy = blocks + rel * blocks.norm(dim=(-2, -1), keepdim=True) * g
+    noisy = noisy.permute(0, 2, 1, 3).reshape(3 * n, 3 * n)
+    return 0.5 * (noisy + noisy.T)
+
+
 def truncated_cg(matrix: torch.Tensor, rhs: torch.Tensor, radius: float, iterations: int = 500,
                  rtol: float = 1e-6) -> torch.Tensor:
     """Steihaug's truncated conjugate gradients on matrix·z = rhs (matrix may be indefinite): the CG iterate,
@@ -151,6 +168,7 @@ class CeilingTeacher(ModelHessianTeacher):
     def reset(self) -> None:
         super().reset()
         self.accepted: tuple[float, np.ndarray] | None = None  # (energy eV, positions Å) of the last accepted state
+        self.rng = np.random.default_rng(0)
 
     def action(self, obs) -> np.ndarray:
         if self.energy_check and self.accepted is not None and obs.energy > self.accepted[0]:
@@ -170,13 +188,15 @@ class CeilingTeacher(ModelHessianTeacher):
         history = torch.as_tensor(obs.history if obs.history is not None else np.zeros((n, HISTORY_DIM)), dtype=torch.float64).clone()
         if self.memory is not None:
             history[:, 6 * self.memory:] = 0.0  # an all-zero pair fails the curvature test and is skipped
-        if self.variant.endswith("nomemory") or self.variant in ("exact", "graph-exact", "graph-exact-tcg"):
+        if self.variant.endswith("nomemory") or self.variant in ("exact", "graph-exact", "graph-exact-tcg",
+                                                                   "graph-noise-0.1", "graph-noise-0.3"):
             history = torch.zeros_like(history)
         if self.variant == "graph-exact-tcg":
+            matrix = on_graph(full, ei)
             keep = torch.as_tensor(mask.reshape(-1))
             z = torch.zeros(3 * n, dtype=torch.float64)
             moved = max(int(keep.sum()) // 3, 1)
-            z[keep] = truncated_cg(on_graph(full, ei)[keep][:, keep], forces.reshape(-1)[keep], self.maxstep * moved ** 0.5)
+            z[keep] = truncated_cg(matrix[keep][:, keep], forces.reshape(-1)[keep], self.maxstep * moved ** 0.5)
             d = bounded_move(z.reshape(n, 3), batch, 1, self.maxstep, n)
         else:
             model = self._model(full, ei, vectors, free)
@@ -194,6 +214,9 @@ class CeilingTeacher(ModelHessianTeacher):
             return DenseModel(positive(full, self.min_curvature), free)
         if self.variant == "graph-exact":
             return DenseModel(positive(on_graph(full, ei), self.min_curvature), free)
+        if self.variant.startswith("graph-noise-"):
+            noisy = block_noise(on_graph(full, ei), float(self.variant.rsplit("-", 1)[1]), self.rng)
+            return DenseModel(positive(noisy, self.min_curvature), free)
         raise ValueError(f"unknown variant {self.variant!r}: one of {', '.join(VARIANTS)}")
 
 

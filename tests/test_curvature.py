@@ -105,3 +105,21 @@ def test_the_model_hessian_head_learns_the_curvature_it_is_shown() -> None:
         opt.step()
     last = curvature_loss(actor.model_hessian(g), t)
     assert float(last) < 0.05 * float(first) and float(last) < 0.8
+
+
+def test_periodic_images_of_a_pair_are_fitted_together() -> None:
+    """In a 4-atom fcc cell every pair of atoms meets through many periodic images, whose blocks H_rs sums: fitted
+    together the pair form reproduces the measured columns (the curvature loss the learner minimises); each image
+    fitted alone to an equal share cannot add its directions up to the pair's block."""
+    atoms = structures()[:1]
+    obs, probes, sizes = probed(atoms, [[0, 1, 2, 3]])
+    g = batch_graphs(obs, CFG)
+    t = curvature_targets(probes, sizes)
+    vec = g.edge_vectors()
+    full = torch.as_tensor(finite_difference_hessian(atoms[0], EMT(), np.ones(12, bool)))
+    images = torch.unique(g.edge_index[1] * 4 + g.edge_index[0], return_counts=True)[1]
+    assert int(images.max()) > 4  # the case at hand: many images per pair
+    joint = fit_model_hessian(full, g.edge_index, vec, None, 0.5)
+    alone = fit_model_hessian(full, g.edge_index, vec, None, 0.5, joint_images=False)
+    assert float(curvature_loss(joint, t)) < 0.05 < 0.2 < float(curvature_loss(alone, t))
+    assert bool((joint.alpha >= 0).all() and (joint.beta >= 0).all())  # still positive semi-definite edge by edge
