@@ -1,5 +1,5 @@
-"""The benches that run teachers alone (bench/relax_quality.py --teachers, bench/head_ceiling.py): they run
-end to end on real EMT structures, and the ceiling's truncated conjugate gradients solve what they should."""
+"""The benches that run teachers alone (bench/relax_quality.py --teachers, bench/head_ceiling.py) and the fit
+behind the model-Hessian teacher (bench/model_fit_loss.py): they run end to end on real EMT structures, and the ceiling's truncated conjugate gradients solve what they should."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,14 @@ def test_relax_quality_runs_the_model_hessian_teacher_alone():
     assert teacher["n_structures"] == 6 and teacher["converged"] >= 5
     assert 0 < teacher["force_calls_vs_bfgs"] < 1  # exact curvature: fewer steps than BFGS
     assert teacher["teacher_force_calls_not_counted"] > 0
+
+
+def test_model_fit_loss_fits_periodic_images_together():
+    out = _bench("model_fit_loss.py", "--quick")
+    kinds = out["by_kind"]
+    assert {"cluster", "bulk", "slab", "molecule"} <= set(kinds)
+    assert kinds["cluster"]["joint"] == kinds["cluster"]["one_by_one"] < 0.1  # one image per pair: the same fit
+    assert kinds["bulk"]["joint"] < 0.05 < 0.2 < kinds["bulk"]["one_by_one"]
 
 
 def test_head_ceiling_variants_run_and_exact_curvature_beats_bfgs():
