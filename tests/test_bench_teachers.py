@@ -1,5 +1,6 @@
 """The benches that run teachers alone (bench/relax_quality.py --teachers, bench/head_ceiling.py) and the fit
-behind the model-Hessian teacher (bench/model_fit_loss.py): they run end to end on real EMT structures, and the ceiling's truncated conjugate gradients solve what they should."""
+behind the model-Hessian teacher (bench/model_fit_loss.py): they run end to end on real EMT structures, and the
+ceiling's truncated conjugate gradients solve what they should."""
 from __future__ import annotations
 
 import json
