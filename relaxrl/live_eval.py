@@ -6,8 +6,8 @@
 
 Every ``run.eval_every`` updates (and at the updates of ``run.eval_early``) the current actor
 relaxes the run's sample greedily (the policy's own displacement, no exploration noise:
-:class:`~relaxrl.optimizer.RLOptimizer`) with at most ``env.max_steps`` steps each. The sample is the first ``run.eval_sample`` held-out structures with
-at most ``run.eval_max_atoms`` atoms and the first ``run.eval_sample_large`` structures of the large
+:class:`~relaxrl.optimizer.RLOptimizer`) with at most ``env.max_steps`` steps each. The sample is
+the first ``run.eval_sample`` held-out structures with at most ``run.eval_max_atoms`` atoms and the first ``run.eval_sample_large`` structures of the large
 suite (600 steps each, as `relaxrl eval --structures suite-large`), the same for the whole run. Small
 cells leave a good policy little room (one force call is a few per cent of the ratio); the large
 ones show what a learned model Hessian gains while it learns. Each relaxation is
