@@ -4,23 +4,23 @@
     row = live.maybe(updates, actor_weights)      # {} unless updates is a multiple of run.eval_every (or in run.eval_early)
     # row: {"eval/success": 0.75, "eval/force_calls_vs_bfgs": 1.1, "eval/n_both_solved": 3, "eval/time_s": 0.8}
 
-Every ``run.eval_every`` updates (and at the updates of ``run.eval_early``) the current actor
-relaxes the run's sample greedily (the policy's own displacement, no exploration noise:
-:class:`~relaxrl.optimizer.RLOptimizer`) with at most ``env.max_steps`` steps each. The sample is
-the first ``run.eval_sample`` held-out structures with at most ``run.eval_max_atoms`` atoms and the first ``run.eval_sample_large`` structures of the large
-suite (600 steps each, as `relaxrl eval --structures suite-large`), the same for the whole run. Small
-cells leave a good policy little room (one force call is a few per cent of the ratio); the large
-ones show what a learned model Hessian gains while it learns. Each relaxation is
-:func:`relaxrl.evaluate.run_one` (with eval's default saddle check) and is judged by `relaxrl eval`'s
-rule (:func:`relaxrl.evaluate.judge`: converged, not fragmented, not on a saddle point, within
-1 meV/atom of the reference minimum), BFGS being the classical optimizer whose minima are the
-reference; its runs are computed once when the run starts and reused. ``eval/success`` is the share
-of the judged structures solved (those where BFGS reached a minimum; NaN when there are none).
-``eval/force_calls_vs_bfgs`` is the mean force calls of the actor over those of BFGS on the
-structures both solved (NaN, written as null, when there are none), so the numbers are those
-:func:`relaxrl.evaluate.evaluate` would report for ``["rl", "bfgs"]`` on the sample. Every row also
-carries the same two numbers for the run's untrained policy (``eval/untrained_*``, computed once at the
-start): the curve's starting level.
+Every ``run.eval_every`` updates (and at the updates of ``run.eval_early``) the current actor relaxes the
+run's sample greedily (the policy's own displacement, no exploration noise:
+:class:`~relaxrl.optimizer.RLOptimizer`) with at most ``env.max_steps`` steps each. The sample is the first
+``run.eval_sample`` held-out structures with at most ``run.eval_max_atoms`` atoms and the first
+``run.eval_sample_large`` structures of the large suite (600 steps each, as `relaxrl eval --structures
+suite-large`), the same for the whole run. Small cells leave a good policy little room (one force call is a
+few per cent of the ratio); the large ones show what a learned model Hessian gains while it learns. Each
+relaxation is :func:`relaxrl.evaluate.run_one` (with eval's default saddle check) and is judged by `relaxrl
+eval`'s rule (:func:`relaxrl.evaluate.judge`: converged, not fragmented, not on a saddle point, within 1
+meV/atom of the reference minimum), BFGS being the classical optimizer whose minima are the reference; its
+runs are computed once when the run starts and reused. ``eval/success`` is the share of the judged
+structures solved (those where BFGS reached a minimum; NaN when there are none).
+``eval/force_calls_vs_bfgs`` is the mean force calls of the actor over those of BFGS on the structures both
+solved (NaN, written as null, when there are none), so the numbers are those
+:func:`relaxrl.evaluate.evaluate` would report for ``["rl", "bfgs"]`` on the sample. Every row also carries
+the same two numbers for the run's untrained policy (``eval/untrained_*``, computed once at the start): the
+curve's starting level.
 
 With the learner's critic (``maybe(..., critic=...)``) the same actor also relaxes the sample
 through the training environment (:class:`~actors.env.RelaxEnv`, its rewards), and the row gets
