@@ -457,6 +457,9 @@ class LearnerConfig:
     """Weight of the curvature loss in the actor loss: how far the 'model-hessian' head's model Hessian is from the
     Hessian columns the expert actors measured (expert.curvature_probes; learner/curvature.py). No effect on other
     heads or without probes."""
+    actor_q_weight: float = 1.0
+    """Weight of −Q1(s, π(s)) in the actor loss (1: TD3+BC). 0 is an ablation: the actor then learns only from
+    behaviour cloning, the deviation penalty and the curvature loss, and the critic only reports."""
     curvature_lr: float = 2e-3
     """Adam learning rate of the 'model-hessian' head's readout (the layers that turn trunk features into the model
     Hessian; the trunk learns at actor_lr): the edge blocks start near zero and must grow by orders of magnitude."""
@@ -493,6 +496,7 @@ class LearnerConfig:
               for k in ("publish_every", "checkpoint_every", "log_every", "max_nonfinite")],
             (self.relative_bc >= 0, "relative_bc", self.relative_bc, ">= 0 Å"),
             (self.curvature_weight >= 0, "curvature_weight", self.curvature_weight, "a weight >= 0"),
+            (self.actor_q_weight >= 0, "actor_q_weight", self.actor_q_weight, "a weight >= 0 (1 = TD3+BC)"),
             (self.curvature_lr > 0, "curvature_lr", self.curvature_lr, "a positive learning rate, e.g. 2e-3"),
             (self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 = none)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,

@@ -150,7 +150,7 @@ class Learner:
                                   normalize=self.lc.normalize_actor_loss, relative_bc=self.lc.relative_bc,
                                   target_noise_force_scale=(config.actors.noise_force_scale
                                                             if self.lc.target_noise_by_force else 0.0),
-                                  curvature_weight=self.lc.curvature_weight)
+                                  curvature_weight=self.lc.curvature_weight, q_weight=self.lc.actor_q_weight)
         self.generator = torch.Generator().manual_seed(config.run.seed + 1)
         self._correct = lambda graph, proposed: corrected_moves(graph, proposed, config.env)
         self.teacher_tables = tables_of(config.replay.tables, TEACHER)  # their items with a_expert are cloned

@@ -98,8 +98,9 @@ def critic_loss(q1: Tensor, q2: Tensor, target: Tensor, weight: Tensor) -> tuple
 
 def actor_loss(q1_pi: Tensor, pi: Tensor, corrected: Tensor, expert_action: Tensor, is_expert: Tensor,
                batch: Tensor, lambda_dev: float, lambda_bc: float, q_norm: float | Tensor = 1.0,
-               length_unit: float = 1.0, relative_bc: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """−Q1(s, π(s))/q_norm + λ_dev·‖π(s) − corrected‖² + λ_bc·‖π(s) − a_expert‖² on expert items only.
+               length_unit: float = 1.0, relative_bc: float = 0.0, q_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """−w_Q·Q1(s, π(s))/q_norm + λ_dev·‖π(s) − corrected‖² + λ_bc·‖π(s) − a_expert‖² on expert items only
+    (w_Q = ``q_weight``, 1 in TD3+BC; 0 leaves the critic out of the actor's gradient, an ablation).
 
     ``corrected`` is c(π(s)), the environment's correction of the proposal (no gradient).
 
@@ -120,7 +121,7 @@ def actor_loss(q1_pi: Tensor, pi: Tensor, corrected: Tensor, expert_action: Tens
     else:
         bc = err / u2
     bc = bc * is_expert.to(pi.dtype)
-    loss = (-q1_pi / q_norm + lambda_dev * dev + lambda_bc * bc).mean()
+    loss = (-q_weight * q1_pi / q_norm + lambda_dev * dev + lambda_bc * bc).mean()
     n_exp = is_expert.sum().clamp_min(1)
     return loss, {"q_pi": q1_pi.mean().detach(), "deviation": dev.mean().detach(), "bc": (bc.sum() / n_exp).detach()}
 
@@ -152,6 +153,7 @@ class TD3Hyper:
     relative_bc: float = 0.0  # δ (Å) of the relative BC error; 0 = absolute
     target_noise_force_scale: float = 0.0  # eV/Å; > 0: target noise per atom × min(1, |F_i| / this)
     curvature_weight: float = 0.0  # λ_curv of the curvature loss (heads with a model Hessian, batches with probes)
+    q_weight: float = 1.0  # weight of −Q1(s, π(s)) in the actor loss (0: the actor learns from BC, deviation, curvature)
 
 
 def _clipped_step(module: nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> bool:
@@ -226,7 +228,8 @@ def _actor_step(b: TD3Batch, actor: nn.Module, critic: nn.Module, actor_target: 
     rows = b.graph.batch if b.row_batch is None else b.row_batch
     loss_pi, parts = actor_loss(q1_pi, pi, corrected, b.expert_action, b.is_expert, rows,
                                 h.lambda_dev, lambda_bc, q_norm=q_norm,
-                                length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc)
+                                length_unit=h.max_step if h.normalize else 1.0, relative_bc=h.relative_bc,
+                                q_weight=h.q_weight)
     if model is not None:
         loss_curv = curvature_loss(model, b.curvature)
         loss_pi = loss_pi + h.curvature_weight * loss_curv

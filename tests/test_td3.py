@@ -46,6 +46,13 @@ def test_actor_loss_terms_by_hand():
     expected = ((-2.0 + 0.5 * dev[0] + 2.0 * bc[0]) + (1.0 + 0.5 * dev[1] + 0.0)) / 2
     assert loss.item() == pytest.approx(expected)
     assert parts["bc"].item() == pytest.approx(1.0)
+    # learner.actor_q_weight = 0 (the ablation): the critic's term is gone, the penalties stay
+    q = q1_pi.clone().requires_grad_(True)
+    loss0, _ = td3.actor_loss(q, pi, actual, expert, is_expert=torch.tensor([True, False]), batch=batch,
+                              lambda_dev=0.5, lambda_bc=2.0, q_weight=0.0)
+    assert loss0.item() == pytest.approx(((0.5 * dev[0] + 2.0 * bc[0]) + 0.5 * dev[1]) / 2)
+    loss0.backward()
+    assert float(q.grad.abs().sum()) == 0.0
 
 
 def test_bound_norm_keeps_direction_and_caps_length():
