@@ -65,7 +65,7 @@ from learner.graph import neighbor_list
 from learner.quasi_newton import fit_model_hessian, model_hessian_step, quasi_newton_step
 
 __all__ = ["BFGSExpert", "ExactComplianceTeacher", "ExpertError", "LineSearchTeacher", "ModelHessianTeacher", "NewtonTeacher", "TEACHERS",
-           "Teacher", "exact_compliance", "fake_step_probability", "finite_difference_hessian", "free_coordinates",
+           "Teacher", "exact_compliance", "fake_step_probability", "finite_difference_hessian", "free_coordinates", "head_edges",
            "make_teacher", "register_teacher", "saddle_free_newton_step"]
 
 
@@ -278,6 +278,19 @@ class ExactComplianceTeacher(NewtonTeacher):
         return d
 
 
+def head_edges(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, network: NetworkConfig,
+               edge_index: np.ndarray | None = None, edge_shift: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(edge_index [2, E] int64 (sender, receiver), edge vectors [E, 3] Å, receiver to sender) of a structure: the
+    given edges (an observation's), else the graph the run's head builds (learner.graph: network.radius,
+    network.max_neighbors)."""
+    if edge_index is not None:
+        ei = np.asarray(edge_index, dtype=np.int64)
+        shift = np.asarray(edge_shift, dtype=np.float64)
+    else:
+        ei, shift = neighbor_list(positions, cell, pbc, network.radius, network.max_neighbors)
+    return ei, positions[ei[0]] + shift @ np.asarray(cell, dtype=np.float64) - positions[ei[1]]
+
+
 @register_teacher("model-hessian")
 class ModelHessianTeacher(NewtonTeacher):
     """``expert.teacher = 'model-hessian'``: the 'model-hessian' head's own move
@@ -292,16 +305,8 @@ class ModelHessianTeacher(NewtonTeacher):
     """Conjugate-gradient iterations of the teacher's solve (it runs to the 1e-6 tolerance; no gradient)."""
 
     def edges(self, obs: Observation) -> tuple[np.ndarray, np.ndarray]:
-        """The head's neighbour graph of ``obs``: (edge_index [2, E] int64 (sender, receiver), edge vectors [E, 3] Å,
-        receiver to sender) — the observation's own edges, else the graph the run's head builds
-        (learner.graph: network.radius, network.max_neighbors)."""
-        if obs.edge_index is not None:
-            ei = np.asarray(obs.edge_index, dtype=np.int64)
-            shift = np.asarray(obs.edge_shift, dtype=np.float64)
-        else:
-            net = self.network
-            ei, shift = neighbor_list(obs.positions, obs.cell, obs.pbc, net.radius, net.max_neighbors)
-        return ei, obs.positions[ei[0]] + shift @ np.asarray(obs.cell, dtype=np.float64) - obs.positions[ei[1]]
+        """The head's neighbour graph of ``obs`` (:func:`head_edges`): its own edges where it carries them."""
+        return head_edges(obs.positions, obs.cell, obs.pbc, self.network, obs.edge_index, obs.edge_shift)
 
     def step(self, hessian: np.ndarray, obs: Observation) -> np.ndarray:
         n = obs.n_atoms

@@ -188,15 +188,13 @@ class CeilingTeacher(ModelHessianTeacher):
         history = torch.as_tensor(obs.history if obs.history is not None else np.zeros((n, HISTORY_DIM)), dtype=torch.float64).clone()
         if self.memory is not None:
             history[:, 6 * self.memory:] = 0.0  # an all-zero pair fails the curvature test and is skipped
-        if self.variant.endswith("nomemory") or self.variant in ("exact", "graph-exact", "graph-exact-tcg",
-                                                                   "graph-noise-0.1", "graph-noise-0.3"):
+        if self.variant.endswith("nomemory") or self.variant == "exact" or self.variant.startswith("graph-"):
             history = torch.zeros_like(history)
         if self.variant == "graph-exact-tcg":
-            matrix = on_graph(full, ei)
             keep = torch.as_tensor(mask.reshape(-1))
             z = torch.zeros(3 * n, dtype=torch.float64)
             moved = max(int(keep.sum()) // 3, 1)
-            z[keep] = truncated_cg(matrix[keep][:, keep], forces.reshape(-1)[keep], self.maxstep * moved ** 0.5)
+            z[keep] = truncated_cg(on_graph(full, ei)[keep][:, keep], forces.reshape(-1)[keep], self.maxstep * moved ** 0.5)
             d = bounded_move(z.reshape(n, 3), batch, 1, self.maxstep, n)
         else:
             model = self._model(full, ei, vectors, free)

@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from actors.calculators import make_calculator  # noqa: E402
-from actors.hessian import finite_difference_hessian, free_coordinates, full_hessian  # noqa: E402
+from actors.expert import head_edges  # noqa: E402
+from actors.hessian import columns_of, finite_difference_hessian, free_coordinates, full_hessian  # noqa: E402
 from common.config import load_config  # noqa: E402
 from learner.curvature import curvature_loss, curvature_targets  # noqa: E402
-from learner.graph import neighbor_list  # noqa: E402
 from learner.quasi_newton import fit_model_hessian  # noqa: E402
 from relaxrl.eval_cli import set_structures  # noqa: E402
 
@@ -40,16 +40,14 @@ from relaxrl.eval_cli import set_structures  # noqa: E402
 def fit_losses(atoms, calc, network, floor: float) -> dict[str, float]:
     """The curvature loss of the joint and the one-by-one pair-form fit to ``atoms``' Hessian, every free atom probed."""
     free = free_coordinates(atoms)
-    hessian = full_hessian(finite_difference_hessian(atoms, calc, free), free)
-    n = len(atoms)
-    pos, cell = atoms.get_positions(), np.asarray(atoms.cell, dtype=np.float64)
-    ei, shift = neighbor_list(pos, cell, atoms.pbc, network.radius, network.max_neighbors)
-    vectors = torch.as_tensor(pos[ei[0]] + shift @ cell - pos[ei[1]])
+    measured = finite_difference_hessian(atoms, calc, free)
+    hessian = full_hessian(measured, free)
+    ei, vectors = head_edges(atoms.get_positions(), np.asarray(atoms.cell, dtype=np.float64), atoms.pbc, network)
+    vectors = torch.as_tensor(vectors)
     mask = free.reshape(-1, 3)
     held = None if mask.all() else torch.as_tensor(mask, dtype=torch.float64)
-    blocks = hessian.reshape(n, 3, n, 3).transpose(0, 2, 1, 3)  # [i, j, 3, 3]
     probe = np.where(mask.all(1))[0]
-    targets = curvature_targets([(probe, np.stack([blocks[:, a] for a in probe]))], [n])
+    targets = curvature_targets([(probe, columns_of(measured, free, probe))], [len(atoms)])
     out = {}
     for name, joint in (("joint", True), ("one_by_one", False)):
         model = fit_model_hessian(torch.as_tensor(hessian), torch.as_tensor(ei), vectors, held, floor, joint_images=joint)
