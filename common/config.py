@@ -443,6 +443,9 @@ class LearnerConfig:
     """Publish versioned weights to the actors every this many updates."""
     checkpoint_every: int = 200
     """Checkpoint every this many updates."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept in run_dir/checkpoints, the newest (0 = every one: about 1 MB each in the presets, for
+    evaluating the policy along the run with ``relaxrl eval --checkpoint FILE``)."""
     log_every: int = 10
     """Append a metrics.jsonl row every this many updates."""
     max_nonfinite: int = 20
@@ -494,6 +497,7 @@ class LearnerConfig:
              "> 0 or learner.time_limit_s > 0 (with both 0 training never ends)"),
             *[(getattr(self, k) >= 1, k, getattr(self, k), "at least 1 update")
               for k in ("publish_every", "checkpoint_every", "log_every", "max_nonfinite")],
+            (self.keep_checkpoints >= 0, "keep_checkpoints", self.keep_checkpoints, ">= 0 checkpoints (0 = all)"),
             (self.relative_bc >= 0, "relative_bc", self.relative_bc, ">= 0 Å"),
             (self.curvature_weight >= 0, "curvature_weight", self.curvature_weight, "a weight >= 0"),
             (self.actor_q_weight >= 0, "actor_q_weight", self.actor_q_weight, "a weight >= 0 (1 = TD3+BC)"),

@@ -36,7 +36,7 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, updates: int, payload: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``payload`` (plus the format tag) as checkpoint ``updates``; keep the newest ``keep``."""
+    """Write ``payload`` (plus the format tag) as checkpoint ``updates``; keep the newest ``keep`` (0 = all)."""
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt-{updates:08d}.pt"
@@ -45,7 +45,7 @@ def save_checkpoint(run_dir: str | Path, updates: int, payload: dict[str, Any], 
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)  # a crash leaves either the old or the new file, never half of one
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else ():
         old.unlink(missing_ok=True)
     return path
 

@@ -325,7 +325,7 @@ class Learner:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "counters": {"updates": c.updates, "t_total": c.t_total, "nonfinite_total": c.nonfinite_total},
             "generator": self.generator.get_state(),
-        })
+        }, keep=self.lc.keep_checkpoints)
 
     def restore(self, path: str | Path) -> None:
         """Continue from a checkpoint, whatever device wrote it and whatever device this learner is on.

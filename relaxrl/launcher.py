@@ -56,7 +56,7 @@ from learner.checkpoint import list_checkpoints, load_checkpoint
 from learner.learner import Learner
 from relaxrl.after_training import after_training_line, evaluate_after_training
 from relaxrl.cli import DEFAULT_CONFIG
-from relaxrl.live_eval import LiveEval, progress_field
+from relaxrl.live_eval import LIVE_EVAL_FILE, LiveEval, progress_field
 from relaxrl.ray_runtime import RayRuntime, check_ray_address
 from relaxrl.training_report import plot_run
 from replay_service.client import REDIS_PASSWORD_ENV, ReplayClient
@@ -336,7 +336,8 @@ class Run:
         self.cluster = RayRuntime(address, num_cpus=cfg.run.num_cpus, metrics_port=cfg.run.metrics_port)
         curriculum = Curriculum(self.train_structures, cfg.curriculum, min_distance_factor=cfg.env.min_distance_factor)
         self.hub = self.cluster.start_hub(curriculum, cfg.run.seed)
-        self.live_eval = LiveEval.for_run(cfg, self.heldout)  # its sample's BFGS reference is computed here, once
+        # its sample's BFGS reference is computed here, once; per-structure results go to live_eval.jsonl
+        self.live_eval = LiveEval.for_run(cfg, self.heldout, log_path=run_dir / LIVE_EVAL_FILE)
         self.learner = Learner(cfg, self.replay, run_dir, resume=resume, publish=self.hub.publish,
                                t_total=self.hub.current_t_total, extra_metrics=self.extra_metrics)
         if resume:

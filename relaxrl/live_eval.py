@@ -29,16 +29,24 @@ discounted return-to-go G_t = Σ_k γ^k r_{t+k} of the *same* steps (``learner.g
 the sample's steps): what the critic estimates next to what happened, for the policy it is the
 critic of. A truncated episode has no bootstrap tail, so its G_t is a lower estimate.
 
+With a ``log_path`` (a run's ``live_eval.jsonl``) every evaluation also appends one line per policy
+evaluated: ``{"updates": u, "policy": "rl" | "untrained", "structures": [{"name", "n_atoms",
+"force_calls", "bfgs_force_calls", "success", "saddle"}, ...]}``, the untrained policy's once at the
+start (updates 0). The metrics rows pool the sample; this file says which structures a change of
+the curve comes from (``relaxrl.training_report`` draws it per structure).
+
 It runs in the learner's process between two updates, and its wall time (``eval/time_s``) is time
 the learner does not update: keep the sample small.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +71,8 @@ from relaxrl.evaluate import (
 
 log = logging.getLogger("relaxrl.train")
 
+LIVE_EVAL_FILE = "live_eval.jsonl"
+"""A run directory's per-structure live evaluations (``LiveEval(log_path=...)``, module docstring)."""
 KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/time_s")
 """The metrics.jsonl keys of one live evaluation."""
 CRITIC_KEYS = ("eval/q", "eval/return")
@@ -82,11 +92,14 @@ class LiveEval:
         structures: the sample (see :func:`relaxrl.after_training.heldout_sample`); BFGS relaxes each once, here.
         every: evaluate at updates that are multiples of this (0 = never).
         steps: the step budget of each structure (default ``env.max_steps`` for all).
+        early: more updates to evaluate at (``run.eval_early``).
+        log_path: a JSON-lines file to append each evaluation's per-structure results to (module docstring).
     """
 
     def __init__(self, config: Any, structures: Sequence[Atoms], every: int, steps: Sequence[int] | None = None,
-                 early: Sequence[int] = ()) -> None:
+                 early: Sequence[int] = (), log_path: str | Path | None = None) -> None:
         self.config, self.every, self.early = config, every, frozenset(int(u) for u in early)
+        self.log_path = Path(log_path) if log_path is not None else None
         self.structures = [a.copy() for a in structures]
         self.steps = [config.env.max_steps] * len(self.structures) if steps is None else [int(n) for n in steps]
         if len(self.steps) != len(self.structures):
@@ -104,13 +117,14 @@ class LiveEval:
         with torch.random.fork_rng(devices=[]):  # building the network must not move the run's random stream
             self.policy = Policy(config)
         row = self.evaluate(untrained_policy(config))
+        self._log(0, "untrained")
         self.untrained = {"eval/untrained_force_calls_vs_bfgs": row["eval/force_calls_vs_bfgs"],
                           "eval/untrained_success": row["eval/success"]}
         """The untrained policy's evaluation (:data:`UNTRAINED_KEYS`), added to each row of :meth:`maybe`."""
         self.last = {}
 
     @classmethod
-    def for_run(cls, config: Any, heldout: Sequence[Atoms]) -> LiveEval:
+    def for_run(cls, config: Any, heldout: Sequence[Atoms], log_path: str | Path | None = None) -> LiveEval:
         """The live evaluation of a run (``run.eval_every``, ``run.eval_sample``, ``run.eval_max_atoms``,
         ``run.eval_sample_large``).
 
@@ -122,7 +136,7 @@ class LiveEval:
             log.warning("run.eval_every = %d but no held-out structure has at most run.eval_max_atoms = %d atoms: "
                         "no live evaluation", r.eval_every, r.eval_max_atoms)
         steps = [config.env.max_steps] * len(sample) + [SET_STEPS["suite-large"]] * len(large)
-        return cls(config, sample + large, r.eval_every, steps, early=r.eval_early)
+        return cls(config, sample + large, r.eval_every, steps, early=r.eval_early, log_path=log_path)
 
     def due(self, updates: int) -> bool:
         """At every multiple of ``run.eval_every`` and at each update of ``run.eval_early``."""
@@ -135,6 +149,7 @@ class LiveEval:
             return {}
         self.policy.load_weights(weights(), version=updates)
         row = self.evaluate(self.policy, critic)
+        self._log(updates, "rl")
         self.last.update(self.untrained)
         return {**row, **self.untrained}
 
@@ -192,6 +207,21 @@ class LiveEval:
         self.records = records
         """The newest evaluation's structure records, as in `relaxrl eval`'s report."""
         return dict(self.last)
+
+
+    def per_structure(self) -> list[dict[str, Any]]:
+        """The newest evaluation per structure: name, atoms, the policy's and BFGS's force calls, success, saddle."""
+        return [{"name": s["name"], "n_atoms": s["n_atoms"], "force_calls": s["runs"]["rl"]["force_calls"],
+                 "bfgs_force_calls": s["runs"]["bfgs"]["force_calls"], "success": bool(s["runs"]["rl"].get("success")),
+                 "saddle": bool(s["runs"]["rl"].get("saddle"))} for s in self.records]
+
+    def _log(self, updates: int, policy: str) -> None:
+        """Append the newest evaluation's :meth:`per_structure` to ``log_path`` (nothing without one)."""
+        if self.log_path is None:
+            return
+        line = json.dumps({"updates": int(updates), "policy": policy, "structures": self.per_structure()})
+        with self.log_path.open("a") as f:
+            f.write(line + "\n")
 
 
 def _nan_if_none(value: float | None) -> float:

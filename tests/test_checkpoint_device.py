@@ -55,3 +55,14 @@ def test_resume_on_cpu_restores_weights_and_moments_exactly(tmp_path):
     sa, sb = saved.critic_opt.state_dict()["state"], again.critic_opt.state_dict()["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
     assert torch.equal(again.generator.get_state(), saved.generator.get_state())
+
+
+def test_keep_checkpoints_keeps_the_newest_n_or_all(tmp_path):
+    from learner.checkpoint import list_checkpoints, save_checkpoint
+
+    for keep, run in ((2, tmp_path / "two"), (0, tmp_path / "all")):
+        for updates in (10, 20, 30, 40):
+            save_checkpoint(run, updates, {"counters": {"updates": updates}}, keep=keep)
+        names = [p.name for p in list_checkpoints(run)]
+        assert names == (["ckpt-00000030.pt", "ckpt-00000040.pt"] if keep else
+                         [f"ckpt-{u:08d}.pt" for u in (10, 20, 30, 40)])

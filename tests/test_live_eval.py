@@ -216,3 +216,23 @@ def test_large_suite_cells_join_the_sample_with_their_own_budget():
                                             for r in live.records)
     with pytest.raises(ValueError, match="2 step budgets for 1 structures"):
         LiveEval(cfg, [cu_cluster(4, seed=1)], every=20, steps=[10, 600])
+
+
+def test_each_evaluation_appends_its_per_structure_results_to_the_log(tmp_path):
+    import json
+
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    policy = Policy(cfg)
+    path = tmp_path / "live_eval.jsonl"
+    live = LiveEval(cfg, two_structures(), every=10, log_path=path)
+    assert live.maybe(5, policy.weights) == {}  # not due: nothing written beyond the untrained line
+    row = live.maybe(10, policy.weights)
+    lines = [json.loads(s) for s in path.read_text().splitlines()]
+    assert [(x["updates"], x["policy"]) for x in lines] == [(0, "untrained"), (10, "rl")]
+    newest = lines[-1]["structures"]
+    assert [s["n_atoms"] for s in newest] == [5, 4]
+    for s, rec in zip(newest, live.records, strict=True):  # the same runs the row pools
+        assert s["force_calls"] == rec["runs"]["rl"]["force_calls"] and s["bfgs_force_calls"] == rec["runs"]["bfgs"]["force_calls"]
+        assert s["success"] == bool(rec["runs"]["rl"]["success"])
+    assert row["eval/success"] == sum(s["success"] for s in newest) / len(newest)
