@@ -56,9 +56,9 @@ from learner.checkpoint import list_checkpoints, load_checkpoint
 from learner.learner import Learner
 from relaxrl.after_training import after_training_line, evaluate_after_training
 from relaxrl.cli import DEFAULT_CONFIG
-from relaxrl.live_eval import LIVE_EVAL_FILE, LiveEval, progress_field
+from relaxrl.live_eval import LiveEval, progress_field
 from relaxrl.ray_runtime import RayRuntime, check_ray_address
-from relaxrl.training_report import plot_run
+from relaxrl.training_report import LIVE_EVAL_FILE, plot_run
 from replay_service.client import REDIS_PASSWORD_ENV, ReplayClient
 from replay_service.server import (
     ReplayMetricsServer,

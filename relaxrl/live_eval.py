@@ -71,8 +71,6 @@ from relaxrl.evaluate import (
 
 log = logging.getLogger("relaxrl.train")
 
-LIVE_EVAL_FILE = "live_eval.jsonl"
-"""A run directory's per-structure live evaluations (``LiveEval(log_path=...)``, module docstring)."""
 KEYS = ("eval/success", "eval/force_calls_vs_bfgs", "eval/n_both_solved", "eval/time_s")
 """The metrics.jsonl keys of one live evaluation."""
 CRITIC_KEYS = ("eval/q", "eval/return")

@@ -1,6 +1,6 @@
 """What a run directory shows a person: PNG curves against t_total.
 
-    plot_run(run_dir)                           # run_dir/plots/*.png from metrics.jsonl
+    plot_run(run_dir)                           # run_dir/plots/*.png from metrics.jsonl (and live_eval.jsonl)
 
 The held-out evaluation after training is `relaxrl eval`'s
 (:func:`relaxrl.after_training.evaluate_after_training`).
@@ -16,6 +16,9 @@ import tomllib
 
 from common.config import EnvConfig
 from relaxrl.reports import pyplot
+
+LIVE_EVAL_FILE = "live_eval.jsonl"
+"""A run directory's per-structure live evaluations (relaxrl.live_eval, ``LiveEval(log_path=...)``)."""
 
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("actual_move", "actual move (Å, mean per atom)", [("actors/actual_move", "actors"), ("charts/actual_move", "replay batch")]),
@@ -170,4 +173,61 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
-    return written
+    structures = plot_live_structures(run_dir)
+    return written + ([structures] if structures is not None else [])
+
+
+def read_live_structures(run_dir: str | Path) -> tuple[dict[str, int], dict[str, list[tuple[int, int, bool]]]]:
+    """From run_dir/live_eval.jsonl (:data:`LIVE_EVAL_FILE`): the untrained policy's force
+    calls per structure, and per structure the trained policy's (updates, force calls, success), in the
+    order of the file (a resumed run's repeated updates: the newest line wins)."""
+    path = Path(run_dir) / LIVE_EVAL_FILE
+    untrained: dict[str, int] = {}
+    by_update: dict[int, list[dict[str, Any]]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: skip it
+                continue
+            if row.get("policy") == "untrained":
+                untrained = {s["name"]: s["force_calls"] for s in row["structures"]}
+            else:
+                by_update[int(row["updates"])] = row["structures"]
+    curves: dict[str, list[tuple[int, int, bool]]] = {}
+    for updates in sorted(by_update):
+        for s in by_update[updates]:
+            curves.setdefault(s["name"], []).append((updates, s["force_calls"], bool(s["success"])))
+    return untrained, curves
+
+
+def plot_live_structures(run_dir: str | Path) -> Path | None:
+    """run_dir/plots/live_eval_structures.png: each live-sample structure's force calls over its untrained
+    policy's, against updates (log x), a cross where the run failed (None without live_eval.jsonl rows)."""
+    untrained, curves = read_live_structures(run_dir)
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, pts in curves.items():
+        base = untrained.get(name)
+        if not base:
+            continue
+        xs = [u for u, _, _ in pts]
+        ys = [c / base for _, c, _ in pts]
+        line, = ax.plot(xs, ys, marker=".", lw=1, label=name)
+        failed = [(u, c / base) for u, c, ok in pts if not ok]
+        if failed:
+            ax.plot(*zip(*failed), ls="none", marker="x", color=line.get_color(), ms=8)
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("learner updates")
+    ax.set_ylabel("force calls / untrained policy's")
+    ax.set_title("live evaluation per structure (× = not a success)", fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(run_dir) / "plots" / "live_eval_structures.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

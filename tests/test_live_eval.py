@@ -236,3 +236,18 @@ def test_each_evaluation_appends_its_per_structure_results_to_the_log(tmp_path):
         assert s["force_calls"] == rec["runs"]["rl"]["force_calls"] and s["bfgs_force_calls"] == rec["runs"]["bfgs"]["force_calls"]
         assert s["success"] == bool(rec["runs"]["rl"]["success"])
     assert row["eval/success"] == sum(s["success"] for s in newest) / len(newest)
+
+
+def test_the_run_report_draws_the_per_structure_curve_from_the_log(tmp_path):
+    import json
+
+    from relaxrl.training_report import plot_run, read_live_structures
+
+    rows = [{"updates": 0, "policy": "untrained", "structures": [{"name": "000-Cu5", "force_calls": 20, "success": True}]},
+            {"updates": 20, "policy": "rl", "structures": [{"name": "000-Cu5", "force_calls": 15, "success": True}]},
+            {"updates": 40, "policy": "rl", "structures": [{"name": "000-Cu5", "force_calls": 30, "success": False}]}]
+    (tmp_path / "live_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"updates": 6')  # cut line
+    untrained, curves = read_live_structures(tmp_path)
+    assert untrained == {"000-Cu5": 20} and curves == {"000-Cu5": [(20, 15, True), (40, 30, False)]}
+    written = plot_run(tmp_path)
+    assert tmp_path / "plots" / "live_eval_structures.png" in written
