@@ -53,8 +53,9 @@ def points(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
     return [(r["t_total"], r[key]) for r in rows if r.get(key) is not None and "t_total" in r]
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file ([] when it does not exist); a line cut by a crash is skipped."""
+    path = Path(path)
     if not path.is_file():
         return []
     rows = []
@@ -66,6 +67,10 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:  # a line cut by a crash: skip it, keep the rest
                 continue
     return rows
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 Q_CLIP_PERCENTILES = (2.0, 98.0)
@@ -181,19 +186,13 @@ def read_live_structures(run_dir: str | Path) -> tuple[dict[str, int], dict[str,
     """From run_dir/live_eval.jsonl (:data:`LIVE_EVAL_FILE`): the untrained policy's force
     calls per structure, and per structure the trained policy's (updates, force calls, success), in the
     order of the file (a resumed run's repeated updates: the newest line wins)."""
-    path = Path(run_dir) / LIVE_EVAL_FILE
     untrained: dict[str, int] = {}
     by_update: dict[int, list[dict[str, Any]]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: skip it
-                continue
-            if row.get("policy") == "untrained":
-                untrained = {s["name"]: s["force_calls"] for s in row["structures"]}
-            else:
-                by_update[int(row["updates"])] = row["structures"]
+    for row in read_jsonl(Path(run_dir) / LIVE_EVAL_FILE):
+        if row.get("policy") == "untrained":
+            untrained = {s["name"]: s["force_calls"] for s in row["structures"]}
+        else:
+            by_update[int(row["updates"])] = row["structures"]
     curves: dict[str, list[tuple[int, int, bool]]] = {}
     for updates in sorted(by_update):
         for s in by_update[updates]:
