@@ -1,0 +1,143 @@
+"""Does more training give a better optimizer? A run's checkpoints against its untrained policy; prints one JSON object.
+
+    python bench/training_curve.py --run RUN_DIR [--checkpoints 250,1000,2000 | --every 4] [--structures suite,suite-val]
+                                   [--optimizers bfgs,bfgsls,goqn] [--out curve.json] [--plot curve.png] [--quick]
+
+Every checkpoint of the run that is asked for (``--checkpoints`` by update, ``--every K`` each K-th kept
+checkpoint and the newest; default: all kept ones; a run keeps all with ``learner.keep_checkpoints = 0``)
+relaxes the structures as a policy of its own, next to the run's untrained policy (``untrained``: the
+weights the run started from) and the classical optimizers, in one :func:`relaxrl.evaluate.evaluate` per
+set: the classical runs are made once, so every checkpoint is judged against the same reference minima by
+`relaxrl eval`'s rule (eval's saddle check, each set's step budget). Per checkpoint: success of the judged
+structures (pooled over the sets) and the mean force calls over the untrained policy's and over each
+classical optimizer's on the structures both solved; the same per set. ``--plot`` draws force calls over
+the untrained policy's and success against updates. ``--quick`` keeps 3 structures per set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from learner.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from learner.policy import load_policy, untrained_policy  # noqa: E402
+from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, set_names, set_structures  # noqa: E402
+from relaxrl.evaluate import evaluate, is_classical, parse_optimizers, pool_reports  # noqa: E402
+
+UNTRAINED = "untrained"
+
+
+def pick_checkpoints(run: Path, updates: list[int] | None, every: int) -> list[tuple[int, Path]]:
+    """(updates, file) of the checkpoints asked for, oldest first (module docstring)."""
+    kept = [(int(load_checkpoint(p)["counters"]["updates"]), p) for p in list_checkpoints(run)]
+    if not kept:
+        raise SystemExit(f"--run {run}: no checkpoint there (a run directory of `relaxrl train`)")
+    if updates:
+        by_updates = dict(kept)
+        missing = [u for u in updates if u not in by_updates]
+        if missing:
+            raise SystemExit(f"--checkpoints: no checkpoint at update(s) {missing}; kept: {sorted(by_updates)}")
+        return [(u, by_updates[u]) for u in sorted(updates)]
+    chosen = kept[::every] if every > 1 else kept
+    return chosen if chosen[-1] == kept[-1] else chosen + [kept[-1]]
+
+
+def both_solved_ratio(structures: list[dict[str, Any]], a: str, b: str) -> tuple[float | None, int]:
+    """Mean force calls of ``a`` over those of ``b`` on the structures both solved, and how many."""
+    pairs = [(s["runs"][a]["force_calls"], s["runs"][b]["force_calls"]) for s in structures
+             if s["runs"][a].get("success") and s["runs"][b].get("success")]
+    if not pairs:
+        return None, 0
+    return sum(x for x, _ in pairs) / sum(y for _, y in pairs), len(pairs)
+
+
+def summarize(structures: list[dict[str, Any]], name: str, classical: list[str]) -> dict[str, Any]:
+    """Success and force-call ratios of policy ``name`` on the judged ``structures``."""
+    judged = [s for s in structures if s.get("judged")]
+    ratio, n = both_solved_ratio(judged, name, UNTRAINED)
+    row = {"success": sum(bool(s["runs"][name].get("success")) for s in judged), "judged": len(judged),
+           "vs_untrained": ratio, "n_both_solved_untrained": n}
+    for c in classical:
+        row[f"vs_{c}"], row[f"n_both_solved_{c}"] = both_solved_ratio(judged, name, c)
+    return row
+
+
+def plot(curve: dict[str, Any], path: Path) -> None:
+    from relaxrl.reports import pyplot  # matplotlib only when a plot is asked for
+
+    plt = pyplot()
+    rows = curve["checkpoints"]
+    xs = [r["updates"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(xs, [r["pooled"]["vs_untrained"] for r in rows], marker="o", label="force calls / untrained policy's")
+    ax.axhline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("learner updates")
+    ax.set_ylabel("force calls / untrained's (both solved)")
+    twin = ax.twinx()
+    twin.plot(xs, [r["pooled"]["success"] for r in rows], marker="s", color="tab:green", label="success")
+    base = curve["untrained"]["success"]
+    twin.axhline(base, color="tab:green", ls=":", lw=0.8, label="untrained success")
+    twin.set_ylabel(f"success (of {curve['untrained']['judged']} judged)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8)
+    ax.set_title(f"{curve['run']}: checkpoints on {curve['structures']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run directory of `relaxrl train`")
+    p.add_argument("--checkpoints", default="", help="updates of the checkpoints to evaluate, comma-separated")
+    p.add_argument("--every", type=int, default=1, help="each K-th kept checkpoint (and the newest)")
+    p.add_argument("--structures", default="suite,suite-val,suite-large")
+    p.add_argument("--optimizers", default="bfgs,bfgsls,precon,goqn,fire", help="the classical optimizers")
+    p.add_argument("--quick", action="store_true", help="3 structures per set")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--plot", default=None, help="PNG of the curve")
+    args = p.parse_args(argv)
+    if args.every < 1:
+        p.error(f"--every must be >= 1, got {args.every}")
+    classical = parse_optimizers(args.optimizers)
+    if not all(is_classical(c) for c in classical):
+        p.error(f"--optimizers: classical optimizers only (the policies are the checkpoints), got {args.optimizers}")
+    run = Path(args.run)
+    wanted = [int(u) for u in args.checkpoints.split(",") if u.strip()] or None
+    chosen = pick_checkpoints(run, wanted, args.every)
+    policies = {f"ckpt-{u}": load_policy(path) for u, path in chosen}
+    cfg = next(iter(policies.values())).config
+    policies[UNTRAINED] = untrained_policy(cfg)
+    names = list(policies) + classical
+    reports = {}
+    for set_name in set_names(args.structures):
+        group = set_structures(set_name, cfg, 3 if args.quick else 0, cfg.env.calculator, cfg.env.calculator_kwargs)
+        reports[set_name] = evaluate(group, names, fmax=cfg.env.fmax, steps=SET_STEPS.get(set_name, DEFAULT_STEPS),
+                                     calculator=cfg.env.calculator, calculator_kwargs=cfg.env.calculator_kwargs,
+                                     policies=policies, progress=False)
+    pooled = pool_reports(reports) if len(reports) > 1 else next(iter(reports.values()))
+    curve = {"run": str(run), "structures": args.structures, "classical": classical,
+             "untrained": summarize(pooled["structures"], UNTRAINED, classical),
+             "checkpoints": [{"updates": u, "pooled": summarize(pooled["structures"], f"ckpt-{u}", classical),
+                              "by_set": {s: summarize(r["structures"], f"ckpt-{u}", classical) for s, r in reports.items()}}
+                             for u, _ in chosen]}
+    text = json.dumps(curve, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.plot:
+        plot(curve, Path(args.plot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
