@@ -74,21 +74,22 @@ def plot(curve: dict[str, Any], path: Path) -> None:
 
     plt = pyplot()
     rows = curve["checkpoints"]
-    xs = [r["updates"] for r in rows]
+    base, judged = curve["untrained"]["success"], curve["untrained"]["judged"]
+    xs = [0] + [r["updates"] for r in rows]  # update 0: the untrained policy itself
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(xs, [r["pooled"]["vs_untrained"] for r in rows], marker="o", label="force calls / untrained policy's")
+    ax.plot(xs, [1.0] + [r["pooled"]["vs_untrained"] for r in rows], marker="o", label="force calls / untrained policy's")
     ax.axhline(1.0, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("learner updates")
     ax.set_ylabel("force calls / untrained's (both solved)")
     twin = ax.twinx()
-    twin.plot(xs, [r["pooled"]["success"] for r in rows], marker="s", color="tab:green", label="success")
-    base = curve["untrained"]["success"]
-    twin.axhline(base, color="tab:green", ls=":", lw=0.8, label="untrained success")
-    twin.set_ylabel(f"success (of {curve['untrained']['judged']} judged)")
+    success = [base] + [r["pooled"]["success"] for r in rows]
+    twin.plot(xs, success, marker="s", color="tab:green", label="success")
+    twin.set_ylim(max(0, min(success) - 10), judged + 0.5)  # whole structures, not a zoom onto ±1
+    twin.set_ylabel(f"success (of {judged} judged)")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = twin.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8)
-    ax.set_title(f"{curve['run']}: checkpoints on {curve['structures']}", fontsize=9)
+    ax.set_title(f"{Path(curve['run']).name}: checkpoints on {curve['structures']}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
