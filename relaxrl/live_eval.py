@@ -206,7 +206,6 @@ class LiveEval:
         """The newest evaluation's structure records, as in `relaxrl eval`'s report."""
         return dict(self.last)
 
-
     def per_structure(self) -> list[dict[str, Any]]:
         """The newest evaluation per structure: name, atoms, the policy's and BFGS's force calls, success, saddle."""
         return [{"name": s["name"], "n_atoms": s["n_atoms"], "force_calls": s["runs"]["rl"]["force_calls"],

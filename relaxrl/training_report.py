@@ -184,8 +184,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 def read_live_structures(run_dir: str | Path) -> tuple[dict[str, int], dict[str, list[tuple[int, int, bool]]]]:
     """From run_dir/live_eval.jsonl (:data:`LIVE_EVAL_FILE`): the untrained policy's force
-    calls per structure, and per structure the trained policy's (updates, force calls, success), in the
-    order of the file (a resumed run's repeated updates: the newest line wins)."""
+    calls per structure, and per structure the trained policy's (updates, force calls, success) by updates (a
+    resumed run evaluates some updates again: the newest line wins)."""
     untrained: dict[str, int] = {}
     by_update: dict[int, list[dict[str, Any]]] = {}
     for row in read_jsonl(Path(run_dir) / LIVE_EVAL_FILE):
