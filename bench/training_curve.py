@@ -26,17 +26,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learner.checkpoint import list_checkpoints, load_checkpoint  # noqa: E402
+from learner.checkpoint import checkpoint_updates, list_checkpoints  # noqa: E402
 from learner.policy import load_policy, untrained_policy  # noqa: E402
 from relaxrl.eval_cli import DEFAULT_STEPS, SET_STEPS, set_names, set_structures  # noqa: E402
-from relaxrl.evaluate import evaluate, is_classical, parse_optimizers, pool_reports  # noqa: E402
+from relaxrl.evaluate import evaluate, is_classical, parse_optimizers, pool_reports, ratio_on_both_solved  # noqa: E402
 
 UNTRAINED = "untrained"
 
 
 def pick_checkpoints(run: Path, updates: list[int] | None, every: int) -> list[tuple[int, Path]]:
     """(updates, file) of the checkpoints asked for, oldest first (module docstring)."""
-    kept = [(int(load_checkpoint(p)["counters"]["updates"]), p) for p in list_checkpoints(run)]
+    kept = [(checkpoint_updates(p), p) for p in list_checkpoints(run)]
     if not kept:
         raise SystemExit(f"--run {run}: no checkpoint there (a run directory of `relaxrl train`)")
     if updates:
@@ -49,23 +49,13 @@ def pick_checkpoints(run: Path, updates: list[int] | None, every: int) -> list[t
     return chosen if chosen[-1] == kept[-1] else chosen + [kept[-1]]
 
 
-def both_solved_ratio(structures: list[dict[str, Any]], a: str, b: str) -> tuple[float | None, int]:
-    """Mean force calls of ``a`` over those of ``b`` on the structures both solved, and how many."""
-    pairs = [(s["runs"][a]["force_calls"], s["runs"][b]["force_calls"]) for s in structures
-             if s["runs"][a].get("success") and s["runs"][b].get("success")]
-    if not pairs:
-        return None, 0
-    return sum(x for x, _ in pairs) / sum(y for _, y in pairs), len(pairs)
-
-
 def summarize(structures: list[dict[str, Any]], name: str, classical: list[str]) -> dict[str, Any]:
     """Success and force-call ratios of policy ``name`` on the judged ``structures``."""
     judged = [s for s in structures if s.get("judged")]
-    ratio, n = both_solved_ratio(judged, name, UNTRAINED)
-    row = {"success": sum(bool(s["runs"][name].get("success")) for s in judged), "judged": len(judged),
-           "vs_untrained": ratio, "n_both_solved_untrained": n}
-    for c in classical:
-        row[f"vs_{c}"], row[f"n_both_solved_{c}"] = both_solved_ratio(judged, name, c)
+    row = {"success": sum(bool(s["runs"][name].get("success")) for s in judged), "judged": len(judged)}
+    for other in [UNTRAINED, *classical]:
+        both = ratio_on_both_solved(judged, name, other)  # relaxrl eval's comparison
+        row[f"vs_{other}"], row[f"n_both_solved_{other}"] = both["ratio"], both["n_both_solved"]
     return row
 
 

@@ -57,6 +57,15 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted((p for p in d.iterdir() if _NAME.search(p.name)), key=lambda p: p.name)
 
 
+def checkpoint_updates(path: str | Path) -> int:
+    """The learner update a checkpoint file was written at, from its name (``ckpt-NNNNNNNN.pt``, as
+    :func:`save_checkpoint` names it; :func:`list_checkpoints` lists only such names)."""
+    m = _NAME.search(Path(path).name)
+    if m is None:
+        raise CheckpointError(f"{path}: not a checkpoint name; {WHAT_IS_A_CHECKPOINT}")
+    return int(m.group(1))
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory (→ its newest checkpoint)."""
     p = Path(path)

@@ -300,7 +300,7 @@ def judge(structures: list[dict[str, Any]], energy_tol: float) -> None:
                                          if rl is not None and bfgs is not None and bfgs["force_calls"] else None)
 
 
-def _ratio_on_both_solved(structures: list[dict[str, Any]], a: str, b: str, key: str = "force_calls") -> dict[str, Any]:
+def ratio_on_both_solved(structures: list[dict[str, Any]], a: str, b: str, key: str = "force_calls") -> dict[str, Any]:
     """Mean ``key`` (force calls, or e.g. wall_time_s) of ``a`` over the mean of ``b`` on the structures both solved."""
     pairs = [(s["runs"][a].get(key, 0.0), s["runs"][b].get(key, 0.0)) for s in structures
              if a in s["runs"] and b in s["runs"] and s["runs"][a]["success"] and s["runs"][b]["success"]]
@@ -347,7 +347,7 @@ def summarize_by_kind(structures: list[dict[str, Any]], optimizers: Sequence[str
     """Success and force-call ratios per structure kind (``record["kind"]``) and ``"overall"``.
 
     Each entry: ``n_structures``; per optimizer ``n_runs``, ``n_judged``, ``n_success``, ``success_rate``; and
-    ``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls`` (:func:`_ratio_on_both_solved`) where
+    ``rl_vs_bfgs_force_calls`` / ``rl_vs_fire_force_calls`` (:func:`ratio_on_both_solved`) where
     both optimizers ran. Kinds keep their first-seen order; ``"overall"`` comes last.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -361,7 +361,7 @@ def summarize_by_kind(structures: list[dict[str, Any]], optimizers: Sequence[str
             entry["optimizers"][name] = {k: agg[k] for k in ("n_runs", "n_judged", "n_success", "success_rate")}
         for other in ("bfgs", "fire"):
             if "rl" in optimizers and other in optimizers:
-                entry[f"rl_vs_{other}_force_calls"] = _ratio_on_both_solved(group, "rl", other)
+                entry[f"rl_vs_{other}_force_calls"] = ratio_on_both_solved(group, "rl", other)
         out[kind] = entry
     return out
 
@@ -519,13 +519,13 @@ def build_report(records: list[dict[str, Any]], names: Sequence[str], settings: 
     for policy in (n for n in POLICY_OPTIMIZERS if n in names):  # each policy against BFGS, FIRE, the untrained start
         for other in ("bfgs", "fire", "untrained"):
             if other in names and other != policy:
-                comparisons[f"{policy}_vs_{other}_force_calls"] = _ratio_on_both_solved(records, policy, other)
-                comparisons[f"{policy}_vs_{other}_wall_time"] = _ratio_on_both_solved(records, policy, other,
+                comparisons[f"{policy}_vs_{other}_force_calls"] = ratio_on_both_solved(records, policy, other)
+                comparisons[f"{policy}_vs_{other}_wall_time"] = ratio_on_both_solved(records, policy, other,
                                                                                       "wall_time_s")
     if "bfgs" in names:
         for opt in names:
             if opt != "bfgs" and f"{opt}_vs_bfgs_force_calls" not in comparisons:
-                comparisons[f"{opt}_vs_bfgs_force_calls"] = _ratio_on_both_solved(records, opt, "bfgs")
+                comparisons[f"{opt}_vs_bfgs_force_calls"] = ratio_on_both_solved(records, opt, "bfgs")
     return {
         "settings": {**settings, "optimizers": list(names), "n_structures": len(records),
                      "n_judged": sum(bool(s.get("judged", True)) for s in records)},

@@ -58,7 +58,7 @@ def test_resume_on_cpu_restores_weights_and_moments_exactly(tmp_path):
 
 
 def test_keep_checkpoints_keeps_the_newest_n_or_all(tmp_path):
-    from learner.checkpoint import list_checkpoints, save_checkpoint
+    from learner.checkpoint import checkpoint_updates, list_checkpoints, save_checkpoint
 
     for keep, run in ((2, tmp_path / "two"), (0, tmp_path / "all")):
         for updates in (10, 20, 30, 40):
@@ -66,3 +66,4 @@ def test_keep_checkpoints_keeps_the_newest_n_or_all(tmp_path):
         names = [p.name for p in list_checkpoints(run)]
         assert names == (["ckpt-00000030.pt", "ckpt-00000040.pt"] if keep else
                          [f"ckpt-{u:08d}.pt" for u in (10, 20, 30, 40)])
+        assert [checkpoint_updates(p) for p in list_checkpoints(run)] == ([30, 40] if keep else [10, 20, 30, 40])
