@@ -6,10 +6,11 @@ Au, Ni, Pd, Pt, Al (grown atom by atom next to the existing cluster, never close
 slabs: mostly 3–8-atom clusters (the demo trains on those), some 9–16-atom systems, a few of
 27–64 atoms; plus ``curriculum.n_molecules`` rattled H/C/N/O molecules and
 ``curriculum.n_adsorbates`` adsorbates on slabs whose bottom layers are fixed (``FixAtoms``,
-kept by the environment). Names look like ``cluster-Cu6-s0-3`` and ``bulk-Ni32-s0-60``. The
-builders (:func:`random_cluster`, :func:`rattled_bulk`, ...) also make the generalisation
-suite (actors/suite.py). :func:`split_structures` splits the generated and the file sources into
-train and held-out structures.
+kept by the environment); ``curriculum.n_large`` bulk and slabs of 96–128 atoms. Names look
+like ``cluster-Cu6-s0-3`` and ``bulk-Ni32-s0-60``. The builders (:func:`random_cluster`,
+:func:`rattled_bulk`, ...) also make the generalisation suite (actors/suite.py).
+:func:`split_structures` splits the generated and the file sources into train and held-out
+structures.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ __all__ = [
     "adsorbate_on_slab",
     "demo_structures",
     "generate_demo",
+    "large_cells",
     "random_cluster",
     "rattled_bulk",
     "rattled_molecule",
@@ -189,6 +191,11 @@ def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     return out
 
 
+LARGE_RECIPES = (("bulk", 108), ("slab", ((4, 4, 6), "111")), ("slab", ((4, 4, 8), "100")), ("bulk", 125))
+"""The ``curriculum.n_large`` cells in turn: 96–128 atoms, fcc bulk (4·3³, 5³) and slabs, as large as the large
+suite's smaller cells (actors/suite.py) without being any of them."""
+
+
 def _extra_kinds(cfg: CurriculumConfig, seed: int, start: int) -> list[Atoms]:
     """``curriculum.n_molecules`` rattled H/C/N/O molecules and ``curriculum.n_adsorbates``
     adsorbates on slabs with fixed bottom layers (metals from ``curriculum.elements``)."""
@@ -207,6 +214,22 @@ def _extra_kinds(cfg: CurriculumConfig, seed: int, start: int) -> list[Atoms]:
         clean = named_copy(atoms, f"adsorbate-{atoms.get_chemical_formula()}-s{seed}-{k}", "adsorbate")
         clean.set_constraint(atoms.constraints)
         out.append(clean)
+    return out
+
+
+def large_cells(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
+    """The ``curriculum.n_large`` rattled bulk and slabs of 96–128 atoms (:data:`LARGE_RECIPES` in turn; metals from
+    ``curriculum.elements``), seeded apart from :func:`generate_demo`'s structures."""
+    out = []
+    for j in range(cfg.n_large):
+        rng = np.random.default_rng([seed, 104729, j])
+        kind, arg = LARGE_RECIPES[j % len(LARGE_RECIPES)]
+        metal = cfg.elements[int(rng.integers(len(cfg.elements)))]
+        if kind == "bulk":
+            atoms = rattled_bulk(metal, arg, rng, cfg.rattle)
+        else:
+            atoms = rattled_slab(metal, arg[0], rng, cfg.rattle, arg[1])
+        out.append(named_copy(atoms, f"{kind}-{atoms.get_chemical_formula()}-s{seed}-large{j}", kind))
     return out
 
 
@@ -233,5 +256,12 @@ def split_structures(structures: Sequence[Atoms], heldout_fraction: float, seed:
 
 
 def demo_structures(cfg: CurriculumConfig, seed: int) -> tuple[list[Atoms], list[Atoms]]:
-    """Generated structures for ``cfg`` and ``seed``, split into (train, held-out)."""
-    return split_structures(generate_demo(cfg, seed), cfg.heldout_fraction, seed)
+    """Generated structures for ``cfg`` and ``seed``, split into (train, held-out).
+
+    The large cells (:func:`large_cells`) are split on their own, so adding them leaves the split of the others as
+    it was."""
+    train, held = split_structures(generate_demo(cfg, seed), cfg.heldout_fraction, seed)
+    if cfg.n_large:
+        large_train, large_held = split_structures(large_cells(cfg, seed), cfg.heldout_fraction, seed)
+        train, held = train + large_train, held + large_held
+    return train, held

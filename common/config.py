@@ -228,6 +228,9 @@ class CurriculumConfig:
     """Generated rattled H/C/N/O molecules added to them (source='demo'; actors.generate.TRAINING_MOLECULES)."""
     n_adsorbates: int = 0
     """Generated adsorbates on slabs with the two bottom layers fixed (source='demo')."""
+    n_large: int = 0
+    """Generated 96–128-atom rattled bulk and slabs added to them (source='demo'); a curriculum stage of at least
+    128 atoms lets episodes reach them (e.g. stages = [8, 16, 32, 64, 128])."""
     heldout_fraction: float = 0.25
     """Share of structures held out for evaluation (deterministic split by seed)."""
     elements: tuple = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
@@ -252,9 +255,9 @@ class CurriculumConfig:
     def __post_init__(self) -> None:
         stages = list(self.stages)
         _require("curriculum", [
-            (self.n_structures >= 0 and self.n_molecules >= 0 and self.n_adsorbates >= 0, "n_structures",
-             (self.n_structures, self.n_molecules, self.n_adsorbates), "counts >= 0 (n_structures, n_molecules, "
-             "n_adsorbates)"),
+            (min(self.n_structures, self.n_molecules, self.n_adsorbates, self.n_large) >= 0, "n_structures",
+             (self.n_structures, self.n_molecules, self.n_adsorbates, self.n_large), "counts >= 0 (n_structures, "
+             "n_molecules, n_adsorbates, n_large)"),
             (0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "a share in [0, 1)"),
             (bool(stages) and stages == sorted(stages) and all(isinstance(x, int) and x >= 1 for x in stages),
              "stages", stages, "a non-empty increasing list of atom counts"),

@@ -79,6 +79,26 @@ def test_split_is_deterministic_disjoint_and_spans_sizes(demo):
     assert {a.info["name"] for a in held_other} != names_h
 
 
+def test_large_cells_join_the_training_set_without_moving_the_split_of_the_others():
+    cfg = CurriculumConfig(n_large=8)
+    train0, held0 = demo_structures(CFG, seed=0)
+    train, held = demo_structures(cfg, seed=0)
+    names = lambda structures: [a.info["name"] for a in structures]  # noqa: E731
+    assert names(train0) == names([a for a in train if len(a) <= 64])
+    assert names(held0) == names([a for a in held if len(a) <= 64])
+    large = [a for a in train + held if len(a) > 64]
+    assert len(large) == 8 and len([a for a in held if len(a) > 64]) == 2
+    assert {len(a) for a in large} == {96, 108, 125, 128}
+    for atoms in large:
+        check_structure(atoms)
+        assert atoms.pbc.any() and atoms.info["kind"] in {"bulk", "slab"} and "-large" in atoms.info["name"]
+    # a stage of 128 atoms reaches them; the default stages (at most 64) leave them out, named
+    assert max(len(a) for a in Curriculum(train, CurriculumConfig(stages=(128,))).pool) > 64
+    assert len(Curriculum(train, cfg).excluded) == 6
+    with pytest.raises(ValueError, match="n_large"):
+        CurriculumConfig(n_large=-1)
+
+
 # ----------------------------------------------------------------------------- files
 
 
