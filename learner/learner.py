@@ -70,9 +70,9 @@ class TrainingDiverged(RelaxRLError):
 
 
 def truncate_metrics(path: Path, updates: int) -> int:
-    """Keep the rows of ``metrics.jsonl`` up to update ``updates`` (the checkpoint a run resumes from) and drop
-    the rest, and any line a kill cut short; returns how many lines were dropped. Atomic (a temporary file
-    replaces it), so a crash leaves either the old file or the new one."""
+    """Keep the rows of a run's JSON-lines log (``metrics.jsonl``, ``live_eval.jsonl``) up to update ``updates`` (the
+    checkpoint a run resumes from) and drop the rest, and any line a kill cut short; returns how many lines were
+    dropped. Atomic (a temporary file replaces it), so a crash leaves either the old file or the new one."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0

@@ -53,7 +53,7 @@ from actors.ray_metrics import RayMetrics
 from common.config import RunConfig, dump_config, load_config, parse_override
 from common.errors import RelaxRLError, Terminated
 from learner.checkpoint import list_checkpoints, load_checkpoint
-from learner.learner import Learner
+from learner.learner import Learner, truncate_metrics
 from relaxrl.after_training import after_training_line, evaluate_after_training
 from relaxrl.cli import DEFAULT_CONFIG
 from relaxrl.live_eval import LiveEval, progress_field
@@ -342,6 +342,8 @@ class Run:
                                t_total=self.hub.current_t_total, extra_metrics=self.extra_metrics)
         if resume:
             self.hub.continue_from(self.learner.counters.t_total)
+            # as metrics.jsonl (the Learner): the evaluations a killed run logged past its checkpoint come again
+            truncate_metrics(run_dir / LIVE_EVAL_FILE, self.learner.counters.updates)
         self.hub.publish(self.learner.counters.updates, self.learner.actor_weights())
         seed = cfg.run.seed + 1000 * self.learner.counters.updates  # a resumed run explores anew
         self.cluster.start_actors(cfg, self.replay, self.hub, seed)

@@ -84,8 +84,15 @@ def test_tiny_run_produces_outputs_and_resume_continues(tmp_path):
     p = _train(["--config", cfg, "--run-dir", str(run_dir)], cwd=tmp_path)
     assert p.returncode == 2 and "--resume" in p.stderr and "Traceback" not in p.stderr
 
+    # a line a killed run logged past its checkpoint (update 30) goes, as metrics rows do
+    live_log = run_dir / "live_eval.jsonl"
+    kept = [json.loads(line)["updates"] for line in live_log.read_text().splitlines()]
+    with live_log.open("a") as f:
+        f.write(json.dumps({"updates": 33, "policy": "rl", "structures": []}) + "\n")
     p = _train(["--resume", str(run_dir), "--set", "learner.max_updates=50"], cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    after = [json.loads(line)["updates"] for line in live_log.read_text().splitlines()]
+    assert 33 not in after and after[:len(kept)] == kept and after[len(kept)] == 0  # the resumed run's untrained line
     rows2 = _rows(run_dir)[len(rows):]
     assert [r["updates"] for r in rows2] == [35, 40, 45, 50]
     _check_live_eval(rows2, every=20)  # a resumed run evaluates on the same schedule
