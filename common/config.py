@@ -368,6 +368,9 @@ class NetworkConfig:
     cg_iterations: int = 30
     """Most conjugate-gradient iterations of the 'model-hessian' head's solve P⁻¹·v per move (fewer once the
     residual is 1e-6 of its start): the same in training and in RLOptimizer."""
+    edge_vectors: int = 0
+    """'model-hessian' head: rank-one terms u·uᵀ added to each edge's block αI + βr̂r̂ᵀ, u from the 1o features of
+    the edge's atoms (0 = the pair-potential form alone; 3 = any symmetric positive semi-definite block)."""
 
     def __post_init__(self) -> None:
         _require("network", [
@@ -389,6 +392,7 @@ class NetworkConfig:
             (self.species in ("table", "descriptors"), "species", self.species, "'table' or 'descriptors'"),
             (self.tail_hidden >= 1, "tail_hidden", self.tail_hidden, "a positive size"),
             (1 <= self.cg_iterations <= 500, "cg_iterations", self.cg_iterations, "1..500 conjugate-gradient iterations"),
+            (0 <= self.edge_vectors <= 3, "edge_vectors", self.edge_vectors, "0..3 rank-one terms per edge block"),
         ], self)
 
 

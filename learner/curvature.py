@@ -20,7 +20,6 @@ preconditioner (docs/RESULTS.md).
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,9 +84,7 @@ def curvature_loss(model: ModelHessian, t: CurvatureTargets, diag_weight: float 
     k = t.atoms.shape[0]
     probe_of = torch.full((n_atoms,), -1, dtype=torch.int64, device=t.atoms.device)
     probe_of[t.atoms] = torch.arange(k, device=t.atoms.device)
-    eye = torch.eye(3, dtype=model.diag.dtype, device=model.diag.device)
-    b = 0.5 * (model.alpha[:, None, None] * eye + model.beta[:, None, None] * model.direction[:, :, None]
-               * model.direction[:, None, :])  # [E, 3, 3]: each directed edge's half of its block
+    b = model.half_edge_blocks()  # [E, 3, 3]: each directed edge's half of its block
     snd, rcv = model.edge_index[0], model.edge_index[1]
     keep = snd != rcv  # an atom's own periodic image couples it to nothing
     pred = b.new_zeros(t.blocks.shape)  # [R, 3, 3]
@@ -99,8 +96,7 @@ def curvature_loss(model: ModelHessian, t: CurvatureTargets, diag_weight: float 
     diag_rows = t.row_start + (t.atoms - t.first)  # [K]
     # the diagonal block d_a·I + ½ΣB_e, with the edges' share held fixed: the edges learn from the off-diagonal
     # blocks alone, d_a from what they leave over (as fit_model_hessian splits them)
-    detached = dataclasses.replace(model, alpha=model.alpha.detach(), beta=model.beta.detach())
-    pred = pred.index_add(0, diag_rows, detached.block_diagonal()[t.atoms])
+    pred = pred.index_add(0, diag_rows, model.detached_edges().block_diagonal()[t.atoms])
     target = t.blocks.to(pred.dtype)
     is_diag = torch.zeros(target.shape[0], dtype=torch.bool, device=target.device)
     is_diag[diag_rows] = True

@@ -238,7 +238,12 @@ class ModelHessianActor(Actor):
     h the trunk's invariant (0e) features of the edge's two atoms, radial the Bessel basis of the
     distance and envelope the trunk's smooth cutoff, so P changes continuously as atoms cross
     the cutoff. B_e = α_e I + β_e r̂r̂ᵀ is the form of a pair potential's Hessian block: how stiff
-    the bond is along its direction and across it. P is symmetric positive definite by
+    the bond is along its direction and across it. With ``network.edge_vectors`` = K > 0 each block also gets
+    K rank-one terms, B_e += Σ_k u_ek u_ekᵀ with u_ek = √unit · envelope(|r_e|) · Σ_c W_kc (v_s,c + v_r,c), v the
+    trunk's 1o features of the edge's two atoms: the coupling a pair potential's form cannot hold (angular terms,
+    neighbours' influence), still positive semi-definite and equivariant (u rotates with the structure, u uᵀ as a
+    3×3 block must). W starts small (random, :data:`VECTOR_INIT`), not zero: u uᵀ has no gradient at u = 0.
+    P is symmetric positive definite by
     construction, so every move goes downhill (up to the conjugate-gradient tolerance) and
     vanishes with the forces; coordinates held by ASE constraints (``graph.free``) are left out
     of the solve and never move.
@@ -264,6 +269,9 @@ class ModelHessianActor(Actor):
     """Scale of the edge blocks α, β (eV/Å²): the order of a metal bond's stiffness."""
     EDGE_BIAS = -4.0
     """Initial bias of the edge MLP's output: softplus(−4)·unit ≈ 0.18 eV/Å² per edge."""
+    VECTOR_INIT = 1e-2
+    """Standard deviation of the rank-one terms' channel weights W at the start, over √channels: u uᵀ starts at
+    about 1e-3 of the edges' α, so the untrained head is the pair form's to within that."""
 
     def __init__(self, cfg: NetworkConfig, env: EnvConfig) -> None:
         super().__init__(cfg, env)
@@ -283,13 +291,21 @@ class ModelHessianActor(Actor):
                                       nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
         nn.init.zeros_(self.edge_mlp[-1].weight)
         nn.init.constant_(self.edge_mlp[-1].bias, self.EDGE_BIAS)
+        self.vector_weight = None  # [K, channels]: only with network.edge_vectors (older checkpoints keep their names)
+        if cfg.edge_vectors > 0:
+            block = next(i for i, (_, ir) in enumerate(self.trunk.irreps_out) if ir == o3.Irrep("1o"))
+            self.vector_slice = self.trunk.irreps_out.slices()[block]  # the trunk's 1o features, [N, channels·3]
+            self.n_vectors = self.trunk.irreps_out[block].mul
+            scale = self.VECTOR_INIT / math.sqrt(self.n_vectors)
+            self.vector_weight = nn.Parameter(scale * torch.randn(int(cfg.edge_vectors), self.n_vectors))
         self.to(torch_dtype(cfg.dtype))
 
     def model_hessian_readout(self) -> list[nn.Parameter]:
         """The parameters that turn trunk features into the model Hessian (the diagonal heads, the edge MLP): the
         learner trains them at ``learner.curvature_lr``."""
         layers = [self.head, self.edge_mlp] + ([self.cell_head] if self.cell_head is not None else [])
-        return [p for layer in layers for p in layer.parameters()]
+        extra = [self.vector_weight] if self.vector_weight is not None else []
+        return [p for layer in layers for p in layer.parameters()] + extra
 
     def _diagonal(self, readout: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """(1 / step_size)·exp(DIAG_GAIN·readout(x)), eV/Å², per row of x. [rows]"""
@@ -314,8 +330,14 @@ class ModelHessianActor(Actor):
         h_s, h_r = h.index_select(0, graph.edge_index[0]), h.index_select(0, graph.edge_index[1])  # [E, channels]
         feats = torch.cat([h_s + h_r, h_s * h_r, geo.basis], dim=-1)  # [E, 2c + num_basis]
         ab = self.EDGE_UNIT * nn.functional.softplus(self.edge_mlp(feats)) * geo.envelope.unsqueeze(-1)
+        vectors = None
+        if self.vector_weight is not None:
+            v = x[:, self.vector_slice].reshape(-1, self.n_vectors, 3)  # [N, channels, 3]
+            v_e = v.index_select(0, graph.edge_index[0]) + v.index_select(0, graph.edge_index[1])  # [E, channels, 3]
+            gain = math.sqrt(self.EDGE_UNIT) * geo.envelope  # [E]
+            vectors = torch.einsum("kc,eci->eki", self.vector_weight, v_e) * gain[:, None, None]  # [E, K, 3]
         return ModelHessian(diag=diag, edge_index=graph.edge_index, alpha=ab[:, 0], beta=ab[:, 1],
-                            direction=geo.vectors / geo.length.unsqueeze(-1), free=free)
+                            direction=geo.vectors / geo.length.unsqueeze(-1), free=free, vectors=vectors)
 
     def move(self, graph: Graph, hessian: ModelHessian) -> torch.Tensor:
         """The bounded L-BFGS move on ``hessian``, [n_rows, 3] (atoms Å, then cell rows)."""

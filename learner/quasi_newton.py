@@ -24,7 +24,7 @@ initial inverse Hessian of :func:`lbfgs_direction` is any function ``h0(v)`` of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -187,7 +187,7 @@ def _rows_dot(a: torch.Tensor, b: torch.Tensor, batch: torch.Tensor, n_graphs: i
 class ModelHessian:
     """A sparse, symmetric positive-definite model of the Hessian over the rows of a batch (eV/Å²)::
 
-        P = Σ_i d_i·(e_i e_iᵀ ⊗ I₃) + Σ_e ½·(e_r − e_s)(e_r − e_s)ᵀ ⊗ B_e,    B_e = α_e·I₃ + β_e·r̂_e r̂_eᵀ
+        P = Σ_i d_i·(e_i e_iᵀ ⊗ I₃) + Σ_e ½·(e_r − e_s)(e_r − e_s)ᵀ ⊗ B_e,    B_e = α_e·I₃ + β_e·r̂_e r̂_eᵀ [+ Σ_k u_ek u_ekᵀ]
 
     over the rows i (the atoms, then any cell rows) and the directed edges e = (s → r) of the
     neighbour graph (atom rows only). With d_i > 0 and α_e, β_e ≥ 0 every term is positive
@@ -200,6 +200,9 @@ class ModelHessian:
 
     ``free`` [N, 3] (1 free, 0 held by a constraint) restricts P to the free coordinates: a held
     coordinate is neither moved nor felt, so the solve is the one on the free subspace.
+
+    ``vectors`` [E, K, 3] (optional) add K rank-one terms u uᵀ to each edge's block: any symmetric positive
+    semi-definite 3×3 block is αI + Σ u uᵀ with K = 3, so the blocks are no longer held to a pair potential's form.
     """
 
     diag: torch.Tensor  # [N] eV/Å², > 0
@@ -208,6 +211,7 @@ class ModelHessian:
     beta: torch.Tensor  # [E] eV/Å², ≥ 0
     direction: torch.Tensor  # [E, 3] unit vectors along the edges
     free: torch.Tensor | None = None  # [N, 3] 1.0 free, 0.0 fixed; None: every coordinate free
+    vectors: torch.Tensor | None = None  # [E, K, 3] (eV/Å²)^½: rank-one terms of the edge blocks; None: none
 
     def _mask(self, v: torch.Tensor) -> torch.Tensor:
         if self.free is None:
@@ -222,16 +226,30 @@ class ModelHessian:
         dv = x[rcv] - x[snd]  # [E, 3, R]
         along = (self.direction.unsqueeze(-1) * dv).sum(1, keepdim=True)  # [E, 1, R]
         m = 0.5 * (self.alpha[:, None, None] * dv + self.beta[:, None, None] * along * self.direction.unsqueeze(-1))
+        if self.vectors is not None:
+            m = m + 0.5 * torch.einsum("eki,ekr->eir", self.vectors, torch.einsum("eki,eir->ekr", self.vectors, dv))
         out = self.diag[:, None, None] * x
         out = out.index_add(0, rcv, m).index_add(0, snd, -m)
         out = self._mask(out)
         return out.squeeze(-1) if squeeze else out
 
+    def half_edge_blocks(self) -> torch.Tensor:
+        """½·B_e of every directed edge (each direction carries half of the pair's block), [E, 3, 3]."""
+        eye = torch.eye(3, dtype=self.diag.dtype, device=self.diag.device)
+        b = self.alpha[:, None, None] * eye + self.beta[:, None, None] * self.direction[:, :, None] * self.direction[:, None, :]
+        if self.vectors is not None:
+            b = b + torch.einsum("eki,ekj->eij", self.vectors, self.vectors)
+        return 0.5 * b
+
+    def detached_edges(self) -> ModelHessian:
+        """The same P with the edge blocks cut from the autograd graph (the diagonal still trains)."""
+        return replace(self, alpha=self.alpha.detach(), beta=self.beta.detach(),
+                                   vectors=None if self.vectors is None else self.vectors.detach())
+
     def block_diagonal(self) -> torch.Tensor:
         """The 3×3 diagonal blocks of P on the free coordinates (identity on the held ones), [N, 3, 3]."""
         eye = torch.eye(3, dtype=self.diag.dtype, device=self.diag.device)
-        b = 0.5 * (self.alpha[:, None, None] * eye + self.beta[:, None, None] * self.direction[:, :, None]
-                   * self.direction[:, None, :])  # [E, 3, 3]
+        b = self.half_edge_blocks()  # [E, 3, 3]
         snd, rcv = self.edge_index[0], self.edge_index[1]
         self_image = snd == rcv  # an atom's own periodic image: v_r − v_s = 0, no diagonal term
         b = b * (~self_image).to(b.dtype)[:, None, None]

@@ -123,3 +123,39 @@ def test_periodic_images_of_a_pair_are_fitted_together() -> None:
     alone = fit_model_hessian(full, g.edge_index, vec, None, 0.5, joint_images=False)
     assert float(curvature_loss(joint, t)) < 0.05 < 0.2 < float(curvature_loss(alone, t))
     assert bool((joint.alpha >= 0).all() and (joint.beta >= 0).all())  # still positive semi-definite edge by edge
+
+
+def test_rank_one_terms_fit_the_coupling_a_pair_potentials_form_cannot_hold() -> None:
+    """EMT is many-body, so a pair's Hessian block is no αI + βr̂r̂ᵀ: the best pair-form fit leaves a residual that
+    edge blocks with rank-one terms (network.edge_vectors) fit further (any positive semi-definite block with K = 3)."""
+    torch.manual_seed(0)
+    atoms = structures()[:2]
+    obs, probes, sizes = probed(atoms, [[0, 1, 2, 3], [0, 2, 4]])
+    g = batch_graphs(obs, CFG)
+    t = curvature_targets(probes, sizes)
+    vec = g.edge_vectors()
+    fits, offset = [], 0
+    for a, n in zip(atoms, sizes):
+        sel = (g.edge_index[1] >= offset) & (g.edge_index[1] < offset + n)
+        fits.append(fit_model_hessian(torch.as_tensor(finite_difference_hessian(a, EMT(), np.ones(3 * n, bool))),
+                                      g.edge_index[:, sel] - offset, vec[sel], None, 0.5))
+        offset += n
+    pair = ModelHessian(torch.cat([f.diag for f in fits]), g.edge_index, torch.cat([f.alpha for f in fits]),
+                        torch.cat([f.beta for f in fits]), vec / vec.norm(dim=1, keepdim=True), g.free)
+
+    def fitted(rank_one: bool) -> float:
+        """The loss after Adam on the edge blocks from the pair-form fit: α, β (≥ 0), and rank-one terms or not."""
+        alpha, beta = pair.alpha.clone().requires_grad_(), pair.beta.clone().requires_grad_()
+        vectors = (1e-3 * torch.randn(g.n_edges, 3, 3, dtype=torch.float64)).requires_grad_()
+        opt = torch.optim.Adam([alpha, beta] + ([vectors] if rank_one else []), lr=2e-2)
+        for _ in range(300):
+            model = dataclasses.replace(pair, alpha=alpha.clamp_min(0.0), beta=beta.clamp_min(0.0),
+                                        vectors=vectors if rank_one else None)
+            loss = curvature_loss(model, t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss)
+
+    pair_form, general = fitted(False), fitted(True)
+    assert general < 0.85 * pair_form <= float(curvature_loss(pair, t)), (general, pair_form)

@@ -374,8 +374,9 @@ def test_quasi_newton_head_gives_no_move_to_atoms_without_force_and_history() ->
     assert np.abs(d[fixed]).max() == 0.0 and np.abs(d).max() > 0
 
 
-def test_model_hessian_head_is_lbfgs_on_its_own_model_hessian_and_starts_as_lbfgs() -> None:
-    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian", step_size=0.02)
+@pytest.mark.parametrize("edge_vectors", [0, 2])
+def test_model_hessian_head_is_lbfgs_on_its_own_model_hessian_and_starts_as_lbfgs(edge_vectors: int) -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian", step_size=0.02, edge_vectors=edge_vectors)
     actor = build_actor(cfg, EnvConfig(max_step=1.0, history_steps=4))
     actor.max_step = 1e3  # the unbounded maths (the config allows at most 1 Å)
     obs = _secant_history([cu_cluster(6, seed=0), cu_cluster(9, seed=1)], steps=4)
@@ -389,9 +390,10 @@ def test_model_hessian_head_is_lbfgs_on_its_own_model_hessian_and_starts_as_lbfg
         want = lbfgs_reference(o.forces, o.history, 0.02)
         assert np.linalg.norm(got - want) < 0.02 * np.linalg.norm(want)
     # whatever the weights: the textbook preconditioned L-BFGS step on the model Hessian the head predicts
-    for p in actor.edge_mlp[-1].parameters():
+    for p in actor.model_hessian_readout():
         torch.nn.init.normal_(p, std=1.0)
     model = actor.model_hessian(g)
+    assert (model.vectors is None) == (edge_vectors == 0)
     d = actor(g).detach().numpy()
     eye = torch.eye(3 * g.n_atoms, dtype=torch.float64)
     p_dense = torch.stack([model.matvec(eye[:, k].reshape(-1, 3)).reshape(-1) for k in range(3 * g.n_atoms)], 1)
@@ -403,10 +405,11 @@ def test_model_hessian_head_is_lbfgs_on_its_own_model_hessian_and_starts_as_lbfg
         offset += o.n_atoms
 
 
-def test_model_hessian_head_goes_downhill_and_never_moves_a_held_coordinate() -> None:
-    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian")
+@pytest.mark.parametrize("edge_vectors", [0, 2])
+def test_model_hessian_head_goes_downhill_and_never_moves_a_held_coordinate(edge_vectors: int) -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian", edge_vectors=edge_vectors)
     actor = build_actor(cfg, EnvConfig(max_step=0.1, history_steps=3))
-    for p in list(actor.head.parameters()) + list(actor.edge_mlp[-1].parameters()):
+    for p in actor.model_hessian_readout():
         torch.nn.init.normal_(p, std=0.5)
     obs = _secant_history([cu_cluster(7, seed=4), cu_cluster(8, seed=5)], steps=3)
     free = np.ones((7, 3))
@@ -420,3 +423,32 @@ def test_model_hessian_head_goes_downhill_and_never_moves_a_held_coordinate() ->
     assert float(d[:7][torch.as_tensor(free) == 0].abs().max()) == 0.0 and float(d.abs().max()) > 0
     assert (torch.zeros(2, dtype=d.dtype).index_add_(0, g.batch, (d * g.forces).sum(-1)) > 0).all()
     assert float(d.detach().norm(dim=-1).max()) <= 0.1 + 1e-12
+
+
+def test_model_hessian_edge_vectors_rotate_with_the_structure_and_learn() -> None:
+    cfg = NetworkConfig(**SMALL, path_history=True, actor_head="model-hessian", edge_vectors=2)
+    actor = build_actor(cfg, EnvConfig(max_step=0.1, history_steps=3))
+    obs = _secant_history([cu_cluster(7, seed=6)], steps=3)
+    g0 = batch_graphs(obs, cfg)
+    # at the start the rank-one terms are about 1e-3 of the pair form's blocks: the untrained head is the pair form's
+    start = actor.model_hessian(g0)
+    pair = torch.einsum("eki,ekj->eij", start.vectors, start.vectors)
+    assert 0 < float(pair.norm()) < 1e-2 * float((start.half_edge_blocks() * 2 - pair).norm())
+    # they learn: the move's gradient reaches their weights
+    actor(g0).pow(2).sum().backward()
+    assert actor.vector_weight.grad is not None and float(actor.vector_weight.grad.abs().sum()) > 0
+    with torch.no_grad():
+        torch.nn.init.normal_(actor.vector_weight, std=1.0)
+    R = o3.rand_matrix(dtype=torch.float64)
+    g1 = batch_graphs([_rotated(o, R.numpy()) for o in obs], cfg)
+    m0, m1 = actor.model_hessian(g0), actor.model_hessian(g1)
+    b0, b1 = m0.half_edge_blocks(), m1.half_edge_blocks()
+    assert torch.equal(g0.edge_index, g1.edge_index)
+    torch.testing.assert_close(R @ b0 @ R.T, b1, atol=1e-9, rtol=0)  # each edge's 3×3 block rotates as a tensor
+    vv = torch.einsum("eki,ekj->eij", m0.vectors, m0.vectors)
+    assert float(vv.norm()) > 0.1 * float(b0.norm())  # and is no longer of the pair form αI + βr̂r̂ᵀ alone
+    d0, d1 = actor(g0), actor(g1)
+    torch.testing.assert_close(d0 @ R.T, d1, atol=1e-9, rtol=0)
+    with torch.no_grad():
+        actor.vector_weight.zero_()
+    assert not torch.allclose(actor(g0), d0)

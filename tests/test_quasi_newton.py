@@ -104,8 +104,9 @@ def test_quasi_newton_step_goes_downhill_and_is_bounded_for_any_spd_compliance()
 # ----------------------------------------------------------------------------- the sparse model Hessian
 
 
-def random_model(sizes: list[int], seed: int, with_free: bool = True) -> tuple[ModelHessian, torch.Tensor]:
-    """A ModelHessian over random edges within each structure of ``sizes`` atoms (and its per-atom batch index)."""
+def random_model(sizes: list[int], seed: int, with_free: bool = True, vectors: int = 0) -> tuple[ModelHessian, torch.Tensor]:
+    """A ModelHessian over random edges within each structure of ``sizes`` atoms (and its per-atom batch index), with
+    ``vectors`` random rank-one terms per edge block."""
     rng = np.random.default_rng(seed)
     n = sum(sizes)
     edges, offset = [], 0
@@ -118,7 +119,8 @@ def random_model(sizes: list[int], seed: int, with_free: bool = True) -> tuple[M
     free = torch.as_tensor((rng.random((n, 3)) > 0.25).astype(float)) if with_free else None
     model = ModelHessian(diag=torch.as_tensor(rng.uniform(0.2, 2.0, n)), edge_index=ei,
                          alpha=torch.as_tensor(rng.uniform(0, 5, ei.shape[1])), beta=torch.as_tensor(rng.uniform(0, 5, ei.shape[1])),
-                         direction=vec / vec.norm(dim=1, keepdim=True), free=free)
+                         direction=vec / vec.norm(dim=1, keepdim=True), free=free,
+                         vectors=torch.as_tensor(rng.normal(size=(ei.shape[1], vectors, 3))) if vectors else None)
     return model, torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
 
 
@@ -128,8 +130,9 @@ def dense(model: ModelHessian, n: int) -> np.ndarray:
     return torch.stack([model.matvec(eye[:, k].reshape(n, 3)).reshape(-1) for k in range(3 * n)], 1).numpy()
 
 
-def test_model_hessian_is_symmetric_positive_definite_on_the_free_coordinates_and_cg_solves_it() -> None:
-    model, batch = random_model([5, 7], seed=0)
+@pytest.mark.parametrize("vectors", [0, 2])
+def test_model_hessian_is_symmetric_positive_definite_on_the_free_coordinates_and_cg_solves_it(vectors: int) -> None:
+    model, batch = random_model([5, 7], seed=0, vectors=vectors)
     n = 12
     p = dense(model, n)
     free = model.free.numpy().ravel() > 0
@@ -148,8 +151,9 @@ def test_model_hessian_is_symmetric_positive_definite_on_the_free_coordinates_an
         np.testing.assert_allclose(x[..., r].ravel(), want, atol=1e-10)
 
 
-def test_model_hessian_step_is_textbook_preconditioned_lbfgs_per_structure() -> None:
-    model, batch = random_model([6, 4], seed=2, with_free=False)
+@pytest.mark.parametrize("vectors", [0, 3])
+def test_model_hessian_step_is_textbook_preconditioned_lbfgs_per_structure(vectors: int) -> None:
+    model, batch = random_model([6, 4], seed=2, with_free=False, vectors=vectors)
     parts = [quadratic_path(6, 4, seed=3), quadratic_path(4, 2, seed=4)]
     parts[1] = (parts[1][0], np.concatenate([parts[1][1], np.zeros((4, 12))], axis=1))  # two steps taken so far
     forces, history, batch, n_graphs = batch_of(parts)
