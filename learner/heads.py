@@ -243,10 +243,9 @@ class ModelHessianActor(Actor):
     trunk's 1o features of the edge's two atoms: the coupling a pair potential's form cannot hold (angular terms,
     neighbours' influence), still positive semi-definite and equivariant (u rotates with the structure, u uᵀ as a
     3×3 block must). W starts small (random, :data:`VECTOR_INIT`), not zero: u uᵀ has no gradient at u = 0.
-    P is symmetric positive definite by
-    construction, so every move goes downhill (up to the conjugate-gradient tolerance) and
-    vanishes with the forces; coordinates held by ASE constraints (``graph.free``) are left out
-    of the solve and never move.
+    No gain measured in the demo (docs/RESULTS.md), so off in the presets. P is symmetric positive definite by
+    construction, so every move goes downhill (up to the conjugate-gradient tolerance) and vanishes with the forces;
+    coordinates held by ASE constraints (``graph.free``) are left out of the solve and never move.
 
     At initialisation the edge blocks are near zero (softplus of −4 times the unit: ~2 % of d) and
     d_i = 1/step_size, so an untrained actor is L-BFGS with Nocedal's scaling, the 'quasi-newton'
