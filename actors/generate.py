@@ -141,6 +141,14 @@ def adsorbate_on_slab(metal: str, adsorbate: str, rng: np.random.Generator, face
     return slab
 
 
+def _bulk_or_slab(kind: str, arg: Any, metal: str, rng: np.random.Generator, rattle: float) -> Atoms:
+    """A recipe's periodic structure: ``("bulk", n_atoms)`` or ``("slab", ((nx, ny, layers), facet))``."""
+    if kind == "bulk":
+        return rattled_bulk(metal, arg, rng, rattle)
+    size, facet = arg
+    return rattled_slab(metal, size, rng, rattle, facet)
+
+
 def _demo_recipes(n: int) -> list[tuple[str, Any]]:
     """The mix of generated structures: ~60 % clusters of 3–8 atoms, ~15 % clusters of 9–16,
     ~10 % periodic systems of 8–16 atoms, the rest 27–64-atom bulk and slabs."""
@@ -180,11 +188,8 @@ def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
             else:
                 symbols = [first] * arg
             atoms = random_cluster(symbols, rng, cfg.min_distance)
-        elif kind == "bulk":
-            atoms = rattled_bulk(elements[int(rng.integers(len(elements)))], arg, rng, cfg.rattle)
         else:
-            size, facet = arg
-            atoms = rattled_slab(elements[int(rng.integers(len(elements)))], size, rng, cfg.rattle, facet)
+            atoms = _bulk_or_slab(kind, arg, elements[int(rng.integers(len(elements)))], rng, cfg.rattle)
         name = f"{kind}-{atoms.get_chemical_formula()}-s{seed}-{k}"
         out.append(named_copy(atoms, name, kind))
     out += _extra_kinds(cfg, seed, len(out))
@@ -224,11 +229,7 @@ def large_cells(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     for j in range(cfg.n_large):
         rng = np.random.default_rng([seed, 104729, j])
         kind, arg = LARGE_RECIPES[j % len(LARGE_RECIPES)]
-        metal = cfg.elements[int(rng.integers(len(cfg.elements)))]
-        if kind == "bulk":
-            atoms = rattled_bulk(metal, arg, rng, cfg.rattle)
-        else:
-            atoms = rattled_slab(metal, arg[0], rng, cfg.rattle, arg[1])
+        atoms = _bulk_or_slab(kind, arg, cfg.elements[int(rng.integers(len(cfg.elements)))], rng, cfg.rattle)
         out.append(named_copy(atoms, f"{kind}-{atoms.get_chemical_formula()}-s{seed}-large{j}", kind))
     return out
 

@@ -35,6 +35,20 @@ def probed(structures, picks):
     return obs, probes, [len(a) for a in structures]
 
 
+def pair_form_fit(atoms, sizes, g) -> ModelHessian:
+    """The batch's model Hessian fitted, structure by structure, to each one's full finite-difference EMT Hessian
+    (:func:`fit_model_hessian`, floor 0.5 eV/Å²): the pair form with a perfect network."""
+    vec = g.edge_vectors()
+    fits, offset = [], 0
+    for a, n in zip(atoms, sizes):
+        sel = (g.edge_index[1] >= offset) & (g.edge_index[1] < offset + n)
+        fits.append(fit_model_hessian(torch.as_tensor(finite_difference_hessian(a, EMT(), np.ones(3 * n, bool))),
+                                      g.edge_index[:, sel] - offset, vec[sel], None, 0.5))
+        offset += n
+    return ModelHessian(torch.cat([f.diag for f in fits]), g.edge_index, torch.cat([f.alpha for f in fits]),
+                        torch.cat([f.beta for f in fits]), vec / vec.norm(dim=1, keepdim=True), g.free)
+
+
 def structures():
     a = bulk("Cu", "fcc", a=3.6, cubic=True)
     a.rattle(0.1, seed=1)
@@ -64,14 +78,7 @@ def test_a_model_hessian_scores_zero_against_its_own_columns_and_a_fit_beats_a_g
     own = dataclasses.replace(t, blocks=torch.cat(cols))
     assert float(curvature_loss(guess, own)) < 1e-20
     # the model fitted to each structure's full Hessian is far closer to the measured columns than the guess
-    fits, offset = [], 0
-    for a, n in zip(atoms, sizes):
-        sel = (g.edge_index[1] >= offset) & (g.edge_index[1] < offset + n)
-        fits.append(fit_model_hessian(torch.as_tensor(finite_difference_hessian(a, EMT(), np.ones(3 * n, bool))),
-                                      g.edge_index[:, sel] - offset, vec[sel], None, 0.5))
-        offset += n
-    fit = ModelHessian(torch.cat([f.diag for f in fits]), g.edge_index, torch.cat([f.alpha for f in fits]),
-                       torch.cat([f.beta for f in fits]), vec / vec.norm(dim=1, keepdim=True), g.free)
+    fit = pair_form_fit(atoms, sizes, g)
     assert float(curvature_loss(fit, t)) < 0.5 < 3.0 < float(curvature_loss(guess, t))
 
 
@@ -133,15 +140,7 @@ def test_rank_one_terms_fit_the_coupling_a_pair_potentials_form_cannot_hold() ->
     obs, probes, sizes = probed(atoms, [[0, 1, 2, 3], [0, 2, 4]])
     g = batch_graphs(obs, CFG)
     t = curvature_targets(probes, sizes)
-    vec = g.edge_vectors()
-    fits, offset = [], 0
-    for a, n in zip(atoms, sizes):
-        sel = (g.edge_index[1] >= offset) & (g.edge_index[1] < offset + n)
-        fits.append(fit_model_hessian(torch.as_tensor(finite_difference_hessian(a, EMT(), np.ones(3 * n, bool))),
-                                      g.edge_index[:, sel] - offset, vec[sel], None, 0.5))
-        offset += n
-    pair = ModelHessian(torch.cat([f.diag for f in fits]), g.edge_index, torch.cat([f.alpha for f in fits]),
-                        torch.cat([f.beta for f in fits]), vec / vec.norm(dim=1, keepdim=True), g.free)
+    pair = pair_form_fit(atoms, sizes, g)
 
     def fitted(rank_one: bool) -> float:
         """The loss after Adam on the edge blocks from the pair-form fit: α, β (≥ 0), and rank-one terms or not."""
