@@ -473,6 +473,11 @@ class LearnerConfig:
     curvature_lr: float = 2e-3
     """Adam learning rate of the 'model-hessian' head's readout (the layers that turn trunk features into the model
     Hessian; the trunk learns at actor_lr): the edge blocks start near zero and must grow by orders of magnitude."""
+    policy_average: int = 0
+    """The policy is the average of the actor's weights over about this many of the newest updates (0 = the actor
+    as it is): a running mean over the first ``policy_average`` actor updates, then an exponential moving average
+    with rate 1/``policy_average``. It is what checkpoints give ``relaxrl eval``/``relax``/``RLOptimizer`` and what the
+    live evaluation judges; the actors still explore with the actor itself."""
     grad_clip: float = 10.0
     """Global gradient-norm clip (0 = none)."""
     device: str = "auto"
@@ -509,6 +514,7 @@ class LearnerConfig:
             (self.curvature_weight >= 0, "curvature_weight", self.curvature_weight, "a weight >= 0"),
             (self.actor_q_weight >= 0, "actor_q_weight", self.actor_q_weight, "a weight >= 0 (1 = TD3+BC)"),
             (self.curvature_lr > 0, "curvature_lr", self.curvature_lr, "a positive learning rate, e.g. 2e-3"),
+            (self.policy_average >= 0, "policy_average", self.policy_average, ">= 0 updates (0 = off), e.g. 1000"),
             (self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0 (0 = none)"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", self.device,
              "'auto', 'cpu', 'cuda' or 'cuda:N'"),

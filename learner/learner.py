@@ -142,6 +142,8 @@ class Learner:
         self.critic_target = copy.deepcopy(self.critic)
         for p in list(self.actor_target.parameters()) + list(self.critic_target.parameters()):
             p.requires_grad_(False)
+        # the policy's weights (learner.policy_average): a mean of the actor's, never trained itself
+        self.actor_average = copy.deepcopy(self.actor).requires_grad_(False) if self.lc.policy_average else None
         self.actor_opt = torch.optim.Adam(actor_param_groups(self.actor, self.lc), lr=self.lc.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.lc.critic_lr)
         self.hyper = td3.TD3Hyper(gamma=self.lc.gamma, tau=self.lc.tau, target_noise=self.lc.target_noise,
@@ -256,6 +258,7 @@ class Learner:
             sel = tables == table
             self.sampler.update_priorities(str(table), np.asarray(info.key)[sel], priorities[sel])
         c.updates += 1
+        self._average_policy()
         t2 = time.monotonic()
         c.sample_wait_s += t1 - t0
         c.update_s += t2 - t1
@@ -290,9 +293,28 @@ class Learner:
         finally:
             self.checkpoint()
 
+    def _average_policy(self) -> None:
+        """Move the policy's weights toward the actor's (learner.policy_average): the running mean of the actor after
+        updates 1..t while t ≤ N, then an exponential moving average with rate 1/N."""
+        if self.actor_average is None:
+            return
+        rate = 1.0 / min(self.counters.updates, self.lc.policy_average)
+        with torch.no_grad():
+            for avg, new in zip(self.actor_average.state_dict().values(), self.actor.state_dict().values()):
+                if avg.is_floating_point():
+                    avg.lerp_(new, rate)
+                else:
+                    avg.copy_(new)
+
     # -- outputs --------------------------------------------------------------------------------
     def actor_weights(self) -> dict:
+        """The actor's weights (what the actors explore with)."""
         return {k: v.detach().cpu().clone() for k, v in self.actor.state_dict().items()}
+
+    def policy_weights(self) -> dict:
+        """The policy's weights: the actor's average under learner.policy_average, else the actor's."""
+        actor = self.actor_average if self.actor_average is not None else self.actor
+        return {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()}
 
     def log_row(self) -> dict[str, Any]:
         """Append one row to metrics.jsonl: window means of the update scalars plus counters and extras."""
@@ -325,6 +347,7 @@ class Learner:
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "counters": {"updates": c.updates, "t_total": c.t_total, "nonfinite_total": c.nonfinite_total},
             "generator": self.generator.get_state(),
+            **({} if self.actor_average is None else {"actor_average": self.actor_average.state_dict()}),
         }, keep=self.lc.keep_checkpoints)
 
     def restore(self, path: str | Path) -> None:
@@ -340,7 +363,7 @@ class Learner:
             raise CheckpointError(f"{data['path']} belongs to run {ckpt_name!r} (id {ckpt_id}), not to the run being "
                                   f"resumed ({self.config.run.name!r}, id {self.config.run.id}); resume the run it "
                                   "came from, or start a new run")
-        for entry in ("actor", "critic", "actor_target", "critic_target"):
+        for entry in ("actor", "critic", "actor_target", "critic_target", "actor_average"):
             if isinstance(data.get(entry), dict):
                 check_weights_dtype(data["path"], entry, data[entry], self.dtype, "network.dtype")
         try:
@@ -350,6 +373,8 @@ class Learner:
             self.critic_target.load_state_dict(data["critic_target"])
             self.actor_opt.load_state_dict(data["actor_opt"])
             self.critic_opt.load_state_dict(data["critic_opt"])
+            if self.actor_average is not None:  # a run that had no average (policy_average set at the resume) starts one
+                self.actor_average.load_state_dict(data.get("actor_average", data["actor"]))
         except (KeyError, RuntimeError, ValueError) as e:  # another network size, or a policy-only checkpoint
             raise CheckpointError(f"{data['path']} does not fit this run's networks ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:200]}); resume without --set network.* overrides, "

@@ -83,7 +83,8 @@ def save_policy(run_dir: str | Path, config, actor: torch.nn.Module, updates: in
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_config=None) -> Policy:
-    """The actor of a checkpoint file or of a run directory's newest checkpoint.
+    """The policy of a checkpoint file or of a run directory's newest checkpoint: its actor, or the average of the
+    actor's weights where the run kept one (``actor_average``, learner.policy_average).
 
     ``expect_config``: a RunConfig whose network section the checkpoint must match.
     """
@@ -99,9 +100,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", expect_con
         raise CheckpointError(f"{data['path']} was trained with a different network config: "
                               + ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()))
     policy = Policy(config, device=device)
-    check_weights_dtype(data["path"], "actor", data["actor"], policy.dtype, "network.dtype")
+    entry = "actor_average" if isinstance(data.get("actor_average"), dict) else "actor"
+    check_weights_dtype(data["path"], entry, data[entry], policy.dtype, "network.dtype")
     try:
-        policy.load_weights(data["actor"], version=data.get("counters", {}).get("updates", 0))  # types checked on load
+        policy.load_weights(data[entry], version=data.get("counters", {}).get("updates", 0))  # types checked on load
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{data['path']}: actor weights do not fit the network of its config "
                               f"({str(e).splitlines()[0][:200]}); the checkpoint is from an incompatible version") from None

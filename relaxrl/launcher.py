@@ -377,7 +377,7 @@ class Run:
     def extra_metrics(self) -> dict[str, Any]:
         s = dict(self.stats(max_age_s=0.0))
         s.pop("t_total", None)
-        s.update(self.live_eval.maybe(self.learner.counters.updates, self.learner.actor_weights,  # eval/* rows
+        s.update(self.live_eval.maybe(self.learner.counters.updates, self.learner.policy_weights,  # eval/* rows
                                       critic=self.learner.critic))
         return s
 

@@ -67,3 +67,33 @@ def test_keep_checkpoints_keeps_the_newest_n_or_all(tmp_path):
         assert names == (["ckpt-00000030.pt", "ckpt-00000040.pt"] if keep else
                          [f"ckpt-{u:08d}.pt" for u in (10, 20, 30, 40)])
         assert [checkpoint_updates(p) for p in list_checkpoints(run)] == ([30, 40] if keep else [10, 20, 30, 40])
+
+
+def test_policy_average_is_a_running_mean_then_an_ema_and_is_what_the_checkpoint_gives(tmp_path):
+    from learner.policy import load_policy
+
+    cfg = load_config(None, ["network.channels=4", "network.num_layers=2", "run.seed=3", "learner.policy_average=3"])
+    learner = Learner(cfg, sampler=None, run_dir=tmp_path, t_total=lambda: 0, device="cpu")
+    name = next(k for k, v in learner.actor.state_dict().items() if v.is_floating_point() and v.numel() > 1)
+    seen = []
+    for step in range(1, 6):  # the actor's weights after updates 1..5, each moved by hand
+        with torch.no_grad():
+            learner.actor.state_dict()[name].add_(float(step))
+        seen.append(learner.actor.state_dict()[name].clone())
+        learner.counters.updates = step
+        learner._average_policy()
+    mean3 = sum(seen[:3]) / 3  # updates 1..3: the running mean
+    expected = mean3 + (seen[3] - mean3) / 3  # then rate 1/3
+    expected = expected + (seen[4] - expected) / 3
+    assert torch.allclose(learner.policy_weights()[name], expected)
+    assert not torch.allclose(learner.actor_weights()[name], expected)  # the actors still explore with the actor
+
+    learner.checkpoint()
+    assert torch.allclose(load_policy(tmp_path).weights()[name], expected)  # eval, relax and RLOptimizer get the average
+    again = Learner(cfg, sampler=None, run_dir=tmp_path, t_total=lambda: 0, device="cpu", resume=True)
+    assert torch.equal(again.policy_weights()[name], learner.policy_weights()[name])
+    assert torch.equal(again.actor_weights()[name], learner.actor_weights()[name])
+
+    off = load_config(None, ["network.channels=4", "network.num_layers=2", "run.seed=3"])  # the same run without it
+    plain = Learner(off, sampler=None, run_dir=tmp_path / "plain", t_total=lambda: 0, device="cpu")
+    assert plain.actor_average is None and torch.equal(plain.policy_weights()[name], plain.actor_weights()[name])
