@@ -475,7 +475,7 @@ class LearnerConfig:
     Hessian; the trunk learns at actor_lr): the edge blocks start near zero and must grow by orders of magnitude."""
     policy_average: int = 0
     """The policy is the average of the actor's weights over about this many of the newest updates (0 = the actor
-    as it is): a running mean over the first ``policy_average`` actor updates, then an exponential moving average
+    as it is): a running mean over the first ``policy_average`` updates, then an exponential moving average
     with rate 1/``policy_average``. It is what checkpoints give ``relaxrl eval``/``relax``/``RLOptimizer`` and what the
     live evaluation judges; the actors still explore with the actor itself."""
     grad_clip: float = 10.0

@@ -111,6 +111,11 @@ class Counters:
     update_s: float = 0.0
 
 
+def _cpu_copy(module: torch.nn.Module) -> dict:
+    """A module's state dict as detached CPU copies (safe to publish while the module trains on)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 class Learner:
     """One central TD3 learner.
 
@@ -298,23 +303,17 @@ class Learner:
         updates 1..t while t ≤ N, then an exponential moving average with rate 1/N."""
         if self.actor_average is None:
             return
-        rate = 1.0 / min(self.counters.updates, self.lc.policy_average)
-        with torch.no_grad():
-            for avg, new in zip(self.actor_average.state_dict().values(), self.actor.state_dict().values()):
-                if avg.is_floating_point():
-                    avg.lerp_(new, rate)
-                else:
-                    avg.copy_(new)
+        with torch.no_grad():  # TD3's target update with the average's rate
+            td3.polyak_update(self.actor_average, self.actor, 1.0 / min(self.counters.updates, self.lc.policy_average))
 
     # -- outputs --------------------------------------------------------------------------------
     def actor_weights(self) -> dict:
-        """The actor's weights (what the actors explore with)."""
-        return {k: v.detach().cpu().clone() for k, v in self.actor.state_dict().items()}
+        """The actor's weights (what the actors explore with), CPU copies."""
+        return _cpu_copy(self.actor)
 
     def policy_weights(self) -> dict:
-        """The policy's weights: the actor's average under learner.policy_average, else the actor's."""
-        actor = self.actor_average if self.actor_average is not None else self.actor
-        return {k: v.detach().cpu().clone() for k, v in actor.state_dict().items()}
+        """The policy's weights: the actor's average under learner.policy_average, else the actor's; CPU copies."""
+        return _cpu_copy(self.actor_average if self.actor_average is not None else self.actor)
 
     def log_row(self) -> dict[str, Any]:
         """Append one row to metrics.jsonl: window means of the update scalars plus counters and extras."""
