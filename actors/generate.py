@@ -6,7 +6,8 @@ Au, Ni, Pd, Pt, Al (grown atom by atom next to the existing cluster, never close
 slabs: mostly 3–8-atom clusters (the demo trains on those), some 9–16-atom systems, a few of
 27–64 atoms; plus ``curriculum.n_molecules`` rattled H/C/N/O molecules and
 ``curriculum.n_adsorbates`` adsorbates on slabs whose bottom layers are fixed (``FixAtoms``,
-kept by the environment); ``curriculum.n_large`` bulk and slabs of 96–128 atoms. Names look
+kept by the environment); ``curriculum.n_large`` bulk and slabs of 96–128 atoms and
+``curriculum.n_large_clusters`` random clusters of 20–64 atoms. Names look
 like ``cluster-Cu6-s0-3`` and ``bulk-Ni32-s0-60``. The builders (:func:`random_cluster`,
 :func:`rattled_bulk`, ...) also make the generalisation suite (actors/suite.py).
 :func:`split_structures` splits the generated and the file sources into train and held-out
@@ -35,6 +36,7 @@ __all__ = [
     "demo_structures",
     "generate_demo",
     "large_cells",
+    "large_clusters",
     "random_cluster",
     "rattled_bulk",
     "rattled_molecule",
@@ -167,6 +169,15 @@ def _demo_recipes(n: int) -> list[tuple[str, Any]]:
     return recipes[:n]
 
 
+def _cluster_symbols(elements: Sequence[str], n: int, rng: np.random.Generator) -> list[str]:
+    """A generated cluster's ``n`` symbols: one element, or with probability 1/4 a random mix of two."""
+    first = elements[int(rng.integers(len(elements)))]
+    if rng.random() < 0.25 and len(elements) > 1:  # some binary alloys
+        second = elements[int(rng.integers(len(elements)))]
+        return [first if rng.random() < 0.5 else second for _ in range(n)]
+    return [first] * n
+
+
 def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     """All generated structures for ``cfg`` and ``seed`` (before the split); deterministic."""
     elements = list(cfg.elements)
@@ -181,13 +192,7 @@ def generate_demo(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     for k, (kind, arg) in enumerate(_demo_recipes(cfg.n_structures)):
         rng = np.random.default_rng([seed, k])
         if kind == "cluster":
-            first = elements[int(rng.integers(len(elements)))]
-            if rng.random() < 0.25 and len(elements) > 1:  # some binary alloys
-                second = elements[int(rng.integers(len(elements)))]
-                symbols = [first if rng.random() < 0.5 else second for _ in range(arg)]
-            else:
-                symbols = [first] * arg
-            atoms = random_cluster(symbols, rng, cfg.min_distance)
+            atoms = random_cluster(_cluster_symbols(elements, arg, rng), rng, cfg.min_distance)
         else:
             atoms = _bulk_or_slab(kind, arg, elements[int(rng.integers(len(elements)))], rng, cfg.rattle)
         name = f"{kind}-{atoms.get_chemical_formula()}-s{seed}-{k}"
@@ -234,6 +239,24 @@ def large_cells(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     return out
 
 
+LARGE_CLUSTER_SIZES = (20, 26, 32, 38, 44, 50, 56, 64)
+"""The ``curriculum.n_large_clusters`` clusters' sizes in turn: past the 16 atoms of :func:`generate_demo`'s largest
+cluster, up to the curriculum's 64-atom stage."""
+
+
+def large_clusters(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
+    """The ``curriculum.n_large_clusters`` compact random clusters of 20–64 atoms (:data:`LARGE_CLUSTER_SIZES` in
+    turn; one metal of ``curriculum.elements``, a quarter of them binary, as :func:`generate_demo`'s clusters), seeded
+    apart from the other generated structures and from the generalisation suite's (actors/suite.py)."""
+    out = []
+    for j in range(cfg.n_large_clusters):
+        rng = np.random.default_rng([seed, 104723, j])
+        atoms = random_cluster(_cluster_symbols(cfg.elements, LARGE_CLUSTER_SIZES[j % len(LARGE_CLUSTER_SIZES)], rng),
+                               rng, cfg.min_distance)
+        out.append(named_copy(atoms, f"cluster-{atoms.get_chemical_formula()}-s{seed}-lc{j}", "cluster"))
+    return out
+
+
 def split_structures(structures: Sequence[Atoms], heldout_fraction: float, seed: int) -> tuple[list[Atoms], list[Atoms]]:
     """Deterministic train / held-out split, stratified by kind and size bucket.
 
@@ -259,10 +282,11 @@ def split_structures(structures: Sequence[Atoms], heldout_fraction: float, seed:
 def demo_structures(cfg: CurriculumConfig, seed: int) -> tuple[list[Atoms], list[Atoms]]:
     """Generated structures for ``cfg`` and ``seed``, split into (train, held-out).
 
-    The large cells (:func:`large_cells`) are split on their own, so adding them leaves the split of the others as
-    it was."""
+    The large cells (:func:`large_cells`) and the large clusters (:func:`large_clusters`) are each split on their
+    own, so adding them leaves the split of the others as it was."""
     train, held = split_structures(generate_demo(cfg, seed), cfg.heldout_fraction, seed)
-    if cfg.n_large:
-        large_train, large_held = split_structures(large_cells(cfg, seed), cfg.heldout_fraction, seed)
-        train, held = train + large_train, held + large_held
+    for extra in (large_cells(cfg, seed), large_clusters(cfg, seed)):
+        if extra:
+            extra_train, extra_held = split_structures(extra, cfg.heldout_fraction, seed)
+            train, held = train + extra_train, held + extra_held
     return train, held

@@ -231,6 +231,9 @@ class CurriculumConfig:
     n_large: int = 0
     """Generated 96–128-atom rattled bulk and slabs added to them (source='demo'); a curriculum stage of at least
     128 atoms lets episodes reach them (e.g. stages = [8, 16, 32, 64, 128])."""
+    n_large_clusters: int = 0
+    """Generated compact random clusters of 20–64 atoms added to them (source='demo'; actors.generate.large_clusters):
+    the generated clusters otherwise stop at 16 atoms. A stage of at least 64 atoms reaches them all."""
     heldout_fraction: float = 0.25
     """Share of structures held out for evaluation (deterministic split by seed)."""
     elements: tuple = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
@@ -255,9 +258,9 @@ class CurriculumConfig:
     def __post_init__(self) -> None:
         stages = list(self.stages)
         _require("curriculum", [
-            (min(self.n_structures, self.n_molecules, self.n_adsorbates, self.n_large) >= 0, "n_structures",
-             (self.n_structures, self.n_molecules, self.n_adsorbates, self.n_large), "counts >= 0 (n_structures, "
-             "n_molecules, n_adsorbates, n_large)"),
+            (min(self.n_structures, self.n_molecules, self.n_adsorbates, self.n_large, self.n_large_clusters) >= 0,
+             "n_structures", (self.n_structures, self.n_molecules, self.n_adsorbates, self.n_large, self.n_large_clusters),
+             "counts >= 0 (n_structures, n_molecules, n_adsorbates, n_large, n_large_clusters)"),
             (0.0 <= self.heldout_fraction < 1.0, "heldout_fraction", self.heldout_fraction, "a share in [0, 1)"),
             (bool(stages) and stages == sorted(stages) and all(isinstance(x, int) and x >= 1 for x in stages),
              "stages", stages, "a non-empty increasing list of atom counts"),

@@ -12,9 +12,10 @@ from ase.io import write
 
 from actors.curriculum import Curriculum, load_structures
 from actors.env import EnvConfig, RelaxEnv
-from actors.generate import demo_structures, generate_demo, split_structures
+from actors.generate import demo_structures, generate_demo, large_clusters, split_structures
 from actors.structure_check import StructureError, check_structure
 from actors.structure_files import read_structure, read_structure_file
+from actors.suite import generalisation_suite
 from common.config import CurriculumConfig
 
 CFG = CurriculumConfig()
@@ -97,6 +98,26 @@ def test_large_cells_join_the_training_set_without_moving_the_split_of_the_other
     assert len(Curriculum(train, cfg).excluded) == 6
     with pytest.raises(ValueError, match="n_large"):
         CurriculumConfig(n_large=-1)
+
+
+def test_large_clusters_join_the_training_set_without_moving_the_split_of_the_others():
+    cfg = CurriculumConfig(n_large_clusters=8)
+    train0, held0 = demo_structures(CFG, seed=0)
+    train, held = demo_structures(cfg, seed=0)
+    names = lambda structures: [a.info["name"] for a in structures]  # noqa: E731
+    new = [a for a in train + held if "-lc" in a.info["name"]]
+    assert names(train0) == names([a for a in train if "-lc" not in a.info["name"]])
+    assert names(held0) == names([a for a in held if "-lc" not in a.info["name"]])
+    assert len(new) == 8 and len([a for a in held if "-lc" in a.info["name"]]) == 2
+    assert sorted(len(a) for a in new) == [20, 26, 32, 38, 44, 50, 56, 64]
+    suite_positions = [a.positions for a in generalisation_suite() if a.info["kind"] == "cluster-large"]
+    for atoms in new:
+        check_structure(atoms)
+        assert not atoms.pbc.any() and atoms.info["kind"] == "cluster"
+        assert all(len(atoms) != len(p) or not np.allclose(atoms.positions, p) for p in suite_positions)
+    assert not np.allclose(large_clusters(cfg, seed=1)[0].positions, large_clusters(cfg, seed=0)[0].positions)
+    with pytest.raises(ValueError, match="n_large_clusters"):
+        CurriculumConfig(n_large_clusters=-1)
 
 
 # ----------------------------------------------------------------------------- files
