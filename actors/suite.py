@@ -3,17 +3,19 @@
     from actors.suite import generalisation_suite, SUITE_KINDS
     structures = generalisation_suite()          # [Atoms], each with info["kind"] and info["name"]
 
-It mixes held-out draws of the kinds the presets train on with kinds they never see, so one
-number does not hide a policy that only works on its training distribution:
+It mixes held-out draws of the kinds the presets train on with kinds and sizes a preset may never see, so one
+number does not hide a policy that only works on its training distribution. Which of them the presets' generated
+training sets have (``curriculum.n_molecules``, ``n_adsorbates``; the quality preset's ``n_large_clusters`` are clusters of
+20–64 atoms; never these structures):
 
 | kind | in training? | what |
 |---|---|---|
 | ``cluster`` | yes (kind) | random compact clusters of 5–11 atoms, fcc EMT metals, some binary |
 | ``bulk`` | yes (kind) | rattled fcc supercells (4, 8 atoms) of several metals |
 | ``slab`` | yes (kind) | rattled fcc(111)/(100) slabs of several metals |
-| ``cluster-large`` | no | clusters of 32–40 atoms: at least twice the largest generated training cluster (16) |
-| ``molecule`` | no | small H/C/N/O molecules (ASE's g2 geometries), rattled |
-| ``adsorbate`` | no | O, N, H, C, CO on metal slabs whose two bottom layers are fixed by ``FixAtoms`` |
+| ``cluster-large`` | quality only (sizes) | clusters of 32–40 atoms: twice the demo's largest generated cluster (16) |
+| ``molecule`` | yes (kind) | small H/C/N/O molecules (ASE's g2 geometries), rattled: none of the training ones |
+| ``adsorbate`` | yes (kind) | O, N, H, C, CO on metal slabs whose two bottom layers are fixed by ``FixAtoms`` |
 
 Every structure comes from its own RNG stream ``[SUITE_SEED, kind, k]``; training structures
 come from ``[run.seed, k]`` streams, so no suite structure is a training structure. The seed
