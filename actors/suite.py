@@ -5,7 +5,7 @@
 
 It mixes held-out draws of the kinds the presets train on with kinds and sizes a preset may never see, so one
 number does not hide a policy that only works on its training distribution. Which of them the presets' generated
-training sets have (``curriculum.n_molecules``, ``n_adsorbates``; the quality preset's ``n_large_clusters`` are clusters of
+training sets have (``curriculum.n_molecules``, ``n_adsorbates``; ``curriculum.n_large_clusters`` would add clusters of
 20–64 atoms; never these structures):
 
 | kind | in training? | what |
@@ -13,7 +13,7 @@ training sets have (``curriculum.n_molecules``, ``n_adsorbates``; the quality pr
 | ``cluster`` | yes (kind) | random compact clusters of 5–11 atoms, fcc EMT metals, some binary |
 | ``bulk`` | yes (kind) | rattled fcc supercells (4, 8 atoms) of several metals |
 | ``slab`` | yes (kind) | rattled fcc(111)/(100) slabs of several metals |
-| ``cluster-large`` | quality only (sizes) | clusters of 32–40 atoms: twice the demo's largest generated cluster (16) |
+| ``cluster-large`` | no (size) | clusters of 32–40 atoms: twice the presets' largest generated cluster (16) |
 | ``molecule`` | yes (kind) | small H/C/N/O molecules (ASE's g2 geometries), rattled: none of the training ones |
 | ``adsorbate`` | yes (kind) | O, N, H, C, CO on metal slabs whose two bottom layers are fixed by ``FixAtoms`` |
 
