@@ -246,7 +246,7 @@ cluster, up to the curriculum's 64-atom stage."""
 
 def large_clusters(cfg: CurriculumConfig, seed: int) -> list[Atoms]:
     """The ``curriculum.n_large_clusters`` compact random clusters of 20–64 atoms (:data:`LARGE_CLUSTER_SIZES` in
-    turn; one metal of ``curriculum.elements``, a quarter of them binary, as :func:`generate_demo`'s clusters), seeded
+    turn; one metal of ``curriculum.elements``, binary with probability 1/4, as :func:`generate_demo`'s clusters), seeded
     apart from the other generated structures and from the generalisation suite's (actors/suite.py)."""
     out = []
     for j in range(cfg.n_large_clusters):

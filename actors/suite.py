@@ -18,7 +18,8 @@ training sets have (``curriculum.n_molecules``, ``n_adsorbates``; ``curriculum.n
 | ``adsorbate`` | yes (kind) | O, N, H, C, CO on metal slabs whose two bottom layers are fixed by ``FixAtoms`` |
 
 Every structure comes from its own RNG stream ``[SUITE_SEED, kind, k]``; training structures
-come from ``[run.seed, k]`` streams, so no suite structure is a training structure. The seed
+come from streams that start with ``run.seed`` (``[run.seed, k]``, the large cells' and clusters' with a constant
+between), so no suite structure is a training structure. The seed
 and the content are fixed: they are not tuned to any policy. Elements are those of ASE's
 EMT (H, C, N, O, Al, Ni, Cu, Pd, Ag, Pt, Au), so the suite runs with the default calculator;
 with another calculator, structures with elements it does not support are dropped by name.
