@@ -57,8 +57,13 @@ class Coordinator:
         """A resumed run: t_total continues from the checkpoint's value."""
         self.t_total = self.t_start = int(t_total)
 
-    def report_episode(self, kind: str, success: bool, steps: int, force_calls: int, fmax: float) -> None:
+    def report_episode(self, kind: str, success: bool, steps: int, force_calls: int, fmax: float, name: str = "",
+                       energy_per_atom: float | None = None) -> None:
+        """One ended episode; a converged one's end energy (eV/atom) on structure ``name`` may lower its reference
+        minimum (the curriculum's, for ``env.reference_tolerance``), whichever kind of actor reached it."""
         self.episodes += 1
+        if success and energy_per_atom is not None:
+            self.curriculum.report_minimum(name, energy_per_atom)
         self._episodes.append((kind, bool(success), int(steps), int(force_calls), float(fmax)))
         if kind == "online":  # the curriculum follows the policy's own success, not BFGS's
             self.curriculum.report(self.t_total, bool(success))
@@ -85,7 +90,8 @@ class Coordinator:
                                  "curriculum/stage": self.curriculum.stage,
                                  "curriculum/max_atoms": self.curriculum.max_atoms,
                                  "weights_version": self.version,
-                                 "actors/teacher_force_calls": self.teacher_force_calls}
+                                 "actors/teacher_force_calls": self.teacher_force_calls,
+                                 "curriculum/reference_minima": len(self.curriculum.minima)}
         elapsed = max(time.monotonic() - self._started, 1e-9)
         out["env_steps_per_s"] = (self.t_total - self.t_start) / elapsed
         for kind in ACTOR_KINDS:
@@ -95,7 +101,8 @@ class Coordinator:
                 out[f"episodes/{kind}_success"] = float(np.mean([e[1] for e in eps]))
                 out[f"episodes/{kind}_fmax"] = float(np.mean([e[4] for e in eps]))
                 out[f"episodes/{kind}_force_calls"] = float(np.mean([e[3] for e in eps]))
-        for key in ("actual_move", "a_back", "action_scale", "fmax", "reward", "episode_return", "saddle"):
+        for key in ("actual_move", "a_back", "action_scale", "fmax", "reward", "episode_return", "saddle",
+                    "above_reference"):
             vals = [s[key] for s in self._steps if s.get("kind") == "online" and key in s]
             if vals:
                 out[f"actors/{key}"] = float(np.mean(vals))

@@ -7,7 +7,7 @@ by stages of atom count (actors/coordinator.py asks it for each episode's struct
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import numpy as np
 from ase import Atoms
 
 from actors.alfe import alfe_structures
+from actors.env import REFERENCE_ENERGY
 from actors.generate import demo_structures, split_structures
 from actors.geometry import perturb, random_strain
 from actors.structure_check import StructureError
@@ -60,6 +61,12 @@ class Curriculum:
     (``unlock_t_total = 0`` disables this) or when the success rate over the last
     ``success_window`` episodes of the current stage reaches ``unlock_success``.
     Structures larger than the last stage are never sampled (see ``excluded``).
+
+    It also keeps each structure's *reference minimum*: the lowest energy per atom any actor's converged episode
+    reached on it (:meth:`report_minimum`), handed out with every sample in ``atoms.info["reference_energy_per_atom"]``
+    for ``env.reference_tolerance``, and in :meth:`state_dict` with the stage (a resumed run, which starts the curriculum
+    anew, finds them anew). Only structures of a unique name have one, and none under ``curriculum.strain`` (a strained
+    cell has other minima).
     """
 
     def __init__(self, structures: Sequence[Atoms], cfg: CurriculumConfig, t_total: int = 0,
@@ -82,6 +89,10 @@ class Curriculum:
         self.stage = 0
         self._stage_start = int(t_total)
         self._window: deque[bool] = deque(maxlen=max(1, cfg.success_window))
+        counts = Counter(str(a.info.get("name", "")) for a in structures)
+        self._referenced = set() if cfg.strain > 0 else {n for n, c in counts.items() if n and c == 1}
+        self.minima: dict[str, float] = {}
+        """Lowest converged energy per atom reached on each structure so far (eV/atom), by name."""
 
     @property
     def max_atoms(self) -> int:
@@ -107,7 +118,18 @@ class Curriculum:
             atoms = perturb(atoms, float(atoms.info["perturb"]), rng, self.min_distance_factor)
         if self.cfg.strain > 0:
             return random_strain(atoms, self.cfg.strain, rng, self.min_distance_factor)
-        return atoms.copy()
+        out = atoms.copy()
+        ref = self.minima.get(str(atoms.info.get("name", "")))
+        if ref is not None:
+            out.info[REFERENCE_ENERGY] = ref
+        return out
+
+    def report_minimum(self, name: str, energy_per_atom: float) -> None:
+        """A converged episode on structure ``name`` ended at ``energy_per_atom`` (eV/atom): the reference minimum
+        becomes it when lower (names without a reference, and non-finite energies, are ignored)."""
+        e = float(energy_per_atom)
+        if name in self._referenced and np.isfinite(e) and e < self.minima.get(name, np.inf):
+            self.minima[name] = e
 
     def report(self, t_total: int, success: bool | None) -> bool:
         """Record one finished episode at ``t_total``; returns True when a new stage unlocked.
@@ -130,7 +152,8 @@ class Curriculum:
 
     def state_dict(self) -> dict[str, Any]:
         """Progress to store in a checkpoint."""
-        return {"stage": self.stage, "stage_start": self._stage_start, "window": list(self._window)}
+        return {"stage": self.stage, "stage_start": self._stage_start, "window": list(self._window),
+                "minima": dict(self.minima)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`."""
@@ -138,3 +161,4 @@ class Curriculum:
         self._stage_start = int(state["stage_start"])
         self._window.clear()
         self._window.extend(bool(x) for x in state["window"])
+        self.minima = {str(k): float(v) for k, v in state.get("minima", {}).items() if k in self._referenced}

@@ -17,7 +17,7 @@ Reward (all weights in :class:`EnvConfig`; F in eV/Å over per-atom force norms)
 
     r = −w_fmax·Fmax − w_fmean·Fmean + w_delta·(Fmax_prev − Fmax)
         + w_log·(−log10 max(Fmax, 1e-6)) − w_back·a_back + w_energy·(E_prev − E)/n_atoms
-        (+ converged_bonus if Fmax < fmax, unless the saddle check below finds a saddle point)
+        (+ converged_bonus if Fmax < fmax, unless the saddle check or the reference check below withholds it)
 
 With ``env.saddle_check_atoms`` N > 0 (training only), a converged step on at most N free atoms also
 gets the lowest eigenvalue of the finite-difference Hessian (:mod:`actors.hessian`, on a calculator
@@ -25,6 +25,14 @@ of its own; ``info["lowest_curvature"]``, ``info["saddle"]``). Fmax < fmax holds
 too; there the bonus is withheld, so the return tells a minimum from a saddle as the suite's
 success does (a negative eigenvalue confirmed by the energy along its mode, 3 calls more). These force calls
 are not the episode's (``info["saddle_check_force_calls"]``).
+
+With ``env.reference_tolerance`` t > 0 (meV/atom, training only), a converged step whose energy per atom is more
+than t above the structure's reference minimum earns no bonus either: the reference is what the structure brings in
+``atoms.info["reference_energy_per_atom"]`` (eV/atom; the curriculum hands out the lowest minimum the run's actors
+have reached on it, :class:`actors.curriculum.Curriculum`), so the bonus pays for the suite's success rule (reference
++ 1 meV/atom) rather than for any point where the forces vanish. A saddle lies above the minima it leads to, so once
+a lower minimum is known this withholds the bonus on saddles too, at no force call. ``info["reference_gap"]`` (eV/atom)
+and ``info["above_reference"]`` say what was found; a structure without a reference is paid as before.
 
 ``terminated`` on convergence; ``truncated`` at ``max_steps`` or when the calculator
 returns non-finite forces/energy or raises (then ``info["error"]`` says why, the atoms are
@@ -75,6 +83,7 @@ __all__ = [
     "EnvConfig",
     "EpisodeError",
     "PairList",
+    "REFERENCE_ENERGY",
     "RelaxEnv",
     "StepResult",
     "StructureError",
@@ -97,6 +106,9 @@ class EpisodeError(RelaxRLError, RuntimeError):
 
 # ----------------------------------------------------------------------------- reward
 
+REFERENCE_ENERGY = "reference_energy_per_atom"
+"""``atoms.info`` key of a structure's reference minimum, eV/atom (``env.reference_tolerance``)."""
+
 
 def force_stats(forces: np.ndarray) -> tuple[float, float]:
     """(Fmax, Fmean) over per-row force norms (the atoms', and a cell filter's cell rows), eV/Å."""
@@ -105,9 +117,10 @@ def force_stats(forces: np.ndarray) -> tuple[float, float]:
 
 
 def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, cfg: EnvConfig,
-                   energy_drop: float = 0.0, saddle: bool = False) -> float:
+                   energy_drop: float = 0.0, withheld: bool = False) -> float:
     """The step reward from the forces after the step (eV/Å), a_back, the energy drop per atom since the
-    previous step (eV/atom) and whether a converged step ended on a saddle point (module docstring)."""
+    previous step (eV/atom) and whether a converged step's bonus is withheld (on a saddle point, or above the
+    reference minimum: module docstring)."""
     r = (
         -cfg.w_fmax * fmax
         - cfg.w_fmean * fmean
@@ -116,7 +129,7 @@ def compute_reward(fmax: float, fmean: float, fmax_prev: float, a_back: float, c
         - cfg.w_back * a_back
         + cfg.w_energy * energy_drop
     )
-    if fmax < cfg.fmax and not saddle:
+    if fmax < cfg.fmax and not withheld:
         r += cfg.converged_bonus
     return float(r)
 
@@ -153,6 +166,7 @@ class RelaxEnv:
             self._calc_name = self.cfg.calculator
         self._own_calc = calculator is None
         self._check_calc: Calculator | None = None  # the saddle check's own calculator, made when first needed
+        self._reference: float | None = None  # the episode's reference minimum, eV/atom (env.reference_tolerance)
         self._free: np.ndarray | None = None  # [3n] free coordinates of the episode, found when first needed
         self._atoms: Atoms | None = None
         self._rows: AtomRows | FilterRows | None = None  # the coordinates the episode moves
@@ -186,6 +200,8 @@ class RelaxEnv:
         self.calc.reset()
         a.calc = self.calc
         self.name = name
+        ref = atoms.info.get(REFERENCE_ENERGY)
+        self._reference = float(ref) if ref is not None else None  # eV/atom, env.reference_tolerance
         self.steps = 0
         self.force_calls = 1  # the initial evaluation below
         self._last_a_back = 0.0
@@ -233,7 +249,8 @@ class RelaxEnv:
         converged = (not failed) and self._fmax < cfg.fmax
         energy_drop = (energy_prev - self._energy) / len(self._numbers)  # eV/atom; 0 when nothing moved
         saddle = converged and self._saddle_check(info)
-        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop, saddle)
+        above = converged and self._above_reference(info)
+        reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop, saddle or above)
         terminated = converged
         truncated = (not terminated) and (failed or self.steps >= cfg.max_steps)
         self._done = terminated or truncated
@@ -246,6 +263,7 @@ class RelaxEnv:
             fmax=self._fmax,
             fmean=self._fmean,
             energy=self._energy,
+            energy_per_atom=self._energy / len(self._numbers),
             converged=converged,
             force_calls=self.force_calls,
             steps=self.steps,
@@ -313,6 +331,15 @@ class RelaxEnv:
         curvature, calls = confirmed_curvature(self._atoms, self._check_calculator(), self._free, cell=self.cfg.relax_cell)
         info.update(lowest_curvature=curvature, saddle=is_saddle(curvature), saddle_check_force_calls=calls)
         return info["saddle"]
+
+    def _above_reference(self, info: dict[str, Any]) -> bool:
+        """Whether the converged state is more than ``env.reference_tolerance`` above the structure's reference
+        minimum (module docstring); False when off or when the structure brought no reference."""
+        if self.cfg.reference_tolerance <= 0 or self._reference is None:
+            return False
+        gap = self._energy / len(self._numbers) - self._reference  # eV/atom
+        info.update(reference_gap=gap, above_reference=gap > self.cfg.reference_tolerance * 1e-3)
+        return info["above_reference"]
 
     def _check_calculator(self) -> Calculator:
         """The saddle check's own calculator (made once): the env's is never moved by the check."""

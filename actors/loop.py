@@ -82,6 +82,7 @@ class StepRecord:
     nonfinite_actions: int  # moves that were NaN/inf: applied as no move, not stored
     episode_return: float | None = None  # mean_return_to_go of the episodes that ended (None: none ended)
     saddle: float | None = None  # share of the ended episodes the saddle check found on a saddle (None: none checked)
+    above_reference: float | None = None  # share of the ended episodes judged above their reference minimum (None: none)
     teacher_force_calls: int = 0  # force calls the teachers made during this step, beyond the environments'
 
     def stats(self) -> dict[str, float]:
@@ -94,6 +95,8 @@ class StepRecord:
             s["episode_return"] = self.episode_return
         if self.saddle is not None:
             s["saddle"] = self.saddle
+        if self.above_reference is not None:
+            s["above_reference"] = self.above_reference
         return s
 
 
@@ -288,9 +291,10 @@ class ActorLoop:
         stop, newest version)."""
         infos = [r.info for r in results]
         ended = [i for i, r in enumerate(results) if r.terminated or r.truncated]
-        episodes = [self._end_episode(infos[i]) for i in ended]
+        episodes = [self._end_episode(infos[i], self.envs[i].name) for i in ended]
         returns = [mean_return_to_go(self._rewards[i], self.config.learner.gamma) for i in ended]
         saddles = [float(infos[i]["saddle"]) for i in ended if "saddle" in infos[i]]  # 1.0 on a saddle, 0.0 on a minimum
+        above = [float(infos[i]["above_reference"]) for i in ended if "above_reference" in infos[i]]
         nonfinite = sum(not np.isfinite(np.asarray(m, dtype=np.float64)).all() for m in actions.moves)
         self.steps += len(self.envs)
         self.nonfinite_actions += nonfinite
@@ -300,7 +304,8 @@ class ActorLoop:
             fmax=float(np.mean([x["fmax"] for x in infos])), action_scale=actions.action_scale,
             episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
             episode_return=float(np.mean(returns)) if returns else None,
-            saddle=float(np.mean(saddles)) if saddles else None, teacher_force_calls=teacher_calls)
+            saddle=float(np.mean(saddles)) if saddles else None,
+            above_reference=float(np.mean(above)) if above else None, teacher_force_calls=teacher_calls)
         self.t_total, stop, self.latest_version = self.hub.add_steps(self.kind, len(self.envs), record.stats())
         self.stop_requested = stop or self._stopping.is_set()
         return record
@@ -310,10 +315,12 @@ class ActorLoop:
         self._stopping.set()
         self.stop_requested = True
 
-    def _end_episode(self, info: dict) -> EpisodeEnd:
+    def _end_episode(self, info: dict, name: str) -> EpisodeEnd:
         end = EpisodeEnd(bool(info["converged"]), int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
         self._recent.append(end.converged)
-        self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax)
+        # a converged end's energy may lower the structure's reference minimum (env.reference_tolerance)
+        self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax, name,
+                                float(info["energy_per_atom"]))
         return end
 
     def run(self, max_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None) -> int:

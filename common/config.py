@@ -131,6 +131,12 @@ class EnvConfig:
     lowest Hessian eigenvalue (finite differences on its own calculator, 6 force calls per free atom, never counted
     as the episode's) and on a saddle point (below −0.05 eV/Å², as ``relaxrl eval --curvature-check``) withholds
     ``converged_bonus``: the episode still ends, but a saddle pays no more than any other step. 0 = off."""
+    reference_tolerance: float = 0.0
+    """Training only, meV/atom: a converged step more than this above the structure's reference minimum (the lowest
+    minimum the run's actors have reached on it, which the curriculum hands out with the structure) earns no
+    ``converged_bonus``, as a saddle under ``saddle_check_atoms`` earns none: the bonus then pays for the eval's
+    success rule (reference + 1 meV/atom), and saddles lose it too once a lower minimum is known, at no force call
+    (actors/env.py). 0 = off."""
     history_steps: int = 1
     """Steps of path history every observation carries (actual move and force change per atom, newest first): the
     memory of the 'quasi-newton' actor head (its L-BFGS pairs); the other heads read the newest step only."""
@@ -165,6 +171,8 @@ class EnvConfig:
              "a finite weight >= 0 on the energy drop in eV/atom, e.g. 20 (0 = off)"),
             (0 <= self.saddle_check_atoms <= MAX_HESSIAN_ATOMS, "saddle_check_atoms", self.saddle_check_atoms,
              f"the most free atoms whose Hessian is checked at convergence, 0..{MAX_HESSIAN_ATOMS}, e.g. 24 (0 = off)"),
+            (self.reference_tolerance >= 0 and math.isfinite(self.reference_tolerance), "reference_tolerance",
+             self.reference_tolerance, "a finite tolerance >= 0 in meV/atom above the reference minimum, e.g. 1 (0 = off)"),
             (1 <= self.history_steps <= 16, "history_steps", self.history_steps, "1..16 remembered steps, e.g. 5"),
         ], self)
 

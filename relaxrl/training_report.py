@@ -32,7 +32,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("a_back", "a_back (fraction taken back)", [("actors/a_back", "online actors")]),
     ("fmax_success", "Fmax (eV/Å, log) and success (right axis)",
      [("actors/fmax", "step Fmax"), ("episodes/online_success", "online success"), ("episodes/expert_success", "expert success"),
-      ("actors/saddle", "online episodes ending on a saddle (env.saddle_check_atoms)")]),
+      ("actors/saddle", "online episodes ending on a saddle (env.saddle_check_atoms)"),
+      ("actors/above_reference", "online episodes ending above the reference minimum (env.reference_tolerance)")]),
     ("losses", "losses", [("losses/critic", "critic"), ("losses/actor", "actor"), ("losses/bc", "bc"), ("losses/deviation", "deviation")]),
     ("replay_sizes", "replay table sizes", []),  # one series per table of the run: replay_size_series
     ("live_eval", "live evaluation: greedy actor on the held-out sample (run.eval_every)",

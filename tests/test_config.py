@@ -56,6 +56,7 @@ def test_int_widens_to_float():
     ("expert.schedule='cosine'", "expert.schedule must be 'linear' or 'exponential'"),
     ("curriculum.stages=[8, 4]", "curriculum.stages must be a non-empty increasing list"),
     ("learner.expert_fraction_end=1.5", r"learner.expert_fraction_end must be within \[0, 1\]"),
+    ("env.reference_tolerance=-1.0", "env.reference_tolerance must be a finite tolerance >= 0 in meV/atom"),
 ])
 def test_out_of_range_value_names_the_key(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -14,6 +14,7 @@ from ase.calculators.emt import EMT
 from ase.data import covalent_radii
 
 from actors.env import (
+    REFERENCE_ENERGY,
     ActionError,
     CalculatorError,
     EnvConfig,
@@ -505,6 +506,41 @@ def test_saddle_check_withholds_the_convergence_bonus_on_a_saddle_point():
     small = RelaxEnv(EnvConfig(max_steps=300, saddle_check_atoms=3))
     c = _relax_by_descent(small, square)
     assert "saddle" not in c.info and c.reward == pytest.approx(a.reward)
+
+
+def test_reference_check_withholds_the_bonus_above_the_structures_reference_minimum():
+    """The planar Cu4 square's saddle point lies above the Cu4 tetrahedron's minimum. With env.reference_tolerance
+    and that minimum as the structure's reference, the converged step earns no bonus, at no force call more; with
+    the saddle's own energy as the reference (within the tolerance) the bonus is paid, and a structure without a
+    reference, or the check off, is paid as before."""
+    from ase.optimize import BFGS
+
+    d = 2.4
+    square = Atoms("Cu4", positions=[[0, 0, 0], [d, 0, 0], [d, d, 0], [0, d, 0]])
+    tetra = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.1, 0], [1.25, 0.7, 2.0]])
+    tetra.calc = EMT()
+    BFGS(tetra, logfile=None).run(fmax=0.01)
+    minimum = tetra.get_potential_energy() / 4  # eV/atom
+    plain = _relax_by_descent(RelaxEnv(EnvConfig(max_steps=300)), square)
+    saddle = plain.info["energy_per_atom"]
+    assert plain.info["converged"] and saddle > minimum + 0.01  # the square's end is the higher stationary point
+
+    def relaxed(reference, tolerance=1.0):
+        a = square.copy()
+        if reference is not None:
+            a.info[REFERENCE_ENERGY] = reference
+        env = RelaxEnv(EnvConfig(max_steps=300, reference_tolerance=tolerance))
+        return _relax_by_descent(env, a), env.force_calls
+
+    below, calls = relaxed(minimum)
+    assert below.info["converged"] and below.info["above_reference"]
+    assert below.info["reference_gap"] == pytest.approx(saddle - minimum)
+    assert plain.reward - below.reward == pytest.approx(EnvConfig().converged_bonus)
+    assert calls == plain.info["force_calls"]
+    level, _ = relaxed(saddle - 0.0005)  # 0.5 meV/atom under the end: within 1 meV/atom
+    assert not level.info["above_reference"] and level.reward == pytest.approx(plain.reward)
+    for res, _ in (relaxed(None), relaxed(minimum, tolerance=0.0)):
+        assert "above_reference" not in res.info and res.reward == pytest.approx(plain.reward)
 
 
 def test_saddle_check_keeps_the_bonus_in_a_minimum_and_respects_fixed_atoms():

@@ -111,6 +111,37 @@ def test_online_actors_report_the_share_of_episodes_that_ended_on_a_saddle(redis
             assert "actors/saddle" not in stats and all(r.saddle is None for r in records)
 
 
+def test_converged_episodes_set_the_reference_minima_the_curriculum_hands_out(redis_server):
+    """With env.reference_tolerance, each converged episode an actor ends reports its end energy per atom with the
+    structure's name; the hub's curriculum keeps the lowest per structure (curriculum/reference_minima counts them)
+    and the next samples of that structure carry it, so later episodes on it are judged against it."""
+    from actors.env import REFERENCE_ENERGY
+    from helpers import actor_loop_on_redis
+
+    actor, hub, _ = actor_loop_on_redis(
+        redis_server.url, "online", Path(__file__).resolve().parents[1] / "configs" / "demo.toml",
+        ["actors.insert_batch=1", "replay.samples_per_insert=0.0", "env.reference_tolerance=1.0", "env.max_steps=60"])
+    converged: dict[str, list[float]] = {}
+    report = hub.report_episode
+
+    def seen(kind, success, steps, force_calls, fmax, name="", energy_per_atom=None):
+        if success:
+            converged.setdefault(name, []).append(energy_per_atom)
+        report(kind, success, steps, force_calls, fmax, name, energy_per_atom)
+
+    hub.report_episode = seen
+    records = [actor.step() for _ in range(40)]
+    assert converged, "no episode converged: nothing to check"
+    assert hub.curriculum.minima == {name: min(es) for name, es in converged.items()}
+    assert hub.stats()["curriculum/reference_minima"] == len(converged)
+    assert all(r.above_reference is None or 0.0 <= r.above_reference <= 1.0 for r in records)
+    rng = np.random.default_rng(0)
+    samples = [hub.curriculum.sample(rng) for _ in range(200)]
+    assert any(s.info["name"] in converged for s in samples)
+    for s in samples:
+        assert s.info.get(REFERENCE_ENERGY) == hub.curriculum.minima.get(s.info["name"])
+
+
 def test_exploration_noise_shrinks_with_each_atoms_force():
     """The online actors' noise is σ·min(1, |F_i| / actors.noise_force_scale) per atom: an atom without force
     gets no kick, one at half the scale half of it, the same Gaussian draws otherwise."""

@@ -11,7 +11,7 @@ from ase.constraints import FixAtoms, FixScaled
 from ase.io import write
 
 from actors.curriculum import Curriculum, load_structures
-from actors.env import EnvConfig, RelaxEnv
+from actors.env import REFERENCE_ENERGY, EnvConfig, RelaxEnv
 from actors.generate import demo_structures, generate_demo, large_clusters, split_structures
 from actors.structure_check import StructureError, check_structure
 from actors.structure_files import read_structure, read_structure_file
@@ -370,6 +370,36 @@ def test_curriculum_sample_is_a_copy_and_state_round_trips():
     restored = Curriculum(POOL, CurriculumConfig(unlock_t_total=10))
     restored.load_state_dict(cur.state_dict())
     assert restored.stage == cur.stage == 1 and restored.max_atoms == 16
+
+
+def test_curriculum_keeps_the_lowest_minimum_per_structure_and_hands_it_out():
+    """report_minimum keeps the lowest converged energy per atom by name; every later sample of that structure
+    carries it in atoms.info (env.reference_tolerance), other structures none; it survives the checkpoint's
+    state round trip. A name two structures share, an unknown name and a non-finite energy set nothing, and
+    under curriculum.strain (other cells, other minima) nothing is kept."""
+    dup = [_sized(3), _sized(5)]
+    dup[1].info["name"] = "chain-3"  # two structures, one name: no reference for either
+    cur = Curriculum(POOL + [_sized(4)] + dup, CurriculumConfig(stages=(5,)))
+    cur.report_minimum("chain-5", -0.20)
+    cur.report_minimum("chain-5", -0.10)  # higher: the reference stays
+    cur.report_minimum("chain-4", -0.30)
+    cur.report_minimum("chain-4", -0.35)  # lower: it moves
+    for name, e in (("chain-3", -9.0), ("nowhere", -9.0), ("chain-5", float("nan")), ("chain-5", float("-inf"))):
+        cur.report_minimum(name, e)
+    assert cur.minima == {"chain-5": -0.20, "chain-4": -0.35}
+    rng = np.random.default_rng(0)
+    got = {}
+    for _ in range(60):
+        a = cur.sample(rng)
+        got.setdefault(a.info["name"], a.info.get(REFERENCE_ENERGY))
+    assert got == {"chain-5": -0.20, "chain-4": -0.35, "chain-3": None}
+    assert all(REFERENCE_ENERGY not in a.info for a in cur.pool)  # the pool's structures are never written to
+    restored = Curriculum(POOL + [_sized(4)] + dup, CurriculumConfig(stages=(5,)))
+    restored.load_state_dict(cur.state_dict())
+    assert restored.minima == cur.minima
+    strained = Curriculum(POOL, CurriculumConfig(stages=(5,), strain=0.02))
+    strained.report_minimum("chain-5", -0.20)
+    assert strained.minima == {}
 
 
 def test_curriculum_without_small_structures_is_an_error():
