@@ -318,9 +318,10 @@ class ActorLoop:
     def _end_episode(self, info: dict, name: str) -> EpisodeEnd:
         end = EpisodeEnd(bool(info["converged"]), int(info["steps"]), int(info["force_calls"]), float(info["fmax"]))
         self._recent.append(end.converged)
-        # a converged end's energy may lower the structure's reference minimum (env.reference_tolerance)
-        self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax, name,
-                                float(info["energy_per_atom"]))
+        # a converged end's energy may lower the structure's reference minimum (env.reference_tolerance), unless the
+        # saddle check found it on a saddle point
+        minimum = None if info.get("saddle") else float(info["energy_per_atom"])
+        self.hub.report_episode(self.kind, end.converged, end.steps, end.force_calls, end.fmax, name, minimum)
         return end
 
     def run(self, max_steps: int = 0, on_step: Callable[[StepRecord], None] | None = None) -> int:
