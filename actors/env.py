@@ -249,7 +249,8 @@ class RelaxEnv:
         converged = (not failed) and self._fmax < cfg.fmax
         energy_drop = (energy_prev - self._energy) / len(self._numbers)  # eV/atom; 0 when nothing moved
         saddle = converged and self._saddle_check(info)
-        above = converged and self._above_reference(info)
+        energy_per_atom = self._energy / len(self._numbers)  # eV/atom
+        above = converged and self._above_reference(energy_per_atom, info)
         reward = compute_reward(self._fmax, self._fmean, fmax_prev, a_back, cfg, energy_drop, saddle or above)
         terminated = converged
         truncated = (not terminated) and (failed or self.steps >= cfg.max_steps)
@@ -263,7 +264,7 @@ class RelaxEnv:
             fmax=self._fmax,
             fmean=self._fmean,
             energy=self._energy,
-            energy_per_atom=self._energy / len(self._numbers),
+            energy_per_atom=energy_per_atom,
             converged=converged,
             force_calls=self.force_calls,
             steps=self.steps,
@@ -332,12 +333,12 @@ class RelaxEnv:
         info.update(lowest_curvature=curvature, saddle=is_saddle(curvature), saddle_check_force_calls=calls)
         return info["saddle"]
 
-    def _above_reference(self, info: dict[str, Any]) -> bool:
-        """Whether the converged state is more than ``env.reference_tolerance`` above the structure's reference
-        minimum (module docstring); False when off or when the structure brought no reference."""
+    def _above_reference(self, energy_per_atom: float, info: dict[str, Any]) -> bool:
+        """Whether the converged state (``energy_per_atom``, eV/atom) is more than ``env.reference_tolerance`` above
+        the structure's reference minimum (module docstring); False when off or when the structure brought no reference."""
         if self.cfg.reference_tolerance <= 0 or self._reference is None:
             return False
-        gap = self._energy / len(self._numbers) - self._reference  # eV/atom
+        gap = energy_per_atom - self._reference  # eV/atom
         info.update(reference_gap=gap, above_reference=gap > self.cfg.reference_tolerance * 1e-3)
         return info["above_reference"]
 

@@ -89,14 +89,9 @@ class StepRecord:
         """The means the hub aggregates (``actors/...`` in metrics.jsonl), and the teachers' force calls it sums."""
         s = {"actual_move": self.actual_move, "a_back": self.a_back, "reward": self.reward, "fmax": self.fmax,
              "teacher_force_calls": self.teacher_force_calls}
-        if self.action_scale is not None:
-            s["action_scale"] = self.action_scale
-        if self.episode_return is not None:
-            s["episode_return"] = self.episode_return
-        if self.saddle is not None:
-            s["saddle"] = self.saddle
-        if self.above_reference is not None:
-            s["above_reference"] = self.above_reference
+        for key in ("action_scale", "episode_return", "saddle", "above_reference"):  # the means a step may not have
+            if getattr(self, key) is not None:
+                s[key] = getattr(self, key)
         return s
 
 
@@ -293,8 +288,12 @@ class ActorLoop:
         ended = [i for i, r in enumerate(results) if r.terminated or r.truncated]
         episodes = [self._end_episode(infos[i], self.envs[i].name) for i in ended]
         returns = [mean_return_to_go(self._rewards[i], self.config.learner.gamma) for i in ended]
-        saddles = [float(infos[i]["saddle"]) for i in ended if "saddle" in infos[i]]  # 1.0 on a saddle, 0.0 on a minimum
-        above = [float(infos[i]["above_reference"]) for i in ended if "above_reference" in infos[i]]
+
+        def share(key: str) -> float | None:
+            """Mean of a verdict the env gave some ended episodes (``info[key]``, True = 1), None when none had it."""
+            verdicts = [float(infos[i][key]) for i in ended if key in infos[i]]
+            return float(np.mean(verdicts)) if verdicts else None
+
         nonfinite = sum(not np.isfinite(np.asarray(m, dtype=np.float64)).all() for m in actions.moves)
         self.steps += len(self.envs)
         self.nonfinite_actions += nonfinite
@@ -304,8 +303,7 @@ class ActorLoop:
             fmax=float(np.mean([x["fmax"] for x in infos])), action_scale=actions.action_scale,
             episodes=tuple(episodes), success_rate=self.success_rate(), nonfinite_actions=nonfinite,
             episode_return=float(np.mean(returns)) if returns else None,
-            saddle=float(np.mean(saddles)) if saddles else None,
-            above_reference=float(np.mean(above)) if above else None, teacher_force_calls=teacher_calls)
+            saddle=share("saddle"), above_reference=share("above_reference"), teacher_force_calls=teacher_calls)
         self.t_total, stop, self.latest_version = self.hub.add_steps(self.kind, len(self.envs), record.stats())
         self.stop_requested = stop or self._stopping.is_set()
         return record
