@@ -1,9 +1,9 @@
 """Does more training give a better optimizer? A run's checkpoints against its untrained policy; prints one JSON object.
 
-    python bench/training_curve.py --run RUN_DIR [--checkpoints 250,1000,2000 | --every 4] [--structures suite,suite-val]
+    python bench/training_curve.py --run RUN_DIR [--checkpoints 250,1000,last | --every 4] [--structures suite,suite-val]
                                    [--optimizers bfgs,bfgsls,goqn] [--out curve.json] [--plot curve.png] [--quick]
 
-Every checkpoint of the run that is asked for (``--checkpoints`` by update, ``--every K`` each K-th kept
+Every checkpoint of the run that is asked for (``--checkpoints`` by update, ``last`` the newest, ``--every K`` each K-th kept
 checkpoint and the newest; default: all kept ones; a run keeps all with ``learner.keep_checkpoints = 0``)
 relaxes the structures as a policy of its own, next to the run's untrained policy (``untrained``: the
 weights the run started from) and the classical optimizers, in one :func:`relaxrl.evaluate.evaluate` per
@@ -34,17 +34,27 @@ from relaxrl.evaluate import evaluate, is_classical, parse_optimizers, pool_repo
 UNTRAINED = "untrained"
 
 
-def pick_checkpoints(run: Path, updates: list[int] | None, every: int) -> list[tuple[int, Path]]:
+def parse_checkpoints(text: str) -> list[int | str]:
+    """``--checkpoints``: update counts, and ``last`` for the run's newest kept checkpoint."""
+    items = [u.strip().lower() for u in text.split(",") if u.strip()]
+    bad = [u for u in items if u != "last" and not u.isdigit()]
+    if bad:
+        raise ValueError(f"--checkpoints: {bad} are not update counts; give integers such as 1000,2000 or 'last'")
+    return [u if u == "last" else int(u) for u in items]
+
+
+def pick_checkpoints(run: Path, asked: list[int | str], every: int) -> list[tuple[int, Path]]:
     """(updates, file) of the checkpoints asked for, oldest first (module docstring)."""
     kept = [(checkpoint_updates(p), p) for p in list_checkpoints(run)]
     if not kept:
         raise SystemExit(f"--run {run}: no checkpoint there (a run directory of `relaxrl train`)")
+    updates = sorted({kept[-1][0] if u == "last" else u for u in asked})
     if updates:
         by_updates = dict(kept)
         missing = [u for u in updates if u not in by_updates]
         if missing:
             raise SystemExit(f"--checkpoints: no checkpoint at update(s) {missing}; kept: {sorted(by_updates)}")
-        return [(u, by_updates[u]) for u in sorted(updates)]
+        return [(u, by_updates[u]) for u in updates]
     chosen = kept[::every] if every > 1 else kept
     return chosen if chosen[-1] == kept[-1] else chosen + [kept[-1]]
 
@@ -89,7 +99,8 @@ def plot(curve: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory of `relaxrl train`")
-    p.add_argument("--checkpoints", default="", help="updates of the checkpoints to evaluate, comma-separated")
+    p.add_argument("--checkpoints", default="",
+                   help="updates of the checkpoints to evaluate, comma-separated; 'last' is the run's newest")
     p.add_argument("--every", type=int, default=1, help="each K-th kept checkpoint (and the newest)")
     p.add_argument("--structures", default="suite,suite-val,suite-large")
     p.add_argument("--optimizers", default="bfgs,bfgsls,precon,goqn,fire", help="the classical optimizers")
@@ -102,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     classical = parse_optimizers(args.optimizers)
     if not all(is_classical(c) for c in classical):
         p.error(f"--optimizers: classical optimizers only (the policies are the checkpoints), got {args.optimizers}")
+    try:
+        asked = parse_checkpoints(args.checkpoints)
+    except ValueError as e:
+        p.error(str(e))
     run = Path(args.run)
-    wanted = [int(u) for u in args.checkpoints.split(",") if u.strip()] or None
-    chosen = pick_checkpoints(run, wanted, args.every)
+    chosen = pick_checkpoints(run, asked, args.every)
     policies = {f"ckpt-{u}": load_policy(path) for u, path in chosen}
     cfg = next(iter(policies.values())).config
     policies[UNTRAINED] = untrained_policy(cfg)

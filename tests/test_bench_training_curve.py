@@ -31,7 +31,7 @@ def test_checkpoints_are_judged_next_to_the_untrained_policy(tmp_path):
         changed.head.bias.add_(0.3)  # a larger diagonal of the model Hessian: shorter moves
     save_policy(tmp_path, cfg, changed, updates=10)
 
-    p = _run("--run", str(tmp_path), "--structures", "suite", "--quick", "--optimizers", "bfgs",
+    p = _run("--run", str(tmp_path), "--checkpoints", "0,last", "--structures", "suite", "--quick", "--optimizers", "bfgs",
              "--plot", str(tmp_path / "curve.png"))
     assert p.returncode == 0, p.stderr[-3000:]
     curve = json.loads(p.stdout)
@@ -46,3 +46,5 @@ def test_checkpoints_are_judged_next_to_the_untrained_policy(tmp_path):
 
     missing = _run("--run", str(tmp_path), "--checkpoints", "5", "--structures", "suite", "--quick")
     assert missing.returncode != 0 and "no checkpoint at update(s) [5]" in missing.stderr and "[0, 10]" in missing.stderr
+    not_a_count = _run("--run", str(tmp_path), "--checkpoints", "1000,END", "--structures", "suite", "--quick")
+    assert not_a_count.returncode == 2 and "['end'] are not update counts" in not_a_count.stderr
